@@ -1,0 +1,102 @@
+//! FPU/SSE/AVX state: XSAVE when the CPU has it, FXSAVE otherwise.
+//!
+//! Guest and hypervisor share the physical FPU, so the vCPU loop saves the
+//! hypervisor's state and loads the guest's around every world switch.
+
+use super::cpu;
+use alloc::alloc::{alloc_zeroed, Layout};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+static USE_XSAVE: AtomicBool = AtomicBool::new(false);
+static XCR0: AtomicU64 = AtomicU64::new(0);
+static AREA_SIZE: AtomicUsize = AtomicUsize::new(512);
+
+const XCR0_X87: u64 = 1 << 0;
+const XCR0_SSE: u64 = 1 << 1;
+const XCR0_AVX: u64 = 1 << 2;
+
+/// Enables XSAVE on this CPU if available (call on every CPU).
+pub fn init_cpu() {
+    let leaf1 = cpu::cpuid(1, 0);
+    let has_xsave = leaf1.ecx & (1 << 26) != 0;
+    if !has_xsave {
+        return;
+    }
+    // SAFETY: setting CR4.OSXSAVE (bit 18) is valid when CPUID reports XSAVE.
+    unsafe { cpu::write_cr4(cpu::read_cr4() | (1 << 18)) };
+    let leaf_d = cpu::cpuid(0xD, 0);
+    let supported = (u64::from(leaf_d.edx) << 32) | u64::from(leaf_d.eax);
+    let xcr0 = supported & (XCR0_X87 | XCR0_SSE | XCR0_AVX);
+    // SAFETY: the value only contains components CPUID reports supported and
+    // always includes x87 (bit 0), as XSETBV requires.
+    unsafe { core::arch::asm!("xsetbv", in("ecx") 0u32, in("eax") xcr0 as u32, in("edx") (xcr0 >> 32) as u32, options(nomem, nostack)) };
+    let size = cpu::cpuid(0xD, 0).ebx as usize;
+    XCR0.store(xcr0, Ordering::Relaxed);
+    AREA_SIZE.store(size.max(576), Ordering::Relaxed);
+    USE_XSAVE.store(true, Ordering::Relaxed);
+}
+
+pub fn uses_xsave() -> bool {
+    USE_XSAVE.load(Ordering::Relaxed)
+}
+
+/// The XCR0 the hypervisor runs with (0 without XSAVE).
+pub fn host_xcr0() -> u64 {
+    XCR0.load(Ordering::Relaxed)
+}
+
+/// A saved FPU/SSE/AVX register file, 64-byte aligned as XSAVE requires.
+pub struct FpuState {
+    area: *mut u8,
+}
+
+// SAFETY: the area is owned exclusively by this value.
+unsafe impl Send for FpuState {}
+
+impl FpuState {
+    /// A state in the architectural reset configuration (FCW 0x37F, MXCSR 0x1F80).
+    pub fn new() -> Self {
+        let size = AREA_SIZE.load(Ordering::Relaxed).max(512);
+        let layout = Layout::from_size_align(size, 64).expect("fpu layout");
+        // SAFETY: the layout has a non-zero size.
+        let area = unsafe { alloc_zeroed(layout) };
+        assert!(!area.is_null(), "out of memory for FPU state");
+        // SAFETY: the area is at least 512 bytes; FCW is at 0, MXCSR at 24.
+        unsafe {
+            area.cast::<u16>().write(0x37F);
+            area.add(24).cast::<u32>().write(0x1F80);
+        }
+        FpuState { area }
+    }
+
+    pub fn save(&mut self) {
+        if uses_xsave() {
+            let mask = host_xcr0();
+            // SAFETY: the area is 64-byte aligned and as large as CPUID leaf
+            // 0xD says the enabled components need.
+            unsafe { core::arch::asm!("xsave64 [{}]", in(reg) self.area, in("eax") mask as u32, in("edx") (mask >> 32) as u32, options(nostack)) };
+        } else {
+            // SAFETY: the area is 16-byte aligned and at least 512 bytes.
+            unsafe { core::arch::asm!("fxsave64 [{}]", in(reg) self.area, options(nostack)) };
+        }
+    }
+
+    pub fn restore(&self) {
+        if uses_xsave() {
+            let mask = host_xcr0();
+            // SAFETY: the area was written by `new` or `save` (a valid
+            // XSAVE image: a zero header means "initial state").
+            unsafe { core::arch::asm!("xrstor64 [{}]", in(reg) self.area, in("eax") mask as u32, in("edx") (mask >> 32) as u32, options(nostack)) };
+        } else {
+            // SAFETY: the area holds a valid FXSAVE image (reset values or a
+            // previous save).
+            unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) self.area, options(nostack)) };
+        }
+    }
+}
+
+impl Default for FpuState {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,3 @@
+//! Drivers for the host's own devices.
+
+pub mod uart;

@@ -1,0 +1,256 @@
+//! Ferrite: a type-1 hypervisor for x86_64.
+//!
+//! Boot flow (`kmain`): console → boot information and command line →
+//! host ACPI tables → memory (frames, heap, W^X page tables) → this CPU's
+//! descriptor tables, APIC, FPU and SVM → the other CPUs → the self-test
+//! guest → idle. See ARCHITECTURE.md for the code map.
+
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+mod acpi;
+mod arch;
+mod console;
+mod drivers;
+mod mm;
+mod panic;
+mod percpu;
+mod selftest;
+mod vcpu;
+mod virt;
+
+use alloc::vec::Vec;
+use arch::{apic, cpu, fpu, gdt, idt, smp, time};
+use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use ferrite_boot::bootinfo::{self, BootError, PhysMemory, Protocol};
+use ferrite_boot::cmdline::{self, Options};
+use log::{error, info, warn};
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// I/O port of QEMU's isa-debug-exit device (`debug_exit=`), 0 when unset.
+static DEBUG_EXIT_PORT: AtomicU32 = AtomicU32::new(0);
+static SVM_ENABLED_CPUS: AtomicUsize = AtomicUsize::new(0);
+
+/// Tells QEMU's isa-debug-exit device how the run went (0 = success,
+/// 1 = failure), when the command line asked for it.
+pub fn report_exit(success: bool) {
+    let port = DEBUG_EXIT_PORT.load(Ordering::SeqCst);
+    if port != 0 {
+        arch::pio::outl(port as u16, if success { 0 } else { 1 });
+    }
+}
+
+/// Reads boot structures through the boot page tables (identity map of the
+/// first 4 GiB).
+struct BootMemory;
+
+impl PhysMemory for BootMemory {
+    fn read(&self, paddr: u64, buf: &mut [u8]) -> Result<(), BootError> {
+        let end = paddr.checked_add(buf.len() as u64).ok_or(BootError::OutOfRange { paddr, len: buf.len() as u64 })?;
+        if paddr == 0 || end > 1 << 32 {
+            return Err(BootError::OutOfRange { paddr, len: buf.len() as u64 });
+        }
+        // SAFETY: the range is non-null, below 4 GiB and so identity mapped
+        // by the boot page tables; boot structures are plain memory.
+        unsafe { core::ptr::copy_nonoverlapping(paddr as *const u8, buf.as_mut_ptr(), buf.len()) };
+        Ok(())
+    }
+}
+
+fn fnv1a32(mem: &dyn PhysMemory, start: u64, len: u64) -> Option<u32> {
+    let mut hash: u32 = 0x811C_9DC5;
+    let mut buf = [0u8; 4096];
+    let mut off = 0;
+    while off < len {
+        let n = (len - off).min(buf.len() as u64) as usize;
+        mem.read(start + off, &mut buf[..n]).ok()?;
+        for &b in &buf[..n] {
+            hash ^= u32::from(b);
+            hash = hash.wrapping_mul(0x0100_0193);
+        }
+        off += n as u64;
+    }
+    Some(hash)
+}
+
+fn apply_console_options(opts: &Options) {
+    let enabled = opts.console_serial();
+    console::init(opts.com1_line(), enabled);
+    console::init_logger(opts.log_level());
+}
+
+#[no_mangle]
+pub extern "C" fn kmain(magic: u32, info_paddr: u32, entry: u32) -> ! {
+    mm::heap::init_boot();
+    console::init(Default::default(), true);
+    console::init_logger(log::LevelFilter::Info);
+    idt::init();
+    let tables = gdt::init_cpu();
+    idt::load();
+
+    let hint = (entry == arch::entry::ENTRY_PVH).then_some(Protocol::Pvh);
+    let boot = match bootinfo::parse(magic, u64::from(info_paddr), &BootMemory, hint) {
+        Ok(b) => b,
+        Err(e) => panic!("cannot read the boot information (magic {:#x}): {}", magic, e),
+    };
+    let (opts, diagnostics) = cmdline::parse(&boot.cmdline);
+    apply_console_options(&opts);
+    if let Some(port) = opts.debug_exit {
+        DEBUG_EXIT_PORT.store(u32::from(port), Ordering::SeqCst);
+    }
+    console::write_str("\n");
+    match &boot.loader_name {
+        Some(name) => info!("Ferrite {} (x86_64) booted by {} loader \"{}\"", VERSION, boot.protocol, name),
+        None => info!("Ferrite {} (x86_64) booted by {}", VERSION, boot.protocol),
+    }
+    info!("cmdline: \"{}\"", boot.cmdline);
+    for d in &diagnostics {
+        warn!("cmdline: {}", d);
+    }
+    for (i, m) in boot.modules.iter().enumerate() {
+        let size = m.end.saturating_sub(m.start);
+        match fnv1a32(&BootMemory, m.start, size) {
+            Some(h) => info!("module {}: {} bytes at {:#x}, cmdline \"{}\", fnv1a32 {:#010x}", i, size, m.start, m.cmdline, h),
+            None => warn!("module {}: {} bytes at {:#x} is not readable; ignored", i, size, m.start),
+        }
+    }
+
+    // ACPI before the frame allocator: multiboot2 hands the RSDP inside its
+    // information block, which the allocator may reuse.
+    let platform = match acpi::discover(boot.rsdp_paddr) {
+        Ok(p) => p,
+        Err(e) => {
+            warn!("ACPI tables not usable ({:?}); assuming one CPU", e);
+            acpi::Platform::default()
+        }
+    };
+
+    let mem = mm::init(&boot);
+    info!(
+        "memory: {} MiB usable in {} regions, {} MiB free, heap {} MiB",
+        mem.usable_bytes >> 20,
+        mem.regions,
+        mem.free_bytes >> 20,
+        mem.heap_bytes >> 20
+    );
+    if let Some(d0) = opts.dom0_mem {
+        info!("dom0_mem: {}", d0);
+    }
+
+    apic::init_cpu();
+    let bsp_apic = apic::id();
+    percpu::init(0, bsp_apic, tables);
+    time::calibrate();
+    fpu::init_cpu();
+    info!(
+        "acpi: {} CPUs, {} I/O APICs{}{}",
+        platform.cpu_apic_ids.len().max(1),
+        platform.io_apics.len(),
+        platform.hpet.map(|a| alloc::format!(", HPET at {:#x}", a)).unwrap_or_default(),
+        platform.ecam.first().map(|e| alloc::format!(", PCIe ECAM at {:#x}", e.0)).unwrap_or_default()
+    );
+    info!("cpu 0: online (apic id {}), TSC {} MHz", bsp_apic, time::tsc_hz() / 1_000_000);
+
+    let caps = match virt::svm::detect() {
+        Ok(caps) => {
+            info!("virtualization: {}", caps);
+            Some(caps)
+        }
+        Err(e) => {
+            error!("virtualization unavailable: {}", e);
+            None
+        }
+    };
+    if caps.is_some() {
+        enable_virtualization_on_this_cpu();
+    }
+
+    start_secondary_cpus(&platform.cpu_apic_ids, bsp_apic);
+    info!(
+        "smp: {} CPUs online, SVM enabled on {}",
+        percpu::online_count(),
+        SVM_ENABLED_CPUS.load(Ordering::SeqCst)
+    );
+
+    let mut ok = true;
+    if let Some(caps) = caps {
+        if opts.selftest {
+            let cpu_state = percpu::current().svm.as_ref().expect("SVM enabled on the boot CPU");
+            match selftest::run(cpu_state, caps) {
+                Ok(summary) => info!("selftest: PASS ({})", summary),
+                Err(why) => {
+                    error!("selftest: FAIL: {}", why);
+                    ok = false;
+                }
+            }
+        }
+    } else {
+        ok = false;
+    }
+    let (used, total) = mm::heap::usage();
+    info!("heap: {} KiB of {} KiB used; {} MiB free", used >> 10, total >> 10, mm::free_bytes() >> 20);
+    info!("boot complete");
+    report_exit(ok);
+    loop {
+        cpu::wait_for_interrupt();
+    }
+}
+
+fn enable_virtualization_on_this_cpu() {
+    let pc = percpu::current();
+    match virt::svm::enable_cpu() {
+        Ok(state) => {
+            pc.svm = Some(state);
+            SVM_ENABLED_CPUS.fetch_add(1, Ordering::SeqCst);
+            info!("cpu {}: SVM enabled", pc.index);
+        }
+        Err(e) => error!("cpu {}: SVM not enabled: {}", pc.index, e),
+    }
+}
+
+fn start_secondary_cpus(apic_ids: &[u32], bsp_apic: u32) {
+    let code = smp::trampoline_code();
+    // SAFETY: the trampoline page is reserved low memory (never handed out
+    // by the frame allocator) and mapped read-execute; writing it needs
+    // CR0.WP off for the duration of the copy, on this CPU only, with no
+    // other CPU running yet.
+    unsafe {
+        let cr0 = cpu::read_cr0();
+        cpu::write_cr0(cr0 & !(1 << 16));
+        core::ptr::copy_nonoverlapping(code.as_ptr(), smp::TRAMPOLINE_CODE as *mut u8, code.len());
+        cpu::write_cr0(cr0);
+    }
+    let mut index = 1;
+    let others: Vec<u32> = apic_ids.iter().copied().filter(|&id| id != bsp_apic).collect();
+    for apic_id in others {
+        if index >= percpu::MAX_CPUS {
+            warn!("more than {} CPUs; the rest stay offline", percpu::MAX_CPUS);
+            break;
+        }
+        let stack = alloc::vec![0u8; 64 * 1024].leak();
+        let top = (stack.as_ptr() as u64 + stack.len() as u64) & !0xF;
+        if smp::start_one(apic_id, top, ap_main, index as u64) {
+            index += 1;
+        } else {
+            warn!("cpu with apic id {} did not start", apic_id);
+        }
+    }
+}
+
+extern "C" fn ap_main(index: u64) -> ! {
+    let tables = gdt::init_cpu();
+    idt::load();
+    apic::init_cpu();
+    percpu::init(index as usize, apic::id(), tables);
+    fpu::init_cpu();
+    info!("cpu {}: online (apic id {})", index, apic::id());
+    enable_virtualization_on_this_cpu();
+    // Only now: the boot CPU reports the SVM count once every AP is done.
+    smp::signal_alive();
+    loop {
+        cpu::wait_for_interrupt();
+    }
+}

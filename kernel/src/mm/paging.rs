@@ -1,0 +1,147 @@
+//! Four-level x86_64 page tables, used both for the hypervisor's own address
+//! space and as nested page tables for guests (same format; nested tables
+//! need the U/S bit at every level).
+
+use super::{alloc_zeroed_page, free_page};
+
+pub const PRESENT: u64 = 1 << 0;
+pub const WRITABLE: u64 = 1 << 1;
+pub const USER: u64 = 1 << 2;
+pub const WRITE_THROUGH: u64 = 1 << 3;
+pub const CACHE_DISABLE: u64 = 1 << 4;
+pub const HUGE: u64 = 1 << 7;
+pub const NO_EXECUTE: u64 = 1 << 63;
+
+const ADDR_MASK: u64 = 0x000F_FFFF_FFFF_F000;
+/// Non-leaf entries grant everything; leaves decide.
+const TABLE_FLAGS: u64 = PRESENT | WRITABLE | USER;
+
+pub const SIZE_4K: u64 = 0x1000;
+pub const SIZE_2M: u64 = 0x20_0000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapError {
+    OutOfMemory,
+    Misaligned,
+    /// Something is already mapped there with a different granularity.
+    Conflict,
+}
+
+/// The entries of the table in the identity-mapped frame `pa`.
+fn table(pa: u64) -> &'static mut [u64; 512] {
+    // SAFETY: `pa` is always a frame this module allocated for a table (or
+    // the root), zero-initialised, identity mapped and owned by exactly one
+    // `PageTables`, which never hands out two overlapping references at
+    // once (each walk holds one reference at a time).
+    unsafe { &mut *(pa as *mut [u64; 512]) }
+}
+
+pub struct PageTables {
+    root: u64,
+}
+
+impl PageTables {
+    pub fn new() -> Result<Self, MapError> {
+        Ok(PageTables { root: alloc_zeroed_page().ok_or(MapError::OutOfMemory)? })
+    }
+
+    /// The physical address to load into CR3 / the nested CR3.
+    pub fn root(&self) -> u64 {
+        self.root
+    }
+
+    fn index(va: u64, level: u32) -> usize {
+        ((va >> (12 + 9 * level)) & 0x1FF) as usize
+    }
+
+    /// Returns the table at `stop_level` (0 = PT, 1 = PD) covering `va`,
+    /// creating intermediate tables as needed.
+    fn table_for(&mut self, va: u64, stop_level: u32) -> Result<u64, MapError> {
+        let mut pa = self.root;
+        for level in (stop_level + 1..=3).rev() {
+            let entries = table(pa);
+            let e = &mut entries[Self::index(va, level)];
+            if *e & PRESENT == 0 {
+                let new = alloc_zeroed_page().ok_or(MapError::OutOfMemory)?;
+                *e = new | TABLE_FLAGS;
+            } else if *e & HUGE != 0 {
+                return Err(MapError::Conflict);
+            }
+            pa = *e & ADDR_MASK;
+        }
+        Ok(pa)
+    }
+
+    pub fn map_4k(&mut self, va: u64, pa: u64, flags: u64) -> Result<(), MapError> {
+        if va % SIZE_4K != 0 || pa % SIZE_4K != 0 {
+            return Err(MapError::Misaligned);
+        }
+        let pt = self.table_for(va, 0)?;
+        table(pt)[Self::index(va, 0)] = pa | flags | PRESENT;
+        Ok(())
+    }
+
+    pub fn map_2m(&mut self, va: u64, pa: u64, flags: u64) -> Result<(), MapError> {
+        if va % SIZE_2M != 0 || pa % SIZE_2M != 0 {
+            return Err(MapError::Misaligned);
+        }
+        let pd = self.table_for(va, 1)?;
+        let e = &mut table(pd)[Self::index(va, 1)];
+        if *e & PRESENT != 0 && *e & HUGE == 0 {
+            return Err(MapError::Conflict);
+        }
+        *e = pa | flags | PRESENT | HUGE;
+        Ok(())
+    }
+
+    /// Maps `[va, va+len)` to `[pa, pa+len)` with the largest pages alignment allows.
+    pub fn map_range(&mut self, va: u64, pa: u64, len: u64, flags: u64) -> Result<(), MapError> {
+        let mut off = 0;
+        while off < len {
+            let (v, p) = (va + off, pa + off);
+            if v % SIZE_2M == 0 && p % SIZE_2M == 0 && len - off >= SIZE_2M {
+                self.map_2m(v, p, flags)?;
+                off += SIZE_2M;
+            } else {
+                self.map_4k(v, p, flags)?;
+                off += SIZE_4K;
+            }
+        }
+        Ok(())
+    }
+
+    /// The physical address and leaf flags `va` maps to, if any.
+    pub fn translate(&self, va: u64) -> Option<(u64, u64)> {
+        let mut pa = self.root;
+        for level in (0..=3).rev() {
+            let e = table(pa)[Self::index(va, level)];
+            if e & PRESENT == 0 {
+                return None;
+            }
+            if level == 0 || (level <= 2 && e & HUGE != 0) {
+                let page_mask = (1u64 << (12 + 9 * level)) - 1;
+                return Some(((e & ADDR_MASK & !page_mask) | (va & page_mask), e & !ADDR_MASK));
+            }
+            pa = e & ADDR_MASK;
+        }
+        None
+    }
+
+    fn free_level(pa: u64, level: u32) {
+        if level > 0 {
+            for &e in table(pa).iter() {
+                if e & PRESENT != 0 && e & HUGE == 0 {
+                    Self::free_level(e & ADDR_MASK, level - 1);
+                }
+            }
+        }
+        free_page(pa);
+    }
+}
+
+impl Drop for PageTables {
+    /// Frees the table frames (not the memory they map).
+    fn drop(&mut self) {
+        Self::free_level(self.root, 3);
+    }
+}

@@ -1,0 +1,78 @@
+//! Per-CPU data, reached through the GS base (`gs:[0]` holds a pointer to
+//! this CPU's `PerCpu`).
+
+use crate::arch::cpu::{self, msr};
+use crate::arch::gdt::CpuTables;
+use crate::virt::svm::SvmCpu;
+use alloc::boxed::Box;
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+
+pub const MAX_CPUS: usize = 64;
+
+#[repr(C)]
+pub struct PerCpu {
+    /// Must stay first: `gs:[0]` points here.
+    self_ptr: *const PerCpu,
+    pub index: usize,
+    pub apic_id: u32,
+    pub tables: &'static CpuTables,
+    /// SVM state when the backend is enabled on this CPU.
+    pub svm: Option<SvmCpu>,
+}
+
+static CPUS: [AtomicPtr<PerCpu>; MAX_CPUS] = [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS];
+static ONLINE: AtomicUsize = AtomicUsize::new(0);
+/// False until the boot CPU has its block: before that, GS is not set up
+/// and only the boot CPU runs.
+static READY: AtomicBool = AtomicBool::new(false);
+
+/// Installs this CPU's per-CPU block and points GS at it.
+pub fn init(index: usize, apic_id: u32, tables: &'static CpuTables) -> &'static mut PerCpu {
+    let pc = Box::leak(Box::new(PerCpu { self_ptr: core::ptr::null(), index, apic_id, tables, svm: None }));
+    pc.self_ptr = pc as *const PerCpu;
+    CPUS[index].store(pc as *mut PerCpu, Ordering::SeqCst);
+    // SAFETY: GS_BASE exists on every x86_64 CPU; the block is leaked, so
+    // the pointer stays valid for the life of the hypervisor.
+    unsafe { cpu::wrmsr(msr::GS_BASE, pc as *const PerCpu as u64) };
+    ONLINE.fetch_add(1, Ordering::SeqCst);
+    READY.store(true, Ordering::SeqCst);
+    pc
+}
+
+/// This CPU's index (0 = boot CPU).
+pub fn current_index() -> usize {
+    if !READY.load(Ordering::SeqCst) {
+        return 0;
+    }
+    let p: *const PerCpu;
+    // SAFETY: gs:[0] holds the self pointer written by `init`, which runs
+    // before any code that asks for the current CPU.
+    unsafe { core::arch::asm!("mov {}, gs:[0]", out(reg) p, options(readonly, nostack, preserves_flags)) };
+    if p.is_null() {
+        return 0;
+    }
+    // SAFETY: non-null means `init` stored a pointer to a leaked PerCpu.
+    unsafe { (*p).index }
+}
+
+/// This CPU's block, for exclusive use by code running on this CPU.
+pub fn current() -> &'static mut PerCpu {
+    let p: *mut PerCpu;
+    // SAFETY: as in `current_index`.
+    unsafe { core::arch::asm!("mov {}, gs:[0]", out(reg) p, options(readonly, nostack, preserves_flags)) };
+    assert!(!p.is_null(), "per-CPU data used before init");
+    // SAFETY: the block is only touched by its own CPU (interrupt handlers
+    // do not use it), so no two live references alias.
+    unsafe { &mut *p }
+}
+
+pub fn online_count() -> usize {
+    ONLINE.load(Ordering::SeqCst)
+}
+
+pub fn apic_id_of(index: usize) -> Option<u32> {
+    let p = CPUS.get(index)?.load(Ordering::SeqCst);
+    // SAFETY: non-null entries point to leaked PerCpu blocks; apic_id is
+    // immutable after init.
+    (!p.is_null()).then(|| unsafe { (*p).apic_id })
+}

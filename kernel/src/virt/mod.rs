@@ -1,0 +1,139 @@
+//! The hardware-virtualization abstraction. The vCPU run loop (`vcpu`)
+//! talks to a `Backend` and sees generic `VmExit`s; it does not know whether
+//! SVM or VMX is underneath. SVM is implemented; VMX is detected and
+//! reported as not implemented yet.
+
+pub mod svm;
+
+use core::fmt;
+
+/// What the backend found on this CPU.
+#[derive(Clone, Copy, Debug)]
+pub struct Capabilities {
+    pub name: &'static str,
+    pub nested_paging: bool,
+    /// The CPU reports the next RIP on exits (SVM NRIPS).
+    pub next_rip: bool,
+    /// The CPU decodes faulting instructions for us (SVM decode assists).
+    pub decode_assists: bool,
+    pub flush_by_asid: bool,
+    /// VMCB clean bits: the CPU may cache unchanged VMCB state.
+    pub state_caching: bool,
+    pub pause_filter: bool,
+    pub asids: u32,
+}
+
+impl fmt::Display for Capabilities {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        let yn = |b: bool| if b { "yes" } else { "no" };
+        write!(
+            f,
+            "{}: npt={} nrips={} decode_assists={} flush_by_asid={} vmcb_clean={} pause_filter={} asids={}",
+            self.name,
+            yn(self.nested_paging),
+            yn(self.next_rip),
+            yn(self.decode_assists),
+            yn(self.flush_by_asid),
+            yn(self.state_caching),
+            yn(self.pause_filter),
+            self.asids
+        )
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DetectError {
+    UnknownVendor,
+    SvmAbsent,
+    SvmDisabledByFirmware,
+    NoNestedPaging,
+    VmxNotImplemented,
+    VmxAbsent,
+}
+
+impl fmt::Display for DetectError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(match self {
+            DetectError::UnknownVendor => "this CPU is neither AMD nor Intel; no virtualization backend for it",
+            DetectError::SvmAbsent => "this AMD CPU has no SVM (AMD-V); under QEMU use -cpu qemu64,+svm,+npt or -cpu host with nested virtualization",
+            DetectError::SvmDisabledByFirmware => "SVM is disabled by the firmware (VM_CR.SVMDIS); enable AMD-V/SVM in the BIOS setup",
+            DetectError::NoNestedPaging => "this CPU has SVM but no nested paging (NPT), which Ferrite requires; under QEMU add +npt",
+            DetectError::VmxNotImplemented => "this is an Intel CPU with VMX; Ferrite's VMX backend is not implemented yet (SVM only for now)",
+            DetectError::VmxAbsent => "this Intel CPU has no VMX; Ferrite needs hardware virtualization",
+        })
+    }
+}
+
+/// Guest general-purpose registers, plus the ones the hardware keeps in its
+/// control block (synchronised by the backend on every exit and entry).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GuestRegs {
+    pub rax: u64,
+    pub rbx: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub rbp: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+    pub rsp: u64,
+    pub rip: u64,
+    pub rflags: u64,
+}
+
+/// Why the guest stopped running, decoded from backend-specific exit codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmExit {
+    /// IN/OUT (string forms flagged; the run loop decides what it supports).
+    Io { port: u16, size: u8, write: bool, string: bool, rep: bool, next_rip: u64 },
+    Cpuid { next_rip: u64 },
+    Hlt { next_rip: u64 },
+    /// VMMCALL/VMCALL: a hypercall.
+    Hypercall { next_rip: u64 },
+    MsrRead { msr: u32, next_rip: u64 },
+    MsrWrite { msr: u32, value: u64, next_rip: u64 },
+    Xsetbv { next_rip: u64 },
+    NestedPageFault { gpa: u64, write: bool, exec: bool, present: bool },
+    /// A physical interrupt arrived while the guest ran; nothing to do for
+    /// the guest.
+    ExternalInterrupt,
+    /// Triple fault / shutdown: the guest is dead.
+    Shutdown,
+    /// The hardware refused the guest state.
+    InvalidState,
+    Other { code: u64, info1: u64, info2: u64 },
+}
+
+/// A segment register as the backends store it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Segment {
+    pub selector: u16,
+    pub base: u64,
+    pub limit: u32,
+    /// Access rights in the 12-bit "compressed" form (type, S, DPL, P, AVL, L, D/B, G).
+    pub attrib: u16,
+}
+
+/// The operations the run loop needs from a virtual CPU.
+pub trait VcpuOps {
+    fn run(&mut self) -> VmExit;
+    fn regs(&self) -> &GuestRegs;
+    fn regs_mut(&mut self) -> &mut GuestRegs;
+    /// Puts the vCPU in real mode at `cs_base:ip`, as after INIT with a
+    /// chosen start address.
+    fn reset_real_mode(&mut self, cs_selector: u16, ip: u16);
+    fn efer(&self) -> u64;
+    fn set_efer(&mut self, efer: u64);
+    fn cr0(&self) -> u64;
+    /// Injects a hardware exception (e.g. #GP for an unknown MSR).
+    fn inject_exception(&mut self, vector: u8, error_code: Option<u32>);
+    fn set_xcr0(&mut self, xcr0: u64);
+}
