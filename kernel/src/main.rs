@@ -102,9 +102,14 @@ pub extern "C" fn kmain(magic: u32, info_paddr: u32, entry: u32) -> ! {
         DEBUG_EXIT_PORT.store(u32::from(port), Ordering::SeqCst);
     }
     console::write_str("\n");
+    let protocol = match boot.protocol {
+        Protocol::Pvh => "pvh",
+        Protocol::Multiboot1 => "multiboot1",
+        Protocol::Multiboot2 => "multiboot2",
+    };
     match &boot.loader_name {
-        Some(name) => info!("Ferrite {} (x86_64) booted by {} loader \"{}\"", VERSION, boot.protocol, name),
-        None => info!("Ferrite {} (x86_64) booted by {}", VERSION, boot.protocol),
+        Some(name) => info!("Ferrite {} (x86_64) booted by {} loader \"{}\"", VERSION, protocol, name),
+        None => info!("Ferrite {} (x86_64) booted by {}", VERSION, protocol),
     }
     info!("cmdline: \"{}\"", boot.cmdline);
     for d in &diagnostics {

@@ -3,8 +3,7 @@
 use core::arch::x86_64::{CpuidResult, __cpuid_count};
 
 pub fn cpuid(leaf: u32, subleaf: u32) -> CpuidResult {
-    // SAFETY: CPUID is available on every x86_64 CPU and has no side effects.
-    unsafe { __cpuid_count(leaf, subleaf) }
+    __cpuid_count(leaf, subleaf)
 }
 
 pub fn max_extended_leaf() -> u32 {

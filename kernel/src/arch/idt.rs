@@ -121,8 +121,8 @@ fn gate(handler: u64, ist: u8) -> u128 {
 
 /// Fills the IDT (once, on the boot CPU).
 pub fn init() {
-    // SAFETY: `isr_stubs` is the start of 256 16-byte aligned stubs defined above.
-    let base = unsafe { core::ptr::addr_of!(isr_stubs) } as u64;
+    // `isr_stubs` is the start of 256 16-byte aligned stubs defined above.
+    let base = core::ptr::addr_of!(isr_stubs) as u64;
     for vector in 0..256u64 {
         let ist = match vector {
             2 => IST_NMI,
@@ -173,6 +173,5 @@ extern "C" fn isr_dispatch(frame: &mut InterruptFrame) {
                 vector, EXCEPTION_NAMES[vector as usize], frame.error_code, frame.rip, cr2, frame.rsp, frame
             );
         }
-        _ => {}
     }
 }

@@ -1,31 +1,9 @@
 //! The host serial port (a 16550 UART): the hypervisor console.
 
 use crate::arch::pio::{inb, outb};
+pub use ferrite_boot::cmdline::{LineConfig, Parity};
 
 pub const COM1: u16 = 0x3F8;
-
-/// Line settings from `com1=<baud>,<data><parity><stop>`.
-#[derive(Clone, Copy, Debug)]
-pub struct LineConfig {
-    /// None keeps what the firmware or boot loader set (`auto`).
-    pub baud: Option<u32>,
-    pub data_bits: u8,
-    pub parity: Parity,
-    pub stop_bits: u8,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Parity {
-    None,
-    Odd,
-    Even,
-}
-
-impl Default for LineConfig {
-    fn default() -> Self {
-        LineConfig { baud: Some(115_200), data_bits: 8, parity: Parity::None, stop_bits: 1 }
-    }
-}
 
 pub struct Uart {
     base: u16,

@@ -153,9 +153,18 @@ pub struct SvmVcpu {
     guest_fpu: FpuState,
     host_fpu: FpuState,
     guest_xcr0: u64,
-    /// The exit being handled wants the guest to resume at this RIP.
-    first_run: bool,
+    /// VMCB areas changed since the last VMRUN (clean-bit numbering); with
+    /// VMCB clean bits the CPU reloads only these.
+    dirty: u32,
+    /// The CPU this vCPU last ran on (`usize::MAX`: never ran). On another
+    /// CPU the cached VMCB state and TLB entries must not be trusted.
+    last_cpu: usize,
 }
+
+/// VMCB clean bits (APM vol. 2, 15.15.3) this code tracks.
+const CLEAN_ALL: u32 = 0xFFF;
+const CLEAN_CRX: u32 = 1 << 5;
+const CLEAN_SEG_DT_CR2: u32 = (1 << 7) | (1 << 8) | (1 << 9);
 
 impl SvmVcpu {
     /// Creates a vCPU whose guest-physical memory is described by the
@@ -207,7 +216,8 @@ impl SvmVcpu {
             guest_fpu: FpuState::new(),
             host_fpu: FpuState::new(),
             guest_xcr0: 1,
-            first_run: true,
+            dirty: CLEAN_ALL,
+            last_cpu: usize::MAX,
         };
         vcpu.reset_real_mode(0xF000, 0xFFF0);
         vcpu
@@ -279,10 +289,21 @@ impl VcpuOps for SvmVcpu {
         self.vmcb.write_u64(RSP, self.regs.rsp);
         self.vmcb.write_u64(RIP, self.regs.rip);
         self.vmcb.write_u64(RFLAGS, self.regs.rflags | 2);
-        // Without flush-by-ASID the whole TLB is flushed on the first run;
-        // each vCPU has its own ASID afterwards.
-        self.vmcb.write_u8(TLB_CONTROL, if self.first_run { 1 } else { 0 });
-        self.first_run = false;
+        // On a CPU it has not run on before, the vCPU's ASID may hold stale
+        // translations there: flush them (just this ASID when the CPU can,
+        // else everything) and let the CPU reload the whole VMCB.
+        let cpu = crate::percpu::current_index();
+        if cpu != self.last_cpu {
+            self.vmcb.write_u8(TLB_CONTROL, if self.caps.flush_by_asid { 3 } else { 1 });
+            self.dirty = CLEAN_ALL;
+            self.last_cpu = cpu;
+        } else {
+            self.vmcb.write_u8(TLB_CONTROL, 0);
+        }
+        if self.caps.state_caching {
+            self.vmcb.write_u32(CLEAN_BITS, !self.dirty & CLEAN_ALL);
+        }
+        self.dirty = 0;
         self.host_fpu.save();
         self.guest_fpu.restore();
         let use_xsave = fpu::uses_xsave();
@@ -332,6 +353,7 @@ impl VcpuOps for SvmVcpu {
         self.vmcb.write_u64(EFER, cpu::EFER_SVME);
         self.regs = GuestRegs { rip: u64::from(ip), rflags: 2, rdx: 0x600, ..Default::default() };
         self.guest_xcr0 = 1;
+        self.dirty |= CLEAN_CRX | CLEAN_SEG_DT_CR2;
     }
 
     fn efer(&self) -> u64 {
@@ -341,6 +363,7 @@ impl VcpuOps for SvmVcpu {
     fn set_efer(&mut self, efer: u64) {
         // The guest never sees SVME, but VMRUN requires it in the guest EFER.
         self.vmcb.write_u64(EFER, efer | cpu::EFER_SVME);
+        self.dirty |= CLEAN_CRX;
     }
 
     fn cr0(&self) -> u64 {
