@@ -1,0 +1,41 @@
+//! Ferrite's platform device models as pure, safe logic.
+//!
+//! Every model here is a plain state machine: the hypervisor (or, later, an
+//! HVM stub domain) decodes a guest access and calls `read`/`write` (or the
+//! port/MMIO/MSR variants); the model never calls out. Interrupts are
+//! reported as *line levels* the caller polls after each access or timer
+//! event (`irq_pending()`, `irq_level()`, `sci_level()`), or as values
+//! returned from the access (`Option<Delivery>`, [`lapic::LapicEffect`]).
+//! Time comes in through the [`Clock`] and [`WallClock`] traits.
+//!
+//! Every input is treated as hostile: out-of-range offsets, odd access
+//! sizes and reserved register values never panic; they read as a sane
+//! value, are ignored, or are reported as an error the caller turns into a
+//! guest fault.
+//!
+//! | module | device |
+//! | --- | --- |
+//! | [`uart16550`] | 16550A UART (COM port) |
+//! | [`lapic`] | local APIC, xAPIC MMIO and x2APIC MSRs, timer, IPIs |
+//! | [`ioapic`] | 24-pin I/O APIC (version 0x11) |
+//! | [`acpi_pm`] | ACPI fixed hardware: PM1a event/control, PM timer, reset |
+//! | [`rtc`] | MC146818 RTC and CMOS RAM |
+//! | [`pit`] | i8254 PIT and port 0x61 |
+
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+pub mod acpi_pm;
+pub mod clock;
+pub mod ioapic;
+pub mod lapic;
+pub mod pit;
+pub mod rtc;
+pub mod uart16550;
+
+pub use clock::{Clock, WallClock};
+
+#[cfg(test)]
+pub(crate) mod testutil;

@@ -1,0 +1,34 @@
+//! x86 helpers for emulating guest instructions without hardware decode
+//! assists (QEMU's TCG SVM has neither NRIPS nor decode assists).
+//!
+//! * [`walk`]: guest-virtual → guest-physical translation through the
+//!   guest's own page tables (all paging modes), with the exact #PF error
+//!   code on failure, and [`walk::fetch_instruction`] to read the bytes at
+//!   CS:RIP.
+//! * [`decode`]: decoding of the instruction forms that touch MMIO into an
+//!   [`decode::MmioOp`], effective-address computation, a general
+//!   [`decode::instruction_length`], and [`decode::MmioOp::execute`] which
+//!   performs the access against a device and writes registers/flags back.
+//! * [`regs`]: the general-purpose register file with x86 partial-register
+//!   rules.
+//!
+//! Pure logic, no `unsafe`, host-tested.
+
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+pub mod decode;
+pub mod regs;
+pub mod walk;
+
+pub use decode::{
+    decode_mmio, instruction_length, AluOp, BitOp, CodeMode, DecodeError, Extend, MemOperand,
+    MmioBus, MmioKind, MmioOp, Operand, Rep, Seg, StringOp, UnaryOp,
+};
+pub use regs::{Reg, Regs};
+pub use walk::{
+    fetch_instruction, fetch_instruction_ex, translate, Access, AccessKind, CpuMode, Fetched,
+    FetchError, GuestPhysRead, PageFault, PagingMode, PagingRegs, WalkError,
+};
