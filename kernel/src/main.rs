@@ -13,17 +13,19 @@ extern crate alloc;
 mod acpi;
 mod arch;
 mod console;
+mod domain;
 mod drivers;
 mod mm;
 mod panic;
 mod percpu;
+mod sched;
 mod selftest;
 mod vcpu;
 mod virt;
 
 use alloc::vec::Vec;
 use arch::{apic, cpu, fpu, gdt, idt, smp, time};
-use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use ferrite_boot::bootinfo::{self, BootError, PhysMemory, Protocol};
 use ferrite_boot::cmdline::{self, Options};
 use log::{error, info, warn};
@@ -33,6 +35,26 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// I/O port of QEMU's isa-debug-exit device (`debug_exit=`), 0 when unset.
 static DEBUG_EXIT_PORT: AtomicU32 = AtomicU32::new(0);
 static SVM_ENABLED_CPUS: AtomicUsize = AtomicUsize::new(0);
+static VIRT_CAPS: spin::Once<virt::Capabilities> = spin::Once::new();
+/// Set when a domain crashed: the run is then reported as failed.
+static DOMAIN_FAILED: AtomicBool = AtomicBool::new(false);
+
+/// The virtualization features every CPU has (None: guests cannot run).
+pub fn virt_caps() -> Option<virt::Capabilities> {
+    VIRT_CAPS.get().copied()
+}
+
+/// Called when a domain has stopped for good (after any restart it asked
+/// for was started).
+pub fn domain_stopped(_d: &domain::Domain, state: &domain::DomainState) {
+    if let domain::DomainState::Crashed(_) = state {
+        DOMAIN_FAILED.store(true, Ordering::SeqCst);
+    }
+    if domain::count() == 0 {
+        info!("no domains left running");
+        report_exit(!DOMAIN_FAILED.load(Ordering::SeqCst));
+    }
+}
 
 /// Tells QEMU's isa-debug-exit device how the run went (0 = success,
 /// 1 = failure), when the command line asked for it.
@@ -87,6 +109,7 @@ pub extern "C" fn kmain(magic: u32, info_paddr: u32, entry: u32) -> ! {
     mm::heap::init_boot();
     console::init(Default::default(), true);
     console::init_logger(log::LevelFilter::Info);
+    arch::pic::disable();
     idt::init();
     let tables = gdt::init_cpu();
     idt::load();
@@ -149,6 +172,7 @@ pub extern "C" fn kmain(magic: u32, info_paddr: u32, entry: u32) -> ! {
     let bsp_apic = apic::id();
     percpu::init(0, bsp_apic, tables);
     time::calibrate();
+    apic::calibrate_timer();
     fpu::init_cpu();
     info!(
         "acpi: {} CPUs, {} I/O APICs{}{}",
@@ -182,9 +206,9 @@ pub extern "C" fn kmain(magic: u32, info_paddr: u32, entry: u32) -> ! {
 
     let mut ok = true;
     if let Some(caps) = caps {
+        VIRT_CAPS.call_once(|| caps);
         if opts.selftest {
-            let cpu_state = percpu::current().svm.as_ref().expect("SVM enabled on the boot CPU");
-            match selftest::run(cpu_state, caps) {
+            match selftest::run(caps) {
                 Ok(summary) => info!("selftest: PASS ({})", summary),
                 Err(why) => {
                     error!("selftest: FAIL: {}", why);
@@ -195,12 +219,77 @@ pub extern "C" fn kmain(magic: u32, info_paddr: u32, entry: u32) -> ! {
     } else {
         ok = false;
     }
+    let started = match caps {
+        Some(caps) if ok => start_boot_domains(&boot, &opts, caps),
+        _ => 0,
+    };
     let (used, total) = mm::heap::usage();
     info!("heap: {} KiB of {} KiB used; {} MiB free", used >> 10, total >> 10, mm::free_bytes() >> 20);
     info!("boot complete");
-    report_exit(ok);
-    loop {
-        cpu::wait_for_interrupt();
+    if started == 0 {
+        report_exit(ok);
+    }
+    BOOT_DONE.store(true, Ordering::SeqCst);
+    sched::run_forever()
+}
+
+/// Set once the boot CPU has created the boot-time domains; APs wait for
+/// it before they start scheduling.
+static BOOT_DONE: AtomicBool = AtomicBool::new(false);
+
+/// The module's name: the first word of its string, without directories.
+fn module_name(cmdline: &str) -> &str {
+    let first = cmdline.split_whitespace().next().unwrap_or("");
+    first.rsplit('/').next().unwrap_or(first)
+}
+
+/// Creates dom0 from the boot modules, Xen's way: module 0 is the dom0
+/// kernel, its string (after the file name) the kernel command line;
+/// module 1, if present, its initrd. Returns how many domains started.
+fn start_boot_domains(boot: &bootinfo::BootInfo, opts: &Options, caps: virt::Capabilities) -> usize {
+    let Some(kernel_mod) = boot.modules.first() else {
+        info!("no dom0 kernel module given; nothing to run");
+        return 0;
+    };
+    let kernel = mm::module_bytes(kernel_mod.start, kernel_mod.end);
+    let initrd = boot.modules.get(1).map(|m| mm::module_bytes(m.start, m.end));
+    let cmdline = bootinfo::normalize_multiboot_cmdline(&kernel_mod.cmdline, boot.loader_name.as_deref());
+    let cmdline = if cmdline.split_whitespace().next() == Some(module_name(&kernel_mod.cmdline)) && !module_name(&kernel_mod.cmdline).contains('=') {
+        cmdline.split_once(' ').map_or(alloc::string::String::new(), |(_, rest)| alloc::string::String::from(rest.trim_start()))
+    } else {
+        cmdline
+    };
+    let pcpus = percpu::online_count() as u32;
+    let vcpus = opts.dom0_max_vcpus.map_or(pcpus, |r| r.max.unwrap_or(r.min).max(1));
+    let memory_bytes = match opts.dom0_mem.and_then(|m| m.amount) {
+        Some(cmdline::MemSize::Bytes(b)) => b,
+        Some(cmdline::MemSize::AllBut(b)) => mm::free_bytes().saturating_sub(b),
+        None => (mm::free_bytes() / 2).min(512 << 20),
+    };
+    let affinity = if opts.dom0_vcpus_pin {
+        (0..vcpus).map(|i| 1u64 << (i % pcpus.max(1))).collect()
+    } else {
+        Vec::new()
+    };
+    let spec = domain::PvhSpec {
+        name: alloc::string::String::from("dom0"),
+        memory_bytes,
+        vcpus,
+        kernel,
+        initrd,
+        cmdline,
+        affinity,
+        privileged: true,
+        on_poweroff: domain::Action::Destroy,
+        on_reboot: domain::Action::Restart,
+        on_crash: domain::Action::Destroy,
+    };
+    match domain::Domain::create_pvh(spec, caps) {
+        Ok(_) => 1,
+        Err(e) => {
+            error!("dom0 not started: {}", e);
+            0
+        }
     }
 }
 
@@ -255,6 +344,12 @@ extern "C" fn ap_main(index: u64) -> ! {
     enable_virtualization_on_this_cpu();
     // Only now: the boot CPU reports the SVM count once every AP is done.
     smp::signal_alive();
+    while !BOOT_DONE.load(Ordering::SeqCst) {
+        cpu::pause();
+    }
+    if percpu::current().svm.is_some() {
+        sched::run_forever()
+    }
     loop {
         cpu::wait_for_interrupt();
     }

@@ -186,11 +186,11 @@ impl Platform for SelftestPlatform {
 }
 
 /// Runs the self-test guest on this CPU. Returns a summary or what failed.
-pub fn run(cpu: &crate::virt::svm::SvmCpu, caps: crate::virt::Capabilities) -> Result<String, String> {
-    let mut mem = GuestMemory::new(2 << 20).map_err(|e| format!("{}", e))?;
+pub fn run(caps: crate::virt::Capabilities) -> Result<String, String> {
+    let mem = GuestMemory::new(2 << 20).map_err(|e| format!("{}", e))?;
     mem.write(LOAD_GPA, guest_program()).map_err(|e| format!("{}", e))?;
     let (iopm, msrpm) = crate::mm::alloc_intercept_maps().ok_or("out of memory for permission maps")?;
-    let mut vcpu = SvmVcpu::new(cpu, caps, mem.npt_root(), 1, iopm.0, msrpm.0);
+    let mut vcpu = SvmVcpu::new(caps, mem.npt_root(), 1, iopm.0, msrpm.0);
     vcpu.reset_real_mode((LOAD_GPA >> 4) as u16, 0);
     let mut platform = SelftestPlatform::default();
     let (outcome, exits) = vcpu::run_loop(&mut vcpu, &mut platform, 1000);

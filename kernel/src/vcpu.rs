@@ -16,7 +16,8 @@ pub const HV_SIGNATURE: [u32; 3] = [
 ];
 
 /// What a domain's platform does with the exits the run loop does not
-/// handle itself (port I/O, halts, hypercalls).
+/// handle itself (port I/O, MMIO, platform MSRs, halts, hypercalls,
+/// interrupts).
 pub trait Platform {
     fn io_in(&mut self, port: u16, size: u8) -> u32;
     fn io_out(&mut self, port: u16, size: u8, value: u32);
@@ -24,6 +25,38 @@ pub trait Platform {
     fn halt(&mut self) -> bool;
     /// A hypercall; `Some` ends the run with that result.
     fn hypercall(&mut self, regs: &mut GuestRegs) -> Option<u64>;
+    /// An MSR the run loop does not know; `None` means #GP for the guest.
+    fn msr_read(&mut self, _msr: u32) -> Option<u64> {
+        None
+    }
+    /// Returns false when the MSR or value is not accepted (#GP).
+    fn msr_write(&mut self, _msr: u32, _value: u64) -> bool {
+        false
+    }
+    /// A nested page fault outside guest RAM: emulate the access if it hits
+    /// a device. `None` means no device there (the domain crashes).
+    fn mmio(&mut self, _gpa: u64) -> Option<MmioHandled> {
+        None
+    }
+    /// The highest-priority interrupt waiting for the guest, if any.
+    fn pending_interrupt(&mut self) -> Option<u8> {
+        None
+    }
+    /// The run loop injected `vector`.
+    fn interrupt_injected(&mut self, _vector: u8) {}
+    /// Checked after every exit: stop running this vCPU for now (its time
+    /// slice is over, or its domain is shutting down).
+    fn should_stop(&mut self) -> bool {
+        false
+    }
+}
+
+/// How an MMIO access was resolved by the platform.
+pub enum MmioHandled {
+    /// Done; resume at this RIP.
+    Resume(u64),
+    /// The domain must crash, for this reason.
+    Crash(String),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -78,6 +111,15 @@ pub fn run_loop<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, max_exits
         if max_exits != 0 && exits >= max_exits {
             return (RunOutcome::Crashed(format!("did not finish within {} exits", max_exits)), exits);
         }
+        if let Some(vector) = platform.pending_interrupt() {
+            if vcpu.interruptible() {
+                vcpu.inject_interrupt(vector);
+                platform.interrupt_injected(vector);
+                vcpu.request_interrupt_window(false);
+            } else {
+                vcpu.request_interrupt_window(true);
+            }
+        }
         let exit = vcpu.run();
         exits += 1;
         match exit {
@@ -112,7 +154,15 @@ pub fn run_loop<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, max_exits
                     regs.rdx = efer >> 32;
                     regs.rip = next_rip;
                 }
-                _ => vcpu.inject_exception(GP_VECTOR, Some(0)),
+                _ => match platform.msr_read(msr) {
+                    Some(value) => {
+                        let regs = vcpu.regs_mut();
+                        regs.rax = value & 0xFFFF_FFFF;
+                        regs.rdx = value >> 32;
+                        regs.rip = next_rip;
+                    }
+                    None => vcpu.inject_exception(GP_VECTOR, Some(0)),
+                },
             },
             VmExit::MsrWrite { msr, value, next_rip } => match msr {
                 MSR_EFER => {
@@ -125,7 +175,13 @@ pub fn run_loop<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, max_exits
                         vcpu.regs_mut().rip = next_rip;
                     }
                 }
-                _ => vcpu.inject_exception(GP_VECTOR, Some(0)),
+                _ => {
+                    if platform.msr_write(msr, value) {
+                        vcpu.regs_mut().rip = next_rip;
+                    } else {
+                        vcpu.inject_exception(GP_VECTOR, Some(0));
+                    }
+                }
             },
             VmExit::Xsetbv { next_rip } => {
                 let regs = *vcpu.regs();
@@ -155,8 +211,19 @@ pub fn run_loop<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, max_exits
                     return (RunOutcome::Finished(result), exits);
                 }
             }
-            VmExit::ExternalInterrupt => {}
+            VmExit::ExternalInterrupt | VmExit::InterruptWindow => {}
             VmExit::NestedPageFault { gpa, write, .. } => {
+                match platform.mmio(gpa) {
+                    Some(MmioHandled::Resume(rip)) => {
+                        vcpu.regs_mut().rip = rip;
+                        if platform.should_stop() {
+                            return (RunOutcome::Halted, exits);
+                        }
+                        continue;
+                    }
+                    Some(MmioHandled::Crash(why)) => return (RunOutcome::Crashed(why), exits),
+                    None => {}
+                }
                 return (
                     RunOutcome::Crashed(format!(
                         "{} of unmapped guest-physical address {:#x} at rip {:#x}",
@@ -185,6 +252,9 @@ pub fn run_loop<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, max_exits
                     exits,
                 )
             }
+        }
+        if platform.should_stop() {
+            return (RunOutcome::Halted, exits);
         }
     }
 }

@@ -12,6 +12,15 @@ const REG_SVR: u64 = 0xF0;
 const REG_ICR_LOW: u64 = 0x300;
 const REG_ICR_HIGH: u64 = 0x310;
 
+const REG_LVT_TIMER: u64 = 0x320;
+const REG_TIMER_INITIAL: u64 = 0x380;
+const REG_TIMER_CURRENT: u64 = 0x390;
+const REG_TIMER_DIVIDE: u64 = 0x3E0;
+const LVT_MASKED: u32 = 1 << 16;
+
+/// Host APIC timer ticks per microsecond (divide-by-1), measured at boot.
+static TIMER_TICKS_PER_US: AtomicU64 = AtomicU64::new(0);
+
 const ICR_DELIVERY_PENDING: u32 = 1 << 12;
 const ICR_INIT: u32 = 0b101 << 8;
 const ICR_STARTUP: u32 = 0b110 << 8;
@@ -81,4 +90,31 @@ pub fn send_ipi(apic_id: u32, vector: u8) {
 /// Sends an NMI to every other CPU (used to stop them on panic).
 pub fn nmi_all_others() {
     send(0, ICR_NMI | ICR_LEVEL_ASSERT | ICR_ALL_EXCLUDING_SELF);
+}
+
+/// Measures the APIC timer against the (already calibrated) TSC. Call on
+/// the boot CPU; all CPUs share the bus clock.
+pub fn calibrate_timer() {
+    write(REG_TIMER_DIVIDE, 0b1011); // divide by 1
+    write(REG_LVT_TIMER, LVT_MASKED | u32::from(super::idt::VECTOR_TIMER));
+    write(REG_TIMER_INITIAL, u32::MAX);
+    let start = super::time::uptime_us();
+    super::time::delay_us(10_000);
+    let elapsed_ticks = u32::MAX - read(REG_TIMER_CURRENT);
+    let elapsed_us = (super::time::uptime_us() - start).max(1);
+    write(REG_TIMER_INITIAL, 0);
+    TIMER_TICKS_PER_US.store((u64::from(elapsed_ticks) / elapsed_us).max(1), Ordering::Relaxed);
+}
+
+pub fn timer_ticks_per_us() -> u64 {
+    TIMER_TICKS_PER_US.load(Ordering::Relaxed)
+}
+
+/// Arms this CPU's one-shot timer to interrupt after `us` microseconds
+/// (0 disarms it).
+pub fn arm_timer_us(us: u64) {
+    write(REG_TIMER_DIVIDE, 0b1011);
+    write(REG_LVT_TIMER, u32::from(super::idt::VECTOR_TIMER));
+    let ticks = us.saturating_mul(timer_ticks_per_us()).clamp(if us == 0 { 0 } else { 1 }, u64::from(u32::MAX));
+    write(REG_TIMER_INITIAL, ticks as u32);
 }

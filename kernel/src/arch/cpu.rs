@@ -115,3 +115,10 @@ pub fn rdtsc() -> u64 {
     // SAFETY: RDTSC is unprivileged-safe and has no side effects.
     unsafe { core::arch::x86_64::_rdtsc() }
 }
+
+/// Opens a one-instruction window for pending interrupts (handled on IST
+/// stacks, so the interrupted frame's red zone is safe).
+pub fn enable_interrupts_briefly() {
+    // SAFETY: `sti; nop; cli` lets pending interrupts in and closes again.
+    unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
+}

@@ -8,7 +8,10 @@
 use super::gdt::{IST_DEFAULT, IST_DOUBLE_FAULT, IST_MACHINE_CHECK, IST_NMI, KERNEL_CS};
 use core::sync::atomic::{AtomicBool, Ordering};
 
+/// An IPI that makes another CPU leave the guest or its idle halt.
 pub const VECTOR_WAKEUP: u8 = 0xF0;
+/// This CPU's APIC timer (scheduler ticks and guest timer deadlines).
+pub const VECTOR_TIMER: u8 = 0xF1;
 pub const VECTOR_SPURIOUS: u8 = 0xFF;
 
 /// Set by the panic path: an NMI then stops the CPU that receives it.

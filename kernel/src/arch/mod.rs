@@ -11,6 +11,7 @@ pub mod fpu;
 pub mod gdt;
 pub mod idt;
 pub mod intrinsics;
+pub mod pic;
 pub mod pio;
 pub mod smp;
 pub mod time;

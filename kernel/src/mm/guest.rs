@@ -34,21 +34,33 @@ impl fmt::Display for GuestMemError {
     }
 }
 
+/// Start of the hole below 4 GiB kept free of RAM for MMIO (LAPIC, IOAPIC,
+/// PCI BARs); the same value the loader puts in the guest's e820.
+pub const PCI_HOLE_START: u64 = 0xC000_0000;
+
 pub struct GuestMemory {
     chunks: Vec<Chunk>,
     npt: PageTables,
+    /// One past the highest guest-physical RAM address.
     size: u64,
+    /// Bytes of RAM (excluding the hole).
+    ram_bytes: u64,
 }
 
 impl GuestMemory {
-    /// Allocates `size` bytes (rounded up to 2 MiB) of zeroed RAM at
-    /// guest-physical 0 and builds its nested page table.
+    /// Allocates `size` bytes (rounded up to 2 MiB) of zeroed RAM from
+    /// guest-physical 0, skipping the PCI hole `[PCI_HOLE_START, 4 GiB)`
+    /// (RAM that would fall there is placed above 4 GiB), and builds its
+    /// nested page table.
     pub fn new(size: u64) -> Result<Self, GuestMemError> {
         let size = size.div_ceil(SIZE_2M) * SIZE_2M;
         let npt = PageTables::new().map_err(|_| GuestMemError::OutOfMemory { requested: size })?;
-        let mut mem = GuestMemory { chunks: Vec::new(), npt, size: 0 };
+        let mut mem = GuestMemory { chunks: Vec::new(), npt, size: 0, ram_bytes: 0 };
         let mut gpa = 0;
-        while gpa < size {
+        while mem.ram_bytes < size {
+            if gpa == PCI_HOLE_START {
+                gpa = 1 << 32;
+            }
             let frames = (SIZE_2M / 4096) as usize;
             let hpa = alloc_contiguous(frames, frames).or_else(|| alloc_contiguous(frames, 1));
             let Some(hpa) = hpa else {
@@ -62,12 +74,14 @@ impl GuestMemory {
                 .map_err(|_| GuestMemError::OutOfMemory { requested: size })?;
             gpa += SIZE_2M;
             mem.size = gpa;
+            mem.ram_bytes += SIZE_2M;
         }
         Ok(mem)
     }
 
-    pub fn size(&self) -> u64 {
-        self.size
+    /// Bytes of guest RAM.
+    pub fn ram_bytes(&self) -> u64 {
+        self.ram_bytes
     }
 
     pub fn npt_root(&self) -> u64 {
@@ -82,10 +96,22 @@ impl GuestMemory {
         Some((chunk.hpa + off, n))
     }
 
-    fn check(&self, gpa: u64, len: u64) -> Result<(), GuestMemError> {
+    /// Whether `[gpa, gpa+len)` is entirely guest RAM.
+    pub fn contains(&self, gpa: u64, len: u64) -> bool {
         match gpa.checked_add(len) {
-            Some(end) if end <= self.size => Ok(()),
-            _ => Err(GuestMemError::OutOfRange { gpa, len }),
+            Some(end) if end <= self.size => {}
+            _ => return false,
+        }
+        // Chunks are sorted and 2 MiB each; the only gap is the PCI hole.
+        let end = gpa + len;
+        !(gpa < (1 << 32) && end > PCI_HOLE_START && self.size > PCI_HOLE_START)
+    }
+
+    fn check(&self, gpa: u64, len: u64) -> Result<(), GuestMemError> {
+        if self.contains(gpa, len) {
+            Ok(())
+        } else {
+            Err(GuestMemError::OutOfRange { gpa, len })
         }
     }
 
@@ -104,7 +130,10 @@ impl GuestMemory {
         Ok(())
     }
 
-    pub fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), GuestMemError> {
+    /// Takes `&self`: guest RAM is shared by the guest's vCPUs and the
+    /// devices that DMA into it, as on real hardware; the bounds are what
+    /// the hypervisor guarantees.
+    pub fn write(&self, gpa: u64, data: &[u8]) -> Result<(), GuestMemError> {
         self.check(gpa, data.len() as u64)?;
         let mut done = 0usize;
         while done < data.len() {
@@ -118,10 +147,17 @@ impl GuestMemory {
         Ok(())
     }
 
-    pub fn read_u32(&self, gpa: u64) -> Result<u32, GuestMemError> {
-        let mut b = [0u8; 4];
-        self.read(gpa, &mut b)?;
-        Ok(u32::from_le_bytes(b))
+    /// Fills `[gpa, gpa+len)` with `byte`.
+    pub fn fill(&self, gpa: u64, len: u64, byte: u8) -> Result<(), GuestMemError> {
+        self.check(gpa, len)?;
+        let mut done = 0u64;
+        while done < len {
+            let (hpa, n) = self.host_range(gpa + done, len - done).ok_or(GuestMemError::OutOfRange { gpa, len })?;
+            // SAFETY: as in `write`.
+            unsafe { core::ptr::write_bytes(hpa as *mut u8, byte, n as usize) };
+            done += n;
+        }
+        Ok(())
     }
 }
 

@@ -191,3 +191,16 @@ pub fn free_intercept_maps(iopm: (u64, usize), msrpm: (u64, usize)) {
 pub fn free_bytes() -> u64 {
     FRAMES.lock().as_ref().map_or(0, |f| f.free_frames() as u64 * SIZE_4K)
 }
+
+/// The bytes of a boot module. Modules lie in memory the frame allocator
+/// never hands out (they are reserved in `init`) and stay untouched for the
+/// life of the hypervisor, so a shared `'static` view is sound.
+pub fn module_bytes(start: u64, end: u64) -> &'static [u8] {
+    let len = end.saturating_sub(start) as usize;
+    if start == 0 || len == 0 {
+        return &[];
+    }
+    // SAFETY: see above; the range was validated by the boot-information
+    // parser and is identity mapped.
+    unsafe { core::slice::from_raw_parts(start as *const u8, len) }
+}

@@ -105,6 +105,9 @@ pub enum VmExit {
     /// A physical interrupt arrived while the guest ran; nothing to do for
     /// the guest.
     ExternalInterrupt,
+    /// The guest can take an interrupt now (requested with
+    /// `request_interrupt_window`).
+    InterruptWindow,
     /// Triple fault / shutdown: the guest is dead.
     Shutdown,
     /// The hardware refused the guest state.
@@ -130,10 +133,53 @@ pub trait VcpuOps {
     /// Puts the vCPU in real mode at `cs_base:ip`, as after INIT with a
     /// chosen start address.
     fn reset_real_mode(&mut self, cs_selector: u16, ip: u16);
+    /// Puts the vCPU in an arbitrary starting state.
+    fn set_entry_state(&mut self, state: &EntryState);
     fn efer(&self) -> u64;
     fn set_efer(&mut self, efer: u64);
     fn cr0(&self) -> u64;
     /// Injects a hardware exception (e.g. #GP for an unknown MSR).
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>);
     fn set_xcr0(&mut self, xcr0: u64);
+    /// Whether an external interrupt could be injected now (RFLAGS.IF set,
+    /// no interrupt shadow, no event already being injected).
+    fn interruptible(&self) -> bool;
+    /// Injects external interrupt `vector` on the next entry.
+    fn inject_interrupt(&mut self, vector: u8);
+    /// Asks for an `InterruptWindow` exit as soon as the guest can take an
+    /// interrupt (or stops asking).
+    fn request_interrupt_window(&mut self, on: bool);
+    /// Control registers and mode, for walking the guest's page tables.
+    fn paging_state(&self) -> PagingState;
+    /// The code segment (its base, and L/D bits for the decoding mode).
+    fn code_segment(&self) -> Segment;
+}
+
+/// A vCPU's starting state when it does not start at the reset vector
+/// (e.g. the PVH entry: 32-bit protected mode, paging off).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EntryState {
+    pub rip: u64,
+    pub rbx: u64,
+    pub rsi: u64,
+    pub rflags: u64,
+    pub cr0: u64,
+    pub cr3: u64,
+    pub cr4: u64,
+    pub efer: u64,
+    pub cs: Segment,
+    /// Used for DS, ES, SS, FS and GS.
+    pub ds: Segment,
+    pub tr: Segment,
+    pub gdtr_base: u64,
+    pub gdtr_limit: u16,
+}
+
+/// What a guest page walk needs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PagingState {
+    pub cr0: u64,
+    pub cr3: u64,
+    pub cr4: u64,
+    pub efer: u64,
 }

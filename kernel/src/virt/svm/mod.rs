@@ -52,6 +52,8 @@ pub fn detect() -> Result<Capabilities, DetectError> {
 /// for the host state VMSAVE/VMLOAD move (FS, GS, TR, syscall MSRs).
 pub struct SvmCpu {
     host_vmcb_pa: u64,
+    /// The guest VMCB this CPU ran last (decides TLB flushes).
+    last_vmcb: u64,
 }
 
 /// Turns SVM on for the calling CPU.
@@ -66,7 +68,7 @@ pub fn enable_cpu() -> Result<SvmCpu, DetectError> {
         cpu::wrmsr(msr::EFER, cpu::rdmsr(msr::EFER) | cpu::EFER_SVME);
         cpu::wrmsr(msr::VM_HSAVE_PA, hsave);
     }
-    Ok(SvmCpu { host_vmcb_pa: host_vmcb })
+    Ok(SvmCpu { host_vmcb_pa: host_vmcb, last_vmcb: 0 })
 }
 
 core::arch::global_asm!(
@@ -149,7 +151,6 @@ pub struct SvmVcpu {
     vmcb: Vmcb,
     regs: GuestRegs,
     caps: Capabilities,
-    host_vmcb_pa: u64,
     guest_fpu: FpuState,
     host_fpu: FpuState,
     guest_xcr0: u64,
@@ -163,6 +164,8 @@ pub struct SvmVcpu {
 
 /// VMCB clean bits (APM vol. 2, 15.15.3) this code tracks.
 const CLEAN_ALL: u32 = 0xFFF;
+const CLEAN_INTERCEPTS: u32 = 1 << 0;
+const CLEAN_TPR: u32 = 1 << 3;
 const CLEAN_CRX: u32 = 1 << 5;
 const CLEAN_SEG_DT_CR2: u32 = (1 << 7) | (1 << 8) | (1 << 9);
 
@@ -170,7 +173,7 @@ impl SvmVcpu {
     /// Creates a vCPU whose guest-physical memory is described by the
     /// nested page table rooted at `npt_root`. `iopm_pa`/`msrpm_pa` are the
     /// permission maps (all ports and MSRs intercepted unless cleared).
-    pub fn new(cpu_state: &SvmCpu, caps: Capabilities, npt_root: u64, asid: u32, iopm_pa: u64, msrpm_pa: u64) -> Self {
+    pub fn new(caps: Capabilities, npt_root: u64, asid: u32, iopm_pa: u64, msrpm_pa: u64) -> Self {
         let (page, pa) = mm::alloc_zeroed_page_ref().expect("out of memory for a VMCB");
         let mut vmcb = Vmcb::new(page, pa);
         vmcb.write_u32(
@@ -212,7 +215,6 @@ impl SvmVcpu {
             vmcb,
             regs: GuestRegs::default(),
             caps,
-            host_vmcb_pa: cpu_state.host_vmcb_pa,
             guest_fpu: FpuState::new(),
             host_fpu: FpuState::new(),
             guest_xcr0: 1,
@@ -272,6 +274,7 @@ impl SvmVcpu {
                 exec: info1 & 0x10 != 0,
             },
             EXIT_INTR | EXIT_NMI => VmExit::ExternalInterrupt,
+            EXIT_VINTR => VmExit::InterruptWindow,
             EXIT_SHUTDOWN => VmExit::Shutdown,
             EXIT_INVALID => VmExit::InvalidState,
             _ => VmExit::Other { code, info1, info2 },
@@ -289,17 +292,25 @@ impl VcpuOps for SvmVcpu {
         self.vmcb.write_u64(RSP, self.regs.rsp);
         self.vmcb.write_u64(RIP, self.regs.rip);
         self.vmcb.write_u64(RFLAGS, self.regs.rflags | 2);
-        // On a CPU it has not run on before, the vCPU's ASID may hold stale
-        // translations there: flush them (just this ASID when the CPU can,
-        // else everything) and let the CPU reload the whole VMCB.
-        let cpu = crate::percpu::current_index();
-        if cpu != self.last_cpu {
+        // When this pCPU last ran a different VMCB, or this vCPU last ran
+        // elsewhere, its ASID may hold another guest's (or stale)
+        // translations here: flush them (just this ASID when the CPU can,
+        // else everything) and let the CPU reload the whole VMCB. ASIDs may
+        // then be shared between domains without leaking translations.
+        let pc = crate::percpu::current();
+        let cpu = pc.index;
+        let Some(svm_cpu) = pc.svm.as_mut() else {
+            return VmExit::InvalidState;
+        };
+        if cpu != self.last_cpu || svm_cpu.last_vmcb != self.vmcb.pa() {
             self.vmcb.write_u8(TLB_CONTROL, if self.caps.flush_by_asid { 3 } else { 1 });
             self.dirty = CLEAN_ALL;
             self.last_cpu = cpu;
+            svm_cpu.last_vmcb = self.vmcb.pa();
         } else {
             self.vmcb.write_u8(TLB_CONTROL, 0);
         }
+        let host_vmcb_pa = svm_cpu.host_vmcb_pa;
         if self.caps.state_caching {
             self.vmcb.write_u32(CLEAN_BITS, !self.dirty & CLEAN_ALL);
         }
@@ -312,9 +323,9 @@ impl VcpuOps for SvmVcpu {
         }
         // SAFETY: the VMCB is a valid, owned page with a consistent guest
         // state (set up by `new`/`reset_real_mode` and only changed through
-        // checked accessors); the host VMCB and save area belong to this CPU
-        // (vCPUs run on the CPU that created them); `regs` outlives the call.
-        unsafe { svm_run(self.vmcb.pa(), &mut self.regs, self.host_vmcb_pa) };
+        // checked accessors); the host VMCB and save area belong to the
+        // current CPU; `regs` outlives the call.
+        unsafe { svm_run(self.vmcb.pa(), &mut self.regs, host_vmcb_pa) };
         if use_xsave {
             xsetbv(fpu::host_xcr0());
         }
@@ -356,6 +367,23 @@ impl VcpuOps for SvmVcpu {
         self.dirty |= CLEAN_CRX | CLEAN_SEG_DT_CR2;
     }
 
+    fn set_entry_state(&mut self, st: &crate::virt::EntryState) {
+        self.reset_real_mode(0, 0);
+        self.vmcb.set_segment(CS, st.cs);
+        for off in [ES, SS, DS, FS, GS] {
+            self.vmcb.set_segment(off, st.ds);
+        }
+        self.vmcb.set_segment(TR, st.tr);
+        self.vmcb.set_segment(GDTR, Segment { base: st.gdtr_base, limit: u32::from(st.gdtr_limit), ..Default::default() });
+        self.vmcb.set_segment(IDTR, Segment::default());
+        self.vmcb.write_u64(CR0, st.cr0);
+        self.vmcb.write_u64(CR3, st.cr3);
+        self.vmcb.write_u64(CR4, st.cr4);
+        self.set_efer(st.efer);
+        self.regs = GuestRegs { rip: st.rip, rbx: st.rbx, rsi: st.rsi, rflags: st.rflags | 2, ..Default::default() };
+        self.dirty = CLEAN_ALL;
+    }
+
     fn efer(&self) -> u64 {
         self.vmcb.read_u64(EFER) & !cpu::EFER_SVME
     }
@@ -380,6 +408,47 @@ impl VcpuOps for SvmVcpu {
 
     fn set_xcr0(&mut self, xcr0: u64) {
         self.guest_xcr0 = xcr0;
+    }
+
+    fn interruptible(&self) -> bool {
+        self.regs.rflags & (1 << 9) != 0
+            && self.vmcb.read_u64(INTERRUPT_SHADOW) & 1 == 0
+            && self.vmcb.read_u64(EVENT_INJ) & (1 << 31) == 0
+    }
+
+    fn inject_interrupt(&mut self, vector: u8) {
+        // Type 0: external interrupt.
+        self.vmcb.write_u64(EVENT_INJ, u64::from(vector) | (1 << 31));
+    }
+
+    fn request_interrupt_window(&mut self, on: bool) {
+        let mut intercepts = self.vmcb.read_u32(INTERCEPT_MISC1);
+        let mut vintr = self.vmcb.read_u64(VINTR);
+        if on {
+            intercepts |= INTERCEPT_VINTR;
+            // A virtual interrupt request with V_IGN_TPR: the CPU exits (VINTR
+            // intercept) once the guest could take it.
+            vintr |= (1 << 8) | (1 << 20) | (0xF << 16);
+        } else {
+            intercepts &= !INTERCEPT_VINTR;
+            vintr &= !((1 << 8) | (1 << 20) | (0xF << 16));
+        }
+        self.vmcb.write_u32(INTERCEPT_MISC1, intercepts);
+        self.vmcb.write_u64(VINTR, vintr);
+        self.dirty |= CLEAN_INTERCEPTS | CLEAN_TPR;
+    }
+
+    fn paging_state(&self) -> crate::virt::PagingState {
+        crate::virt::PagingState {
+            cr0: self.vmcb.read_u64(CR0),
+            cr3: self.vmcb.read_u64(CR3),
+            cr4: self.vmcb.read_u64(CR4),
+            efer: self.vmcb.read_u64(EFER) & !cpu::EFER_SVME,
+        }
+    }
+
+    fn code_segment(&self) -> Segment {
+        self.vmcb.segment(CS)
     }
 }
 

@@ -52,6 +52,7 @@ pub const G_PAT: usize = 0x668;
 
 // Intercept bits in INTERCEPT_MISC1.
 pub const INTERCEPT_INTR: u32 = 1 << 0;
+pub const INTERCEPT_VINTR: u32 = 1 << 4;
 pub const INTERCEPT_NMI: u32 = 1 << 1;
 pub const INTERCEPT_SMI: u32 = 1 << 2;
 pub const INTERCEPT_INIT: u32 = 1 << 3;
@@ -76,6 +77,7 @@ pub const INTERCEPT_XSETBV: u32 = 1 << 13;
 pub const EXIT_EXCP_BASE: u64 = 0x40;
 pub const EXIT_INTR: u64 = 0x60;
 pub const EXIT_NMI: u64 = 0x61;
+pub const EXIT_VINTR: u64 = 0x64;
 pub const EXIT_CPUID: u64 = 0x72;
 pub const EXIT_HLT: u64 = 0x78;
 pub const EXIT_IOIO: u64 = 0x7B;

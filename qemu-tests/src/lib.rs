@@ -1,0 +1,519 @@
+//! The QEMU test harness: boots Ferrite (or any small kernel) under QEMU,
+//! captures its serial console to a file, waits for lines on it, and reads
+//! Ferrite's verdict from QEMU's exit status.
+//!
+//! * The hypervisor image is built once per test process ([`images`]):
+//!   concurrent test threads block on the same build instead of racing.
+//! * Every VM has a wall-clock deadline (default [`DEFAULT_TIMEOUT`], or
+//!   `FERRITE_QEMU_TIMEOUT_SECS`); QEMU is killed when it passes and when the
+//!   [`Vm`] is dropped, so a hung guest never outlives its test.
+//! * A failing check panics with the QEMU command line, QEMU's stderr and the
+//!   last [`TAIL_LINES`] console lines: enough to debug from a CI log.
+//! * Artifacts (console log, stderr, modules, ISO) stay in
+//!   `target/qemu-tests/<test name>/` after the run, for inspection.
+//!
+//! Exit protocol: Ferrite booted with `debug_exit=0xf4` writes 0 (success)
+//! or 1 (failure) to QEMU's isa-debug-exit device, which exits with
+//! `(value << 1) | 1`: 1 or 3. With `-no-reboot`, a triple fault exits 0.
+
+use ferrite_tools::build::{self, HypervisorImages, Profile};
+use ferrite_tools::modules::ModuleSpec;
+use ferrite_tools::qemu::{QemuCommand, RunOutcome};
+use regex::Regex;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub use ferrite_tools;
+pub use regex;
+
+/// Per-VM wall-clock limit: TCG on a busy 2-core machine is slow.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Console lines quoted in a failure message.
+pub const TAIL_LINES: usize = 60;
+
+/// What every Ferrite test boot passes on its command line.
+pub const BASE_CMDLINE: &str = "console=com1 debug_exit=0xf4";
+
+/// The VM deadline: `FERRITE_QEMU_TIMEOUT_SECS` when set, else
+/// [`DEFAULT_TIMEOUT`].
+pub fn vm_timeout() -> Duration {
+    std::env::var("FERRITE_QEMU_TIMEOUT_SECS")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_TIMEOUT)
+}
+
+/// The hypervisor images, built (release profile) on first use in this
+/// process. Panics with the build error in every test that needs them.
+pub fn images() -> &'static HypervisorImages {
+    static IMAGES: OnceLock<Result<HypervisorImages, String>> = OnceLock::new();
+    let built = IMAGES.get_or_init(|| build::build_hypervisor(Profile::Release).map_err(|e| format!("{e:#}")));
+    match built {
+        Ok(images) => images,
+        Err(e) => panic!("cannot build the hypervisor image, so no QEMU test can run:\n{e}"),
+    }
+}
+
+/// A fresh, empty artifact directory `target/qemu-tests/<name>`.
+pub fn test_dir(name: &str) -> PathBuf {
+    let dir = build::workspace_root().join("target").join("qemu-tests").join(name);
+    if dir.exists() {
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            panic!("cannot clear the test directory {}: {e}", dir.display());
+        }
+    }
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        panic!("cannot create the test directory {}: {e}", dir.display());
+    }
+    dir
+}
+
+/// QEMU as the scenarios run it: q35, `qemu64,+svm,+npt` under TCG, 512 MiB,
+/// one CPU, isa-debug-exit, `-no-reboot`, no display or network.
+pub fn base_qemu() -> QemuCommand {
+    QemuCommand::new().machine("q35").cpu(ferrite_tools::qemu::TCG_CPU).memory_mib(512).smp(1).debug_exit(true)
+}
+
+/// Why a wait ended without a match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WaitError {
+    /// The wait's own timeout passed (QEMU keeps running).
+    Timeout(Duration),
+    /// The VM deadline passed; QEMU was killed.
+    Deadline(Duration),
+    /// QEMU exited first.
+    Exited(RunOutcome),
+}
+
+impl std::fmt::Display for WaitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WaitError::Timeout(d) => write!(f, "not seen within {:.0?}", d),
+            WaitError::Deadline(d) => write!(f, "VM deadline of {:.0?} passed; QEMU killed", d),
+            WaitError::Exited(o) => write!(f, "QEMU exited first: {}", o.describe()),
+        }
+    }
+}
+
+/// A running (or finished) QEMU with its console captured to a file.
+pub struct Vm {
+    name: String,
+    dir: PathBuf,
+    child: Option<Child>,
+    console: PathBuf,
+    stderr: PathBuf,
+    command_line: String,
+    started: Instant,
+    limit: Duration,
+    status: Option<ExitStatus>,
+    killed_at_deadline: bool,
+    /// Lines before this index are consumed by [`Vm::expect_lines`].
+    cursor: usize,
+}
+
+impl Vm {
+    /// Starts `qemu` with its serial console captured to `dir/console.log`
+    /// and the default VM deadline ([`vm_timeout`]).
+    pub fn start(name: &str, dir: &Path, qemu: QemuCommand) -> Vm {
+        Self::start_with_timeout(name, dir, qemu, vm_timeout())
+    }
+
+    pub fn start_with_timeout(name: &str, dir: &Path, qemu: QemuCommand, limit: Duration) -> Vm {
+        let console = dir.join("console.log");
+        let stderr = dir.join("qemu-stderr.log");
+        let qemu = qemu.serial_file(&console);
+        let command_line = qemu.command_line();
+        let fail = |what: String| -> ! { panic!("[{name}] {what}\nQEMU command line:\n  {command_line}") };
+        let mut cmd = match qemu.command() {
+            Ok(c) => c,
+            Err(e) => fail(format!("invalid QEMU configuration: {e:#}")),
+        };
+        if let Err(e) = File::create(&console) {
+            fail(format!("cannot create {}: {e}", console.display()));
+        }
+        let err_file = match File::create(&stderr) {
+            Ok(f) => f,
+            Err(e) => fail(format!("cannot create {}: {e}", stderr.display())),
+        };
+        let out_file = match File::create(dir.join("qemu-stdout.log")) {
+            Ok(f) => f,
+            Err(e) => fail(format!("cannot create qemu-stdout.log: {e}")),
+        };
+        cmd.stdin(Stdio::null()).stdout(out_file).stderr(err_file);
+        let _ = std::fs::write(dir.join("qemu-command.txt"), format!("{command_line}\n"));
+        let child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => fail(format!(
+                "cannot start {}: {e}\nInstall QEMU with: sudo apt-get install qemu-system-x86",
+                qemu.program.display()
+            )),
+        };
+        Vm {
+            name: name.to_string(),
+            dir: dir.to_path_buf(),
+            child: Some(child),
+            console,
+            stderr,
+            command_line,
+            started: Instant::now(),
+            limit,
+            status: None,
+            killed_at_deadline: false,
+            cursor: 0,
+        }
+    }
+
+    /// The QEMU command line, shell-quoted.
+    pub fn command_line(&self) -> &str {
+        &self.command_line
+    }
+
+    /// This VM's artifact directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Everything the console printed so far (lossy UTF-8, with `\r` and
+    /// terminal escape sequences, e.g. GRUB's screen clearing, removed).
+    pub fn console_text(&self) -> String {
+        static ANSI: OnceLock<Regex> = OnceLock::new();
+        let ansi = ANSI.get_or_init(|| compile(r"\x1b\[[0-9;?]*[A-Za-z]"));
+        let bytes = std::fs::read(&self.console).unwrap_or_default();
+        ansi.replace_all(&String::from_utf8_lossy(&bytes), "").replace('\r', "")
+    }
+
+    /// The console's lines: complete ones while QEMU runs, all once it exited.
+    pub fn lines(&self) -> Vec<String> {
+        let text = self.console_text();
+        let mut lines: Vec<String> = text.split('\n').map(String::from).collect();
+        // The piece after the last newline is incomplete unless QEMU is done.
+        let last = lines.pop().unwrap_or_default();
+        if self.status.is_some() && !last.is_empty() {
+            lines.push(last);
+        }
+        lines
+    }
+
+    /// Time left before the VM deadline.
+    pub fn remaining(&self) -> Duration {
+        self.limit.saturating_sub(self.started.elapsed())
+    }
+
+    /// Non-blocking: has QEMU exited? Records the status.
+    pub fn poll_exit(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(st)) = child.try_wait() {
+                    self.status = Some(st);
+                }
+            }
+        }
+        self.status
+    }
+
+    /// Kills QEMU (if running) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if self.status.is_none() {
+                let _ = child.kill();
+                if let Ok(st) = child.wait() {
+                    self.status = Some(st);
+                }
+            }
+        }
+    }
+
+    /// Whether QEMU was killed because the VM deadline passed.
+    pub fn hit_deadline(&self) -> bool {
+        self.killed_at_deadline
+    }
+
+    fn enforce_deadline(&mut self) -> bool {
+        if self.poll_exit().is_none() && self.remaining().is_zero() {
+            self.killed_at_deadline = true;
+            self.kill();
+            return true;
+        }
+        false
+    }
+
+    /// Waits for a console line at index `from` or later that matches `re`;
+    /// returns its index and text.
+    fn wait_from(&mut self, re: &Regex, from: usize, timeout: Duration) -> Result<(usize, String), WaitError> {
+        let start = Instant::now();
+        loop {
+            let exited = self.poll_exit().is_some();
+            let lines = self.lines();
+            if let Some((i, l)) = lines.iter().enumerate().skip(from).find(|(_, l)| re.is_match(l)) {
+                return Ok((i, l.clone()));
+            }
+            if exited {
+                let st = self.status.map(RunOutcome::from_status).unwrap_or(RunOutcome::Signaled);
+                return Err(if self.killed_at_deadline {
+                    WaitError::Deadline(self.limit)
+                } else {
+                    WaitError::Exited(st)
+                });
+            }
+            if self.enforce_deadline() {
+                // One last look: the line may have arrived just now.
+                continue;
+            }
+            if start.elapsed() >= timeout {
+                return Err(WaitError::Timeout(timeout));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits up to `timeout` (and the VM deadline) for any console line
+    /// matching the regex `pattern`; returns the line. Does not panic.
+    pub fn try_wait_for(&mut self, pattern: &str, timeout: Duration) -> Result<String, WaitError> {
+        let re = compile(pattern);
+        self.wait_from(&re, 0, timeout).map(|(_, l)| l)
+    }
+
+    /// Like [`Vm::try_wait_for`], but a miss fails the test.
+    pub fn wait_for(&mut self, pattern: &str, timeout: Duration) -> String {
+        match self.try_wait_for(pattern, timeout) {
+            Ok(l) => l,
+            Err(e) => self.fail(&format!("waiting for console line /{pattern}/: {e}")),
+        }
+    }
+
+    /// Waits for lines matching `patterns` in this order, each after the
+    /// previous match (and after earlier `expect_lines` matches), within the
+    /// VM deadline. Returns the matched lines.
+    pub fn expect_lines(&mut self, patterns: &[&str]) -> Vec<String> {
+        let mut found = Vec::with_capacity(patterns.len());
+        for p in patterns {
+            let re = compile(p);
+            let timeout = self.remaining().max(Duration::from_millis(1));
+            match self.wait_from(&re, self.cursor, timeout) {
+                Ok((i, l)) => {
+                    self.cursor = i + 1;
+                    found.push(l);
+                }
+                Err(e) => {
+                    let seen = if found.is_empty() { String::new() } else { format!(" (after {found:?})") };
+                    self.fail(&format!("expecting console line /{p}/ in order{seen}: {e}"))
+                }
+            }
+        }
+        found
+    }
+
+    /// Waits for QEMU to exit (killing it at the VM deadline) and interprets
+    /// the status.
+    pub fn wait_exit(&mut self) -> RunOutcome {
+        loop {
+            if let Some(st) = self.poll_exit() {
+                return RunOutcome::from_status(st);
+            }
+            if self.enforce_deadline() {
+                return RunOutcome::Signaled;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Requires Ferrite's success verdict (QEMU status 1) with console
+    /// output (QEMU also exits 1 when it cannot start at all).
+    pub fn expect_success(&mut self) {
+        let outcome = self.wait_exit();
+        if self.killed_at_deadline {
+            self.fail(&format!("timed out: still running after {:.0?}; QEMU killed", self.limit));
+        }
+        match outcome {
+            RunOutcome::Success if self.console_text().trim().is_empty() => self.fail(
+                "QEMU exited with status 1 but the console is empty: QEMU itself probably failed (see its stderr)",
+            ),
+            RunOutcome::Success => {}
+            other => self.fail(&format!("expected success, got: {}", other.describe())),
+        }
+    }
+
+    /// Fails the test with `msg`, the QEMU command line, its stderr and the
+    /// console tail.
+    pub fn fail(&mut self, msg: &str) -> ! {
+        self.kill();
+        panic!("{}", self.report(msg));
+    }
+
+    /// The failure report (also useful for logging).
+    pub fn report(&self, msg: &str) -> String {
+        let lines = self.lines();
+        let tail_start = lines.len().saturating_sub(TAIL_LINES);
+        let mut r = format!("[{}] {msg}\n", self.name);
+        r.push_str(&format!("elapsed: {:.1?} (deadline {:.0?})\n", self.started.elapsed(), self.limit));
+        if let Some(st) = self.status {
+            r.push_str(&format!("QEMU status: {st} ({})\n", RunOutcome::from_status(st).describe()));
+        }
+        r.push_str(&format!("QEMU command line:\n  {}\n", self.command_line));
+        let stderr = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+        if !stderr.trim().is_empty() {
+            r.push_str("QEMU stderr:\n");
+            for l in stderr.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev() {
+                r.push_str(&format!("  {l}\n"));
+            }
+        }
+        r.push_str(&format!(
+            "console ({} lines; last {}, full log in {}):\n",
+            lines.len(),
+            lines.len() - tail_start,
+            self.console.display()
+        ));
+        for l in &lines[tail_start..] {
+            r.push_str(&format!("  | {l}\n"));
+        }
+        r
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn compile(pattern: &str) -> Regex {
+    match Regex::new(pattern) {
+        Ok(r) => r,
+        Err(e) => panic!("bad test pattern /{pattern}/: {e}"),
+    }
+}
+
+/// FNV-1a, 32-bit: what Ferrite prints for each boot module.
+pub fn fnv1a32(data: &[u8]) -> u32 {
+    data.iter().fold(0x811C_9DC5u32, |h, &b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*), so module contents are
+/// the same on every run and a wrong offset or truncation changes the hash.
+pub fn pseudo_random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
+        })
+        .collect()
+}
+
+/// A boot module a test wrote, with what Ferrite should report for it.
+#[derive(Debug, Clone)]
+pub struct TestModule {
+    pub spec: ModuleSpec,
+    pub size: usize,
+    pub fnv: u32,
+}
+
+/// Writes `len` pseudo-random bytes to `dir/name` and describes the module.
+pub fn write_module(dir: &Path, name: &str, seed: u64, len: usize, args: &str) -> TestModule {
+    let data = pseudo_random_bytes(seed, len);
+    let path = dir.join(name);
+    if let Err(e) = std::fs::write(&path, &data) {
+        panic!("cannot write module {}: {e}", path.display());
+    }
+    TestModule { spec: ModuleSpec::new(path, args), size: len, fnv: fnv1a32(&data) }
+}
+
+/// One `module <i>: <size> bytes at 0x<addr>, cmdline "<...>", fnv1a32 0x<hash>` line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleLine {
+    pub index: usize,
+    pub size: u64,
+    pub addr: u64,
+    pub cmdline: String,
+    pub fnv: u32,
+}
+
+/// The regex matching module `index`'s line.
+pub fn module_line_pattern(index: usize) -> String {
+    format!(r#"module {index}: (\d+) bytes at 0x([0-9a-f]+), cmdline "(.*)", fnv1a32 0x([0-9a-f]{{8}})\s*$"#)
+}
+
+/// Parses Ferrite's report of module `index` from a console line.
+pub fn parse_module_line(index: usize, line: &str) -> Option<ModuleLine> {
+    let re = compile(&module_line_pattern(index));
+    let c = re.captures(line)?;
+    Some(ModuleLine {
+        index,
+        size: c[1].parse().ok()?,
+        addr: u64::from_str_radix(&c[2], 16).ok()?,
+        cmdline: c[3].to_string(),
+        fnv: u32::from_str_radix(&c[4], 16).ok()?,
+    })
+}
+
+/// Waits for module `index`'s line and checks its size, hash and cmdline
+/// (which must contain the module's args; a loader may prefix the path).
+pub fn expect_module(vm: &mut Vm, index: usize, m: &TestModule) -> ModuleLine {
+    let line = vm.wait_for(&module_line_pattern(index), vm.remaining());
+    let Some(got) = parse_module_line(index, &line) else {
+        vm.fail(&format!("cannot parse module line {line:?}"));
+    };
+    let mut problems = Vec::new();
+    if got.size != m.size as u64 {
+        problems.push(format!("size {} != {} written", got.size, m.size));
+    }
+    if got.fnv != m.fnv {
+        problems.push(format!("fnv1a32 {:#010x} != {:#010x} of the file", got.fnv, m.fnv));
+    }
+    if !got.cmdline.contains(&m.spec.args) {
+        problems.push(format!("cmdline {:?} lacks {:?}", got.cmdline, m.spec.args));
+    }
+    if got.addr == 0 {
+        problems.push("address 0".to_string());
+    }
+    if !problems.is_empty() {
+        vm.fail(&format!("module {index} ({}) reported wrongly: {}", m.spec.path.display(), problems.join("; ")));
+    }
+    got
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv1a32_known_values() {
+        assert_eq!(fnv1a32(b""), 0x811c_9dc5);
+        assert_eq!(fnv1a32(b"a"), 0xe40c_292c);
+        assert_eq!(fnv1a32(b"foobar"), 0xbf9c_f968);
+    }
+
+    #[test]
+    fn pseudo_random_is_deterministic_and_seeded() {
+        let a = pseudo_random_bytes(1, 5000);
+        assert_eq!(a, pseudo_random_bytes(1, 5000));
+        assert_ne!(a, pseudo_random_bytes(2, 5000));
+        // Not degenerate: many distinct byte values.
+        let distinct: std::collections::HashSet<u8> = a.iter().copied().collect();
+        assert!(distinct.len() > 200);
+    }
+
+    #[test]
+    fn module_line_parses() {
+        let l = r#"(ferrite) module 1: 70000 bytes at 0x1a3000, cmdline "/t/mod2 arg2=two", fnv1a32 0x0badf00d"#;
+        assert_eq!(
+            parse_module_line(1, l),
+            Some(ModuleLine {
+                index: 1,
+                size: 70000,
+                addr: 0x1a3000,
+                cmdline: "/t/mod2 arg2=two".into(),
+                fnv: 0x0badf00d
+            })
+        );
+        assert_eq!(parse_module_line(0, l), None);
+        assert_eq!(parse_module_line(1, &l.replace("0x0badf00d", "0xBADF00D")), None);
+    }
+}

@@ -1,0 +1,248 @@
+//! The `ferrite` command line, parsed by hand (four subcommands do not need
+//! a parser framework, and this keeps the tool quick to build).
+
+use crate::build::Profile;
+use crate::modules::ModuleSpec;
+use anyhow::{bail, Context, Result};
+use std::path::PathBuf;
+
+/// The command line `up` and `iso` start from; `--append` adds to it.
+pub const DEFAULT_CMDLINE: &str = "console=com1 com1=115200,8n1 dom0_mem=256M";
+
+pub const USAGE: &str = "\
+ferrite: build and boot the Ferrite hypervisor
+
+USAGE:
+    ferrite build [--debug]
+        Build the hypervisor image (target/baremetal/<profile>/ferrite-hv) and
+        its PVH-only copy (ferrite-hv.pvh).
+    ferrite up [--debug] [--smp N] [--mem MiB] [--tcg|--kvm] [--append \"CMDLINE\"]
+               [--module PATH[=ARGS]]... [-- EXTRA QEMU ARGS]
+        Build, then boot Ferrite in QEMU with the console on this terminal
+        (Ctrl-a x quits). Defaults: --smp 2 --mem 1024, KVM only when nested
+        virtualization works, else TCG with -cpu qemu64,+svm,+npt.
+    ferrite iso --out FILE [--debug] [--module PATH[=ARGS]]... [--append \"CMDLINE\"]
+        Build, then make a BIOS GRUB rescue ISO booting Ferrite via multiboot2.
+    ferrite test [-- ARGS FOR THE TEST BINARIES]
+        Check host dependencies, then run `cargo test --workspace -- --test-threads=2`.
+";
+
+/// Which accelerator the user asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AccelChoice {
+    /// Probe the host (see `qemu::choose_accel`).
+    #[default]
+    Auto,
+    Tcg,
+    Kvm,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpArgs {
+    pub profile: Profile,
+    pub smp: u32,
+    pub mem_mib: u32,
+    pub accel: AccelChoice,
+    pub append: Vec<String>,
+    pub modules: Vec<ModuleSpec>,
+    pub qemu_extra: Vec<String>,
+}
+
+impl Default for UpArgs {
+    fn default() -> Self {
+        UpArgs {
+            profile: Profile::Release,
+            smp: 2,
+            mem_mib: 1024,
+            accel: AccelChoice::Auto,
+            append: Vec::new(),
+            modules: Vec::new(),
+            qemu_extra: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IsoArgs {
+    pub profile: Profile,
+    pub out: PathBuf,
+    pub append: Vec<String>,
+    pub modules: Vec<ModuleSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cmd {
+    Build { profile: Profile },
+    Up(UpArgs),
+    Iso(IsoArgs),
+    Test { test_args: Vec<String> },
+    Help,
+}
+
+/// The full kernel command line: [`DEFAULT_CMDLINE`] then the `--append`s.
+pub fn full_cmdline(append: &[String]) -> String {
+    let mut s = DEFAULT_CMDLINE.to_string();
+    for a in append {
+        let a = a.trim();
+        if !a.is_empty() {
+            s.push(' ');
+            s.push_str(a);
+        }
+    }
+    s
+}
+
+/// Yields `--flag value` and `--flag=value` alike.
+struct Args {
+    items: Vec<String>,
+    pos: usize,
+}
+
+impl Args {
+    fn next(&mut self) -> Option<String> {
+        let a = self.items.get(self.pos).cloned();
+        self.pos += 1;
+        a
+    }
+    fn value(&mut self, flag: &str, inline: Option<String>) -> Result<String> {
+        match inline {
+            Some(v) => Ok(v),
+            None => self.next().with_context(|| format!("{flag} needs a value; see `ferrite help`")),
+        }
+    }
+    fn rest(&mut self) -> Vec<String> {
+        let r = self.items.get(self.pos..).unwrap_or(&[]).to_vec();
+        self.pos = self.items.len();
+        r
+    }
+}
+
+fn number(flag: &str, v: &str) -> Result<u32> {
+    v.parse().with_context(|| format!("{flag} expects a whole number, got {v:?}"))
+}
+
+/// Parses the arguments after the program name.
+pub fn parse<I: IntoIterator<Item = S>, S: Into<String>>(argv: I) -> Result<Cmd> {
+    let mut args = Args { items: argv.into_iter().map(Into::into).collect(), pos: 0 };
+    let Some(sub) = args.next() else {
+        return Ok(Cmd::Help);
+    };
+    let mut profile = Profile::Release;
+    let mut up = UpArgs::default();
+    let mut iso_out: Option<PathBuf> = None;
+    let mut test_args = Vec::new();
+    match sub.as_str() {
+        "help" | "-h" | "--help" => return Ok(Cmd::Help),
+        "build" | "up" | "iso" | "test" => {}
+        other => bail!("unknown command {other:?}; expected build, up, iso or test (see `ferrite help`)"),
+    }
+    while let Some(arg) = args.next() {
+        if arg == "--" {
+            match sub.as_str() {
+                "up" => up.qemu_extra = args.rest(),
+                "test" => test_args = args.rest(),
+                _ => bail!("`ferrite {sub}` takes no arguments after `--`"),
+            }
+            break;
+        }
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        match (sub.as_str(), flag.as_str()) {
+            (_, "-h" | "--help") => return Ok(Cmd::Help),
+            ("build" | "up" | "iso", "--debug") => profile = Profile::Debug,
+            ("up", "--smp") => up.smp = number("--smp", &args.value("--smp", inline)?)?,
+            ("up", "--mem") => up.mem_mib = number("--mem", &args.value("--mem", inline)?)?,
+            ("up", "--tcg") => up.accel = AccelChoice::Tcg,
+            ("up", "--kvm") => up.accel = AccelChoice::Kvm,
+            ("up" | "iso", "--append") => up.append.push(args.value("--append", inline)?),
+            ("up" | "iso", "--module") => up.modules.push(ModuleSpec::parse(&args.value("--module", inline)?)?),
+            ("iso", "--out" | "-o") => iso_out = Some(PathBuf::from(args.value("--out", inline)?)),
+            _ => bail!("unknown option {arg:?} for `ferrite {sub}` (see `ferrite help`)"),
+        }
+    }
+    if up.smp == 0 {
+        bail!("--smp must be at least 1");
+    }
+    Ok(match sub.as_str() {
+        "build" => Cmd::Build { profile },
+        "up" => Cmd::Up(UpArgs { profile, ..up }),
+        "iso" => Cmd::Iso(IsoArgs {
+            profile,
+            out: iso_out.context("`ferrite iso` needs --out FILE (e.g. --out ferrite.iso)")?,
+            append: up.append,
+            modules: up.modules,
+        }),
+        _ => Cmd::Test { test_args },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_and_help() {
+        assert_eq!(parse(Vec::<String>::new()).unwrap(), Cmd::Help);
+        assert_eq!(parse(["build"]).unwrap(), Cmd::Build { profile: Profile::Release });
+        assert_eq!(parse(["build", "--debug"]).unwrap(), Cmd::Build { profile: Profile::Debug });
+        assert_eq!(parse(["up", "--help"]).unwrap(), Cmd::Help);
+        assert!(parse(["frob"]).is_err());
+        assert!(parse(["build", "--smp", "2"]).is_err());
+    }
+
+    #[test]
+    fn up_options() {
+        let Cmd::Up(u) = parse([
+            "up",
+            "--smp",
+            "4",
+            "--mem=2048",
+            "--tcg",
+            "--append",
+            "loglvl=all",
+            "--module",
+            "d0=root=/dev/x",
+            "--",
+            "-s",
+            "-S",
+        ])
+        .unwrap() else {
+            panic!("not up")
+        };
+        assert_eq!(u.smp, 4);
+        assert_eq!(u.mem_mib, 2048);
+        assert_eq!(u.accel, AccelChoice::Tcg);
+        assert_eq!(u.append, ["loglvl=all"]);
+        assert_eq!(u.modules, [ModuleSpec::new("d0", "root=/dev/x")]);
+        assert_eq!(u.qemu_extra, ["-s", "-S"]);
+        let Cmd::Up(d) = parse(["up"]).unwrap() else { panic!() };
+        assert_eq!(d, UpArgs::default());
+        assert!(parse(["up", "--smp"]).is_err());
+        assert!(parse(["up", "--smp", "two"]).is_err());
+        assert!(parse(["up", "--smp", "0"]).is_err());
+        assert!(parse(["up", "--out", "x"]).is_err());
+    }
+
+    #[test]
+    fn iso_options() {
+        let Cmd::Iso(i) =
+            parse(["iso", "--out", "f.iso", "--module", "m1=a=1", "--module=m2", "--append", "x=y"]).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(i.out, PathBuf::from("f.iso"));
+        assert_eq!(i.modules, [ModuleSpec::new("m1", "a=1"), ModuleSpec::new("m2", "")]);
+        assert_eq!(full_cmdline(&i.append), "console=com1 com1=115200,8n1 dom0_mem=256M x=y");
+        let e = parse(["iso"]).unwrap_err();
+        assert!(e.to_string().contains("--out"), "{e}");
+    }
+
+    #[test]
+    fn test_passes_args_through() {
+        assert_eq!(parse(["test"]).unwrap(), Cmd::Test { test_args: vec![] });
+        assert_eq!(parse(["test", "--", "boots"]).unwrap(), Cmd::Test { test_args: vec!["boots".into()] });
+        assert!(parse(["build", "--", "x"]).is_err());
+    }
+}

@@ -1,0 +1,23 @@
+//! Host-side tooling for Ferrite: the `ferrite` CLI (`build`, `up`, `iso`,
+//! `test`) and the reusable pieces the QEMU integration tests share with it.
+//!
+//! One idea per module:
+//! * [`build`]: builds the hypervisor image with cargo and derives the
+//!   PVH-only copy of it;
+//! * [`multiboot`]: finding and neutralising the multiboot1 header (pure);
+//! * [`modules`]: `PATH[=ARGS]` boot-module specifications (pure);
+//! * [`qemu`]: the QEMU command-line builder and accelerator probe;
+//! * [`iso`]: GRUB rescue ISOs (grub.cfg generation and `grub-mkrescue`);
+//! * [`deps`]: checking host programs and naming the Debian packages;
+//! * [`cli`]: the `ferrite` argument parser (pure);
+//! * [`guest_images`]: Debian guest-image cache (owned elsewhere).
+
+pub mod build;
+pub mod cli;
+pub mod deps;
+pub mod iso;
+pub mod modules;
+pub mod multiboot;
+pub mod qemu;
+
+pub mod guest_images;
