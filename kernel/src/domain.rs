@@ -16,8 +16,9 @@ use alloc::string::String;
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, Ordering};
-use ferrite_devmodel::uart16550::Uart16550;
-use ferrite_loader::acpi::PlatformLayout;
+use crate::platform::{self, Devices, Effects, HostClock, VcpuEvent};
+use ferrite_devmodel::acpi_pm::PowerEvent;
+use ferrite_devmodel::lapic::{Lapic, LapicConfig, LapicEffect};
 use log::{error, info};
 use spin::Mutex;
 
@@ -57,20 +58,14 @@ pub struct PvhSpec {
     pub on_crash: Action,
 }
 
-/// The in-hypervisor platform devices of one domain.
-struct Devices {
-    uart: Uart16550,
-    /// Output bytes not yet ending in a newline.
-    console_line: Vec<u8>,
-    layout: PlatformLayout,
-}
-
 pub struct Domain {
     pub id: u32,
     pub name: String,
     mem: GuestMemory,
     vcpus: Mutex<Vec<Arc<Vcpu>>>,
     devices: Mutex<Devices>,
+    /// Console output not yet ending in a newline.
+    console_line: Mutex<Vec<u8>>,
     state: Mutex<DomainState>,
     intercepts: ((u64, usize), (u64, usize)),
     pub spec: PvhSpec,
@@ -83,6 +78,11 @@ pub struct Vcpu {
     pub id: u32,
     domain: Weak<Domain>,
     arch: Mutex<SvmVcpu>,
+    /// Separate from `arch` (held while the vCPU runs) so other vCPUs and
+    /// devices can post interrupts to it at any time.
+    lapic: Mutex<Lapic>,
+    /// A SIPI arrived: start in real mode at this page on the next slice.
+    start_page: Mutex<Option<u8>>,
     sched: SchedState,
     affinity: u64,
 }
@@ -106,6 +106,24 @@ impl ferrite_loader::GuestMemory for LoaderMemory<'_> {
 
 fn segment(s: ferrite_loader::paging::SegmentState) -> Segment {
     Segment { selector: s.selector, base: s.base, limit: s.limit, attrib: s.attrib }
+}
+
+/// Linux learns the TSC frequency from CPUID leaves only on Intel CPUs or
+/// from hypervisors it knows; otherwise it calibrates against the PIT or
+/// PM timer, which fails when every timer read is a slow VM exit (nested
+/// under TCG) and then hangs calibrating the LAPIC timer. So Ferrite tells
+/// it: `tsc_early_khz=` (Linux ignores unknown options, and a user's own
+/// value wins).
+fn with_tsc_frequency(cmdline: &str) -> String {
+    if cmdline.split_whitespace().any(|w| w.starts_with("tsc_early_khz=")) {
+        return String::from(cmdline);
+    }
+    let khz = crate::arch::time::tsc_hz() / 1000;
+    if cmdline.is_empty() {
+        format!("tsc_early_khz={}", khz)
+    } else {
+        format!("{} tsc_early_khz={}", cmdline, khz)
+    }
 }
 
 /// MSRs the hardware switches through the VMCB: the guest may access them
@@ -138,6 +156,7 @@ impl Domain {
     /// Builds a PVH domain from `spec`: memory, kernel, vCPUs. vCPU 0 starts
     /// at the PVH entry; the others wait for INIT/SIPI from the guest.
     pub fn create_pvh(spec: PvhSpec, caps: Capabilities) -> Result<Arc<Domain>, String> {
+        let cmdline = with_tsc_frequency(&spec.cmdline);
         let mem = GuestMemory::new(spec.memory_bytes).map_err(|e: GuestMemError| format!("{}: {}", spec.name, e))?;
         let opts = ferrite_loader::layout::LoadOptions {
             start_info_flags: if spec.privileged { 0b11 } else { 0 },
@@ -146,7 +165,7 @@ impl Domain {
         let plan = ferrite_loader::layout::load_with_options(
             spec.kernel,
             spec.initrd,
-            &spec.cmdline,
+            &cmdline,
             &mut LoaderMemory(&mem),
             spec.vcpus,
             &opts,
@@ -180,7 +199,8 @@ impl Domain {
             name: spec.name.clone(),
             mem,
             vcpus: Mutex::new(Vec::new()),
-            devices: Mutex::new(Devices { uart: Uart16550::new(), console_line: Vec::new(), layout: plan.platform }),
+            devices: Mutex::new(Devices::new(plan.platform)),
+            console_line: Mutex::new(Vec::new()),
             state: Mutex::new(DomainState::Running),
             intercepts,
             spec,
@@ -196,10 +216,17 @@ impl Domain {
             } else {
                 domain.spec.affinity[i as usize % domain.spec.affinity.len()]
             };
+            let lapic_cfg = LapicConfig {
+                x2apic: false,
+                tsc_hz: crate::arch::time::tsc_hz(),
+                ..LapicConfig::new(i, i == 0)
+            };
             vcpus.push(Arc::new(Vcpu {
                 id: i,
                 domain: Arc::downgrade(&domain),
                 arch: Mutex::new(arch),
+                lapic: Mutex::new(Lapic::new(lapic_cfg)),
+                start_page: Mutex::new(None),
                 sched: SchedState::new_blocked(),
                 affinity,
             }));
@@ -269,16 +296,23 @@ impl Domain {
         crate::domain_stopped(self, &state);
     }
 
+    /// Moves the UART's output to the hypervisor console, a line at a
+    /// time, prefixed with the domain's name.
     fn console_out(&self, devices: &mut Devices) {
-        for b in devices.uart.take_output() {
+        let out = devices.uart.take_output();
+        if out.is_empty() {
+            return;
+        }
+        let mut line = self.console_line.lock();
+        for b in out {
             if b == b'\n' {
-                self.emit_line(&devices.console_line);
-                devices.console_line.clear();
+                self.emit_line(&line);
+                line.clear();
             } else if b != b'\r' {
-                devices.console_line.push(b);
-                if devices.console_line.len() >= 512 {
-                    self.emit_line(&devices.console_line);
-                    devices.console_line.clear();
+                line.push(b);
+                if line.len() >= 512 {
+                    self.emit_line(&line);
+                    line.clear();
                 }
             }
         }
@@ -292,10 +326,86 @@ impl Domain {
     fn flush_console(&self) {
         let mut d = self.devices.lock();
         self.console_out(&mut d);
-        if !d.console_line.is_empty() {
-            let line = core::mem::take(&mut d.console_line);
+        drop(d);
+        let line = core::mem::take(&mut *self.console_line.lock());
+        if !line.is_empty() {
             self.emit_line(&line);
         }
+    }
+
+    /// Acts on what a device access asked for: console output, power
+    /// events, interrupt deliveries.
+    fn apply(&self, fx: Effects, devices: &mut Devices) -> Option<DomainState> {
+        if fx.console {
+            self.console_out(devices);
+        }
+        self.deliver_all(&fx.deliveries);
+        fx.power.map(|p| match p {
+            PowerEvent::PowerOff => DomainState::PoweredOff,
+            PowerEvent::Reset => DomainState::Rebooting,
+        })
+    }
+
+    fn deliver_all(&self, deliveries: &[ferrite_devmodel::ioapic::Delivery]) {
+        if deliveries.is_empty() {
+            return;
+        }
+        let vcpus = self.vcpus.lock().clone();
+        for d in deliveries {
+            let events = {
+                let guards: Vec<_> = vcpus.iter().map(|v| v.lapic.lock()).collect();
+                let refs: Vec<&Lapic> = guards.iter().map(|g| &**g).collect();
+                platform::route_delivery(&refs, d)
+            };
+            for (i, ev) in events {
+                vcpus[i].post(ev);
+            }
+        }
+    }
+
+    /// Routes an IPI from vCPU `source`.
+    fn send_ipi(&self, req: &ferrite_devmodel::lapic::IpiRequest, source: usize) {
+        let vcpus = self.vcpus.lock().clone();
+        let events = {
+            let guards: Vec<_> = vcpus.iter().map(|v| v.lapic.lock()).collect();
+            let refs: Vec<&Lapic> = guards.iter().map(|g| &**g).collect();
+            platform::route_ipi(&refs, req, source)
+        };
+        for (i, ev) in events {
+            vcpus[i].post(ev);
+        }
+    }
+}
+
+impl Vcpu {
+    /// Posts an interrupt or start-up event and wakes the vCPU.
+    fn post(self: &Arc<Self>, ev: VcpuEvent) {
+        match ev {
+            VcpuEvent::Fixed { vector, level } => {
+                if !self.lapic.lock().accept(vector, level) {
+                    return;
+                }
+            }
+            VcpuEvent::Init => self.lapic.lock().receive_init(),
+            VcpuEvent::Startup(vector) => match self.lapic.lock().receive_sipi(vector) {
+                Some(page) => *self.start_page.lock() = Some(page),
+                None => return,
+            },
+            VcpuEvent::Nmi => {
+                log::debug!("NMI to a vCPU is not delivered yet");
+                return;
+            }
+        }
+        let r: Arc<dyn Runnable> = self.clone();
+        sched::wake(&r);
+    }
+
+    /// The earliest time this vCPU must run again without an interrupt:
+    /// its LAPIC timer, and for vCPU 0 the domain's timed devices.
+    fn next_deadline_ns(&self, domain: &Domain) -> Option<u64> {
+        let lapic = self.lapic.lock().next_timer_deadline_ns();
+        let devices = if self.id == 0 { domain.devices.lock().next_deadline_ns() } else { None };
+        [lapic, devices].into_iter().flatten().min()
     }
 }
 
@@ -308,60 +418,83 @@ impl Drop for Domain {
 /// The platform as one vCPU of a domain sees it during a time slice.
 struct VcpuPlatform<'a> {
     domain: &'a Domain,
-    slice_end_us: u64,
+    vcpu: &'a Arc<Vcpu>,
+    slice_end_ns: u64,
     /// Set when the guest did something that ends the domain.
     shutdown: Option<DomainState>,
     /// The guest executed HLT.
     halted: bool,
+    /// Values of the simple MSRs this vCPU wrote (PAT, MTRR default type).
+    pat: u64,
+}
+
+/// MSRs with nothing behind them that guests commonly touch: reads give
+/// the value here, writes are accepted and dropped.
+fn benign_msr(msr: u32) -> Option<u64> {
+    Some(match msr {
+        0x8B => 0,                              // microcode patch level
+        0x1A0 => 1,                             // MISC_ENABLE: fast strings
+        0xC001_0015 => 0,                       // AMD HWCR
+        0xC001_0010 => 0,                       // AMD SYSCFG
+        0xC001_1029 => 0,                       // AMD DE_CFG
+        0xC001_0140 | 0xC001_0141 => 0,         // AMD OSVW
+        _ => return None,
+    })
 }
 
 impl VcpuPlatform<'_> {
-    fn port_read(&mut self, port: u16, size: u8) -> u32 {
-        let mut d = self.domain.devices.lock();
-        match port {
-            COM1_BASE..=0x3FF if size == 1 => u32::from(d.uart.read((port - COM1_BASE) as u8)),
-            _ => {
-                let _ = &mut d;
-                // No device: the bus floats high.
-                u32::MAX >> (32 - 8 * u32::from(size))
+    fn effects(&mut self, fx: Effects, devices: &mut Devices) {
+        if let Some(state) = self.domain.apply(fx, devices) {
+            self.shutdown = Some(state);
+        }
+    }
+
+    fn lapic_effect(&mut self, effect: LapicEffect) {
+        match effect {
+            LapicEffect::None => {}
+            LapicEffect::Ipi(req) => self.domain.send_ipi(&req, self.vcpu.id as usize),
+            LapicEffect::EoiBroadcast(vector) => {
+                let mut fx = Effects::default();
+                let mut d = self.domain.devices.lock();
+                d.eoi(vector, &mut fx);
+                self.effects(fx, &mut d);
             }
         }
     }
 
-    fn port_write(&mut self, port: u16, size: u8, value: u32) {
-        let mut d = self.domain.devices.lock();
-        let layout = d.layout;
-        match port {
-            COM1_BASE..=0x3FF if size == 1 => {
-                d.uart.write((port - COM1_BASE) as u8, value as u8);
-                self.domain.console_out(&mut d);
-            }
-            p if p == layout.reset_port && size == 1 && value as u8 & 0x04 != 0 => {
-                self.shutdown = Some(DomainState::Rebooting);
-            }
-            p if p == layout.pm1a_cnt && size >= 2 => {
-                // SLP_EN (bit 13) with SLP_TYP (bits 10-12) = S5: power off.
-                let typ = ((value >> 10) & 7) as u8;
-                if value & (1 << 13) != 0 && typ == layout.slp_typ_s5 {
-                    self.shutdown = Some(DomainState::PoweredOff);
-                }
-            }
-            _ => {}
-        }
+    fn lapic_page(&self, gpa: u64) -> Option<u64> {
+        let lapic = self.vcpu.lapic.lock();
+        let base = lapic.mmio_base();
+        (lapic.mmio_enabled() && gpa >= base && gpa < base + 0x1000).then(|| gpa - base)
     }
 }
 
 impl Platform for VcpuPlatform<'_> {
+    fn cpuid(&mut self, leaf: u32, subleaf: u32) -> [u32; 4] {
+        vcpu::guest_cpuid_for(leaf, subleaf, self.vcpu.id, self.domain.spec.vcpus)
+    }
+
     fn io_in(&mut self, port: u16, size: u8) -> u32 {
-        self.port_read(port, size)
+        let mut fx = Effects::default();
+        let mut d = self.domain.devices.lock();
+        let v = d.port_read(port, size, &mut fx);
+        self.effects(fx, &mut d);
+        // No device: the bus floats high.
+        v.unwrap_or(u32::MAX >> (32 - 8 * u32::from(size)))
     }
 
     fn io_out(&mut self, port: u16, size: u8, value: u32) {
-        self.port_write(port, size, value)
+        let mut fx = Effects::default();
+        let mut d = self.domain.devices.lock();
+        d.port_write(port, size, value, &mut fx);
+        self.effects(fx, &mut d);
     }
 
     fn halt(&mut self) -> bool {
-        // Blocks until an interrupt.
+        // Keep running when an interrupt is already waiting; else block.
+        if self.vcpu.lapic.lock().highest_pending().is_some() {
+            return true;
+        }
         self.halted = true;
         false
     }
@@ -372,10 +505,97 @@ impl Platform for VcpuPlatform<'_> {
         None
     }
 
+    fn msr_read(&mut self, msr: u32) -> Option<u64> {
+        match msr {
+            0x1B => Some(self.vcpu.lapic.lock().apic_base()),
+            0x277 => Some(self.pat),
+            0x10 => Some(crate::arch::cpu::rdtsc()),
+            m if Lapic::handles_msr(m) => self.vcpu.lapic.lock().read_msr(m, &HostClock).ok(),
+            m => benign_msr(m),
+        }
+    }
+
+    fn msr_write(&mut self, msr: u32, value: u64) -> bool {
+        match msr {
+            0x1B => self.vcpu.lapic.lock().set_apic_base(value).is_ok(),
+            0x277 => {
+                // Each byte must be a valid memory type (0, 1, 4, 5, 6, 7).
+                let valid = (0..8).all(|i| matches!((value >> (i * 8)) as u8, 0 | 1 | 4..=7));
+                if valid {
+                    self.pat = value;
+                }
+                valid
+            }
+            m if Lapic::handles_msr(m) => {
+                let r = self.vcpu.lapic.lock().write_msr(m, value, &HostClock);
+                match r {
+                    Ok(effect) => {
+                        self.lapic_effect(effect);
+                        true
+                    }
+                    Err(_) => false,
+                }
+            }
+            m => benign_msr(m).is_some(),
+        }
+    }
+
+    fn guest_memory(&self) -> Option<&GuestMemory> {
+        Some(&self.domain.mem)
+    }
+
+    fn is_mmio(&mut self, gpa: u64) -> bool {
+        self.lapic_page(gpa).is_some() || (platform::IOAPIC_BASE..platform::IOAPIC_BASE + 0x1000).contains(&gpa)
+    }
+
+    fn mmio_read(&mut self, gpa: u64, size: u8) -> u64 {
+        if let Some(off) = self.lapic_page(gpa) {
+            return self.vcpu.lapic.lock().read_mmio(off, size, &HostClock);
+        }
+        self.domain.devices.lock().ioapic_read(gpa - platform::IOAPIC_BASE, size)
+    }
+
+    fn mmio_write(&mut self, gpa: u64, size: u8, value: u64) {
+        if let Some(off) = self.lapic_page(gpa) {
+            let effect = self.vcpu.lapic.lock().write_mmio(off, size, value, &HostClock);
+            self.lapic_effect(effect);
+            return;
+        }
+        let mut fx = Effects::default();
+        let mut d = self.domain.devices.lock();
+        d.ioapic_write(gpa - platform::IOAPIC_BASE, size, value, &mut fx);
+        self.effects(fx, &mut d);
+    }
+
+    fn pending_interrupt(&mut self) -> Option<u8> {
+        self.vcpu.lapic.lock().highest_pending()
+    }
+
+    fn interrupt_injected(&mut self, vector: u8) {
+        self.vcpu.lapic.lock().ack(vector);
+    }
+
+    fn before_entry(&mut self) {
+        let now = crate::arch::time::now_ns();
+        self.vcpu.lapic.lock().tick(now);
+        if self.vcpu.id == 0 {
+            let mut fx = Effects::default();
+            let mut d = self.domain.devices.lock();
+            d.tick(&mut fx);
+            self.effects(fx, &mut d);
+        }
+        let deadline = self.vcpu.next_deadline_ns(self.domain).map_or(self.slice_end_ns, |d| d.min(self.slice_end_ns));
+        crate::arch::apic::arm_timer_us((deadline.saturating_sub(now) / 1000).max(1));
+    }
+
+    fn after_exit(&mut self) {
+        crate::sched::take_pending_interrupts();
+    }
+
     fn should_stop(&mut self) -> bool {
         self.shutdown.is_some()
             || self.domain.state() != DomainState::Running
-            || crate::arch::time::uptime_us() >= self.slice_end_us
+            || crate::arch::time::now_ns() >= self.slice_end_ns
     }
 }
 
@@ -387,13 +607,24 @@ impl Runnable for Vcpu {
         if domain.state() != DomainState::Running {
             return SliceEnd::Stopped;
         }
-        let mut platform = VcpuPlatform { domain: &domain, slice_end_us, shutdown: None, halted: false };
-        let (outcome, _exits) = {
-            let mut arch = self.arch.lock();
-            let r = vcpu::run_loop(&mut *arch, &mut platform, 0);
-            crate::sched::take_pending_interrupts();
-            r
+        let mut arch = self.arch.lock();
+        if let Some(page) = self.start_page.lock().take() {
+            arch.reset_real_mode(u16::from(page) << 8, 0);
+        }
+        if self.lapic.lock().is_waiting_for_sipi() {
+            return SliceEnd::Blocked;
+        }
+        let mut platform = VcpuPlatform {
+            domain: &domain,
+            vcpu: &self,
+            slice_end_ns: slice_end_us * 1000,
+            shutdown: None,
+            halted: false,
+            pat: 0x0007_0406_0007_0406,
         };
+        let (outcome, _exits) = vcpu::run_loop(&mut *arch, &mut platform, 0);
+        drop(arch);
+        crate::arch::apic::arm_timer_us(0);
         if let Some(state) = platform.shutdown.take() {
             domain.shut_down(state);
             return SliceEnd::Stopped;
@@ -415,7 +646,8 @@ impl Runnable for Vcpu {
     }
 
     fn wake_deadline_us(&self) -> Option<u64> {
-        None
+        let domain = self.domain.upgrade()?;
+        self.next_deadline_ns(&domain).map(|ns| ns / 1000)
     }
 
     fn sched(&self) -> &SchedState {

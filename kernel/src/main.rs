@@ -17,6 +17,7 @@ mod domain;
 mod drivers;
 mod mm;
 mod panic;
+mod platform;
 mod percpu;
 mod sched;
 mod selftest;
@@ -173,6 +174,7 @@ pub extern "C" fn kmain(magic: u32, info_paddr: u32, entry: u32) -> ! {
     percpu::init(0, bsp_apic, tables);
     time::calibrate();
     apic::calibrate_timer();
+    time::read_host_rtc();
     fpu::init_cpu();
     info!(
         "acpi: {} CPUs, {} I/O APICs{}{}",

@@ -164,14 +164,14 @@ fn wake_expired(now: u64) -> Option<u64> {
 pub fn run_forever() -> ! {
     let me = percpu::current_index();
     loop {
-        let now = time::uptime_us();
+        let now = (time::now_ns() / 1000);
         let next_deadline = wake_expired(now);
         match pick(me) {
             Some(v) => {
                 let s = v.sched();
                 s.pcpu.store(me, Ordering::SeqCst);
                 s.state.store(RUNNING, Ordering::SeqCst);
-                let end = v.clone().run_slice(time::uptime_us() + SLICE_US);
+                let end = v.clone().run_slice((time::now_ns() / 1000) + SLICE_US);
                 match end {
                     SliceEnd::Stopped => s.state.store(STOPPED, Ordering::SeqCst),
                     SliceEnd::Preempted => requeue(&v),
@@ -190,7 +190,7 @@ pub fn run_forever() -> ! {
                 IDLE_PCPUS.fetch_or(1 << me, Ordering::SeqCst);
                 let has_work = SCHED.lock().queue.iter().any(|v| v.affinity() & (1 << me) != 0);
                 if !has_work {
-                    apic::arm_timer_us(next_deadline.map_or(0, |d| d.saturating_sub(time::uptime_us()).max(1)));
+                    apic::arm_timer_us(next_deadline.map_or(0, |d| d.saturating_sub((time::now_ns() / 1000)).max(1)));
                     cpu::wait_for_interrupt();
                 }
                 IDLE_PCPUS.fetch_and(!(1 << me), Ordering::SeqCst);

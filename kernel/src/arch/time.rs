@@ -53,3 +53,57 @@ pub fn delay_us(us: u64) {
         cpu::pause();
     }
 }
+
+/// Nanoseconds since the TSC started counting (the guest-visible time base:
+/// guests read the same TSC, so their TSC deadlines convert with this).
+pub fn now_ns() -> u64 {
+    let hz = tsc_hz().max(1);
+    ((cpu::rdtsc() as u128 * 1_000_000_000) / hz as u128) as u64
+}
+
+static BOOT_UNIX: AtomicU64 = AtomicU64::new(0);
+
+/// Reads the host RTC once (seconds since 1970, UTC assumed as on most
+/// hypervisor hosts) so guests get a real date.
+pub fn read_host_rtc() {
+    let read = |reg: u8| {
+        pio::outb(0x70, reg);
+        pio::inb(0x71)
+    };
+    // Wait (bounded) until no update is in progress.
+    for _ in 0..100_000 {
+        if read(0x0A) & 0x80 == 0 {
+            break;
+        }
+    }
+    let b = read(0x0B);
+    let bcd = |v: u8| if b & 0x04 == 0 { (v & 0x0F) + (v >> 4) * 10 } else { v };
+    let (sec, min) = (bcd(read(0x00)), bcd(read(0x02)));
+    let hour_raw = read(0x04);
+    let mut hour = bcd(hour_raw & 0x7F);
+    if b & 0x02 == 0 && hour_raw & 0x80 != 0 {
+        hour = (hour % 12) + 12;
+    }
+    let (day, month, year) = (bcd(read(0x07)), bcd(read(0x08)), bcd(read(0x09)));
+    let century = bcd(read(0x32));
+    let year = if (19..=21).contains(&century) { u64::from(century) * 100 + u64::from(year) } else { 2000 + u64::from(year) };
+    let days = days_from_civil(year as i64, u64::from(month.clamp(1, 12)), u64::from(day.clamp(1, 31)));
+    let unix = days as u64 * 86_400 + u64::from(hour) * 3600 + u64::from(min) * 60 + u64::from(sec);
+    BOOT_UNIX.store(unix.saturating_sub(now_ns() / 1_000_000_000), Ordering::Relaxed);
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date.
+fn days_from_civil(y: i64, m: u64, d: u64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m as i64 + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Wall-clock seconds since 1970.
+pub fn unix_time() -> u64 {
+    BOOT_UNIX.load(Ordering::Relaxed) + now_ns() / 1_000_000_000
+}
