@@ -386,9 +386,15 @@ impl Vcpu {
                     return;
                 }
             }
-            VcpuEvent::Init => self.lapic.lock().receive_init(),
+            VcpuEvent::Init => {
+                log::debug!("vcpu {}: INIT", self.id);
+                self.lapic.lock().receive_init()
+            }
             VcpuEvent::Startup(vector) => match self.lapic.lock().receive_sipi(vector) {
-                Some(page) => *self.start_page.lock() = Some(page),
+                Some(page) => {
+                    log::debug!("vcpu {}: SIPI, starting at {:#x}", self.id, u32::from(page) << 12);
+                    *self.start_page.lock() = Some(page)
+                }
                 None => return,
             },
             VcpuEvent::Nmi => {

@@ -166,6 +166,7 @@ pub fn run_loop<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, max_exits
         let exit = vcpu.run();
         platform.after_exit();
         exits += 1;
+
         match exit {
             VmExit::Io { port, size, write, string, rep, next_rip } => {
                 if string || rep {

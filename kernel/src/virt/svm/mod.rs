@@ -106,7 +106,11 @@ svm_run:
     movq 112(%rsi), %r15
     movq 32(%rsi), %rsi
     movq (%rsp), %rax
+    /* GIF=0 holds host interrupts off in the host; IF=1 at VMRUN lets
+     * physical interrupts (timer, kick IPIs) leave the guest: with
+     * V_INTR_MASKING the host's IF at VMRUN gates them while the guest runs. */
     clgi
+    sti
     vmload %rax
     vmrun %rax
     vmsave %rax
@@ -129,6 +133,7 @@ svm_run:
     addq $8, %rsp
     popq %rax               /* host vmcb */
     vmload %rax
+    cli
     stgi
     addq $8, %rsp
     popq %r15
