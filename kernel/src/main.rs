@@ -245,53 +245,156 @@ fn module_name(cmdline: &str) -> &str {
     first.rsplit('/').next().unwrap_or(first)
 }
 
-/// Creates dom0 from the boot modules, Xen's way: module 0 is the dom0
-/// kernel, its string (after the file name) the kernel command line;
-/// module 1, if present, its initrd. Returns how many domains started.
+/// Whether a boot module is a domain configuration file (by its name).
+fn is_config_module(m: &bootinfo::BootModule) -> bool {
+    let name = module_name(&m.cmdline);
+    name.ends_with(".cfg") || name.ends_with(".conf")
+}
+
+fn map_action(a: ferrite_config::Action) -> domain::Action {
+    match a {
+        ferrite_config::Action::Destroy => domain::Action::Destroy,
+        ferrite_config::Action::Restart => domain::Action::Restart,
+        ferrite_config::Action::Preserve => domain::Action::Preserve,
+    }
+}
+
+/// Creates the boot-time domains from the modules, Xen's way: module 0 is
+/// the dom0 kernel (its string, after the file name, the kernel command
+/// line) and module 1, unless it is a config file or a file a config names,
+/// dom0's initrd. Modules named `*.cfg`/`*.conf` are xl-style domain
+/// configs; the `kernel`/`ramdisk` files they name are other modules,
+/// matched by file name. Returns how many domains started.
 fn start_boot_domains(boot: &bootinfo::BootInfo, opts: &Options, caps: virt::Capabilities) -> usize {
-    let Some(kernel_mod) = boot.modules.first() else {
-        info!("no dom0 kernel module given; nothing to run");
-        return 0;
-    };
-    let kernel = mm::module_bytes(kernel_mod.start, kernel_mod.end);
-    let initrd = boot.modules.get(1).map(|m| mm::module_bytes(m.start, m.end));
-    let cmdline = bootinfo::normalize_multiboot_cmdline(&kernel_mod.cmdline, boot.loader_name.as_deref());
-    let cmdline = if cmdline.split_whitespace().next() == Some(module_name(&kernel_mod.cmdline)) && !module_name(&kernel_mod.cmdline).contains('=') {
-        cmdline.split_once(' ').map_or(alloc::string::String::new(), |(_, rest)| alloc::string::String::from(rest.trim_start()))
-    } else {
-        cmdline
-    };
-    let pcpus = percpu::online_count() as u32;
-    let vcpus = opts.dom0_max_vcpus.map_or(pcpus, |r| r.max.unwrap_or(r.min).max(1));
-    let memory_bytes = match opts.dom0_mem.and_then(|m| m.amount) {
-        Some(cmdline::MemSize::Bytes(b)) => b,
-        Some(cmdline::MemSize::AllBut(b)) => mm::free_bytes().saturating_sub(b),
-        None => (mm::free_bytes() / 2).min(512 << 20),
-    };
-    let affinity = if opts.dom0_vcpus_pin {
-        (0..vcpus).map(|i| 1u64 << (i % pcpus.max(1))).collect()
-    } else {
-        Vec::new()
-    };
-    let spec = domain::PvhSpec {
-        name: alloc::string::String::from("dom0"),
-        memory_bytes,
-        vcpus,
-        kernel,
-        initrd,
-        cmdline,
-        affinity,
-        privileged: true,
-        on_poweroff: domain::Action::Destroy,
-        on_reboot: domain::Action::Restart,
-        on_crash: domain::Action::Destroy,
-    };
-    match domain::Domain::create_pvh(spec, caps) {
-        Ok(_) => 1,
-        Err(e) => {
-            error!("dom0 not started: {}", e);
-            0
+    let mods = &boot.modules;
+    let mut started = 0;
+    // Configs first, to know which modules they claim.
+    let mut configs = Vec::new();
+    for m in mods.iter().filter(|m| is_config_module(m)) {
+        let name = module_name(&m.cmdline);
+        match ferrite_config::parse(name, mm::module_bytes(m.start, m.end)) {
+            Ok((cfg, warnings)) => {
+                for w in warnings {
+                    warn!("{}", w);
+                }
+                configs.push(cfg);
+            }
+            Err(errors) => {
+                for e in errors {
+                    error!("{}", e);
+                }
+                error!("{}: not started (fix the errors above)", name);
+            }
         }
+    }
+    let find = |file: &str| {
+        let wanted = file.rsplit('/').next().unwrap_or(file);
+        mods.iter().find(|m| !is_config_module(m) && module_name(&m.cmdline) == wanted)
+    };
+    let claimed = |m: &bootinfo::BootModule| {
+        configs.iter().any(|c| {
+            [c.kernel.as_deref(), c.ramdisk.as_deref()]
+                .into_iter()
+                .flatten()
+                .any(|f| find(f).is_some_and(|x| core::ptr::eq(x, m)))
+        })
+    };
+
+    let pcpus = percpu::online_count() as u32;
+    if let Some(kernel_mod) = mods.first().filter(|m| !is_config_module(m) && !claimed(m)) {
+        let kernel = mm::module_bytes(kernel_mod.start, kernel_mod.end);
+        let initrd = mods.get(1).filter(|m| !is_config_module(m) && !claimed(m)).map(|m| mm::module_bytes(m.start, m.end));
+        let cmdline = module_args(&kernel_mod.cmdline, boot.loader_name.as_deref());
+        let vcpus = opts.dom0_max_vcpus.map_or(pcpus, |r| r.max.unwrap_or(r.min).max(1));
+        let memory_bytes = match opts.dom0_mem.and_then(|m| m.amount) {
+            Some(cmdline::MemSize::Bytes(b)) => b,
+            Some(cmdline::MemSize::AllBut(b)) => mm::free_bytes().saturating_sub(b),
+            None => (mm::free_bytes() / 2).min(512 << 20),
+        };
+        let affinity = if opts.dom0_vcpus_pin { (0..vcpus).map(|i| 1u64 << (i % pcpus.max(1))).collect() } else { Vec::new() };
+        let spec = domain::PvhSpec {
+            name: alloc::string::String::from("dom0"),
+            memory_bytes,
+            vcpus,
+            kernel,
+            initrd,
+            cmdline,
+            affinity,
+            privileged: true,
+            on_poweroff: domain::Action::Destroy,
+            on_reboot: domain::Action::Restart,
+            on_crash: domain::Action::Destroy,
+        };
+        match domain::Domain::create_pvh(spec, caps) {
+            Ok(_) => started += 1,
+            Err(e) => error!("dom0 not started: {}", e),
+        }
+    } else {
+        info!("no dom0 kernel module given");
+    }
+
+    for cfg in configs {
+        if cfg.guest_type != ferrite_config::GuestType::Pvh {
+            error!("{}: type 'hvm' is not supported yet (HVM guests need stub domains); not started", cfg.name);
+            continue;
+        }
+        let Some(kernel_file) = cfg.kernel.as_deref() else {
+            error!("{}: no kernel given; not started", cfg.name);
+            continue;
+        };
+        let Some(kernel_mod) = find(kernel_file) else {
+            error!("{}: kernel '{}' is not among the boot modules (name a module '{}'); not started", cfg.name, kernel_file, kernel_file);
+            continue;
+        };
+        let initrd = match cfg.ramdisk.as_deref() {
+            Some(f) => match find(f) {
+                Some(m) => Some(mm::module_bytes(m.start, m.end)),
+                None => {
+                    error!("{}: ramdisk '{}' is not among the boot modules; not started", cfg.name, f);
+                    continue;
+                }
+            },
+            None => None,
+        };
+        let affinity = match &cfg.cpus {
+            Some(aff) => (0..cfg.vcpus as usize)
+                .map(|i| aff.for_vcpu(i).map_or(u64::MAX, |set| set.iter().filter(|&c| c < 64).fold(0u64, |m, c| m | (1 << c))))
+                .collect(),
+            None => Vec::new(),
+        };
+        let spec = domain::PvhSpec {
+            name: cfg.name.clone(),
+            memory_bytes: cfg.memory_mib << 20,
+            vcpus: cfg.vcpus,
+            kernel: mm::module_bytes(kernel_mod.start, kernel_mod.end),
+            initrd,
+            cmdline: cfg.cmdline.clone().unwrap_or_default(),
+            affinity,
+            privileged: false,
+            on_poweroff: map_action(cfg.on_poweroff),
+            on_reboot: map_action(cfg.on_reboot),
+            on_crash: map_action(cfg.on_crash),
+        };
+        match domain::Domain::create_pvh(spec, caps) {
+            Ok(_) => started += 1,
+            Err(e) => error!("{} not started: {}", cfg.name, e),
+        }
+    }
+    if started == 0 {
+        info!("no domains to run");
+    }
+    started
+}
+
+/// A kernel module's command line: its string without the file name (the
+/// first word, which QEMU and GRUB legacy put there).
+fn module_args(cmdline: &str, loader: Option<&str>) -> alloc::string::String {
+    let norm = bootinfo::normalize_multiboot_cmdline(cmdline, loader);
+    let name = module_name(cmdline);
+    match norm.split_once(' ') {
+        Some((first, rest)) if first.rsplit('/').next() == Some(name) && !name.contains('=') => alloc::string::String::from(rest.trim_start()),
+        None if norm.rsplit('/').next() == Some(name) && !name.contains('=') => alloc::string::String::new(),
+        _ => norm,
     }
 }
 
