@@ -2,37 +2,45 @@
 //! everything logged (what `dmesg` shows), and the `log` backend.
 
 use crate::drivers::uart::{LineConfig, Uart, COM1};
+use alloc::vec::Vec;
 use core::fmt::{self, Write};
+use core::sync::atomic::AtomicU32;
 use core::sync::atomic::{AtomicBool, Ordering};
 use spin::Mutex;
 
 const RING_SIZE: usize = 64 * 1024;
 
-/// A byte ring that keeps the newest `RING_SIZE` bytes of console output.
+/// A byte ring that keeps the newest `capacity` bytes written to it (the
+/// hypervisor's `dmesg`, and each domain's console history).
 pub struct LogRing {
-    buf: [u8; RING_SIZE],
-    /// Total bytes ever written; the write position is `written % RING_SIZE`.
+    buf: Vec<u8>,
+    capacity: usize,
+    /// Total bytes ever written; the write position is `written % capacity`.
     written: usize,
 }
 
 impl LogRing {
-    const fn new() -> Self {
-        LogRing { buf: [0; RING_SIZE], written: 0 }
+    /// The storage is allocated on first use.
+    pub const fn new(capacity: usize) -> Self {
+        LogRing { buf: Vec::new(), capacity, written: 0 }
     }
 
-    fn push(&mut self, bytes: &[u8]) {
+    pub fn push(&mut self, bytes: &[u8]) {
+        if self.buf.len() != self.capacity {
+            self.buf.resize(self.capacity, 0);
+        }
         for &b in bytes {
-            self.buf[self.written % RING_SIZE] = b;
+            self.buf[self.written % self.capacity] = b;
             self.written = self.written.wrapping_add(1);
         }
     }
 
     /// Calls `f` with the retained contents, oldest first, in at most two pieces.
     pub fn read(&self, mut f: impl FnMut(&[u8])) {
-        if self.written <= RING_SIZE {
-            f(&self.buf[..self.written]);
+        if self.written <= self.capacity {
+            f(&self.buf[..self.written.min(self.buf.len())]);
         } else {
-            let pos = self.written % RING_SIZE;
+            let pos = self.written % self.capacity;
             f(&self.buf[pos..]);
             f(&self.buf[..pos]);
         }
@@ -44,7 +52,7 @@ struct Console {
     ring: LogRing,
 }
 
-static CONSOLE: Mutex<Console> = Mutex::new(Console { uart: Uart::new(COM1), ring: LogRing::new() });
+static CONSOLE: Mutex<Console> = Mutex::new(Console { uart: Uart::new(COM1), ring: LogRing::new(RING_SIZE) });
 static UART_ENABLED: AtomicBool = AtomicBool::new(true);
 
 /// Sets up the serial line; `enabled` is false for `console=none`.
@@ -137,5 +145,75 @@ pub fn print_fmt(args: fmt::Arguments) {
     let _ = line.write_fmt(args);
     if let Ok(text) = core::str::from_utf8(&line.buf[..line.len]) {
         write_str(text);
+    }
+}
+
+/// Where console input goes: 0 = the hypervisor, else domain id + 1.
+static FOCUS: AtomicU32 = AtomicU32::new(0);
+/// Consecutive Ctrl-a presses seen.
+static CTRL_A: AtomicU32 = AtomicU32::new(0);
+
+const CTRL_A_KEY: u8 = 0x01;
+
+/// Reads what arrived on the serial line and routes it: three Ctrl-a in a
+/// row switch the input between the hypervisor and each domain (as in
+/// Xen); other bytes go to the focused domain's UART, or are hypervisor
+/// keys. Called regularly by CPU 0's scheduling loop.
+pub fn poll_input() {
+    if !UART_ENABLED.load(Ordering::Relaxed) {
+        return;
+    }
+    loop {
+        let byte = {
+            let c = CONSOLE.lock();
+            c.uart.read_byte()
+        };
+        let Some(b) = byte else { break };
+        if b == CTRL_A_KEY {
+            if CTRL_A.fetch_add(1, Ordering::SeqCst) + 1 == 3 {
+                CTRL_A.store(0, Ordering::SeqCst);
+                switch_focus();
+            }
+            continue;
+        }
+        // Fewer than three Ctrl-a were real input: pass them on.
+        let pending = CTRL_A.swap(0, Ordering::SeqCst);
+        for _ in 0..pending {
+            input_byte(CTRL_A_KEY);
+        }
+        input_byte(b);
+    }
+}
+
+fn switch_focus() {
+    let ids = crate::domain::ids();
+    let cur = FOCUS.load(Ordering::SeqCst);
+    // Order: hypervisor (0), then domains by id.
+    let next = if cur == 0 {
+        ids.first().map_or(0, |&id| id + 1)
+    } else {
+        ids.iter().find(|&&id| id + 1 > cur).map_or(0, |&id| id + 1)
+    };
+    FOCUS.store(next, Ordering::SeqCst);
+    match next {
+        0 => log::info!("*** input to Ferrite (press 'h' for keys; Ctrl-a three times to switch)"),
+        n => log::info!(
+            "*** input to domain {} ({}) (Ctrl-a three times to switch)",
+            n - 1,
+            crate::domain::name_of(n - 1).unwrap_or_default()
+        ),
+    }
+}
+
+fn input_byte(b: u8) {
+    match FOCUS.load(Ordering::SeqCst) {
+        0 => crate::debug_key(b),
+        n => {
+            if !crate::domain::console_input(n - 1, b) {
+                // The domain is gone: input returns to the hypervisor.
+                FOCUS.store(0, Ordering::SeqCst);
+                crate::debug_key(b);
+            }
+        }
     }
 }

@@ -66,6 +66,8 @@ pub struct Domain {
     devices: Mutex<Devices>,
     /// Console output not yet ending in a newline.
     console_line: Mutex<Vec<u8>>,
+    /// The newest console output (what `xl console` would replay).
+    console_ring: Mutex<console::LogRing>,
     state: Mutex<DomainState>,
     intercepts: ((u64, usize), (u64, usize)),
     pub spec: PvhSpec,
@@ -201,6 +203,7 @@ impl Domain {
             vcpus: Mutex::new(Vec::new()),
             devices: Mutex::new(Devices::new(plan.platform)),
             console_line: Mutex::new(Vec::new()),
+            console_ring: Mutex::new(console::LogRing::new(16 * 1024)),
             state: Mutex::new(DomainState::Running),
             intercepts,
             spec,
@@ -319,6 +322,11 @@ impl Domain {
     }
 
     fn emit_line(&self, line: &[u8]) {
+        {
+            let mut ring = self.console_ring.lock();
+            ring.push(line);
+            ring.push(b"\n");
+        }
         let text = String::from_utf8_lossy(line);
         console::print_fmt(format_args!("({}) {}\n", self.name, text));
     }
@@ -658,6 +666,45 @@ impl Runnable for Vcpu {
 
     fn sched(&self) -> &SchedState {
         &self.sched
+    }
+}
+
+/// Ids of the domains alive, ascending.
+pub fn ids() -> Vec<u32> {
+    let mut v: Vec<u32> = DOMAINS.lock().iter().map(|d| d.id).collect();
+    v.sort_unstable();
+    v
+}
+
+pub fn name_of(id: u32) -> Option<String> {
+    DOMAINS.lock().iter().find(|d| d.id == id).map(|d| d.name.clone())
+}
+
+/// Feeds one byte of console input to a domain's UART. False when the
+/// domain does not exist (any more).
+pub fn console_input(id: u32, byte: u8) -> bool {
+    let Some(d) = DOMAINS.lock().iter().find(|d| d.id == id).cloned() else {
+        return false;
+    };
+    let mut fx = Effects::default();
+    let mut dev = d.devices.lock();
+    dev.push_input(byte, &mut fx);
+    let _ = d.apply(fx, &mut dev);
+    true
+}
+
+/// One line per domain, as `xl list` prints them.
+pub fn list(mut out: impl FnMut(&str)) {
+    out("Name                                        ID   Mem VCPUs\tState");
+    let mut doms = DOMAINS.lock().clone();
+    doms.sort_by_key(|d| d.id);
+    for d in doms {
+        let state = match d.state() {
+            DomainState::Running => "r-----",
+            DomainState::PoweredOff | DomainState::Rebooting => "--s---",
+            DomainState::Crashed(_) => "---c--",
+        };
+        out(&format!("{:<40} {:>5} {:>5} {:>5}\t{}", d.name, d.id, d.mem.ram_bytes() >> 20, d.spec.vcpus, state));
     }
 }
 

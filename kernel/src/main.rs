@@ -235,6 +235,32 @@ pub extern "C" fn kmain(magic: u32, info_paddr: u32, entry: u32) -> ! {
     sched::run_forever()
 }
 
+/// A key typed while console input goes to the hypervisor (Xen's debug
+/// keys, in spirit).
+pub fn debug_key(key: u8) {
+    match key {
+        b'h' => {
+            info!("keys: 'l' list domains, 'd' replay the hypervisor log (dmesg), 'm' memory, 'h' this help");
+            info!("Ctrl-a three times switches console input to the next domain");
+        }
+        b'l' => domain::list(|line| console::print_fmt(format_args!("{}\n", line))),
+        b'd' => {
+            let mut text = Vec::new();
+            console::with_log_ring(|piece| text.extend_from_slice(piece));
+            console::print_fmt(format_args!("----- log ring ({} bytes) -----\n", text.len()));
+            for chunk in text.chunks(256) {
+                console::print_fmt(format_args!("{}", alloc::string::String::from_utf8_lossy(chunk)));
+            }
+        }
+        b'm' => {
+            let (used, total) = mm::heap::usage();
+            info!("memory: {} MiB free; heap {} of {} KiB used", mm::free_bytes() >> 20, used >> 10, total >> 10);
+        }
+        b'\r' | b'\n' => {}
+        _ => {}
+    }
+}
+
 /// Set once the boot CPU has created the boot-time domains; APs wait for
 /// it before they start scheduling.
 static BOOT_DONE: AtomicBool = AtomicBool::new(false);

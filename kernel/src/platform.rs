@@ -163,6 +163,12 @@ impl Devices {
         true
     }
 
+    /// Console input for the guest's UART.
+    pub fn push_input(&mut self, byte: u8, fx: &mut Effects) {
+        self.uart.push_input(byte);
+        self.update_lines(fx);
+    }
+
     pub fn ioapic_read(&mut self, offset: u64, size: u8) -> u64 {
         self.ioapic.read_mmio(offset, size)
     }

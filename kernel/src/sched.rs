@@ -14,6 +14,9 @@ use alloc::sync::Arc;
 use core::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use spin::Mutex;
 
+/// How often an idle CPU 0 looks for console input.
+const CONSOLE_POLL_US: u64 = 50_000;
+
 /// Length of a time slice.
 pub const SLICE_US: u64 = 10_000;
 
@@ -164,6 +167,9 @@ fn wake_expired(now: u64) -> Option<u64> {
 pub fn run_forever() -> ! {
     let me = percpu::current_index();
     loop {
+        if me == 0 {
+            crate::console::poll_input();
+        }
         let now = (time::now_ns() / 1000);
         let next_deadline = wake_expired(now);
         match pick(me) {
@@ -190,7 +196,13 @@ pub fn run_forever() -> ! {
                 IDLE_PCPUS.fetch_or(1 << me, Ordering::SeqCst);
                 let has_work = SCHED.lock().queue.iter().any(|v| v.affinity() & (1 << me) != 0);
                 if !has_work {
-                    apic::arm_timer_us(next_deadline.map_or(0, |d| d.saturating_sub((time::now_ns() / 1000)).max(1)));
+                    let now = time::now_ns() / 1000;
+                    let mut sleep = next_deadline.map_or(0, |d| d.saturating_sub(now).max(1));
+                    if me == 0 {
+                        // CPU 0 polls the console: wake at least every 50 ms.
+                        sleep = if sleep == 0 { CONSOLE_POLL_US } else { sleep.min(CONSOLE_POLL_US) };
+                    }
+                    apic::arm_timer_us(sleep);
                     cpu::wait_for_interrupt();
                 }
                 IDLE_PCPUS.fetch_and(!(1 << me), Ordering::SeqCst);
