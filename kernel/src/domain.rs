@@ -22,7 +22,6 @@ use ferrite_devmodel::lapic::{Lapic, LapicConfig, LapicEffect};
 use log::{error, info};
 use spin::Mutex;
 
-const COM1_BASE: u16 = 0x3F8;
 
 /// What happens when a domain powers off, reboots or crashes (xl's
 /// `on_poweroff` / `on_reboot` / `on_crash`).

@@ -183,6 +183,9 @@ pub extern "C" fn kmain(magic: u32, info_paddr: u32, entry: u32) -> ! {
         platform.hpet.map(|a| alloc::format!(", HPET at {:#x}", a)).unwrap_or_default(),
         platform.ecam.first().map(|e| alloc::format!(", PCIe ECAM at {:#x}", e.0)).unwrap_or_default()
     );
+    for io in &platform.io_apics {
+        log::debug!("acpi: I/O APIC {} at {:#x}, GSI base {}", io.id, io.address, io.gsi_base);
+    }
     info!("cpu 0: online (apic id {}), TSC {} MHz", bsp_apic, time::tsc_hz() / 1_000_000);
 
     let caps = match virt::svm::detect() {

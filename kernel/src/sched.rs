@@ -63,9 +63,6 @@ impl SchedState {
         SchedState { state: AtomicU8::new(BLOCKED), pcpu: AtomicUsize::new(usize::MAX) }
     }
 
-    pub fn is_stopped(&self) -> bool {
-        self.state.load(Ordering::SeqCst) == STOPPED
-    }
 }
 
 struct Scheduler {
@@ -170,7 +167,7 @@ pub fn run_forever() -> ! {
         if me == 0 {
             crate::console::poll_input();
         }
-        let now = (time::now_ns() / 1000);
+        let now = time::now_ns() / 1000;
         let next_deadline = wake_expired(now);
         match pick(me) {
             Some(v) => {

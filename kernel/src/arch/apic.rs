@@ -48,10 +48,6 @@ pub fn init_cpu() {
     write(REG_SVR, 0x100 | u32::from(super::idt::VECTOR_SPURIOUS));
 }
 
-/// The physical address of the local APIC registers.
-pub fn base() -> u64 {
-    BASE.load(Ordering::Relaxed)
-}
 
 pub fn id() -> u32 {
     read(REG_ID) >> 24

@@ -110,23 +110,6 @@ impl PageTables {
         Ok(())
     }
 
-    /// The physical address and leaf flags `va` maps to, if any.
-    pub fn translate(&self, va: u64) -> Option<(u64, u64)> {
-        let mut pa = self.root;
-        for level in (0..=3).rev() {
-            let e = table(pa)[Self::index(va, level)];
-            if e & PRESENT == 0 {
-                return None;
-            }
-            if level == 0 || (level <= 2 && e & HUGE != 0) {
-                let page_mask = (1u64 << (12 + 9 * level)) - 1;
-                return Some(((e & ADDR_MASK & !page_mask) | (va & page_mask), e & !ADDR_MASK));
-            }
-            pa = e & ADDR_MASK;
-        }
-        None
-    }
-
     fn free_level(pa: u64, level: u32) {
         if level > 0 {
             for &e in table(pa).iter() {

@@ -137,7 +137,6 @@ pub trait VcpuOps {
     fn set_entry_state(&mut self, state: &EntryState);
     fn efer(&self) -> u64;
     fn set_efer(&mut self, efer: u64);
-    fn cr0(&self) -> u64;
     /// Injects a hardware exception (e.g. #GP for an unknown MSR).
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>);
     fn set_xcr0(&mut self, xcr0: u64);

@@ -286,9 +286,6 @@ impl SvmVcpu {
         }
     }
 
-    pub fn exit_code(&self) -> u64 {
-        self.vmcb.read_u64(EXIT_CODE)
-    }
 }
 
 impl VcpuOps for SvmVcpu {
@@ -397,10 +394,6 @@ impl VcpuOps for SvmVcpu {
         // The guest never sees SVME, but VMRUN requires it in the guest EFER.
         self.vmcb.write_u64(EFER, efer | cpu::EFER_SVME);
         self.dirty |= CLEAN_CRX;
-    }
-
-    fn cr0(&self) -> u64 {
-        self.vmcb.read_u64(CR0)
     }
 
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {

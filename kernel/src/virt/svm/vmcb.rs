@@ -1,6 +1,10 @@
 //! The VMCB (AMD APM vol. 2, appendix B): a 4 KiB page, control area at
 //! 0x000, state save area at 0x400. Accessed by offset through safe slice
 //! reads and writes.
+//!
+//! The constants are the architectural map, kept whole even where Ferrite
+//! does not use a field yet.
+#![allow(dead_code)]
 
 use crate::virt::Segment;
 
