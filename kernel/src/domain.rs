@@ -259,6 +259,10 @@ impl Domain {
         self.state.lock().clone()
     }
 
+    pub fn is_running(&self) -> bool {
+        matches!(*self.state.lock(), DomainState::Running)
+    }
+
     /// Ends the domain's life with `state`: its vCPUs stop and it leaves
     /// the domain list (memory is freed when the last vCPU lets go).
     fn shut_down(&self, state: DomainState) {
@@ -439,6 +443,11 @@ struct VcpuPlatform<'a> {
     halted: bool,
     /// Values of the simple MSRs this vCPU wrote (PAT, MTRR default type).
     pat: u64,
+    /// The earliest LAPIC/device deadline (TSC ns) as of the last check;
+    /// timers are only advanced when it has passed or something changed.
+    deadline_ns: Option<u64>,
+    /// A device or LAPIC was touched since the deadline was computed.
+    deadline_stale: bool,
 }
 
 /// MSRs with nothing behind them that guests commonly touch: reads give
@@ -488,6 +497,8 @@ impl Platform for VcpuPlatform<'_> {
     }
 
     fn io_in(&mut self, port: u16, size: u8) -> u32 {
+        // Reads do not move device deadlines (line changes they cause are
+        // delivered right here), so the cached deadline stays valid.
         let mut fx = Effects::default();
         let mut d = self.domain.devices.lock();
         let v = d.port_read(port, size, &mut fx);
@@ -497,6 +508,7 @@ impl Platform for VcpuPlatform<'_> {
     }
 
     fn io_out(&mut self, port: u16, size: u8, value: u32) {
+        self.deadline_stale = true;
         let mut fx = Effects::default();
         let mut d = self.domain.devices.lock();
         d.port_write(port, size, value, &mut fx);
@@ -529,6 +541,7 @@ impl Platform for VcpuPlatform<'_> {
     }
 
     fn msr_write(&mut self, msr: u32, value: u64) -> bool {
+        self.deadline_stale = true;
         match msr {
             0x1B => self.vcpu.lapic.lock().set_apic_base(value).is_ok(),
             0x277 => {
@@ -569,6 +582,7 @@ impl Platform for VcpuPlatform<'_> {
     }
 
     fn mmio_write(&mut self, gpa: u64, size: u8, value: u64) {
+        self.deadline_stale = true;
         if let Some(off) = self.lapic_page(gpa) {
             let effect = self.vcpu.lapic.lock().write_mmio(off, size, value, &HostClock);
             self.lapic_effect(effect);
@@ -590,15 +604,20 @@ impl Platform for VcpuPlatform<'_> {
 
     fn before_entry(&mut self) {
         let now = crate::arch::time::now_ns();
-        self.vcpu.lapic.lock().tick(now);
-        if self.vcpu.id == 0 {
-            let mut fx = Effects::default();
-            let mut d = self.domain.devices.lock();
-            d.tick(&mut fx);
-            self.effects(fx, &mut d);
+        let due = self.deadline_ns.is_some_and(|d| d <= now);
+        if due || self.deadline_stale {
+            self.vcpu.lapic.lock().tick(now);
+            if self.vcpu.id == 0 {
+                let mut fx = Effects::default();
+                let mut d = self.domain.devices.lock();
+                d.tick(&mut fx);
+                self.effects(fx, &mut d);
+            }
+            self.deadline_ns = self.vcpu.next_deadline_ns(self.domain);
+            self.deadline_stale = false;
         }
-        let deadline = self.vcpu.next_deadline_ns(self.domain).map_or(self.slice_end_ns, |d| d.min(self.slice_end_ns));
-        crate::arch::apic::arm_timer_us((deadline.saturating_sub(now) / 1000).max(1));
+        let deadline = self.deadline_ns.map_or(self.slice_end_ns, |d| d.min(self.slice_end_ns));
+        crate::arch::apic::arm_timer_at_ns(deadline);
     }
 
     fn after_exit(&mut self) {
@@ -606,9 +625,7 @@ impl Platform for VcpuPlatform<'_> {
     }
 
     fn should_stop(&mut self) -> bool {
-        self.shutdown.is_some()
-            || self.domain.state() != DomainState::Running
-            || crate::arch::time::now_ns() >= self.slice_end_ns
+        self.shutdown.is_some() || crate::arch::time::now_ns() >= self.slice_end_ns || !self.domain.is_running()
     }
 }
 
@@ -634,10 +651,11 @@ impl Runnable for Vcpu {
             shutdown: None,
             halted: false,
             pat: 0x0007_0406_0007_0406,
+            deadline_ns: None,
+            deadline_stale: true,
         };
         let (outcome, _exits) = vcpu::run_loop(&mut *arch, &mut platform, 0);
         drop(arch);
-        crate::arch::apic::arm_timer_us(0);
         if let Some(state) = platform.shutdown.take() {
             domain.shut_down(state);
             return SliceEnd::Stopped;

@@ -18,6 +18,8 @@ pub struct PerCpu {
     pub tables: &'static CpuTables,
     /// SVM state when the backend is enabled on this CPU.
     pub svm: Option<SvmCpu>,
+    /// When this CPU's APIC timer is armed to fire (TSC ns; 0 = not armed).
+    pub timer_deadline_ns: u64,
 }
 
 static CPUS: [AtomicPtr<PerCpu>; MAX_CPUS] = [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS];
@@ -28,7 +30,7 @@ static READY: AtomicBool = AtomicBool::new(false);
 
 /// Installs this CPU's per-CPU block and points GS at it.
 pub fn init(index: usize, apic_id: u32, tables: &'static CpuTables) -> &'static mut PerCpu {
-    let pc = Box::leak(Box::new(PerCpu { self_ptr: core::ptr::null(), index, apic_id, tables, svm: None }));
+    let pc = Box::leak(Box::new(PerCpu { self_ptr: core::ptr::null(), index, apic_id, tables, svm: None, timer_deadline_ns: 0 }));
     pc.self_ptr = pc as *const PerCpu;
     CPUS[index].store(pc as *mut PerCpu, Ordering::SeqCst);
     // SAFETY: GS_BASE exists on every x86_64 CPU; the block is leaked, so

@@ -106,9 +106,27 @@ pub fn timer_ticks_per_us() -> u64 {
     TIMER_TICKS_PER_US.load(Ordering::Relaxed)
 }
 
+/// Arms this CPU's one-shot timer to fire at `deadline_ns` (TSC time)
+/// unless it is already armed for exactly that time and has not fired.
+/// Saves reprogramming the timer on every guest entry.
+pub fn arm_timer_at_ns(deadline_ns: u64) {
+    let pc = crate::percpu::current();
+    let now = super::time::now_ns();
+    if pc.timer_deadline_ns == deadline_ns && now < deadline_ns {
+        return;
+    }
+    program_timer((deadline_ns.saturating_sub(now) / 1000).max(1));
+    pc.timer_deadline_ns = deadline_ns;
+}
+
 /// Arms this CPU's one-shot timer to interrupt after `us` microseconds
 /// (0 disarms it).
 pub fn arm_timer_us(us: u64) {
+    program_timer(us);
+    crate::percpu::current().timer_deadline_ns = 0;
+}
+
+fn program_timer(us: u64) {
     write(REG_TIMER_DIVIDE, 0b1011);
     write(REG_LVT_TIMER, u32::from(super::idt::VECTOR_TIMER));
     let ticks = us.saturating_mul(timer_ticks_per_us()).clamp(if us == 0 { 0 } else { 1 }, u64::from(u32::MAX));
