@@ -164,6 +164,12 @@ pub fn poll_input() {
         return;
     }
     loop {
+        // Leave bytes in the host UART (QEMU and real lines hold them back)
+        // until the focused domain has room for them.
+        let focus = FOCUS.load(Ordering::SeqCst);
+        if focus != 0 && crate::domain::console_input_space(focus - 1) == Some(0) {
+            break;
+        }
         let byte = {
             let c = CONSOLE.lock();
             c.uart.read_byte()
@@ -183,6 +189,15 @@ pub fn poll_input() {
         }
         input_byte(b);
     }
+}
+
+/// The domain console input goes to (None: the hypervisor).
+pub fn input_focus() -> Option<u32> {
+    FOCUS.load(Ordering::SeqCst).checked_sub(1)
+}
+
+pub fn set_input_focus(id: Option<u32>) {
+    FOCUS.store(id.map_or(0, |i| i + 1), Ordering::SeqCst);
 }
 
 fn switch_focus() {

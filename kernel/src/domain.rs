@@ -235,6 +235,10 @@ impl Domain {
         }
         *domain.vcpus.lock() = vcpus.clone();
         DOMAINS.lock().push(domain.clone());
+        if domain.spec.privileged {
+            // As in Xen, console input goes to dom0 once it exists.
+            console::set_input_focus(Some(id));
+        }
         info!(
             "domain {} ({}): {} MiB, {} vCPUs, {:?} kernel entry {:#x}, cmdline \"{}\"",
             id,
@@ -304,19 +308,40 @@ impl Domain {
 
     /// Moves the UART's output to the hypervisor console, a line at a
     /// time, prefixed with the domain's name.
+    ///
+    /// The domain that has console input gets its bytes shown at once
+    /// (prompts have no newline); the others a whole line at a time, so
+    /// lines of different domains never interleave.
     fn console_out(&self, devices: &mut Devices) {
         let out = devices.uart.take_output();
         if out.is_empty() {
             return;
         }
+        let focused = console::input_focus() == Some(self.id);
         let mut line = self.console_line.lock();
         for b in out {
             if b == b'\n' {
-                self.emit_line(&line);
+                if focused {
+                    if line.is_empty() {
+                        console::print_fmt(format_args!("({}) ", self.name));
+                    }
+                    console::write_str("\n");
+                    self.console_ring.lock().push(&line);
+                    self.console_ring.lock().push(b"\n");
+                } else {
+                    self.emit_line(&line);
+                }
                 line.clear();
             } else if b != b'\r' {
+                if focused {
+                    if line.is_empty() {
+                        console::print_fmt(format_args!("({}) ", self.name));
+                    }
+                    let ch = [b];
+                    console::write_str(core::str::from_utf8(&ch).unwrap_or("?"));
+                }
                 line.push(b);
-                if line.len() >= 512 {
+                if line.len() >= 512 && !focused {
                     self.emit_line(&line);
                     line.clear();
                 }
@@ -695,6 +720,15 @@ pub fn ids() -> Vec<u32> {
 
 pub fn name_of(id: u32) -> Option<String> {
     DOMAINS.lock().iter().find(|d| d.id == id).map(|d| d.name.clone())
+}
+
+/// Room in a domain's UART receive FIFO (None: no such domain). Console
+/// input is only taken from the host line while there is room, so nothing
+/// typed is dropped.
+pub fn console_input_space(id: u32) -> Option<usize> {
+    let d = DOMAINS.lock().iter().find(|d| d.id == id).cloned()?;
+    let space = d.devices.lock().uart.rx_space();
+    Some(space)
 }
 
 /// Feeds one byte of console input to a domain's UART. False when the

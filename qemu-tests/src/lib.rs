@@ -517,3 +517,255 @@ mod tests {
         assert_eq!(parse_module_line(1, &l.replace("0x0badf00d", "0xBADF00D")), None);
     }
 }
+
+// ---------------------------------------------------------------------------
+// Linux guests (dom0 Linux from Debian packages with a busybox initramfs).
+// ---------------------------------------------------------------------------
+
+/// Default per-VM limit for tests that boot Linux (per boot). A healthy
+/// boot to power-off takes seconds under TCG; the limit is generous for
+/// loaded hosts, and only a hang ever waits for it.
+pub const DEFAULT_LINUX_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The VM deadline for one Linux boot: `FERRITE_LINUX_TIMEOUT_SECS` when set,
+/// else [`DEFAULT_LINUX_TIMEOUT`]. Tests that boot twice use twice this.
+pub fn linux_vm_timeout() -> Duration {
+    std::env::var("FERRITE_LINUX_TIMEOUT_SECS")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_LINUX_TIMEOUT)
+}
+
+/// Whether `FERRITE_REQUIRE_GUESTS` is set (to anything but empty or `0`):
+/// then a guest image that cannot be fetched fails the test instead of
+/// skipping it.
+pub fn guests_required() -> bool {
+    std::env::var("FERRITE_REQUIRE_GUESTS").is_ok_and(|v| !v.trim().is_empty() && v.trim() != "0")
+}
+
+/// The files a dom0 Linux boot needs.
+#[derive(Debug, Clone)]
+pub struct LinuxGuest {
+    /// The uncompressed ELF vmlinux (it has the PVH entry note).
+    pub vmlinux: PathBuf,
+    /// The busybox initramfs (uncompressed newc cpio) with the test init.
+    pub initramfs: PathBuf,
+}
+
+/// Fetches (or finds cached) Debian's `linux-image-<flavour>` and
+/// `busybox-static`, and writes `dir/initramfs.cpio` with
+/// [`ferrite_tools::initramfs::TEST_INIT_SCRIPT`] as `/init`.
+///
+/// Returns `None` (after printing why) when the packages cannot be
+/// downloaded and [`guests_required`] is false; the test should then return
+/// early. Any other failure (extracting the kernel, building the archive)
+/// fails the test.
+pub fn linux_guest(test: &str, flavour: &str, dir: &Path) -> Option<LinuxGuest> {
+    use ferrite_tools::{guest_images, initramfs};
+    let kernel_pkg = format!("linux-image-{flavour}");
+    for pkg in [kernel_pkg.as_str(), "busybox-static"] {
+        if let Err(e) = guest_images::fetch_debian_package(pkg) {
+            if guests_required() {
+                panic!("[{test}] cannot fetch Debian package {pkg} and FERRITE_REQUIRE_GUESTS is set:\n{e}");
+            }
+            eprintln!(
+                "[{test}] SKIPPED (passes without running): cannot fetch Debian package {pkg}: {e}\n\
+                 [{test}] set FERRITE_REQUIRE_GUESTS=1 to make this a failure"
+            );
+            return None;
+        }
+    }
+    let vmlinux = guest_images::debian_vmlinux(flavour)
+        .unwrap_or_else(|e| panic!("[{test}] cannot extract vmlinux from {kernel_pkg}: {e}"));
+    let image = initramfs::busybox_initramfs(initramfs::TEST_INIT_SCRIPT)
+        .unwrap_or_else(|e| panic!("[{test}] cannot build the busybox initramfs: {e}"));
+    let path = dir.join("initramfs.cpio");
+    if let Err(e) = std::fs::write(&path, &image) {
+        panic!("[{test}] cannot write {}: {e}", path.display());
+    }
+    Some(LinuxGuest { vmlinux, initramfs: path })
+}
+
+/// The Linux command line for the test init: `ferrite.test=<action>` picks
+/// poweroff, reboot or shell. `loglevel=4` keeps the kernel's own output
+/// (every byte is a trapped UART write) to warnings and worse.
+pub fn linux_cmdline(action: &str) -> String {
+    ferrite_tools::initramfs::test_linux_cmdline(action)
+}
+
+/// QEMU for a dom0 Linux boot: q35, 1 GiB, 2 host CPUs, Ferrite with
+/// `dom0_mem=256M dom0_max_vcpus=<vcpus>`, module 0 the kernel with
+/// `linux_args`, module 1 the initramfs.
+pub fn dom0_linux_qemu(guest: &LinuxGuest, vcpus: u32, linux_args: &str) -> QemuCommand {
+    base_qemu()
+        .memory_mib(1024)
+        .smp(2)
+        .kernel(&images().multiboot)
+        .append(BASE_CMDLINE)
+        .append(&format!("dom0_mem=256M dom0_max_vcpus={vcpus}"))
+        .module(ModuleSpec::new(&guest.vmlinux, linux_args))
+        .module(ModuleSpec::new(&guest.initramfs, ""))
+}
+
+/// The test init's `FERRITE-INIT ...` line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitLine {
+    pub cpus: u32,
+    pub mem_kb: u64,
+    pub date: i64,
+    pub kernel: String,
+}
+
+/// The regex of the init line.
+pub const INIT_LINE_PATTERN: &str = r"FERRITE-INIT cpus=(\d+) mem_kb=(\d+) date=(-?\d+) kernel=(\S+)";
+
+/// Parses a console line holding the `FERRITE-INIT` report.
+pub fn parse_init_line(line: &str) -> Option<InitLine> {
+    let c = compile(INIT_LINE_PATTERN).captures(line)?;
+    Some(InitLine {
+        cpus: c[1].parse().ok()?,
+        mem_kb: c[2].parse().ok()?,
+        date: c[3].parse().ok()?,
+        kernel: c[4].to_string(),
+    })
+}
+
+/// Checks an init line against what the test configured: the vCPU count,
+/// memory a little under 256 MiB (the kernel keeps some), the guest clock
+/// within a day of the host's. Returns the problems found.
+pub fn check_init_line(got: &InitLine, vcpus: u32, host_now: i64) -> Vec<String> {
+    let mut problems = Vec::new();
+    if got.cpus != vcpus {
+        problems.push(format!("cpus={} but dom0_max_vcpus={vcpus}", got.cpus));
+    }
+    if !(200_000 < got.mem_kb && got.mem_kb <= 262_144) {
+        problems.push(format!("mem_kb={} is not in (200000, 262144] for dom0_mem=256M", got.mem_kb));
+    }
+    if (got.date - host_now).abs() > 86_400 {
+        problems.push(format!("guest date {} is more than a day from the host's {host_now}", got.date));
+    }
+    problems
+}
+
+/// Seconds since the Unix epoch on the host.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// Waits for the next `FERRITE-INIT` line (in order, see
+/// [`Vm::expect_lines`]), parses and checks it; fails the test on a problem.
+pub fn expect_init_line(vm: &mut Vm, vcpus: u32) -> InitLine {
+    let line = vm.expect_lines(&[INIT_LINE_PATTERN]).remove(0);
+    let Some(got) = parse_init_line(&line) else {
+        vm.fail(&format!("cannot parse the init line {line:?}"));
+    };
+    let problems = check_init_line(&got, vcpus, unix_now());
+    if !problems.is_empty() {
+        vm.fail(&format!("the init line {line:?} is wrong: {}", problems.join("; ")));
+    }
+    got
+}
+
+/// Waits for the workload verdict and requires `ok`; returns its seconds.
+pub fn expect_workload_ok(vm: &mut Vm) -> u64 {
+    let line = vm.expect_lines(&[r"FERRITE-WORKLOAD (ok|FAIL)"]).remove(0);
+    let secs = compile(r"FERRITE-WORKLOAD ok (\d+)").captures(&line).and_then(|c| c[1].parse().ok());
+    match secs {
+        Some(s) => s,
+        None => vm.fail(&format!("the guest workload failed: {line:?}")),
+    }
+}
+
+/// Typing into a VM's serial console (see [`Vm::start_interactive`]).
+pub struct ConsoleInput {
+    stdin: std::process::ChildStdin,
+}
+
+impl ConsoleInput {
+    /// Sends `text` a byte at a time, `gap` apart, as a person types: the
+    /// emulated UART a guest reads has no deep FIFO, so a burst of input
+    /// can lose bytes.
+    pub fn type_slowly(&mut self, text: &str, gap: Duration) -> std::io::Result<()> {
+        use std::io::Write;
+        for b in text.bytes() {
+            self.stdin.write_all(&[b])?;
+            self.stdin.flush()?;
+            std::thread::sleep(gap);
+        }
+        Ok(())
+    }
+}
+
+impl Vm {
+    /// Like [`Vm::start_with_timeout`], but the serial console is QEMU's
+    /// stdio (no monitor multiplexing, so every byte reaches Ferrite):
+    /// output goes to `dir/console.log` as usual, input comes from the
+    /// returned [`ConsoleInput`].
+    pub fn start_interactive(name: &str, dir: &Path, qemu: QemuCommand, limit: Duration) -> (Vm, ConsoleInput) {
+        use ferrite_tools::qemu::{Display, Serial};
+        let console = dir.join("console.log");
+        let stderr = dir.join("qemu-stderr.log");
+        let mut qemu = qemu.serial(Serial::Stdio).display(Display::None);
+        qemu.no_monitor = true;
+        let command_line = qemu.command_line();
+        let fail = |what: String| -> ! { panic!("[{name}] {what}\nQEMU command line:\n  {command_line}") };
+        let mut cmd = match qemu.command() {
+            Ok(c) => c,
+            Err(e) => fail(format!("invalid QEMU configuration: {e:#}")),
+        };
+        let out_file =
+            File::create(&console).unwrap_or_else(|e| fail(format!("cannot create {}: {e}", console.display())));
+        let err_file =
+            File::create(&stderr).unwrap_or_else(|e| fail(format!("cannot create {}: {e}", stderr.display())));
+        cmd.stdin(Stdio::piped()).stdout(out_file).stderr(err_file);
+        let _ = std::fs::write(dir.join("qemu-command.txt"), format!("{command_line}\n"));
+        let mut child = cmd.spawn().unwrap_or_else(|e| fail(format!("cannot start QEMU: {e}")));
+        let Some(stdin) = child.stdin.take() else { fail("QEMU has no stdin pipe".into()) };
+        let vm = Vm {
+            name: name.to_string(),
+            dir: dir.to_path_buf(),
+            child: Some(child),
+            console,
+            stderr,
+            command_line,
+            started: Instant::now(),
+            limit,
+            status: None,
+            killed_at_deadline: false,
+            cursor: 0,
+        };
+        (vm, ConsoleInput { stdin })
+    }
+}
+
+#[cfg(test)]
+mod linux_tests {
+    use super::*;
+
+    #[test]
+    fn init_line_parses_and_checks() {
+        let l = "(dom0) FERRITE-INIT cpus=2 mem_kb=227848 date=1795000000 kernel=6.1.0-56-cloud-amd64";
+        let got = parse_init_line(l).unwrap();
+        assert_eq!(
+            got,
+            InitLine { cpus: 2, mem_kb: 227_848, date: 1_795_000_000, kernel: "6.1.0-56-cloud-amd64".into() }
+        );
+        assert!(check_init_line(&got, 2, 1_795_000_100).is_empty());
+        assert_eq!(check_init_line(&got, 1, 1_795_000_000).len(), 1);
+        assert_eq!(check_init_line(&got, 2, 1_795_100_000).len(), 1);
+        let small = InitLine { mem_kb: 100_000, ..got.clone() };
+        assert_eq!(check_init_line(&small, 2, got.date).len(), 1);
+        let big = InitLine { mem_kb: 262_145, ..got };
+        assert_eq!(check_init_line(&big, 2, big.date).len(), 1);
+        assert_eq!(parse_init_line("FERRITE-INIT cpus= mem_kb=1"), None);
+    }
+
+    #[test]
+    fn linux_cmdline_has_no_commas() {
+        for a in ["poweroff", "reboot", "shell"] {
+            assert!(!linux_cmdline(a).contains(','));
+            assert!(linux_cmdline(a).ends_with(&format!("ferrite.test={a}")));
+        }
+    }
+}

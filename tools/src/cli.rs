@@ -17,15 +17,25 @@ USAGE:
         Build the hypervisor image (target/baremetal/<profile>/ferrite-hv) and
         its PVH-only copy (ferrite-hv.pvh).
     ferrite up [--debug] [--smp N] [--mem MiB] [--tcg|--kvm] [--append \"CMDLINE\"]
+               [--dom0-vcpus N] [--selftest-only]
                [--module PATH[=ARGS]]... [-- EXTRA QEMU ARGS]
         Build, then boot Ferrite in QEMU with the console on this terminal
         (Ctrl-a x quits). Defaults: --smp 2 --mem 1024, KVM only when nested
         virtualization works, else TCG with -cpu qemu64,+svm,+npt.
+        Without --module, the demo boots Debian's Linux (linux-image-cloud-amd64,
+        fetched once with apt-get download and cached in ~/.cache/ferrite) as a
+        PVH dom0 with a busybox initramfs and a shell on the console, with
+        --dom0-vcpus vCPUs (default 1; the option also sets dom0_max_vcpus= for
+        your own --module dom0). If the packages cannot be fetched, or with
+        --selftest-only, only the built-in self-test guest runs.
     ferrite iso --out FILE [--debug] [--module PATH[=ARGS]]... [--append \"CMDLINE\"]
         Build, then make a BIOS GRUB rescue ISO booting Ferrite via multiboot2.
     ferrite test [-- ARGS FOR THE TEST BINARIES]
         Check host dependencies, then run `cargo test --workspace -- --test-threads=2`.
 ";
+
+/// `ferrite help` for `bench` (kept apart from [`USAGE`] to keep edits small).
+pub const BENCH_USAGE: &str = crate::bench::USAGE;
 
 /// Which accelerator the user asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -46,6 +56,11 @@ pub struct UpArgs {
     pub append: Vec<String>,
     pub modules: Vec<ModuleSpec>,
     pub qemu_extra: Vec<String>,
+    /// `--selftest-only`: skip the Linux dom0 demo.
+    pub selftest_only: bool,
+    /// `--dom0-vcpus`: dom0's vCPU count (`dom0_max_vcpus=`); the Linux
+    /// demo uses 1 when it is not given.
+    pub dom0_vcpus: Option<u32>,
 }
 
 impl Default for UpArgs {
@@ -58,6 +73,8 @@ impl Default for UpArgs {
             append: Vec::new(),
             modules: Vec::new(),
             qemu_extra: Vec::new(),
+            selftest_only: false,
+            dom0_vcpus: None,
         }
     }
 }
@@ -76,6 +93,7 @@ pub enum Cmd {
     Up(UpArgs),
     Iso(IsoArgs),
     Test { test_args: Vec<String> },
+    Bench(crate::bench::BenchArgs),
     Help,
 }
 
@@ -133,8 +151,9 @@ pub fn parse<I: IntoIterator<Item = S>, S: Into<String>>(argv: I) -> Result<Cmd>
     let mut test_args = Vec::new();
     match sub.as_str() {
         "help" | "-h" | "--help" => return Ok(Cmd::Help),
+        "bench" => return Ok(Cmd::Bench(crate::bench::parse_args(&args.rest())?)),
         "build" | "up" | "iso" | "test" => {}
-        other => bail!("unknown command {other:?}; expected build, up, iso or test (see `ferrite help`)"),
+        other => bail!("unknown command {other:?}; expected build, up, iso, test or bench (see `ferrite help`)"),
     }
     while let Some(arg) = args.next() {
         if arg == "--" {
@@ -156,6 +175,10 @@ pub fn parse<I: IntoIterator<Item = S>, S: Into<String>>(argv: I) -> Result<Cmd>
             ("up", "--mem") => up.mem_mib = number("--mem", &args.value("--mem", inline)?)?,
             ("up", "--tcg") => up.accel = AccelChoice::Tcg,
             ("up", "--kvm") => up.accel = AccelChoice::Kvm,
+            ("up", "--selftest-only") => up.selftest_only = true,
+            ("up", "--dom0-vcpus") => {
+                up.dom0_vcpus = Some(number("--dom0-vcpus", &args.value("--dom0-vcpus", inline)?)?)
+            }
             ("up" | "iso", "--append") => up.append.push(args.value("--append", inline)?),
             ("up" | "iso", "--module") => up.modules.push(ModuleSpec::parse(&args.value("--module", inline)?)?),
             ("iso", "--out" | "-o") => iso_out = Some(PathBuf::from(args.value("--out", inline)?)),
@@ -164,6 +187,9 @@ pub fn parse<I: IntoIterator<Item = S>, S: Into<String>>(argv: I) -> Result<Cmd>
     }
     if up.smp == 0 {
         bail!("--smp must be at least 1");
+    }
+    if up.dom0_vcpus == Some(0) {
+        bail!("--dom0-vcpus must be at least 1");
     }
     Ok(match sub.as_str() {
         "build" => Cmd::Build { profile },
@@ -223,6 +249,13 @@ mod tests {
         assert!(parse(["up", "--smp", "two"]).is_err());
         assert!(parse(["up", "--smp", "0"]).is_err());
         assert!(parse(["up", "--out", "x"]).is_err());
+        assert!(!d.selftest_only);
+        assert_eq!(d.dom0_vcpus, None);
+        let Cmd::Up(s) = parse(["up", "--selftest-only", "--dom0-vcpus=2"]).unwrap() else { panic!() };
+        assert!(s.selftest_only);
+        assert_eq!(s.dom0_vcpus, Some(2));
+        assert!(parse(["up", "--dom0-vcpus", "0"]).is_err());
+        assert!(parse(["iso", "--out", "x", "--selftest-only"]).is_err());
     }
 
     #[test]

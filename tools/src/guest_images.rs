@@ -62,6 +62,12 @@ fn cached_root(name: &str) -> Result<Option<PathBuf>, String> {
     Ok(root.is_dir().then_some(root))
 }
 
+/// Whether package `name` is already unpacked in the cache (so fetching it
+/// needs no network).
+pub fn is_cached(name: &str) -> bool {
+    valid_package_name(name) && matches!(cached_root(name), Ok(Some(_)))
+}
+
 /// Fetch Debian package `name` into the cache (if not already there) and
 /// return the folder it is unpacked in. Metapackages are followed to the
 /// package they depend on, whose folder is returned.

@@ -10,11 +10,17 @@
 //! * [`iso`]: GRUB rescue ISOs (grub.cfg generation and `grub-mkrescue`);
 //! * [`deps`]: checking host programs and naming the Debian packages;
 //! * [`cli`]: the `ferrite` argument parser (pure);
-//! * [`guest_images`]: Debian guest-image cache (owned elsewhere).
+//! * [`initramfs`]: newc cpio archives and the busybox test initramfs;
+//! * [`guest_images`]: Debian guest-image cache (owned elsewhere);
+//! * [`guestasm`]: assembling the tiny PVH test guests in `qemu-tests/guests`;
+//! * [`bench`]: `ferrite bench`, exit round-trip costs under `-icount`.
 
+pub mod bench;
 pub mod build;
 pub mod cli;
 pub mod deps;
+pub mod guestasm;
+pub mod initramfs;
 pub mod iso;
 pub mod modules;
 pub mod multiboot;

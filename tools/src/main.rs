@@ -4,8 +4,9 @@
 use anyhow::{bail, Context, Result};
 use ferrite_tools::build;
 use ferrite_tools::cli::{self, AccelChoice, Cmd, IsoArgs, UpArgs};
+use ferrite_tools::modules::ModuleSpec;
 use ferrite_tools::qemu::{self, Accel, Display, QemuCommand, Serial};
-use ferrite_tools::{deps, iso};
+use ferrite_tools::{deps, guest_images, initramfs, iso};
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
@@ -24,6 +25,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
     match cmd {
         Cmd::Help => {
             print!("{}", cli::USAGE);
+            print!("{}", cli::BENCH_USAGE);
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Build { profile } => {
@@ -33,6 +35,10 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
         Cmd::Up(args) => up(args),
         Cmd::Iso(args) => make_iso(args),
         Cmd::Test { test_args } => test(&test_args),
+        Cmd::Bench(args) => {
+            ferrite_tools::bench::main(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -54,16 +60,47 @@ fn up(args: UpArgs) -> Result<ExitCode> {
         Accel::Kvm => eprintln!("accelerator: KVM with -cpu host ({why})"),
         Accel::Tcg => eprintln!("accelerator: TCG with -cpu {} ({why}); expect a slow boot", qemu::TCG_CPU),
     }
+    let mut append = args.append.clone();
+    let mut modules = args.modules.clone();
+    let dom0_vcpus = args.dom0_vcpus.unwrap_or(1);
+    if let Some(n) = args.dom0_vcpus {
+        append.push(format!("dom0_max_vcpus={n}"));
+    }
+    if !modules.is_empty() {
+        eprintln!("demo: your --module files (no Linux demo)");
+    } else if args.selftest_only {
+        eprintln!("demo: the built-in self-test guest only (--selftest-only)");
+    } else {
+        match linux_demo() {
+            Ok(demo) => {
+                eprintln!(
+                    "demo: Debian Linux as PVH dom0 (dom0_mem=256M, {} vCPU(s)) running Ferrite's test init, then a \
+                     busybox shell on the console ('poweroff -f' ends it; Ctrl-a x quits QEMU)\n\
+                     demo: Ferrite switches console input between itself and each domain on Ctrl-a pressed three \
+                     times; through QEMU's console that is six presses (QEMU turns Ctrl-a Ctrl-a into one Ctrl-a)",
+                    dom0_vcpus
+                );
+                if args.dom0_vcpus.is_none() {
+                    append.push(format!("dom0_max_vcpus={dom0_vcpus}"));
+                }
+                modules = demo;
+            }
+            Err(e) => {
+                let first = e.lines().next().unwrap_or("unknown error");
+                eprintln!("demo: cannot get the Linux guest ({first}); booting the built-in self-test demo instead");
+            }
+        }
+    }
     let mut q = QemuCommand::new()
         .accel(accel)
         .memory_mib(args.mem_mib)
         .smp(args.smp)
         .kernel(&images.multiboot)
-        .append(&cli::full_cmdline(&args.append))
+        .append(&cli::full_cmdline(&append))
         .serial(Serial::MonStdio)
         .display(Display::Nographic)
         .extra_args(&args.qemu_extra);
-    for m in args.modules {
+    for m in modules {
         if !m.path.is_file() {
             bail!("module {} does not exist or is not a file", m.path.display());
         }
@@ -79,6 +116,27 @@ fn up(args: UpArgs) -> Result<ExitCode> {
     use std::os::unix::process::CommandExt;
     let err = command.exec();
     Err(err).context("cannot start qemu-system-x86_64 (sudo apt-get install qemu-system-x86)")
+}
+
+/// The Linux dom0 demo's boot modules: Debian's cloud kernel (vmlinux,
+/// command line `ferrite.test=shell`) and a busybox initramfs running the
+/// test init script, which ends in a shell on the console.
+fn linux_demo() -> std::result::Result<Vec<ModuleSpec>, String> {
+    const KERNEL_PKG: &str = "linux-image-cloud-amd64";
+    const BUSYBOX_PKG: &str = "busybox-static";
+    for pkg in [KERNEL_PKG, BUSYBOX_PKG] {
+        let cached = guest_images::is_cached(pkg);
+        eprintln!("fetching {pkg}{}...", if cached { " (cached)" } else { " (apt-get download)" });
+        guest_images::fetch_debian_package(pkg)?;
+    }
+    let vmlinux = guest_images::debian_vmlinux("cloud-amd64")?;
+    let image = initramfs::busybox_initramfs(initramfs::TEST_INIT_SCRIPT)?;
+    let dir = build::workspace_root().join("target").join("ferrite-up");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let cpio = dir.join("initramfs.cpio");
+    std::fs::write(&cpio, &image).map_err(|e| format!("cannot write {}: {e}", cpio.display()))?;
+    eprintln!("dom0 kernel: {}\ndom0 initramfs: {} ({} KiB)", vmlinux.display(), cpio.display(), image.len() / 1024);
+    Ok(vec![ModuleSpec::new(vmlinux, initramfs::test_linux_cmdline("shell")), ModuleSpec::new(cpio, "")])
 }
 
 fn make_iso(args: IsoArgs) -> Result<ExitCode> {

@@ -1,0 +1,201 @@
+//! Hostile guests: a domain that misbehaves is crashed (or, if it only
+//! spins, preempted) and every other domain keeps running.
+//!
+//! Each scenario boots Ferrite with two boot-time domUs from xl-style config
+//! modules (no dom0): a hostile guest and `ticker`, which prints `tick N`
+//! every 100 ms (PM timer busy-wait) twenty times and powers off. The
+//! guests are tiny assembly programs in `qemu-tests/guests/`, assembled
+//! with the system `as`/`ld` (`ferrite_tools::guestasm`).
+
+use ferrite_qemu_tests::ferrite_tools::guestasm;
+use ferrite_qemu_tests::ferrite_tools::modules::ModuleSpec;
+use ferrite_qemu_tests::ferrite_tools::qemu::RunOutcome;
+use ferrite_qemu_tests::{base_qemu, images, test_dir, Vm, BASE_CMDLINE};
+use std::path::Path;
+
+/// The ticker's lines, as the hypervisor console shows them.
+const TICK: &str = r"^\(ticker\) tick \d+$";
+const TICKER_DONE: &str = r"^\(ticker\) ticker done$";
+const TICKER_OFF: &str = r"domain \d+ \(ticker\) powered off";
+
+/// Assembles guest `name` into `dir/<name>.elf`, failing the test on error.
+fn guest(name: &str, dir: &Path) -> ModuleSpec {
+    match guestasm::build_guest(name, dir) {
+        Ok(p) => ModuleSpec::new(p, ""),
+        Err(e) => panic!("cannot assemble guest {name}: {e:#}"),
+    }
+}
+
+/// Writes `dir/<domain>.cfg` booting `<kernel>.elf` with 64 MiB, 1 vCPU.
+fn config(dir: &Path, domain: &str, kernel: &str) -> ModuleSpec {
+    let path = dir.join(format!("{domain}.cfg"));
+    let text = format!(
+        "# {domain}: written by qemu-tests/tests/hostile.rs\n\
+         name = \"{domain}\"\ntype = \"pvh\"\nkernel = \"{kernel}.elf\"\nmemory = 64\nvcpus = 1\n\
+         on_crash = \"destroy\"\n"
+    );
+    if let Err(e) = std::fs::write(&path, text) {
+        panic!("cannot write {}: {e}", path.display());
+    }
+    ModuleSpec::new(path, "")
+}
+
+/// The address of the hostile guest's `fault_insn` label: where the crash
+/// must be reported.
+fn fault_rip(vm: &Vm, hostile: &str) -> String {
+    let elf = vm.dir().join(format!("{hostile}.elf"));
+    let bytes =
+        std::fs::read(&elf).unwrap_or_else(|e| panic!("cannot read {}: {e}", elf.display()));
+    match guestasm::symbol_address(&bytes, "fault_insn") {
+        Ok(a) => format!("{a:#x}"),
+        Err(e) => panic!("{}: {e:#}", elf.display()),
+    }
+}
+
+/// Boots Ferrite with `hostile` (guest source name) as domain `name` and
+/// the ticker, on `smp` host CPUs.
+fn boot_with_ticker(test: &str, name: &str, hostile: &str, smp: u32) -> Vm {
+    let dir = test_dir(test);
+    let q = base_qemu()
+        .smp(smp)
+        .kernel(&images().multiboot)
+        .append(BASE_CMDLINE)
+        .module(config(&dir, name, hostile))
+        .module(config(&dir, "ticker", "ticker"))
+        .module(guest(hostile, &dir))
+        .module(guest("ticker", &dir));
+    Vm::start(test, &dir, q)
+}
+
+/// The hostile guest printed `announce`, then crashed with a reason matching
+/// `reason`; the ticker printed ticks after that and powered off; Ferrite
+/// ran out of domains and reported failure (a domain crashed).
+fn expect_crash_contained(mut vm: Vm, announce: &str, reason: &str) {
+    vm.expect_lines(&[
+        &format!(r"^\(hostile\) {announce}$"),
+        &format!(r"ERROR: domain \d+ \(hostile\) crashed: {reason}"),
+        // Still ticking after the crash, to the end.
+        TICK,
+        TICK,
+        TICKER_DONE,
+        TICKER_OFF,
+        r"\(ferrite\) no domains left running",
+    ]);
+    let text = vm.console_text();
+    if text
+        .lines()
+        .any(|l| l.starts_with("(hostile)") && l.contains("returned"))
+    {
+        vm.fail("the hostile guest ran past the instruction that should have crashed it");
+    }
+    if !text.contains("(ticker) tick 20") {
+        vm.fail("the ticker did not print all 20 ticks");
+    }
+    match vm.wait_exit() {
+        RunOutcome::Failure => {}
+        other => vm.fail(&format!(
+            "a domain crashed, so Ferrite should report failure (QEMU status 3); got: {}",
+            other.describe()
+        )),
+    }
+}
+
+#[test]
+fn hello_domu_prints_and_powers_off() {
+    let dir = test_dir("hello_domu_prints_and_powers_off");
+    let q = base_qemu()
+        .kernel(&images().multiboot)
+        .append(BASE_CMDLINE)
+        .module(config(&dir, "hello", "hello"))
+        .module(guest("hello", &dir));
+    let mut vm = Vm::start("hello_domu_prints_and_powers_off", &dir, q);
+    vm.expect_lines(&[
+        r"^\(hello\) hello from a Ferrite PVH test guest$",
+        r"domain \d+ \(hello\) powered off",
+        r"no domains left running",
+    ]);
+    vm.expect_success();
+}
+
+#[test]
+fn unknown_msr_crashes_only_that_domain() {
+    let vm = boot_with_ticker(
+        "unknown_msr_crashes_only_that_domain",
+        "hostile",
+        "hostile_msr",
+        2,
+    );
+    // #GP injected for the unknown MSR; with no IDT that is a triple fault,
+    // at the rdmsr (a fault does not advance rip).
+    let rip = fault_rip(&vm, "hostile_msr");
+    expect_crash_contained(
+        vm,
+        "hostile: rdmsr 0xdeadbeef",
+        &format!(r"vcpu 0: triple fault \(shutdown\) at rip {rip}$"),
+    );
+}
+
+#[test]
+fn unmapped_mmio_write_crashes_only_that_domain() {
+    let vm = boot_with_ticker(
+        "unmapped_mmio_write_crashes_only_that_domain",
+        "hostile",
+        "hostile_mmio",
+        2,
+    );
+    let rip = fault_rip(&vm, "hostile_mmio");
+    expect_crash_contained(
+        vm,
+        "hostile: write to unmapped 0xe0000000",
+        &format!(r"vcpu 0: write of unmapped guest-physical address 0xe0000000 at rip {rip}$"),
+    );
+}
+
+#[test]
+fn invalid_opcode_crashes_only_that_domain() {
+    let vm = boot_with_ticker(
+        "invalid_opcode_crashes_only_that_domain",
+        "hostile",
+        "hostile_ud",
+        2,
+    );
+    let rip = fault_rip(&vm, "hostile_ud");
+    expect_crash_contained(
+        vm,
+        "hostile: ud2",
+        &format!(r"vcpu 0: triple fault \(shutdown\) at rip {rip}$"),
+    );
+}
+
+/// One host CPU and a guest spinning with interrupts off: only Ferrite's
+/// preemption timer lets the ticker run, and it must run to its end.
+#[test]
+fn spinning_domain_cannot_starve_another() {
+    let mut vm = boot_with_ticker(
+        "spinning_domain_cannot_starve_another",
+        "spinner",
+        "hostile_spin",
+        1,
+    );
+    let lines = vm.expect_lines(&[
+        r"^\(spinner\) spinning$",
+        TICK,
+        TICK,
+        TICKER_DONE,
+        TICKER_OFF,
+    ]);
+    let text = vm.console_text();
+    if !text.contains("(ticker) tick 20") {
+        vm.fail(&format!(
+            "the ticker did not print all 20 ticks (matched {lines:?})"
+        ));
+    }
+    if text.contains("crashed") {
+        vm.fail("no domain should crash here: the spinner only spins");
+    }
+    // The spinner is still running, so Ferrite has not finished.
+    if vm.poll_exit().is_some() {
+        vm.fail("QEMU exited although the spinner domain should still be running");
+    }
+    vm.kill();
+}

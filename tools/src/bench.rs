@@ -1,0 +1,669 @@
+//! `ferrite bench`: what Ferrite's exits cost, counted in instructions.
+//!
+//! QEMU runs with `-icount shift=0,sleep=off`: its virtual clock advances
+//! exactly 1 ns per executed instruction of the emulated machine, and the
+//! TSC follows that clock. The bench guest (`qemu-tests/guests/bench.S`)
+//! reads the TSC around 1000 round trips of each exit kind and prints
+//! `BENCH <name> <ticks> <iterations>`; it also measures the TSC against
+//! the ACPI PM timer (`BENCH-TSC <tsc ticks> <pm ticks>`), which gives the
+//! TSC rate in ticks per ns and so turns ticks into instructions.
+//!
+//! The instructions counted are those of the whole emulated (L1) machine
+//! while the guest waits: guest instructions, the SVM world switch as QEMU
+//! executes it (VMRUN and #VMEXIT are one instruction each, however much
+//! state they move) and every instruction Ferrite runs to handle the exit.
+//!
+//! Optionally (when Debian's kernel and busybox are cached) it also boots
+//! Linux as dom0 to a one-line init that prints `/proc/uptime`: under icount
+//! that uptime is the number of instructions (in ns) Linux needed from its
+//! clock start to init.
+
+use crate::build::{self, Profile};
+use crate::guestasm;
+use crate::modules::ModuleSpec;
+use crate::qemu::{QemuCommand, RunOutcome};
+use anyhow::{bail, Context, Result};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// The ACPI PM timer rate.
+pub const PM_TIMER_HZ: u64 = 3_579_545;
+
+/// What `-icount` is set to.
+pub const ICOUNT: &str = "shift=0,sleep=off";
+
+/// Markers around the generated part of BENCHMARKS.md.
+pub const BEGIN_MARKER: &str = "<!-- ferrite bench: begin generated results -->";
+pub const END_MARKER: &str = "<!-- ferrite bench: end generated results -->";
+
+/// Wall-clock limits: the exit benchmark takes under a minute; Linux under
+/// icount takes several.
+const EXIT_BENCH_LIMIT: Duration = Duration::from_secs(300);
+const LINUX_BENCH_LIMIT: Duration = Duration::from_secs(1500);
+
+pub const USAGE: &str = "\
+    ferrite bench [--write] [--no-linux] [--debug]
+        Build, then boot the bench guest (qemu-tests/guests/bench.S) as a domU
+        under QEMU with -icount shift=0,sleep=off and print what each exit
+        costs in instructions (PM timer port read, UART LSR read, CPUID, LAPIC
+        MMIO read). If Debian's Linux and busybox are cached, also boot Linux
+        as dom0 to init (--no-linux skips it). --write updates BENCHMARKS.md.
+";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BenchArgs {
+    pub profile: Profile,
+    /// Update BENCHMARKS.md.
+    pub write: bool,
+    /// Boot Linux to init too (when its packages are cached).
+    pub linux: bool,
+}
+
+impl Default for BenchArgs {
+    fn default() -> Self {
+        BenchArgs {
+            profile: Profile::Release,
+            write: false,
+            linux: true,
+        }
+    }
+}
+
+/// Parses the arguments after `bench`.
+pub fn parse_args(args: &[String]) -> Result<BenchArgs> {
+    let mut b = BenchArgs::default();
+    for a in args {
+        match a.as_str() {
+            "--write" => b.write = true,
+            "--no-linux" => b.linux = false,
+            "--debug" => b.profile = Profile::Debug,
+            other => bail!("unknown option {other:?} for `ferrite bench` (see `ferrite help`)"),
+        }
+    }
+    Ok(b)
+}
+
+/// One `BENCH` line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BenchLine {
+    pub name: String,
+    pub ticks: u64,
+    pub iterations: u64,
+}
+
+/// Everything the bench guest printed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GuestReport {
+    /// (TSC ticks, PM timer ticks) over the calibration interval.
+    pub tsc_vs_pm: Option<(u64, u64)>,
+    pub lines: Vec<BenchLine>,
+    /// The guest printed `bench done`.
+    pub done: bool,
+}
+
+/// Parses console text (lines may carry a `(domain) ` prefix).
+pub fn parse_guest_output(text: &str) -> GuestReport {
+    let mut r = GuestReport::default();
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let Some(i) = words
+            .iter()
+            .position(|w| *w == "BENCH" || *w == "BENCH-TSC")
+        else {
+            if line.contains("bench done") {
+                r.done = true;
+            }
+            continue;
+        };
+        let rest = &words[i + 1..];
+        match (words[i], rest) {
+            ("BENCH-TSC", [tsc, pm, ..]) => {
+                if let (Ok(t), Ok(p)) = (tsc.parse(), pm.parse()) {
+                    r.tsc_vs_pm = Some((t, p));
+                }
+            }
+            ("BENCH", [name, ticks, iters, ..]) => {
+                if let (Ok(ticks), Ok(iterations)) = (ticks.parse(), iters.parse()) {
+                    r.lines.push(BenchLine {
+                        name: name.to_string(),
+                        ticks,
+                        iterations,
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    r
+}
+
+/// One row of the results table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub name: String,
+    pub what: &'static str,
+    pub ticks: u64,
+    pub iterations: u64,
+    /// Instructions per iteration, loop included.
+    pub per_op: f64,
+    /// Minus the empty loop's cost per iteration.
+    pub net: f64,
+}
+
+/// The numbers derived from a [`GuestReport`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Results {
+    /// TSC ticks per ns (1.0 when the guest's TSC runs at 1 GHz).
+    pub ticks_per_ns: f64,
+    pub rows: Vec<Row>,
+}
+
+/// What each benchmark measures.
+pub fn describe(name: &str) -> &'static str {
+    match name {
+        "loop_nop" => "empty loop (`nop; dec; jnz`): the baseline",
+        "pm_timer_inl" => "`inl 0xB008`: ACPI PM timer, handled in the hypervisor",
+        "uart_lsr_inb" => "`inb 0x3FD`: UART line status, handled in the hypervisor",
+        "cpuid_hv_leaf" => "`cpuid` leaf 0x40000000 (\"FerriteHV\")",
+        "lapic_mmio_read" => {
+            "`mov (%ebx),%eax` from LAPIC 0xFEE00030: nested page fault + instruction decode"
+        }
+        _ => "",
+    }
+}
+
+/// Ticks → instructions per operation. Fails when a line is missing.
+pub fn compute(report: &GuestReport) -> Result<Results> {
+    let (tsc, pm) = report
+        .tsc_vs_pm
+        .context("the bench guest printed no BENCH-TSC line")?;
+    if tsc == 0 || pm == 0 {
+        bail!("bad BENCH-TSC line: {tsc} TSC ticks over {pm} PM timer ticks");
+    }
+    // ticks per ns = tsc / (pm / PM_HZ seconds) / 1e9.
+    let ticks_per_ns = tsc as f64 * PM_TIMER_HZ as f64 / pm as f64 / 1e9;
+    let per_op = |l: &BenchLine| l.ticks as f64 / ticks_per_ns / l.iterations.max(1) as f64;
+    let base = report
+        .lines
+        .iter()
+        .find(|l| l.name == "loop_nop")
+        .map(per_op)
+        .unwrap_or(0.0);
+    if report.lines.is_empty() {
+        bail!("the bench guest printed no BENCH lines");
+    }
+    let rows = report
+        .lines
+        .iter()
+        .map(|l| {
+            let p = per_op(l);
+            Row {
+                name: l.name.clone(),
+                what: describe(&l.name),
+                ticks: l.ticks,
+                iterations: l.iterations,
+                per_op: p,
+                net: if l.name == "loop_nop" { p } else { p - base },
+            }
+        })
+        .collect();
+    Ok(Results { ticks_per_ns, rows })
+}
+
+/// The Markdown table of results.
+pub fn markdown_table(r: &Results) -> String {
+    let mut s = String::new();
+    s.push_str("| benchmark | what one iteration does | TSC ticks (best of 5 rounds) | iterations | instructions / iteration | minus loop |\n");
+    s.push_str("| --- | --- | ---: | ---: | ---: | ---: |\n");
+    for row in &r.rows {
+        let _ = writeln!(
+            s,
+            "| `{}` | {} | {} | {} | {:.1} | {:.1} |",
+            row.name, row.what, row.ticks, row.iterations, row.per_op, row.net
+        );
+    }
+    s
+}
+
+/// The plain-text table for the terminal.
+pub fn text_table(r: &Results) -> String {
+    let mut s = format!(
+        "TSC: {:.4} ticks per ns of icount time (1 ns = 1 instruction)\n",
+        r.ticks_per_ns
+    );
+    let _ = writeln!(
+        s,
+        "{:<18} {:>12} {:>6} {:>12} {:>12}",
+        "benchmark", "ticks", "iters", "insns/iter", "minus loop"
+    );
+    for row in &r.rows {
+        let _ = writeln!(
+            s,
+            "{:<18} {:>12} {:>6} {:>12.1} {:>12.1}",
+            row.name, row.ticks, row.iterations, row.per_op, row.net
+        );
+    }
+    s
+}
+
+/// The Linux boot-to-init measurement.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinuxResult {
+    /// `/proc/uptime` at init, seconds of icount time (= 1e9 instructions).
+    pub uptime_s: f64,
+    pub kernel: String,
+    pub wall: Duration,
+    pub command: String,
+}
+
+/// The init script for the Linux measurement: reports uptime, powers off.
+pub const LINUX_INIT_SCRIPT: &str = r#"#!/bin/sh
+export PATH=/bin
+mount -t proc proc /proc
+read -r up _ < /proc/uptime
+echo "FERRITE-BENCH-INIT uptime=$up kernel=$(uname -r)"
+poweroff -f
+"#;
+
+/// Parses `FERRITE-BENCH-INIT uptime=<s> kernel=<release>`.
+pub fn parse_linux_line(text: &str) -> Option<(f64, String)> {
+    let line = text.lines().find(|l| l.contains("FERRITE-BENCH-INIT"))?;
+    let mut uptime = None;
+    let mut kernel = String::new();
+    for w in line.split_whitespace() {
+        if let Some(v) = w.strip_prefix("uptime=") {
+            uptime = v.parse().ok();
+        } else if let Some(v) = w.strip_prefix("kernel=") {
+            kernel = v.to_string();
+        }
+    }
+    Some((uptime?, kernel))
+}
+
+/// The QEMU version line (`QEMU emulator version ...`).
+pub fn qemu_version() -> String {
+    std::process::Command::new(crate::deps::QEMU.program)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Runs `qemu` with its console in `dir/console.log` until it exits or
+/// `limit` passes (then kills it). Returns the console text and outcome.
+fn run_captured(
+    qemu: QemuCommand,
+    dir: &Path,
+    limit: Duration,
+) -> Result<(String, RunOutcome, String)> {
+    let console = dir.join("console.log");
+    let qemu = qemu.serial_file(&console);
+    let line = qemu.command_line();
+    std::fs::write(dir.join("qemu-command.txt"), format!("{line}\n"))?;
+    eprintln!("{line}");
+    let mut cmd = qemu.command()?;
+    let stderr = std::fs::File::create(dir.join("qemu-stderr.log"))?;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr);
+    let mut child = cmd
+        .spawn()
+        .context("cannot start qemu-system-x86_64 (sudo apt-get install qemu-system-x86)")?;
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break Some(st);
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let text =
+        String::from_utf8_lossy(&std::fs::read(&console).unwrap_or_default()).replace('\r', "");
+    let outcome = status
+        .map(RunOutcome::from_status)
+        .unwrap_or(RunOutcome::Signaled);
+    if status.is_none() {
+        bail!(
+            "QEMU still running after {limit:?}; killed. Console in {}",
+            console.display()
+        );
+    }
+    Ok((text, outcome, line))
+}
+
+/// The QEMU command for the exit benchmark: one CPU, icount, Ferrite with
+/// the bench guest as a 64 MiB domU.
+pub fn exit_bench_qemu(hv: &Path, cfg: &Path, guest: &Path) -> QemuCommand {
+    QemuCommand::new()
+        .machine("q35")
+        .memory_mib(512)
+        .smp(1)
+        .debug_exit(true)
+        .kernel(hv)
+        .append("console=com1 debug_exit=0xf4")
+        .module(ModuleSpec::new(cfg, ""))
+        .module(ModuleSpec::new(guest, ""))
+        .extra_args(["-icount", ICOUNT])
+}
+
+/// Everything one `ferrite bench` run measured.
+#[derive(Debug, Clone)]
+pub struct BenchRun {
+    pub results: Results,
+    pub command: String,
+    pub qemu: String,
+    pub date: String,
+    pub wall: Duration,
+    pub linux: Option<std::result::Result<LinuxResult, String>>,
+    /// `git describe --always --dirty` of the workspace.
+    pub commit: String,
+}
+
+fn git_commit() -> String {
+    std::process::Command::new("git")
+        .current_dir(build::workspace_root())
+        .args(["describe", "--always", "--dirty"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// A command line with the workspace root dropped from paths (where a path
+/// starts: after a space, quote, comma, `=` or `:`), so it runs from there.
+fn shorten(command: &str) -> String {
+    let root = format!("{}/", build::workspace_root().display());
+    let mut s = format!(" {command}");
+    for lead in [" ", "'", ",", "=", ":"] {
+        s = s.replace(&format!("{lead}{root}"), lead);
+    }
+    s[1..].to_string()
+}
+
+fn today() -> String {
+    std::process::Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Runs the exit benchmark (and Linux, when asked and cached).
+pub fn run(args: &BenchArgs) -> Result<BenchRun> {
+    crate::deps::require(&[crate::deps::QEMU])?;
+    let images = build::build_hypervisor(args.profile)?;
+    let dir = build::workspace_root().join("target").join("bench");
+    std::fs::create_dir_all(&dir)?;
+    let guest = guestasm::build_guest("bench", &dir)?;
+    let cfg = dir.join("bench.cfg");
+    std::fs::write(
+        &cfg,
+        "name = \"bench\"\ntype = \"pvh\"\nkernel = \"bench.elf\"\nmemory = 64\nvcpus = 1\non_crash = \"destroy\"\n",
+    )?;
+    let start = Instant::now();
+    let exit_dir = dir.join("exits");
+    std::fs::create_dir_all(&exit_dir)?;
+    let (text, outcome, command) = run_captured(
+        exit_bench_qemu(&images.multiboot, &cfg, &guest),
+        &exit_dir,
+        EXIT_BENCH_LIMIT,
+    )?;
+    let wall = start.elapsed();
+    let report = parse_guest_output(&text);
+    if !report.done || outcome != RunOutcome::Success {
+        let tail: Vec<&str> = text
+            .lines()
+            .rev()
+            .take(25)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        bail!(
+            "the bench guest did not finish cleanly ({}; 'bench done' {}seen). Console tail:\n{}",
+            outcome.describe(),
+            if report.done { "" } else { "not " },
+            tail.join("\n")
+        );
+    }
+    let results = compute(&report)?;
+    let linux = if args.linux {
+        linux_boot(&images.multiboot, &dir)
+    } else {
+        None
+    };
+    Ok(BenchRun {
+        results,
+        command,
+        qemu: qemu_version(),
+        date: today(),
+        wall,
+        linux,
+        commit: git_commit(),
+    })
+}
+
+/// Boots Debian's Linux as dom0 to [`LINUX_INIT_SCRIPT`] under icount.
+/// `None` when the packages are not cached (nothing is downloaded).
+fn linux_boot(hv: &Path, dir: &Path) -> Option<std::result::Result<LinuxResult, String>> {
+    use crate::{guest_images, initramfs};
+    const FLAVOUR: &str = "cloud-amd64";
+    let kpkg = format!("linux-image-{FLAVOUR}");
+    if !guest_images::is_cached(&kpkg) || !guest_images::is_cached("busybox-static") {
+        eprintln!("linux boot-to-init: skipped ({kpkg} or busybox-static not cached; `ferrite up` fetches them)");
+        return None;
+    }
+    let go = || -> std::result::Result<LinuxResult, String> {
+        let vmlinux = guest_images::debian_vmlinux(FLAVOUR)?;
+        let image = initramfs::busybox_initramfs(LINUX_INIT_SCRIPT)?;
+        let ldir = dir.join("linux");
+        std::fs::create_dir_all(&ldir).map_err(|e| e.to_string())?;
+        let cpio: PathBuf = ldir.join("initramfs.cpio");
+        std::fs::write(&cpio, image).map_err(|e| e.to_string())?;
+        let q = QemuCommand::new()
+            .memory_mib(1024)
+            .smp(1)
+            .debug_exit(true)
+            .kernel(hv)
+            .append("console=com1 debug_exit=0xf4 dom0_mem=256M dom0_max_vcpus=1")
+            .module(ModuleSpec::new(&vmlinux, "console=ttyS0 loglevel=4"))
+            .module(ModuleSpec::new(&cpio, ""))
+            .extra_args(["-icount", ICOUNT]);
+        let start = Instant::now();
+        eprintln!("linux boot-to-init under icount (takes minutes)...");
+        let (text, _outcome, command) =
+            run_captured(q, &ldir, LINUX_BENCH_LIMIT).map_err(|e| format!("{e:#}"))?;
+        let (uptime_s, kernel) = parse_linux_line(&text)
+            .ok_or_else(|| format!("no FERRITE-BENCH-INIT line; see {}", ldir.display()))?;
+        Ok(LinuxResult {
+            uptime_s,
+            kernel,
+            wall: start.elapsed(),
+            command,
+        })
+    };
+    Some(go())
+}
+
+/// The generated section of BENCHMARKS.md.
+pub fn markdown_section(run: &BenchRun) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "{BEGIN_MARKER}");
+    let _ = writeln!(
+        s,
+        "Measured {} at Ferrite `{}` with {} (`ferrite bench --write`).\n",
+        run.date, run.commit, run.qemu
+    );
+    let _ = writeln!(
+        s,
+        "Command (paths relative to the workspace; QEMU wall-clock time {:.0?}):\n\n```sh\n{}\n```\n",
+        run.wall,
+        shorten(&run.command)
+    );
+    let _ = writeln!(
+        s,
+        "TSC rate seen by the guest against the PM timer: {:.4} ticks per ns (so one tick is one instruction).\n",
+        run.results.ticks_per_ns
+    );
+    s.push_str(&markdown_table(&run.results));
+    s.push('\n');
+    match &run.linux {
+        None => s.push_str("Linux boot-to-init: not measured in this run (packages not cached, or `--no-linux`).\n"),
+        Some(Ok(l)) => {
+            let _ = writeln!(
+                s,
+                "Linux boot-to-init (Debian `{}` as PVH dom0, 1 vCPU, 256 MiB, `-smp 1`): `/proc/uptime` at \
+                 init = **{:.2} s of icount time**, i.e. at most {:.2} billion L1 instructions from Linux's clock \
+                 start to `/init` (at most: while every CPU is halted, `sleep=off` jumps the clock to the next \
+                 timer instead of counting instructions). QEMU wall-clock time {:.0?}. Command:\n\n```sh\n{}\n```",
+                l.kernel,
+                l.uptime_s,
+                l.uptime_s,
+                l.wall,
+                shorten(&l.command)
+            );
+        }
+        Some(Err(e)) => {
+            let _ = writeln!(s, "Linux boot-to-init: failed in this run: {}", e.lines().next().unwrap_or(""));
+        }
+    }
+    let _ = writeln!(s, "{END_MARKER}");
+    s
+}
+
+/// Replaces the generated section of `doc` (or appends one).
+pub fn splice(doc: &str, section: &str) -> String {
+    match (doc.find(BEGIN_MARKER), doc.find(END_MARKER)) {
+        (Some(b), Some(e)) if e > b => {
+            let end = e + END_MARKER.len();
+            let end = if doc[end..].starts_with('\n') {
+                end + 1
+            } else {
+                end
+            };
+            format!("{}{}{}", &doc[..b], section, &doc[end..])
+        }
+        _ => format!("{}\n{}", doc.trim_end(), section),
+    }
+}
+
+/// `ferrite bench`: run, print the table, optionally update BENCHMARKS.md.
+pub fn main(args: &BenchArgs) -> Result<()> {
+    let run = run(args)?;
+    println!("{}", run.qemu);
+    print!("{}", text_table(&run.results));
+    match &run.linux {
+        Some(Ok(l)) => println!(
+            "linux boot-to-init ({}): uptime {:.3} s of icount time = at most {:.2}e9 instructions (wall {:.0?})",
+            l.kernel, l.uptime_s, l.uptime_s, l.wall
+        ),
+        Some(Err(e)) => println!("linux boot-to-init: FAILED: {e}"),
+        None => println!("linux boot-to-init: not measured"),
+    }
+    if args.write {
+        let path = build::workspace_root().join("BENCHMARKS.md");
+        let doc =
+            std::fs::read_to_string(&path).unwrap_or_else(|_| "# Ferrite benchmarks\n".into());
+        std::fs::write(&path, splice(&doc, &markdown_section(&run)))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("updated {}", path.display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "\
+(ferrite) domain 1 (bench) started
+(bench) bench: Ferrite exit round trips
+(bench) BENCH-TSC 10000000 35795
+(bench) BENCH loop_nop 3010 1000
+(bench) BENCH pm_timer_inl 503010 1000
+(bench) BENCH cpuid_hv_leaf 1003010 1000
+(bench) bench done
+";
+
+    #[test]
+    fn parses_guest_output() {
+        let r = parse_guest_output(SAMPLE);
+        assert!(r.done);
+        assert_eq!(r.tsc_vs_pm, Some((10_000_000, 35795)));
+        assert_eq!(r.lines.len(), 3);
+        assert_eq!(
+            r.lines[1],
+            BenchLine {
+                name: "pm_timer_inl".into(),
+                ticks: 503_010,
+                iterations: 1000
+            }
+        );
+        assert_eq!(parse_guest_output("BENCH x notanumber 5").lines, vec![]);
+        assert!(!parse_guest_output("").done);
+    }
+
+    #[test]
+    fn computes_instructions_per_op() {
+        let r = compute(&parse_guest_output(SAMPLE)).unwrap();
+        // 10,000,000 ticks over 35795 PM ticks (10.0000 ms) = 1.0 tick/ns.
+        assert!((r.ticks_per_ns - 1.0).abs() < 1e-3, "{}", r.ticks_per_ns);
+        assert!((r.rows[0].per_op - 3.01).abs() < 0.01);
+        assert!((r.rows[1].net - 500.0).abs() < 0.5, "{:?}", r.rows[1]);
+        assert!(compute(&GuestReport::default()).is_err());
+        let t = markdown_table(&r);
+        assert!(t.contains("| `pm_timer_inl` |"), "{t}");
+        assert!(text_table(&r).contains("cpuid_hv_leaf"));
+    }
+
+    #[test]
+    fn args_and_linux_line() {
+        assert_eq!(parse_args(&[]).unwrap(), BenchArgs::default());
+        let a = parse_args(&["--write".into(), "--no-linux".into()]).unwrap();
+        assert!(a.write && !a.linux);
+        assert!(parse_args(&["--frob".into()]).is_err());
+        // Wired into the `ferrite` command line.
+        let cmd = crate::cli::parse(["bench", "--write"]).unwrap();
+        assert_eq!(
+            cmd,
+            crate::cli::Cmd::Bench(BenchArgs {
+                write: true,
+                ..BenchArgs::default()
+            })
+        );
+        assert!(crate::cli::parse(["bench", "--smp", "2"]).is_err());
+        assert_eq!(
+            parse_linux_line("(dom0) FERRITE-BENCH-INIT uptime=2.51 kernel=6.1.0-1-cloud-amd64"),
+            Some((2.51, "6.1.0-1-cloud-amd64".into()))
+        );
+        assert_eq!(parse_linux_line("nothing"), None);
+    }
+
+    #[test]
+    fn splices_generated_section() {
+        let sec = format!("{BEGIN_MARKER}\nnew\n{END_MARKER}\n");
+        let doc = format!("# T\n\nintro\n\n{BEGIN_MARKER}\nold\n{END_MARKER}\n\n## after\n");
+        let out = splice(&doc, &sec);
+        assert_eq!(
+            out,
+            format!("# T\n\nintro\n\n{BEGIN_MARKER}\nnew\n{END_MARKER}\n\n## after\n")
+        );
+        let appended = splice("# T\n", &sec);
+        assert!(appended.ends_with(&sec) && appended.starts_with("# T\n"));
+    }
+}
