@@ -525,7 +525,7 @@ mod tests {
 /// Default per-VM limit for tests that boot Linux (per boot). A healthy
 /// boot to power-off takes seconds under TCG; the limit is generous for
 /// loaded hosts, and only a hang ever waits for it.
-pub const DEFAULT_LINUX_TIMEOUT: Duration = Duration::from_secs(600);
+pub const DEFAULT_LINUX_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// The VM deadline for one Linux boot: `FERRITE_LINUX_TIMEOUT_SECS` when set,
 /// else [`DEFAULT_LINUX_TIMEOUT`]. Tests that boot twice use twice this.

@@ -8,7 +8,7 @@
 //! cached in `~/.cache/ferrite`). Without apt access the tests print a note
 //! and pass, unless `FERRITE_REQUIRE_GUESTS=1` (CI) makes that a failure.
 //! A boot to power-off takes 3-6 s of wall time under TCG here; the VM
-//! deadline is `FERRITE_LINUX_TIMEOUT_SECS` (default 600 s) per boot.
+//! deadline is `FERRITE_LINUX_TIMEOUT_SECS` (default 180 s; boots take seconds) per boot.
 
 use ferrite_qemu_tests::{
     dom0_linux_qemu, expect_init_line, expect_workload_ok, linux_cmdline, linux_guest, linux_vm_timeout, test_dir, Vm,
