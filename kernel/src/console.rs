@@ -164,12 +164,6 @@ pub fn poll_input() {
         return;
     }
     loop {
-        // Leave bytes in the host UART (QEMU and real lines hold them back)
-        // until the focused domain has room for them.
-        let focus = FOCUS.load(Ordering::SeqCst);
-        if focus != 0 && crate::domain::console_input_space(focus - 1) == Some(0) {
-            break;
-        }
         let byte = {
             let c = CONSOLE.lock();
             c.uart.read_byte()

@@ -722,15 +722,6 @@ pub fn name_of(id: u32) -> Option<String> {
     DOMAINS.lock().iter().find(|d| d.id == id).map(|d| d.name.clone())
 }
 
-/// Room in a domain's UART receive FIFO (None: no such domain). Console
-/// input is only taken from the host line while there is room, so nothing
-/// typed is dropped.
-pub fn console_input_space(id: u32) -> Option<usize> {
-    let d = DOMAINS.lock().iter().find(|d| d.id == id).cloned()?;
-    let space = d.devices.lock().uart.rx_space();
-    Some(space)
-}
-
 /// Feeds one byte of console input to a domain's UART. False when the
 /// domain does not exist (any more).
 pub fn console_input(id: u32, byte: u8) -> bool {

@@ -60,6 +60,8 @@ pub struct Devices {
     pub layout: PlatformLayout,
     /// Last level driven onto each GSI by a level-style source.
     uart_line: bool,
+    /// Console input waiting for room in the UART's receive FIFO.
+    input_backlog: alloc::collections::VecDeque<u8>,
     rtc_line: bool,
     sci_line: bool,
 }
@@ -83,6 +85,7 @@ impl Devices {
             pit: Pit::new(),
             layout,
             uart_line: false,
+            input_backlog: alloc::collections::VecDeque::new(),
             rtc_line: false,
             sci_line: false,
         }
@@ -132,6 +135,7 @@ impl Devices {
         let value = match port {
             COM1_BASE..=0x3FF if size == 1 => {
                 let v = u32::from(self.uart.read((port - COM1_BASE) as u8));
+                self.refill_input();
                 self.update_lines(fx);
                 v
             }
@@ -163,10 +167,21 @@ impl Devices {
         true
     }
 
-    /// Console input for the guest's UART.
+    /// Console input for the guest's UART. Bytes wait in a backlog (capped)
+    /// while the guest's receive FIFO is full, so typing ahead loses nothing.
     pub fn push_input(&mut self, byte: u8, fx: &mut Effects) {
-        self.uart.push_input(byte);
+        if self.input_backlog.len() < 4096 {
+            self.input_backlog.push_back(byte);
+        }
+        self.refill_input();
         self.update_lines(fx);
+    }
+
+    fn refill_input(&mut self) {
+        while self.uart.rx_space() > 0 {
+            let Some(b) = self.input_backlog.pop_front() else { break };
+            self.uart.push_input(b);
+        }
     }
 
     pub fn ioapic_read(&mut self, offset: u64, size: u8) -> u64 {

@@ -93,6 +93,10 @@ fn dom0_shell_takes_console_input() {
             vm.fail(&format!("cannot write {text:?} to QEMU's stdin: {e}"));
         }
     };
+    // Input goes to dom0 by default (as in Xen); three Ctrl-a go to Ferrite
+    // and three more come back.
+    typed(&mut vm, "\x01\x01\x01");
+    vm.expect_lines(&[r"input to Ferrite"]);
     typed(&mut vm, "\x01\x01\x01");
     vm.expect_lines(&[r"input to domain 0 \(dom0\)"]);
     // The echoed command line shows `$((6 * 7))`; only the shell's output has 42.
