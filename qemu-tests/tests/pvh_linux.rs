@@ -13,6 +13,7 @@
 use ferrite_qemu_tests::{
     dom0_linux_qemu, expect_init_line, expect_workload_ok, linux_cmdline, linux_guest, linux_vm_timeout, test_dir, Vm,
 };
+use ferrite_qemu_tests::ferrite_tools::modules::ModuleSpec;
 use std::time::{Duration, Instant};
 
 /// Boots dom0 Linux with `vcpus` vCPUs and `ferrite.test=poweroff`, checks
@@ -104,5 +105,52 @@ fn dom0_shell_takes_console_input() {
     vm.expect_lines(&["FERRITE-ECHO 42 1"]);
     typed(&mut vm, "poweroff -f\n");
     vm.expect_lines(&[r"domain 0 \(dom0\) powered off", "no domains left running"]);
+    vm.expect_success();
+}
+
+/// Overcommit: four vCPUs of one guest on two pCPUs.
+#[test]
+fn dom0_with_four_vcpus_on_two_cpus() {
+    boot_and_power_off("dom0_with_four_vcpus_on_two_cpus", "cloud-amd64", 4);
+}
+
+/// dom0 and a PVH domU from an xl-style config module run side by side,
+/// each console prefixed with its name, and both power off cleanly.
+#[test]
+fn dom0_and_a_config_domu_run_at_once() {
+    let name = "dom0_and_a_config_domu_run_at_once";
+    let dir = test_dir(name);
+    let Some(guest) = linux_guest(name, "cloud-amd64", &dir) else { return };
+    let domu_kernel = dir.join("domu-vmlinux");
+    let domu_initrd = dir.join("domu-initrd.cpio");
+    std::fs::copy(&guest.vmlinux, &domu_kernel).expect("copy the domU kernel");
+    std::fs::copy(&guest.initramfs, &domu_initrd).expect("copy the domU initrd");
+    let cfg = dir.join("guest1.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "# a PVH domU started at boot\nname = \"guest1\"\ntype = \"pvh\"\nkernel = \"domu-vmlinux\"\n\
+             ramdisk = \"domu-initrd.cpio\"\nmemory = 128\nvcpus = 1\ncmdline = \"{}\"\n",
+            linux_cmdline("poweroff")
+        ),
+    )
+    .expect("write the config");
+    let q = dom0_linux_qemu(&guest, 1, &linux_cmdline("poweroff"))
+        .module(ModuleSpec::new(&domu_kernel, ""))
+        .module(ModuleSpec::new(&domu_initrd, ""))
+        .module(ModuleSpec::new(&cfg, ""));
+    let mut vm = Vm::start_with_timeout(name, &dir, q, linux_vm_timeout());
+    vm.expect_lines(&[r"domain 1 \(guest1\): 128 MiB", "no domains left running"]);
+    let text = vm.console_text();
+    for want in [
+        "(dom0) FERRITE-INIT cpus=1",
+        "(guest1) FERRITE-INIT cpus=1",
+        "domain 0 (dom0) powered off",
+        "domain 1 (guest1) powered off",
+    ] {
+        if !text.contains(want) {
+            vm.fail(&format!("the console lacks {want:?}"));
+        }
+    }
     vm.expect_success();
 }
