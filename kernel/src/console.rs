@@ -55,6 +55,22 @@ struct Console {
 static CONSOLE: Mutex<Console> = Mutex::new(Console { uart: Uart::new(COM1), ring: LogRing::new(RING_SIZE) });
 static UART_ENABLED: AtomicBool = AtomicBool::new(true);
 
+/// `console_timestamps=boot`: lines start with the time since boot.
+static TIMESTAMPS: AtomicBool = AtomicBool::new(false);
+
+pub fn set_timestamps(on: bool) {
+    TIMESTAMPS.store(on, Ordering::Relaxed);
+}
+
+/// Writes `[seconds.micros] ` (time since the hypervisor's entry) when
+/// console timestamps are on, as Xen's `console_timestamps=boot` does.
+pub fn write_timestamp(out: &mut impl Write) {
+    if TIMESTAMPS.load(Ordering::Relaxed) {
+        let us = crate::arch::time::uptime_ns() / 1000;
+        let _ = write!(out, "[{:5}.{:06}] ", us / 1_000_000, us % 1_000_000);
+    }
+}
+
 /// Sets up the serial line; `enabled` is false for `console=none`.
 pub fn init(line: LineConfig, enabled: bool) {
     UART_ENABLED.store(enabled, Ordering::Relaxed);
@@ -118,6 +134,7 @@ impl log::Log for Logger {
             log::Level::Debug => "debug: ",
             log::Level::Trace => "trace: ",
         };
+        write_timestamp(&mut line);
         let _ = write!(line, "(ferrite) {}{}", tag, record.args());
         if line.len == line.buf.len() {
             line.buf[line.len - 4..].copy_from_slice(b"...\n");
@@ -224,5 +241,30 @@ fn input_byte(b: u8) {
                 crate::debug_key(b);
             }
         }
+    }
+}
+
+/// Writes one domain console line (`(name) text`), timestamped if asked.
+pub fn domain_line(name: &str, text: &str) {
+    let mut line = LineBuf { buf: [0; 512], len: 0 };
+    write_timestamp(&mut line);
+    let _ = write!(line, "({}) ", name);
+    let head = core::str::from_utf8(&line.buf[..line.len]).unwrap_or("");
+    let mut c = CONSOLE.lock();
+    for piece in [head, text, "\n"] {
+        c.ring.push(piece.as_bytes());
+        if UART_ENABLED.load(Ordering::Relaxed) {
+            c.uart.write_bytes(piece.as_bytes());
+        }
+    }
+}
+
+/// The start of a domain line shown as it is typed (the focused domain).
+pub fn domain_line_start(name: &str) {
+    let mut line = LineBuf { buf: [0; 512], len: 0 };
+    write_timestamp(&mut line);
+    let _ = write!(line, "({}) ", name);
+    if let Ok(text) = core::str::from_utf8(&line.buf[..line.len]) {
+        write_str(text);
     }
 }

@@ -323,7 +323,7 @@ impl Domain {
             if b == b'\n' {
                 if focused {
                     if line.is_empty() {
-                        console::print_fmt(format_args!("({}) ", self.name));
+                        console::domain_line_start(&self.name);
                     }
                     console::write_str("\n");
                     self.console_ring.lock().push(&line);
@@ -335,7 +335,7 @@ impl Domain {
             } else if b != b'\r' {
                 if focused {
                     if line.is_empty() {
-                        console::print_fmt(format_args!("({}) ", self.name));
+                        console::domain_line_start(&self.name);
                     }
                     let ch = [b];
                     console::write_str(core::str::from_utf8(&ch).unwrap_or("?"));
@@ -356,7 +356,7 @@ impl Domain {
             ring.push(b"\n");
         }
         let text = String::from_utf8_lossy(line);
-        console::print_fmt(format_args!("({}) {}\n", self.name, text));
+        console::domain_line(&self.name, &text);
     }
 
     fn flush_console(&self) {

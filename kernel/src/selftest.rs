@@ -123,11 +123,7 @@ extern "C" {
 
 fn guest_program() -> &'static [u8] {
     // SAFETY: the two symbols delimit the program in .rodata.
-    unsafe {
-        let start = core::ptr::addr_of!(selftest_guest_start);
-        let end = core::ptr::addr_of!(selftest_guest_end);
-        core::slice::from_raw_parts(start, end as usize - start as usize)
-    }
+    unsafe { crate::arch::blob_between(core::ptr::addr_of!(selftest_guest_start), core::ptr::addr_of!(selftest_guest_end)) }
 }
 
 /// One observed guest action.

@@ -170,6 +170,9 @@ pub struct Options {
     pub debug_exit: Option<u16>,
     /// Run the built-in self-test guest at boot (Ferrite-specific).
     pub selftest: bool,
+    /// `console_timestamps=boot`: prefix console lines with the time since
+    /// the hypervisor started (Xen's option; `none` and `boot` supported).
+    pub console_timestamps: bool,
 }
 
 impl Default for Options {
@@ -183,6 +186,7 @@ impl Default for Options {
             loglvl: LogLevel::Info,
             debug_exit: None,
             selftest: true,
+            console_timestamps: false,
         }
     }
 }
@@ -472,6 +476,14 @@ pub fn parse(s: &str) -> (Options, Vec<Diagnostic>) {
             continue;
         }
 
+        if name == "console_timestamps" {
+            match value {
+                None | Some("boot") => o.console_timestamps = true,
+                Some("none") => o.console_timestamps = false,
+                Some(_) => diags.push(bad("none or boot")),
+            }
+            continue;
+        }
         let known = matches!(name.as_str(), "console" | "com1" | "dom0_mem" | "dom0_max_vcpus" | "loglvl" | "debug_exit");
         if !known {
             diags.push(Diagnostic { option: raw_name.to_owned(), problem: Problem::Unknown });

@@ -15,3 +15,14 @@ pub mod pic;
 pub mod pio;
 pub mod smp;
 pub mod time;
+
+/// The bytes between two symbols the assembly defines (a blob in .rodata,
+/// such as the AP trampoline or the self-test guest).
+///
+/// # Safety
+/// `start` and `end` must delimit one initialised, immutable object, with
+/// `start <= end`.
+pub unsafe fn blob_between(start: *const u8, end: *const u8) -> &'static [u8] {
+    // SAFETY: guaranteed by the caller.
+    unsafe { core::slice::from_raw_parts(start, end as usize - start as usize) }
+}

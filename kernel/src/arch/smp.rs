@@ -99,11 +99,7 @@ extern "C" {
 /// The trampoline's machine code, to be copied to `TRAMPOLINE_CODE`.
 pub fn trampoline_code() -> &'static [u8] {
     // SAFETY: both symbols delimit the trampoline in .rodata.
-    unsafe {
-        let start = core::ptr::addr_of!(ap_trampoline_start);
-        let end = core::ptr::addr_of!(ap_trampoline_end);
-        core::slice::from_raw_parts(start, end as usize - start as usize)
-    }
+    unsafe { super::blob_between(core::ptr::addr_of!(ap_trampoline_start), core::ptr::addr_of!(ap_trampoline_end)) }
 }
 
 static AP_ALIVE: AtomicBool = AtomicBool::new(false);

@@ -12,8 +12,16 @@ static BOOT_TSC: AtomicU64 = AtomicU64::new(0);
 const PIT_HZ: u64 = 1_193_182;
 
 /// Measures the TSC frequency with PIT channel 2 over 10 ms.
-pub fn calibrate() {
+/// Records the TSC at the hypervisor's entry: the zero of `uptime_us` and
+/// of console timestamps.
+pub fn mark_boot() {
     BOOT_TSC.store(cpu::rdtsc(), Ordering::Relaxed);
+}
+
+pub fn calibrate() {
+    if BOOT_TSC.load(Ordering::Relaxed) == 0 {
+        mark_boot();
+    }
     let gate = pio::inb(0x61);
     // Gate on (bit 0), speaker off (bit 1).
     pio::outb(0x61, (gate & !0x02) | 0x01);
@@ -39,6 +47,12 @@ pub fn calibrate() {
 
 pub fn tsc_hz() -> u64 {
     TSC_HZ.load(Ordering::Relaxed)
+}
+
+/// Nanoseconds since `mark_boot`, by the TSC.
+pub fn uptime_ns() -> u64 {
+    let delta = cpu::rdtsc().wrapping_sub(BOOT_TSC.load(Ordering::Relaxed));
+    ((delta as u128 * NS_PER_TICK_FP32.load(Ordering::Relaxed) as u128) >> 32) as u64
 }
 
 /// Microseconds since boot, by the TSC.

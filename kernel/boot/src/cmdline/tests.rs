@@ -281,3 +281,15 @@ fn random_lines_never_panic() {
         }
     }
 }
+
+#[test]
+fn console_timestamps() {
+    assert!(!parse("").0.console_timestamps);
+    assert!(parse("console_timestamps=boot").0.console_timestamps);
+    assert!(parse("console_timestamps").0.console_timestamps);
+    assert!(!parse("console_timestamps=boot console_timestamps=none").0.console_timestamps);
+    let (o, d) = parse("console_timestamps=datems");
+    assert!(!o.console_timestamps);
+    assert_eq!(d.len(), 1);
+    assert!(d[0].to_string().contains("datems"), "{}", d[0]);
+}
