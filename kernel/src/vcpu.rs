@@ -348,9 +348,17 @@ fn emulate_mmio<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, gpa: u64)
         cpl: ((cs.attrib >> 5) & 3) as u8,
     };
     let rip = vcpu.regs().rip;
-    let mem = platform.guest_memory().ok_or("no guest memory to fetch from")?;
-    let (bytes, len) = ferrite_x86::walk::fetch_instruction(mem, &mode, rip)
-        .map_err(|e| format!("cannot fetch the instruction at rip {:#x} touching MMIO {:#x}: {:?}", rip, gpa, e))?;
+    // With decode assists the CPU hands over the instruction bytes;
+    // otherwise (QEMU's TCG) walk the guest's page tables to fetch them.
+    let (bytes, len) = match vcpu.exit_instruction_bytes() {
+        Some(fetched) => fetched,
+        None => {
+            let mem = platform.guest_memory().ok_or("no guest memory to fetch from")?;
+            ferrite_x86::walk::fetch_instruction(mem, &mode, rip).map_err(|e| {
+                format!("cannot fetch the instruction at rip {:#x} touching MMIO {:#x}: {:?}", rip, gpa, e)
+            })?
+        }
+    };
     let op = ferrite_x86::decode_mmio(&bytes[..len], mode.code_mode())
         .map_err(|e| format!("cannot emulate the instruction {:02x?} at rip {:#x} on MMIO {:#x}: {:?}", &bytes[..len], rip, gpa, e))?;
     let mut regs = to_x86(vcpu.regs());

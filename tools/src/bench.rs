@@ -48,7 +48,7 @@ pub const USAGE: &str = "\
         Build, then boot the bench guest (qemu-tests/guests/bench.S) as a domU
         under QEMU with -icount shift=0,sleep=off and print what each exit
         costs in instructions (PM timer port read, UART LSR read, CPUID, LAPIC
-        MMIO read). If Debian's Linux and busybox are cached, also boot Linux
+        MMIO read), and the TSC-deadline timer interrupt's delivery latency. If Debian's Linux and busybox are cached, also boot Linux
         as dom0 to init (--no-linux skips it). --write updates BENCHMARKS.md.
 ";
 
@@ -170,8 +170,20 @@ pub fn describe(name: &str) -> &'static str {
         "lapic_mmio_read" => {
             "`mov (%ebx),%eax` from LAPIC 0xFEE00030: nested page fault + instruction decode"
         }
+        "lapic_timer_irq" => {
+            "TSC-deadline timer interrupt: ticks from the deadline to the guest's handler \
+             (IA32_TSC_DEADLINE = rdtsc + 20000, `sti; hlt`; one round, the sum over all \
+             iterations, nothing subtracted)"
+        }
         _ => "",
     }
+}
+
+/// Whether a benchmark's iterations run inside the `nop; dec; jnz`-style
+/// loop whose cost the "minus loop" column subtracts. `lapic_timer_irq`
+/// measures from the deadline to the handler, which contains no loop.
+pub fn subtracts_loop(name: &str) -> bool {
+    !matches!(name, "loop_nop" | "lapic_timer_irq")
 }
 
 /// Ticks → instructions per operation. Fails when a line is missing.
@@ -205,7 +217,7 @@ pub fn compute(report: &GuestReport) -> Result<Results> {
                 ticks: l.ticks,
                 iterations: l.iterations,
                 per_op: p,
-                net: if l.name == "loop_nop" { p } else { p - base },
+                net: if subtracts_loop(&l.name) { p - base } else { p },
             }
         })
         .collect();
@@ -597,6 +609,7 @@ mod tests {
 (bench) BENCH loop_nop 3010 1000
 (bench) BENCH pm_timer_inl 503010 1000
 (bench) BENCH cpuid_hv_leaf 1003010 1000
+(bench) BENCH lapic_timer_irq 2500000 1000
 (bench) bench done
 ";
 
@@ -605,7 +618,7 @@ mod tests {
         let r = parse_guest_output(SAMPLE);
         assert!(r.done);
         assert_eq!(r.tsc_vs_pm, Some((10_000_000, 35795)));
-        assert_eq!(r.lines.len(), 3);
+        assert_eq!(r.lines.len(), 4);
         assert_eq!(
             r.lines[1],
             BenchLine {
@@ -625,6 +638,10 @@ mod tests {
         assert!((r.ticks_per_ns - 1.0).abs() < 1e-3, "{}", r.ticks_per_ns);
         assert!((r.rows[0].per_op - 3.01).abs() < 0.01);
         assert!((r.rows[1].net - 500.0).abs() < 0.5, "{:?}", r.rows[1]);
+        // The timer latency has no loop to subtract.
+        assert_eq!(r.rows[3].name, "lapic_timer_irq");
+        assert!((r.rows[3].net - 2500.0).abs() < 2.0, "{:?}", r.rows[3]);
+        assert!(r.rows[3].what.starts_with("TSC-deadline timer interrupt"));
         assert!(compute(&GuestReport::default()).is_err());
         let t = markdown_table(&r);
         assert!(t.contains("| `pm_timer_inl` |"), "{t}");

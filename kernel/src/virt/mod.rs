@@ -152,6 +152,11 @@ pub trait VcpuOps {
     fn paging_state(&self) -> PagingState;
     /// The code segment (its base, and L/D bits for the decoding mode).
     fn code_segment(&self) -> Segment;
+    /// The bytes of the instruction that caused the last exit, when the CPU
+    /// supplies them (SVM decode assists); None means fetch them yourself.
+    fn exit_instruction_bytes(&self) -> Option<([u8; 15], usize)> {
+        None
+    }
 }
 
 /// A vCPU's starting state when it does not start at the reset vector

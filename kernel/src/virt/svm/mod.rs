@@ -448,6 +448,21 @@ impl VcpuOps for SvmVcpu {
     fn code_segment(&self) -> Segment {
         self.vmcb.segment(CS)
     }
+
+    fn exit_instruction_bytes(&self) -> Option<([u8; 15], usize)> {
+        if !self.caps.decode_assists {
+            return None;
+        }
+        let n = usize::from(self.vmcb.read_u8(INSN_FETCHED)).min(15);
+        if n == 0 {
+            return None;
+        }
+        let mut bytes = [0u8; 15];
+        for (i, b) in bytes.iter_mut().enumerate().take(n) {
+            *b = self.vmcb.read_u8(INSN_BYTES + i);
+        }
+        Some((bytes, n))
+    }
 }
 
 fn xsetbv(value: u64) {

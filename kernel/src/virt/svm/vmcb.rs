@@ -29,6 +29,8 @@ pub const EVENT_INJ: usize = 0x0A8;
 pub const N_CR3: usize = 0x0B0;
 pub const CLEAN_BITS: usize = 0x0C0;
 pub const NEXT_RIP: usize = 0x0C8;
+pub const INSN_FETCHED: usize = 0x0D0;
+pub const INSN_BYTES: usize = 0x0D1;
 
 // State save area.
 pub const ES: usize = 0x400;
