@@ -16,7 +16,9 @@
 //! Optionally (when Debian's kernel and busybox are cached) it also boots
 //! Linux as dom0 to a one-line init that prints `/proc/uptime`: under icount
 //! that uptime is the number of instructions (in ns) Linux needed from its
-//! clock start to init.
+//! clock start to init. Ferrite runs with `console_timestamps=boot`, so the
+//! `(dom0) FERRITE-BENCH-INIT ...` line also carries the time since
+//! Ferrite's own entry: hypervisor boot, dom0 build and all of Linux's boot.
 
 use crate::build::{self, Profile};
 use crate::guestasm;
@@ -265,6 +267,9 @@ pub fn text_table(r: &Results) -> String {
 pub struct LinuxResult {
     /// `/proc/uptime` at init, seconds of icount time (= 1e9 instructions).
     pub uptime_s: f64,
+    /// The console timestamp of init's line: seconds from Ferrite's entry
+    /// (`console_timestamps=boot`). `None` when the line had none.
+    pub ferrite_s: Option<f64>,
     pub kernel: String,
     pub wall: Duration,
     pub command: String,
@@ -292,6 +297,23 @@ pub fn parse_linux_line(text: &str) -> Option<(f64, String)> {
         }
     }
     Some((uptime?, kernel))
+}
+
+/// Parses a leading console timestamp, `[<seconds>.<micros>] ` (Ferrite's
+/// `console_timestamps=boot`; the seconds are space-padded).
+pub fn parse_timestamp(line: &str) -> Option<f64> {
+    let rest = line.trim_start().strip_prefix('[')?;
+    let (stamp, _) = rest.split_once(']')?;
+    let (secs, micros) = stamp.trim().split_once('.')?;
+    if micros.len() != 6 || !micros.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(secs.parse::<u64>().ok()? as f64 + micros.parse::<u64>().ok()? as f64 / 1e6)
+}
+
+/// The timestamp of the `FERRITE-BENCH-INIT` line, if it has one.
+pub fn parse_init_timestamp(text: &str) -> Option<f64> {
+    parse_timestamp(text.lines().find(|l| l.contains("FERRITE-BENCH-INIT"))?)
 }
 
 /// The QEMU version line (`QEMU emulator version ...`).
@@ -492,7 +514,7 @@ fn linux_boot(hv: &Path, dir: &Path) -> Option<std::result::Result<LinuxResult, 
             .smp(1)
             .debug_exit(true)
             .kernel(hv)
-            .append("console=com1 debug_exit=0xf4 dom0_mem=256M dom0_max_vcpus=1")
+            .append("console=com1 debug_exit=0xf4 dom0_mem=256M dom0_max_vcpus=1 console_timestamps=boot")
             .module(ModuleSpec::new(&vmlinux, "console=ttyS0 loglevel=4"))
             .module(ModuleSpec::new(&cpio, ""))
             .extra_args(["-icount", ICOUNT]);
@@ -504,6 +526,7 @@ fn linux_boot(hv: &Path, dir: &Path) -> Option<std::result::Result<LinuxResult, 
             .ok_or_else(|| format!("no FERRITE-BENCH-INIT line; see {}", ldir.display()))?;
         Ok(LinuxResult {
             uptime_s,
+            ferrite_s: parse_init_timestamp(&text),
             kernel,
             wall: start.elapsed(),
             command,
@@ -542,10 +565,11 @@ pub fn markdown_section(run: &BenchRun) -> String {
                 "Linux boot-to-init (Debian `{}` as PVH dom0, 1 vCPU, 256 MiB, `-smp 1`): `/proc/uptime` at \
                  init = **{:.2} s of icount time**, i.e. at most {:.2} billion L1 instructions from Linux's clock \
                  start to `/init` (at most: while every CPU is halted, `sleep=off` jumps the clock to the next \
-                 timer instead of counting instructions). QEMU wall-clock time {:.0?}. Command:\n\n```sh\n{}\n```",
+                 timer instead of counting instructions). {}QEMU wall-clock time {:.0?}. Command:\n\n```sh\n{}\n```",
                 l.kernel,
                 l.uptime_s,
                 l.uptime_s,
+                ferrite_sentence(l),
                 l.wall,
                 shorten(&l.command)
             );
@@ -556,6 +580,20 @@ pub fn markdown_section(run: &BenchRun) -> String {
     }
     let _ = writeln!(s, "{END_MARKER}");
     s
+}
+
+/// The "Ferrite start → dom0 init" sentence of the Linux paragraph.
+fn ferrite_sentence(l: &LinuxResult) -> String {
+    match l.ferrite_s {
+        Some(t) => format!(
+            "Ferrite start → dom0 init (`console_timestamps=boot` stamp of init's `(dom0)` line, time \
+             since Ferrite's entry) = **{t:.2} s of icount time**, i.e. at most {t:.2} billion L1 \
+             instructions for the hypervisor's boot, building dom0 and Linux's whole boot to `/init`; \
+             {:.2} s of it before Linux's clock started. ",
+            t - l.uptime_s
+        ),
+        None => "Ferrite start → dom0 init: init's console line carried no timestamp. ".into(),
+    }
 }
 
 /// Replaces the generated section of `doc` (or appends one).
@@ -580,10 +618,16 @@ pub fn main(args: &BenchArgs) -> Result<()> {
     println!("{}", run.qemu);
     print!("{}", text_table(&run.results));
     match &run.linux {
-        Some(Ok(l)) => println!(
-            "linux boot-to-init ({}): uptime {:.3} s of icount time = at most {:.2}e9 instructions (wall {:.0?})",
-            l.kernel, l.uptime_s, l.uptime_s, l.wall
-        ),
+        Some(Ok(l)) => {
+            println!(
+                "linux boot-to-init ({}): uptime {:.3} s of icount time = at most {:.2}e9 instructions (wall {:.0?})",
+                l.kernel, l.uptime_s, l.uptime_s, l.wall
+            );
+            match l.ferrite_s {
+                Some(t) => println!("ferrite start -> dom0 init: {t:.3} s of icount time (console timestamp)"),
+                None => println!("ferrite start -> dom0 init: no console timestamp on init's line"),
+            }
+        }
         Some(Err(e)) => println!("linux boot-to-init: FAILED: {e}"),
         None => println!("linux boot-to-init: not measured"),
     }
@@ -669,6 +713,13 @@ mod tests {
             Some((2.51, "6.1.0-1-cloud-amd64".into()))
         );
         assert_eq!(parse_linux_line("nothing"), None);
+        assert_eq!(
+            parse_init_timestamp("[    0.000100] (ferrite) x\n[    1.234567] (dom0) FERRITE-BENCH-INIT uptime=1.10 kernel=k\n"),
+            Some(1.234567)
+        );
+        assert_eq!(parse_timestamp("[12345.000001] x"), Some(12345.000001));
+        assert_eq!(parse_init_timestamp("(dom0) FERRITE-BENCH-INIT uptime=1.10 kernel=k"), None);
+        assert_eq!(parse_timestamp("[ 1.23] x"), None);
     }
 
     #[test]
