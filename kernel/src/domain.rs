@@ -219,7 +219,7 @@ impl Domain {
                 domain.spec.affinity[i as usize % domain.spec.affinity.len()]
             };
             let lapic_cfg = LapicConfig {
-                x2apic: true,
+                x2apic: false,
                 tsc_hz: crate::arch::time::tsc_hz(),
                 ..LapicConfig::new(i, i == 0)
             };
