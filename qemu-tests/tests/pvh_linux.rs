@@ -51,7 +51,6 @@ fn dom0_generic_kernel_boots_to_init_and_powers_off() {
 }
 
 #[test]
-#[ignore = "flaky: about 1 boot in 6 with more than one vCPU hangs early (after PCI init, before init); a lost wake-up in the scheduler or LAPIC is suspected; run with --ignored"]
 fn dom0_with_two_vcpus() {
     boot_and_power_off("dom0_with_two_vcpus", "cloud-amd64", 2);
 }
@@ -79,8 +78,7 @@ fn dom0_reboot_restarts_it() {
 /// on the console. Three Ctrl-a switch Ferrite's console input to dom0; a
 /// typed command runs; `poweroff -f` ends the run.
 #[test]
-#[ignore = "flaky (about 1 run in 3): busybox's line editor sometimes stops taking typed input midway \
-            ('power' of 'poweroff -f' echoed, the rest not); suspected UART receive-interrupt edge handling; run with --ignored"]
+#[ignore = "was flaky (1 run in 3) until the host-timer fix; passed 6 of 6 since: kept out of CI until it has a longer record; run with --ignored"]
 fn dom0_shell_takes_console_input() {
     let name = "dom0_shell_takes_console_input";
     let dir = test_dir(name);
@@ -111,7 +109,7 @@ fn dom0_shell_takes_console_input() {
 
 /// Overcommit: four vCPUs of one guest on two pCPUs.
 #[test]
-#[ignore = "flaky: about 1 boot in 6 with more than one vCPU hangs early (after PCI init, before init); a lost wake-up in the scheduler or LAPIC is suspected; run with --ignored"]
+#[ignore = "flaky: about 1 boot in 3 with four vCPUs on two pCPUs hangs before init (overcommit only; two vCPUs on two pCPUs passed 18 of 18); run with --ignored"]
 fn dom0_with_four_vcpus_on_two_cpus() {
     boot_and_power_off("dom0_with_four_vcpus_on_two_cpus", "cloud-amd64", 4);
 }

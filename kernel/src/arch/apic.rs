@@ -115,7 +115,9 @@ pub fn arm_timer_at_ns(deadline_ns: u64) {
     if pc.timer_deadline_ns == deadline_ns && now < deadline_ns {
         return;
     }
-    program_timer((deadline_ns.saturating_sub(now) / 1000).max(1));
+    // Round up: a timer that fires early would leave the cached deadline
+    // looking armed while nothing is.
+    program_timer(deadline_ns.saturating_sub(now).div_ceil(1000).max(1));
     pc.timer_deadline_ns = deadline_ns;
 }
 

@@ -166,6 +166,11 @@ extern "C" fn isr_dispatch(frame: &mut InterruptFrame) {
     match vector {
         2 if STOP_ALL.load(Ordering::SeqCst) => crate::arch::cpu::halt_forever(),
         VECTOR_SPURIOUS => {}
+        VECTOR_TIMER => {
+            // The one-shot timer is spent: nothing is armed any more.
+            crate::percpu::current().timer_deadline_ns = 0;
+            super::apic::eoi();
+        }
         32..=0xFE => super::apic::eoi(),
         0..=31 => {
             let cr2: u64;
