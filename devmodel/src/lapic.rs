@@ -384,6 +384,20 @@ impl Lapic {
         self.svr & SVR_ENABLE != 0
     }
 
+    /// Whether the legacy PIC's INTR reaches the CPU through this LAPIC:
+    /// the LAPIC is hardware-disabled (INTR goes straight to the core), or
+    /// LINT0 is unmasked (virtual-wire mode), as QEMU decides it.
+    pub fn accepts_pic_interrupts(&self) -> bool {
+        self.mode() == ApicMode::Disabled || self.lvt[LVT_LINT0] & LVT_MASKED == 0
+    }
+
+    /// Sets LINT0 to ExtINT, unmasked: the virtual-wire state a PC's boot
+    /// processor is in when its BIOS starts (QEMU resets the BSP so), so
+    /// the 8259 PIC's interrupts are delivered.
+    pub fn set_virtual_wire(&mut self) {
+        self.lvt[LVT_LINT0] = 0x700;
+    }
+
     /// Hardware- and software-enabled: interrupts can be delivered.
     pub fn enabled(&self) -> bool {
         self.mode() != ApicMode::Disabled && self.software_enabled()

@@ -21,6 +21,12 @@
 //! | [`acpi_pm`] | ACPI fixed hardware: PM1a event/control, PM timer, reset |
 //! | [`rtc`] | MC146818 RTC and CMOS RAM |
 //! | [`pit`] | i8254 PIT and port 0x61 |
+//! | [`pic`] | dual 8259A PIC and the ELCR |
+//! | [`pci`] | PCI configuration space (mechanism #1), i440FX/PIIX4 functions |
+//! | [`i8042`] | PS/2 keyboard controller with keyboard and mouse |
+//! | [`port92`] | System Control Port A (fast A20, fast reset) |
+//! | [`fw_cfg`] | QEMU firmware configuration (I/O ports + DMA), Linux direct boot, ACPI linker/loader |
+//! | [`ide`] | PIIX4 IDE: two ATA channels, PIO and bus-master DMA |
 
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
@@ -29,9 +35,16 @@ extern crate alloc;
 
 pub mod acpi_pm;
 pub mod clock;
+pub mod dma;
+pub mod fw_cfg;
+pub mod ide;
 pub mod ioapic;
+pub mod i8042;
 pub mod lapic;
+pub mod pci;
+pub mod pic;
 pub mod pit;
+pub mod port92;
 pub mod rtc;
 pub mod uart16550;
 

@@ -3,9 +3,14 @@
 //!
 //! A PVH domain (dom0 or a domU) needs no device model: the few platform
 //! devices it touches (UART console, ACPI power management, reset port) are
-//! emulated here, per domain.
+//! emulated here, per domain. An HVM domain has the interrupt controllers
+//! and timers here too; everything else goes to its stub domain (see
+//! `hvm.rs` and `stubdom.rs`), which is a domain of its own.
 
 use crate::console;
+use crate::hvm::HvmBoot;
+use crate::ioreq::IoreqServer;
+use crate::stubdom::StubBackends;
 use crate::mm::guest::{GuestMemError, GuestMemory};
 use crate::sched::{self, Runnable, SchedState, SliceEnd};
 use crate::vcpu::{self, Platform, RunOutcome};
@@ -40,15 +45,24 @@ pub enum DomainState {
     Crashed(String),
 }
 
-/// Everything needed to (re)build a PVH domain.
+/// How a domain boots.
 #[derive(Clone)]
-pub struct PvhSpec {
+pub enum Boot {
+    /// A kernel entered directly (PVH note or bzImage 64-bit protocol).
+    Pvh { kernel: &'static [u8], initrd: Option<&'static [u8]>, cmdline: String },
+    /// Firmware from the reset vector, devices from a stub domain.
+    Hvm(HvmBoot),
+    /// A stub domain (built together with its guest, never on its own).
+    Stub,
+}
+
+/// Everything needed to (re)build a domain.
+#[derive(Clone)]
+pub struct DomainSpec {
     pub name: String,
     pub memory_bytes: u64,
     pub vcpus: u32,
-    pub kernel: &'static [u8],
-    pub initrd: Option<&'static [u8]>,
-    pub cmdline: String,
+    pub boot: Boot,
     /// pCPUs each vCPU may use (bit i = pCPU i); vCPU i uses `affinity[i % len]`.
     pub affinity: Vec<u64>,
     pub privileged: bool,
@@ -57,19 +71,29 @@ pub struct PvhSpec {
     pub on_crash: Action,
 }
 
+/// What a domain is to the others.
+pub(crate) enum Role {
+    Pvh,
+    /// An HVM guest: its requests go through `ioreq` to the stub domain.
+    Hvm { ioreq: Arc<IoreqServer>, stub: Mutex<Weak<Domain>> },
+    /// A stub domain serving one HVM guest.
+    Stub(StubBackends),
+}
+
 pub struct Domain {
     pub id: u32,
     pub name: String,
-    mem: GuestMemory,
-    vcpus: Mutex<Vec<Arc<Vcpu>>>,
-    devices: Mutex<Devices>,
+    pub(crate) mem: GuestMemory,
+    pub(crate) vcpus: Mutex<Vec<Arc<Vcpu>>>,
+    pub(crate) devices: Mutex<Devices>,
+    pub(crate) role: Role,
     /// Console output not yet ending in a newline.
     console_line: Mutex<Vec<u8>>,
     /// The newest console output (what `xl console` would replay).
     console_ring: Mutex<console::LogRing>,
     state: Mutex<DomainState>,
     intercepts: ((u64, usize), (u64, usize)),
-    pub spec: PvhSpec,
+    pub spec: DomainSpec,
 }
 
 static NEXT_DOMAIN_ID: AtomicU32 = AtomicU32::new(0);
@@ -84,12 +108,16 @@ pub struct Vcpu {
     lapic: Mutex<Lapic>,
     /// A SIPI arrived: start in real mode at this page on the next slice.
     start_page: Mutex<Option<u8>>,
+    /// HVM: the access this vCPU waits on its stub domain for.
+    io_wait: Mutex<Option<vcpu::PendingIo>>,
+    /// HVM: the answer to an MMIO access, for when its instruction runs again.
+    mmio_answer: Mutex<Option<u64>>,
     sched: SchedState,
     affinity: u64,
 }
 
 /// Adapts `GuestMemory` to the loader's interface.
-struct LoaderMemory<'a>(&'a GuestMemory);
+pub(crate) struct LoaderMemory<'a>(pub(crate) &'a GuestMemory);
 
 impl ferrite_loader::GuestMemory for LoaderMemory<'_> {
     fn size(&self) -> u64 {
@@ -136,7 +164,7 @@ const PASSTHROUGH_MSRS: [u32; 11] = [
     0xC000_0103, // TSC_AUX
 ];
 
-fn allow_msr(msrpm: u64, msr: u32) {
+pub(crate) fn allow_msr(msrpm: u64, msr: u32) {
     let (base, index) = match msr {
         0..=0x1FFF => (0u64, msr),
         0xC000_0000..=0xC000_1FFF => (0x800, msr - 0xC000_0000),
@@ -154,29 +182,35 @@ fn allow_msr(msrpm: u64, msr: u32) {
 }
 
 impl Domain {
+    /// Builds and starts a domain from `spec`.
+    pub fn create(spec: DomainSpec, caps: Capabilities) -> Result<Arc<Domain>, String> {
+        match &spec.boot {
+            Boot::Pvh { .. } => Self::create_pvh(spec, caps),
+            Boot::Hvm(_) => crate::hvm::create(spec, caps),
+            Boot::Stub => Err(format!("{}: a stub domain is only built with its guest", spec.name)),
+        }
+    }
+
     /// Builds a PVH domain from `spec`: memory, kernel, vCPUs. vCPU 0 starts
     /// at the PVH entry; the others wait for INIT/SIPI from the guest.
-    pub fn create_pvh(spec: PvhSpec, caps: Capabilities) -> Result<Arc<Domain>, String> {
-        let cmdline = with_tsc_frequency(&spec.cmdline);
+    fn create_pvh(spec: DomainSpec, caps: Capabilities) -> Result<Arc<Domain>, String> {
+        let Boot::Pvh { kernel, initrd, cmdline } = &spec.boot else {
+            return Err(format!("{}: not a PVH domain", spec.name));
+        };
+        let cmdline = with_tsc_frequency(cmdline);
         let mem = GuestMemory::new(spec.memory_bytes).map_err(|e: GuestMemError| format!("{}: {}", spec.name, e))?;
         let opts = ferrite_loader::layout::LoadOptions {
             start_info_flags: if spec.privileged { 0b11 } else { 0 },
             ..Default::default()
         };
-        let plan = ferrite_loader::layout::load_with_options(
-            spec.kernel,
-            spec.initrd,
-            &cmdline,
-            &mut LoaderMemory(&mem),
-            spec.vcpus,
-            &opts,
-        )
-        .map_err(|e| format!("{}: cannot load the kernel: {}", spec.name, e))?;
+        let plan = ferrite_loader::layout::load_with_options(kernel, *initrd, &cmdline, &mut LoaderMemory(&mem), spec.vcpus, &opts)
+            .map_err(|e| format!("{}: cannot load the kernel: {}", spec.name, e))?;
         let st = plan.entry.cpu_state();
         let entry = EntryState {
             rip: st.rip,
             rbx: st.rbx,
             rsi: st.rsi,
+            rdi: 0,
             rflags: st.rflags,
             cr0: st.cr0,
             cr3: st.cr3,
@@ -188,6 +222,27 @@ impl Domain {
             gdtr_base: st.gdtr_base,
             gdtr_limit: st.gdtr_limit,
         };
+        let devices = Devices::new_pvh(plan.platform);
+        let kind = plan.kind;
+        let domain = Self::build(spec, mem, devices, Role::Pvh, entry, caps)?;
+        info!(
+            "domain {} ({}): {} MiB, {} vCPUs, {:?} kernel entry {:#x}, cmdline \"{}\"",
+            domain.id,
+            domain.name,
+            domain.mem.ram_bytes() >> 20,
+            domain.spec.vcpus,
+            kind,
+            entry.rip,
+            cmdline
+        );
+        domain.start();
+        Ok(domain)
+    }
+
+    /// The common part of building a domain: intercepts, vCPUs (vCPU 0 in
+    /// `entry`, the others waiting for INIT/SIPI), the domain list. It
+    /// does not run until `start`.
+    pub(crate) fn build(spec: DomainSpec, mem: GuestMemory, devices: Devices, role: Role, entry: EntryState, caps: Capabilities) -> Result<Arc<Domain>, String> {
         let intercepts = crate::mm::alloc_intercept_maps().ok_or_else(|| format!("{}: out of memory", spec.name))?;
         for msr in PASSTHROUGH_MSRS {
             allow_msr((intercepts.1).0, msr);
@@ -195,12 +250,14 @@ impl Domain {
         let id = NEXT_DOMAIN_ID.fetch_add(1, Ordering::SeqCst);
         let npt_root = mem.npt_root();
         let asid = id % caps.asids.saturating_sub(1).max(1) + 1;
+        let hvm = matches!(role, Role::Hvm { .. });
         let domain = Arc::new(Domain {
             id,
             name: spec.name.clone(),
             mem,
             vcpus: Mutex::new(Vec::new()),
-            devices: Mutex::new(Devices::new(plan.platform)),
+            devices: Mutex::new(devices),
+            role,
             console_line: Mutex::new(Vec::new()),
             console_ring: Mutex::new(console::LogRing::new(16 * 1024)),
             state: Mutex::new(DomainState::Running),
@@ -223,40 +280,46 @@ impl Domain {
                 tsc_hz: crate::arch::time::tsc_hz(),
                 ..LapicConfig::new(i, i == 0)
             };
+            let mut lapic = Lapic::new(lapic_cfg);
+            if hvm && i == 0 {
+                lapic.set_virtual_wire();
+            }
             vcpus.push(Arc::new(Vcpu {
                 id: i,
                 domain: Arc::downgrade(&domain),
                 arch: Mutex::new(arch),
-                lapic: Mutex::new(Lapic::new(lapic_cfg)),
+                lapic: Mutex::new(lapic),
                 start_page: Mutex::new(None),
+                io_wait: Mutex::new(None),
+                mmio_answer: Mutex::new(None),
                 sched: SchedState::new_blocked(),
                 affinity,
             }));
         }
-        *domain.vcpus.lock() = vcpus.clone();
+        *domain.vcpus.lock() = vcpus;
         DOMAINS.lock().push(domain.clone());
         if domain.spec.privileged {
             // As in Xen, console input goes to dom0 once it exists.
             console::set_input_focus(Some(id));
         }
-        info!(
-            "domain {} ({}): {} MiB, {} vCPUs, {:?} kernel entry {:#x}, cmdline \"{}\"",
-            id,
-            domain.name,
-            domain.mem.ram_bytes() >> 20,
-            domain.spec.vcpus,
-            plan.kind,
-            entry.rip,
-            domain.spec.cmdline
-        );
-        for (i, v) in vcpus.iter().enumerate() {
+        Ok(domain)
+    }
+
+    /// Lets the scheduler run the domain's vCPU 0.
+    pub(crate) fn start(&self) {
+        for (i, v) in self.vcpus.lock().iter().enumerate() {
             let r: Arc<dyn Runnable> = v.clone();
             sched::add_blocked(r.clone());
             if i == 0 {
                 sched::wake(&r);
             }
         }
-        Ok(domain)
+    }
+
+    /// vCPU `index` as the scheduler sees it.
+    pub(crate) fn runnable(&self, index: usize) -> Option<Arc<dyn Runnable>> {
+        let v: Arc<dyn Runnable> = self.vcpus.lock().get(index)?.clone();
+        Some(v)
     }
 
     pub fn state(&self) -> DomainState {
@@ -269,7 +332,7 @@ impl Domain {
 
     /// Ends the domain's life with `state`: its vCPUs stop and it leaves
     /// the domain list (memory is freed when the last vCPU lets go).
-    fn shut_down(&self, state: DomainState) {
+    pub(crate) fn shut_down(&self, state: DomainState) {
         {
             let mut s = self.state.lock();
             if *s != DomainState::Running {
@@ -289,6 +352,24 @@ impl Domain {
             sched::stop(&r);
         }
         DOMAINS.lock().retain(|d| d.id != self.id);
+        // A stub domain and its guest live and die together.
+        match &self.role {
+            Role::Hvm { ioreq, stub } => {
+                ioreq.set_stub_vcpu(None);
+                let stub = stub.lock().upgrade();
+                if let Some(stub) = stub {
+                    stub.shut_down(DomainState::PoweredOff);
+                }
+            }
+            Role::Stub(b) => {
+                let guest_state = match &state {
+                    DomainState::Crashed(why) => DomainState::Crashed(format!("its device model ({}) crashed: {}", self.name, why)),
+                    _ => DomainState::Crashed(format!("its device model ({}) stopped", self.name)),
+                };
+                b.guest.shut_down(guest_state);
+            }
+            Role::Pvh => {}
+        }
         let restart = match &state {
             DomainState::PoweredOff => self.spec.on_poweroff,
             DomainState::Rebooting => self.spec.on_reboot,
@@ -297,7 +378,7 @@ impl Domain {
         } == Action::Restart;
         if restart {
             if let Some(caps) = crate::virt_caps() {
-                match Domain::create_pvh(self.spec.clone(), caps) {
+                match Domain::create(self.spec.clone(), caps) {
                     Ok(d) => info!("domain {} ({}) restarted as domain {}", self.id, self.name, d.id),
                     Err(e) => error!("restarting {}: {}", self.name, e),
                 }
@@ -314,12 +395,17 @@ impl Domain {
     /// lines of different domains never interleave.
     fn console_out(&self, devices: &mut Devices) {
         let out = devices.uart.take_output();
+        self.console_bytes(&out);
+    }
+
+    /// Output of the domain's console (its UART, here or in its stub domain).
+    pub(crate) fn console_bytes(&self, out: &[u8]) {
         if out.is_empty() {
             return;
         }
         let focused = console::input_focus() == Some(self.id);
         let mut line = self.console_line.lock();
-        for b in out {
+        for &b in out {
             if b == b'\n' {
                 if focused {
                     if line.is_empty() {
@@ -371,11 +457,17 @@ impl Domain {
 
     /// Acts on what a device access asked for: console output, power
     /// events, interrupt deliveries.
-    fn apply(&self, fx: Effects, devices: &mut Devices) -> Option<DomainState> {
+    pub(crate) fn apply(&self, fx: Effects, devices: &mut Devices) -> Option<DomainState> {
         if fx.console {
             self.console_out(devices);
         }
         self.deliver_all(&fx.deliveries);
+        if fx.pic {
+            // The PIC's INTR goes to vCPU 0: let it look.
+            if let Some(v) = self.runnable(0) {
+                sched::wake(&v);
+            }
+        }
         fx.power.map(|p| match p {
             PowerEvent::PowerOff => DomainState::PoweredOff,
             PowerEvent::Reset => DomainState::Rebooting,
@@ -473,6 +565,8 @@ struct VcpuPlatform<'a> {
     deadline_ns: Option<u64>,
     /// A device or LAPIC was touched since the deadline was computed.
     deadline_stale: bool,
+    /// An access was sent to the stub domain during this run.
+    waiting: bool,
 }
 
 /// MSRs with nothing behind them that guests commonly touch: reads give
@@ -509,6 +603,50 @@ impl VcpuPlatform<'_> {
         }
     }
 
+    fn ioreq(&self) -> Option<&IoreqServer> {
+        match &self.domain.role {
+            Role::Hvm { ioreq, .. } => Some(ioreq),
+            _ => None,
+        }
+    }
+
+    /// Whether the PIC may interrupt this vCPU now (HVM vCPU 0 in
+    /// virtual-wire mode) and has something.
+    fn pic_interrupt(&self) -> bool {
+        self.vcpu.id == 0
+            && matches!(self.domain.role, Role::Hvm { .. })
+            && self.vcpu.lapic.lock().accepts_pic_interrupts()
+            && self.domain.devices.lock().pic_pending()
+    }
+
+    /// Sends an access to the stub domain; this vCPU then waits.
+    fn forward(&mut self, mut req: ferrite_abi::IoRequest, pending: vcpu::PendingIo) {
+        let Some(ioreq) = self.ioreq() else { return };
+        req.vcpu = self.vcpu.id;
+        *self.vcpu.io_wait.lock() = Some(pending);
+        ioreq.send(&req);
+        self.waiting = true;
+    }
+
+    /// An MMIO access outside the hypervisor's devices (HVM): ROM reads
+    /// come from the image, ROM writes are dropped, the rest goes to the
+    /// stub domain. Returns the value for reads.
+    fn remote_mmio(&mut self, gpa: u64, size: u8, write: bool, value: u64) -> u64 {
+        if self.domain.mem.is_rom(gpa) {
+            let mut buf = [0u8; 8];
+            let n = usize::from(size.min(8));
+            if !write && self.domain.mem.read(gpa, &mut buf[..n]).is_ok() {
+                return u64::from_le_bytes(buf);
+            }
+            return u64::MAX;
+        }
+        if let Some(answer) = self.vcpu.mmio_answer.lock().take() {
+            return answer;
+        }
+        self.forward(vcpu::mmio_request(gpa, size, write, value), vcpu::PendingIo::Mmio);
+        0
+    }
+
     fn lapic_page(&self, gpa: u64) -> Option<u64> {
         let lapic = self.vcpu.lapic.lock();
         let base = lapic.mmio_base();
@@ -542,7 +680,7 @@ impl Platform for VcpuPlatform<'_> {
 
     fn halt(&mut self) -> bool {
         // Keep running when an interrupt is already waiting; else block.
-        if self.vcpu.lapic.lock().highest_pending().is_some() {
+        if self.vcpu.lapic.lock().highest_pending().is_some() || self.pic_interrupt() {
             return true;
         }
         self.halted = true;
@@ -550,9 +688,43 @@ impl Platform for VcpuPlatform<'_> {
     }
 
     fn hypercall(&mut self, regs: &mut GuestRegs) -> Option<u64> {
+        if let Role::Stub(backends) = &self.domain.role {
+            if crate::stubdom::hypercall(self.domain, backends, regs) == crate::stubdom::After::Wait {
+                self.halted = true;
+            }
+            return None;
+        }
         // No hypercalls are defined for guests yet: -ENOSYS, as Xen says.
         regs.rax = (-38i64) as u64;
         None
+    }
+
+    fn port_is_remote(&mut self, port: u16, size: u8) -> bool {
+        matches!(self.domain.role, Role::Hvm { .. }) && !self.domain.devices.lock().is_local_port(port, size)
+    }
+
+    fn send_ioreq(&mut self, req: ferrite_abi::IoRequest, pending: vcpu::PendingIo) {
+        self.forward(req, pending);
+    }
+
+    fn take_io_response(&mut self) -> Option<(vcpu::PendingIo, u64)> {
+        let ioreq = self.ioreq()?;
+        let mut wait = self.vcpu.io_wait.lock();
+        let pending = (*wait)?;
+        let data = ioreq.take_answer(self.vcpu.id)?;
+        *wait = None;
+        if pending == vcpu::PendingIo::Mmio {
+            *self.vcpu.mmio_answer.lock() = Some(data);
+        }
+        Some((pending, data))
+    }
+
+    fn waiting_for_io(&self) -> bool {
+        self.waiting
+    }
+
+    fn replay_pending(&self) -> bool {
+        self.vcpu.mmio_answer.lock().is_some()
     }
 
     fn msr_read(&mut self, msr: u32) -> Option<u64> {
@@ -596,12 +768,18 @@ impl Platform for VcpuPlatform<'_> {
     }
 
     fn is_mmio(&mut self, gpa: u64) -> bool {
-        self.lapic_page(gpa).is_some() || (platform::IOAPIC_BASE..platform::IOAPIC_BASE + 0x1000).contains(&gpa)
+        self.lapic_page(gpa).is_some()
+            || (platform::IOAPIC_BASE..platform::IOAPIC_BASE + 0x1000).contains(&gpa)
+            // HVM: everything that is not RAM is some device's (or ROM).
+            || (matches!(self.domain.role, Role::Hvm { .. }) && !self.domain.mem.contains(gpa, 1))
     }
 
     fn mmio_read(&mut self, gpa: u64, size: u8) -> u64 {
         if let Some(off) = self.lapic_page(gpa) {
             return self.vcpu.lapic.lock().read_mmio(off, size, &HostClock);
+        }
+        if !(platform::IOAPIC_BASE..platform::IOAPIC_BASE + 0x1000).contains(&gpa) {
+            return self.remote_mmio(gpa, size, false, 0);
         }
         self.domain.devices.lock().ioapic_read(gpa - platform::IOAPIC_BASE, size)
     }
@@ -613,6 +791,10 @@ impl Platform for VcpuPlatform<'_> {
             self.lapic_effect(effect);
             return;
         }
+        if !(platform::IOAPIC_BASE..platform::IOAPIC_BASE + 0x1000).contains(&gpa) {
+            self.remote_mmio(gpa, size, true, value);
+            return;
+        }
         let mut fx = Effects::default();
         let mut d = self.domain.devices.lock();
         d.ioapic_write(gpa - platform::IOAPIC_BASE, size, value, &mut fx);
@@ -620,11 +802,30 @@ impl Platform for VcpuPlatform<'_> {
     }
 
     fn pending_interrupt(&mut self) -> Option<u8> {
-        self.vcpu.lapic.lock().highest_pending()
+        let lapic = self.vcpu.lapic.lock().highest_pending();
+        if lapic.is_some() {
+            return lapic;
+        }
+        // The PIC's vector is only known at the acknowledge cycle.
+        self.pic_interrupt().then_some(0)
     }
 
     fn interrupt_injected(&mut self, vector: u8) {
         self.vcpu.lapic.lock().ack(vector);
+    }
+
+    fn acknowledge_interrupt(&mut self) -> Option<u8> {
+        {
+            let mut lapic = self.vcpu.lapic.lock();
+            if let Some(vector) = lapic.highest_pending() {
+                lapic.ack(vector);
+                return Some(vector);
+            }
+        }
+        if self.pic_interrupt() {
+            return self.domain.devices.lock().pic_acknowledge();
+        }
+        None
     }
 
     fn before_entry(&mut self) {
@@ -650,7 +851,7 @@ impl Platform for VcpuPlatform<'_> {
     }
 
     fn should_stop(&mut self) -> bool {
-        self.shutdown.is_some() || crate::arch::time::now_ns() >= self.slice_end_ns || !self.domain.is_running()
+        self.shutdown.is_some() || self.halted || crate::arch::time::now_ns() >= self.slice_end_ns || !self.domain.is_running()
     }
 }
 
@@ -669,6 +870,14 @@ impl Runnable for Vcpu {
         if self.lapic.lock().is_waiting_for_sipi() {
             return SliceEnd::Blocked;
         }
+        // Waiting on the stub domain and not answered yet: keep waiting.
+        if self.io_wait.lock().is_some() {
+            if let Role::Hvm { ioreq, .. } = &domain.role {
+                if !ioreq.is_done(self.id) {
+                    return SliceEnd::Blocked;
+                }
+            }
+        }
         let mut platform = VcpuPlatform {
             domain: &domain,
             vcpu: &self,
@@ -678,6 +887,7 @@ impl Runnable for Vcpu {
             pat: 0x0007_0406_0007_0406,
             deadline_ns: None,
             deadline_stale: true,
+            waiting: false,
         };
         let (outcome, _exits) = vcpu::run_loop(&mut *arch, &mut platform, 0);
         drop(arch);
@@ -691,6 +901,7 @@ impl Runnable for Vcpu {
                 SliceEnd::Stopped
             }
             RunOutcome::Finished(_) => SliceEnd::Preempted,
+            RunOutcome::WaitingForIo => SliceEnd::Blocked,
             RunOutcome::Halted if domain.state() != DomainState::Running => SliceEnd::Stopped,
             RunOutcome::Halted if platform.halted => SliceEnd::Blocked,
             RunOutcome::Halted => SliceEnd::Preempted,
@@ -732,6 +943,11 @@ pub fn console_input(id: u32, byte: u8) -> bool {
     let mut dev = d.devices.lock();
     dev.push_input(byte, &mut fx);
     let _ = d.apply(fx, &mut dev);
+    drop(dev);
+    if let Role::Hvm { ioreq, .. } = &d.role {
+        // The guest's UART is in its stub domain, which pulls the input.
+        ioreq.notify();
+    }
     true
 }
 

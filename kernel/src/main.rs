@@ -9,18 +9,23 @@
 #![no_main]
 
 extern crate alloc;
+// memcpy & co. and the symbols the prebuilt core references.
+extern crate ferrite_rt;
 
 mod acpi;
 mod arch;
 mod console;
 mod domain;
 mod drivers;
+mod hvm;
+mod ioreq;
 mod mm;
 mod panic;
 mod platform;
 mod percpu;
 mod sched;
 mod selftest;
+mod stubdom;
 mod vcpu;
 mod virt;
 
@@ -219,6 +224,7 @@ pub extern "C" fn kmain(magic: u32, info_paddr: u32, entry: u32) -> ! {
         percpu::online_count(),
         SVM_ENABLED_CPUS.load(Ordering::SeqCst)
     );
+    drivers::virtio_blk::init(&platform);
 
     let mut ok = true;
     if let Some(caps) = caps {
@@ -352,20 +358,18 @@ fn start_boot_domains(boot: &bootinfo::BootInfo, opts: &Options, caps: virt::Cap
             None => (mm::free_bytes() / 2).min(512 << 20),
         };
         let affinity = if opts.dom0_vcpus_pin { (0..vcpus).map(|i| 1u64 << (i % pcpus.max(1))).collect() } else { Vec::new() };
-        let spec = domain::PvhSpec {
+        let spec = domain::DomainSpec {
             name: alloc::string::String::from("dom0"),
             memory_bytes,
             vcpus,
-            kernel,
-            initrd,
-            cmdline,
+            boot: domain::Boot::Pvh { kernel, initrd, cmdline },
             affinity,
             privileged: true,
             on_poweroff: domain::Action::Destroy,
             on_reboot: domain::Action::Restart,
             on_crash: domain::Action::Destroy,
         };
-        match domain::Domain::create_pvh(spec, caps) {
+        match domain::Domain::create(spec, caps) {
             Ok(_) => started += 1,
             Err(e) => error!("dom0 not started: {}", e),
         }
@@ -374,27 +378,21 @@ fn start_boot_domains(boot: &bootinfo::BootInfo, opts: &Options, caps: virt::Cap
     }
 
     for cfg in configs {
-        if cfg.guest_type != ferrite_config::GuestType::Pvh {
-            error!("{}: type 'hvm' is not supported yet (HVM guests need stub domains); not started", cfg.name);
-            continue;
-        }
-        let Some(kernel_file) = cfg.kernel.as_deref() else {
-            error!("{}: no kernel given; not started", cfg.name);
-            continue;
+        let module = |file: &str, what: &str| {
+            find(file).map(|m| mm::module_bytes(m.start, m.end)).ok_or_else(|| {
+                alloc::format!("{} '{}' is not among the boot modules (load it as a module named '{}')", what, file, file)
+            })
         };
-        let Some(kernel_mod) = find(kernel_file) else {
-            error!("{}: kernel '{}' is not among the boot modules (name a module '{}'); not started", cfg.name, kernel_file, kernel_file);
-            continue;
+        let boot = match cfg.guest_type {
+            ferrite_config::GuestType::Pvh => pvh_boot(&cfg, &module),
+            _ => hvm_boot(&cfg, &module, mods),
         };
-        let initrd = match cfg.ramdisk.as_deref() {
-            Some(f) => match find(f) {
-                Some(m) => Some(mm::module_bytes(m.start, m.end)),
-                None => {
-                    error!("{}: ramdisk '{}' is not among the boot modules; not started", cfg.name, f);
-                    continue;
-                }
-            },
-            None => None,
+        let boot = match boot {
+            Ok(b) => b,
+            Err(e) => {
+                error!("{}: {}; not started", cfg.name, e);
+                continue;
+            }
         };
         let affinity = match &cfg.cpus {
             Some(aff) => (0..cfg.vcpus as usize)
@@ -402,20 +400,18 @@ fn start_boot_domains(boot: &bootinfo::BootInfo, opts: &Options, caps: virt::Cap
                 .collect(),
             None => Vec::new(),
         };
-        let spec = domain::PvhSpec {
+        let spec = domain::DomainSpec {
             name: cfg.name.clone(),
             memory_bytes: cfg.memory_mib << 20,
             vcpus: cfg.vcpus,
-            kernel: mm::module_bytes(kernel_mod.start, kernel_mod.end),
-            initrd,
-            cmdline: cfg.cmdline.clone().unwrap_or_default(),
+            boot,
             affinity,
             privileged: false,
             on_poweroff: map_action(cfg.on_poweroff),
             on_reboot: map_action(cfg.on_reboot),
             on_crash: map_action(cfg.on_crash),
         };
-        match domain::Domain::create_pvh(spec, caps) {
+        match domain::Domain::create(spec, caps) {
             Ok(_) => started += 1,
             Err(e) => error!("{} not started: {}", cfg.name, e),
         }
@@ -424,6 +420,76 @@ fn start_boot_domains(boot: &bootinfo::BootInfo, opts: &Options, caps: virt::Cap
         info!("no domains to run");
     }
     started
+}
+
+type ModuleLookup<'a> = dyn Fn(&str, &str) -> Result<&'static [u8], alloc::string::String> + 'a;
+
+/// A PVH domU's kernel and initrd from the modules its config names.
+fn pvh_boot(cfg: &ferrite_config::DomainConfig, module: &ModuleLookup) -> Result<domain::Boot, alloc::string::String> {
+    let kernel_file = cfg.kernel.as_deref().ok_or("no kernel given")?;
+    let kernel = module(kernel_file, "kernel")?;
+    let initrd = cfg.ramdisk.as_deref().map(|f| module(f, "ramdisk")).transpose()?;
+    Ok(domain::Boot::Pvh { kernel, initrd, cmdline: cfg.cmdline.clone().unwrap_or_default() })
+}
+
+/// The module holding the stub-domain image (built as `ferrite-stubdom`).
+const STUBDOM_MODULE: &str = "ferrite-stubdom";
+/// SeaBIOS as QEMU ships it, the default HVM firmware.
+const DEFAULT_BIOS_MODULE: &str = "bios-256k.bin";
+/// QEMU's option ROM for direct Linux boot through fw_cfg.
+const LINUXBOOT_ROM_MODULE: &str = "linuxboot_dma.bin";
+
+/// An HVM domain's firmware, disks and optional direct-boot kernel.
+fn hvm_boot(cfg: &ferrite_config::DomainConfig, module: &ModuleLookup, mods: &[bootinfo::BootModule]) -> Result<domain::Boot, alloc::string::String> {
+    use ferrite_config::{Access, DevType, Firmware, VdevBus};
+    let bios = match &cfg.firmware {
+        None | Some(Firmware::Bios) => module(DEFAULT_BIOS_MODULE, "the BIOS")?,
+        Some(Firmware::Path(p)) => module(p, "the firmware")?,
+        Some(Firmware::Uefi) => return Err("UEFI firmware is not supported; use firmware='bios'".into()),
+    };
+    let stub_image = mods
+        .iter()
+        .find(|m| module_name(&m.cmdline).starts_with(STUBDOM_MODULE))
+        .map(|m| mm::module_bytes(m.start, m.end))
+        .ok_or_else(|| alloc::format!("no stub-domain image: load {} as a boot module", STUBDOM_MODULE))?;
+    let mut disks = Vec::new();
+    for d in &cfg.disks {
+        if d.devtype == DevType::Cdrom {
+            return Err(alloc::format!("disk {}: CD-ROMs are not emulated yet", d.vdev.name));
+        }
+        if d.vdev.bus != VdevBus::Ide || d.vdev.disk > 3 || d.vdev.partition != 0 {
+            return Err(alloc::format!("disk {}: HVM guests get IDE disks; use hda, hdb, hdc or hdd", d.vdev.name));
+        }
+        let target = d.target.clone().ok_or_else(|| alloc::format!("disk {}: no target", d.vdev.name))?;
+        disks.push(hvm::HvmDisk { target, vdev: d.vdev.name.clone(), read_only: d.access == Access::ReadOnly });
+    }
+    let linux = match cfg.kernel.as_deref() {
+        Some(k) => Some(hvm::HvmLinux {
+            kernel: module(k, "kernel")?,
+            initrd: cfg.ramdisk.as_deref().map(|f| module(f, "ramdisk")).transpose()?,
+            cmdline: cfg.cmdline.clone().unwrap_or_default(),
+            option_rom: module(LINUXBOOT_ROM_MODULE, "the direct-boot option ROM")?,
+        }),
+        None => None,
+    };
+    let boot_order = cfg
+        .boot
+        .iter()
+        .map(|b| match b {
+            ferrite_config::BootDevice::Floppy => 'a',
+            ferrite_config::BootDevice::Disk => 'c',
+            ferrite_config::BootDevice::Cdrom => 'd',
+            ferrite_config::BootDevice::Network => 'n',
+        })
+        .collect();
+    Ok(domain::Boot::Hvm(hvm::HvmBoot {
+        bios,
+        stub_image,
+        disks,
+        linux,
+        boot_order,
+        fault_inject_ata_command: cfg.device_model_fault_inject,
+    }))
 }
 
 /// A kernel module's command line: its string without the file name (the

@@ -1,7 +1,11 @@
-//! The in-hypervisor platform of a PVH domain: the devices a PVH kernel
+//! The in-hypervisor platform of a domain: the devices a PVH kernel
 //! touches (UART console, I/O APIC, ACPI PM1/PM timer/reset, CMOS RTC, PIT)
 //! plus each vCPU's local APIC, and the wiring between them: port and MMIO
 //! routing, ISA IRQ → GSI, I/O APIC → LAPIC delivery, IPIs.
+//!
+//! An HVM domain has the same interrupt controllers and timers plus the
+//! legacy 8259 PIC; its UART and every other device live in its stub
+//! domain, which drives interrupt lines through [`Devices::set_isa_irq`].
 //!
 //! The device logic lives in `ferrite-devmodel`; this module only routes.
 
@@ -10,6 +14,7 @@ use alloc::vec::Vec;
 use ferrite_devmodel::acpi_pm::{AcpiPm, AcpiPmLayout, IoWrite, PowerEvent};
 use ferrite_devmodel::ioapic::{Delivery, IoApic};
 use ferrite_devmodel::lapic::{DeliveryMode, DestMode, IpiRequest, Lapic, Shorthand};
+use ferrite_devmodel::pic::Pic;
 use ferrite_devmodel::pit::Pit;
 use ferrite_devmodel::rtc::Rtc;
 use ferrite_devmodel::uart16550::Uart16550;
@@ -48,6 +53,8 @@ pub struct Effects {
     pub power: Option<PowerEvent>,
     /// The console produced output.
     pub console: bool,
+    /// The PIC's output may have changed (vCPU 0 should look).
+    pub pic: bool,
 }
 
 /// The domain-wide devices.
@@ -58,6 +65,10 @@ pub struct Devices {
     pub rtc: Rtc,
     pub pit: Pit,
     pub layout: PlatformLayout,
+    /// HVM only: the legacy PIC pair.
+    pub pic: Option<Pic>,
+    /// PVH: the UART is here; HVM: in the stub domain.
+    has_uart: bool,
     /// Last level driven onto each GSI by a level-style source.
     uart_line: bool,
     /// Console input waiting for room in the UART's receive FIFO.
@@ -67,7 +78,42 @@ pub struct Devices {
 }
 
 impl Devices {
-    pub fn new(layout: PlatformLayout) -> Self {
+    /// The devices of a PVH domain.
+    pub fn new_pvh(layout: PlatformLayout) -> Self {
+        Self::new(layout, false)
+    }
+
+    /// The in-hypervisor devices of an HVM domain: no UART (its stub
+    /// domain has it), a PIC, and CMOS memory-size fields for its BIOS.
+    pub fn new_hvm(layout: PlatformLayout, ram_below_4g: u64, ram_above_4g: u64, vcpus: u32) -> Self {
+        let mut d = Self::new(layout, true);
+        // The CMOS fields a PC BIOS reads (SeaBIOS falls back on them when
+        // fw_cfg has no e820): base memory in KiB, memory over 1 MiB in
+        // KiB (capped), over 16 MiB in 64 KiB units, over 4 GiB in 64 KiB
+        // units, and QEMU's CPU-count-minus-one at 0x5F.
+        let over_1m_kib = (ram_below_4g.saturating_sub(1 << 20) >> 10).min(0xFFFF);
+        let over_16m_64k = (ram_below_4g.saturating_sub(16 << 20) >> 16).min(0xFFFF);
+        let over_4g_64k = ram_above_4g >> 16;
+        for (index, value) in [
+            (0x15, 640u64 & 0xFF),
+            (0x16, 640 >> 8),
+            (0x17, over_1m_kib & 0xFF),
+            (0x18, over_1m_kib >> 8),
+            (0x30, over_1m_kib & 0xFF),
+            (0x31, over_1m_kib >> 8),
+            (0x34, over_16m_64k & 0xFF),
+            (0x35, over_16m_64k >> 8),
+            (0x5B, over_4g_64k & 0xFF),
+            (0x5C, (over_4g_64k >> 8) & 0xFF),
+            (0x5D, (over_4g_64k >> 16) & 0xFF),
+            (0x5F, u64::from(vcpus.saturating_sub(1))),
+        ] {
+            d.rtc.set_cmos(index, value as u8);
+        }
+        d
+    }
+
+    fn new(layout: PlatformLayout, hvm: bool) -> Self {
         let pm_layout = AcpiPmLayout {
             pm1a_evt: layout.pm1a_evt,
             pm1a_cnt: layout.pm1a_cnt,
@@ -84,6 +130,8 @@ impl Devices {
             rtc: Rtc::new(&HostWallClock),
             pit: Pit::new(),
             layout,
+            pic: hvm.then(Pic::new),
+            has_uart: !hvm,
             uart_line: false,
             input_backlog: alloc::collections::VecDeque::new(),
             rtc_line: false,
@@ -93,29 +141,56 @@ impl Devices {
 
     /// Drives the level-triggered lines from the devices' current state.
     fn update_lines(&mut self, fx: &mut Effects) {
-        let uart = self.uart.irq_pending();
+        let uart = self.has_uart && self.uart.irq_pending();
         if uart != self.uart_line {
             self.uart_line = uart;
-            fx.deliveries.extend(self.ioapic.set_irq(COM1_GSI, uart));
+            self.set_isa_irq(COM1_GSI, uart, fx);
         }
         let rtc = self.rtc.irq_level();
         if rtc != self.rtc_line {
             self.rtc_line = rtc;
-            fx.deliveries.extend(self.ioapic.set_irq(RTC_GSI, rtc));
+            self.set_isa_irq(RTC_GSI, rtc, fx);
         }
         let sci = self.pm.sci_level();
         if sci != self.sci_line {
             self.sci_line = sci;
-            fx.deliveries.extend(self.ioapic.set_irq(self.layout.sci_irq, sci));
+            self.set_isa_irq(self.layout.sci_irq, sci, fx);
         }
+    }
+
+    /// Drives ISA interrupt line `irq` (0–15; 16–23 are I/O APIC only) to
+    /// `level`: into the PIC (HVM) and onto its I/O APIC pin (IRQ 0 is
+    /// wired to pin 2, as the MADT's override says).
+    pub fn set_isa_irq(&mut self, irq: u8, level: bool, fx: &mut Effects) {
+        if irq > 23 {
+            return;
+        }
+        if let Some(pic) = self.pic.as_mut() {
+            if irq < 16 {
+                pic.set_irq(irq, level);
+                fx.pic = true;
+            }
+        }
+        let gsi = if irq == 0 { PIT_GSI } else { irq };
+        fx.deliveries.extend(self.ioapic.set_irq(gsi, level));
+    }
+
+    /// Whether the PIC asks the CPU for an interrupt (HVM).
+    pub fn pic_pending(&self) -> bool {
+        self.pic.as_ref().is_some_and(|p| p.has_interrupt())
+    }
+
+    /// The PIC's interrupt acknowledge cycle: the vector to inject.
+    pub fn pic_acknowledge(&mut self) -> Option<u8> {
+        self.pic.as_mut()?.acknowledge()
     }
 
     /// Advances the timed devices to now.
     pub fn tick(&mut self, fx: &mut Effects) {
         let now = time::now_ns();
         if self.pit.tick(now) {
-            fx.deliveries.extend(self.ioapic.set_irq(PIT_GSI, true));
-            fx.deliveries.extend(self.ioapic.set_irq(PIT_GSI, false));
+            self.set_isa_irq(0, true, fx);
+            self.set_isa_irq(0, false, fx);
         }
         self.rtc.poll(&HostWallClock, &HostClock);
         self.pm.update(&HostClock);
@@ -130,10 +205,26 @@ impl Devices {
             .min()
     }
 
+    /// Whether a device here decodes `port` (else, in an HVM domain, the
+    /// access goes to the stub domain).
+    pub fn is_local_port(&self, port: u16, size: u8) -> bool {
+        match port {
+            0x20 | 0x21 | 0xA0 | 0xA1 | 0x4D0 | 0x4D1 | 0x80 => self.pic.is_some(),
+            0x40..=0x43 | 0x61 | 0x70 | 0x71 => true,
+            COM1_BASE..=0x3FF => self.has_uart,
+            _ => self.pm.handles(port, size),
+        }
+    }
+
     /// A port read; `None` when no device decodes the port.
     pub fn port_read(&mut self, port: u16, size: u8, fx: &mut Effects) -> Option<u32> {
         let value = match port {
-            COM1_BASE..=0x3FF if size == 1 => {
+            0x20 | 0x21 | 0xA0 | 0xA1 | 0x4D0 | 0x4D1 if size == 1 && self.pic.is_some() => {
+                u32::from(self.pic.as_mut()?.io_read(port)?)
+            }
+            // POST codes and Linux's I/O delay: nothing behind it.
+            0x80 if self.pic.is_some() => u32::MAX >> (32 - 8 * u32::from(size.min(4))),
+            COM1_BASE..=0x3FF if size == 1 && self.has_uart => {
                 let v = u32::from(self.uart.read((port - COM1_BASE) as u8));
                 self.refill_input();
                 self.update_lines(fx);
@@ -150,7 +241,14 @@ impl Devices {
     /// A port write; returns false when no device decodes the port.
     pub fn port_write(&mut self, port: u16, size: u8, value: u32, fx: &mut Effects) -> bool {
         match port {
-            COM1_BASE..=0x3FF if size == 1 => {
+            0x20 | 0x21 | 0xA0 | 0xA1 | 0x4D0 | 0x4D1 if size == 1 && self.pic.is_some() => {
+                if let Some(pic) = self.pic.as_mut() {
+                    pic.io_write(port, value as u8);
+                }
+                fx.pic = true;
+            }
+            0x80 if self.pic.is_some() => {}
+            COM1_BASE..=0x3FF if size == 1 && self.has_uart => {
                 self.uart.write((port - COM1_BASE) as u8, value as u8);
                 fx.console = true;
             }
@@ -177,7 +275,16 @@ impl Devices {
         self.update_lines(fx);
     }
 
+    /// HVM: console input for the stub domain's UART, up to `max` bytes.
+    pub fn take_input(&mut self, max: usize) -> Vec<u8> {
+        let n = max.min(self.input_backlog.len());
+        self.input_backlog.drain(..n).collect()
+    }
+
     fn refill_input(&mut self) {
+        if !self.has_uart {
+            return;
+        }
         while self.uart.rx_space() > 0 {
             let Some(b) = self.input_backlog.pop_front() else { break };
             self.uart.push_input(b);

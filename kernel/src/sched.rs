@@ -144,9 +144,12 @@ fn pick(pcpu: usize) -> Option<Arc<dyn Runnable>> {
 fn wake_expired(now: u64) -> Option<u64> {
     let mut expired = alloc::vec::Vec::new();
     let mut earliest: Option<u64> = None;
+    // Deadlines are asked for without the scheduler lock: computing one
+    // takes device locks, and code holding a device lock wakes vCPUs
+    // (which takes the scheduler lock): holding both here would deadlock.
+    let blocked = SCHED.lock().blocked.clone();
     {
-        let sched = SCHED.lock();
-        for v in &sched.blocked {
+        for v in &blocked {
             match v.wake_deadline_us() {
                 Some(d) if d <= now => expired.push(v.clone()),
                 Some(d) => earliest = Some(earliest.map_or(d, |e: u64| e.min(d))),
@@ -179,10 +182,15 @@ pub fn run_forever() -> ! {
                     SliceEnd::Stopped => s.state.store(STOPPED, Ordering::SeqCst),
                     SliceEnd::Preempted => requeue(&v),
                     SliceEnd::Blocked => {
+                        // Under the lock, so a `wake` that sees BLOCKED
+                        // finds the vCPU in the blocked list (and takes it
+                        // out) rather than racing with the push.
+                        let mut sched = SCHED.lock();
                         if s.state.compare_exchange(RUNNING, BLOCKED, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
-                            SCHED.lock().blocked.push(v.clone());
+                            sched.blocked.push(v.clone());
                         } else {
                             // Woken while it was deciding to block.
+                            drop(sched);
                             requeue(&v);
                         }
                     }

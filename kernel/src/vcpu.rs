@@ -6,6 +6,7 @@ use crate::virt::{GuestRegs, VcpuOps, VmExit};
 use ferrite_x86::{CpuMode, MmioBus, PagingRegs, Regs};
 use alloc::format;
 use alloc::string::String;
+use ferrite_abi::{IoRequest, DIR_READ, DIR_WRITE, FLAG_DATA_IS_GPA, FLAG_DOWN, KIND_MMIO, KIND_PIO};
 
 const MSR_EFER: u32 = 0xC000_0080;
 const GP_VECTOR: u8 = 13;
@@ -61,10 +62,185 @@ pub trait Platform {
     }
     /// The run loop injected `vector`.
     fn interrupt_injected(&mut self, _vector: u8) {}
+    /// The guest can take an interrupt now: the vector to inject (the
+    /// interrupt is then considered delivered), if one is still waiting.
+    fn acknowledge_interrupt(&mut self) -> Option<u8> {
+        let vector = self.pending_interrupt()?;
+        self.interrupt_injected(vector);
+        Some(vector)
+    }
     /// Checked after every exit: stop running this vCPU for now (its time
     /// slice is over, or its domain is shutting down).
     fn should_stop(&mut self) -> bool {
         false
+    }
+    /// Port I/O on `port` is emulated by a device model outside the
+    /// hypervisor (an HVM guest's stub domain).
+    fn port_is_remote(&mut self, _port: u16, _size: u8) -> bool {
+        false
+    }
+    /// Sends `req` to the remote device model; the vCPU waits for the
+    /// answer, then finishes the instruction as `pending` says.
+    fn send_ioreq(&mut self, _req: IoRequest, _pending: PendingIo) {}
+    /// The answer to the request this vCPU waits for, once it has come.
+    fn take_io_response(&mut self) -> Option<(PendingIo, u64)> {
+        None
+    }
+    /// A request is outstanding (set by `send_ioreq`, possibly from inside
+    /// an MMIO access): the run loop stops and the vCPU waits.
+    fn waiting_for_io(&self) -> bool {
+        false
+    }
+    /// An answered MMIO access waits for its instruction to be executed
+    /// again: no interrupt may be injected before it.
+    fn replay_pending(&self) -> bool {
+        false
+    }
+}
+
+/// An access waiting for a remote device model, and how to finish its
+/// instruction once the answer (a value for reads) is there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PendingIo {
+    PortIn { size: u8, next_rip: u64 },
+    PortOut { next_rip: u64 },
+    /// `ins`/`outs` moving `count` elements; with `rep`, RCX counts down
+    /// and the instruction restarts until it reaches zero.
+    String { ins: bool, size: u8, count: u32, rep: bool, addr_size: u8, down: bool, next_rip: u64 },
+    /// An MMIO access: the instruction is executed again and the platform
+    /// hands it the answer.
+    Mmio,
+}
+
+/// The most elements one string I/O request moves (one page of them).
+const MAX_STRING_COUNT: u64 = 4096;
+
+fn addr_mask(addr_size: u8) -> u64 {
+    match addr_size {
+        2 => 0xFFFF,
+        4 => 0xFFFF_FFFF,
+        _ => u64::MAX,
+    }
+}
+
+/// `reg` advanced by `delta` within an `addr_size`-byte register: 16-bit
+/// forms keep the upper bits, 32-bit ones zero-extend as the CPU does.
+fn step(reg: u64, delta: i64, addr_size: u8) -> u64 {
+    let mask = addr_mask(addr_size);
+    let v = reg.wrapping_add(delta as u64) & mask;
+    if addr_size == 2 {
+        (reg & !mask) | v
+    } else {
+        v
+    }
+}
+
+/// Finishes the instruction of an answered request.
+fn complete_io<V: VcpuOps>(vcpu: &mut V, pending: PendingIo, data: u64) {
+    let r = vcpu.regs_mut();
+    match pending {
+        PendingIo::PortIn { size, next_rip } => {
+            let value = data & size_mask(size);
+            r.rax = if size == 4 { value } else { (r.rax & !size_mask(size)) | value };
+            r.rip = next_rip;
+        }
+        PendingIo::PortOut { next_rip } => r.rip = next_rip,
+        PendingIo::String { ins, size, count, rep, addr_size, down, next_rip } => {
+            let bytes = i64::from(count) * i64::from(size);
+            let delta = if down { -bytes } else { bytes };
+            if ins {
+                r.rdi = step(r.rdi, delta, addr_size);
+            } else {
+                r.rsi = step(r.rsi, delta, addr_size);
+            }
+            if rep {
+                r.rcx = step(r.rcx, -i64::from(count), addr_size);
+                if r.rcx & addr_mask(addr_size) == 0 {
+                    r.rip = next_rip;
+                }
+            } else {
+                r.rip = next_rip;
+            }
+        }
+        PendingIo::Mmio => {}
+    }
+}
+
+/// Sends port I/O to the remote device model. Returns whether the vCPU
+/// must now wait (false: nothing to do, e.g. `rep` with RCX = 0).
+#[allow(clippy::too_many_arguments)]
+fn remote_port_io<V: VcpuOps>(
+    vcpu: &mut V,
+    platform: &mut dyn Platform,
+    port: u16,
+    size: u8,
+    write: bool,
+    string: bool,
+    rep: bool,
+    addr_size: u8,
+    segment: u8,
+    next_rip: u64,
+) -> Result<bool, String> {
+    let regs = *vcpu.regs();
+    let mut req = IoRequest {
+        kind: KIND_PIO,
+        dir: if write { DIR_WRITE } else { DIR_READ },
+        size,
+        flags: 0,
+        count: 1,
+        vcpu: 0,
+        addr: u64::from(port),
+        data: if write { regs.rax & size_mask(size) } else { 0 },
+    };
+    if !string {
+        let pending = if write { PendingIo::PortOut { next_rip } } else { PendingIo::PortIn { size, next_rip } };
+        platform.send_ioreq(req, pending);
+        return Ok(true);
+    }
+    let mask = addr_mask(addr_size);
+    let mut count = if rep { regs.rcx & mask } else { 1 };
+    if count == 0 {
+        vcpu.regs_mut().rip = next_rip;
+        return Ok(false);
+    }
+    let down = regs.rflags & (1 << 10) != 0;
+    // INS writes to ES:rDI; OUTS reads from seg:rSI (DS unless overridden).
+    let (seg, offset) = if write { (segment, regs.rsi & mask) } else { (0, regs.rdi & mask) };
+    let ps = vcpu.paging_state();
+    let mut linear = vcpu.segment(seg).base.wrapping_add(offset);
+    if ps.efer & (1 << 10) == 0 {
+        linear &= 0xFFFF_FFFF;
+    }
+    // Stay within the page the first element is on; the instruction
+    // restarts for the rest.
+    let page_offset = linear & 0xFFF;
+    let in_page = if down { page_offset / u64::from(size) + 1 } else { (0x1000 - page_offset) / u64::from(size) };
+    count = count.min(in_page.max(1)).min(MAX_STRING_COUNT);
+    let mem = platform.guest_memory().ok_or("no guest memory for string I/O")?;
+    let paging = PagingRegs { cr0: ps.cr0, cr3: ps.cr3, cr4: ps.cr4, efer: ps.efer, max_phys_bits: 48 };
+    let access = if write { ferrite_x86::walk::Access::read(false) } else { ferrite_x86::walk::Access::write(false) };
+    let gpa = ferrite_x86::walk::translate(mem, &paging, linear, access)
+        .map_err(|e| format!("string I/O on port {:#x}: cannot translate {:#x}: {:?}", port, linear, e))?;
+    req.flags = FLAG_DATA_IS_GPA | if down { FLAG_DOWN } else { 0 };
+    req.count = count as u32;
+    req.data = gpa;
+    let pending = PendingIo::String { ins: !write, size, count: count as u32, rep, addr_size, down, next_rip };
+    platform.send_ioreq(req, pending);
+    Ok(true)
+}
+
+/// An MMIO request for the remote device model (used by platforms from
+/// their `mmio_read`/`mmio_write`).
+pub fn mmio_request(gpa: u64, size: u8, write: bool, value: u64) -> IoRequest {
+    IoRequest {
+        kind: KIND_MMIO,
+        dir: if write { DIR_WRITE } else { DIR_READ },
+        size,
+        flags: 0,
+        count: 1,
+        vcpu: 0,
+        addr: gpa,
+        data: if write { value } else { 0 },
     }
 }
 
@@ -76,6 +252,8 @@ pub enum RunOutcome {
     Halted,
     /// The guest did something fatal; the reason is for the log.
     Crashed(String),
+    /// An access went to a remote device model; the vCPU waits for it.
+    WaitingForIo,
 }
 
 /// The CPUID values a guest sees: the host's, with virtualization hidden,
@@ -153,11 +331,17 @@ pub fn run_loop<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, max_exits
         if max_exits != 0 && exits >= max_exits {
             return (RunOutcome::Crashed(format!("did not finish within {} exits", max_exits)), exits);
         }
+        if let Some((pending, data)) = platform.take_io_response() {
+            complete_io(vcpu, pending, data);
+        }
         platform.before_entry();
-        if let Some(vector) = platform.pending_interrupt() {
+        if platform.replay_pending() {
+            vcpu.request_interrupt_window(false);
+        } else if platform.pending_interrupt().is_some() {
             if vcpu.interruptible() {
-                vcpu.inject_interrupt(vector);
-                platform.interrupt_injected(vector);
+                if let Some(vector) = platform.acknowledge_interrupt() {
+                    vcpu.inject_interrupt(vector);
+                }
                 vcpu.request_interrupt_window(false);
             } else {
                 vcpu.request_interrupt_window(true);
@@ -168,7 +352,14 @@ pub fn run_loop<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, max_exits
         exits += 1;
 
         match exit {
-            VmExit::Io { port, size, write, string, rep, next_rip } => {
+            VmExit::Io { port, size, write, string, rep, addr_size, segment, next_rip } if platform.port_is_remote(port, size) => {
+                match remote_port_io(vcpu, platform, port, size, write, string, rep, addr_size, segment, next_rip) {
+                    Ok(true) => return (RunOutcome::WaitingForIo, exits),
+                    Ok(false) => {}
+                    Err(why) => return (RunOutcome::Crashed(why), exits),
+                }
+            }
+            VmExit::Io { port, size, write, string, rep, next_rip, .. } => {
                 if string || rep {
                     return (RunOutcome::Crashed(format!("string I/O on port {:#x} is not supported yet", port)), exits);
                 }
@@ -257,10 +448,12 @@ pub fn run_loop<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, max_exits
                 }
             }
             VmExit::ExternalInterrupt | VmExit::InterruptWindow => {}
-            VmExit::NestedPageFault { gpa, write, .. } if platform.is_mmio(gpa) => {
+            VmExit::NestedPageFault { gpa, .. } if platform.is_mmio(gpa) => {
                 if let Err(why) = emulate_mmio(vcpu, platform, gpa) {
-                    let _ = write;
                     return (RunOutcome::Crashed(why), exits);
+                }
+                if platform.waiting_for_io() {
+                    return (RunOutcome::WaitingForIo, exits);
                 }
             }
             VmExit::NestedPageFault { gpa, write, .. } => {
@@ -363,8 +556,13 @@ fn emulate_mmio<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, gpa: u64)
         .map_err(|e| format!("cannot emulate the instruction {:02x?} at rip {:#x} on MMIO {:#x}: {:?}", &bytes[..len], rip, gpa, e))?;
     let mut regs = to_x86(vcpu.regs());
     let mut rflags = vcpu.regs().rflags;
-    op.execute(&mut regs, &mut rflags, &mut Bus { platform, gpa })
+    op.execute(&mut regs, &mut rflags, &mut Bus { platform: &mut *platform, gpa })
         .map_err(|e| format!("MMIO instruction at rip {:#x} on {:#x} not supported: {:?}", rip, gpa, e))?;
+    if platform.waiting_for_io() {
+        // The access went to a remote device model: the instruction runs
+        // again, with the answer, once it comes.
+        return Ok(());
+    }
     let r = vcpu.regs_mut();
     from_x86(&regs, r);
     r.rflags = rflags;

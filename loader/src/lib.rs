@@ -8,7 +8,9 @@
 //! * [`e820`]: the guest physical memory map (RAM, legacy hole, PCI hole,
 //!   ACPI ranges).
 //! * [`acpi`] and [`aml`]: guest ACPI tables (RSDP, XSDT, RSDT, FADT, FACS,
-//!   MADT, DSDT) and the small AML encoder the DSDT is written with.
+//!   MADT, DSDT) and the small AML encoder the DSDT is written with;
+//!   [`acpi_blob`]: the same tables as relocatable blobs with pointer and
+//!   checksum fixups (for QEMU's BIOS linker/loader through fw_cfg).
 //! * [`paging`]: the identity page tables and GDT the Linux 64-bit boot
 //!   protocol needs, and the initial vCPU register state for both entries.
 //! * [`layout`]: [`load_pvh`], which puts all of it together.
@@ -29,6 +31,7 @@
 extern crate alloc;
 
 pub mod acpi;
+pub mod acpi_blob;
 pub mod aml;
 mod bytes;
 pub mod bzimage;
@@ -38,6 +41,7 @@ mod error;
 pub mod layout;
 pub mod paging;
 pub mod start_info;
+pub mod stub;
 
 pub use acpi::PlatformLayout;
 pub use error::LoadError;

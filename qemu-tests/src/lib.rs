@@ -769,3 +769,36 @@ mod linux_tests {
         }
     }
 }
+
+/// SeaBIOS as the system's QEMU install ships it (Debian's `seabios`
+/// package, a dependency of `qemu-system-x86`).
+pub fn seabios_image() -> PathBuf {
+    for p in ["/usr/share/seabios/bios-256k.bin", "/usr/share/qemu/bios-256k.bin"] {
+        let p = PathBuf::from(p);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("SeaBIOS (bios-256k.bin) is not installed: apt-get install seabios (it comes with qemu-system-x86)");
+}
+
+/// QEMU's direct Linux boot option ROM.
+pub fn linuxboot_rom() -> PathBuf {
+    let p = PathBuf::from("/usr/share/qemu/linuxboot_dma.bin");
+    if !p.is_file() {
+        panic!("{} is missing: apt-get install qemu-system-data", p.display());
+    }
+    p
+}
+
+/// QEMU arguments attaching raw image `path` as virtio-blk disk `serial`.
+pub fn virtio_disk_args(path: &Path, serial: &str, read_only: bool) -> Vec<String> {
+    let file = path.display().to_string().replace(',', ",,");
+    let ro = if read_only { ",readonly=on" } else { "" };
+    vec![
+        "-drive".to_string(),
+        format!("file={file},if=none,id={serial},format=raw{ro}"),
+        "-device".to_string(),
+        format!("virtio-blk-pci,drive={serial},serial={serial}"),
+    ]
+}

@@ -1,7 +1,8 @@
-//! Building the hypervisor image.
+//! Building the hypervisor image and the stub-domain image.
 //!
-//! The kernel is a bare-metal binary built for the host target with its own
-//! linker script, so it gets its own target directory
+//! The kernel and the stub domain are bare-metal binaries built for the
+//! host target with their own linker scripts, so they get their own target
+//! directory
 //! (`<workspace>/target/baremetal`): host tools and tests built in `target/`
 //! never share (or invalidate) its artifacts, and a cargo build started from
 //! inside `cargo test` does not wait for the outer cargo's lock.
@@ -11,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The two images `ferrite build` produces.
+/// The images `ferrite build` produces.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HypervisorImages {
     /// `ferrite-hv` as linked: multiboot1 (a.out kludge), multiboot2 and PVH.
@@ -19,6 +20,9 @@ pub struct HypervisorImages {
     /// `ferrite-hv.pvh`: the same bytes with the multiboot1 magic zeroed, so
     /// QEMU's `-kernel` boots it through the PVH ELF note.
     pub pvh: PathBuf,
+    /// `ferrite-stubdom`: the stub-domain unikernel (ELF64 linked at
+    /// `ferrite_abi::IMAGE_BASE`) the hypervisor starts for each HVM guest.
+    pub stubdom: PathBuf,
 }
 
 /// Cargo profile of the hypervisor build.
@@ -55,24 +59,26 @@ pub fn cargo_program() -> PathBuf {
     std::env::var_os("CARGO").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("cargo"))
 }
 
-/// The `cargo build` command for the hypervisor (exposed for tests/logging).
+/// The `cargo build` command for the hypervisor and the stub domain
+/// (exposed for tests/logging).
 pub fn cargo_build_command(profile: Profile) -> Command {
     let mut cmd = Command::new(cargo_program());
-    cmd.current_dir(workspace_root()).args(["build", "-p", "ferrite-kernel"]);
+    cmd.current_dir(workspace_root()).args(["build", "-p", "ferrite-kernel", "-p", "ferrite-stubdom"]);
     if profile == Profile::Release {
         cmd.arg("--release");
     }
     cmd.arg("--target-dir").arg(baremetal_target_dir());
     // An inherited CARGO_TARGET_DIR would be overridden by --target-dir
-    // anyway; RUSTFLAGS meant for host tools must not reach the kernel.
+    // anyway; RUSTFLAGS meant for host tools must not reach the images.
     cmd.env_remove("RUSTFLAGS").env_remove("CARGO_ENCODED_RUSTFLAGS");
     cmd
 }
 
-/// Builds the hypervisor with cargo and writes `ferrite-hv.pvh` next to it.
-/// Progress goes to stderr; cargo's own output is inherited.
+/// Builds the hypervisor and the stub domain with cargo and writes
+/// `ferrite-hv.pvh` next to them. Progress goes to stderr; cargo's own
+/// output is inherited.
 pub fn build_hypervisor(profile: Profile) -> Result<HypervisorImages> {
-    eprintln!("building hypervisor image ({} profile)...", profile.dir());
+    eprintln!("building hypervisor and stub-domain images ({} profile)...", profile.dir());
     let mut cmd = cargo_build_command(profile);
     let status = cmd
         .status()
@@ -82,10 +88,20 @@ pub fn build_hypervisor(profile: Profile) -> Result<HypervisorImages> {
     }
     let multiboot = baremetal_target_dir().join(profile.dir()).join("ferrite-hv");
     let pvh = multiboot.with_extension("pvh");
+    let stubdom = stubdom_image(profile);
     write_pvh_copy(&multiboot, &pvh)?;
-    eprintln!("hypervisor image: {}", multiboot.display());
-    eprintln!("PVH-only image:   {}", pvh.display());
-    Ok(HypervisorImages { multiboot, pvh })
+    if !stubdom.is_file() {
+        bail!("cargo did not produce the stub-domain image {}", stubdom.display());
+    }
+    eprintln!("hypervisor image:   {}", multiboot.display());
+    eprintln!("PVH-only image:     {}", pvh.display());
+    eprintln!("stub-domain image:  {}", stubdom.display());
+    Ok(HypervisorImages { multiboot, pvh, stubdom })
+}
+
+/// Where `cargo_build_command` leaves the stub-domain image.
+pub fn stubdom_image(profile: Profile) -> PathBuf {
+    baremetal_target_dir().join(profile.dir()).join("ferrite-stubdom")
 }
 
 /// Copies `src` to `dst` with the multiboot1 magic zeroed (see
@@ -109,14 +125,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn build_command_targets_the_kernel_in_its_own_target_dir() {
+    fn build_command_targets_the_images_in_their_own_target_dir() {
         let cmd = cargo_build_command(Profile::Release);
         let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
         let dir = baremetal_target_dir().to_string_lossy().into_owned();
-        assert_eq!(args, ["build", "-p", "ferrite-kernel", "--release", "--target-dir", dir.as_str()]);
+        assert_eq!(
+            args,
+            ["build", "-p", "ferrite-kernel", "-p", "ferrite-stubdom", "--release", "--target-dir", dir.as_str()]
+        );
         assert!(dir.ends_with("target/baremetal"));
         let debug = cargo_build_command(Profile::Debug);
         assert!(!debug.get_args().any(|a| a == "--release"));
+    }
+
+    #[test]
+    fn stubdom_image_is_next_to_the_hypervisor() {
+        assert_eq!(stubdom_image(Profile::Release), baremetal_target_dir().join("release").join("ferrite-stubdom"));
+        assert_eq!(stubdom_image(Profile::Debug), baremetal_target_dir().join("debug").join("ferrite-stubdom"));
+        assert!(workspace_root().join("stubdom").join("Cargo.toml").is_file());
     }
 
     #[test]

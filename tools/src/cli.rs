@@ -14,8 +14,9 @@ ferrite: build and boot the Ferrite hypervisor
 
 USAGE:
     ferrite build [--debug]
-        Build the hypervisor image (target/baremetal/<profile>/ferrite-hv) and
-        its PVH-only copy (ferrite-hv.pvh).
+        Build the hypervisor image (target/baremetal/<profile>/ferrite-hv),
+        its PVH-only copy (ferrite-hv.pvh) and the stub-domain image
+        (ferrite-stubdom) next to them.
     ferrite up [--debug] [--smp N] [--mem MiB] [--tcg|--kvm] [--append \"CMDLINE\"]
                [--dom0-vcpus N] [--selftest-only]
                [--module PATH[=ARGS]]... [-- EXTRA QEMU ARGS]

@@ -139,6 +139,33 @@ pub fn assemble_pvh_guest(source: &Path, out: &Path) -> Result<u32> {
     result
 }
 
+/// Assembles a real-mode boot sector (`.code16`, linked at 0x7C00) into a
+/// flat binary of exactly 512 bytes ending in the 0x55AA signature: the
+/// MBR of a test disk that a BIOS loads and runs.
+pub fn assemble_boot_sector(source: &Path, out: &Path) -> Result<Vec<u8>> {
+    if !source.is_file() {
+        bail!("boot sector source {} does not exist", source.display());
+    }
+    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let obj = out.with_extension("o");
+    run(Command::new("as").arg("--32").arg("-o").arg(&obj).arg(source), &format!("as --32 {}", source.display()))?;
+    run(
+        Command::new("ld")
+            .args(["-m", "elf_i386", "--build-id=none", "-nostdlib", "-static", "-Ttext", "0x7c00", "--oformat", "binary", "-e", "0x7c00"])
+            .arg("-o")
+            .arg(out)
+            .arg(&obj),
+        &format!("ld (linking {})", source.display()),
+    )?;
+    let _ = std::fs::remove_file(&obj);
+    let bin = std::fs::read(out).with_context(|| format!("cannot read {}", out.display()))?;
+    if bin.len() != 512 || bin[510..] != [0x55, 0xAA] {
+        bail!("{}: the boot sector is {} bytes; it must be 512 ending in 55 aa (pad with .org 510)", source.display(), bin.len());
+    }
+    Ok(bin)
+}
+
 /// Assembles `qemu-tests/guests/<name>.S` into `dir/<name>.elf`.
 pub fn build_guest(name: &str, dir: &Path) -> Result<PathBuf> {
     let out = dir.join(format!("{name}.elf"));

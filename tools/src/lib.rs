@@ -2,8 +2,8 @@
 //! `test`) and the reusable pieces the QEMU integration tests share with it.
 //!
 //! One idea per module:
-//! * [`build`]: builds the hypervisor image with cargo and derives the
-//!   PVH-only copy of it;
+//! * [`build`]: builds the hypervisor and stub-domain images with cargo and
+//!   derives the PVH-only copy of the hypervisor;
 //! * [`multiboot`]: finding and neutralising the multiboot1 header (pure);
 //! * [`modules`]: `PATH[=ARGS]` boot-module specifications (pure);
 //! * [`qemu`]: the QEMU command-line builder and accelerator probe;

@@ -105,6 +105,10 @@ pub struct DomainConfig {
     /// `device_model_stubdomain_override` as written. Ferrite always runs
     /// HVM device models in a stub domain; `Some(false)` is warned about.
     pub device_model_stubdomain_override: Option<bool>,
+    /// Testing only (`device_model_fault_inject_ata = 0xC8`): the stub
+    /// domain's IDE model crashes when the guest issues this ATA command,
+    /// to show that a device-model crash takes down only its own guest.
+    pub device_model_fault_inject: Option<u8>,
     pub uuid: Option<Uuid>,
 }
 
@@ -186,6 +190,7 @@ const KNOWN_KEYS: &[&str] = &[
     "boot",
     "serial",
     "device_model_stubdomain_override",
+    "device_model_fault_inject_ata",
     "uuid",
 ];
 
@@ -882,6 +887,14 @@ fn build(entries: Vec<Entry>, broken: Vec<String>, sink: &mut Sink<'_>) -> Optio
     }
 
     let stub = c.boolean("device_model_stubdomain_override");
+    let fault_inject = match c.number("device_model_fault_inject_ata", "an ATA command number") {
+        Some((n, line)) if n > 0xFF => {
+            c.err(line, "device_model_fault_inject_ata", format!("{} is not an ATA command (0 to 0xff)", n));
+            None
+        }
+        Some((n, _)) => Some(n as u8),
+        None => None,
+    };
     let uuid = match c.string("uuid") {
         Some((u, line)) => match Uuid::parse(&u) {
             Some(u) => Some(u),
@@ -996,6 +1009,7 @@ fn build(entries: Vec<Entry>, broken: Vec<String>, sink: &mut Sink<'_>) -> Optio
         boot,
         serial,
         device_model_stubdomain_override: stub.map(|s| s.0),
+        device_model_fault_inject: fault_inject,
         uuid,
     })
 }

@@ -10,7 +10,6 @@ pub mod entry;
 pub mod fpu;
 pub mod gdt;
 pub mod idt;
-pub mod intrinsics;
 pub mod pic;
 pub mod pio;
 pub mod smp;

@@ -1,3 +1,5 @@
 //! Drivers for the host's own devices.
 
 pub mod uart;
+pub mod pci;
+pub mod virtio_blk;

@@ -40,6 +40,9 @@ pub const PCI_HOLE_START: u64 = 0xC000_0000;
 
 pub struct GuestMemory {
     chunks: Vec<Chunk>,
+    /// Read-only firmware images (the BIOS at the top of 4 GiB): mapped
+    /// without write permission, readable by the hypervisor, not RAM.
+    rom: Vec<Chunk>,
     npt: PageTables,
     /// One past the highest guest-physical RAM address.
     size: u64,
@@ -55,7 +58,7 @@ impl GuestMemory {
     pub fn new(size: u64) -> Result<Self, GuestMemError> {
         let size = size.div_ceil(SIZE_2M) * SIZE_2M;
         let npt = PageTables::new().map_err(|_| GuestMemError::OutOfMemory { requested: size })?;
-        let mut mem = GuestMemory { chunks: Vec::new(), npt, size: 0, ram_bytes: 0 };
+        let mut mem = GuestMemory { chunks: Vec::new(), rom: Vec::new(), npt, size: 0, ram_bytes: 0 };
         let mut gpa = 0;
         while mem.ram_bytes < size {
             if gpa == PCI_HOLE_START {
@@ -116,6 +119,11 @@ impl GuestMemory {
     }
 
     pub fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), GuestMemError> {
+        if let Some(rom) = self.rom.iter().find(|c| gpa >= c.gpa && gpa.checked_add(buf.len() as u64).is_some_and(|e| e <= c.gpa + c.len)) {
+            // SAFETY: the range lies inside a ROM chunk owned by this guest.
+            unsafe { core::ptr::copy_nonoverlapping((rom.hpa + (gpa - rom.gpa)) as *const u8, buf.as_mut_ptr(), buf.len()) };
+            return Ok(());
+        }
         self.check(gpa, buf.len() as u64)?;
         let mut done = 0usize;
         while done < buf.len() {
@@ -161,8 +169,73 @@ impl GuestMemory {
     }
 }
 
+impl GuestMemory {
+    /// Maps a copy of `image` read-only at `gpa` (page aligned, outside
+    /// RAM): firmware ROM. Guest writes to it fault to the hypervisor,
+    /// which drops them.
+    pub fn map_rom(&mut self, gpa: u64, image: &[u8]) -> Result<(), GuestMemError> {
+        let len = (image.len() as u64).div_ceil(4096) * 4096;
+        let frames = (len / 4096) as usize;
+        let oom = GuestMemError::OutOfMemory { requested: len };
+        let hpa = alloc_contiguous(frames, 1).ok_or(oom)?;
+        // SAFETY: the frames were just allocated for this ROM and are identity mapped.
+        unsafe {
+            core::ptr::write_bytes(hpa as *mut u8, 0xFF, len as usize);
+            core::ptr::copy_nonoverlapping(image.as_ptr(), hpa as *mut u8, image.len());
+        }
+        self.rom.push(Chunk { gpa, hpa, len });
+        self.npt.map_range(gpa, hpa, len, USER).map_err(|_| oom)
+    }
+
+    /// Whether `gpa` lies in a ROM image.
+    pub fn is_rom(&self, gpa: u64) -> bool {
+        self.rom.iter().any(|c| gpa >= c.gpa && gpa < c.gpa + c.len)
+    }
+
+    /// Maps all of `other`'s RAM into this guest at `base + gpa`: how a
+    /// stub domain sees the one guest it serves. The caller keeps `other`
+    /// alive for as long as this mapping exists.
+    pub fn map_window(&mut self, base: u64, other: &GuestMemory) -> Result<(), GuestMemError> {
+        for c in &other.chunks {
+            self.npt
+                .map_range(base + c.gpa, c.hpa, c.len, WRITABLE | USER)
+                .map_err(|_| GuestMemError::OutOfMemory { requested: c.len })?;
+        }
+        Ok(())
+    }
+
+    /// Maps one host page (shared with the hypervisor) at `gpa`.
+    pub fn map_shared_page(&mut self, gpa: u64, hpa: u64) -> Result<(), GuestMemError> {
+        self.npt.map_4k(gpa, hpa, WRITABLE | USER).map_err(|_| GuestMemError::OutOfMemory { requested: 4096 })
+    }
+
+    /// The host-physical pieces of `[gpa, gpa+len)`, which must be RAM: for
+    /// devices that DMA straight into guest memory.
+    pub fn host_segments(&self, gpa: u64, len: u64, out: &mut Vec<(u64, u64)>) -> Result<(), GuestMemError> {
+        self.check(gpa, len)?;
+        let mut done = 0u64;
+        while done < len {
+            let (hpa, n) = self.host_range(gpa + done, len - done).ok_or(GuestMemError::OutOfRange { gpa, len })?;
+            match out.last_mut() {
+                Some(last) if last.0 + last.1 == hpa => last.1 += n,
+                _ => out.push((hpa, n)),
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// One past the highest guest-physical RAM address.
+    pub fn top(&self) -> u64 {
+        self.size
+    }
+}
+
 impl Drop for GuestMemory {
     fn drop(&mut self) {
+        for c in &self.rom {
+            free_contiguous(c.hpa, (c.len / 4096) as usize);
+        }
         for c in &self.chunks {
             free_contiguous(c.hpa, (c.len / 4096) as usize);
         }

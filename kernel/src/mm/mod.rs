@@ -4,6 +4,7 @@
 pub mod guest;
 pub mod heap;
 pub mod paging;
+pub mod shared;
 
 use alloc::vec::Vec;
 use ferrite_boot::bootinfo::{BootInfo, MemoryKind};

@@ -93,7 +93,9 @@ pub struct GuestRegs {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VmExit {
     /// IN/OUT (string forms flagged; the run loop decides what it supports).
-    Io { port: u16, size: u8, write: bool, string: bool, rep: bool, next_rip: u64 },
+    /// `addr_size` (2, 4 or 8 bytes) and `segment` (0 = ES … 5 = GS, the
+    /// source of OUTS) matter for the string forms.
+    Io { port: u16, size: u8, write: bool, string: bool, rep: bool, addr_size: u8, segment: u8, next_rip: u64 },
     Cpuid { next_rip: u64 },
     Hlt { next_rip: u64 },
     /// VMMCALL/VMCALL: a hypercall.
@@ -152,6 +154,9 @@ pub trait VcpuOps {
     fn paging_state(&self) -> PagingState;
     /// The code segment (its base, and L/D bits for the decoding mode).
     fn code_segment(&self) -> Segment;
+    /// Segment register `index` in the instruction encoding's order (0 = ES,
+    /// 1 = CS, 2 = SS, 3 = DS, 4 = FS, 5 = GS).
+    fn segment(&self, index: u8) -> Segment;
     /// The bytes of the instruction that caused the last exit, when the CPU
     /// supplies them (SVM decode assists); None means fetch them yourself.
     fn exit_instruction_bytes(&self) -> Option<([u8; 15], usize)> {
@@ -166,6 +171,7 @@ pub struct EntryState {
     pub rip: u64,
     pub rbx: u64,
     pub rsi: u64,
+    pub rdi: u64,
     pub rflags: u64,
     pub cr0: u64,
     pub cr3: u64,

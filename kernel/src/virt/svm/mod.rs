@@ -257,6 +257,14 @@ impl SvmVcpu {
                 write: info1 & 1 == 0,
                 string: info1 & (1 << 2) != 0,
                 rep: info1 & (1 << 3) != 0,
+                addr_size: if info1 & (1 << 7) != 0 {
+                    2
+                } else if info1 & (1 << 8) != 0 {
+                    4
+                } else {
+                    8
+                },
+                segment: ((info1 >> 10) & 7) as u8,
                 next_rip: info2,
             },
             EXIT_CPUID => VmExit::Cpuid { next_rip: self.next_rip(2) },
@@ -382,7 +390,7 @@ impl VcpuOps for SvmVcpu {
         self.vmcb.write_u64(CR3, st.cr3);
         self.vmcb.write_u64(CR4, st.cr4);
         self.set_efer(st.efer);
-        self.regs = GuestRegs { rip: st.rip, rbx: st.rbx, rsi: st.rsi, rflags: st.rflags | 2, ..Default::default() };
+        self.regs = GuestRegs { rip: st.rip, rbx: st.rbx, rsi: st.rsi, rdi: st.rdi, rflags: st.rflags | 2, ..Default::default() };
         self.dirty = CLEAN_ALL;
     }
 
@@ -447,6 +455,11 @@ impl VcpuOps for SvmVcpu {
 
     fn code_segment(&self) -> Segment {
         self.vmcb.segment(CS)
+    }
+
+    fn segment(&self, index: u8) -> Segment {
+        // ES, CS, SS, DS, FS, GS are consecutive 16-byte VMCB entries.
+        self.vmcb.segment(ES + 0x10 * usize::from(index.min(5)))
     }
 
     fn exit_instruction_bytes(&self) -> Option<([u8; 15], usize)> {

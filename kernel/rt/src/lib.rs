@@ -1,6 +1,18 @@
-//! Memory intrinsics the compiler expects (`memcpy` and friends) and the
-//! symbols the prebuilt `core` references. Written in assembly so LLVM cannot
-//! recognise the loops and turn them back into calls to themselves.
+//! The runtime a bare-metal Ferrite binary (the hypervisor, a stub domain)
+//! needs from outside `core`: the memory intrinsics the compiler emits
+//! calls to (`memcpy` and friends) and the symbols the prebuilt `core`
+//! references (`rust_eh_personality`, `_Unwind_Resume`; with
+//! `panic = "abort"` they are never reached).
+//!
+//! Written in assembly so LLVM cannot recognise the loops and turn them
+//! back into calls to themselves. A binary links this crate with
+//! `use ferrite_rt as _;` (or `extern crate ferrite_rt;`).
+//!
+//! Only for bare-metal binaries (linked with `-nostdlib`): in a hosted
+//! program these symbols would clash with the C library's. Nothing else
+//! in the workspace depends on this crate.
+
+#![no_std]
 
 core::arch::global_asm!(
     r#"

@@ -1,0 +1,392 @@
+//! The interface between the Ferrite hypervisor and a stub domain: the
+//! stub's memory map, its start-up configuration, the I/O-request slots it
+//! serves and the hypercalls it makes.
+//!
+//! A stub domain is an ordinary guest of the hypervisor, started in 64-bit
+//! mode, that emulates the devices of exactly one HVM guest. Its nested
+//! page tables map its own RAM, its I/O-request page and (read-write, at
+//! [`GUEST_WINDOW`]) its guest's RAM; nothing else. Everything it hands the
+//! hypervisor is checked there before use.
+
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use serde::{Deserialize, Serialize};
+
+// ---------------------------------------------------------------------------
+// Memory map of a stub domain (guest-physical = the stub's virtual address:
+// the hypervisor builds identity page tables for it).
+
+/// Bytes of RAM a stub domain gets, from guest-physical 0.
+pub const STUB_RAM_BYTES: u64 = 4 << 20;
+/// The postcard-encoded [`StubConfig`], preceded by its length (u32 LE).
+pub const START_INFO_GPA: u64 = 0x1000;
+pub const START_INFO_MAX: u64 = 0xF000;
+/// The stub's page tables are built by the hypervisor from here up.
+pub const PAGE_TABLES_GPA: u64 = 0x10_000;
+pub const PAGE_TABLES_END: u64 = 0x100_000;
+/// Where the stub image is linked.
+pub const IMAGE_BASE: u64 = 0x100_000;
+/// The I/O-request page: one [`IoRequest`] slot per guest vCPU.
+pub const IOREQ_GPA: u64 = STUB_RAM_BYTES;
+/// The served guest's RAM appears at `GUEST_WINDOW + guest-physical`.
+pub const GUEST_WINDOW: u64 = 0x80_0000_0000;
+/// The largest guest-physical address the window covers.
+pub const GUEST_WINDOW_MAX: u64 = 0x80_0000_0000;
+/// Slots in the I/O-request page (so at most this many guest vCPUs).
+pub const IOREQ_SLOTS: usize = 4096 / IOREQ_SLOT_SIZE;
+pub const IOREQ_SLOT_SIZE: usize = 64;
+
+// ---------------------------------------------------------------------------
+// I/O requests.
+
+/// Slot states. The hypervisor moves a slot FREE → READY; the stub READY →
+/// DONE (writing `data` for reads); the hypervisor DONE → FREE when it
+/// resumes the guest vCPU.
+pub const STATE_FREE: u32 = 0;
+pub const STATE_READY: u32 = 1;
+pub const STATE_DONE: u32 = 2;
+
+pub const KIND_PIO: u8 = 0;
+pub const KIND_MMIO: u8 = 1;
+
+pub const DIR_WRITE: u8 = 0;
+pub const DIR_READ: u8 = 1;
+
+/// `data` is the guest-physical address of a buffer of `count * size`
+/// bytes (string I/O: `rep ins/outs`), not the value.
+pub const FLAG_DATA_IS_GPA: u8 = 1 << 0;
+/// String I/O walks the buffer downwards (RFLAGS.DF).
+pub const FLAG_DOWN: u8 = 1 << 1;
+
+/// Byte offsets of the fields of a slot (`#[repr(C)]` layout, all
+/// little-endian). Both sides read and write slots with these offsets.
+pub mod slot {
+    pub const STATE: usize = 0; // u32
+    pub const KIND: usize = 4; // u8
+    pub const DIR: usize = 5; // u8
+    pub const SIZE: usize = 6; // u8: 1, 2, 4 or 8
+    pub const FLAGS: usize = 7; // u8
+    pub const COUNT: usize = 8; // u32: repetitions, at least 1
+    pub const VCPU: usize = 12; // u32
+    pub const ADDR: usize = 16; // u64: port or guest-physical address
+    pub const DATA: usize = 24; // u64
+}
+
+/// One request as plain values (what a slot holds, minus its state).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct IoRequest {
+    pub kind: u8,
+    pub dir: u8,
+    pub size: u8,
+    pub flags: u8,
+    pub count: u32,
+    pub vcpu: u32,
+    pub addr: u64,
+    pub data: u64,
+}
+
+impl IoRequest {
+    pub fn is_read(&self) -> bool {
+        self.dir == DIR_READ
+    }
+
+    /// Encodes the fields (not the state) into a slot.
+    pub fn encode(&self, slot_bytes: &mut [u8; IOREQ_SLOT_SIZE]) {
+        slot_bytes[slot::KIND] = self.kind;
+        slot_bytes[slot::DIR] = self.dir;
+        slot_bytes[slot::SIZE] = self.size;
+        slot_bytes[slot::FLAGS] = self.flags;
+        slot_bytes[slot::COUNT..slot::COUNT + 4].copy_from_slice(&self.count.to_le_bytes());
+        slot_bytes[slot::VCPU..slot::VCPU + 4].copy_from_slice(&self.vcpu.to_le_bytes());
+        slot_bytes[slot::ADDR..slot::ADDR + 8].copy_from_slice(&self.addr.to_le_bytes());
+        slot_bytes[slot::DATA..slot::DATA + 8].copy_from_slice(&self.data.to_le_bytes());
+    }
+
+    pub fn decode(slot_bytes: &[u8; IOREQ_SLOT_SIZE]) -> Self {
+        let u32_at = |o: usize| u32::from_le_bytes([slot_bytes[o], slot_bytes[o + 1], slot_bytes[o + 2], slot_bytes[o + 3]]);
+        let u64_at = |o: usize| u64::from(u32_at(o)) | (u64::from(u32_at(o + 4)) << 32);
+        IoRequest {
+            kind: slot_bytes[slot::KIND],
+            dir: slot_bytes[slot::DIR],
+            size: slot_bytes[slot::SIZE],
+            flags: slot_bytes[slot::FLAGS],
+            count: u32_at(slot::COUNT),
+            vcpu: u32_at(slot::VCPU),
+            addr: u64_at(slot::ADDR),
+            data: u64_at(slot::DATA),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Hypercalls: `vmmcall` with the number in rax and arguments in rdi, rsi,
+// rdx, r10, r8; the result comes back in rax (0 or a value on success, a
+// negative `Errno` on failure).
+
+pub mod hypercall {
+    /// Print `len` bytes at stub address `arg0` on the hypervisor console,
+    /// prefixed with the stub's name.
+    pub const CONSOLE_WRITE: u64 = 0x100;
+    /// Block until a slot is READY or the guest's console has input.
+    pub const WAIT: u64 = 0x101;
+    /// Slots were moved to DONE: resume the guest vCPUs waiting on them.
+    pub const IOREQ_DONE: u64 = 0x102;
+    /// Drive guest interrupt line `arg0` (ISA IRQ / GSI 0..23) to level `arg1`.
+    pub const SET_IRQ: u64 = 0x103;
+    /// A block request described by a [`crate::BlockRequest`] at stub address
+    /// `arg0`; `arg1` = its length in bytes.
+    pub const BLOCK_IO: u64 = 0x104;
+    /// Copy `arg3` bytes of data source `arg0` from offset `arg1` to
+    /// `arg2`: a guest-physical address of the served guest if `arg4` is
+    /// [`crate::DEST_GUEST`], else a stub address.
+    pub const DATA_READ: u64 = 0x105;
+    /// The guest asked for a platform action: `arg0` is a [`crate::PowerAction`] code.
+    pub const GUEST_POWER: u64 = 0x106;
+    /// Take up to `arg1` bytes of console input for the guest into stub
+    /// address `arg0`; returns the count.
+    pub const CONSOLE_INPUT: u64 = 0x107;
+    /// Output of the guest's console (UART) — `len` bytes at stub address
+    /// `arg0`, shown with the guest's name.
+    pub const GUEST_CONSOLE_WRITE: u64 = 0x108;
+}
+
+pub const DEST_STUB: u64 = 0;
+pub const DEST_GUEST: u64 = 1;
+
+/// Error results of hypercalls (returned negated).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(i64)]
+pub enum Errno {
+    /// A handle, number or flag is not valid.
+    Inval = 22,
+    /// An address range is outside the memory the stub may name.
+    Fault = 14,
+    /// The disk is read-only.
+    Rofs = 30,
+    /// The backing device failed.
+    Io = 5,
+    /// No such hypercall.
+    Nosys = 38,
+}
+
+impl Errno {
+    pub fn as_result(self) -> u64 {
+        (-(self as i64)) as u64
+    }
+
+    pub fn from_result(value: u64) -> Option<Self> {
+        match -(value as i64) {
+            22 => Some(Errno::Inval),
+            14 => Some(Errno::Fault),
+            30 => Some(Errno::Rofs),
+            5 => Some(Errno::Io),
+            38 => Some(Errno::Nosys),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u64)]
+pub enum PowerAction {
+    Reset = 0,
+    PowerOff = 1,
+}
+
+impl PowerAction {
+    pub fn from_code(code: u64) -> Option<Self> {
+        match code {
+            0 => Some(PowerAction::Reset),
+            1 => Some(PowerAction::PowerOff),
+            _ => None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Block requests (the BLOCK_IO hypercall argument).
+
+pub const BLOCK_READ: u32 = 0;
+pub const BLOCK_WRITE: u32 = 1;
+pub const BLOCK_FLUSH: u32 = 2;
+/// The most segments one request may carry.
+pub const BLOCK_MAX_SEGMENTS: usize = 128;
+/// Segment addresses are guest-physical addresses of the served guest
+/// (DMA); without it they are stub addresses (PIO buffers).
+pub const BLOCK_FLAG_GUEST: u32 = 1;
+
+/// Layout: header of 24 bytes — disk u32, op u32, lba u64, count u32
+/// (sectors), nsegs u16, flags u16 — then `nsegs` entries of (u64 address,
+/// u32 length, u32 reserved).
+pub mod block {
+    pub const HEADER: usize = 24;
+    pub const SEGMENT: usize = 16;
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct BlockRequest {
+    pub disk: u32,
+    pub op: u32,
+    pub lba: u64,
+    pub count: u32,
+    pub flags: u32,
+    pub segments: Vec<(u64, u32)>,
+}
+
+impl BlockRequest {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.clear();
+        out.extend_from_slice(&self.disk.to_le_bytes());
+        out.extend_from_slice(&self.op.to_le_bytes());
+        out.extend_from_slice(&self.lba.to_le_bytes());
+        out.extend_from_slice(&self.count.to_le_bytes());
+        out.extend_from_slice(&(self.segments.len() as u16).to_le_bytes());
+        out.extend_from_slice(&(self.flags as u16).to_le_bytes());
+        for &(addr, len) in &self.segments {
+            out.extend_from_slice(&addr.to_le_bytes());
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(&0u32.to_le_bytes());
+        }
+    }
+
+    /// Parses an untrusted request; `None` if it is malformed.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let u32_at = |o: usize| -> Option<u32> { Some(u32::from_le_bytes(bytes.get(o..o + 4)?.try_into().ok()?)) };
+        let u64_at = |o: usize| -> Option<u64> { Some(u64::from_le_bytes(bytes.get(o..o + 8)?.try_into().ok()?)) };
+        let nsegs = u32_at(20)? & 0xFFFF;
+        let flags = u32_at(20)? >> 16;
+        if nsegs as usize > BLOCK_MAX_SEGMENTS {
+            return None;
+        }
+        let mut segments = Vec::with_capacity(nsegs as usize);
+        for i in 0..nsegs as usize {
+            let o = block::HEADER + i * block::SEGMENT;
+            segments.push((u64_at(o)?, u32_at(o + 8)?));
+        }
+        Some(BlockRequest { disk: u32_at(0)?, op: u32_at(4)?, lba: u64_at(8)?, count: u32_at(16)?, flags, segments })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The stub's configuration, written by the hypervisor at START_INFO_GPA.
+
+/// A disk of the served guest.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct StubDisk {
+    /// Handle for BLOCK_IO.
+    pub handle: u32,
+    /// The backing device's name (the `phy:` target).
+    pub name: String,
+    /// Guest-side position: "hda".."hdd" (IDE channel/unit).
+    pub vdev: String,
+    pub sectors: u64,
+    pub read_only: bool,
+}
+
+/// A blob the stub can read with DATA_READ but does not hold (kernel,
+/// initrd, option ROM).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataSource {
+    pub handle: u32,
+    pub len: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct DirectLinuxBoot {
+    pub kernel: DataSource,
+    pub initrd: Option<DataSource>,
+    pub cmdline: String,
+    /// QEMU's `linuxboot_dma.bin`, handed to SeaBIOS as an option ROM.
+    pub option_rom: DataSource,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct StubConfig {
+    /// The served guest's domain id and name.
+    pub guest_id: u32,
+    pub guest_name: String,
+    pub vcpus: u32,
+    /// Guest RAM below 4 GiB (from 0) and above 4 GiB (from 4 GiB).
+    pub ram_below_4g: u64,
+    pub ram_above_4g: u64,
+    pub disks: Vec<StubDisk>,
+    pub linux: Option<DirectLinuxBoot>,
+    /// SeaBIOS boot order (fw_cfg `bootorder`), may be empty.
+    pub boot_order: String,
+    /// ACPI fixed-hardware ports the hypervisor emulates (for the tables).
+    pub pm1a_evt: u16,
+    pub pm1a_cnt: u16,
+    pub pm_tmr: u16,
+    pub sci_irq: u8,
+    /// Test builds only: make the IDE model panic on this ATA command.
+    pub fault_inject_ata_command: Option<u8>,
+}
+
+impl StubConfig {
+    pub fn to_bytes(&self) -> Result<Vec<u8>, postcard::Error> {
+        postcard::to_allocvec(self)
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        postcard::from_bytes(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ioreq_round_trips_through_a_slot() {
+        let req = IoRequest { kind: KIND_PIO, dir: DIR_READ, size: 2, flags: FLAG_DATA_IS_GPA, count: 256, vcpu: 3, addr: 0x1F0, data: 0x7C00 };
+        let mut slot = [0u8; IOREQ_SLOT_SIZE];
+        req.encode(&mut slot);
+        assert_eq!(IoRequest::decode(&slot), req);
+        assert_eq!(u32::from_le_bytes(slot[0..4].try_into().unwrap()), STATE_FREE);
+    }
+
+    #[test]
+    fn block_request_round_trips_and_rejects_garbage() {
+        let req = BlockRequest { disk: 1, op: BLOCK_WRITE, lba: 77, count: 3, flags: BLOCK_FLAG_GUEST, segments: vec![(0x1000, 512), (0x9000, 1024)] };
+        let mut bytes = Vec::new();
+        req.encode(&mut bytes);
+        assert_eq!(BlockRequest::decode(&bytes), Some(req));
+        assert_eq!(BlockRequest::decode(&bytes[..30]), None);
+        let mut huge = bytes.clone();
+        huge[20..22].copy_from_slice(&1000u16.to_le_bytes());
+        assert_eq!(BlockRequest::decode(&huge), None);
+    }
+
+    #[test]
+    fn config_round_trips() {
+        let cfg = StubConfig {
+            guest_id: 2,
+            guest_name: "hvm1".into(),
+            vcpus: 1,
+            ram_below_4g: 256 << 20,
+            ram_above_4g: 0,
+            disks: vec![StubDisk { handle: 0, name: "disk0".into(), vdev: "hda".into(), sectors: 2048, read_only: false }],
+            linux: None,
+            boot_order: String::new(),
+            pm1a_evt: 0xB000,
+            pm1a_cnt: 0xB004,
+            pm_tmr: 0xB008,
+            sci_irq: 9,
+            fault_inject_ata_command: None,
+        };
+        assert_eq!(StubConfig::from_bytes(&cfg.to_bytes().unwrap()).unwrap(), cfg);
+        assert!(StubConfig::from_bytes(&[0xFF; 3]).is_err());
+    }
+
+    #[test]
+    fn errno_round_trips() {
+        for e in [Errno::Inval, Errno::Fault, Errno::Rofs, Errno::Io, Errno::Nosys] {
+            assert_eq!(Errno::from_result(e.as_result()), Some(e));
+        }
+    }
+}

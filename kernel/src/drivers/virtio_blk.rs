@@ -1,0 +1,555 @@
+//! Host disks: QEMU's `virtio-blk-pci` devices, driven with the
+//! `virtio-drivers` crate, and the registry the rest of the hypervisor
+//! finds them in by name.
+//!
+//! A disk's name is its virtio serial number (QEMU's `serial=`, read with
+//! GET_ID); HVM configs refer to it as `phy:NAME`. A disk without a serial
+//! is named after its PCI address (`pci-00-03-0`).
+//!
+//! Requests are synchronous: submitted, then polled for completion with the
+//! device's lock held (no interrupts), so any CPU may call in. Data moves
+//! by DMA straight between the device and the memory the caller names by
+//! host physical address (host memory is identity mapped, so that address
+//! is also what goes into the virtio descriptors). Only a request with a
+//! segment that is not a whole number of sectors goes through a bounce
+//! buffer, because a virtio-blk data buffer must be whole sectors.
+//!
+//! A device that stops answering for `IDLE_TIMEOUT_NS` is declared failed:
+//! its bus mastering is turned off (so it can no longer touch the request's
+//! memory) and every later request fails at once.
+
+// The request API's users (the HVM disk path) are not wired up yet.
+#![allow(dead_code)]
+
+use super::pci::{self, ConfigAccess, PciAddress, PciFunction};
+use crate::arch::time;
+use crate::mm;
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+use core::ptr::NonNull;
+use log::{error, info};
+use virtio_drivers::device::blk::{BlkReq, BlkResp, VirtIOBlk};
+use virtio_drivers::transport::pci::bus::{ConfigurationAccess, DeviceFunction, PciRoot};
+use virtio_drivers::transport::pci::PciTransport;
+use virtio_drivers::{BufferDirection, Hal, PhysAddr};
+
+pub const SECTOR_SIZE: usize = 512;
+
+const VIRTIO_VENDOR_ID: u16 = 0x1AF4;
+/// virtio-blk's PCI device IDs: transitional (legacy + modern interface,
+/// QEMU's default on a conventional PCI slot) and modern-only.
+const VIRTIO_BLK_TRANSITIONAL: u16 = 0x1001;
+const VIRTIO_BLK_MODERN: u16 = 0x1042;
+
+/// Requests in flight at once: the queue size `VirtIOBlk` sets up. With
+/// indirect descriptors (QEMU offers them) each request takes one slot.
+const QUEUE_DEPTH: usize = 16;
+/// The largest single virtio request; longer segments are split, so one
+/// request never ties up the device (or the bounce buffer) for long.
+const MAX_REQUEST_BYTES: usize = 128 << 10;
+/// Size of the bounce buffer for requests with odd-sized segments; such
+/// requests are done in pieces of this size.
+const BOUNCE_BYTES: usize = 64 << 10;
+/// How long a device may go without completing anything while requests
+/// are pending before it is declared failed. Generous: QEMU under TCG on a
+/// busy host can be slow, and a failed disk stays failed.
+const IDLE_TIMEOUT_NS: u64 = 30_000_000_000;
+
+/// Why a block request failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlockIoError {
+    /// The request runs past the end of the disk.
+    OutOfRange { lba: u64, sectors: u64, capacity: u64 },
+    /// The segments do not add up to whole sectors.
+    NotSectorMultiple { bytes: usize },
+    /// A segment wraps around the address space or starts at 0.
+    BadSegment { host_pa: u64, len: usize },
+    /// A write to a read-only disk.
+    ReadOnly,
+    /// No memory for the bounce buffer.
+    OutOfMemory,
+    /// The device completed the request with an error status.
+    Device(virtio_drivers::Error),
+    /// The device stopped answering; it is now failed.
+    Timeout,
+    /// The device failed earlier (timeout or protocol violation).
+    DeviceFailed,
+}
+
+impl fmt::Display for BlockIoError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            BlockIoError::OutOfRange { lba, sectors, capacity } => {
+                write!(f, "sectors {}..{} are beyond the end of the disk ({} sectors)", lba, lba.saturating_add(*sectors), capacity)
+            }
+            BlockIoError::NotSectorMultiple { bytes } => write!(f, "{} bytes is not a whole number of {}-byte sectors", bytes, SECTOR_SIZE),
+            BlockIoError::BadSegment { host_pa, len } => write!(f, "invalid segment of {} bytes at {:#x}", len, host_pa),
+            BlockIoError::ReadOnly => write!(f, "the disk is read-only"),
+            BlockIoError::OutOfMemory => write!(f, "no memory for a bounce buffer"),
+            BlockIoError::Device(e) => write!(f, "device error: {}", e),
+            BlockIoError::Timeout => write!(f, "the device did not complete the request within {} s; disk disabled", IDLE_TIMEOUT_NS / 1_000_000_000),
+            BlockIoError::DeviceFailed => write!(f, "the disk was disabled after an earlier failure"),
+        }
+    }
+}
+
+/// A host disk. Shared by every CPU; requests serialize on its lock.
+pub struct BlockDevice {
+    name: String,
+    pci: PciAddress,
+    config: ConfigAccess,
+    sectors: u64,
+    read_only: bool,
+    state: spin::Mutex<DeviceState>,
+}
+
+struct DeviceState {
+    /// None once the device has failed.
+    blk: Option<VirtIOBlk<FerriteHal, PciTransport>>,
+    /// Request headers and status bytes, which the device reads and writes
+    /// by DMA, at fixed heap addresses while requests are in flight.
+    slots: Box<[Slot; QUEUE_DEPTH]>,
+}
+
+#[derive(Default)]
+struct Slot {
+    /// The descriptor chain's head while the request is in flight.
+    token: Option<u16>,
+    request: BlkReq,
+    response: BlkResp,
+    chunk: Chunk,
+}
+
+/// One virtio request's worth of data: sectors from `lba` to or from
+/// `len` bytes of host memory at `host_pa`.
+#[derive(Clone, Copy, Default)]
+struct Chunk {
+    lba: u64,
+    host_pa: u64,
+    len: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// Disk to memory.
+    Read,
+    /// Memory to disk.
+    Write,
+}
+
+impl BlockDevice {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Capacity in 512-byte sectors.
+    pub fn sectors(&self) -> u64 {
+        self.sectors
+    }
+
+    /// Whether the device refuses writes (VIRTIO_BLK_F_RO).
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    pub fn pci_address(&self) -> PciAddress {
+        self.pci
+    }
+
+    /// Reads sectors from `lba` on into the segments, in order: (host
+    /// physical address, length in bytes). The lengths must add up to
+    /// whole sectors; a segment that is not itself whole sectors makes the
+    /// request use a bounce buffer.
+    ///
+    /// # Safety
+    ///
+    /// Every segment must be RAM that the device may write at any time
+    /// during the call and that no Rust reference covers: e.g. a guest's
+    /// RAM frames (`GuestMemory::host_segments`), not the hypervisor's own
+    /// data.
+    pub unsafe fn read(&self, lba: u64, segments: &[(u64, usize)]) -> Result<(), BlockIoError> {
+        self.transfer(Direction::Read, lba, segments)
+    }
+
+    /// Writes the segments' bytes (see `read`) to sectors from `lba` on.
+    ///
+    /// # Safety
+    ///
+    /// Every segment must be RAM that the device may read during the call
+    /// (e.g. a guest's RAM frames); its contents may change meanwhile (the
+    /// guest is running), which only affects what is written.
+    pub unsafe fn write(&self, lba: u64, segments: &[(u64, usize)]) -> Result<(), BlockIoError> {
+        self.transfer(Direction::Write, lba, segments)
+    }
+
+    /// Reads into a hypervisor buffer (whole sectors).
+    pub fn read_buffer(&self, lba: u64, buf: &mut [u8]) -> Result<(), BlockIoError> {
+        // SAFETY: `buf` is hypervisor memory, identity mapped (its address
+        // is its physical address), exclusively borrowed for the call.
+        unsafe { self.read(lba, &[(buf.as_mut_ptr() as u64, buf.len())]) }
+    }
+
+    /// Writes a hypervisor buffer (whole sectors).
+    pub fn write_buffer(&self, lba: u64, buf: &[u8]) -> Result<(), BlockIoError> {
+        // SAFETY: `buf` is identity-mapped hypervisor memory, borrowed for
+        // the call; the device only reads it.
+        unsafe { self.write(lba, &[(buf.as_ptr() as u64, buf.len())]) }
+    }
+
+    /// Asks the device to make completed writes durable (a no-op when it
+    /// does not offer VIRTIO_BLK_F_FLUSH). Note: `virtio-drivers` waits for
+    /// a flush without a time limit.
+    pub fn flush(&self) -> Result<(), BlockIoError> {
+        let mut state = self.state.lock();
+        let blk = state.blk.as_mut().ok_or(BlockIoError::DeviceFailed)?;
+        blk.flush().map_err(BlockIoError::Device)
+    }
+
+    fn transfer(&self, direction: Direction, lba: u64, segments: &[(u64, usize)]) -> Result<(), BlockIoError> {
+        let mut bytes = 0usize;
+        for &(host_pa, len) in segments {
+            if host_pa == 0 || host_pa.checked_add(len as u64).is_none() {
+                return Err(BlockIoError::BadSegment { host_pa, len });
+            }
+            bytes = bytes.checked_add(len).ok_or(BlockIoError::BadSegment { host_pa, len })?;
+        }
+        if bytes % SECTOR_SIZE != 0 {
+            return Err(BlockIoError::NotSectorMultiple { bytes });
+        }
+        let sectors = (bytes / SECTOR_SIZE) as u64;
+        if lba.checked_add(sectors).is_none_or(|end| end > self.sectors) {
+            return Err(BlockIoError::OutOfRange { lba, sectors, capacity: self.sectors });
+        }
+        if direction == Direction::Write && self.read_only {
+            return Err(BlockIoError::ReadOnly);
+        }
+        if bytes == 0 {
+            return Ok(());
+        }
+        let mut state = self.state.lock();
+        if segments.iter().all(|&(_, len)| len % SECTOR_SIZE == 0) {
+            let mut next_lba = lba;
+            let chunks = segments.iter().flat_map(|&(host_pa, len)| {
+                let first = next_lba;
+                next_lba += (len / SECTOR_SIZE) as u64;
+                (0..len).step_by(MAX_REQUEST_BYTES).map(move |offset| Chunk {
+                    lba: first + (offset / SECTOR_SIZE) as u64,
+                    host_pa: host_pa + offset as u64,
+                    len: (len - offset).min(MAX_REQUEST_BYTES),
+                })
+            });
+            self.run(&mut state, direction, chunks)
+        } else {
+            self.run_bounced(&mut state, direction, lba, segments, bytes)
+        }
+    }
+
+    /// A request with odd-sized segments, through a bounce buffer: pieces
+    /// of `BOUNCE_BYTES` are gathered from the segments and written, or
+    /// read and scattered to them.
+    fn run_bounced(&self, state: &mut DeviceState, direction: Direction, lba: u64, segments: &[(u64, usize)], bytes: usize) -> Result<(), BlockIoError> {
+        let frames = bytes.min(BOUNCE_BYTES).div_ceil(4096);
+        let bounce = mm::alloc_contiguous(frames, 1).ok_or(BlockIoError::OutOfMemory)?;
+        let mut result = Ok(());
+        for offset in (0..bytes).step_by(BOUNCE_BYTES) {
+            let len = (bytes - offset).min(BOUNCE_BYTES);
+            let chunk = Chunk { lba: lba + (offset / SECTOR_SIZE) as u64, host_pa: bounce, len };
+            if direction == Direction::Write {
+                copy_segments(segments, offset, len, |seg_pa, at, n| (seg_pa, bounce + at as u64, n));
+            }
+            result = self.run(state, direction, core::iter::once(chunk));
+            if result.is_err() {
+                break;
+            }
+            if direction == Direction::Read {
+                copy_segments(segments, offset, len, |seg_pa, at, n| (bounce + at as u64, seg_pa, n));
+            }
+        }
+        // Safe to free even after a timeout: the failed device has lost bus
+        // mastering and cannot write the buffer any more.
+        mm::free_contiguous(bounce, frames);
+        result
+    }
+
+    /// Runs the chunks as virtio requests, up to `QUEUE_DEPTH` at a time,
+    /// and waits until every submitted one has completed. After an error
+    /// no new request is submitted; the first error is returned.
+    fn run(&self, state: &mut DeviceState, direction: Direction, chunks: impl Iterator<Item = Chunk>) -> Result<(), BlockIoError> {
+        let DeviceState { blk, slots } = state;
+        let Some(device) = blk.as_mut() else {
+            return Err(BlockIoError::DeviceFailed);
+        };
+        let mut chunks = chunks.peekable();
+        let mut in_flight = 0;
+        let mut first_error = None;
+        loop {
+            while first_error.is_none() && in_flight < QUEUE_DEPTH {
+                let Some(&chunk) = chunks.peek() else { break };
+                let Some(slot) = slots.iter_mut().find(|s| s.token.is_none()) else { break };
+                // SAFETY: the chunk lies in memory the caller of `read`/
+                // `write` handed over for the call (or in the bounce
+                // buffer), identity mapped; the device is its only user
+                // until the request completes or the device is failed
+                // (bus mastering off), and the slot's header and status
+                // stay put on the heap until then.
+                let submitted = unsafe {
+                    match direction {
+                        Direction::Read => {
+                            let buf = core::slice::from_raw_parts_mut(chunk.host_pa as *mut u8, chunk.len);
+                            device.read_blocks_nb(chunk.lba as usize, &mut slot.request, buf, &mut slot.response)
+                        }
+                        Direction::Write => {
+                            let buf = core::slice::from_raw_parts(chunk.host_pa as *const u8, chunk.len);
+                            device.write_blocks_nb(chunk.lba as usize, &mut slot.request, buf, &mut slot.response)
+                        }
+                    }
+                };
+                match submitted {
+                    Ok(token) => {
+                        slot.token = Some(token);
+                        slot.chunk = chunk;
+                        in_flight += 1;
+                        chunks.next();
+                    }
+                    // No descriptors left: wait for a completion first.
+                    Err(virtio_drivers::Error::QueueFull) if in_flight > 0 => break,
+                    Err(e) => first_error = Some(BlockIoError::Device(e)),
+                }
+            }
+            if in_flight == 0 {
+                return first_error.map_or(Ok(()), Err);
+            }
+
+            let deadline = time::uptime_ns() + IDLE_TIMEOUT_NS;
+            let token = loop {
+                if let Some(token) = device.peek_used() {
+                    break token;
+                }
+                if time::uptime_ns() > deadline {
+                    self.fail(blk, "no request completed within the time limit");
+                    return Err(BlockIoError::Timeout);
+                }
+                core::hint::spin_loop();
+            };
+            let Some(slot) = slots.iter_mut().find(|s| s.token == Some(token)) else {
+                self.fail(blk, &format!("the device completed request {} that was never submitted", token));
+                return Err(BlockIoError::DeviceFailed);
+            };
+            let chunk = slot.chunk;
+            // SAFETY: the same header, buffer and status the request was
+            // submitted with (rebuilt from the recorded chunk), as the
+            // `complete_*` calls require.
+            let completed = unsafe {
+                match direction {
+                    Direction::Read => {
+                        let buf = core::slice::from_raw_parts_mut(chunk.host_pa as *mut u8, chunk.len);
+                        device.complete_read_blocks(token, &slot.request, buf, &mut slot.response)
+                    }
+                    Direction::Write => {
+                        let buf = core::slice::from_raw_parts(chunk.host_pa as *const u8, chunk.len);
+                        device.complete_write_blocks(token, &slot.request, buf, &mut slot.response)
+                    }
+                }
+            };
+            slot.token = None;
+            in_flight -= 1;
+            if let Err(e) = completed {
+                error!("disk {}: {} of {} bytes at sector {} failed: {}", self.name, if direction == Direction::Read { "read" } else { "write" }, chunk.len, chunk.lba, e);
+                first_error.get_or_insert(BlockIoError::Device(e));
+            }
+        }
+    }
+
+    /// Takes the device out of service: no more bus mastering (so no more
+    /// DMA into memory that pending requests named), no more requests. The
+    /// driver is leaked rather than dropped: dropping resets the device and
+    /// waits, without a limit, for the reset to finish.
+    fn fail(&self, blk: &mut Option<VirtIOBlk<FerriteHal, PciTransport>>, why: &str) {
+        self.config.clear_command_bits(self.pci, pci::COMMAND_BUS_MASTER);
+        if let Some(driver) = blk.take() {
+            core::mem::forget(driver);
+        }
+        error!("disk {}: {}; disabled", self.name, why);
+    }
+}
+
+/// Copies `len` bytes at byte `offset` of the segment list, piece by
+/// piece: `route(segment address, offset within the piece run, bytes)`
+/// gives (source, destination, bytes) for each piece.
+fn copy_segments(segments: &[(u64, usize)], offset: usize, len: usize, route: impl Fn(u64, usize, usize) -> (u64, u64, usize)) {
+    let mut skip = offset;
+    let mut done = 0;
+    for &(host_pa, seg_len) in segments {
+        if done == len {
+            break;
+        }
+        if skip >= seg_len {
+            skip -= seg_len;
+            continue;
+        }
+        let n = (seg_len - skip).min(len - done);
+        let (from, to, n) = route(host_pa + skip as u64, done, n);
+        // SAFETY: one side is the bounce buffer (frames owned by this
+        // request), the other a segment the caller of `read`/`write`
+        // handed over; both identity mapped and distinct memory.
+        unsafe { core::ptr::copy_nonoverlapping(from as *const u8, to as *mut u8, n) };
+        skip = 0;
+        done += n;
+    }
+}
+
+/// Every disk found at boot.
+static DISKS: spin::Once<Vec<BlockDevice>> = spin::Once::new();
+
+/// The disk called `name`.
+pub fn find(name: &str) -> Option<&'static BlockDevice> {
+    all().iter().find(|d| d.name == name)
+}
+
+/// Every disk, in PCI discovery order.
+pub fn all() -> &'static [BlockDevice] {
+    DISKS.get().map_or(&[], Vec::as_slice)
+}
+
+/// Finds the host's virtio-blk devices, brings them up and logs one line
+/// per disk. Call once, before anything looks a disk up.
+pub fn init(platform: &crate::acpi::Platform) {
+    let config = ConfigAccess::new(&platform.ecam);
+    let functions = pci::enumerate(&config);
+    for f in &functions {
+        log::debug!("pci {}: {:04x}:{:04x} class {:02x}.{:02x}", f.address, f.vendor_id, f.device_id, f.class, f.subclass);
+    }
+    for (at, bar) in pci::assign_unassigned_bars(&config, &functions) {
+        info!("pci {}: BAR {} was unassigned; placed at {:#x} ({} KiB)", at, bar.index, bar.address, bar.size >> 10);
+    }
+    let mut disks: Vec<BlockDevice> = Vec::new();
+    for f in functions.iter().filter(|f| is_virtio_blk(f)) {
+        let disk = match probe(config, f) {
+            Ok(d) => d,
+            Err(why) => {
+                error!("virtio-blk at {}: not usable: {}", f.address, why);
+                continue;
+            }
+        };
+        if let Some(other) = disks.iter().find(|d| d.name == disk.name) {
+            error!("virtio-blk at {}: the name '{}' is already taken by {}; ignored", f.address, disk.name, other.pci);
+            continue;
+        }
+        info!(
+            "disk {}: {} MiB ({} sectors), {}, virtio-blk at {}",
+            disk.name,
+            (disk.sectors * SECTOR_SIZE as u64) >> 20,
+            disk.sectors,
+            if disk.read_only { "read-only" } else { "read-write" },
+            disk.pci
+        );
+        disks.push(disk);
+    }
+    DISKS.call_once(|| disks);
+}
+
+fn is_virtio_blk(f: &PciFunction) -> bool {
+    f.vendor_id == VIRTIO_VENDOR_ID && matches!(f.device_id, VIRTIO_BLK_TRANSITIONAL | VIRTIO_BLK_MODERN)
+}
+
+/// Brings one device up: memory decoding and bus mastering on, the virtio
+/// handshake, capacity, read-only flag and serial number.
+fn probe(config: ConfigAccess, f: &PciFunction) -> Result<BlockDevice, String> {
+    let at = f.address;
+    for bar in pci::memory_bars(&config, at) {
+        if bar.address == 0 {
+            return Err(format!("BAR {} is unassigned", bar.index));
+        }
+        // Only the low 4 GiB is sure to be identity mapped (as device
+        // memory) by the host page tables.
+        if bar.address.saturating_add(bar.size) > 1 << 32 {
+            return Err(format!("BAR {} at {:#x} is above 4 GiB, which the hypervisor does not map", bar.index, bar.address));
+        }
+    }
+    config.set_command_bits(at, pci::COMMAND_MEMORY_SPACE | pci::COMMAND_BUS_MASTER);
+    let mut root = PciRoot::new(VirtioConfigSpace(config));
+    let function = DeviceFunction { bus: at.bus, device: at.device, function: at.function };
+    let transport = PciTransport::new::<FerriteHal, _>(&mut root, function).map_err(|e| format!("virtio PCI transport: {}", e))?;
+    let mut blk = VirtIOBlk::<FerriteHal, _>::new(transport).map_err(|e| format!("virtio-blk set-up: {}", e))?;
+    let mut serial = [0u8; 20];
+    let name = match blk.device_id(&mut serial) {
+        Ok(len) => disk_name(&serial[..len]),
+        Err(_) => None, // GET_ID is optional
+    }
+    .unwrap_or_else(|| format!("pci-{:02x}-{:02x}-{:x}", at.bus, at.device, at.function));
+    Ok(BlockDevice {
+        name,
+        pci: at,
+        config,
+        sectors: blk.capacity(),
+        read_only: blk.readonly(),
+        state: spin::Mutex::new(DeviceState { blk: Some(blk), slots: Box::default() }),
+    })
+}
+
+/// A serial number usable as a disk name: printable ASCII without spaces
+/// or the separators of xl's disk syntax (`,` `:` `=`).
+fn disk_name(serial: &[u8]) -> Option<String> {
+    let ok = !serial.is_empty() && serial.iter().all(|&b| b.is_ascii_graphic() && !matches!(b, b',' | b':' | b'='));
+    ok.then(|| String::from_utf8_lossy(serial).into_owned())
+}
+
+/// `virtio-drivers`' view of configuration space.
+struct VirtioConfigSpace(ConfigAccess);
+
+impl ConfigurationAccess for VirtioConfigSpace {
+    fn read_word(&self, function: DeviceFunction, offset: u8) -> u32 {
+        self.0.read32(PciAddress { bus: function.bus, device: function.device, function: function.function }, offset.into())
+    }
+
+    fn write_word(&mut self, function: DeviceFunction, offset: u8, data: u32) {
+        self.0.write32(PciAddress { bus: function.bus, device: function.device, function: function.function }, offset.into(), data)
+    }
+
+    unsafe fn unsafe_clone(&self) -> Self {
+        // `ConfigAccess` holds no state (port accesses take a lock), so
+        // copies never step on each other.
+        VirtioConfigSpace(self.0)
+    }
+}
+
+/// DMA and MMIO for `virtio-drivers`: DMA memory comes from the frame
+/// allocator, and everything is identity mapped, so a physical address is
+/// the pointer and a buffer's address is what the device is given.
+pub struct FerriteHal;
+
+// SAFETY: `dma_alloc` returns zeroed, page-aligned frames owned by nobody
+// else until `dma_dealloc`; `mmio_phys_to_virt` returns the identity
+// mapping of device memory below 4 GiB; `share` hands the device the
+// buffer's own (identity-mapped) address, so nothing needs copying back.
+unsafe impl Hal for FerriteHal {
+    fn dma_alloc(pages: usize, _direction: BufferDirection) -> (PhysAddr, NonNull<u8>) {
+        let Some(pa) = mm::alloc_contiguous(pages, 1) else {
+            return (0, NonNull::dangling()); // `Dma::new` reports 0 as DmaError
+        };
+        // SAFETY: the frames were just allocated for this caller and are
+        // identity mapped.
+        unsafe { core::ptr::write_bytes(pa as *mut u8, 0, pages * 4096) };
+        (pa, NonNull::new(pa as *mut u8).expect("the frame allocator never hands out page 0"))
+    }
+
+    unsafe fn dma_dealloc(paddr: PhysAddr, _vaddr: NonNull<u8>, pages: usize) -> i32 {
+        mm::free_contiguous(paddr, pages);
+        0
+    }
+
+    unsafe fn mmio_phys_to_virt(paddr: PhysAddr, size: usize) -> NonNull<u8> {
+        // `probe` refuses devices with BARs above 4 GiB, so this holds.
+        assert!(paddr != 0 && paddr + size as u64 <= 1 << 32, "virtio MMIO region {:#x}+{:#x} is not identity mapped", paddr, size);
+        NonNull::new(paddr as *mut u8).expect("checked non-zero above")
+    }
+
+    unsafe fn share(buffer: NonNull<[u8]>, _direction: BufferDirection) -> PhysAddr {
+        buffer.cast::<u8>().as_ptr() as u64
+    }
+
+    unsafe fn unshare(_paddr: PhysAddr, _buffer: NonNull<[u8]>, _direction: BufferDirection) {}
+}

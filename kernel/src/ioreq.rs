@@ -1,0 +1,85 @@
+//! The I/O-request page between an HVM guest and its stub domain.
+//!
+//! One 64-byte slot per guest vCPU (layout in `ferrite_abi::slot`). A
+//! guest vCPU whose access the hypervisor does not emulate writes the
+//! request into its slot, marks it READY, notifies the stub and blocks.
+//! The stub answers in place, marks the slot DONE and makes the IOREQ_DONE
+//! hypercall, which wakes the guest vCPU; it reads the answer, frees the
+//! slot and finishes the instruction. The stub can scribble over the page
+//! at any time: the hypervisor only ever takes a slot's `data` (masked to
+//! the access size by the caller) from it, and only from a DONE slot whose
+//! vCPU is waiting.
+
+use crate::mm::shared::SharedPage;
+use crate::sched::{self, Runnable};
+use alloc::sync::Arc;
+use core::sync::atomic::{AtomicBool, Ordering};
+use ferrite_abi::{slot, IoRequest, IOREQ_SLOTS, IOREQ_SLOT_SIZE, STATE_DONE, STATE_FREE, STATE_READY};
+use spin::Mutex;
+
+pub struct IoreqServer {
+    page: SharedPage,
+    /// The stub domain's vCPU, woken when there is work.
+    stub_vcpu: Mutex<Option<Arc<dyn Runnable>>>,
+    /// Work arrived since the stub last waited.
+    event: AtomicBool,
+}
+
+impl IoreqServer {
+    pub fn new() -> Option<Self> {
+        Some(IoreqServer { page: SharedPage::new()?, stub_vcpu: Mutex::new(None), event: AtomicBool::new(false) })
+    }
+
+    pub fn page_hpa(&self) -> u64 {
+        self.page.hpa()
+    }
+
+    pub fn set_stub_vcpu(&self, vcpu: Option<Arc<dyn Runnable>>) {
+        *self.stub_vcpu.lock() = vcpu;
+    }
+
+    fn offset(vcpu: u32) -> usize {
+        assert!((vcpu as usize) < IOREQ_SLOTS, "vCPU {vcpu} has no I/O-request slot");
+        vcpu as usize * IOREQ_SLOT_SIZE
+    }
+
+    /// Publishes vCPU `req.vcpu`'s request and tells the stub.
+    pub fn send(&self, req: &IoRequest) {
+        let off = Self::offset(req.vcpu);
+        let mut bytes = [0u8; IOREQ_SLOT_SIZE];
+        req.encode(&mut bytes);
+        self.page.write(off + slot::KIND, &bytes[slot::KIND..]);
+        self.page.store_u32(off + slot::STATE, STATE_READY);
+        self.notify();
+    }
+
+    /// Wakes the stub (a request, or console input for its guest).
+    pub fn notify(&self) {
+        self.event.store(true, Ordering::SeqCst);
+        if let Some(v) = self.stub_vcpu.lock().clone() {
+            sched::wake(&v);
+        }
+    }
+
+    /// Whether vCPU `vcpu`'s request has been answered.
+    pub fn is_done(&self, vcpu: u32) -> bool {
+        self.page.load_u32(Self::offset(vcpu) + slot::STATE) == STATE_DONE
+    }
+
+    /// Takes the answer of vCPU `vcpu`'s request, freeing its slot.
+    pub fn take_answer(&self, vcpu: u32) -> Option<u64> {
+        let off = Self::offset(vcpu);
+        if !self.page.compare_exchange_u32(off + slot::STATE, STATE_DONE, STATE_FREE) {
+            return None;
+        }
+        let mut data = [0u8; 8];
+        self.page.read(off + slot::DATA, &mut data);
+        Some(u64::from_le_bytes(data))
+    }
+
+    /// For the stub's WAIT: whether something happened since the last
+    /// call (clears it).
+    pub fn take_event(&self) -> bool {
+        self.event.swap(false, Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,214 @@
+//! The hypervisor's side of stub domains: what a stub may ask for
+//! (hypercalls) and the resources it may name (its guest's disks and boot
+//! files by handle, its guest's memory, its own memory).
+//!
+//! A stub domain is hostile too: every address, length, handle and number
+//! it passes is checked here, and a stub can only ever reach its own RAM,
+//! its guest's RAM and its guest's disks.
+
+use crate::domain::{Domain, DomainState};
+use crate::drivers::virtio_blk::BlockDevice;
+use crate::ioreq::IoreqServer;
+use crate::mm::guest::GuestMemory;
+use crate::platform::Effects;
+use crate::sched;
+use crate::virt::GuestRegs;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use ferrite_abi::{hypercall as hc, BlockRequest, Errno, PowerAction, BLOCK_FLAG_GUEST, BLOCK_FLUSH, BLOCK_READ, BLOCK_WRITE, DEST_GUEST, DEST_STUB};
+
+/// A host disk as one guest may use it.
+pub struct StubDisk {
+    pub device: &'static BlockDevice,
+    /// `r` in the guest's config: writes are refused whatever the stub says.
+    pub read_only: bool,
+}
+
+/// What a stub domain serves and may use.
+pub struct StubBackends {
+    /// The guest; holding it keeps its RAM (mapped into the stub) alive
+    /// for as long as the stub exists.
+    pub guest: Arc<Domain>,
+    pub ioreq: Arc<IoreqServer>,
+    /// By handle.
+    pub disks: Vec<StubDisk>,
+    /// Boot files (kernel, initrd, option ROM) by handle.
+    pub data: Vec<&'static [u8]>,
+}
+
+/// What the stub's vCPU does after a hypercall.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum After {
+    Continue,
+    /// WAIT with nothing to do: block until notified.
+    Wait,
+}
+
+/// Largest console write or input read per call.
+const CONSOLE_MAX: u64 = 4096;
+/// Largest DATA_READ per call.
+const DATA_READ_MAX: u64 = 64 << 20;
+
+/// Handles one hypercall of `stub`. Results go in rax.
+pub fn hypercall(stub: &Domain, b: &StubBackends, regs: &mut GuestRegs) -> After {
+    let args = [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8];
+    let result = match regs.rax {
+        hc::CONSOLE_WRITE => read_stub(stub, args[0], args[1], CONSOLE_MAX).map(|bytes| {
+            for line in String::from_utf8_lossy(&bytes).lines() {
+                crate::console::domain_line(&stub.name, line);
+            }
+            0
+        }),
+        hc::GUEST_CONSOLE_WRITE => read_stub(stub, args[0], args[1], CONSOLE_MAX).map(|bytes| {
+            b.guest.console_bytes(&bytes);
+            0
+        }),
+        hc::CONSOLE_INPUT => console_input(stub, b, args[0], args[1]),
+        hc::WAIT => {
+            if !b.ioreq.take_event() {
+                regs.rax = 0;
+                return After::Wait;
+            }
+            Ok(0)
+        }
+        hc::IOREQ_DONE => {
+            wake_answered(b);
+            Ok(0)
+        }
+        hc::SET_IRQ => set_irq(b, args[0], args[1]),
+        hc::BLOCK_IO => block_io(stub, b, args[0], args[1]),
+        hc::DATA_READ => data_read(stub, b, args),
+        hc::GUEST_POWER => match PowerAction::from_code(args[0]) {
+            Some(action) => {
+                let state = match action {
+                    PowerAction::Reset => DomainState::Rebooting,
+                    PowerAction::PowerOff => DomainState::PoweredOff,
+                };
+                b.guest.shut_down(state);
+                Ok(0)
+            }
+            None => Err(Errno::Inval),
+        },
+        _ => Err(Errno::Nosys),
+    };
+    regs.rax = match result {
+        Ok(v) => v,
+        Err(e) => e.as_result(),
+    };
+    After::Continue
+}
+
+/// A copy of `len` bytes of the stub's own RAM at `addr`.
+fn read_stub(stub: &Domain, addr: u64, len: u64, max: u64) -> Result<Vec<u8>, Errno> {
+    if len > max {
+        return Err(Errno::Inval);
+    }
+    let mut buf = alloc::vec![0u8; len as usize];
+    stub.mem.read(addr, &mut buf).map_err(|_| Errno::Fault)?;
+    Ok(buf)
+}
+
+fn console_input(stub: &Domain, b: &StubBackends, addr: u64, max: u64) -> Result<u64, Errno> {
+    let max = max.min(CONSOLE_MAX);
+    if !stub.mem.contains(addr, max) {
+        return Err(Errno::Fault);
+    }
+    let bytes = b.guest.devices.lock().take_input(max as usize);
+    stub.mem.write(addr, &bytes).map_err(|_| Errno::Fault)?;
+    Ok(bytes.len() as u64)
+}
+
+/// Resumes the guest vCPUs whose requests the stub answered.
+fn wake_answered(b: &StubBackends) {
+    let vcpus = b.guest.vcpus.lock().clone();
+    for (i, _) in vcpus.iter().enumerate() {
+        if b.ioreq.is_done(i as u32) {
+            if let Some(v) = b.guest.runnable(i) {
+                sched::wake(&v);
+            }
+        }
+    }
+}
+
+fn set_irq(b: &StubBackends, irq: u64, level: u64) -> Result<u64, Errno> {
+    if irq > 23 || level > 1 {
+        return Err(Errno::Inval);
+    }
+    let mut fx = Effects::default();
+    let mut devices = b.guest.devices.lock();
+    devices.set_isa_irq(irq as u8, level == 1, &mut fx);
+    let _ = b.guest.apply(fx, &mut devices);
+    Ok(0)
+}
+
+/// Host-physical pieces of `[addr, addr+len)` in the guest's RAM or the
+/// stub's own.
+fn host_segments(mem: &GuestMemory, addr: u64, len: u64, out: &mut Vec<(u64, u64)>) -> Result<(), Errno> {
+    mem.host_segments(addr, len, out).map_err(|_| Errno::Fault)
+}
+
+fn block_io(stub: &Domain, b: &StubBackends, addr: u64, len: u64) -> Result<u64, Errno> {
+    let max = (ferrite_abi::block::HEADER + ferrite_abi::BLOCK_MAX_SEGMENTS * ferrite_abi::block::SEGMENT) as u64;
+    let bytes = read_stub(stub, addr, len, max)?;
+    let req = BlockRequest::decode(&bytes).ok_or(Errno::Inval)?;
+    let disk = b.disks.get(req.disk as usize).ok_or(Errno::Inval)?;
+    if req.op == BLOCK_FLUSH {
+        return disk.device.flush().map(|_| 0).map_err(|_| Errno::Io);
+    }
+    if req.op != BLOCK_READ && req.op != BLOCK_WRITE {
+        return Err(Errno::Inval);
+    }
+    let write = req.op == BLOCK_WRITE;
+    if write && (disk.read_only || disk.device.read_only()) {
+        return Err(Errno::Rofs);
+    }
+    let end = req.lba.checked_add(u64::from(req.count)).ok_or(Errno::Inval)?;
+    if end > disk.device.sectors() {
+        return Err(Errno::Inval);
+    }
+    let total: u64 = req.segments.iter().map(|&(_, l)| u64::from(l)).sum();
+    if total != u64::from(req.count) * 512 {
+        return Err(Errno::Inval);
+    }
+    let mem = if req.flags & BLOCK_FLAG_GUEST != 0 { &b.guest.mem } else { &stub.mem };
+    let mut host = Vec::new();
+    for &(gpa, l) in &req.segments {
+        host_segments(mem, gpa, u64::from(l), &mut host)?;
+    }
+    let host: Vec<(u64, usize)> = host.into_iter().map(|(pa, l)| (pa, l as usize)).collect();
+    // SAFETY: every segment was just checked to lie in the RAM of the
+    // guest or of the stub (`host_segments`), memory that guests own and
+    // the hypervisor never holds references into; the domains stay alive
+    // (we run on the stub's vCPU, which holds its guest) for the call.
+    let r = unsafe {
+        if write {
+            disk.device.write(req.lba, &host)
+        } else {
+            disk.device.read(req.lba, &host)
+        }
+    };
+    r.map(|_| 0).map_err(|e| {
+        log::warn!("{}: disk {}: {}", stub.name, disk.device.name(), e);
+        Errno::Io
+    })
+}
+
+fn data_read(stub: &Domain, b: &StubBackends, args: [u64; 5]) -> Result<u64, Errno> {
+    let [handle, offset, dest, len, where_] = args;
+    let data = *b.data.get(handle as usize).ok_or(Errno::Inval)?;
+    if len > DATA_READ_MAX {
+        return Err(Errno::Inval);
+    }
+    let end = offset.checked_add(len).ok_or(Errno::Inval)?;
+    if end > data.len() as u64 {
+        return Err(Errno::Inval);
+    }
+    let mem = match where_ {
+        DEST_GUEST => &b.guest.mem,
+        DEST_STUB => &stub.mem,
+        _ => return Err(Errno::Inval),
+    };
+    mem.write(dest, &data[offset as usize..end as usize]).map_err(|_| Errno::Fault)?;
+    Ok(len)
+}

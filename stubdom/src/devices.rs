@@ -1,0 +1,459 @@
+//! The guest's emulated PC devices and the port/MMIO dispatch.
+//!
+//! | ports | device |
+//! | --- | --- |
+//! | 0x3F8–0x3FF | 16550 UART (COM1, IRQ 4): output → GUEST_CONSOLE_WRITE, input ← CONSOLE_INPUT |
+//! | 0x402 | debug console: firmware log lines → CONSOLE_WRITE ("bios: ..."); reads 0xE9 |
+//! | 0xCF8, 0xCFC–0xCFF | PCI configuration (i440FX + PIIX4 ISA/IDE) |
+//! | 0xCF9 (byte) | PIIX reset control register: RST_CPU → GUEST_POWER Reset |
+//! | 0x1F0–0x1F7, 0x3F6 / 0x170–0x177, 0x376 | IDE channels (IRQ 14/15), when decoded per PCI |
+//! | PCI BAR4 of 00:01.1 (16 ports) | IDE bus-master DMA |
+//! | 0x510, 0x511, 0x514–0x51B | fw_cfg (with DMA; boot files via DATA_READ) |
+//! | 0x60, 0x64 | i8042 (IRQ 1/12); reset → GUEST_POWER Reset |
+//! | 0x92 | system control port A; fast reset → GUEST_POWER Reset |
+//!
+//! Unclaimed port reads return all ones, unclaimed writes are ignored, and
+//! so are all MMIO accesses (no MMIO device lives in the stub yet): reads
+//! return all ones. Interrupt lines are compared with what the hypervisor
+//! was last told after every access, and changes sent with SET_IRQ.
+//!
+//! Not modelled here: A20 gating (port 0x92 bit 1 and the i8042 output
+//! port are stored, but guest memory is always addressed with A20 on), PS/2
+//! keyboard input (no input source yet).
+
+use crate::block::StubBlock;
+use crate::guest_memory::{GuestRam, GuestWindow};
+use crate::hypercall;
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::vec;
+use alloc::vec::Vec;
+use ferrite_abi::{PowerAction, StubConfig};
+use ferrite_devmodel::dma::{DmaError, GuestMemoryAccess};
+use ferrite_devmodel::fw_cfg::{self, ExternalBlob, ExternalData, ExternalError, FwCfg, FwCfgBuilder, LinuxBootConfig};
+use ferrite_devmodel::i8042::I8042;
+use ferrite_devmodel::ide::{self, Ide};
+use ferrite_devmodel::pci::PciBus;
+use ferrite_devmodel::port92::Port92;
+use ferrite_devmodel::uart16550::{self, Uart16550};
+use ferrite_loader::acpi_blob::HVM_PLATFORM;
+use log::{info, warn};
+
+const COM1: u16 = 0x3F8;
+const COM1_IRQ: u8 = 4;
+const DEBUGCON: u16 = 0x402;
+/// What a debugcon read returns (QEMU's readback value).
+const DEBUGCON_READBACK: u32 = 0xE9;
+/// Longest firmware log line kept; longer ones are sent in pieces.
+const DEBUGCON_LINE_MAX: usize = 200;
+/// PIIX reset control register.
+const RCR: u16 = 0xCF9;
+const RCR_RST_CPU: u8 = 1 << 2;
+const I8042_IRQ_KBD: u8 = 1;
+const I8042_IRQ_AUX: u8 = 12;
+
+/// Interrupt lines the stub drives, in the order of `Devices::lines`.
+const LINES: [u8; 5] = [COM1_IRQ, ide::CHANNEL_IRQ[0], ide::CHANNEL_IRQ[1], I8042_IRQ_KBD, I8042_IRQ_AUX];
+
+pub struct Devices {
+    ram: GuestRam,
+    uart: Uart16550,
+    debugcon: Vec<u8>,
+    pci: PciBus,
+    rcr: u8,
+    ide: Ide,
+    fw_cfg: Option<FwCfg>,
+    boot_data: BootData,
+    i8042: I8042,
+    port92: Port92,
+    /// Levels last sent with SET_IRQ, per `LINES`.
+    lines: [bool; LINES.len()],
+}
+
+impl Devices {
+    pub fn new(config: &StubConfig) -> Self {
+        let ram = GuestRam::from_config(config);
+        let mut ide = Ide::new();
+        for disk in &config.disks {
+            let Some((channel, unit)) = ide_slot(&disk.vdev) else {
+                warn!("disk {} ({}): vdev {:?} is not hda..hdd; not attached", disk.handle, disk.name, disk.vdev);
+                continue;
+            };
+            let serial = format!("FRT{:05}", disk.handle);
+            let backend = Box::new(StubBlock::new(disk, ram));
+            match ide.attach(channel, unit, backend, "Ferrite HARDDISK", &serial) {
+                Ok(()) => info!(
+                    "disk {} ({}): IDE {}, {} sectors{}",
+                    disk.handle,
+                    disk.name,
+                    disk.vdev,
+                    disk.sectors,
+                    if disk.read_only { ", read-only" } else { "" }
+                ),
+                Err(e) => warn!("disk {} ({}): cannot attach as {}: {:?}", disk.handle, disk.name, disk.vdev, e),
+            }
+        }
+        if let Some(cmd) = config.fault_inject_ata_command {
+            warn!("fault injection: the IDE model panics on ATA command {:#04x}", cmd);
+            ide.set_panic_on_command(Some(cmd));
+        }
+        let mut boot_data = BootData { ram };
+        let fw_cfg = match build_fw_cfg(config, &mut boot_data) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                warn!("fw_cfg: {}; the guest's firmware gets no configuration", e);
+                None
+            }
+        };
+        Devices {
+            ram,
+            uart: Uart16550::new(),
+            debugcon: Vec::new(),
+            pci: PciBus::i440fx(),
+            rcr: 0,
+            ide,
+            fw_cfg,
+            boot_data,
+            i8042: I8042::new(),
+            port92: Port92::new(),
+            lines: [false; LINES.len()],
+        }
+    }
+
+    pub fn guest_ram(&self) -> GuestRam {
+        self.ram
+    }
+
+    fn window(&self) -> GuestWindow {
+        GuestWindow { ram: self.ram }
+    }
+
+    /// The IDE channel whose legacy ports include `port`, if it decodes.
+    fn ide_channel(&self, port: u16) -> Option<usize> {
+        let channel = match port {
+            0x1F0..=0x1F7 | ide::PRIMARY_CTL => 0,
+            0x170..=0x177 | ide::SECONDARY_CTL => 1,
+            _ => return None,
+        };
+        self.pci.ide_channel_enabled(channel as u8).then_some(channel)
+    }
+
+    /// Offset into the IDE bus-master block, if `port` is in it.
+    fn ide_bm_offset(&self, port: u16) -> Option<u16> {
+        let base = self.pci.ide_bmdma_base()?;
+        let off = port.checked_sub(base)?;
+        (off < ide::BM_REGS_LEN).then_some(off)
+    }
+
+    pub fn pio_read(&mut self, port: u16, size: u8) -> u32 {
+        let v = self.pio_read_inner(port, size);
+        self.sync_lines();
+        v
+    }
+
+    fn pio_read_inner(&mut self, port: u16, size: u8) -> u32 {
+        match port {
+            COM1..=0x3FF => {
+                let offset = (port - COM1) as u8;
+                if offset == uart16550::RBR_THR_DLL || offset == uart16550::LSR {
+                    // A polling guest looks for input here.
+                    if self.uart.rx_len() == 0 {
+                        self.pull_input();
+                    }
+                }
+                u32::from(self.uart.read(offset))
+            }
+            DEBUGCON => DEBUGCON_READBACK,
+            RCR if size == 1 => u32::from(self.rcr),
+            0xCF8..=0xCFF => self.pci.io_read(port, size).unwrap_or(u32::MAX),
+            0x60 | 0x64 => {
+                let v = self.i8042.io_read(port).map_or(0xFF, u32::from);
+                self.i8042_after_access();
+                v
+            }
+            0x92 => self.port92.io_read(port).map_or(0xFF, u32::from),
+            0x510..=0x51B => match &mut self.fw_cfg {
+                Some(f) => f.io_read(port, size, &mut self.boot_data).unwrap_or(u32::MAX),
+                None => u32::MAX,
+            },
+            _ => {
+                if self.ide_channel(port).is_some() {
+                    self.ide.io_read(port, size).unwrap_or(u32::MAX)
+                } else if let Some(off) = self.ide_bm_offset(port) {
+                    self.ide.bm_read(off, size)
+                } else {
+                    u32::MAX
+                }
+            }
+        }
+    }
+
+    pub fn pio_write(&mut self, port: u16, size: u8, value: u32) {
+        self.pio_write_inner(port, size, value);
+        self.sync_lines();
+    }
+
+    fn pio_write_inner(&mut self, port: u16, size: u8, value: u32) {
+        let mut mem = self.window();
+        match port {
+            COM1..=0x3FF => self.uart.write((port - COM1) as u8, value as u8),
+            DEBUGCON => self.debugcon_byte(value as u8),
+            RCR if size == 1 => {
+                self.rcr = value as u8 & 0x0E;
+                if value as u8 & RCR_RST_CPU != 0 {
+                    self.reset_request("reset control register (0xCF9)");
+                }
+            }
+            0xCF8..=0xCFF => {
+                self.pci.io_write(port, size, value);
+            }
+            0x60 | 0x64 => {
+                self.i8042.io_write(port, value as u8);
+                if self.i8042.take_reset_request() {
+                    self.reset_request("i8042");
+                }
+                self.i8042_after_access();
+            }
+            0x92 => {
+                self.port92.io_write(port, value as u8);
+                if self.port92.take_reset_request() {
+                    self.reset_request("port 0x92");
+                }
+            }
+            0x510..=0x51B => {
+                if let Some(f) = &mut self.fw_cfg {
+                    f.io_write(port, size, value, &mut mem, &mut self.boot_data);
+                }
+            }
+            _ => {
+                if self.ide_channel(port).is_some() {
+                    self.ide.io_write(port, size, value, &mut mem);
+                } else if let Some(off) = self.ide_bm_offset(port) {
+                    self.ide.bm_write(off, size, value, &mut mem);
+                }
+            }
+        }
+    }
+
+    /// `rep ins` of `buf.len() / size` elements from `port` into `buf`.
+    pub fn pio_read_string(&mut self, port: u16, size: u8, buf: &mut [u8]) {
+        if let Some(channel) = self.ide_data_port(port, size) {
+            self.ide.read_data(channel, buf);
+        } else {
+            let n = usize::from(size);
+            for elem in buf.chunks_exact_mut(n) {
+                let v = self.pio_read_inner(port, size);
+                elem.copy_from_slice(&v.to_le_bytes()[..n]);
+            }
+        }
+        self.sync_lines();
+    }
+
+    /// `rep outs` of the elements of `data` to `port`.
+    pub fn pio_write_string(&mut self, port: u16, size: u8, data: &[u8]) {
+        if let Some(channel) = self.ide_data_port(port, size) {
+            self.ide.write_data(channel, data);
+        } else {
+            let n = usize::from(size);
+            for elem in data.chunks_exact(n) {
+                let mut v = [0u8; 4];
+                v[..n].copy_from_slice(elem);
+                self.pio_write_inner(port, size, u32::from_le_bytes(v));
+            }
+        }
+        self.sync_lines();
+    }
+
+    /// The channel whose data port `port` is, for 16/32-bit bulk transfers.
+    fn ide_data_port(&self, port: u16, size: u8) -> Option<usize> {
+        let channel = match port {
+            ide::PRIMARY_CMD_BASE => 0,
+            ide::SECONDARY_CMD_BASE => 1,
+            _ => return None,
+        };
+        (matches!(size, 2 | 4) && self.pci.ide_channel_enabled(channel as u8)).then_some(channel)
+    }
+
+    pub fn mmio_read(&mut self, _addr: u64, _size: u8) -> u64 {
+        u64::MAX
+    }
+
+    pub fn mmio_write(&mut self, _addr: u64, _size: u8, _value: u64) {}
+
+    /// Before scanning the slots: input for the guest's UART.
+    pub fn poll_input(&mut self) {
+        self.pull_input();
+        self.sync_lines();
+    }
+
+    /// After a batch of requests: UART output to the guest's console and
+    /// the interrupt lines. Returns whether background work is left (a
+    /// fw_cfg DMA transfer larger than its budget), in which case the
+    /// caller must come back without waiting.
+    pub fn end_of_batch(&mut self) -> bool {
+        if !self.uart.pending_output().is_empty() {
+            let out = self.uart.take_output();
+            hypercall::guest_console_write(&out);
+        }
+        let mut pending = false;
+        if let Some(f) = &mut self.fw_cfg {
+            if f.dma_pending() {
+                let mut mem = GuestWindow { ram: self.ram };
+                f.continue_dma(&mut mem, &mut self.boot_data);
+                pending = f.dma_pending();
+            }
+        }
+        self.sync_lines();
+        pending
+    }
+
+    fn pull_input(&mut self) {
+        let room = self.uart.rx_space();
+        if room == 0 {
+            return;
+        }
+        let mut buf = [0u8; uart16550::FIFO_SIZE];
+        let n = hypercall::console_input(&mut buf[..room.min(uart16550::FIFO_SIZE)]);
+        for &b in &buf[..n] {
+            self.uart.push_input(b);
+        }
+    }
+
+    fn debugcon_byte(&mut self, b: u8) {
+        match b {
+            b'\n' => self.flush_debugcon(),
+            b'\r' => {}
+            _ => {
+                self.debugcon.push(b);
+                if self.debugcon.len() >= DEBUGCON_LINE_MAX {
+                    self.flush_debugcon();
+                }
+            }
+        }
+    }
+
+    fn flush_debugcon(&mut self) {
+        let mut line = Vec::with_capacity(self.debugcon.len() + 6);
+        line.extend_from_slice(b"bios: ");
+        line.extend(self.debugcon.drain(..).map(|c| if c.is_ascii_graphic() || c == b' ' { c } else { b'.' }));
+        hypercall::console_write(&line);
+    }
+
+    /// The i8042 protocol: lines after the access, then after loading the
+    /// next byte (an edge between bytes).
+    fn i8042_after_access(&mut self) {
+        self.sync_lines();
+        if self.i8042.pump() {
+            self.sync_lines();
+        }
+    }
+
+    fn reset_request(&mut self, source: &str) {
+        info!("guest reset requested through the {}", source);
+        hypercall::guest_power(PowerAction::Reset);
+    }
+
+    /// Sends SET_IRQ for every line whose level changed.
+    fn sync_lines(&mut self) {
+        let levels = [
+            self.uart.irq_pending(),
+            self.ide.irq_level(0),
+            self.ide.irq_level(1),
+            self.i8042.irq1_level(),
+            self.i8042.irq12_level(),
+        ];
+        for (i, &level) in levels.iter().enumerate() {
+            if self.lines[i] != level {
+                self.lines[i] = level;
+                hypercall::set_irq(LINES[i], level);
+            }
+        }
+    }
+}
+
+/// `hda`..`hdd` → (channel, unit).
+fn ide_slot(vdev: &str) -> Option<(usize, usize)> {
+    match vdev {
+        "hda" => Some((0, 0)),
+        "hdb" => Some((0, 1)),
+        "hdc" => Some((1, 0)),
+        "hdd" => Some((1, 1)),
+        _ => None,
+    }
+}
+
+/// The boot files (kernel, initrd, option ROM), read with DATA_READ:
+/// `ExternalData` handles are the hypervisor's data-source handles.
+struct BootData {
+    ram: GuestRam,
+}
+
+impl ExternalData for BootData {
+    fn read(&mut self, handle: u32, offset: u64, buf: &mut [u8]) -> Result<(), ExternalError> {
+        hypercall::data_read_to_stub(handle, offset, buf).map_err(|_| ExternalError::Source)
+    }
+
+    fn copy_to_guest(
+        &mut self,
+        handle: u32,
+        offset: u64,
+        gpa: u64,
+        len: u64,
+        _mem: &mut dyn GuestMemoryAccess,
+    ) -> Result<(), ExternalError> {
+        self.ram.check(gpa, len).map_err(ExternalError::Guest)?;
+        hypercall::data_read_to_guest(handle, offset, gpa, len).map_err(|e| match e {
+            ferrite_abi::Errno::Fault => ExternalError::Guest(DmaError::OutOfRange { gpa, len }),
+            _ => ExternalError::Source,
+        })
+    }
+}
+
+/// What SeaBIOS and (for direct Linux boot) `linuxboot_dma.bin` read.
+fn build_fw_cfg(config: &StubConfig, data: &mut BootData) -> Result<FwCfg, alloc::string::String> {
+    let mut b = FwCfgBuilder::new();
+    b.ram(config.ram_below_4g, config.ram_above_4g).map_err(|e| format!("{}", e))?;
+    b.cpus(config.vcpus).map_err(|e| format!("{}", e))?;
+    let mut platform = HVM_PLATFORM;
+    platform.pm1a_evt = config.pm1a_evt;
+    platform.pm1a_cnt = config.pm1a_cnt;
+    platform.pm_tmr = config.pm_tmr;
+    platform.sci_irq = config.sci_irq;
+    b.acpi(platform);
+    if !config.boot_order.is_empty() {
+        b.bootorder(&config.boot_order);
+    }
+    if let Some(linux) = &config.linux {
+        b.linuxboot_rom(ExternalBlob { handle: linux.option_rom.handle, len: linux.option_rom.len })
+            .map_err(|e| format!("{}", e))?;
+        let head = read_kernel_head(data, linux.kernel.handle, linux.kernel.len)?;
+        let plan = b
+            .linux(&LinuxBootConfig {
+                image_head: &head,
+                kernel: ExternalBlob { handle: linux.kernel.handle, len: linux.kernel.len },
+                initrd: linux.initrd.map(|i| ExternalBlob { handle: i.handle, len: i.len }),
+                cmdline: &linux.cmdline,
+            })
+            .map_err(|e| format!("{}", e))?;
+        info!(
+            "direct Linux boot: protocol {:#x}, kernel {} bytes at {:#x}, initrd {} bytes at {:#x}",
+            plan.protocol, plan.kernel_size, plan.kernel_addr, plan.initrd_size, plan.initrd_addr
+        );
+    }
+    b.build().map_err(|e| format!("{}", e))
+}
+
+/// The setup part of a bzImage (what `plan_linux_boot` reads).
+fn read_kernel_head(data: &mut BootData, handle: u32, len: u64) -> Result<Vec<u8>, alloc::string::String> {
+    let first = len.min(4096) as usize;
+    let mut head = vec![0u8; first];
+    data.read(handle, 0, &mut head).map_err(|_| format!("cannot read the kernel (data source {})", handle))?;
+    let setup = fw_cfg::linux_setup_size(&head).map_err(|e| format!("kernel: {}", e))?;
+    let want = setup.min(len) as usize;
+    if want > head.len() {
+        head.resize(want, 0);
+        data.read(handle, first as u64, &mut head[first..])
+            .map_err(|_| format!("cannot read the kernel (data source {})", handle))?;
+    }
+    Ok(head)
+}

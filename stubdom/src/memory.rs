@@ -1,0 +1,189 @@
+//! Every raw memory access of the stub: the start information, the
+//! I/O-request page, the guest window, the stub's own page tables (the
+//! stack guard) and the heap arena. Callers get safe functions; the
+//! address checks that make them sound are here or noted at each call.
+//!
+//! The hypervisor maps (ferrite_abi): the stub's RAM identity mapped from
+//! 0 (page 0 absent) up to `STUB_RAM_BYTES`, the I/O-request page at
+//! `IOREQ_GPA`, and the served guest's RAM at `GUEST_WINDOW + gpa`.
+
+#![allow(unsafe_code)]
+
+use crate::guest_memory::GuestRam;
+use core::alloc::{GlobalAlloc, Layout};
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use ferrite_abi::{
+    slot, IoRequest, GUEST_WINDOW, IOREQ_GPA, IOREQ_SLOTS, IOREQ_SLOT_SIZE, START_INFO_GPA, START_INFO_MAX,
+};
+use ferrite_devmodel::dma::DmaError;
+use linked_list_allocator::Heap;
+
+/// The global allocator: a first-fit free list over the arena in the
+/// image. The stub is single-threaded; the lock only satisfies `Sync`.
+struct StubHeap(spin::Mutex<Heap>);
+
+#[global_allocator]
+static HEAP: StubHeap = StubHeap(spin::Mutex::new(Heap::empty()));
+
+// SAFETY: every block comes from, and returns to, the one locked heap.
+unsafe impl GlobalAlloc for StubHeap {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        self.0.lock().allocate_first_fit(layout).map_or(core::ptr::null_mut(), |p| p.as_ptr())
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if let Some(p) = NonNull::new(ptr) {
+            // SAFETY: `ptr` was returned by `alloc` with this layout
+            // (GlobalAlloc's contract).
+            unsafe { self.0.lock().deallocate(p, layout) }
+        }
+    }
+}
+
+/// Bytes of the heap in use and its size (for the start-up log).
+pub fn heap_usage() -> (usize, usize) {
+    let h = HEAP.0.lock();
+    (h.used(), h.size())
+}
+
+extern "C" {
+    // Defined by linker.ld.
+    static __heap_start: u8;
+    static __heap_end: u8;
+    static __stack_guard: u8;
+}
+
+/// Hands the arena between `__heap_start` and `__heap_end` to the allocator
+/// (the first call; later calls do nothing).
+pub fn init_heap() {
+    static DONE: AtomicBool = AtomicBool::new(false);
+    if DONE.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    // The linker script reserves the arena inside the image, used by
+    // nothing else.
+    let (start, end) = (&raw const __heap_start as usize, &raw const __heap_end as usize);
+    // SAFETY: runs once (above), so the arena is not in use yet; it is
+    // writable stub RAM owned by the allocator from now on.
+    unsafe { HEAP.0.lock().init(start as *mut u8, end - start) };
+}
+
+/// The start information: `u32` length, then that many bytes of postcard
+/// `StubConfig`. `None` when the length does not fit the start-info area.
+pub fn start_info(addr: u64) -> Option<&'static [u8]> {
+    if addr != START_INFO_GPA {
+        return None;
+    }
+    // SAFETY: START_INFO_GPA..+START_INFO_MAX is stub RAM below the image
+    // that only the hypervisor wrote, before the stub started; nothing
+    // writes it afterwards.
+    let len = unsafe { core::ptr::read_unaligned(addr as *const u32) } as u64;
+    if len + 4 > START_INFO_MAX {
+        return None;
+    }
+    // SAFETY: as above, and the range was just checked.
+    Some(unsafe { core::slice::from_raw_parts((addr + 4) as *const u8, len as usize) })
+}
+
+/// Unmaps the page below the stack in the stub's own page tables, so a
+/// stack overflow faults (a triple fault without an IDT: the hypervisor
+/// destroys the stub) instead of overwriting .bss. Only done when the page
+/// is mapped by a 4 KiB entry reachable through identity-mapped tables
+/// inside the stub's RAM; otherwise the stub runs without the guard.
+pub fn guard_stack() {
+    let guard = &raw const __stack_guard as u64;
+    let cr3: u64;
+    // SAFETY: reading CR3 has no side effects (we run at CPL0).
+    unsafe { core::arch::asm!("mov {}, cr3", out(reg) cr3, options(nomem, nostack, preserves_flags)) };
+    const PRESENT: u64 = 1;
+    const HUGE: u64 = 1 << 7;
+    const ADDR: u64 = 0x000F_FFFF_FFFF_F000;
+    let mut table = cr3 & ADDR;
+    for level in (1..=4).rev() {
+        if table == 0 || table + 4096 > ferrite_abi::STUB_RAM_BYTES {
+            log::warn!("stack guard: page table at {:#x} is not stub RAM", table);
+            return;
+        }
+        let index = (guard >> (12 + 9 * (level - 1))) & 511;
+        let entry_addr = (table + index * 8) as *mut u64;
+        // SAFETY: `table` is a page of stub RAM (checked above) holding the
+        // stub's page tables, identity mapped like all its RAM.
+        let entry = unsafe { core::ptr::read_volatile(entry_addr) };
+        if entry & PRESENT == 0 || (level > 1 && entry & HUGE != 0) {
+            log::warn!("stack guard: {:#x} is not mapped by a 4 KiB page; no guard", guard);
+            return;
+        }
+        if level == 1 {
+            // SAFETY: clears the present bit of the guard page's entry; the
+            // page lies between .bss and the stack and is never used, and
+            // `invlpg` drops any cached translation of it.
+            unsafe {
+                core::ptr::write_volatile(entry_addr, entry & !PRESENT);
+                core::arch::asm!("invlpg [{}]", in(reg) guard, options(nostack, preserves_flags));
+            }
+            return;
+        }
+        table = entry & ADDR;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The I/O-request page.
+
+fn slot_addr(index: usize) -> u64 {
+    assert!(index < IOREQ_SLOTS);
+    IOREQ_GPA + (index * IOREQ_SLOT_SIZE) as u64
+}
+
+/// The state word of slot `index` (< `IOREQ_SLOTS`), shared with the
+/// hypervisor.
+pub fn slot_state(index: usize) -> &'static AtomicU32 {
+    let addr = slot_addr(index) + slot::STATE as u64;
+    // SAFETY: the I/O-request page is mapped for the stub's whole life,
+    // the address is 4-byte aligned inside it, and both sides only access
+    // the state word atomically.
+    unsafe { &*(addr as *const AtomicU32) }
+}
+
+/// The request in slot `index` (call after seeing READY with Acquire).
+pub fn slot_request(index: usize) -> IoRequest {
+    let mut bytes = [0u8; IOREQ_SLOT_SIZE];
+    // SAFETY: the slot is inside the mapped I/O-request page; the
+    // hypervisor does not write a READY slot's fields until it is DONE.
+    unsafe { core::ptr::copy_nonoverlapping(slot_addr(index) as *const u8, bytes.as_mut_ptr(), IOREQ_SLOT_SIZE) };
+    IoRequest::decode(&bytes)
+}
+
+/// Writes the answer of slot `index` (before storing DONE with Release).
+pub fn slot_set_data(index: usize, data: u64) {
+    let addr = slot_addr(index) + slot::DATA as u64;
+    // SAFETY: 8-byte aligned field inside the mapped I/O-request page; the
+    // hypervisor reads it only after the slot is DONE.
+    unsafe { core::ptr::write_volatile(addr as *mut u64, data) };
+}
+
+// ---------------------------------------------------------------------------
+// The guest window.
+
+/// Copies guest-physical `gpa..gpa+buf.len()` out of the window, if that
+/// range is the guest's RAM.
+pub fn window_read(ram: &GuestRam, gpa: u64, buf: &mut [u8]) -> Result<(), DmaError> {
+    ram.check(gpa, buf.len() as u64)?;
+    // SAFETY: the range was just checked to be guest RAM, which the
+    // hypervisor maps at GUEST_WINDOW + gpa for the stub's whole life. The
+    // guest may change it concurrently; the copy takes whatever bytes are
+    // there, as a DMA engine would.
+    unsafe { core::ptr::copy_nonoverlapping((GUEST_WINDOW + gpa) as *const u8, buf.as_mut_ptr(), buf.len()) };
+    Ok(())
+}
+
+/// Copies `data` into the guest at guest-physical `gpa`, if that range is
+/// the guest's RAM.
+pub fn window_write(ram: &GuestRam, gpa: u64, data: &[u8]) -> Result<(), DmaError> {
+    ram.check(gpa, data.len() as u64)?;
+    // SAFETY: as in `window_read`; the window is writable, and guest RAM
+    // never holds the stub's own Rust objects.
+    unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), (GUEST_WINDOW + gpa) as *mut u8, data.len()) };
+    Ok(())
+}
