@@ -143,7 +143,7 @@ fn segment(s: ferrite_loader::paging::SegmentState) -> Segment {
 /// under TCG) and then hangs calibrating the LAPIC timer. So Ferrite tells
 /// it: `tsc_early_khz=` (Linux ignores unknown options, and a user's own
 /// value wins).
-fn with_tsc_frequency(cmdline: &str) -> String {
+pub(crate) fn with_tsc_frequency(cmdline: &str) -> String {
     if cmdline.split_whitespace().any(|w| w.starts_with("tsc_early_khz=")) {
         return String::from(cmdline);
     }

@@ -182,7 +182,9 @@ fn create_stub(
     let linux = h.linux.as_ref().map(|l| DirectLinuxBoot {
         kernel: source(l.kernel),
         initrd: l.initrd.map(&mut source),
-        cmdline: l.cmdline.clone(),
+        // As for PVH: Linux cannot calibrate the TSC when every timer read
+        // is a slow exit, so it is told.
+        cmdline: crate::domain::with_tsc_frequency(&l.cmdline),
         option_rom: source(l.option_rom),
     });
     let layout = PlatformLayout::DEFAULT;
