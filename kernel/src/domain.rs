@@ -352,6 +352,22 @@ impl Domain {
             sched::stop(&r);
         }
         DOMAINS.lock().retain(|d| d.id != self.id);
+        let restart = match &state {
+            DomainState::PoweredOff => self.spec.on_poweroff,
+            DomainState::Rebooting => self.spec.on_reboot,
+            DomainState::Crashed(_) => self.spec.on_crash,
+            DomainState::Running => Action::Destroy,
+        } == Action::Restart;
+        // Restart before the partner below goes: "no domains left" must
+        // not be concluded in between.
+        if restart {
+            if let Some(caps) = crate::virt_caps() {
+                match Domain::create(self.spec.clone(), caps) {
+                    Ok(d) => info!("domain {} ({}) restarted as domain {}", self.id, self.name, d.id),
+                    Err(e) => error!("restarting {}: {}", self.name, e),
+                }
+            }
+        }
         // A stub domain and its guest live and die together.
         match &self.role {
             Role::Hvm { ioreq, stub } => {
@@ -369,20 +385,6 @@ impl Domain {
                 b.guest.shut_down(guest_state);
             }
             Role::Pvh => {}
-        }
-        let restart = match &state {
-            DomainState::PoweredOff => self.spec.on_poweroff,
-            DomainState::Rebooting => self.spec.on_reboot,
-            DomainState::Crashed(_) => self.spec.on_crash,
-            DomainState::Running => Action::Destroy,
-        } == Action::Restart;
-        if restart {
-            if let Some(caps) = crate::virt_caps() {
-                match Domain::create(self.spec.clone(), caps) {
-                    Ok(d) => info!("domain {} ({}) restarted as domain {}", self.id, self.name, d.id),
-                    Err(e) => error!("restarting {}: {}", self.name, e),
-                }
-            }
         }
         crate::domain_stopped(self, &state);
     }

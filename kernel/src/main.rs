@@ -285,6 +285,10 @@ pub fn debug_key(key: u8) {
 /// it before they start scheduling.
 static BOOT_DONE: AtomicBool = AtomicBool::new(false);
 
+/// Stack of each application processor (the boot CPU's is in entry.rs):
+/// scheduler, run loop, exit handling and domain (re)creation run on it.
+const AP_STACK_BYTES: usize = 256 * 1024;
+
 /// The module's name: the first word of its string, without directories.
 fn module_name(cmdline: &str) -> &str {
     let first = cmdline.split_whitespace().next().unwrap_or("");
@@ -535,7 +539,7 @@ fn start_secondary_cpus(apic_ids: &[u32], bsp_apic: u32) {
             warn!("more than {} CPUs; the rest stay offline", percpu::MAX_CPUS);
             break;
         }
-        let stack = alloc::vec![0u8; 64 * 1024].leak();
+        let stack = alloc::vec![0u8; AP_STACK_BYTES].leak();
         let top = (stack.as_ptr() as u64 + stack.len() as u64) & !0xF;
         if smp::start_one(apic_id, top, ap_main, index as u64) {
             index += 1;

@@ -72,6 +72,11 @@ pub struct PlatformLayout {
     pub pcat_compat: bool,
     /// FADT `IAPC_BOOT_ARCH.8042`: an i8042 keyboard controller is present.
     pub i8042: bool,
+    /// A PCI root bridge (`\_SB.PCI0`, PNP0A03, bus 0, config ports
+    /// 0xCF8–0xCFF) whose 32-bit memory window is `[start, end]`: HVM
+    /// guests have a PCI bus, and an ACPI OS only scans buses the DSDT
+    /// describes.
+    pub pci_root_mem: Option<(u32, u32)>,
 }
 
 impl PlatformLayout {
@@ -89,6 +94,7 @@ impl PlatformLayout {
         ioapic_gsi_base: 0,
         pcat_compat: false,
         i8042: false,
+        pci_root_mem: None,
     };
 }
 
@@ -180,8 +186,50 @@ pub fn dsdt_aml(p: &PlatformLayout) -> Vec<u8> {
         "PWRB",
         &aml::name("_HID", &aml::dword(aml::eisa_id("PNP0C0C"))),
     );
-    a.extend(aml::scope("\\_SB", &pwrb));
+    let mut sb = pwrb;
+    if let Some((start, end)) = p.pci_root_mem {
+        sb.extend(pci_root_aml(start, end));
+    }
+    a.extend(aml::scope("\\_SB", &sb));
     a
+}
+
+/// `Device(PCI0)`: the PCI host bridge with its resources (`_CRS`): bus
+/// numbers 0–255, the configuration ports, the I/O ranges around them, the
+/// legacy VGA window and the 32-bit memory window `[mem_start, mem_end]`.
+fn pci_root_aml(mem_start: u32, mem_end: u32) -> Vec<u8> {
+    // Large resource descriptors (ACPI 6.4, 6.4.3.5): Word/DWord address
+    // space with "minimum and maximum fixed" flags.
+    fn word_space(kind: u8, type_flags: u8, min: u16, max: u16) -> Vec<u8> {
+        let mut d = alloc::vec![0x88, 0x0D, 0x00, kind, 0x0C, type_flags];
+        for v in [0u16, min, max, 0, max.wrapping_sub(min).wrapping_add(1)] {
+            d.extend_from_slice(&v.to_le_bytes());
+        }
+        d
+    }
+    fn dword_memory(min: u32, max: u32) -> Vec<u8> {
+        // Type-specific flags: read-write, cacheable.
+        let mut d = alloc::vec![0x87, 0x17, 0x00, 0x00, 0x0C, 0x03];
+        for v in [0u32, min, max, 0, max.wrapping_sub(min).wrapping_add(1)] {
+            d.extend_from_slice(&v.to_le_bytes());
+        }
+        d
+    }
+    let mut res = word_space(2, 0, 0, 0xFF); // bus numbers
+    res.extend_from_slice(&[0x47, 0x01, 0xF8, 0x0C, 0xF8, 0x0C, 0x01, 0x08]); // IO 0xCF8, 8 ports
+    res.extend(word_space(1, 0x03, 0x0000, 0x0CF7));
+    res.extend(word_space(1, 0x03, 0x0D00, 0xFFFF));
+    res.extend(dword_memory(0x000A_0000, 0x000B_FFFF));
+    if mem_start <= mem_end {
+        res.extend(dword_memory(mem_start, mem_end));
+    }
+    res.extend_from_slice(&[0x79, 0x00]); // end tag
+    let mut body = aml::name("_HID", &aml::dword(aml::eisa_id("PNP0A03")));
+    body.extend(aml::name("_ADR", &aml::integer(0)));
+    body.extend(aml::name("_UID", &aml::integer(0)));
+    body.extend(aml::name("_BBN", &aml::integer(0)));
+    body.extend(aml::name("_CRS", &aml::buffer(&res)));
+    aml::device("PCI0", &body)
 }
 
 /// The FADT body (after the header).
@@ -489,6 +537,23 @@ mod tests {
             build_tables(0, &PlatformLayout::DEFAULT, 256),
             Err(LoadError::BadVcpuCount(256))
         );
+    }
+
+    #[test]
+    fn dsdt_describes_a_pci_root_bridge_when_asked() {
+        let p = PlatformLayout { pci_root_mem: Some((0x1000_0000, 0xFEBF_FFFF)), ..PlatformLayout::DEFAULT };
+        let t = build_tables(0x1000_0000, &p, 1).unwrap();
+        let d = table(&t, t.dsdt);
+        let aml = &d[36..];
+        let has = |needle: &[u8]| aml.windows(needle.len()).any(|w| w == needle);
+        assert!(has(b"PCI0"));
+        assert!(has(&aml::dword(aml::eisa_id("PNP0A03"))));
+        // The memory window's bounds, little-endian, in the _CRS buffer.
+        assert!(has(&[0x00, 0x00, 0x00, 0x10, 0xFF, 0xFF, 0xBF, 0xFE]));
+        // Checksum still right.
+        assert_eq!(d.iter().fold(0u8, |a, &b| a.wrapping_add(b)), 0);
+        let plain = build_tables(0x1000_0000, &PlatformLayout::DEFAULT, 1).unwrap();
+        assert!(!table(&plain, plain.dsdt).windows(4).any(|w| w == b"PCI0"));
     }
 
     #[test]

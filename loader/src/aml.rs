@@ -26,6 +26,9 @@ pub const PKG_LENGTH_MAX: usize = (1 << 28) - 1;
 
 /// Encode a PkgLength for a body of `body_len` bytes. The encoded length
 /// counts the PkgLength bytes themselves. `None` if too large.
+/// `BufferOp`.
+pub const BUFFER_OP: u8 = 0x11;
+
 pub fn pkg_length(body_len: usize) -> Option<Vec<u8>> {
     // One byte: bits 0-5 hold the length (< 64).
     if body_len + 1 < 0x40 {
@@ -150,6 +153,16 @@ fn with_pkg_length(prefix: &[u8], body: &[u8]) -> Vec<u8> {
 }
 
 /// `Package(n) { elements... }` (at most 255 elements).
+/// `Buffer(len) { bytes }`.
+pub fn buffer(bytes: &[u8]) -> Vec<u8> {
+    let mut body = integer(bytes.len() as u64);
+    body.extend_from_slice(bytes);
+    let mut out = alloc::vec![BUFFER_OP];
+    out.extend(pkg_length(body.len()).unwrap_or_default());
+    out.extend(body);
+    out
+}
+
 pub fn package(elements: &[Vec<u8>]) -> Vec<u8> {
     let n = u8::try_from(elements.len()).expect("AML package too long");
     let mut body = alloc::vec![n];

@@ -419,6 +419,9 @@ fn build_fw_cfg(config: &StubConfig, data: &mut BootData) -> Result<FwCfg, alloc
     platform.pm1a_cnt = config.pm1a_cnt;
     platform.pm_tmr = config.pm_tmr;
     platform.sci_irq = config.sci_irq;
+    // PCI BARs go between the top of low RAM and the I/O APIC.
+    let low_top = config.ram_below_4g.min(0xC000_0000) as u32;
+    platform.pci_root_mem = Some((low_top, 0xFEBF_FFFF));
     b.acpi(platform);
     if !config.boot_order.is_empty() {
         b.bootorder(&config.boot_order);

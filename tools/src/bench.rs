@@ -13,6 +13,14 @@
 //! executes it (VMRUN and #VMEXIT are one instruction each, however much
 //! state they move) and every instruction Ferrite runs to handle the exit.
 //!
+//! The HVM scenario boots SeaBIOS in an HVM domU whose PC devices live in
+//! its stub domain, from a virtio-blk-backed IDE disk whose boot sectors are
+//! `qemu-tests/guests/bootsector/bench_hvm.S`. That guest times, in the same
+//! run, a port read answered by the stub (`inb 0x1F7`, IDE status) beside
+//! one answered in the hypervisor (`inl 0xB008`, PM timer), and IDE
+//! bus-master DMA reads it programs itself against a `rep movsd` copy of
+//! the same bytes (`BENCH-BYTES <name> <ticks> <bytes>` lines).
+//!
 //! Optionally (when Debian's kernel and busybox are cached) it also boots
 //! Linux as dom0 to a one-line init that prints `/proc/uptime`: under icount
 //! that uptime is the number of instructions (in ns) Linux needed from its
@@ -44,14 +52,30 @@ pub const END_MARKER: &str = "<!-- ferrite bench: end generated results -->";
 /// icount takes several.
 const EXIT_BENCH_LIMIT: Duration = Duration::from_secs(300);
 const LINUX_BENCH_LIMIT: Duration = Duration::from_secs(1500);
+/// The HVM benchmark boots SeaBIOS first: a few minutes at most.
+const HVM_BENCH_LIMIT: Duration = Duration::from_secs(600);
+
+/// The HVM benchmark's domain and disk names.
+pub const HVM_GUEST: &str = "benchhvm";
+pub const HVM_DISK: &str = "benchdisk";
+/// Its disk: 16 MiB; the boot image at sector 0, then every sector from
+/// [`HVM_DATA_LBA`] on starts with its own LBA (what the guest checks).
+pub const HVM_DISK_BYTES: usize = 16 << 20;
+pub const HVM_DATA_LBA: usize = 2048;
 
 pub const USAGE: &str = "\
-    ferrite bench [--write] [--no-linux] [--debug]
+    ferrite bench [--write] [--no-hvm] [--no-linux] [--debug]
         Build, then boot the bench guest (qemu-tests/guests/bench.S) as a domU
         under QEMU with -icount shift=0,sleep=off and print what each exit
         costs in instructions (PM timer port read, UART LSR read, CPUID, LAPIC
-        MMIO read), and the TSC-deadline timer interrupt's delivery latency. If Debian's Linux and busybox are cached, also boot Linux
-        as dom0 to init (--no-linux skips it). --write updates BENCHMARKS.md.
+        MMIO read), and the TSC-deadline timer interrupt's delivery latency.
+        Then boot an HVM guest (SeaBIOS, boot code from
+        qemu-tests/guests/bootsector/bench_hvm.S on an emulated IDE disk) and
+        print the I/O-request round trip through its stub domain beside an
+        in-hypervisor port read, and IDE bus-master DMA against a plain copy,
+        in instructions per MiB (--no-hvm skips it). If Debian's Linux and
+        busybox are cached, also boot Linux as dom0 to init (--no-linux skips
+        it). --write updates BENCHMARKS.md.
 ";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +83,8 @@ pub struct BenchArgs {
     pub profile: Profile,
     /// Update BENCHMARKS.md.
     pub write: bool,
+    /// Run the HVM scenario (stub-domain round trip, IDE DMA).
+    pub hvm: bool,
     /// Boot Linux to init too (when its packages are cached).
     pub linux: bool,
 }
@@ -68,6 +94,7 @@ impl Default for BenchArgs {
         BenchArgs {
             profile: Profile::Release,
             write: false,
+            hvm: true,
             linux: true,
         }
     }
@@ -80,6 +107,7 @@ pub fn parse_args(args: &[String]) -> Result<BenchArgs> {
         match a.as_str() {
             "--write" => b.write = true,
             "--no-linux" => b.linux = false,
+            "--no-hvm" => b.hvm = false,
             "--debug" => b.profile = Profile::Debug,
             other => bail!("unknown option {other:?} for `ferrite bench` (see `ferrite help`)"),
         }
@@ -101,19 +129,27 @@ pub struct GuestReport {
     /// (TSC ticks, PM timer ticks) over the calibration interval.
     pub tsc_vs_pm: Option<(u64, u64)>,
     pub lines: Vec<BenchLine>,
+    /// `BENCH-SUM <name> <ticks> <iterations>`: all rounds together (the
+    /// HVM guest; `lines` has its best round).
+    pub sums: Vec<BenchLine>,
+    /// `BENCH-BYTES <name> <ticks> <bytes>`: the best round of a transfer
+    /// (`iterations` holds the bytes).
+    pub bytes: Vec<BenchLine>,
+    /// `BENCH-BYTES-SUM <name> <ticks> <bytes>`: all rounds together.
+    pub bytes_sums: Vec<BenchLine>,
     /// The guest printed `bench done`.
     pub done: bool,
 }
+
+/// Line tags the bench guests print.
+const TAGS: [&str; 5] = ["BENCH", "BENCH-TSC", "BENCH-SUM", "BENCH-BYTES", "BENCH-BYTES-SUM"];
 
 /// Parses console text (lines may carry a `(domain) ` prefix).
 pub fn parse_guest_output(text: &str) -> GuestReport {
     let mut r = GuestReport::default();
     for line in text.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
-        let Some(i) = words
-            .iter()
-            .position(|w| *w == "BENCH" || *w == "BENCH-TSC")
-        else {
+        let Some(i) = words.iter().position(|w| TAGS.contains(w)) else {
             if line.contains("bench done") {
                 r.done = true;
             }
@@ -126,9 +162,16 @@ pub fn parse_guest_output(text: &str) -> GuestReport {
                     r.tsc_vs_pm = Some((t, p));
                 }
             }
-            ("BENCH", [name, ticks, iters, ..]) => {
+            (tag, [name, ticks, iters, ..]) => {
                 if let (Ok(ticks), Ok(iterations)) = (ticks.parse(), iters.parse()) {
-                    r.lines.push(BenchLine {
+                    let list = match tag {
+                        "BENCH" => &mut r.lines,
+                        "BENCH-SUM" => &mut r.sums,
+                        "BENCH-BYTES" => &mut r.bytes,
+                        "BENCH-BYTES-SUM" => &mut r.bytes_sums,
+                        _ => continue,
+                    };
+                    list.push(BenchLine {
                         name: name.to_string(),
                         ticks,
                         iterations,
@@ -177,6 +220,22 @@ pub fn describe(name: &str) -> &'static str {
              (IA32_TSC_DEADLINE = rdtsc + 20000, `sti; hlt`; one round, the sum over all \
              iterations, nothing subtracted)"
         }
+        "ide_status_inb" => {
+            "`inb 0x1F7`: IDE status, answered by the IDE model in the stub domain \
+             (I/O request round trip)"
+        }
+        "stub_unclaimed_inb" => {
+            "`inb 0x240`: a port no device decodes; the stub domain answers 0xFF \
+             (the round trip without a device model)"
+        }
+        "ide_dma_read_64k" => {
+            "READ DMA (0xC8), 128 sectors = 64 KiB per command, one PRD entry; \
+             bus master programmed and polled by the guest"
+        }
+        "ide_dma_read_ext_1m" => {
+            "READ DMA EXT (0x25), 2048 sectors = 1 MiB per command, 16 PRD entries"
+        }
+        "rep_movsd_copy" => "`rep movsd` of as many bytes within guest memory: the baseline",
         _ => "",
     }
 }
@@ -260,6 +319,379 @@ pub fn text_table(r: &Results) -> String {
         );
     }
     s
+}
+
+/// The HVM scenario's round trip whose target is checked, and the
+/// in-hypervisor read printed beside it.
+pub const HVM_ROUND_TRIP: &str = "ide_status_inb";
+pub const HVM_LOCAL_READ: &str = "pm_timer_inl";
+/// The DMA figure whose target is checked, and its baseline.
+pub const HVM_DMA: &str = "ide_dma_read_64k";
+pub const HVM_COPY: &str = "rep_movsd_copy";
+/// Targets: a stub round trip in at most this many instructions, DMA in
+/// at most this many times the instructions of the copy.
+pub const ROUND_TRIP_TARGET: f64 = 4000.0;
+pub const DMA_TARGET_RATIO: f64 = 1.5;
+
+const MIB: f64 = (1u64 << 20) as f64;
+
+/// A port-read row of the HVM scenario.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TripRow {
+    pub name: String,
+    pub what: &'static str,
+    /// Ticks of the best round, and reads per round.
+    pub ticks: u64,
+    pub iterations: u64,
+    /// Instructions per read in the best round, loop included.
+    pub per_op: f64,
+    /// The same minus the empty loop.
+    pub net: f64,
+    /// Minus the loop, averaged over every read of every round (`BENCH-SUM`;
+    /// includes whatever else ran meanwhile, e.g. Ferrite's 10 ms tick).
+    pub mean_net: Option<f64>,
+    /// Reads in all rounds.
+    pub total_iterations: Option<u64>,
+}
+
+/// A transfer row of the HVM scenario.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransferRow {
+    pub name: String,
+    pub what: &'static str,
+    /// Ticks of the best round, and bytes per round.
+    pub ticks: u64,
+    pub bytes: u64,
+    /// Instructions per MiB in the best round.
+    pub per_mib: f64,
+    /// Instructions per MiB over all rounds.
+    pub mean_per_mib: Option<f64>,
+    /// `per_mib` over the copy's `per_mib`.
+    pub vs_copy: Option<f64>,
+}
+
+/// The numbers of the HVM scenario.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HvmResults {
+    pub ticks_per_ns: f64,
+    pub trips: Vec<TripRow>,
+    pub transfers: Vec<TransferRow>,
+}
+
+impl HvmResults {
+    fn trip(&self, name: &str) -> Option<&TripRow> {
+        self.trips.iter().find(|r| r.name == name)
+    }
+
+    fn transfer(&self, name: &str) -> Option<&TransferRow> {
+        self.transfers.iter().find(|r| r.name == name)
+    }
+
+    /// The stub round trip (best round, minus loop) and whether it meets
+    /// [`ROUND_TRIP_TARGET`].
+    pub fn round_trip(&self) -> Option<(f64, bool)> {
+        let t = self.trip(HVM_ROUND_TRIP)?.net;
+        Some((t, t <= ROUND_TRIP_TARGET))
+    }
+
+    /// DMA over copy and whether it meets [`DMA_TARGET_RATIO`].
+    pub fn dma_ratio(&self) -> Option<(f64, bool)> {
+        let r = self.transfer(HVM_DMA)?.vs_copy?;
+        Some((r, r <= DMA_TARGET_RATIO))
+    }
+}
+
+/// Ticks → instructions for the HVM guest's report. Fails when a line the
+/// targets need is missing.
+pub fn compute_hvm(report: &GuestReport) -> Result<HvmResults> {
+    let (tsc, pm) = report
+        .tsc_vs_pm
+        .context("the HVM bench guest printed no BENCH-TSC line")?;
+    if tsc == 0 || pm == 0 {
+        bail!("bad BENCH-TSC line: {tsc} TSC ticks over {pm} PM timer ticks");
+    }
+    let ticks_per_ns = tsc as f64 * PM_TIMER_HZ as f64 / pm as f64 / 1e9;
+    let per_op = |l: &BenchLine| l.ticks as f64 / ticks_per_ns / l.iterations.max(1) as f64;
+    let find = |list: &[BenchLine], name: &str| list.iter().find(|l| l.name == name).cloned();
+    let base = find(&report.lines, "loop_nop").map(|l| per_op(&l)).unwrap_or(0.0);
+    let base_mean = find(&report.sums, "loop_nop").map(|l| per_op(&l)).unwrap_or(base);
+    let trips: Vec<TripRow> = report
+        .lines
+        .iter()
+        .map(|l| {
+            let p = per_op(l);
+            let loop_row = l.name == "loop_nop";
+            let sum = find(&report.sums, &l.name);
+            TripRow {
+                name: l.name.clone(),
+                what: describe(&l.name),
+                ticks: l.ticks,
+                iterations: l.iterations,
+                per_op: p,
+                net: if loop_row { p } else { p - base },
+                mean_net: sum.as_ref().map(|s| if loop_row { per_op(s) } else { per_op(s) - base_mean }),
+                total_iterations: sum.map(|s| s.iterations),
+            }
+        })
+        .collect();
+    let per_mib = |l: &BenchLine| l.ticks as f64 / ticks_per_ns / (l.iterations.max(1) as f64 / MIB);
+    let copy = find(&report.bytes, HVM_COPY).map(|l| per_mib(&l));
+    let transfers: Vec<TransferRow> = report
+        .bytes
+        .iter()
+        .map(|l| {
+            let p = per_mib(l);
+            TransferRow {
+                name: l.name.clone(),
+                what: describe(&l.name),
+                ticks: l.ticks,
+                bytes: l.iterations,
+                per_mib: p,
+                mean_per_mib: find(&report.bytes_sums, &l.name).map(|s| per_mib(&s)),
+                vs_copy: copy.filter(|c| *c > 0.0).map(|c| p / c),
+            }
+        })
+        .collect();
+    let r = HvmResults { ticks_per_ns, trips, transfers };
+    for name in [HVM_ROUND_TRIP, HVM_LOCAL_READ] {
+        if r.trip(name).is_none() {
+            bail!("the HVM bench guest printed no BENCH {name} line");
+        }
+    }
+    for name in [HVM_DMA, HVM_COPY] {
+        if r.transfer(name).is_none() {
+            bail!("the HVM bench guest printed no BENCH-BYTES {name} line");
+        }
+    }
+    Ok(r)
+}
+
+fn opt1(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.1}"))
+}
+
+fn opt0(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.0}"))
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "MISSED"
+    }
+}
+
+/// The two target lines of the HVM scenario, in words.
+pub fn hvm_verdicts(r: &HvmResults) -> Vec<String> {
+    let mut v = Vec::new();
+    if let (Some((trip, ok)), Some(local)) = (r.round_trip(), r.trip(HVM_LOCAL_READ)) {
+        v.push(format!(
+            "I/O request round trip through the stub domain (`{HVM_ROUND_TRIP}`, minus loop): {trip:.0} instructions \
+             (target <= {ROUND_TRIP_TARGET:.0}: {}); in-hypervisor port read in the same guest (`{HVM_LOCAL_READ}`): \
+             {:.0} instructions; the stub costs {:.0} more",
+            met(ok),
+            local.net,
+            trip - local.net
+        ));
+    }
+    if let (Some((ratio, ok)), Some(dma), Some(copy)) = (r.dma_ratio(), r.transfer(HVM_DMA), r.transfer(HVM_COPY)) {
+        v.push(format!(
+            "IDE bus-master DMA read (`{HVM_DMA}`): {:.0} instructions per MiB; `rep movsd` copy: {:.0} per MiB; \
+             ratio {ratio:.2} (target <= {DMA_TARGET_RATIO}: {})",
+            dma.per_mib,
+            copy.per_mib,
+            met(ok)
+        ));
+    }
+    v
+}
+
+/// The HVM scenario's Markdown tables.
+pub fn hvm_markdown_tables(r: &HvmResults) -> String {
+    let mut s = String::new();
+    s.push_str("| port read | what one iteration does | TSC ticks (best round) | reads per round | instructions / read | minus loop | minus loop, mean of all reads |\n");
+    s.push_str("| --- | --- | ---: | ---: | ---: | ---: | ---: |\n");
+    for row in &r.trips {
+        let _ = writeln!(
+            s,
+            "| `{}` | {} | {} | {} | {:.1} | {:.1} | {}{} |",
+            row.name,
+            row.what,
+            row.ticks,
+            row.iterations,
+            row.per_op,
+            row.net,
+            opt1(row.mean_net),
+            row.total_iterations.map_or_else(String::new, |n| format!(" ({n})"))
+        );
+    }
+    s.push('\n');
+    s.push_str("| transfer | what | TSC ticks (best round) | bytes per round | instructions / MiB (best round) | mean of all rounds | × copy |\n");
+    s.push_str("| --- | --- | ---: | ---: | ---: | ---: | ---: |\n");
+    for row in &r.transfers {
+        let _ = writeln!(
+            s,
+            "| `{}` | {} | {} | {} | {:.0} | {} | {} |",
+            row.name,
+            row.what,
+            row.ticks,
+            row.bytes,
+            row.per_mib,
+            opt0(row.mean_per_mib),
+            row.vs_copy.map_or_else(|| "-".into(), |v| format!("{v:.2}"))
+        );
+    }
+    s
+}
+
+/// The HVM scenario's plain-text tables.
+pub fn hvm_text_table(r: &HvmResults) -> String {
+    let mut s = format!(
+        "HVM guest (SeaBIOS + stub domain) TSC: {:.4} ticks per ns of icount time\n",
+        r.ticks_per_ns
+    );
+    let _ = writeln!(
+        s,
+        "{:<20} {:>12} {:>6} {:>12} {:>12} {:>12}",
+        "port read", "ticks", "iters", "insns/read", "minus loop", "mean, all"
+    );
+    for row in &r.trips {
+        let _ = writeln!(
+            s,
+            "{:<20} {:>12} {:>6} {:>12.1} {:>12.1} {:>12}",
+            row.name,
+            row.ticks,
+            row.iterations,
+            row.per_op,
+            row.net,
+            opt1(row.mean_net)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "{:<20} {:>12} {:>9} {:>12} {:>12} {:>7}",
+        "transfer", "ticks", "bytes", "insns/MiB", "mean, all", "x copy"
+    );
+    for row in &r.transfers {
+        let _ = writeln!(
+            s,
+            "{:<20} {:>12} {:>9} {:>12.0} {:>12} {:>7}",
+            row.name,
+            row.ticks,
+            row.bytes,
+            row.per_mib,
+            opt0(row.mean_per_mib),
+            row.vs_copy.map_or_else(|| "-".into(), |v| format!("{v:.2}"))
+        );
+    }
+    for v in hvm_verdicts(r) {
+        let _ = writeln!(s, "{v}");
+    }
+    s
+}
+
+/// One run of the HVM scenario.
+#[derive(Debug, Clone)]
+pub struct HvmRun {
+    pub results: HvmResults,
+    pub command: String,
+    pub wall: Duration,
+}
+
+/// SeaBIOS as QEMU ships it (`bios-256k.bin`).
+pub fn seabios_image() -> Result<PathBuf> {
+    ["/usr/share/seabios/bios-256k.bin", "/usr/share/qemu/bios-256k.bin"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .context("SeaBIOS (bios-256k.bin) is not installed: sudo apt-get install seabios (it comes with qemu-system-x86)")
+}
+
+/// The HVM benchmark's disk: `boot` at sector 0, zeros up to
+/// [`HVM_DATA_LBA`], then sectors whose first dword is their LBA.
+pub fn hvm_disk_image(boot: &[u8]) -> Result<Vec<u8>> {
+    if boot.len() > HVM_DATA_LBA * 512 {
+        bail!("the boot image ({} bytes) runs into the data at sector {HVM_DATA_LBA}", boot.len());
+    }
+    let mut disk = vec![0u8; HVM_DISK_BYTES];
+    disk[..boot.len()].copy_from_slice(boot);
+    for (lba, sector) in disk.chunks_exact_mut(512).enumerate().skip(HVM_DATA_LBA) {
+        sector[..4].copy_from_slice(&(lba as u32).to_le_bytes());
+        sector[508..].copy_from_slice(&(!(lba as u32)).to_le_bytes());
+    }
+    Ok(disk)
+}
+
+/// The xl config of the HVM benchmark guest.
+pub fn hvm_config_text() -> String {
+    format!(
+        "# written by `ferrite bench`\nname = \"{HVM_GUEST}\"\ntype = \"hvm\"\nmemory = 64\nvcpus = 1\n\
+         disk = [ 'phy:{HVM_DISK},hda,w' ]\non_crash = \"destroy\"\n"
+    )
+}
+
+/// The QEMU command for the HVM benchmark: one CPU (so the guest and its
+/// stub domain take turns on it and the round trip includes both
+/// switches), icount, Ferrite with the HVM config, the stub-domain image,
+/// SeaBIOS, and the disk as a virtio-blk device.
+pub fn hvm_bench_qemu(hv: &Path, cfg: &Path, stubdom: &Path, bios: &Path, disk: &Path) -> QemuCommand {
+    let file = disk.display().to_string().replace(',', ",,");
+    QemuCommand::new()
+        .machine("q35")
+        .memory_mib(512)
+        .smp(1)
+        .debug_exit(true)
+        .kernel(hv)
+        .append("console=com1 debug_exit=0xf4")
+        .module(ModuleSpec::new(cfg, ""))
+        .module(ModuleSpec::new(stubdom, ""))
+        .module(ModuleSpec::new(bios, ""))
+        .extra_args([
+            "-drive".to_string(),
+            format!("file={file},if=none,id={HVM_DISK},format=raw"),
+            "-device".to_string(),
+            format!("virtio-blk-pci,drive={HVM_DISK},serial={HVM_DISK}"),
+            "-icount".to_string(),
+            ICOUNT.to_string(),
+        ])
+}
+
+/// Boots the HVM benchmark guest and computes its figures.
+fn hvm_bench(images: &build::HypervisorImages, dir: &Path) -> Result<HvmRun> {
+    let hdir = dir.join("hvm");
+    std::fs::create_dir_all(&hdir)?;
+    let source = guestasm::guests_dir().join("bootsector").join("bench_hvm.S");
+    let boot = guestasm::assemble_boot_image(&source, &hdir.join("bench_hvm.bin"))?;
+    let disk = hdir.join("disk.img");
+    std::fs::write(&disk, hvm_disk_image(&boot)?).with_context(|| format!("cannot write {}", disk.display()))?;
+    let cfg = hdir.join(format!("{HVM_GUEST}.cfg"));
+    std::fs::write(&cfg, hvm_config_text())?;
+    let bios = seabios_image()?;
+    let start = Instant::now();
+    eprintln!("HVM guest (SeaBIOS, stub domain, IDE) under icount...");
+    let (text, outcome, command) = run_captured(
+        hvm_bench_qemu(&images.multiboot, &cfg, &images.stubdom, &bios, &disk),
+        &hdir,
+        HVM_BENCH_LIMIT,
+    )?;
+    let wall = start.elapsed();
+    let report = parse_guest_output(&text);
+    if !report.done || outcome != RunOutcome::Success {
+        bail!(
+            "the HVM bench guest did not finish cleanly ({}; 'bench done' {}seen). Console tail:\n{}",
+            outcome.describe(),
+            if report.done { "" } else { "not " },
+            console_tail(&text)
+        );
+    }
+    Ok(HvmRun { results: compute_hvm(&report)?, command, wall })
+}
+
+/// The last 25 lines of a console.
+fn console_tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(25)..].join("\n")
 }
 
 /// The Linux boot-to-init measurement.
@@ -400,6 +832,8 @@ pub struct BenchRun {
     pub qemu: String,
     pub date: String,
     pub wall: Duration,
+    /// The HVM scenario (`None` with `--no-hvm`).
+    pub hvm: Option<std::result::Result<HvmRun, String>>,
     pub linux: Option<std::result::Result<LinuxResult, String>>,
     /// `git describe --always --dirty` of the workspace.
     pub commit: String,
@@ -476,6 +910,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchRun> {
         );
     }
     let results = compute(&report)?;
+    let hvm = args.hvm.then(|| hvm_bench(&images, &dir).map_err(|e| format!("{e:#}")));
     let linux = if args.linux {
         linux_boot(&images.multiboot, &dir)
     } else {
@@ -487,6 +922,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchRun> {
         qemu: qemu_version(),
         date: today(),
         wall,
+        hvm,
         linux,
         commit: git_commit(),
     })
@@ -557,6 +993,29 @@ pub fn markdown_section(run: &BenchRun) -> String {
     );
     s.push_str(&markdown_table(&run.results));
     s.push('\n');
+    match &run.hvm {
+        None => s.push_str("HVM guest: not measured in this run (`--no-hvm`).\n\n"),
+        Some(Ok(h)) => {
+            let _ = writeln!(
+                s,
+                "HVM guest (`qemu-tests/guests/bootsector/bench_hvm.S` booted by SeaBIOS from an emulated IDE disk, \
+                 devices in its stub domain, 1 vCPU, `-smp 1`; TSC rate against the PM timer {:.4} ticks per ns). \
+                 QEMU wall-clock time {:.0?}. Command:\n\n```sh\n{}\n```\n",
+                h.results.ticks_per_ns,
+                h.wall,
+                shorten(&h.command)
+            );
+            s.push_str(&hvm_markdown_tables(&h.results));
+            s.push('\n');
+            for v in hvm_verdicts(&h.results) {
+                let _ = writeln!(s, "* {v}.");
+            }
+            s.push('\n');
+        }
+        Some(Err(e)) => {
+            let _ = writeln!(s, "HVM guest: failed in this run: {}\n", e.lines().next().unwrap_or(""));
+        }
+    }
     match &run.linux {
         None => s.push_str("Linux boot-to-init: not measured in this run (packages not cached, or `--no-linux`).\n"),
         Some(Ok(l)) => {
@@ -617,6 +1076,11 @@ pub fn main(args: &BenchArgs) -> Result<()> {
     let run = run(args)?;
     println!("{}", run.qemu);
     print!("{}", text_table(&run.results));
+    match &run.hvm {
+        Some(Ok(h)) => print!("{}", hvm_text_table(&h.results)),
+        Some(Err(e)) => println!("HVM guest: FAILED: {e}"),
+        None => println!("HVM guest: not measured"),
+    }
     match &run.linux {
         Some(Ok(l)) => {
             println!(
@@ -630,6 +1094,9 @@ pub fn main(args: &BenchArgs) -> Result<()> {
         }
         Some(Err(e)) => println!("linux boot-to-init: FAILED: {e}"),
         None => println!("linux boot-to-init: not measured"),
+    }
+    if let Some(Err(_)) = &run.hvm {
+        bail!("the HVM benchmark failed (see above){}", if args.write { "; BENCHMARKS.md not updated" } else { "" });
     }
     if args.write {
         let path = build::workspace_root().join("BENCHMARKS.md");

@@ -166,6 +166,48 @@ pub fn assemble_boot_sector(source: &Path, out: &Path) -> Result<Vec<u8>> {
     Ok(bin)
 }
 
+/// Most bytes [`assemble_boot_image`] accepts: what fits below the BIOS
+/// data at 0x9FC00 when loaded at 0x7C00 is more, but a single int 13h
+/// call moves at most 127 sectors.
+pub const BOOT_IMAGE_MAX: usize = 64 << 10;
+
+/// Like [`assemble_boot_sector`], for boot code longer than one sector:
+/// assembles `source` (`.code16` at the start, linked at 0x7C00) into a
+/// flat binary of a whole number of 512-byte sectors (at most
+/// [`BOOT_IMAGE_MAX`] bytes) whose first sector ends in the 0x55AA
+/// signature. The first sector is the MBR a BIOS loads; it must load the
+/// following sectors itself (e.g. with int 13h AH=42h), which is why the
+/// source, not this function, decides the image's length (pad it with
+/// `.org <sectors * 512>` at the end).
+pub fn assemble_boot_image(source: &Path, out: &Path) -> Result<Vec<u8>> {
+    if !source.is_file() {
+        bail!("boot image source {} does not exist", source.display());
+    }
+    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let obj = out.with_extension("o");
+    run(Command::new("as").arg("--32").arg("-o").arg(&obj).arg(source), &format!("as --32 {}", source.display()))?;
+    run(
+        Command::new("ld")
+            .args(["-m", "elf_i386", "--build-id=none", "-nostdlib", "-static", "-Ttext", "0x7c00", "--oformat", "binary", "-e", "0x7c00"])
+            .arg("-o")
+            .arg(out)
+            .arg(&obj),
+        &format!("ld (linking {})", source.display()),
+    )?;
+    let _ = std::fs::remove_file(&obj);
+    let bin = std::fs::read(out).with_context(|| format!("cannot read {}", out.display()))?;
+    if bin.len() < 512 || bin.len() % 512 != 0 || bin.len() > BOOT_IMAGE_MAX || bin[510..512] != [0x55, 0xAA] {
+        bail!(
+            "{}: the boot image is {} bytes; it must be whole 512-byte sectors, at most {} bytes, with 55 aa at offset 510 (pad with .org 510 and .org <sectors * 512>)",
+            source.display(),
+            bin.len(),
+            BOOT_IMAGE_MAX
+        );
+    }
+    Ok(bin)
+}
+
 /// Assembles `qemu-tests/guests/<name>.S` into `dir/<name>.elf`.
 pub fn build_guest(name: &str, dir: &Path) -> Result<PathBuf> {
     let out = dir.join(format!("{name}.elf"));

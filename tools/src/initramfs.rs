@@ -15,7 +15,7 @@
 //! order from 1. Linux accepts the archive uncompressed as an initrd.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// `S_IFMT` bits of `st_mode`.
 pub const S_IFDIR: u32 = 0o040000;
@@ -260,6 +260,7 @@ pub const BUSYBOX_APPLETS: &[&str] = &[
     "free",
     "grep",
     "head",
+    "insmod",
     "ls",
     "mkdir",
     "mount",
@@ -272,6 +273,7 @@ pub const BUSYBOX_APPLETS: &[&str] = &[
     "sha256sum",
     "sleep",
     "sort",
+    "sync",
     "top",
     "umount",
     "uname",
@@ -591,5 +593,174 @@ mod tests {
         assert_eq!(std::fs::metadata(t.join("bin/bb")).unwrap().permissions().mode() & 0o7777, 0o755);
         assert_eq!(std::fs::metadata(t.join("bin/ccc")).unwrap().permissions().mode() & 0o7777, 0o600);
         std::fs::remove_dir_all(&t).unwrap();
+    }
+}
+
+/// The init script of the HVM disk test (`ferrite.test` is not used). It
+/// loads the kernel modules listed in `/modules.order` (the IDE driver
+/// and the disk driver, in dependency order), waits for `/dev/sda`, and
+/// prints:
+///
+/// * `FERRITE-INIT cpus=... mem_kb=... date=... kernel=...` (as the PVH test)
+/// * `FERRITE-ATA configured for <mode>`: the transfer mode libata chose
+///   (from sysfs `xfer_mode`)
+/// * `FERRITE-DISK-SHA256 <hash>` of the disk's first `ferrite.check_mib=` MiB
+/// * then looks for `FERRITE-MARKER-<ferrite.marker=>` at sector
+///   `ferrite.marker_lba=`: if absent it writes it, syncs, prints
+///   `FERRITE-MARKER written` and reboots; if present it prints
+///   `FERRITE-MARKER found` and powers off. So a domain that restarts
+///   shows data written before the restart reads back after it.
+pub const HVM_DISK_INIT_SCRIPT: &str = r#"#!/bin/sh
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+cpus=$(grep -c '^processor' /proc/cpuinfo)
+mem_kb=$(grep '^MemTotal:' /proc/meminfo | { read -r _ kb _; echo "$kb"; })
+echo "FERRITE-INIT cpus=$cpus mem_kb=$mem_kb date=$(date +%s) kernel=$(uname -r)"
+for m in $(cat /modules.order); do
+    insmod "/modules/$m" || echo "FERRITE-MODULE-FAIL $m"
+done
+check_mib=64
+marker=none
+marker_lba=0
+for w in $(cat /proc/cmdline); do
+    case "$w" in
+        ferrite.check_mib=*) check_mib="${w#ferrite.check_mib=}" ;;
+        ferrite.marker=*) marker="${w#ferrite.marker=}" ;;
+        ferrite.marker_lba=*) marker_lba="${w#ferrite.marker_lba=}" ;;
+    esac
+done
+i=0
+while [ ! -b /dev/sda ] && [ "$i" -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+if [ ! -b /dev/sda ]; then
+    echo "FERRITE-DISK none"
+    ls /sys/bus/pci/devices
+    dmesg | grep -i -E 'pci|ata|scsi|irq|acpi' | tail -60
+    poweroff -f
+fi
+# libata's chosen transfer mode (its "configured for" message is debug-level).
+mode=none
+for f in /sys/class/ata_device/*/xfer_mode; do
+    [ -r "$f" ] && m=$(cat "$f") && [ -n "$m" ] && [ "$m" != "<unknown>" ] && { mode="$m"; break; }
+done
+echo "FERRITE-ATA configured for $mode"
+sum=$(dd if=/dev/sda bs=1M count="$check_mib" 2>/dev/null | sha256sum)
+echo "FERRITE-DISK-SHA256 ${sum%% *}"
+want="FERRITE-MARKER-$marker"
+have=$(dd if=/dev/sda bs=512 skip="$marker_lba" count=1 2>/dev/null | head -c ${#want})
+if [ "$have" = "$want" ]; then
+    echo "FERRITE-MARKER found"
+    poweroff -f
+fi
+echo -n "$want" | dd of=/dev/sda bs=512 seek="$marker_lba" conv=sync,fsync 2>/dev/null
+sync
+echo "FERRITE-MARKER written"
+reboot -f
+sleep 10
+poweroff -f
+"#;
+
+/// The `depends=` list in a kernel module's `.modinfo`.
+pub fn module_depends(ko: &[u8]) -> Vec<String> {
+    let key = b"depends=";
+    let Some(pos) = ko.windows(key.len()).position(|w| w == key) else {
+        return Vec::new();
+    };
+    let rest = &ko[pos + key.len()..];
+    let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+    String::from_utf8_lossy(&rest[..end]).split(',').filter(|d| !d.is_empty()).map(str::to_string).collect()
+}
+
+/// Kernel modules `wanted` and everything they depend on, from a kernel
+/// package unpacked at `root` (`lib/modules/<version>/kernel/...`, no
+/// modules.dep needed): (file name, contents) in load order.
+pub fn kernel_modules(root: &Path, wanted: &[&str]) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let modules_dir = root.join("lib").join("modules");
+    let version_dir = std::fs::read_dir(&modules_dir)
+        .map_err(|e| format!("cannot read {}: {e}", modules_dir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.join("kernel").is_dir())
+        .ok_or_else(|| format!("no lib/modules/<version>/kernel in {}", root.display()))?;
+    let mut index = std::collections::HashMap::new();
+    let mut stack = vec![version_dir.join("kernel")];
+    while let Some(dir) = stack.pop() {
+        let entries = std::fs::read_dir(&dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+        for e in entries.filter_map(|e| e.ok()) {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Some(name) = p.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".ko")) {
+                index.insert(name.replace('-', "_"), p);
+            }
+        }
+    }
+    fn visit(
+        name: &str,
+        index: &std::collections::HashMap<String, PathBuf>,
+        out: &mut Vec<(String, Vec<u8>)>,
+        seen: &mut std::collections::HashSet<String>,
+    ) -> Result<(), String> {
+        let key = name.replace('-', "_");
+        if !seen.insert(key.clone()) {
+            return Ok(());
+        }
+        let path = index.get(&key).ok_or_else(|| format!("kernel module {name} is not in the package"))?;
+        let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        for dep in module_depends(&bytes) {
+            visit(&dep, index, out, seen)?;
+        }
+        out.push((format!("{key}.ko"), bytes));
+        Ok(())
+    }
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for w in wanted {
+        visit(w, &index, &mut out, &mut seen)?;
+    }
+    Ok(out)
+}
+
+/// A busybox initramfs with `init_script` as `/init` plus kernel modules
+/// under `/modules` and their load order in `/modules.order`.
+pub fn busybox_initramfs_with_modules(init_script: &str, modules: &[(String, Vec<u8>)]) -> Result<Vec<u8>, String> {
+    let path = debian_busybox()?;
+    let busybox = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut w = CpioWriter::new();
+    w.dir("bin", 0o755)?;
+    w.file("bin/busybox", 0o755, &busybox)?;
+    for applet in BUSYBOX_APPLETS {
+        w.symlink(&format!("bin/{applet}"), "busybox")?;
+    }
+    w.dir("dev", 0o755)?;
+    w.char_device("dev/console", 0o600, 5, 1)?;
+    w.char_device("dev/null", 0o666, 1, 3)?;
+    w.dir("proc", 0o555)?;
+    w.dir("sys", 0o555)?;
+    w.dir("tmp", 0o1777)?;
+    w.dir("root", 0o700)?;
+    w.dir("modules", 0o755)?;
+    let mut order = String::new();
+    for (name, bytes) in modules {
+        w.file(&format!("modules/{name}"), 0o644, bytes)?;
+        order.push_str(name);
+        order.push('\n');
+    }
+    w.file("modules.order", 0o644, order.as_bytes())?;
+    w.file("init", 0o755, init_script.as_bytes())?;
+    Ok(w.finish())
+}
+
+#[cfg(test)]
+mod module_tests {
+    use super::*;
+
+    #[test]
+    fn depends_are_read_from_modinfo() {
+        let ko = b"\x7fELF....license=GPL\0depends=scsi_mod,scsi_common\0retpoline=Y\0";
+        assert_eq!(module_depends(ko), ["scsi_mod", "scsi_common"]);
+        assert!(module_depends(b"depends=\0").is_empty());
+        assert!(module_depends(b"nothing here").is_empty());
     }
 }

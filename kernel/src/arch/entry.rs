@@ -211,7 +211,7 @@ boot_pd:   .skip 4096 * 4
     .balign 16
     .global boot_stack_bottom
 boot_stack_bottom:
-    .skip 128 * 1024
+    .skip 256 * 1024
     .global boot_stack_top
 boot_stack_top:
     "#,
