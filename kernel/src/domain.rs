@@ -615,10 +615,13 @@ impl VcpuPlatform<'_> {
     /// Whether the PIC may interrupt this vCPU now (HVM vCPU 0 in
     /// virtual-wire mode) and has something.
     fn pic_interrupt(&self) -> bool {
-        self.vcpu.id == 0
-            && matches!(self.domain.role, Role::Hvm { .. })
-            && self.vcpu.lapic.lock().accepts_pic_interrupts()
-            && self.domain.devices.lock().pic_pending()
+        if self.vcpu.id != 0 || !matches!(self.domain.role, Role::Hvm { .. }) {
+            return false;
+        }
+        // One lock at a time: elsewhere the device lock is taken before
+        // the LAPIC's (delivering an interrupt), never the other way.
+        let accepts = self.vcpu.lapic.lock().accepts_pic_interrupts();
+        accepts && self.domain.devices.lock().pic_pending()
     }
 
     /// Sends an access to the stub domain; this vCPU then waits.
@@ -682,7 +685,8 @@ impl Platform for VcpuPlatform<'_> {
 
     fn halt(&mut self) -> bool {
         // Keep running when an interrupt is already waiting; else block.
-        if self.vcpu.lapic.lock().highest_pending().is_some() || self.pic_interrupt() {
+        let lapic_pending = self.vcpu.lapic.lock().highest_pending().is_some();
+        if lapic_pending || self.pic_interrupt() {
             return true;
         }
         self.halted = true;

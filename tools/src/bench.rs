@@ -1189,6 +1189,94 @@ mod tests {
         assert_eq!(parse_timestamp("[ 1.23] x"), None);
     }
 
+    const HVM_SAMPLE: &str = "\
+(benchhvm) bench: Ferrite HVM device round trips and IDE DMA
+(benchhvm) BENCH-TSC 10000000 35795
+(benchhvm) BENCH loop_nop 3005 1000
+(benchhvm) BENCH-SUM loop_nop 30050 10000
+(benchhvm) BENCH pm_timer_inl 849005 1000
+(benchhvm) BENCH-SUM pm_timer_inl 8490050 10000
+(benchhvm) BENCH ide_status_inb 3503005 1000
+(benchhvm) BENCH-SUM ide_status_inb 35100050 10000
+(benchhvm) BENCH-BYTES ide_dma_read_64k 3000000 8388608
+(benchhvm) BENCH-BYTES-SUM ide_dma_read_64k 9300000 25165824
+(benchhvm) BENCH-BYTES rep_movsd_copy 2097152 8388608
+(benchhvm) BENCH-BYTES-SUM rep_movsd_copy 6291456 25165824
+(benchhvm) bench done
+";
+
+    #[test]
+    fn hvm_report_parses_and_computes() {
+        let r = parse_guest_output(HVM_SAMPLE);
+        assert!(r.done);
+        assert_eq!(r.lines.len(), 3);
+        assert_eq!(r.sums.len(), 3);
+        assert_eq!(r.bytes.len(), 2);
+        assert_eq!(r.bytes_sums[0].iterations, 25_165_824);
+        let h = compute_hvm(&r).unwrap();
+        let (trip, ok) = h.round_trip().unwrap();
+        assert!((trip - 3500.0).abs() < 1.0, "{trip}");
+        assert!(ok);
+        let mean = h.trips[2].mean_net.unwrap();
+        assert!((mean - 3507.0).abs() < 1.0, "{mean}");
+        // 2,097,152 ticks per 8 MiB = 262,144 per MiB; DMA 375,000.
+        let copy = &h.transfers[1];
+        assert!((copy.per_mib - 262_144.0).abs() < 100.0, "{copy:?}");
+        let (ratio, ok) = h.dma_ratio().unwrap();
+        assert!((ratio - 375_000.0 / 262_144.0).abs() < 0.01, "{ratio}");
+        assert!(ok);
+        assert!((h.transfers[0].mean_per_mib.unwrap() - 387_500.0).abs() < 100.0);
+        let v = hvm_verdicts(&h);
+        assert_eq!(v.len(), 2);
+        assert!(v[0].contains("3500 instructions") && v[0].contains("met"), "{v:?}");
+        assert!(hvm_markdown_tables(&h).contains("| `ide_status_inb` |"));
+        assert!(hvm_text_table(&h).contains("rep_movsd_copy"));
+        // The PVH computation ignores the HVM-only lines.
+        assert_eq!(compute(&r).unwrap().rows.len(), 3);
+        // A report without the DMA lines is an error.
+        let no_dma: String = HVM_SAMPLE.lines().filter(|l| !l.contains("BYTES")).map(|l| format!("{l}\n")).collect();
+        assert!(compute_hvm(&parse_guest_output(&no_dma)).is_err());
+        // Over the targets: reported as missed.
+        let slow = HVM_SAMPLE.replace("ide_status_inb 3503005", "ide_status_inb 12750005");
+        let h = compute_hvm(&parse_guest_output(&slow)).unwrap();
+        assert!(!h.round_trip().unwrap().1);
+        assert!(hvm_verdicts(&h)[0].contains("MISSED"));
+    }
+
+    #[test]
+    fn hvm_disk_config_and_command() {
+        let boot = vec![0xAAu8; 4096];
+        let disk = hvm_disk_image(&boot).unwrap();
+        assert_eq!(disk.len(), HVM_DISK_BYTES);
+        assert_eq!(&disk[..4096], &boot[..]);
+        let at = |lba: usize| u32::from_le_bytes(disk[lba * 512..lba * 512 + 4].try_into().unwrap());
+        assert_eq!(at(HVM_DATA_LBA), HVM_DATA_LBA as u32);
+        assert_eq!(at(HVM_DATA_LBA + 777), (HVM_DATA_LBA + 777) as u32);
+        assert_eq!(at(HVM_DATA_LBA - 1), 0);
+        assert!(hvm_disk_image(&vec![0u8; HVM_DATA_LBA * 512 + 1]).is_err());
+        let cfg = hvm_config_text();
+        assert!(cfg.contains("type = \"hvm\"") && cfg.contains("'phy:benchdisk,hda,w'"), "{cfg}");
+        let q = hvm_bench_qemu(
+            Path::new("/x/ferrite-hv"),
+            Path::new("/x/benchhvm.cfg"),
+            Path::new("/x/ferrite-stubdom"),
+            Path::new("/x/bios-256k.bin"),
+            Path::new("/x/disk.img"),
+        );
+        let line = q.command_line();
+        for want in [
+            "-smp 1",
+            "-icount shift=0,sleep=off",
+            "virtio-blk-pci,drive=benchdisk,serial=benchdisk",
+            "file=/x/disk.img,if=none,id=benchdisk,format=raw",
+            "/x/benchhvm.cfg,/x/ferrite-stubdom,/x/bios-256k.bin",
+        ] {
+            assert!(line.contains(want), "{want:?} not in {line}");
+        }
+        assert!(!parse_args(&["--no-hvm".into()]).unwrap().hvm);
+        assert!(BenchArgs::default().hvm);
+    }
+
     #[test]
     fn splices_generated_section() {
         let sec = format!("{BEGIN_MARKER}\nnew\n{END_MARKER}\n");

@@ -364,6 +364,24 @@ mod tests {
     }
 
     #[test]
+    fn boot_images_assemble() {
+        if !have_binutils() {
+            eprintln!("SKIPPED: no `as` (binutils) on this host");
+            return;
+        }
+        let dir = build::workspace_root().join("target").join("guestasm-unit");
+        let src = guests_dir().join("bootsector");
+        let bench = assemble_boot_image(&src.join("bench_hvm.S"), &dir.join("bench_hvm.bin")).unwrap();
+        assert!(bench.len() > 512 && bench.len() % 512 == 0, "{}", bench.len());
+        assert_eq!(bench[510..512], [0x55, 0xAA]);
+        // A one-sector MBR is a boot image too; a longer image is no boot sector.
+        let mbr = assemble_boot_image(&src.join("mbr_disk_check.S"), &dir.join("mbr_image.bin")).unwrap();
+        assert_eq!(mbr.len(), 512);
+        assert!(assemble_boot_sector(&src.join("bench_hvm.S"), &dir.join("bench_hvm_sector.bin")).is_err());
+        assert!(assemble_boot_image(&src.join("no_such.S"), &dir.join("x.bin")).is_err());
+    }
+
+    #[test]
     fn missing_note_and_garbage_are_errors() {
         assert!(pvh_entry(b"not an elf").is_err());
         // A minimal ELF64 header with no program headers.
