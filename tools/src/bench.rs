@@ -1008,7 +1008,7 @@ pub fn markdown_section(run: &BenchRun) -> String {
             s.push_str(&hvm_markdown_tables(&h.results));
             s.push('\n');
             for v in hvm_verdicts(&h.results) {
-                let _ = writeln!(s, "* {v}.");
+                let _ = writeln!(s, "* {}.", v.replace("<=", "≤"));
             }
             s.push('\n');
         }
