@@ -112,6 +112,10 @@ pub struct Vcpu {
     io_wait: Mutex<Option<vcpu::PendingIo>>,
     /// HVM: the answer to an MMIO access, for when its instruction runs again.
     mmio_answer: Mutex<Option<u64>>,
+    /// While blocked: when its timers need it (TSC ns; `u64::MAX` none),
+    /// computed as it blocked, so the scheduler reads it without locks.
+    /// 0 forces a wake-up (another vCPU reprogrammed a shared timer).
+    wake_at_ns: core::sync::atomic::AtomicU64,
     sched: SchedState,
     affinity: u64,
 }
@@ -292,6 +296,7 @@ impl Domain {
                 start_page: Mutex::new(None),
                 io_wait: Mutex::new(None),
                 mmio_answer: Mutex::new(None),
+                wake_at_ns: core::sync::atomic::AtomicU64::new(u64::MAX),
                 sched: SchedState::new_blocked(),
                 affinity,
             }));
@@ -679,8 +684,17 @@ impl Platform for VcpuPlatform<'_> {
         self.deadline_stale = true;
         let mut fx = Effects::default();
         let mut d = self.domain.devices.lock();
+        let timers = d.is_timer_port(port, size);
         d.port_write(port, size, value, &mut fx);
         self.effects(fx, &mut d);
+        drop(d);
+        if timers && self.vcpu.id != 0 {
+            // vCPU 0 runs the shared timers: if it is blocked, its cached
+            // wake-up time may be stale now.
+            if let Some(v0) = self.domain.vcpus.lock().first() {
+                v0.wake_at_ns.store(0, Ordering::SeqCst);
+            }
+        }
     }
 
     fn halt(&mut self) -> bool {
@@ -863,6 +877,30 @@ impl Platform for VcpuPlatform<'_> {
 
 impl Runnable for Vcpu {
     fn run_slice(self: Arc<Self>, slice_end_us: u64) -> SliceEnd {
+        let end = self.clone().run_slice_inner(slice_end_us);
+        if matches!(end, SliceEnd::Blocked) {
+            let deadline = self.domain.upgrade().and_then(|d| self.next_deadline_ns(&d));
+            self.wake_at_ns.store(deadline.unwrap_or(u64::MAX), Ordering::SeqCst);
+        }
+        end
+    }
+
+    fn affinity(&self) -> u64 {
+        self.affinity
+    }
+
+    fn wake_deadline_us(&self) -> Option<u64> {
+        let ns = self.wake_at_ns.load(Ordering::SeqCst);
+        (ns != u64::MAX).then_some(ns / 1000)
+    }
+
+    fn sched(&self) -> &SchedState {
+        &self.sched
+    }
+}
+
+impl Vcpu {
+    fn run_slice_inner(self: Arc<Self>, slice_end_us: u64) -> SliceEnd {
         let Some(domain) = self.domain.upgrade() else {
             return SliceEnd::Stopped;
         };
@@ -914,18 +952,6 @@ impl Runnable for Vcpu {
         }
     }
 
-    fn affinity(&self) -> u64 {
-        self.affinity
-    }
-
-    fn wake_deadline_us(&self) -> Option<u64> {
-        let domain = self.domain.upgrade()?;
-        self.next_deadline_ns(&domain).map(|ns| ns / 1000)
-    }
-
-    fn sched(&self) -> &SchedState {
-        &self.sched
-    }
 }
 
 /// Ids of the domains alive, ascending.
@@ -952,7 +978,7 @@ pub fn console_input(id: u32, byte: u8) -> bool {
     drop(dev);
     if let Role::Hvm { ioreq, .. } = &d.role {
         // The guest's UART is in its stub domain, which pulls the input.
-        ioreq.notify();
+        ioreq.notify_input();
     }
     true
 }

@@ -21,13 +21,13 @@ pub struct IoreqServer {
     page: SharedPage,
     /// The stub domain's vCPU, woken when there is work.
     stub_vcpu: Mutex<Option<Arc<dyn Runnable>>>,
-    /// Work arrived since the stub last waited.
-    event: AtomicBool,
+    /// Console input arrived for the guest since the stub last looked.
+    input: AtomicBool,
 }
 
 impl IoreqServer {
     pub fn new() -> Option<Self> {
-        Some(IoreqServer { page: SharedPage::new()?, stub_vcpu: Mutex::new(None), event: AtomicBool::new(false) })
+        Some(IoreqServer { page: SharedPage::new()?, stub_vcpu: Mutex::new(None), input: AtomicBool::new(false) })
     }
 
     pub fn page_hpa(&self) -> u64 {
@@ -53,12 +53,18 @@ impl IoreqServer {
         self.notify();
     }
 
-    /// Wakes the stub (a request, or console input for its guest).
+    /// Wakes the stub (it looks at the slots when it runs).
     pub fn notify(&self) {
-        self.event.store(true, Ordering::SeqCst);
-        if let Some(v) = self.stub_vcpu.lock().clone() {
+        let stub = self.stub_vcpu.lock().clone();
+        if let Some(v) = stub {
             sched::wake(&v);
         }
+    }
+
+    /// Console input arrived for the guest: tell the stub.
+    pub fn notify_input(&self) {
+        self.input.store(true, Ordering::SeqCst);
+        self.notify();
     }
 
     /// Whether vCPU `vcpu`'s request has been answered.
@@ -77,9 +83,12 @@ impl IoreqServer {
         Some(u64::from_le_bytes(data))
     }
 
-    /// For the stub's WAIT: whether something happened since the last
-    /// call (clears it).
-    pub fn take_event(&self) -> bool {
-        self.event.swap(false, Ordering::SeqCst)
+    /// For the stub's WAIT: what there is to do (`WAIT_*` bits; 0 =
+    /// nothing), looking at the first `slots` slots. Takes the input flag.
+    pub fn pending_work(&self, slots: u32) -> u64 {
+        let slots = (slots as usize).min(IOREQ_SLOTS);
+        let ready = (0..slots).any(|i| self.page.load_u32(i * IOREQ_SLOT_SIZE + slot::STATE) == STATE_READY);
+        let input = self.input.swap(false, Ordering::SeqCst);
+        (if ready { ferrite_abi::WAIT_REQUESTS } else { 0 }) | (if input { ferrite_abi::WAIT_INPUT } else { 0 })
     }
 }

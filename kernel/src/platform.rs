@@ -216,6 +216,12 @@ impl Devices {
         }
     }
 
+    /// Whether a write to `port` may move a timer deadline (PIT, RTC,
+    /// ACPI PM).
+    pub fn is_timer_port(&self, port: u16, size: u8) -> bool {
+        matches!(port, 0x40..=0x43 | 0x61 | 0x70 | 0x71) || self.pm.handles(port, size)
+    }
+
     /// A port read; `None` when no device decodes the port.
     pub fn port_read(&mut self, port: u16, size: u8, fx: &mut Effects) -> Option<u32> {
         let value = match port {

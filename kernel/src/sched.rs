@@ -29,7 +29,8 @@ pub trait Runnable: Send + Sync {
     /// pCPUs this vCPU may run on (bit i = pCPU i).
     fn affinity(&self) -> u64;
     /// For a blocked vCPU: when it must wake even without an interrupt
-    /// (its guest timer), in uptime microseconds.
+    /// (its guest timer), in uptime microseconds. Called with the
+    /// scheduler lock held: must be cheap and take no lock.
     fn wake_deadline_us(&self) -> Option<u64>;
     fn sched(&self) -> &SchedState;
 }
@@ -142,22 +143,20 @@ fn pick(pcpu: usize) -> Option<Arc<dyn Runnable>> {
 /// Wakes blocked vCPUs whose deadline passed; returns the earliest
 /// remaining deadline.
 fn wake_expired(now: u64) -> Option<u64> {
-    let mut expired = alloc::vec::Vec::new();
+    let mut expired: Option<alloc::vec::Vec<Arc<dyn Runnable>>> = None;
     let mut earliest: Option<u64> = None;
-    // Deadlines are asked for without the scheduler lock: computing one
-    // takes device locks, and code holding a device lock wakes vCPUs
-    // (which takes the scheduler lock): holding both here would deadlock.
-    let blocked = SCHED.lock().blocked.clone();
     {
-        for v in &blocked {
+        // `wake_deadline_us` reads a cached value, takes no lock.
+        let sched = SCHED.lock();
+        for v in &sched.blocked {
             match v.wake_deadline_us() {
-                Some(d) if d <= now => expired.push(v.clone()),
+                Some(d) if d <= now => expired.get_or_insert_with(alloc::vec::Vec::new).push(v.clone()),
                 Some(d) => earliest = Some(earliest.map_or(d, |e: u64| e.min(d))),
                 None => {}
             }
         }
     }
-    for v in &expired {
+    for v in expired.iter().flatten() {
         wake(v);
     }
     earliest

@@ -66,11 +66,14 @@ pub fn hypercall(stub: &Domain, b: &StubBackends, regs: &mut GuestRegs) -> After
         }),
         hc::CONSOLE_INPUT => console_input(stub, b, args[0], args[1]),
         hc::WAIT => {
-            if !b.ioreq.take_event() {
-                regs.rax = 0;
+            let work = b.ioreq.pending_work(b.guest.spec.vcpus);
+            if work == 0 {
+                // Block; when woken, the stub executes WAIT again (vmmcall
+                // is 3 bytes), which then reports what woke it.
+                regs.rip = regs.rip.wrapping_sub(3);
                 return After::Wait;
             }
-            Ok(0)
+            Ok(work)
         }
         hc::IOREQ_DONE => {
             wake_answered(b);

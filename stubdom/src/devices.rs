@@ -68,6 +68,8 @@ pub struct Devices {
     port92: Port92,
     /// Levels last sent with SET_IRQ, per `LINES`.
     lines: [bool; LINES.len()],
+    /// The hypervisor may hold more console input for the guest.
+    input_waiting: bool,
 }
 
 impl Devices {
@@ -117,6 +119,7 @@ impl Devices {
             i8042: I8042::new(),
             port92: Port92::new(),
             lines: [false; LINES.len()],
+            input_waiting: false,
         }
     }
 
@@ -281,7 +284,9 @@ impl Devices {
     pub fn mmio_write(&mut self, _addr: u64, _size: u8, _value: u64) {}
 
     /// Before scanning the slots: input for the guest's UART.
-    pub fn poll_input(&mut self) {
+    /// The hypervisor has console input for the guest: take what fits.
+    pub fn input_arrived(&mut self) {
+        self.input_waiting = true;
         self.pull_input();
         self.sync_lines();
     }
@@ -307,15 +312,22 @@ impl Devices {
         pending
     }
 
+    /// Moves waiting console input into the UART's receive FIFO. Only
+    /// asks the hypervisor while it said there is input and the last
+    /// request filled the FIFO (else every LSR poll would be a hypercall).
     fn pull_input(&mut self) {
         let room = self.uart.rx_space();
-        if room == 0 {
+        if room == 0 || !self.input_waiting {
             return;
         }
         let mut buf = [0u8; uart16550::FIFO_SIZE];
-        let n = hypercall::console_input(&mut buf[..room.min(uart16550::FIFO_SIZE)]);
+        let want = room.min(uart16550::FIFO_SIZE);
+        let n = hypercall::console_input(&mut buf[..want]);
         for &b in &buf[..n] {
             self.uart.push_input(b);
+        }
+        if n < want {
+            self.input_waiting = false;
         }
     }
 

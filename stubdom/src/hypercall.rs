@@ -76,10 +76,10 @@ pub fn console_input(buf: &mut [u8]) -> usize {
     }
 }
 
-/// Blocks until a slot is READY or console input arrived (returns at once
-/// if either happened since the last call).
-pub fn wait() {
-    let _ = checked(nr::WAIT, [0; 5]);
+/// Blocks until a slot is READY or console input arrived; returns the
+/// `WAIT_*` bits saying which (at once if there already is work).
+pub fn wait() -> u64 {
+    checked(nr::WAIT, [0; 5]).unwrap_or(ferrite_abi::WAIT_REQUESTS | ferrite_abi::WAIT_INPUT)
 }
 
 /// Slots were moved to DONE: resume their vCPUs.

@@ -5,9 +5,8 @@
 //! fields before storing READY), the fields decoded, the access performed,
 //! `data` written for reads, then DONE stored with Release. One IOREQ_DONE
 //! per batch resumes the vCPUs; WAIT then blocks until another slot is
-//! READY or console input arrives (it returns at once if either happened
-//! since the previous WAIT, so nothing is missed between the scan and the
-//! call). While a device has background work (a long fw_cfg DMA transfer,
+//! READY or console input arrives, and says which (it returns at once if
+//! there is work, so nothing is missed between the scan and the call). While a device has background work (a long fw_cfg DMA transfer,
 //! done in bounded steps), the loop goes round without waiting.
 
 use crate::devices::Devices;
@@ -25,8 +24,11 @@ const CHUNK: usize = 4096;
 
 pub fn serve(config: &StubConfig, devices: &mut Devices) -> ! {
     let slots = (config.vcpus as usize).clamp(1, IOREQ_SLOTS);
+    let mut work = hypercall::wait();
     loop {
-        devices.poll_input();
+        if work & ferrite_abi::WAIT_INPUT != 0 {
+            devices.input_arrived();
+        }
         let mut answered = false;
         for index in 0..slots {
             let state = memory::slot_state(index);
@@ -44,9 +46,9 @@ pub fn serve(config: &StubConfig, devices: &mut Devices) -> ! {
         if answered {
             hypercall::ioreq_done();
         }
-        if !more {
-            hypercall::wait();
-        }
+        // With background work left, only look for new requests (WAIT
+        // returns at once when there are some) after another step of it.
+        work = if more { ferrite_abi::WAIT_REQUESTS } else { hypercall::wait() };
     }
 }
 

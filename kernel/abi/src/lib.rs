@@ -132,7 +132,8 @@ pub mod hypercall {
     /// Print `len` bytes at stub address `arg0` on the hypervisor console,
     /// prefixed with the stub's name.
     pub const CONSOLE_WRITE: u64 = 0x100;
-    /// Block until a slot is READY or the guest's console has input.
+    /// Block until a slot is READY or the guest's console has input;
+    /// returns [`crate::WAIT_REQUESTS`] and/or [`crate::WAIT_INPUT`] (never 0).
     pub const WAIT: u64 = 0x101;
     /// Slots were moved to DONE: resume the guest vCPUs waiting on them.
     pub const IOREQ_DONE: u64 = 0x102;
@@ -154,6 +155,10 @@ pub mod hypercall {
     /// `arg0`, shown with the guest's name.
     pub const GUEST_CONSOLE_WRITE: u64 = 0x108;
 }
+
+/// WAIT result bits: some slot is READY; console input is waiting.
+pub const WAIT_REQUESTS: u64 = 1 << 0;
+pub const WAIT_INPUT: u64 = 1 << 1;
 
 pub const DEST_STUB: u64 = 0;
 pub const DEST_GUEST: u64 = 1;
