@@ -116,6 +116,8 @@ pub struct Vcpu {
     /// computed as it blocked, so the scheduler reads it without locks.
     /// 0 forces a wake-up (another vCPU reprogrammed a shared timer).
     wake_at_ns: core::sync::atomic::AtomicU64,
+    /// A stub domain's vCPU blocked in the WAIT hypercall.
+    in_wait: core::sync::atomic::AtomicBool,
     sched: SchedState,
     affinity: u64,
 }
@@ -297,6 +299,7 @@ impl Domain {
                 io_wait: Mutex::new(None),
                 mmio_answer: Mutex::new(None),
                 wake_at_ns: core::sync::atomic::AtomicU64::new(u64::MAX),
+                in_wait: core::sync::atomic::AtomicBool::new(false),
                 sched: SchedState::new_blocked(),
                 affinity,
             }));
@@ -545,7 +548,12 @@ impl Vcpu {
     /// its LAPIC timer, and for vCPU 0 the domain's timed devices.
     fn next_deadline_ns(&self, domain: &Domain) -> Option<u64> {
         let lapic = self.lapic.lock().next_timer_deadline_ns();
-        let devices = if self.id == 0 { domain.devices.lock().next_deadline_ns() } else { None };
+        // vCPU 0 runs the domain's timed devices (a stub domain has none).
+        let devices = if self.id == 0 && !matches!(domain.role, Role::Stub(_)) {
+            domain.devices.lock().next_deadline_ns()
+        } else {
+            None
+        };
         [lapic, devices].into_iter().flatten().min()
     }
 }
@@ -711,6 +719,7 @@ impl Platform for VcpuPlatform<'_> {
         if let Role::Stub(backends) = &self.domain.role {
             if crate::stubdom::hypercall(self.domain, backends, regs) == crate::stubdom::After::Wait {
                 self.halted = true;
+                self.vcpu.in_wait.store(true, Ordering::SeqCst);
             }
             return None;
         }
@@ -877,12 +886,7 @@ impl Platform for VcpuPlatform<'_> {
 
 impl Runnable for Vcpu {
     fn run_slice(self: Arc<Self>, slice_end_us: u64) -> SliceEnd {
-        let end = self.clone().run_slice_inner(slice_end_us);
-        if matches!(end, SliceEnd::Blocked) {
-            let deadline = self.domain.upgrade().and_then(|d| self.next_deadline_ns(&d));
-            self.wake_at_ns.store(deadline.unwrap_or(u64::MAX), Ordering::SeqCst);
-        }
-        end
+        self.run_slice_inner(slice_end_us)
     }
 
     fn affinity(&self) -> u64 {
@@ -912,14 +916,26 @@ impl Vcpu {
             arch.reset_real_mode(u16::from(page) << 8, 0);
         }
         if self.lapic.lock().is_waiting_for_sipi() {
-            return SliceEnd::Blocked;
+            return self.block(self.next_deadline_ns(&domain));
         }
         // Waiting on the stub domain and not answered yet: keep waiting.
         if self.io_wait.lock().is_some() {
             if let Role::Hvm { ioreq, .. } = &domain.role {
                 if !ioreq.is_done(self.id) {
-                    return SliceEnd::Blocked;
+                    return self.block(self.next_deadline_ns(&domain));
                 }
+            }
+        }
+        // A stub domain woken in WAIT: tell it why right away (rax), or
+        // keep it waiting if nothing is there (a spurious wake-up).
+        if self.in_wait.load(Ordering::SeqCst) {
+            if let Role::Stub(b) = &domain.role {
+                let work = b.ioreq.pending_work(b.guest.spec.vcpus);
+                if work == 0 {
+                    return self.block(None);
+                }
+                arch.regs_mut().rax = work;
+                self.in_wait.store(false, Ordering::SeqCst);
             }
         }
         let mut platform = VcpuPlatform {
@@ -945,11 +961,21 @@ impl Vcpu {
                 SliceEnd::Stopped
             }
             RunOutcome::Finished(_) => SliceEnd::Preempted,
-            RunOutcome::WaitingForIo => SliceEnd::Blocked,
             RunOutcome::Halted if domain.state() != DomainState::Running => SliceEnd::Stopped,
-            RunOutcome::Halted if platform.halted => SliceEnd::Blocked,
-            RunOutcome::Halted => SliceEnd::Preempted,
+            RunOutcome::WaitingForIo | RunOutcome::Halted if platform.halted || platform.waiting => {
+                // The deadline the run loop kept is still right unless a
+                // device changed since.
+                let deadline = if platform.deadline_stale { self.next_deadline_ns(&domain) } else { platform.deadline_ns };
+                self.block(deadline)
+            }
+            RunOutcome::WaitingForIo | RunOutcome::Halted => SliceEnd::Preempted,
         }
+    }
+
+    /// Ends a slice blocked, remembering when the vCPU's timers need it.
+    fn block(&self, deadline_ns: Option<u64>) -> SliceEnd {
+        self.wake_at_ns.store(deadline_ns.unwrap_or(u64::MAX), Ordering::SeqCst);
+        SliceEnd::Blocked
     }
 
 }

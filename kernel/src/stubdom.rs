@@ -66,11 +66,12 @@ pub fn hypercall(stub: &Domain, b: &StubBackends, regs: &mut GuestRegs) -> After
         }),
         hc::CONSOLE_INPUT => console_input(stub, b, args[0], args[1]),
         hc::WAIT => {
+            if args[0] & ferrite_abi::WAIT_FLAG_ANSWERED != 0 {
+                wake_answered(b);
+            }
             let work = b.ioreq.pending_work(b.guest.spec.vcpus);
             if work == 0 {
-                // Block; when woken, the stub executes WAIT again (vmmcall
-                // is 3 bytes), which then reports what woke it.
-                regs.rip = regs.rip.wrapping_sub(3);
+                // Block; the result is filled in when it is woken.
                 return After::Wait;
             }
             Ok(work)

@@ -79,7 +79,14 @@ pub fn console_input(buf: &mut [u8]) -> usize {
 /// Blocks until a slot is READY or console input arrived; returns the
 /// `WAIT_*` bits saying which (at once if there already is work).
 pub fn wait() -> u64 {
-    checked(nr::WAIT, [0; 5]).unwrap_or(ferrite_abi::WAIT_REQUESTS | ferrite_abi::WAIT_INPUT)
+    wait_after(false)
+}
+
+/// WAIT, first resuming the vCPUs whose slots were answered when
+/// `answered` (what IOREQ_DONE does, without a hypercall of its own).
+pub fn wait_after(answered: bool) -> u64 {
+    let flags = if answered { ferrite_abi::WAIT_FLAG_ANSWERED } else { 0 };
+    checked(nr::WAIT, [flags, 0, 0, 0, 0]).unwrap_or(ferrite_abi::WAIT_REQUESTS | ferrite_abi::WAIT_INPUT)
 }
 
 /// Slots were moved to DONE: resume their vCPUs.

@@ -43,12 +43,16 @@ pub fn serve(config: &StubConfig, devices: &mut Devices) -> ! {
             answered = true;
         }
         let more = devices.end_of_batch();
-        if answered {
-            hypercall::ioreq_done();
-        }
-        // With background work left, only look for new requests (WAIT
-        // returns at once when there are some) after another step of it.
-        work = if more { ferrite_abi::WAIT_REQUESTS } else { hypercall::wait() };
+        // With background work left, resume the answered vCPUs and go on
+        // with it; else resume them and wait, in one hypercall.
+        work = if more {
+            if answered {
+                hypercall::ioreq_done();
+            }
+            ferrite_abi::WAIT_REQUESTS
+        } else {
+            hypercall::wait_after(answered)
+        };
     }
 }
 
