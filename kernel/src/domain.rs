@@ -118,6 +118,11 @@ pub struct Vcpu {
     wake_at_ns: core::sync::atomic::AtomicU64,
     /// A stub domain's vCPU blocked in the WAIT hypercall.
     in_wait: core::sync::atomic::AtomicBool,
+    /// Nothing is cached about its timers yet.
+    first_slice: core::sync::atomic::AtomicBool,
+    /// Another vCPU reprogrammed a timer this vCPU runs (vCPU 0: the
+    /// domain's PIT, RTC, PM timer): recompute its deadline.
+    timers_changed: core::sync::atomic::AtomicBool,
     sched: SchedState,
     affinity: u64,
 }
@@ -300,6 +305,8 @@ impl Domain {
                 mmio_answer: Mutex::new(None),
                 wake_at_ns: core::sync::atomic::AtomicU64::new(u64::MAX),
                 in_wait: core::sync::atomic::AtomicBool::new(false),
+                first_slice: core::sync::atomic::AtomicBool::new(true),
+                timers_changed: core::sync::atomic::AtomicBool::new(false),
                 sched: SchedState::new_blocked(),
                 affinity,
             }));
@@ -700,6 +707,7 @@ impl Platform for VcpuPlatform<'_> {
             // vCPU 0 runs the shared timers: if it is blocked, its cached
             // wake-up time may be stale now.
             if let Some(v0) = self.domain.vcpus.lock().first() {
+                v0.timers_changed.store(true, Ordering::SeqCst);
                 v0.wake_at_ns.store(0, Ordering::SeqCst);
             }
         }
@@ -858,11 +866,16 @@ impl Platform for VcpuPlatform<'_> {
     }
 
     fn before_entry(&mut self) {
+        if self.vcpu.timers_changed.load(Ordering::Relaxed) {
+            self.vcpu.timers_changed.store(false, Ordering::SeqCst);
+            self.deadline_stale = true;
+        }
         let now = crate::arch::time::now_ns();
         let due = self.deadline_ns.is_some_and(|d| d <= now);
         if due || self.deadline_stale {
             self.vcpu.lapic.lock().tick(now);
-            if self.vcpu.id == 0 {
+            // A stub domain has no timed devices (it takes no interrupts).
+            if self.vcpu.id == 0 && !matches!(self.domain.role, Role::Stub(_)) {
                 let mut fx = Effects::default();
                 let mut d = self.domain.devices.lock();
                 d.tick(&mut fx);
@@ -938,6 +951,9 @@ impl Vcpu {
                 self.in_wait.store(false, Ordering::SeqCst);
             }
         }
+        // The deadline kept when the last slice ended is still right
+        // unless another vCPU reprogrammed a shared timer since (0).
+        let cached = self.wake_at_ns.load(Ordering::SeqCst);
         let mut platform = VcpuPlatform {
             domain: &domain,
             vcpu: &self,
@@ -945,8 +961,8 @@ impl Vcpu {
             shutdown: None,
             halted: false,
             pat: 0x0007_0406_0007_0406,
-            deadline_ns: None,
-            deadline_stale: true,
+            deadline_ns: (cached != u64::MAX).then_some(cached),
+            deadline_stale: cached == 0 || self.first_slice.swap(false, Ordering::SeqCst),
             waiting: false,
         };
         let (outcome, _exits) = vcpu::run_loop(&mut *arch, &mut platform, 0);
@@ -960,7 +976,10 @@ impl Vcpu {
                 domain.shut_down(DomainState::Crashed(format!("vcpu {}: {}", self.id, why)));
                 SliceEnd::Stopped
             }
-            RunOutcome::Finished(_) => SliceEnd::Preempted,
+            RunOutcome::Finished(_) => {
+                self.wake_at_ns.store(0, Ordering::SeqCst);
+                SliceEnd::Preempted
+            }
             RunOutcome::Halted if domain.state() != DomainState::Running => SliceEnd::Stopped,
             RunOutcome::WaitingForIo | RunOutcome::Halted if platform.halted || platform.waiting => {
                 // The deadline the run loop kept is still right unless a
@@ -968,7 +987,11 @@ impl Vcpu {
                 let deadline = if platform.deadline_stale { self.next_deadline_ns(&domain) } else { platform.deadline_ns };
                 self.block(deadline)
             }
-            RunOutcome::WaitingForIo | RunOutcome::Halted => SliceEnd::Preempted,
+            RunOutcome::WaitingForIo | RunOutcome::Halted => {
+                let deadline = if platform.deadline_stale { self.next_deadline_ns(&domain) } else { platform.deadline_ns };
+                self.wake_at_ns.store(deadline.unwrap_or(u64::MAX), Ordering::SeqCst);
+                SliceEnd::Preempted
+            }
         }
     }
 

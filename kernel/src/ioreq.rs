@@ -48,7 +48,8 @@ impl IoreqServer {
         let off = Self::offset(req.vcpu);
         let mut bytes = [0u8; IOREQ_SLOT_SIZE];
         req.encode(&mut bytes);
-        self.page.write(off + slot::KIND, &bytes[slot::KIND..]);
+        // The fields up to and including DATA (the rest is reserved).
+        self.page.write(off + slot::KIND, &bytes[slot::KIND..slot::DATA + 8]);
         self.page.store_u32(off + slot::STATE, STATE_READY);
         self.notify();
     }

@@ -125,12 +125,11 @@ fn console_input(stub: &Domain, b: &StubBackends, addr: u64, max: u64) -> Result
 
 /// Resumes the guest vCPUs whose requests the stub answered.
 fn wake_answered(b: &StubBackends) {
-    let vcpus = b.guest.vcpus.lock().clone();
-    for (i, _) in vcpus.iter().enumerate() {
+    let vcpus = b.guest.vcpus.lock();
+    for (i, v) in vcpus.iter().enumerate() {
         if b.ioreq.is_done(i as u32) {
-            if let Some(v) = b.guest.runnable(i) {
-                sched::wake(&v);
-            }
+            let r: Arc<dyn sched::Runnable> = v.clone();
+            sched::wake(&r);
         }
     }
 }

@@ -109,6 +109,12 @@ pub struct DomainConfig {
     /// domain's IDE model crashes when the guest issues this ATA command,
     /// to show that a device-model crash takes down only its own guest.
     pub device_model_fault_inject: Option<u8>,
+    /// Testing only (`device_model_fault_inject_wild = 1`): the fault
+    /// injection trigger above makes the stub domain write outside the
+    /// memory it may touch instead of panicking, to show that such an
+    /// access is faulted (and the stub destroyed with its guest), never
+    /// served. Needs `device_model_fault_inject_ata`.
+    pub device_model_fault_inject_wild: bool,
     pub uuid: Option<Uuid>,
 }
 
@@ -191,6 +197,7 @@ const KNOWN_KEYS: &[&str] = &[
     "serial",
     "device_model_stubdomain_override",
     "device_model_fault_inject_ata",
+    "device_model_fault_inject_wild",
     "uuid",
 ];
 
@@ -895,6 +902,18 @@ fn build(entries: Vec<Entry>, broken: Vec<String>, sink: &mut Sink<'_>) -> Optio
         Some((n, _)) => Some(n as u8),
         None => None,
     };
+    let fault_inject_wild = match c.boolean("device_model_fault_inject_wild") {
+        Some((true, line)) if fault_inject.is_none() && !c.is_broken("device_model_fault_inject_ata") => {
+            c.warn(
+                line,
+                "device_model_fault_inject_wild",
+                String::from("has no effect without device_model_fault_inject_ata (its trigger)"),
+            );
+            true
+        }
+        Some((b, _)) => b,
+        None => false,
+    };
     let uuid = match c.string("uuid") {
         Some((u, line)) => match Uuid::parse(&u) {
             Some(u) => Some(u),
@@ -1010,6 +1029,7 @@ fn build(entries: Vec<Entry>, broken: Vec<String>, sink: &mut Sink<'_>) -> Optio
         serial,
         device_model_stubdomain_override: stub.map(|s| s.0),
         device_model_fault_inject: fault_inject,
+        device_model_fault_inject_wild: fault_inject_wild,
         uuid,
     })
 }
