@@ -53,6 +53,8 @@ pub struct HvmBoot {
     pub boot_order: String,
     /// Test builds of the stub: make its IDE model crash on this command.
     pub fault_inject_ata_command: Option<u8>,
+    /// ... and make that command a write outside the stub's memory instead.
+    pub fault_inject_wild_access: bool,
 }
 
 /// The BIOS's low alias ends at 1 MiB.
@@ -214,6 +216,7 @@ fn create_stub(
         pm_tmr: layout.pm_tmr,
         sci_irq: layout.sci_irq,
         fault_inject_ata_command: h.fault_inject_ata_command,
+        fault_inject_wild_access: h.fault_inject_wild_access,
     };
     let bytes = config.to_bytes().map_err(|e| format!("{}: encoding its configuration: {}", name, e))?;
     let entry = ferrite_loader::stub::load_stub(h.stub_image, &bytes, guest.mem.top(), &mut LoaderMemory(&mem))

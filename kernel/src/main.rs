@@ -493,6 +493,7 @@ fn hvm_boot(cfg: &ferrite_config::DomainConfig, module: &ModuleLookup, mods: &[b
         linux,
         boot_order,
         fault_inject_ata_command: cfg.device_model_fault_inject,
+        fault_inject_wild_access: cfg.device_model_fault_inject_wild,
     }))
 }
 

@@ -28,7 +28,7 @@ use alloc::boxed::Box;
 use alloc::format;
 use alloc::vec;
 use alloc::vec::Vec;
-use ferrite_abi::{PowerAction, StubConfig};
+use ferrite_abi::{PowerAction, StubConfig, GUEST_WINDOW};
 use ferrite_devmodel::dma::{DmaError, GuestMemoryAccess};
 use ferrite_devmodel::fw_cfg::{self, ExternalBlob, ExternalData, ExternalError, FwCfg, FwCfgBuilder, LinuxBootConfig};
 use ferrite_devmodel::i8042::I8042;
@@ -70,6 +70,18 @@ pub struct Devices {
     lines: [bool; LINES.len()],
     /// The hypervisor may hold more console input for the guest.
     input_waiting: bool,
+    /// Fault injection (tests only): the access a chosen ATA command makes.
+    wild_access: Option<WildAccess>,
+}
+
+/// Fault injection for the isolation tests: when the guest writes `command`
+/// to an IDE command register, the stub writes to `address`, which lies
+/// outside the memory the hypervisor gives it. The hypervisor must fault
+/// that write and destroy the stub with its guest, never serve it.
+#[derive(Clone, Copy, Debug)]
+struct WildAccess {
+    command: u8,
+    address: u64,
 }
 
 impl Devices {
@@ -95,9 +107,25 @@ impl Devices {
                 Err(e) => warn!("disk {} ({}): cannot attach as {}: {:?}", disk.handle, disk.name, disk.vdev, e),
             }
         }
-        if let Some(cmd) = config.fault_inject_ata_command {
-            warn!("fault injection: the IDE model panics on ATA command {:#04x}", cmd);
-            ide.set_panic_on_command(Some(cmd));
+        let mut wild_access = None;
+        match (config.fault_inject_ata_command, config.fault_inject_wild_access) {
+            (Some(cmd), false) => {
+                warn!("fault injection: the IDE model panics on ATA command {:#04x}", cmd);
+                ide.set_panic_on_command(Some(cmd));
+            }
+            (Some(cmd), true) => {
+                // Just past the guest's RAM below 4 GiB in the window: the
+                // stub's own page tables map it, its nested page tables
+                // must not.
+                let target = WildAccess { command: cmd, address: GUEST_WINDOW + ram.below_4g() };
+                warn!(
+                    "fault injection: ATA command {:#04x} makes this stub write to {:#x}, outside its memory",
+                    cmd, target.address
+                );
+                wild_access = Some(target);
+            }
+            (None, true) => warn!("fault injection: a wild access is asked for but no ATA command triggers it"),
+            (None, false) => {}
         }
         let mut boot_data = BootData { ram };
         let fw_cfg = match build_fw_cfg(config, &mut boot_data) {
@@ -120,6 +148,7 @@ impl Devices {
             port92: Port92::new(),
             lines: [false; LINES.len()],
             input_waiting: false,
+            wild_access,
         }
     }
 
@@ -230,11 +259,27 @@ impl Devices {
             }
             _ => {
                 if self.ide_channel(port).is_some() {
+                    self.fault_injection(port, size, value);
                     self.ide.io_write(port, size, value, &mut mem);
                 } else if let Some(off) = self.ide_bm_offset(port) {
                     self.ide.bm_write(off, size, value, &mut mem);
                 }
             }
+        }
+    }
+
+    /// The wild-access fault injection: fires when a byte of this IDE
+    /// register write is the chosen command written to a command register.
+    fn fault_injection(&self, port: u16, size: u8, value: u32) {
+        let Some(wild) = self.wild_access else {
+            return;
+        };
+        let command_regs = [ide::PRIMARY_CMD_BASE, ide::SECONDARY_CMD_BASE].map(|b| b + u16::from(ide::REG_STATUS_COMMAND));
+        let hit = (0..u16::from(size.clamp(1, 4)))
+            .any(|i| command_regs.contains(&port.wrapping_add(i)) && (value >> (8 * i)) as u8 == wild.command);
+        if hit {
+            crate::memory::wild_write(wild.address);
+            panic!("fault injection: the write to {:#x}, outside this stub's memory, was not faulted", wild.address);
         }
     }
 

@@ -30,6 +30,11 @@ impl GuestRam {
         Self::new(cfg.ram_below_4g, cfg.ram_above_4g)
     }
 
+    /// One past the guest's RAM below 4 GiB.
+    pub fn below_4g(&self) -> u64 {
+        self.below_4g
+    }
+
     /// Whether `[gpa, gpa+len)` lies entirely in one RAM range. An empty
     /// range is accepted anywhere in (or at the end of) RAM.
     pub fn contains(&self, gpa: u64, len: u64) -> bool {

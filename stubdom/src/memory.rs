@@ -187,3 +187,18 @@ pub fn window_write(ram: &GuestRam, gpa: u64, data: &[u8]) -> Result<(), DmaErro
     unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), (GUEST_WINDOW + gpa) as *mut u8, data.len()) };
     Ok(())
 }
+
+// ---------------------------------------------------------------------------
+// Fault injection.
+
+/// Writes a word to `addr`, which the caller chose *outside* the memory
+/// the hypervisor gives this stub (a test of its isolation: the write must
+/// fault and the stub be destroyed). Returns only if the hypervisor served
+/// the write after all.
+pub fn wild_write(addr: u64) {
+    // SAFETY: deliberately wild. No Rust object of the stub lives there
+    // (it is neither the stub's RAM, its I/O-request page nor guest RAM in
+    // the window), so if the write went through despite the hypervisor,
+    // nothing the stub relies on changed; the caller then panics.
+    unsafe { core::ptr::write_volatile(addr as *mut u32, 0xDEAD_BEEF) };
+}

@@ -334,6 +334,10 @@ pub struct StubConfig {
     pub sci_irq: u8,
     /// Test builds only: make the IDE model panic on this ATA command.
     pub fault_inject_ata_command: Option<u8>,
+    /// Test builds only: that command makes the stub write outside the
+    /// memory it may touch (just past its guest window) instead of
+    /// panicking; the hypervisor must fault it, not serve it.
+    pub fault_inject_wild_access: bool,
 }
 
 impl StubConfig {
@@ -387,8 +391,11 @@ mod tests {
             pm_tmr: 0xB008,
             sci_irq: 9,
             fault_inject_ata_command: None,
+            fault_inject_wild_access: false,
         };
         assert_eq!(StubConfig::from_bytes(&cfg.to_bytes().unwrap()).unwrap(), cfg);
+        let wild = StubConfig { fault_inject_ata_command: Some(0xEC), fault_inject_wild_access: true, ..cfg.clone() };
+        assert_eq!(StubConfig::from_bytes(&wild.to_bytes().unwrap()).unwrap(), wild);
         assert!(StubConfig::from_bytes(&[0xFF; 3]).is_err());
     }
 

@@ -1054,3 +1054,46 @@ pub fn parse(
         _ => Err(diags),
     }
 }
+
+#[cfg(test)]
+mod fault_injection_tests {
+    use super::*;
+    use alloc::string::ToString;
+
+    const HVM: &str = "name='a'\ntype='hvm'\nmemory=64\n";
+
+    fn parsed(extra: &str) -> Result<(DomainConfig, Vec<String>), Vec<String>> {
+        let text = format!("{HVM}{extra}\n");
+        let strings = |d: &[Diagnostic]| d.iter().map(|d| d.to_string()).collect::<Vec<_>>();
+        match parse("t.cfg", text.as_bytes()) {
+            Ok((c, d)) => Ok((c, strings(&d))),
+            Err(d) => Err(strings(&d)),
+        }
+    }
+
+    #[test]
+    fn fault_inject_keys() {
+        // Neither key: no fault injection.
+        let (c, d) = parsed("").unwrap();
+        assert_eq!((c.device_model_fault_inject, c.device_model_fault_inject_wild), (None, false));
+        assert!(d.is_empty(), "{d:?}");
+        // The ATA trigger, decimal or hex, with and without the wild switch.
+        let (c, d) = parsed("device_model_fault_inject_ata = 236").unwrap();
+        assert_eq!((c.device_model_fault_inject, c.device_model_fault_inject_wild), (Some(0xEC), false));
+        assert!(d.is_empty(), "{d:?}");
+        let (c, d) = parsed("device_model_fault_inject_ata = 0xEC\ndevice_model_fault_inject_wild = 1").unwrap();
+        assert_eq!((c.device_model_fault_inject, c.device_model_fault_inject_wild), (Some(0xEC), true));
+        assert!(d.is_empty(), "{d:?}");
+        let (c, _) = parsed("device_model_fault_inject_ata = 0xEC\ndevice_model_fault_inject_wild = 'no'").unwrap();
+        assert!(!c.device_model_fault_inject_wild);
+        // The wild switch alone has no trigger: accepted with a warning.
+        let (c, d) = parsed("device_model_fault_inject_wild = 1").unwrap();
+        assert!(c.device_model_fault_inject_wild);
+        assert!(d.iter().any(|s| s.contains("device_model_fault_inject_wild") && s.contains("no effect")), "{d:?}");
+        // Not a boolean; not an ATA command.
+        let e = parsed("device_model_fault_inject_ata = 1\ndevice_model_fault_inject_wild = 2").unwrap_err();
+        assert!(e.iter().any(|s| s.contains("expected a boolean")), "{e:?}");
+        let e = parsed("device_model_fault_inject_ata = 0x100").unwrap_err();
+        assert!(e.iter().any(|s| s.contains("not an ATA command")), "{e:?}");
+    }
+}
