@@ -744,6 +744,10 @@ impl Platform for VcpuPlatform<'_> {
         self.forward(req, pending);
     }
 
+    fn buffer_write(&mut self, port: u16, size: u8, value: u32) -> bool {
+        self.ioreq().is_some_and(|io| io.try_buffer_write(port, size, value))
+    }
+
     fn take_io_response(&mut self) -> Option<(vcpu::PendingIo, u64)> {
         let ioreq = self.ioreq()?;
         let mut wait = self.vcpu.io_wait.lock();

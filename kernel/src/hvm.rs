@@ -174,6 +174,7 @@ fn create_stub(
     let name = format!("{}-dm", guest.name);
     let mut mem = GuestMemory::new(STUB_RAM_BYTES).map_err(|e| format!("{}: {}", name, e))?;
     mem.map_shared_page(IOREQ_GPA, ioreq.page_hpa()).map_err(|e| format!("{}: {}", name, e))?;
+    mem.map_shared_page(ferrite_abi::BUFIO_GPA, ioreq.bufio_hpa()).map_err(|e| format!("{}: {}", name, e))?;
     mem.map_window(GUEST_WINDOW, &guest.mem).map_err(|e| format!("{}: {}", name, e))?;
 
     let mut data: Vec<&'static [u8]> = Vec::new();

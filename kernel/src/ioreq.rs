@@ -14,11 +14,18 @@ use crate::mm::shared::SharedPage;
 use crate::sched::{self, Runnable};
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicBool, Ordering};
-use ferrite_abi::{slot, IoRequest, IOREQ_SLOTS, IOREQ_SLOT_SIZE, STATE_DONE, STATE_FREE, STATE_READY};
+use ferrite_abi::{bufio, slot, BufferedWrite, IoRequest, BUFIO_ENTRIES, BUFIO_RANGES, IOREQ_SLOTS, IOREQ_SLOT_SIZE, STATE_DONE, STATE_FREE, STATE_READY};
+use core::sync::atomic::AtomicU32;
 use spin::Mutex;
 
 pub struct IoreqServer {
     page: SharedPage,
+    /// The buffered-write ring (`ferrite_abi::bufio`).
+    bufio: SharedPage,
+    /// Entries written to the ring; the hypervisor's own count (the copy
+    /// in the page is for the stub), advanced under `bufio_lock`.
+    produced: AtomicU32,
+    bufio_lock: Mutex<()>,
     /// The stub domain's vCPU, woken when there is work.
     stub_vcpu: Mutex<Option<Arc<dyn Runnable>>>,
     /// Console input arrived for the guest since the stub last looked.
@@ -27,11 +34,51 @@ pub struct IoreqServer {
 
 impl IoreqServer {
     pub fn new() -> Option<Self> {
-        Some(IoreqServer { page: SharedPage::new()?, stub_vcpu: Mutex::new(None), input: AtomicBool::new(false) })
+        Some(IoreqServer {
+            page: SharedPage::new()?,
+            bufio: SharedPage::new()?,
+            produced: AtomicU32::new(0),
+            bufio_lock: Mutex::new(()),
+            stub_vcpu: Mutex::new(None),
+            input: AtomicBool::new(false),
+        })
     }
 
     pub fn page_hpa(&self) -> u64 {
         self.page.hpa()
+    }
+
+    pub fn bufio_hpa(&self) -> u64 {
+        self.bufio.hpa()
+    }
+
+    /// Queues a port write the stub said it can take late, without
+    /// stopping the guest. False when the port is not one of those or the
+    /// ring is full (then the write goes through a slot).
+    pub fn try_buffer_write(&self, port: u16, size: u8, value: u32) -> bool {
+        let listed = (0..BUFIO_RANGES).any(|i| {
+            let pair = self.bufio.load_u32(bufio::RANGES + i * 4);
+            let (first, last) = (pair as u16, (pair >> 16) as u16);
+            first <= port && port <= last
+        });
+        if !listed {
+            return false;
+        }
+        let _guard = self.bufio_lock.lock();
+        let produced = self.produced.load(Ordering::SeqCst);
+        let consumed = self.bufio.load_u32(bufio::CONSUMED);
+        // A stub that lies about CONSUMED only garbles its own guest's writes.
+        if produced.wrapping_sub(consumed) as usize >= BUFIO_ENTRIES {
+            return false;
+        }
+        let entry = BufferedWrite { port, size, value }.encode();
+        self.bufio.write(bufio::ENTRIES + (produced as usize % BUFIO_ENTRIES) * bufio::ENTRY_SIZE, &entry);
+        let produced = produced.wrapping_add(1);
+        self.produced.store(produced, Ordering::SeqCst);
+        self.bufio.store_u32(bufio::PRODUCED, produced);
+        drop(_guard);
+        self.notify();
+        true
     }
 
     pub fn set_stub_vcpu(&self, vcpu: Option<Arc<dyn Runnable>>) {
@@ -88,7 +135,8 @@ impl IoreqServer {
     /// nothing), looking at the first `slots` slots. Takes the input flag.
     pub fn pending_work(&self, slots: u32) -> u64 {
         let slots = (slots as usize).min(IOREQ_SLOTS);
-        let ready = (0..slots).any(|i| self.page.load_u32(i * IOREQ_SLOT_SIZE + slot::STATE) == STATE_READY);
+        let ready = (0..slots).any(|i| self.page.load_u32(i * IOREQ_SLOT_SIZE + slot::STATE) == STATE_READY)
+            || self.bufio.load_u32(bufio::CONSUMED) != self.produced.load(Ordering::SeqCst);
         let input = self.input.swap(false, Ordering::SeqCst);
         (if ready { ferrite_abi::WAIT_REQUESTS } else { 0 }) | (if input { ferrite_abi::WAIT_INPUT } else { 0 })
     }

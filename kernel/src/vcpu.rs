@@ -82,6 +82,11 @@ pub trait Platform {
     /// Sends `req` to the remote device model; the vCPU waits for the
     /// answer, then finishes the instruction as `pending` says.
     fn send_ioreq(&mut self, _req: IoRequest, _pending: PendingIo) {}
+    /// Queues a remote port write that needs no answer, if the device
+    /// model takes it that way; true = done, the guest goes on.
+    fn buffer_write(&mut self, _port: u16, _size: u8, _value: u32) -> bool {
+        false
+    }
     /// The answer to the request this vCPU waits for, once it has come.
     fn take_io_response(&mut self) -> Option<(PendingIo, u64)> {
         None
@@ -193,6 +198,10 @@ fn remote_port_io<V: VcpuOps>(
         data: if write { regs.rax & size_mask(size) } else { 0 },
     };
     if !string {
+        if write && platform.buffer_write(port, size, req.data as u32) {
+            vcpu.regs_mut().rip = next_rip;
+            return Ok(false);
+        }
         let pending = if write { PendingIo::PortOut { next_rip } } else { PendingIo::PortIn { size, next_rip } };
         platform.send_ioreq(req, pending);
         return Ok(true);

@@ -23,7 +23,7 @@
 
 use crate::block::StubBlock;
 use crate::guest_memory::{GuestRam, GuestWindow};
-use crate::hypercall;
+use crate::{hypercall, memory};
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::vec;
@@ -238,6 +238,8 @@ impl Devices {
             }
             0xCF8..=0xCFF => {
                 self.pci.io_write(port, size, value);
+                // A BAR may have moved.
+                self.publish_buffered_ports();
             }
             0x60 | 0x64 => {
                 self.i8042.io_write(port, value as u8);
@@ -329,6 +331,28 @@ impl Devices {
     pub fn mmio_write(&mut self, _addr: u64, _size: u8, _value: u64) {}
 
     /// Before scanning the slots: input for the guest's UART.
+    /// Tells the hypervisor which port writes it may queue instead of
+    /// waiting for: those whose devices need no answer and whose effects
+    /// can wait until the stub's next turn (anything the guest then reads
+    /// goes through a slot, after the queued writes). IDE and bus-master
+    /// registers, the UART, debugcon. Not PCI configuration (it moves
+    /// these ranges), fw_cfg (its DMA is watched in memory), the i8042 or
+    /// resets.
+    pub fn publish_buffered_ports(&self) {
+        let mut ranges: Vec<(u16, u16)> = vec![
+            (0x1F0, 0x1F7),
+            (0x3F6, 0x3F6),
+            (0x170, 0x177),
+            (0x376, 0x376),
+            (COM1, COM1 + 7),
+            (DEBUGCON, DEBUGCON),
+        ];
+        if let Some(base) = self.pci.ide_bmdma_base() {
+            ranges.push((base, base.saturating_add(15)));
+        }
+        memory::set_bufio_ranges(&ranges);
+    }
+
     /// The hypervisor has console input for the guest: take what fits.
     pub fn input_arrived(&mut self) {
         self.input_waiting = true;

@@ -29,6 +29,18 @@ pub fn serve(config: &StubConfig, devices: &mut Devices) -> ! {
         if work & ferrite_abi::WAIT_INPUT != 0 {
             devices.input_arrived();
         }
+        // Buffered writes first: they were issued before anything now in
+        // the slots.
+        let produced = memory::bufio_produced();
+        let mut consumed = memory::bufio_consumed();
+        while consumed != produced {
+            let w = memory::bufio_entry(consumed);
+            if matches!(w.size, 1 | 2 | 4) {
+                devices.pio_write(w.port, w.size, w.value);
+            }
+            consumed = consumed.wrapping_add(1);
+        }
+        memory::set_bufio_consumed(consumed);
         let mut answered = false;
         for index in 0..slots {
             let state = memory::slot_state(index);

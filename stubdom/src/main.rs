@@ -101,6 +101,7 @@ extern "C" fn stub_main(start_info: u64) -> ! {
         config.disks.len()
     );
     let mut devices = devices::Devices::new(&config);
+    devices.publish_buffered_ports();
     let (used, size) = memory::heap_usage();
     info!("devices ready; heap {} of {} KiB in use", used >> 10, size >> 10);
     ioreq::serve(&config, &mut devices)

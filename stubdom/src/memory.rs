@@ -14,7 +14,7 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use ferrite_abi::{
-    slot, IoRequest, GUEST_WINDOW, IOREQ_GPA, IOREQ_SLOTS, IOREQ_SLOT_SIZE, START_INFO_GPA, START_INFO_MAX,
+    bufio, slot, BufferedWrite, IoRequest, BUFIO_ENTRIES, BUFIO_GPA, BUFIO_RANGES, GUEST_WINDOW, IOREQ_GPA, IOREQ_SLOTS, IOREQ_SLOT_SIZE, START_INFO_GPA, START_INFO_MAX,
 };
 use ferrite_devmodel::dma::DmaError;
 use linked_list_allocator::Heap;
@@ -161,6 +161,54 @@ pub fn slot_set_data(index: usize, data: u64) {
     // SAFETY: 8-byte aligned field inside the mapped I/O-request page; the
     // hypervisor reads it only after the slot is DONE.
     unsafe { core::ptr::write_volatile(addr as *mut u64, data) };
+}
+
+// ---------------------------------------------------------------------------
+// The buffered-write page.
+
+fn bufio_word(offset: usize) -> &'static AtomicU32 {
+    // SAFETY: the buffered-write page is mapped for the stub's whole life;
+    // PRODUCED and CONSUMED are 4-byte aligned words inside it that both
+    // sides access only atomically.
+    unsafe { &*((BUFIO_GPA + offset as u64) as *const AtomicU32) }
+}
+
+/// Entries the hypervisor has queued so far (a running count).
+pub fn bufio_produced() -> u32 {
+    bufio_word(bufio::PRODUCED).load(Ordering::Acquire)
+}
+
+/// Entries applied so far.
+pub fn bufio_consumed() -> u32 {
+    bufio_word(bufio::CONSUMED).load(Ordering::Relaxed)
+}
+
+pub fn set_bufio_consumed(n: u32) {
+    bufio_word(bufio::CONSUMED).store(n, Ordering::Release);
+}
+
+/// Buffered write number `n` (read after seeing PRODUCED > n).
+pub fn bufio_entry(n: u32) -> BufferedWrite {
+    let addr = BUFIO_GPA + (bufio::ENTRIES + (n as usize % BUFIO_ENTRIES) * bufio::ENTRY_SIZE) as u64;
+    let mut e = [0u8; bufio::ENTRY_SIZE];
+    // SAFETY: the entry lies inside the mapped page; the hypervisor does
+    // not rewrite it until CONSUMED passes it.
+    unsafe { core::ptr::copy_nonoverlapping(addr as *const u8, e.as_mut_ptr(), e.len()) };
+    BufferedWrite::decode(&e)
+}
+
+/// Publishes the port ranges whose writes may be buffered (unused
+/// entries are written empty).
+pub fn set_bufio_ranges(ranges: &[(u16, u16)]) {
+    for i in 0..BUFIO_RANGES {
+        let (first, last) = ranges.get(i).copied().unwrap_or((1, 0));
+        let mut pair = [0u8; 4];
+        pair[..2].copy_from_slice(&first.to_le_bytes());
+        pair[2..].copy_from_slice(&last.to_le_bytes());
+        let addr = BUFIO_GPA + (bufio::RANGES + i * 4) as u64;
+        // SAFETY: inside the mapped page, in the stub-owned RANGES area.
+        unsafe { core::ptr::copy_nonoverlapping(pair.as_ptr(), addr as *mut u8, 4) };
+    }
 }
 
 // ---------------------------------------------------------------------------

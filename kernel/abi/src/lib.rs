@@ -33,6 +33,9 @@ pub const PAGE_TABLES_END: u64 = 0x100_000;
 pub const IMAGE_BASE: u64 = 0x100_000;
 /// The I/O-request page: one [`IoRequest`] slot per guest vCPU.
 pub const IOREQ_GPA: u64 = STUB_RAM_BYTES;
+/// The buffered-write page: port writes that need no answer, queued by
+/// the hypervisor without stopping the guest (see [`bufio`]).
+pub const BUFIO_GPA: u64 = IOREQ_GPA + 0x1000;
 /// The served guest's RAM appears at `GUEST_WINDOW + guest-physical`.
 pub const GUEST_WINDOW: u64 = 0x80_0000_0000;
 /// The largest guest-physical address the window covers.
@@ -120,6 +123,51 @@ impl IoRequest {
             addr: u64_at(slot::ADDR),
             data: u64_at(slot::DATA),
         }
+    }
+}
+
+/// Buffered port writes (Xen's "buffered ioreq"): the stub lists the port
+/// ranges whose writes it can take late (the write has no result and the
+/// device's reaction can wait for the stub's next turn); the hypervisor
+/// appends such writes to a ring instead of making the guest wait, and the
+/// stub applies the ring, in order, before any request in the slots — so
+/// a later read still sees every earlier write. If the ring is full the
+/// write goes through a slot as usual.
+///
+/// Page layout: `PRODUCED` u32 (hypervisor, count of entries written),
+/// `CONSUMED` u32 (stub, count applied), `RANGES`: [`BUFIO_RANGES`] pairs of
+/// u16 (first, last port; first > last = unused) written by the stub, then
+/// [`BUFIO_ENTRIES`] entries of 8 bytes: u16 port, u8 size, u8 reserved,
+/// u32 value; entry `n` is at index `n % BUFIO_ENTRIES`.
+pub mod bufio {
+    pub const PRODUCED: usize = 0;
+    pub const CONSUMED: usize = 4;
+    pub const RANGES: usize = 8;
+    pub const ENTRIES: usize = 128;
+    pub const ENTRY_SIZE: usize = 8;
+}
+pub const BUFIO_RANGES: usize = 16;
+pub const BUFIO_ENTRIES: usize = 256;
+
+/// One buffered port write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BufferedWrite {
+    pub port: u16,
+    pub size: u8,
+    pub value: u32,
+}
+
+impl BufferedWrite {
+    pub fn encode(&self) -> [u8; bufio::ENTRY_SIZE] {
+        let mut e = [0u8; bufio::ENTRY_SIZE];
+        e[0..2].copy_from_slice(&self.port.to_le_bytes());
+        e[2] = self.size;
+        e[4..8].copy_from_slice(&self.value.to_le_bytes());
+        e
+    }
+
+    pub fn decode(e: &[u8; bufio::ENTRY_SIZE]) -> Self {
+        BufferedWrite { port: u16::from_le_bytes([e[0], e[1]]), size: e[2], value: u32::from_le_bytes([e[4], e[5], e[6], e[7]]) }
     }
 }
 
@@ -397,6 +445,14 @@ mod tests {
         let wild = StubConfig { fault_inject_ata_command: Some(0xEC), fault_inject_wild_access: true, ..cfg.clone() };
         assert_eq!(StubConfig::from_bytes(&wild.to_bytes().unwrap()).unwrap(), wild);
         assert!(StubConfig::from_bytes(&[0xFF; 3]).is_err());
+    }
+
+    #[test]
+    fn buffered_write_round_trips_and_fits_the_page() {
+        let w = BufferedWrite { port: 0x1F2, size: 1, value: 0x80 };
+        assert_eq!(BufferedWrite::decode(&w.encode()), w);
+        assert!(bufio::RANGES + BUFIO_RANGES * 4 <= bufio::ENTRIES);
+        assert!(bufio::ENTRIES + BUFIO_ENTRIES * bufio::ENTRY_SIZE <= 4096);
     }
 
     #[test]
