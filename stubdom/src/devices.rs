@@ -334,19 +334,13 @@ impl Devices {
     /// Tells the hypervisor which port writes it may queue instead of
     /// waiting for: those whose devices need no answer and whose effects
     /// can wait until the stub's next turn (anything the guest then reads
-    /// goes through a slot, after the queued writes). IDE and bus-master
-    /// registers, the UART, debugcon. Not PCI configuration (it moves
-    /// these ranges), fw_cfg (its DMA is watched in memory), the i8042 or
-    /// resets.
+    /// goes through a slot, after the queued writes): the IDE and
+    /// bus-master registers. Not the UART or debugcon: output queued just
+    /// before the guest powers off (through the hypervisor's ACPI ports)
+    /// would be lost with the stub. Not PCI configuration (it moves these
+    /// ranges), fw_cfg (its DMA is watched in memory), the i8042 or resets.
     pub fn publish_buffered_ports(&self) {
-        let mut ranges: Vec<(u16, u16)> = vec![
-            (0x1F0, 0x1F7),
-            (0x3F6, 0x3F6),
-            (0x170, 0x177),
-            (0x376, 0x376),
-            (COM1, COM1 + 7),
-            (DEBUGCON, DEBUGCON),
-        ];
+        let mut ranges: Vec<(u16, u16)> = vec![(0x1F0, 0x1F7), (0x3F6, 0x3F6), (0x170, 0x177), (0x376, 0x376)];
         if let Some(base) = self.pci.ide_bmdma_base() {
             ranges.push((base, base.saturating_add(15)));
         }

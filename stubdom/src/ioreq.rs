@@ -29,24 +29,16 @@ pub fn serve(config: &StubConfig, devices: &mut Devices) -> ! {
         if work & ferrite_abi::WAIT_INPUT != 0 {
             devices.input_arrived();
         }
-        // Buffered writes first: they were issued before anything now in
-        // the slots.
-        let produced = memory::bufio_produced();
-        let mut consumed = memory::bufio_consumed();
-        while consumed != produced {
-            let w = memory::bufio_entry(consumed);
-            if matches!(w.size, 1 | 2 | 4) {
-                devices.pio_write(w.port, w.size, w.value);
-            }
-            consumed = consumed.wrapping_add(1);
-        }
-        memory::set_bufio_consumed(consumed);
+        apply_buffered_writes(devices);
         let mut answered = false;
         for index in 0..slots {
             let state = memory::slot_state(index);
             if state.load(Ordering::Acquire) != STATE_READY {
                 continue;
             }
+            // The guest queued its earlier writes before publishing this
+            // request (so seeing READY means seeing them): apply them first.
+            apply_buffered_writes(devices);
             let req = memory::slot_request(index);
             if let Some(data) = handle(devices, &req) {
                 memory::slot_set_data(index, data);
@@ -66,6 +58,23 @@ pub fn serve(config: &StubConfig, devices: &mut Devices) -> ! {
             hypercall::wait_after(answered)
         };
     }
+}
+
+/// Applies the buffered writes queued so far, in order.
+fn apply_buffered_writes(devices: &mut Devices) {
+    let produced = memory::bufio_produced();
+    let mut consumed = memory::bufio_consumed();
+    if consumed == produced {
+        return;
+    }
+    while consumed != produced {
+        let w = memory::bufio_entry(consumed);
+        if matches!(w.size, 1 | 2 | 4) {
+            devices.pio_write(w.port, w.size, w.value);
+        }
+        consumed = consumed.wrapping_add(1);
+    }
+    memory::set_bufio_consumed(consumed);
 }
 
 fn size_mask(size: u8) -> u64 {
