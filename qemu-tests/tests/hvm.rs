@@ -73,7 +73,7 @@ fn seabios_boots_an_mbr_from_the_emulated_ide_disk() {
     let disk_path = dir.join("disk0.img");
     write_file(&disk_path, &disk);
     let q = base_qemu()
-        .smp(2)
+        .smp(ferrite_qemu_tests::HVM_HOST_CPUS)
         .kernel(&images().multiboot)
         .append(BASE_CMDLINE)
         .module(hvm_config(&dir, "hvm1", &["phy:disk0,hda,w"], ""))

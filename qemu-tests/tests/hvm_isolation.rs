@@ -141,6 +141,9 @@ fn disk(dir: &Path, serial: &str, seed: u64) -> (PathBuf, Vec<u8>, Vec<String>) 
 fn boot_faulty_guest_with_ticker(test: &str, extra: &str) -> Vm {
     let dir = test_dir(test);
     let (_, _, disk_args) = disk(&dir, "disk0", 0);
+    // Two host CPUs: on one, the busy-waiting ticker can finish before
+    // SeaBIOS reaches its disk, and "keeps running after the crash" would
+    // not be shown.
     let q = base_qemu()
         .smp(2)
         .kernel(&images().multiboot)
@@ -279,7 +282,7 @@ fn two_hvm_guests_with_their_own_stub_domains_run_at_once() {
     let (sum_a, sum_b) = (expected_sum(&disk_a), expected_sum(&disk_b));
     assert_ne!(sum_a, sum_b, "the two disks must hold different data");
     let q = base_qemu()
-        .smp(2)
+        .smp(ferrite_qemu_tests::HVM_HOST_CPUS)
         .kernel(&images().multiboot)
         .append(BASE_CMDLINE)
         .module(hvm_config(&dir, "hvma", "diska", ""))
