@@ -770,11 +770,13 @@ mod linux_tests {
     }
 }
 
-/// Host CPUs for HVM scenarios. One: with two, about 1 boot in 20 ends in a
-/// host triple fault right after a VM exit (the host's page tables are
-/// intact when inspected; root cause still open, see the README's known
-/// issues), and CI must not flake on it. Guests and stub domains still
-/// share the CPU through the scheduler, which is what these tests exercise.
+/// Host CPUs for the SeaBIOS MBR scenarios. One: with two, about 1 boot
+/// in 20 of two HVM guests ended in a host triple fault right after a VM
+/// exit (the host's page tables are intact when inspected; root cause
+/// still open, see the README's known issues), and CI must not flake on
+/// it. Guests and stub domains still share the CPU through the scheduler.
+/// (The HVM Linux test uses two: it passed every run since the deadlock
+/// fixes, and once hung early on one CPU under a loaded host.)
 pub const HVM_HOST_CPUS: u32 = 1;
 
 /// SeaBIOS as the system's QEMU install ships it (Debian's `seabios`

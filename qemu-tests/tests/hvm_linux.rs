@@ -83,7 +83,7 @@ fn linux_boots_hvm_uses_udma_and_keeps_data_across_a_restart() {
     write_file(&cfg_path, cfg.as_bytes());
     let q = base_qemu()
         .memory_mib(1024)
-        .smp(ferrite_qemu_tests::HVM_HOST_CPUS)
+        .smp(2)
         .kernel(&images().multiboot)
         .append(BASE_CMDLINE)
         .module(ModuleSpec::new(&cfg_path, ""))
