@@ -205,30 +205,14 @@ impl AcpiPm {
     }
 
     fn decode(&self, port: u16) -> Option<Block> {
-        let l = &self.layout;
-        let within = |base: u16, len: u16| port.wrapping_sub(base) < len;
-        if within(l.pm1a_evt, 4) {
-            Some(Block::Evt(port.wrapping_sub(l.pm1a_evt)))
-        } else if within(l.pm1a_cnt, 2) {
-            Some(Block::Cnt(port.wrapping_sub(l.pm1a_cnt)))
-        } else if within(l.pm_tmr, 4) {
-            Some(Block::Tmr(port.wrapping_sub(l.pm_tmr)))
-        } else if port == l.reset_port {
-            Some(Block::Reset)
-        } else {
-            None
-        }
+        self.layout.decode(port)
     }
 
     /// Whether `port` (the first byte of an access of `size` bytes) is
     /// ours. The reset register only answers byte accesses, so a dword
     /// access at 0xCF8 (PCI CONFIG_ADDRESS) is never claimed.
     pub fn handles(&self, port: u16, size: u8) -> bool {
-        match self.decode(port) {
-            Some(Block::Reset) => size == 1,
-            Some(_) => true,
-            None => false,
-        }
+        self.layout.handles(port, size)
     }
 
     fn read_byte(&mut self, port: u16, clock: &dyn Clock) -> u8 {
@@ -315,6 +299,34 @@ impl AcpiPm {
             log::debug!("acpi_pm: unsupported sleep type {typ} ignored");
         }
         None
+    }
+}
+
+impl AcpiPmLayout {
+    fn decode(&self, port: u16) -> Option<Block> {
+        let l = self;
+        let within = |base: u16, len: u16| port.wrapping_sub(base) < len;
+        if within(l.pm1a_evt, 4) {
+            Some(Block::Evt(port.wrapping_sub(l.pm1a_evt)))
+        } else if within(l.pm1a_cnt, 2) {
+            Some(Block::Cnt(port.wrapping_sub(l.pm1a_cnt)))
+        } else if within(l.pm_tmr, 4) {
+            Some(Block::Tmr(port.wrapping_sub(l.pm_tmr)))
+        } else if port == l.reset_port {
+            Some(Block::Reset)
+        } else {
+            None
+        }
+    }
+
+    /// Whether an access of `size` bytes at `port` is one of these
+    /// registers (see [`AcpiPm::handles`]).
+    pub fn handles(&self, port: u16, size: u8) -> bool {
+        match self.decode(port) {
+            Some(Block::Reset) => size == 1,
+            Some(_) => true,
+            None => false,
+        }
     }
 }
 

@@ -87,6 +87,11 @@ pub struct Domain {
     pub(crate) vcpus: Mutex<Vec<Arc<Vcpu>>>,
     pub(crate) devices: Mutex<Devices>,
     pub(crate) role: Role,
+    /// HVM: the PIC's INTR output as of its last change, so vCPU 0 can
+    /// check it on every entry without taking the device lock.
+    pic_output: core::sync::atomic::AtomicBool,
+    /// Which ports the in-hypervisor devices decode.
+    ports: platform::PortMap,
     /// Console output not yet ending in a newline.
     console_line: Mutex<Vec<u8>>,
     /// The newest console output (what `xl console` would replay).
@@ -262,6 +267,7 @@ impl Domain {
         let npt_root = mem.npt_root();
         let asid = id % caps.asids.saturating_sub(1).max(1) + 1;
         let hvm = matches!(role, Role::Hvm { .. });
+        let ports = devices.port_map();
         let domain = Arc::new(Domain {
             id,
             name: spec.name.clone(),
@@ -269,6 +275,8 @@ impl Domain {
             vcpus: Mutex::new(Vec::new()),
             devices: Mutex::new(devices),
             role,
+            pic_output: core::sync::atomic::AtomicBool::new(false),
+            ports,
             console_line: Mutex::new(Vec::new()),
             console_ring: Mutex::new(console::LogRing::new(16 * 1024)),
             state: Mutex::new(DomainState::Running),
@@ -480,6 +488,7 @@ impl Domain {
         }
         self.deliver_all(&fx.deliveries);
         if fx.pic {
+            self.pic_output.store(devices.pic_pending(), Ordering::SeqCst);
             // The PIC's INTR goes to vCPU 0: let it look.
             if let Some(v) = self.runnable(0) {
                 sched::wake(&v);
@@ -638,10 +647,7 @@ impl VcpuPlatform<'_> {
         if self.vcpu.id != 0 || !matches!(self.domain.role, Role::Hvm { .. }) {
             return false;
         }
-        // One lock at a time: elsewhere the device lock is taken before
-        // the LAPIC's (delivering an interrupt), never the other way.
-        let accepts = self.vcpu.lapic.lock().accepts_pic_interrupts();
-        accepts && self.domain.devices.lock().pic_pending()
+        self.domain.pic_output.load(Ordering::SeqCst) && self.vcpu.lapic.lock().accepts_pic_interrupts()
     }
 
     /// Sends an access to the stub domain; this vCPU then waits.
@@ -737,7 +743,7 @@ impl Platform for VcpuPlatform<'_> {
     }
 
     fn port_is_remote(&mut self, port: u16, size: u8) -> bool {
-        matches!(self.domain.role, Role::Hvm { .. }) && !self.domain.devices.lock().is_local_port(port, size)
+        matches!(self.domain.role, Role::Hvm { .. }) && !self.domain.ports.is_local(port, size)
     }
 
     fn send_ioreq(&mut self, req: ferrite_abi::IoRequest, pending: vcpu::PendingIo) {
@@ -864,7 +870,10 @@ impl Platform for VcpuPlatform<'_> {
             }
         }
         if self.pic_interrupt() {
-            return self.domain.devices.lock().pic_acknowledge();
+            let mut d = self.domain.devices.lock();
+            let vector = d.pic_acknowledge();
+            self.domain.pic_output.store(d.pic_pending(), Ordering::SeqCst);
+            return vector;
         }
         None
     }

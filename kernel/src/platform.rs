@@ -57,6 +57,28 @@ pub struct Effects {
     pub pic: bool,
 }
 
+/// Which ports a domain's in-hypervisor devices decode; a copy lives in
+/// the domain so an exit can tell without taking the device lock.
+#[derive(Clone, Copy, Debug)]
+pub struct PortMap {
+    pic: bool,
+    uart: bool,
+    pm: AcpiPmLayout,
+}
+
+impl PortMap {
+    /// Whether a device in the hypervisor decodes `port` (else, in an HVM
+    /// domain, the access goes to the stub domain).
+    pub fn is_local(&self, port: u16, size: u8) -> bool {
+        match port {
+            0x20 | 0x21 | 0xA0 | 0xA1 | 0x4D0 | 0x4D1 | 0x80 => self.pic,
+            0x40..=0x43 | 0x61 | 0x70 | 0x71 => true,
+            COM1_BASE..=0x3FF => self.uart,
+            _ => self.pm.handles(port, size),
+        }
+    }
+}
+
 /// The domain-wide devices.
 pub struct Devices {
     pub uart: Uart16550,
@@ -69,6 +91,7 @@ pub struct Devices {
     pub pic: Option<Pic>,
     /// PVH: the UART is here; HVM: in the stub domain.
     has_uart: bool,
+    pm_layout: AcpiPmLayout,
     /// Last level driven onto each GSI by a level-style source.
     uart_line: bool,
     /// Console input waiting for room in the UART's receive FIFO.
@@ -132,6 +155,7 @@ impl Devices {
             layout,
             pic: hvm.then(Pic::new),
             has_uart: !hvm,
+            pm_layout,
             uart_line: false,
             input_backlog: alloc::collections::VecDeque::new(),
             rtc_line: false,
@@ -205,15 +229,9 @@ impl Devices {
             .min()
     }
 
-    /// Whether a device here decodes `port` (else, in an HVM domain, the
-    /// access goes to the stub domain).
-    pub fn is_local_port(&self, port: u16, size: u8) -> bool {
-        match port {
-            0x20 | 0x21 | 0xA0 | 0xA1 | 0x4D0 | 0x4D1 | 0x80 => self.pic.is_some(),
-            0x40..=0x43 | 0x61 | 0x70 | 0x71 => true,
-            COM1_BASE..=0x3FF => self.has_uart,
-            _ => self.pm.handles(port, size),
-        }
+    /// Which ports these devices decode (fixed for the domain's life).
+    pub fn port_map(&self) -> PortMap {
+        PortMap { pic: self.pic.is_some(), uart: self.has_uart, pm: self.pm_layout }
     }
 
     /// Whether a write to `port` may move a timer deadline (PIT, RTC,
