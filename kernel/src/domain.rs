@@ -23,7 +23,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, Ordering};
 use crate::platform::{self, Devices, Effects, HostClock, VcpuEvent};
 use ferrite_devmodel::acpi_pm::PowerEvent;
-use ferrite_devmodel::lapic::{Lapic, LapicConfig, LapicEffect};
+use ferrite_devmodel::lapic::{Lapic, LapicConfig, LapicEffect, MSR_TSC_DEADLINE};
 use log::{error, info};
 use spin::Mutex;
 
@@ -92,6 +92,9 @@ pub struct Domain {
     pic_output: core::sync::atomic::AtomicBool,
     /// Which ports the in-hypervisor devices decode.
     ports: platform::PortMap,
+    /// Added to the host TSC for this domain's vCPUs: its TSC starts near
+    /// 0 when it is created, as a machine's does at power-on.
+    tsc_offset: core::sync::atomic::AtomicU64,
     /// Console output not yet ending in a newline.
     console_line: Mutex<Vec<u8>>,
     /// The newest console output (what `xl console` would replay).
@@ -277,6 +280,7 @@ impl Domain {
             role,
             pic_output: core::sync::atomic::AtomicBool::new(false),
             ports,
+            tsc_offset: core::sync::atomic::AtomicU64::new(0u64.wrapping_sub(crate::arch::cpu::rdtsc())),
             console_line: Mutex::new(Vec::new()),
             console_ring: Mutex::new(console::LogRing::new(16 * 1024)),
             state: Mutex::new(DomainState::Running),
@@ -343,6 +347,11 @@ impl Domain {
     pub(crate) fn runnable(&self, index: usize) -> Option<Arc<dyn Runnable>> {
         let v: Arc<dyn Runnable> = self.vcpus.lock().get(index)?.clone();
         Some(v)
+    }
+
+    /// What this domain's TSC reads relative to the host's.
+    pub fn tsc_offset(&self) -> u64 {
+        self.tsc_offset.load(Ordering::SeqCst)
     }
 
     pub fn state(&self) -> DomainState {
@@ -778,7 +787,16 @@ impl Platform for VcpuPlatform<'_> {
         match msr {
             0x1B => Some(self.vcpu.lapic.lock().apic_base()),
             0x277 => Some(self.pat),
-            0x10 => Some(crate::arch::cpu::rdtsc()),
+            0x10 => Some(crate::arch::cpu::rdtsc().wrapping_add(self.domain.tsc_offset())),
+            // The LAPIC model keeps the deadline in host TSC (its timers run
+            // on host time); the guest sees it in its own.
+            MSR_TSC_DEADLINE => self.vcpu.lapic.lock().read_msr(MSR_TSC_DEADLINE, &HostClock).ok().map(|d| {
+                if d == 0 {
+                    0
+                } else {
+                    d.wrapping_add(self.domain.tsc_offset())
+                }
+            }),
             m if Lapic::handles_msr(m) => self.vcpu.lapic.lock().read_msr(m, &HostClock).ok(),
             m => benign_msr(m),
         }
@@ -788,6 +806,24 @@ impl Platform for VcpuPlatform<'_> {
         self.deadline_stale = true;
         match msr {
             0x1B => self.vcpu.lapic.lock().set_apic_base(value).is_ok(),
+            // Writing the TSC moves the domain's offset (all its vCPUs keep
+            // one TSC, as on one machine).
+            0x10 => {
+                let offset = value.wrapping_sub(crate::arch::cpu::rdtsc());
+                self.domain.tsc_offset.store(offset, Ordering::SeqCst);
+                true
+            }
+            MSR_TSC_DEADLINE => {
+                let host = if value == 0 { 0 } else { value.wrapping_sub(self.domain.tsc_offset()) };
+                let r = self.vcpu.lapic.lock().write_msr(MSR_TSC_DEADLINE, host, &HostClock);
+                match r {
+                    Ok(effect) => {
+                        self.lapic_effect(effect);
+                        true
+                    }
+                    Err(_) => false,
+                }
+            }
             0x277 => {
                 // Each byte must be a valid memory type (0, 1, 4, 5, 6, 7).
                 let valid = (0..8).all(|i| matches!((value >> (i * 8)) as u8, 0 | 1 | 4..=7));
@@ -978,6 +1014,7 @@ impl Vcpu {
             deadline_stale: cached == 0 || self.first_slice.swap(false, Ordering::SeqCst),
             waiting: false,
         };
+        arch.set_tsc_offset(domain.tsc_offset());
         let (outcome, _exits) = vcpu::run_loop(&mut *arch, &mut platform, 0);
         drop(arch);
         if let Some(state) = platform.shutdown.take() {

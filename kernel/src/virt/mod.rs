@@ -154,6 +154,8 @@ pub trait VcpuOps {
     fn paging_state(&self) -> PagingState;
     /// The code segment (its base, and L/D bits for the decoding mode).
     fn code_segment(&self) -> Segment;
+    /// What the guest's TSC reads relative to the host's (added, wrapping).
+    fn set_tsc_offset(&mut self, offset: u64);
     /// Segment register `index` in the instruction encoding's order (0 = ES,
     /// 1 = CS, 2 = SS, 3 = DS, 4 = FS, 5 = GS).
     fn segment(&self, index: u8) -> Segment;

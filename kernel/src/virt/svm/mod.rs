@@ -457,6 +457,13 @@ impl VcpuOps for SvmVcpu {
         self.vmcb.segment(CS)
     }
 
+    fn set_tsc_offset(&mut self, offset: u64) {
+        if self.vmcb.read_u64(TSC_OFFSET) != offset {
+            self.vmcb.write_u64(TSC_OFFSET, offset);
+            self.dirty |= CLEAN_INTERCEPTS;
+        }
+    }
+
     fn segment(&self, index: u8) -> Segment {
         // ES, CS, SS, DS, FS, GS are consecutive 16-byte VMCB entries.
         self.vmcb.segment(ES + 0x10 * usize::from(index.min(5)))

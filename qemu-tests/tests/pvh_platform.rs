@@ -1,0 +1,42 @@
+//! Platform behaviour a PVH domain sees that the Linux boots do not show
+//! directly: its TSC is offset to start near zero when the domain is
+//! created (guests do not see the host's uptime), RDTSC and the IA32_TSC
+//! MSR agree, and the TSC advances at the rate Ferrite reports.
+
+use ferrite_qemu_tests::ferrite_tools::guestasm;
+use ferrite_qemu_tests::ferrite_tools::modules::ModuleSpec;
+use ferrite_qemu_tests::regex::Regex;
+use ferrite_qemu_tests::{base_qemu, images, test_dir, Vm, BASE_CMDLINE};
+
+#[test]
+fn a_domains_tsc_starts_near_zero_and_counts_at_the_host_rate() {
+    let name = "a_domains_tsc_starts_near_zero_and_counts_at_the_host_rate";
+    let dir = test_dir(name);
+    let elf = guestasm::build_guest("tsc", &dir).unwrap_or_else(|e| panic!("cannot assemble the tsc guest: {e:#}"));
+    let cfg = dir.join("tsc.cfg");
+    std::fs::write(&cfg, "name = \"tsc\"\ntype = \"pvh\"\nkernel = \"tsc.elf\"\nmemory = 32\nvcpus = 1\n")
+        .expect("write the config");
+    let q = base_qemu().kernel(&images().multiboot).append(BASE_CMDLINE).module(ModuleSpec::new(&cfg, "")).module(ModuleSpec::new(&elf, ""));
+    let mut vm = Vm::start(name, &dir, q);
+    let mhz_line = vm.wait_for(r"TSC (\d+) MHz", vm.remaining());
+    let line = vm.wait_for(r"^\(tsc\) tsc rdtsc=\d+ msr=\d+ after=\d+$", vm.remaining());
+    vm.expect_lines(&[r"domain \d+ \(tsc\) powered off"]);
+    vm.expect_success();
+    let mhz: u64 = Regex::new(r"TSC (\d+) MHz").unwrap().captures(&mhz_line).unwrap()[1].parse().unwrap();
+    let c = Regex::new(r"rdtsc=(\d+) msr=(\d+) after=(\d+)").unwrap().captures(&line).unwrap();
+    let (t0, t1, t2): (u64, u64, u64) = (c[1].parse().unwrap(), c[2].parse().unwrap(), c[3].parse().unwrap());
+    let hz = mhz * 1_000_000;
+    // The guest runs within moments of its creation; the host had been up
+    // for Ferrite's whole boot (well over 0.1 s) by then.
+    if t0 >= hz / 10 {
+        vm.fail(&format!("the guest's first RDTSC read {t0} (over 0.1 s of {mhz} MHz): not offset to its creation"));
+    }
+    if t1 < t0 || t1 - t0 > hz / 100 {
+        vm.fail(&format!("IA32_TSC ({t1}) does not follow RDTSC ({t0})"));
+    }
+    // 0.1 s of PM timer later: 0.1 s of TSC, give or take half.
+    let delta = t2.saturating_sub(t0);
+    if delta < hz / 20 || delta > hz * 3 / 20 {
+        vm.fail(&format!("0.1 s of PM timer took {delta} TSC ticks at {mhz} MHz"));
+    }
+}
