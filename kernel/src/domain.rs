@@ -95,6 +95,8 @@ pub struct Domain {
     /// Added to the host TSC for this domain's vCPUs: its TSC starts near
     /// 0 when it is created, as a machine's does at power-on.
     tsc_offset: core::sync::atomic::AtomicU64,
+    /// Paused by the administrator: its vCPUs are not scheduled.
+    paused: core::sync::atomic::AtomicBool,
     /// Console output not yet ending in a newline.
     console_line: Mutex<Vec<u8>>,
     /// The newest console output (what `xl console` would replay).
@@ -281,6 +283,7 @@ impl Domain {
             pic_output: core::sync::atomic::AtomicBool::new(false),
             ports,
             tsc_offset: core::sync::atomic::AtomicU64::new(0u64.wrapping_sub(crate::arch::cpu::rdtsc())),
+            paused: core::sync::atomic::AtomicBool::new(false),
             console_line: Mutex::new(Vec::new()),
             console_ring: Mutex::new(console::LogRing::new(16 * 1024)),
             state: Mutex::new(DomainState::Running),
@@ -347,6 +350,25 @@ impl Domain {
     pub(crate) fn runnable(&self, index: usize) -> Option<Arc<dyn Runnable>> {
         let v: Arc<dyn Runnable> = self.vcpus.lock().get(index)?.clone();
         Some(v)
+    }
+
+    /// Pauses or unpauses the domain (xl pause/unpause): a paused
+    /// domain's vCPUs are not scheduled; interrupts for them wait.
+    pub fn set_paused(&self, paused: bool) {
+        if self.paused.swap(paused, Ordering::SeqCst) == paused {
+            return;
+        }
+        info!("domain {} ({}) {}", self.id, self.name, if paused { "paused" } else { "unpaused" });
+        // Paused: running vCPUs stop at their next exit; unpaused: every
+        // vCPU looks again (one halted before the pause halts again).
+        for v in self.vcpus.lock().iter() {
+            let r: Arc<dyn Runnable> = v.clone();
+            sched::wake(&r);
+        }
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
     }
 
     /// What this domain's TSC reads relative to the host's.
@@ -942,7 +964,11 @@ impl Platform for VcpuPlatform<'_> {
     }
 
     fn should_stop(&mut self) -> bool {
-        self.shutdown.is_some() || self.halted || crate::arch::time::now_ns() >= self.slice_end_ns || !self.domain.is_running()
+        self.shutdown.is_some()
+            || self.halted
+            || crate::arch::time::now_ns() >= self.slice_end_ns
+            || !self.domain.is_running()
+            || self.domain.is_paused()
     }
 }
 
@@ -972,6 +998,9 @@ impl Vcpu {
         };
         if domain.state() != DomainState::Running {
             return SliceEnd::Stopped;
+        }
+        if domain.is_paused() {
+            return self.block(None);
         }
         let mut arch = self.arch.lock();
         if let Some(page) = self.start_page.lock().take() {
@@ -1089,12 +1118,22 @@ pub fn list(mut out: impl FnMut(&str)) {
     doms.sort_by_key(|d| d.id);
     for d in doms {
         let state = match d.state() {
+            DomainState::Running if d.is_paused() => "--p---",
             DomainState::Running => "r-----",
             DomainState::PoweredOff | DomainState::Rebooting => "--s---",
             DomainState::Crashed(_) => "---c--",
         };
         out(&format!("{:<40} {:>5} {:>5} {:>5}\t{}", d.name, d.id, d.mem.ram_bytes() >> 20, d.spec.vcpus, state));
     }
+}
+
+/// Pauses (or unpauses) domain `id`; false if there is no such domain.
+pub fn set_paused(id: u32, paused: bool) -> bool {
+    let Some(d) = DOMAINS.lock().iter().find(|d| d.id == id).cloned() else {
+        return false;
+    };
+    d.set_paused(paused);
+    true
 }
 
 /// Number of domains still alive.

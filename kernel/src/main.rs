@@ -258,10 +258,30 @@ pub extern "C" fn kmain(magic: u32, info_paddr: u32, entry: u32) -> ! {
 /// A key typed while console input goes to the hypervisor (Xen's debug
 /// keys, in spirit).
 pub fn debug_key(key: u8) {
+    // A domain id typed before a key applies to it ("3p" pauses domain 3).
+    static TYPED_ID: AtomicU32 = AtomicU32::new(NO_ID);
+    const NO_ID: u32 = u32::MAX;
+    if key.is_ascii_digit() {
+        let digit = u32::from(key - b'0');
+        let id = match TYPED_ID.load(Ordering::SeqCst) {
+            NO_ID => digit,
+            n => n.saturating_mul(10).saturating_add(digit),
+        };
+        TYPED_ID.store(id, Ordering::SeqCst);
+        return;
+    }
+    let id = TYPED_ID.swap(NO_ID, Ordering::SeqCst);
     match key {
         b'h' => {
             info!("keys: 'l' list domains, 'd' replay the hypervisor log (dmesg), 'm' memory, 'h' this help");
+            info!("      '<id>p' pause domain <id>, '<id>u' unpause it (xl pause/unpause)");
             info!("Ctrl-a three times switches console input to the next domain");
+        }
+        b'p' | b'u' if id == NO_ID => info!("type the domain id first, e.g. '1{}'", key as char),
+        b'p' | b'u' => {
+            if !domain::set_paused(id, key == b'p') {
+                info!("no domain {}", id);
+            }
         }
         b'l' => domain::list(|line| console::print_fmt(format_args!("{}\n", line))),
         b'd' => {

@@ -40,3 +40,39 @@ fn a_domains_tsc_starts_near_zero_and_counts_at_the_host_rate() {
         vm.fail(&format!("0.1 s of PM timer took {delta} TSC ticks at {mhz} MHz"));
     }
 }
+
+/// `xl pause`/`unpause` through Ferrite's console keys ("<id>p", "<id>u"):
+/// a paused domain makes no progress, and goes on where it was once
+/// unpaused.
+#[test]
+fn a_paused_domain_stops_and_resumes() {
+    use std::time::Duration;
+    let name = "a_paused_domain_stops_and_resumes";
+    let dir = test_dir(name);
+    let elf = guestasm::build_guest("ticker", &dir).unwrap_or_else(|e| panic!("cannot assemble the ticker: {e:#}"));
+    let cfg = dir.join("ticker.cfg");
+    std::fs::write(&cfg, "name = \"ticker\"\ntype = \"pvh\"\nkernel = \"ticker.elf\"\nmemory = 32\nvcpus = 1\n")
+        .expect("write the config");
+    let q = base_qemu().kernel(&images().multiboot).append(BASE_CMDLINE).module(ModuleSpec::new(&cfg, "")).module(ModuleSpec::new(&elf, ""));
+    let (mut vm, mut input) = Vm::start_interactive(name, &dir, q, ferrite_qemu_tests::vm_timeout());
+    vm.wait_for(r"^\(ticker\) tick 2$", vm.remaining());
+    if let Err(e) = input.type_slowly("0p", Duration::from_millis(50)) {
+        vm.fail(&format!("cannot type: {e}"));
+    }
+    vm.wait_for(r"domain 0 \(ticker\) paused", Duration::from_secs(10));
+    let ticks = |vm: &Vm| vm.console_text().lines().filter(|l| l.starts_with("(ticker) tick ")).count();
+    let at_pause = ticks(&vm);
+    // A tick is 100 ms: a running ticker would print several in 1.5 s.
+    std::thread::sleep(Duration::from_millis(1500));
+    let later = ticks(&vm);
+    if later > at_pause + 1 {
+        vm.fail(&format!("the paused ticker went on ticking ({at_pause} ticks at the pause, {later} 1.5 s later)"));
+    }
+    if let Err(e) = input.type_slowly("0u", Duration::from_millis(50)) {
+        vm.fail(&format!("cannot type: {e}"));
+    }
+    vm.wait_for(r"domain 0 \(ticker\) unpaused", Duration::from_secs(10));
+    vm.wait_for(r"^\(ticker\) ticker done$", vm.remaining());
+    vm.expect_lines(&[r"domain 0 \(ticker\) powered off"]);
+    vm.expect_success();
+}

@@ -1,23 +1,22 @@
 /*
  * An MBR for the several-disks HVM test (qemu-tests/tests/hvm_disks.rs):
- * SeaBIOS boots it from hda (drive 0x80) at 0x7C00, in real mode with DL =
- * the boot drive. Using only int 13h and COM1, it
+ * SeaBIOS boots it from hda at 0x7C00, in real mode with DL = the boot
+ * drive. Using only int 13h and COM1, it
  *
  *   1. asks how many hard disks the BIOS has (AH=08h): prints
  *      "disks: count NN";
- *   2. for each drive 80, 81, ... : reads sectors 1..CHECK_SECTORS (AH=42h)
- *      and checks each: dword 0 = (tag << 24) | LBA with the tag of the
- *      drive's sector 1, dword 508/4 = its complement; sums every byte;
- *      prints "disks: drive DD tag TT sum=SSSSSSSS";
- *   3. on every drive but the boot drive, then writes sector WRITE_LBA with
- *      the bytes (0xa0 + 0x10 * tag + i) (AH=43h) and reads it back:
- *      prints "disks: drive DD write ok", or "disks: drive DD write
- *      refused SS" (SS = the int 13h status in AH) when the write fails;
+ *   2. for each drive 80, 81, ...: reads sectors 1..CHECK_SECTORS (AH=42h)
+ *      and checks each: dword 0 = (tag << 24) | LBA with the tag found in
+ *      the drive's sector 1, dword 508/4 = its complement; sums every
+ *      byte; prints "disks: DD tag TT sum=SSSSSSSS" (DD = the drive);
+ *   3. on every drive but the boot drive, then writes sector WRITE_LBA
+ *      with the bytes (0xa0 + 0x10 * tag + i) (AH=43h): prints
+ *      "disks: DD write ok", or "disks: DD write err SS" (SS = the int 13h
+ *      status in AH) when the BIOS reports a failure;
  *   4. prints "disks: done" and powers off through the ACPI PM1a port.
  *
- * Other failures print "disks: FAIL <letter> DD LLLLLLLL" (drive, LBA):
- * c = no drive count, r = read error, d = wrong sector contents, v = the
- * written sector reads back different.
+ * Other failures print "disks: DD FAIL <letter> LLLLLLLL" (LBA) and power
+ * off: c = no hard disk count, r = read error, d = wrong sector contents.
  */
     .code16
     .set COM1, 0x3f8
@@ -28,18 +27,10 @@
     .set BUF_SEG, 0x1000
 
     /* Variables live below the boot sector, outside its 512 bytes. */
-    .set dap, 0x600
-    .set dap_count, 0x602
-    .set dap_off, 0x604
-    .set dap_seg, 0x606
-    .set dap_lba, 0x608
-    .set dap_lba_hi, 0x60c
-    .set lba, 0x610
-    .set sum, 0x614
-    .set tag, 0x618        /* dword: the drive's tag << 24 */
-    .set boot, 0x61c       /* byte: the boot drive */
-    .set drive, 0x61d      /* byte: the drive being checked */
-    .set last, 0x61e       /* byte: the last drive number */
+    .set tag, 0x600        /* dword: the drive's tag << 24 */
+    .set boot, 0x604       /* byte: the boot drive */
+    .set drive, 0x605      /* byte: the drive being checked */
+    .set last, 0x606       /* byte: the last drive number */
 
     .globl _start
 _start:
@@ -53,72 +44,68 @@ _start:
     cld
     movb %dl, boot
     movb $0x80, drive
-    movw $16, dap
-    movl $0, dap_lba_hi
-    movw $0, dap_off
-    movw $BUF_SEG, dap_seg
 
     /* How many hard disks? DL = the count. */
     movb $0x08, %ah
     movb $0x80, %dl
     int $0x13
-    jc fail_count
     movb $'c', %bl
+    jc fail
     testb %dl, %dl
     jz fail
     movb %dl, %al
     addb $0x7f, %al
     movb %al, last
+    movw $BUF_SEG, %ax
+    movw %ax, %es
+    pushw %dx
+    call prefix
     movw $msg_count, %si
     call puts
-    movb %dl, %al
+    popw %ax
     call puthex2
     call newline
 
 drive_loop:
-    movl $1, lba
-    xorl %eax, %eax
-    movl %eax, sum
+    xorl %ebp, %ebp        /* the byte sum */
+    xorl %ebx, %ebx
+    incw %bx               /* the LBA */
 read_loop:
     movb $0x42, %ah
-    movw $BATCH, %cx
+    movb $BATCH, %cl
     call transfer
-    jc fail_read
-
-    /* Check and sum the batch. */
-    movw $BUF_SEG, %ax
-    movw %ax, %es
+    movb $'r', %dl
+    jc fail_dl
     xorw %di, %di
     movw $BATCH, %cx
 check_sector:
     movl %es:(%di), %eax
-    cmpl $1, lba
+    cmpw $1, %bx
     jne 2f
     andl $0xff000000, %eax
     movl %eax, tag
 2:  movl tag, %eax
-    orl lba, %eax
+    orl %ebx, %eax
+    movb $'d', %dl
     cmpl %eax, %es:(%di)
-    jne fail_pattern
+    jne fail_dl
     notl %eax
     cmpl %eax, %es:508(%di)
-    jne fail_pattern
+    jne fail_dl
     pushw %cx
     movw $512, %cx
-    movl sum, %edx
 sum_loop:
     movzbl %es:(%di), %eax
-    addl %eax, %edx
+    addl %eax, %ebp
     incw %di
     loop sum_loop
-    movl %edx, sum
     popw %cx
-    incl lba
+    incw %bx
     loop check_sector
-    cmpl $CHECK_SECTORS + 1, lba
+    cmpw $CHECK_SECTORS + 1, %bx
     jb read_loop
 
-    /* "disks: drive DD tag TT sum=SSSSSSSS" */
+    /* "disks: DD tag TT sum=SSSSSSSS" */
     call print_drive
     movw $msg_tag, %si
     call puts
@@ -126,7 +113,7 @@ sum_loop:
     call puthex2
     movw $msg_sum, %si
     call puts
-    movl sum, %eax
+    movl %ebp, %eax
     movw $8, %cx
     call puthex
     call newline
@@ -135,42 +122,35 @@ sum_loop:
     cmpb boot, %al
     je next_drive
 
-    /* Write the drive's pattern to WRITE_LBA and read it back. */
-    movl $WRITE_LBA, lba
-    call fill
-    movw $0x4300, %ax
-    call transfer_1
-    jc write_refused
-    xorw %di, %di
-    movw $256, %cx
-    xorw %ax, %ax
-    rep stosw
-    movb $0x42, %ah
-    call transfer_1
-    jc fail_read
-    call fill_byte
+    /* Write the drive's pattern to WRITE_LBA. */
+    movw $WRITE_LBA, %bx
+    movb tag + 3, %al
+    shlb $4, %al
+    addb $0xa0, %al
     xorw %di, %di
     movw $512, %cx
-verify:
-    cmpb %al, %es:(%di)
-    jne fail_verify
+3:  stosb
     incb %al
-    incw %di
-    loop verify
-    call print_drive
-    movw $msg_write_ok, %si
-    call puts
-    call newline
-    jmp next_drive
-write_refused:
+    loop 3b
+    movb $0x43, %ah
+    movb $1, %cl
+    call transfer
     pushw %ax
+    pushfw
     call print_drive
-    movw $msg_refused, %si
+    movw $msg_write, %si
     call puts
+    popfw
     popw %ax
+    movw $msg_ok, %si
+    jnc 4f
+    movw $msg_err, %si
+    call puts
     movb %ah, %al
     call puthex2
-    call newline
+    jmp 8f
+4:  call puts
+8:  call newline
 
 next_drive:
     movb drive, %al
@@ -180,6 +160,7 @@ next_drive:
     jmp drive_loop
 
 done:
+    call prefix
     movw $msg_done, %si
     call puts
     call newline
@@ -188,75 +169,41 @@ poweroff:
     movw $0x3400, %ax /* SLP_TYP = 5 (S5), SLP_EN */
     outw %ax, %dx
     cli
-3:  hlt
-    jmp 3b
+5:  hlt
+    jmp 5b
 
-fail_count:
-    movb $'c', %bl
-    jmp fail
-fail_read:
-    movb $'r', %bl
-    jmp fail
-fail_verify:
-    movb $'v', %bl
-    jmp fail
-fail_pattern:
-    movb $'d', %bl
+/* "disks: DD FAIL <DL> <EBX>" */
+fail_dl:
+    movb %dl, %bl
+/* "disks: DD FAIL <BL> <EBX>" */
 fail:
+    call print_drive
     movw $msg_fail, %si
     call puts
     movb %bl, %al
     call putc
     movb $' ', %al
     call putc
-    movb drive, %al
-    call puthex2
-    movb $' ', %al
-    call putc
-    movl lba, %eax
+    movl %ebx, %eax
     movw $8, %cx
     call puthex
     call newline
     jmp poweroff
 
-/* One sector at lba to or from BUF_SEG:0 with int 13h function AH. */
-transfer_1:
-    movw $1, %cx
-/* CX sectors at lba with int 13h function AH (AL = 0: a write is not
-   verified); CF on error, AH = the status. */
+/* CL sectors from LBA BX to or from BUF_SEG:0 with int 13h function AH
+   (AL = 0: writes are not verified); CF on error, AH = the status. */
 transfer:
+    movb %cl, dap_count
+    movw %bx, dap_lba
     movb $0, %al
-    movw %cx, dap_count
-    movl lba, %edx
-    movl %edx, dap_lba
     movb drive, %dl
     movw $dap, %si
     int $0x13
     ret
 
-/* AL = the first byte of the drive's write pattern. */
-fill_byte:
-    movb tag + 3, %al
-    shlb $4, %al
-    addb $0xa0, %al
-    ret
-
-/* Fills BUF_SEG:0..512 with the drive's write pattern; ES = BUF_SEG. */
-fill:
-    movw $BUF_SEG, %ax
-    movw %ax, %es
-    call fill_byte
-    xorw %di, %di
-    movw $512, %cx
-5:  stosb
-    incb %al
-    loop 5b
-    ret
-
-/* "disks: drive DD" */
+/* "disks: DD" */
 print_drive:
-    movw $msg_drive, %si
-    call puts
+    call prefix
     movb drive, %al
 /* Prints AL as 2 hex digits. */
 puthex2:
@@ -276,6 +223,9 @@ puthex:
     loop puthex
     ret
 
+prefix:
+    movw $msg_prefix, %si
+    jmp puts
 newline:
     movw $msg_nl, %si
 /* Prints the NUL-terminated string at DS:SI on COM1. */
@@ -287,22 +237,29 @@ puts:
     jmp puts
 7:  ret
 
+/* Prints AL on COM1; clobbers DX. */
 putc:
-    pushw %dx
     movw $COM1, %dx
     outb %al, %dx
-    popw %dx
     ret
 
-msg_count:       .asciz "disks: count "
-msg_drive:       .asciz "disks: drive "
-msg_tag:         .asciz " tag "
-msg_sum:         .asciz " sum="
-msg_write_ok:    .asciz " write ok"
-msg_refused:     .asciz " write refused "
-msg_done:        .asciz "disks: done"
-msg_fail:        .asciz "disks: FAIL "
-msg_nl:          .asciz "\r\n"
+/* The int 13h extensions' disk address packet. */
+    .p2align 2
+dap:        .word 16
+dap_count:  .word 0
+            .word 0, BUF_SEG
+dap_lba:    .long 0, 0
+
+msg_prefix:  .asciz "disks: "
+msg_count:   .asciz "count "
+msg_tag:     .asciz " tag "
+msg_sum:     .asciz " sum="
+msg_write:   .asciz " write "
+msg_ok:      .asciz "ok"
+msg_err:     .asciz "err "
+msg_done:    .asciz "done"
+msg_fail:    .asciz " FAIL "
+msg_nl:      .asciz "\r\n"
 
     .org 510
     .byte 0x55, 0xaa
