@@ -137,6 +137,24 @@ pub struct Vcpu {
     affinity: u64,
 }
 
+/// Every domain's RAM is allocated when it is built, so what domains hold
+/// never exceeds what the host has; this says so up front, clearly,
+/// instead of failing half-way through the allocation.
+pub(crate) fn check_memory(name: &str, bytes: u64) -> Result<(), String> {
+    let free = crate::mm::free_bytes();
+    // Page tables and per-vCPU structures come on top of the RAM itself.
+    let need = bytes.saturating_add(bytes / 256).saturating_add(1 << 20);
+    if need > free {
+        return Err(format!(
+            "{}: needs {} MiB of host memory but only {} MiB are free (lower its memory=, or dom0_mem=)",
+            name,
+            need.div_ceil(1 << 20),
+            free >> 20
+        ));
+    }
+    Ok(())
+}
+
 /// Adapts `GuestMemory` to the loader's interface.
 pub(crate) struct LoaderMemory<'a>(pub(crate) &'a GuestMemory);
 
@@ -219,6 +237,7 @@ impl Domain {
             return Err(format!("{}: not a PVH domain", spec.name));
         };
         let cmdline = with_tsc_frequency(cmdline);
+        check_memory(&spec.name, spec.memory_bytes)?;
         let mem = GuestMemory::new(spec.memory_bytes).map_err(|e: GuestMemError| format!("{}: {}", spec.name, e))?;
         let opts = ferrite_loader::layout::LoadOptions {
             start_info_flags: if spec.privileged { 0b11 } else { 0 },

@@ -88,6 +88,7 @@ pub fn create(spec: DomainSpec, caps: Capabilities) -> Result<Arc<Domain>, Strin
         disks.push(StubDisk { device, read_only: d.read_only });
     }
 
+    crate::domain::check_memory(&name, spec.memory_bytes + ferrite_abi::STUB_RAM_BYTES)?;
     let mut mem = GuestMemory::new(spec.memory_bytes).map_err(|e| format!("{}: {}", name, e))?;
     mem.map_rom((1 << 32) - bios.len() as u64, bios).map_err(|e| format!("{}: BIOS: {}", name, e))?;
     let low = &bios[bios.len().saturating_sub(LOW_BIOS_MAX)..];

@@ -76,3 +76,26 @@ fn a_paused_domain_stops_and_resumes() {
     vm.expect_lines(&[r"domain 0 \(ticker\) powered off"]);
     vm.expect_success();
 }
+
+/// A domain that does not fit in the host's free memory is refused up
+/// front with a clear error; the others start and run.
+#[test]
+fn a_domain_larger_than_free_memory_is_refused_clearly() {
+    let name = "a_domain_larger_than_free_memory_is_refused_clearly";
+    let dir = test_dir(name);
+    let elf = guestasm::build_guest("tsc", &dir).unwrap_or_else(|e| panic!("cannot assemble the tsc guest: {e:#}"));
+    let huge = dir.join("huge.cfg");
+    std::fs::write(&huge, "name = \"huge\"\ntype = \"pvh\"\nkernel = \"tsc.elf\"\nmemory = 65536\nvcpus = 1\n").expect("write");
+    let small = dir.join("tsc.cfg");
+    std::fs::write(&small, "name = \"tsc\"\ntype = \"pvh\"\nkernel = \"tsc.elf\"\nmemory = 32\nvcpus = 1\n").expect("write");
+    let q = base_qemu()
+        .kernel(&images().multiboot)
+        .append(BASE_CMDLINE)
+        .module(ModuleSpec::new(&huge, ""))
+        .module(ModuleSpec::new(&small, ""))
+        .module(ModuleSpec::new(&elf, ""));
+    let mut vm = Vm::start(name, &dir, q);
+    vm.wait_for(r"huge not started: huge: needs \d+ MiB of host memory but only \d+ MiB are free", vm.remaining());
+    vm.wait_for(r"domain \d+ \(tsc\) powered off", vm.remaining());
+    vm.expect_success();
+}
