@@ -321,7 +321,7 @@ impl Domain {
                 domain.spec.affinity[i as usize % domain.spec.affinity.len()]
             };
             let lapic_cfg = LapicConfig {
-                x2apic: false,
+                x2apic: true,
                 tsc_hz: crate::arch::time::tsc_hz(),
                 ..LapicConfig::new(i, i == 0)
             };

@@ -297,10 +297,12 @@ fn filtered_cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
             match leaf {
                 1 => {
                     // ECX: hide MONITOR (3; MWAIT is not intercepted), VMX (5),
-                    // SMX (6), EST (7), TM2 (8), PDCM (15), x2APIC (21: the
-                    // LAPIC is offered in xAPIC mode); offer TSC-deadline (24,
-                    // emulated); set "running under a hypervisor" (31).
-                    c = (c & !((1 << 3) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 15) | (1 << 21)))
+                    // SMX (6), EST (7), TM2 (8), PDCM (15); offer x2APIC (21)
+                    // and TSC-deadline (24), both emulated; set "running under
+                    // a hypervisor" (31). (Linux without interrupt remapping
+                    // stays in xAPIC mode; the x2apic test guest switches.)
+                    c = (c & !((1 << 3) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 15)))
+                        | (1 << 21)
                         | (1 << 24)
                         | (1 << 31);
                     // EDX: hide MCE (7), MTRR (12), MCA (14), ACPI (22), TM (29), PBE (31).

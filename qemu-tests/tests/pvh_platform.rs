@@ -99,3 +99,19 @@ fn a_domain_larger_than_free_memory_is_refused_clearly() {
     vm.wait_for(r"domain \d+ \(tsc\) powered off", vm.remaining());
     vm.expect_success();
 }
+
+/// The local APIC in x2APIC mode: a guest enables it through
+/// IA32_APIC_BASE, then uses only MSRs (ID, SVR, timer, EOI, SELF IPI) and
+/// receives its timer interrupt and a self-IPI.
+#[test]
+fn a_guest_drives_its_local_apic_in_x2apic_mode() {
+    let name = "a_guest_drives_its_local_apic_in_x2apic_mode";
+    let dir = test_dir(name);
+    let elf = guestasm::build_guest("x2apic", &dir).unwrap_or_else(|e| panic!("cannot assemble the x2apic guest: {e:#}"));
+    let cfg = dir.join("x2apic.cfg");
+    std::fs::write(&cfg, "name = \"x2apic\"\ntype = \"pvh\"\nkernel = \"x2apic.elf\"\nmemory = 32\nvcpus = 1\n").expect("write");
+    let q = base_qemu().kernel(&images().multiboot).append(BASE_CMDLINE).module(ModuleSpec::new(&cfg, "")).module(ModuleSpec::new(&elf, ""));
+    let mut vm = Vm::start(name, &dir, q);
+    vm.expect_lines(&[r"^\(x2apic\) x2apic id=0 timer=1 selfipi=1$", r"domain \d+ \(x2apic\) powered off"]);
+    vm.expect_success();
+}
