@@ -108,7 +108,6 @@ fn dom0_shell_takes_console_input() {
 
 /// Overcommit: four vCPUs of one guest on two pCPUs.
 #[test]
-#[ignore = "was flaky (1 boot in 3 hung before init); after the scheduler deadlock fixes it passed 16 of 17, the failure not yet understood: kept out of CI; run with --ignored"]
 fn dom0_with_four_vcpus_on_two_cpus() {
     boot_and_power_off("dom0_with_four_vcpus_on_two_cpus", "cloud-amd64", 4);
 }
