@@ -143,8 +143,18 @@ pub fn assemble_pvh_guest(source: &Path, out: &Path) -> Result<u32> {
 /// flat binary of exactly 512 bytes ending in the 0x55AA signature: the
 /// MBR of a test disk that a BIOS loads and runs.
 pub fn assemble_boot_sector(source: &Path, out: &Path) -> Result<Vec<u8>> {
+    let bin = assemble_real_mode(source, out, "boot sector")?;
+    if bin.len() != 512 || bin[510..] != [0x55, 0xAA] {
+        bail!("{}: the boot sector is {} bytes; it must be 512 ending in 55 aa (pad with .org 510)", source.display(), bin.len());
+    }
+    Ok(bin)
+}
+
+/// `as --32` and `ld` to a flat binary linked at 0x7C00 (where a BIOS
+/// loads a boot sector).
+fn assemble_real_mode(source: &Path, out: &Path, what: &str) -> Result<Vec<u8>> {
     if !source.is_file() {
-        bail!("boot sector source {} does not exist", source.display());
+        bail!("{what} source {} does not exist", source.display());
     }
     let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -159,11 +169,7 @@ pub fn assemble_boot_sector(source: &Path, out: &Path) -> Result<Vec<u8>> {
         &format!("ld (linking {})", source.display()),
     )?;
     let _ = std::fs::remove_file(&obj);
-    let bin = std::fs::read(out).with_context(|| format!("cannot read {}", out.display()))?;
-    if bin.len() != 512 || bin[510..] != [0x55, 0xAA] {
-        bail!("{}: the boot sector is {} bytes; it must be 512 ending in 55 aa (pad with .org 510)", source.display(), bin.len());
-    }
-    Ok(bin)
+    std::fs::read(out).with_context(|| format!("cannot read {}", out.display()))
 }
 
 /// Most bytes [`assemble_boot_image`] accepts: what fits below the BIOS
@@ -180,23 +186,7 @@ pub const BOOT_IMAGE_MAX: usize = 64 << 10;
 /// source, not this function, decides the image's length (pad it with
 /// `.org <sectors * 512>` at the end).
 pub fn assemble_boot_image(source: &Path, out: &Path) -> Result<Vec<u8>> {
-    if !source.is_file() {
-        bail!("boot image source {} does not exist", source.display());
-    }
-    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let obj = out.with_extension("o");
-    run(Command::new("as").arg("--32").arg("-o").arg(&obj).arg(source), &format!("as --32 {}", source.display()))?;
-    run(
-        Command::new("ld")
-            .args(["-m", "elf_i386", "--build-id=none", "-nostdlib", "-static", "-Ttext", "0x7c00", "--oformat", "binary", "-e", "0x7c00"])
-            .arg("-o")
-            .arg(out)
-            .arg(&obj),
-        &format!("ld (linking {})", source.display()),
-    )?;
-    let _ = std::fs::remove_file(&obj);
-    let bin = std::fs::read(out).with_context(|| format!("cannot read {}", out.display()))?;
+    let bin = assemble_real_mode(source, out, "boot image")?;
     if bin.len() < 512 || bin.len() % 512 != 0 || bin.len() > BOOT_IMAGE_MAX || bin[510..512] != [0x55, 0xAA] {
         bail!(
             "{}: the boot image is {} bytes; it must be whole 512-byte sectors, at most {} bytes, with 55 aa at offset 510 (pad with .org 510 and .org <sectors * 512>)",

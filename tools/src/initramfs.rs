@@ -362,6 +362,13 @@ pub fn test_linux_cmdline(action: &str) -> String {
 /// binary), `bin/<applet>` links for [`BUSYBOX_APPLETS`], `dev` with a
 /// `console` node, `proc`, `sys`, `tmp`, `root` and `init` (mode 0755).
 pub fn busybox_initramfs_from(busybox: &[u8], init_script: &str) -> Result<Vec<u8>, String> {
+    let mut w = busybox_tree(busybox)?;
+    w.file("init", 0o755, init_script.as_bytes())?;
+    Ok(w.finish())
+}
+
+/// The busybox tree every test initramfs shares (everything but `init`).
+fn busybox_tree(busybox: &[u8]) -> Result<CpioWriter, String> {
     let mut w = CpioWriter::new();
     w.dir("bin", 0o755)?;
     w.file("bin/busybox", 0o755, busybox)?;
@@ -375,8 +382,7 @@ pub fn busybox_initramfs_from(busybox: &[u8], init_script: &str) -> Result<Vec<u
     w.dir("sys", 0o555)?;
     w.dir("tmp", 0o1777)?;
     w.dir("root", 0o700)?;
-    w.file("init", 0o755, init_script.as_bytes())?;
-    Ok(w.finish())
+    Ok(w)
 }
 
 /// `bin/busybox` of Debian's `busybox-static`, fetched into the Ferrite
@@ -727,19 +733,7 @@ pub fn kernel_modules(root: &Path, wanted: &[&str]) -> Result<Vec<(String, Vec<u
 pub fn busybox_initramfs_with_modules(init_script: &str, modules: &[(String, Vec<u8>)]) -> Result<Vec<u8>, String> {
     let path = debian_busybox()?;
     let busybox = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let mut w = CpioWriter::new();
-    w.dir("bin", 0o755)?;
-    w.file("bin/busybox", 0o755, &busybox)?;
-    for applet in BUSYBOX_APPLETS {
-        w.symlink(&format!("bin/{applet}"), "busybox")?;
-    }
-    w.dir("dev", 0o755)?;
-    w.char_device("dev/console", 0o600, 5, 1)?;
-    w.char_device("dev/null", 0o666, 1, 3)?;
-    w.dir("proc", 0o555)?;
-    w.dir("sys", 0o555)?;
-    w.dir("tmp", 0o1777)?;
-    w.dir("root", 0o700)?;
+    let mut w = busybox_tree(&busybox)?;
     w.dir("modules", 0o755)?;
     let mut order = String::new();
     for (name, bytes) in modules {
