@@ -151,7 +151,12 @@ impl AcpiPm {
     /// Bring TMR_STS up to date: it is set whenever the timer's top bit
     /// toggles. Call from a host timer at [`AcpiPm::next_event_ns`].
     pub fn update(&mut self, clock: &dyn Clock) {
-        let epoch = Self::ticks(clock) >> self.msb_shift();
+        self.update_at(Self::ticks(clock));
+    }
+
+    /// `update` at PM timer count `ticks`.
+    fn update_at(&mut self, ticks: u64) {
+        let epoch = ticks >> self.msb_shift();
         if epoch != self.tmr_epoch {
             self.tmr_epoch = epoch;
             self.sts |= PM1_TMR_STS;
@@ -234,9 +239,11 @@ impl AcpiPm {
         if !self.handles(port, size) {
             return None;
         }
-        self.update(clock);
+        // The timer is the hot register (guests poll it): one clock read.
+        let ticks = Self::ticks(clock);
+        self.update_at(ticks);
         if port == self.layout.pm_tmr && size == 4 {
-            return Some(self.timer_value(clock));
+            return Some(if self.layout.timer_32bit { ticks as u32 } else { (ticks & 0x00ff_ffff) as u32 });
         }
         let n = u16::from(size.clamp(1, 4));
         let mut v = 0u32;

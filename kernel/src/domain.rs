@@ -97,6 +97,8 @@ pub struct Domain {
     tsc_offset: core::sync::atomic::AtomicU64,
     /// Paused by the administrator: its vCPUs are not scheduled.
     paused: core::sync::atomic::AtomicBool,
+    /// `state` is Running (checked on every exit, so without its lock).
+    running: core::sync::atomic::AtomicBool,
     /// Console output not yet ending in a newline.
     console_line: Mutex<Vec<u8>>,
     /// The newest console output (what `xl console` would replay).
@@ -128,6 +130,11 @@ pub struct Vcpu {
     wake_at_ns: core::sync::atomic::AtomicU64,
     /// A stub domain's vCPU blocked in the WAIT hypercall.
     in_wait: core::sync::atomic::AtomicBool,
+    /// False only while the LAPIC's IRR is known to be empty: set after
+    /// anything that may set an IRR bit (an accepted interrupt, a timer
+    /// expiry, a write to the LAPIC), cleared under the LAPIC lock when the
+    /// IRR is seen empty. Saves the lock on the entry path.
+    irr_hint: core::sync::atomic::AtomicBool,
     /// Nothing is cached about its timers yet.
     first_slice: core::sync::atomic::AtomicBool,
     /// Another vCPU reprogrammed a timer this vCPU runs (vCPU 0: the
@@ -303,6 +310,7 @@ impl Domain {
             ports,
             tsc_offset: core::sync::atomic::AtomicU64::new(0u64.wrapping_sub(crate::arch::cpu::rdtsc())),
             paused: core::sync::atomic::AtomicBool::new(false),
+            running: core::sync::atomic::AtomicBool::new(true),
             console_line: Mutex::new(Vec::new()),
             console_ring: Mutex::new(console::LogRing::new(16 * 1024)),
             state: Mutex::new(DomainState::Running),
@@ -339,6 +347,7 @@ impl Domain {
                 mmio_answer: Mutex::new(None),
                 wake_at_ns: core::sync::atomic::AtomicU64::new(u64::MAX),
                 in_wait: core::sync::atomic::AtomicBool::new(false),
+                irr_hint: core::sync::atomic::AtomicBool::new(true),
                 first_slice: core::sync::atomic::AtomicBool::new(true),
                 timers_changed: core::sync::atomic::AtomicBool::new(false),
                 sched: SchedState::new_blocked(),
@@ -400,7 +409,7 @@ impl Domain {
     }
 
     pub fn is_running(&self) -> bool {
-        matches!(*self.state.lock(), DomainState::Running)
+        self.running.load(Ordering::SeqCst)
     }
 
     /// Ends the domain's life with `state`: its vCPUs stop and it leaves
@@ -412,6 +421,7 @@ impl Domain {
                 return;
             }
             *s = state.clone();
+            self.running.store(false, Ordering::SeqCst);
         }
         self.flush_console();
         match &state {
@@ -589,6 +599,8 @@ impl Vcpu {
                 if !self.lapic.lock().accept(vector, level) {
                     return;
                 }
+                // After the IRR bit is set and before the wake-up/kick.
+                self.irr_hint.store(true, Ordering::Release);
             }
             VcpuEvent::Init => {
                 log::debug!("vcpu {}: INIT", self.id);
@@ -648,6 +660,8 @@ struct VcpuPlatform<'a> {
     deadline_stale: bool,
     /// An access was sent to the stub domain during this run.
     waiting: bool,
+    /// TSC nanoseconds taken before the latest entry.
+    now_ns: u64,
 }
 
 /// MSRs with nothing behind them that guests commonly touch: reads give
@@ -672,6 +686,9 @@ impl VcpuPlatform<'_> {
     }
 
     fn lapic_effect(&mut self, effect: LapicEffect) {
+        // Called after every guest write to the LAPIC (MSR or MMIO): such a
+        // write may set an IRR bit (self-IPI) or unblock one (EOI, TPR).
+        self.vcpu.irr_hint.store(true, Ordering::Release);
         match effect {
             LapicEffect::None => {}
             LapicEffect::Ipi(req) => self.domain.send_ipi(&req, self.vcpu.id as usize),
@@ -821,7 +838,7 @@ impl Platform for VcpuPlatform<'_> {
     }
 
     fn replay_pending(&self) -> bool {
-        self.vcpu.mmio_answer.lock().is_some()
+        matches!(self.domain.role, Role::Hvm { .. }) && self.vcpu.mmio_answer.lock().is_some()
     }
 
     fn msr_read(&mut self, msr: u32) -> Option<u64> {
@@ -846,7 +863,10 @@ impl Platform for VcpuPlatform<'_> {
     fn msr_write(&mut self, msr: u32, value: u64) -> bool {
         self.deadline_stale = true;
         match msr {
-            0x1B => self.vcpu.lapic.lock().set_apic_base(value).is_ok(),
+            0x1B => {
+                self.vcpu.irr_hint.store(true, Ordering::Release);
+                self.vcpu.lapic.lock().set_apic_base(value).is_ok()
+            }
             // Writing the TSC moves the domain's offset (all its vCPUs keep
             // one TSC, as on one machine).
             0x10 => {
@@ -926,9 +946,18 @@ impl Platform for VcpuPlatform<'_> {
     }
 
     fn pending_interrupt(&mut self) -> Option<u8> {
-        let lapic = self.vcpu.lapic.lock().highest_pending();
-        if lapic.is_some() {
-            return lapic;
+        // Checked before every entry: skip the LAPIC lock while its IRR
+        // is known to be empty (see `Vcpu::irr_hint`).
+        if self.vcpu.irr_hint.load(Ordering::Acquire) {
+            let lapic = self.vcpu.lapic.lock();
+            let vector = lapic.highest_pending();
+            if !lapic.irr_nonempty() {
+                self.vcpu.irr_hint.store(false, Ordering::Release);
+            }
+            drop(lapic);
+            if vector.is_some() {
+                return vector;
+            }
         }
         // The PIC's vector is only known at the acknowledge cycle.
         self.pic_interrupt().then_some(0)
@@ -961,9 +990,12 @@ impl Platform for VcpuPlatform<'_> {
             self.deadline_stale = true;
         }
         let now = crate::arch::time::now_ns();
+        self.now_ns = now;
         let due = self.deadline_ns.is_some_and(|d| d <= now);
         if due || self.deadline_stale {
-            self.vcpu.lapic.lock().tick(now);
+            if self.vcpu.lapic.lock().tick(now) {
+                self.vcpu.irr_hint.store(true, Ordering::Release);
+            }
             // A stub domain has no timed devices (it takes no interrupts).
             if self.vcpu.id == 0 && !matches!(self.domain.role, Role::Stub(_)) {
                 let mut fx = Effects::default();
@@ -985,7 +1017,9 @@ impl Platform for VcpuPlatform<'_> {
     fn should_stop(&mut self) -> bool {
         self.shutdown.is_some()
             || self.halted
-            || crate::arch::time::now_ns() >= self.slice_end_ns
+            // The time taken before the last entry: one guest run late at
+            // most (the host timer ends a run at the slice end anyway).
+            || self.now_ns >= self.slice_end_ns
             || !self.domain.is_running()
             || self.domain.is_paused()
     }
@@ -1061,6 +1095,7 @@ impl Vcpu {
             deadline_ns: (cached != u64::MAX).then_some(cached),
             deadline_stale: cached == 0 || self.first_slice.swap(false, Ordering::SeqCst),
             waiting: false,
+            now_ns: 0,
         };
         arch.set_tsc_offset(domain.tsc_offset());
         let (outcome, _exits) = vcpu::run_loop(&mut *arch, &mut platform, 0);

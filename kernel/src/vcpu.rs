@@ -338,15 +338,24 @@ fn size_mask(size: u8) -> u64 {
 /// the number of exits.
 pub fn run_loop<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, max_exits: u64) -> (RunOutcome, u64) {
     let mut exits = 0u64;
+    // A vCPU only waits for a remote answer across runs (the loop returns
+    // when it sends a request), so the answer is taken once, here.
+    let mut replaying = false;
+    if let Some((pending, data)) = platform.take_io_response() {
+        replaying = pending == PendingIo::Mmio;
+        complete_io(vcpu, pending, data);
+    }
     loop {
         if max_exits != 0 && exits >= max_exits {
             return (RunOutcome::Crashed(format!("did not finish within {} exits", max_exits)), exits);
         }
-        if let Some((pending, data)) = platform.take_io_response() {
-            complete_io(vcpu, pending, data);
-        }
         platform.before_entry();
-        if platform.replay_pending() {
+        // An answered MMIO access waits for its instruction to run again:
+        // no interrupt before it.
+        if replaying {
+            replaying = platform.replay_pending();
+        }
+        if replaying {
             vcpu.request_interrupt_window(false);
         } else if platform.pending_interrupt().is_some() {
             if vcpu.interruptible() {
