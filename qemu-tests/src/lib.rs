@@ -782,13 +782,8 @@ pub const HVM_HOST_CPUS: u32 = 1;
 /// SeaBIOS as the system's QEMU install ships it (Debian's `seabios`
 /// package, a dependency of `qemu-system-x86`).
 pub fn seabios_image() -> PathBuf {
-    for p in ["/usr/share/seabios/bios-256k.bin", "/usr/share/qemu/bios-256k.bin"] {
-        let p = PathBuf::from(p);
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!("SeaBIOS (bios-256k.bin) is not installed: apt-get install seabios (it comes with qemu-system-x86)");
+    ferrite_tools::guestasm::seabios_image()
+        .unwrap_or_else(|| panic!("SeaBIOS (bios-256k.bin) is not installed: apt-get install seabios (it comes with qemu-system-x86)"))
 }
 
 /// QEMU's direct Linux boot option ROM.

@@ -17,17 +17,7 @@ const WRITE_LBA: usize = 300;
 /// A disk image: the boot sector, then sectors whose first dword is their
 /// LBA and last dword its complement, with varying bytes between.
 fn disk_image(mbr: &[u8], sectors: usize) -> Vec<u8> {
-    let mut disk = vec![0u8; sectors * SECTOR];
-    disk[..SECTOR].copy_from_slice(mbr);
-    for lba in 1..sectors {
-        let s = &mut disk[lba * SECTOR..(lba + 1) * SECTOR];
-        for (i, b) in s.iter_mut().enumerate() {
-            *b = (lba.wrapping_mul(31) + i * 7) as u8;
-        }
-        s[..4].copy_from_slice(&(lba as u32).to_le_bytes());
-        s[508..].copy_from_slice(&(!(lba as u32)).to_le_bytes());
-    }
-    disk
+    guestasm::mbr_test_disk(mbr, sectors)
 }
 
 /// The byte sum the boot sector reports for sectors 1..=CHECK_SECTORS.

@@ -6,7 +6,7 @@ use ferrite_tools::build;
 use ferrite_tools::cli::{self, AccelChoice, Cmd, IsoArgs, UpArgs};
 use ferrite_tools::modules::ModuleSpec;
 use ferrite_tools::qemu::{self, Accel, Display, QemuCommand, Serial};
-use ferrite_tools::{deps, guest_images, initramfs, iso};
+use ferrite_tools::{deps, guest_images, guestasm, initramfs, iso};
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
@@ -61,6 +61,7 @@ fn up(args: UpArgs) -> Result<ExitCode> {
         Accel::Tcg => eprintln!("accelerator: TCG with -cpu {} ({why}); expect a slow boot", qemu::TCG_CPU),
     }
     let mut append = args.append.clone();
+    let mut qemu_extra = args.qemu_extra.clone();
     let mut modules = args.modules.clone();
     let dom0_vcpus = args.dom0_vcpus.unwrap_or(1);
     if let Some(n) = args.dom0_vcpus {
@@ -84,6 +85,17 @@ fn up(args: UpArgs) -> Result<ExitCode> {
                     append.push(format!("dom0_max_vcpus={dom0_vcpus}"));
                 }
                 modules = demo;
+                match hvm_demo(&images) {
+                    Ok((hvm_modules, hvm_args)) => {
+                        eprintln!(
+                            "demo: and an HVM guest, hvmdemo: SeaBIOS with its devices in a stub domain (hvmdemo-dm), \
+                             booting a test disk whose boot sector reads it back through the BIOS and powers off"
+                        );
+                        modules.extend(hvm_modules);
+                        qemu_extra.extend(hvm_args);
+                    }
+                    Err(e) => eprintln!("demo: no HVM guest ({e})"),
+                }
             }
             Err(e) => {
                 let first = e.lines().next().unwrap_or("unknown error");
@@ -99,7 +111,7 @@ fn up(args: UpArgs) -> Result<ExitCode> {
         .append(&cli::full_cmdline(&append))
         .serial(Serial::MonStdio)
         .display(Display::Nographic)
-        .extra_args(&args.qemu_extra);
+        .extra_args(&qemu_extra);
     for m in modules {
         if !m.path.is_file() {
             bail!("module {} does not exist or is not a file", m.path.display());
@@ -116,6 +128,31 @@ fn up(args: UpArgs) -> Result<ExitCode> {
     use std::os::unix::process::CommandExt;
     let err = command.exec();
     Err(err).context("cannot start qemu-system-x86_64 (sudo apt-get install qemu-system-x86)")
+}
+
+/// The HVM demo guest: an xl config, the stub-domain image and SeaBIOS
+/// as boot modules, and a virtio-blk disk (QEMU arguments) holding the
+/// test MBR.
+fn hvm_demo(images: &build::HypervisorImages) -> std::result::Result<(Vec<ModuleSpec>, Vec<String>), String> {
+    let bios = guestasm::seabios_image().ok_or("SeaBIOS is not installed: apt-get install seabios")?;
+    let dir = build::workspace_root().join("target").join("ferrite-up");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let source = guestasm::guests_dir().join("bootsector").join("mbr_disk_check.S");
+    let mbr = guestasm::assemble_boot_sector(&source, &dir.join("hvmdemo-mbr.bin")).map_err(|e| format!("{e:#}"))?;
+    let disk = dir.join("hvmdemo-disk.img");
+    std::fs::write(&disk, guestasm::mbr_test_disk(&mbr, 2048)).map_err(|e| format!("cannot write {}: {e}", disk.display()))?;
+    let cfg = dir.join("hvmdemo.cfg");
+    let text = "# the ferrite up demo's HVM guest\nname = \"hvmdemo\"\ntype = \"hvm\"\nmemory = 64\nvcpus = 1\n\
+                disk = [ 'phy:hvmdemo,hda,w' ]\n";
+    std::fs::write(&cfg, text).map_err(|e| format!("cannot write {}: {e}", cfg.display()))?;
+    let file = disk.display().to_string().replace(',', ",,");
+    let qemu_args = vec![
+        "-drive".to_string(),
+        format!("file={file},if=none,id=hvmdemo,format=raw"),
+        "-device".to_string(),
+        "virtio-blk-pci,drive=hvmdemo,serial=hvmdemo".to_string(),
+    ];
+    Ok((vec![ModuleSpec::new(cfg, ""), ModuleSpec::new(images.stubdom.clone(), ""), ModuleSpec::new(bios, "")], qemu_args))
 }
 
 /// The Linux dom0 demo's boot modules: Debian's cloud kernel (vmlinux,
