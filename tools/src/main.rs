@@ -209,17 +209,98 @@ fn test(test_args: &[String]) -> Result<ExitCode> {
     let mut cmd = Command::new(build::cargo_program());
     cmd.current_dir(build::workspace_root()).args(["test", "--workspace", "--", "--test-threads=2"]).args(test_args);
     eprintln!("running: cargo test --workspace -- --test-threads=2 {}", test_args.join(" "));
-    let status = cmd.status().context("cannot run cargo (is Rust installed and on PATH?)")?;
+    let (mut ok, output) = run_echoing(&mut cmd)?;
+    if !ok {
+        ok = retry_host_resets(&output)?;
+    }
     let secs = start.elapsed().as_secs();
-    eprintln!(
-        "ferrite test: {} in {}m{:02}s",
-        if status.success() { "passed" } else { "FAILED" },
-        secs / 60,
-        secs % 60
-    );
-    Ok(match status.code() {
-        Some(0) => ExitCode::SUCCESS,
-        Some(c) => ExitCode::from(u8::try_from(c).unwrap_or(1)),
-        None => ExitCode::FAILURE,
-    })
+    eprintln!("ferrite test: {} in {}m{:02}s", if ok { "passed" } else { "FAILED" }, secs / 60, secs % 60);
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Runs `cmd` with its output shown as it comes and kept.
+fn run_echoing(cmd: &mut Command) -> Result<(bool, String)> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .context("cannot run cargo (is Rust installed and on PATH?)")?;
+    let mut output = String::new();
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines().map_while(|l| l.ok()) {
+            println!("{line}");
+            let _ = std::io::stdout().flush();
+            output.push_str(&line);
+            output.push('\n');
+        }
+    }
+    Ok((child.wait()?.success(), output))
+}
+
+/// The known, unresolved host triple fault (README, "Known issues"): with
+/// two host CPUs under QEMU's TCG a boot rarely ends in a host reset right
+/// after a VM exit. When every failed test failed that way, each is run
+/// once more, loudly; any other failure stands.
+fn retry_host_resets(output: &str) -> Result<bool> {
+    let Some(failed) = failed_by_host_reset(output) else {
+        return Ok(false);
+    };
+    for name in &failed {
+        eprintln!(
+            "ferrite test: WARNING: {name} ended in a host reset (the known, unresolved triple fault after a VM exit \
+             with two host CPUs under TCG; see README Known issues): running it once more"
+        );
+        let mut cmd = Command::new(build::cargo_program());
+        cmd.current_dir(build::workspace_root()).args(["test", "-p", "ferrite-qemu-tests", "--", "--exact", name]);
+        let (ok, _) = run_echoing(&mut cmd)?;
+        if !ok {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// The failed tests, if every one of them failed by the host resetting.
+fn failed_by_host_reset(output: &str) -> Option<Vec<String>> {
+    const MARK: &str = "hypervisor reset (QEMU exit status 0";
+    let failed = failed_tests(output);
+    if failed.is_empty() {
+        return None;
+    }
+    for name in &failed {
+        let section = output.split(&format!("---- {name} stdout ----")).nth(1).unwrap_or("");
+        let section = section.split("\n---- ").next().unwrap_or(section);
+        if !section.contains(MARK) {
+            return None;
+        }
+    }
+    Some(failed)
+}
+
+/// The names of the failed tests in `cargo test` output.
+fn failed_tests(output: &str) -> Vec<String> {
+    output
+        .lines()
+        .filter_map(|l| l.strip_prefix("test ").and_then(|l| l.strip_suffix(" ... FAILED")))
+        .map(str::to_string)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RESET: &str = "test a ... ok\ntest dom0_with_two_vcpus ... FAILED\n\nfailures:\n\n---- dom0_with_two_vcpus stdout ----\n\
+        [dom0_with_two_vcpus] expecting ...: QEMU exited first: hypervisor reset (QEMU exit status 0: triple fault)\n\n";
+
+    #[test]
+    fn only_host_resets_are_retried() {
+        assert_eq!(failed_by_host_reset(RESET), Some(vec!["dom0_with_two_vcpus".to_string()]));
+        let other = RESET.replace("hypervisor reset (QEMU exit status 0", "Ferrite reported failure");
+        assert_eq!(failed_by_host_reset(&other), None);
+        let mixed = format!("{RESET}test b ... FAILED\n---- b stdout ----\nassertion failed\n");
+        assert_eq!(failed_by_host_reset(&mixed), None);
+        assert_eq!(failed_by_host_reset("test a ... ok\n"), None);
+    }
 }
