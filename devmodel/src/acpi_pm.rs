@@ -134,7 +134,7 @@ impl AcpiPm {
         // ns × (PM_TIMER_HZ / 1e9) in 0.64 fixed point: one multiply instead
         // of a 128-bit division on every timer read (a hot guest exit).
         // Rounded up, so whole seconds give exact tick counts.
-        const TICKS_PER_NS_FP64: u128 = (((PM_TIMER_HZ as u128) << 64) + 999_999_999) / 1_000_000_000;
+        const TICKS_PER_NS_FP64: u128 = ((PM_TIMER_HZ as u128) << 64).div_ceil(1_000_000_000);
         ((u128::from(clock.now_ns()) * TICKS_PER_NS_FP64) >> 64) as u64
     }
 

@@ -67,10 +67,10 @@ pub fn load_stub(image: &[u8], config: &[u8], guest_top: u64, mem: &mut dyn Gues
     entry(pdpt_low, 0, pd_low | PRESENT | WRITABLE)?;
     entry(pd_low, 0, pt_low | PRESENT | WRITABLE)?;
     for i in 1..512 {
-        entry(pt_low, i, i * 4096 | PRESENT | WRITABLE)?;
+        entry(pt_low, i, (i * 4096) | PRESENT | WRITABLE)?;
     }
     for i in 1..512 {
-        entry(pd_low, i, i * MIB2 | PRESENT | WRITABLE | HUGE)?;
+        entry(pd_low, i, (i * MIB2) | PRESENT | WRITABLE | HUGE)?;
     }
     for g in 0..window_gib {
         let pd = page(5 + g);

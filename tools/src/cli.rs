@@ -32,7 +32,19 @@ USAGE:
     ferrite iso --out FILE [--debug] [--module PATH[=ARGS]]... [--append \"CMDLINE\"]
         Build, then make a BIOS GRUB rescue ISO booting Ferrite via multiboot2.
     ferrite test [-- ARGS FOR THE TEST BINARIES]
-        Check host dependencies, then run `cargo test --workspace -- --test-threads=2`.
+        Check host dependencies, then run
+        `cargo test --workspace --no-fail-fast -- --test-threads=2 [ARGS]`: every
+        test binary runs, even after one fails, and no test is ever rerun.
+        Cargo's output (stdout and stderr, in order) is shown on stdout, then a
+        summary: each test binary's passed/failed/ignored counts, every failed
+        test as binary::test_name, and last the totals line
+        `N passed, M failed, K skipped` (K: ignored tests). The exit status is
+        non-zero if a test failed, a test binary crashed, or cargo failed (e.g.
+        a compile error).
+        One test: `cargo run --release -p ferrite-tools -- test -- <name filter>`
+        passes the filter to every test binary; to run one QEMU test directly:
+        `cargo test -p ferrite-qemu-tests --test <file> -- --exact <name>`
+        (<file>: a qemu-tests/tests/ file name without .rs, e.g. boot).
 ";
 
 /// `ferrite help` for `bench` (kept apart from [`USAGE`] to keep edits small).

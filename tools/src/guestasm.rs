@@ -300,6 +300,32 @@ pub fn symbol_address(elf: &[u8], name: &str) -> Result<u64> {
     bail!("no symbol {name:?} in the ELF file")
 }
 
+/// A test disk for the HVM demo and tests: `mbr` in sector 0, then
+/// `sectors - 1` sectors whose first dword is their LBA and last dword its
+/// complement, with varying bytes between (what
+/// `qemu-tests/guests/bootsector/mbr_disk_check.S` checks).
+pub fn mbr_test_disk(mbr: &[u8], sectors: usize) -> Vec<u8> {
+    const SECTOR: usize = 512;
+    let mut disk = vec![0u8; sectors.max(1) * SECTOR];
+    let n = mbr.len().min(SECTOR);
+    disk[..n].copy_from_slice(&mbr[..n]);
+    for lba in 1..sectors {
+        let s = &mut disk[lba * SECTOR..(lba + 1) * SECTOR];
+        for (i, b) in s.iter_mut().enumerate() {
+            *b = (lba.wrapping_mul(31) + i * 7) as u8;
+        }
+        s[..4].copy_from_slice(&(lba as u32).to_le_bytes());
+        s[508..].copy_from_slice(&(!(lba as u32)).to_le_bytes());
+    }
+    disk
+}
+
+/// SeaBIOS as the system's QEMU install ships it (Debian's `seabios`
+/// package, which `qemu-system-x86` depends on), if present.
+pub fn seabios_image() -> Option<PathBuf> {
+    ["/usr/share/seabios/bios-256k.bin", "/usr/share/qemu/bios-256k.bin"].into_iter().map(PathBuf::from).find(|p| p.is_file())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,30 +406,4 @@ mod tests {
         let e = pvh_entry(&h).unwrap_err();
         assert!(e.to_string().contains("PHYS32_ENTRY"), "{e}");
     }
-}
-
-/// A test disk for the HVM demo and tests: `mbr` in sector 0, then
-/// `sectors - 1` sectors whose first dword is their LBA and last dword its
-/// complement, with varying bytes between (what
-/// `qemu-tests/guests/bootsector/mbr_disk_check.S` checks).
-pub fn mbr_test_disk(mbr: &[u8], sectors: usize) -> Vec<u8> {
-    const SECTOR: usize = 512;
-    let mut disk = vec![0u8; sectors.max(1) * SECTOR];
-    let n = mbr.len().min(SECTOR);
-    disk[..n].copy_from_slice(&mbr[..n]);
-    for lba in 1..sectors {
-        let s = &mut disk[lba * SECTOR..(lba + 1) * SECTOR];
-        for (i, b) in s.iter_mut().enumerate() {
-            *b = (lba.wrapping_mul(31) + i * 7) as u8;
-        }
-        s[..4].copy_from_slice(&(lba as u32).to_le_bytes());
-        s[508..].copy_from_slice(&(!(lba as u32)).to_le_bytes());
-    }
-    disk
-}
-
-/// SeaBIOS as the system's QEMU install ships it (Debian's `seabios`
-/// package, which `qemu-system-x86` depends on), if present.
-pub fn seabios_image() -> Option<PathBuf> {
-    ["/usr/share/seabios/bios-256k.bin", "/usr/share/qemu/bios-256k.bin"].into_iter().map(PathBuf::from).find(|p| p.is_file())
 }
