@@ -165,6 +165,17 @@ pub fn print_fmt(args: fmt::Arguments) {
     }
 }
 
+/// Like [`print_fmt`], but the text goes to the serial line only, not into
+/// the log ring: for replaying the ring itself (`d`), which would
+/// otherwise copy the ring into itself on every press.
+pub fn print_fmt_unlogged(args: fmt::Arguments) {
+    let mut line = LineBuf { buf: [0; 512], len: 0 };
+    let _ = line.write_fmt(args);
+    if UART_ENABLED.load(Ordering::Relaxed) {
+        CONSOLE.lock().uart.write_bytes(&line.buf[..line.len]);
+    }
+}
+
 /// Where console input goes: 0 = the hypervisor, else domain id + 1.
 static FOCUS: AtomicU32 = AtomicU32::new(0);
 /// Consecutive Ctrl-a presses seen.

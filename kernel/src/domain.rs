@@ -203,11 +203,12 @@ pub(crate) fn with_tsc_frequency(cmdline: &str) -> String {
 
 /// MSRs the hardware switches through the VMCB: the guest may access them
 /// directly.
-const PASSTHROUGH_MSRS: [u32; 11] = [
+/// (TSC_AUX is not among them: VMRUN does not switch it, so the vCPU keeps
+/// its own and the backend loads it before entry.)
+const PASSTHROUGH_MSRS: [u32; 10] = [
     0x174, 0x175, 0x176, // SYSENTER_CS/ESP/EIP
     0xC000_0081, 0xC000_0082, 0xC000_0083, 0xC000_0084, // STAR, LSTAR, CSTAR, SFMASK
     0xC000_0100, 0xC000_0101, 0xC000_0102, // FS_BASE, GS_BASE, KERNEL_GS_BASE
-    0xC000_0103, // TSC_AUX
 ];
 
 pub(crate) fn allow_msr(msrpm: u64, msr: u32) {
@@ -606,13 +607,20 @@ impl Vcpu {
                 log::debug!("vcpu {}: INIT", self.id);
                 self.lapic.lock().receive_init()
             }
-            VcpuEvent::Startup(vector) => match self.lapic.lock().receive_sipi(vector) {
-                Some(page) => {
-                    log::debug!("vcpu {}: SIPI, starting at {:#x}", self.id, u32::from(page) << 12);
-                    *self.start_page.lock() = Some(page)
+            VcpuEvent::Startup(vector) => {
+                // The start page is recorded under the LAPIC lock, so the
+                // vCPU never sees "no longer waiting for SIPI" without it
+                // (it would run on from its reset state: an AP executing
+                // whatever is at 0xFFFF0).
+                let mut lapic = self.lapic.lock();
+                match lapic.receive_sipi(vector) {
+                    Some(page) => {
+                        log::debug!("vcpu {}: SIPI, starting at {:#x}", self.id, u32::from(page) << 12);
+                        *self.start_page.lock() = Some(page)
+                    }
+                    None => return,
                 }
-                None => return,
-            },
+            }
             VcpuEvent::Nmi => {
                 log::debug!("NMI to a vCPU is not delivered yet");
                 return;
@@ -664,6 +672,9 @@ struct VcpuPlatform<'a> {
     now_ns: u64,
 }
 
+/// IA32_APIC_BASE.EN.
+const APIC_BASE_ENABLE: u64 = 1 << 11;
+
 /// MSRs with nothing behind them that guests commonly touch: reads give
 /// the value here, writes are accepted and dropped.
 fn benign_msr(msr: u32) -> Option<u64> {
@@ -674,6 +685,11 @@ fn benign_msr(msr: u32) -> Option<u64> {
         0xC001_0010 => 0,                       // AMD SYSCFG
         0xC001_1029 => 0,                       // AMD DE_CFG
         0xC001_0140 | 0xC001_0141 => 0,         // AMD OSVW
+        // AMD's legacy performance counters (PERF_CTL0-3, PERF_CTR0-3):
+        // they have no CPUID bit and always exist; with no virtual PMU
+        // they count nothing, as under KVM and Xen without a vPMU.
+        0xC001_0000..=0xC001_0007 => 0,
+        0xC001_001F => 0,                       // AMD NB_CFG
         _ => return None,
     })
 }
@@ -753,8 +769,9 @@ impl VcpuPlatform<'_> {
 }
 
 impl Platform for VcpuPlatform<'_> {
-    fn cpuid(&mut self, leaf: u32, subleaf: u32) -> [u32; 4] {
-        vcpu::guest_cpuid_for(leaf, subleaf, self.vcpu.id, self.domain.spec.vcpus)
+    fn cpuid(&mut self, leaf: u32, subleaf: u32, guest: vcpu::GuestCpuidState) -> [u32; 4] {
+        let apic_enabled = self.vcpu.lapic.lock().apic_base() & APIC_BASE_ENABLE != 0;
+        vcpu::guest_cpuid(leaf, subleaf, &guest.view(self.vcpu.id, self.domain.spec.vcpus, apic_enabled))
     }
 
     fn io_in(&mut self, port: u16, size: u8) -> u32 {
@@ -1056,11 +1073,17 @@ impl Vcpu {
             return self.block(None);
         }
         let mut arch = self.arch.lock();
-        if let Some(page) = self.start_page.lock().take() {
-            arch.reset_real_mode(u16::from(page) << 8, 0);
-        }
-        if self.lapic.lock().is_waiting_for_sipi() {
-            return self.block(self.next_deadline_ns(&domain));
+        {
+            // Both under the LAPIC lock (see `post`): an INIT or SIPI that
+            // arrives meanwhile is seen whole at the next slice.
+            let lapic = self.lapic.lock();
+            if lapic.is_waiting_for_sipi() {
+                drop(lapic);
+                return self.block(self.next_deadline_ns(&domain));
+            }
+            if let Some(page) = self.start_page.lock().take() {
+                arch.reset_real_mode(u16::from(page) << 8, 0);
+            }
         }
         // Waiting on the stub domain and not answered yet: keep waiting.
         if self.io_wait.lock().is_some() {
@@ -1099,6 +1122,7 @@ impl Vcpu {
         };
         arch.set_tsc_offset(domain.tsc_offset());
         let (outcome, _exits) = vcpu::run_loop(&mut *arch, &mut platform, 0);
+        arch.release_fpu();
         drop(arch);
         if let Some(state) = platform.shutdown.take() {
             domain.shut_down(state);

@@ -22,7 +22,6 @@ mod ioreq;
 mod mm;
 mod panic;
 mod platform;
-mod percpu;
 mod sched;
 mod selftest;
 mod stubdom;
@@ -30,7 +29,7 @@ mod vcpu;
 mod virt;
 
 use alloc::vec::Vec;
-use arch::{apic, cpu, fpu, gdt, idt, smp, time};
+use arch::{apic, cpu, fpu, gdt, idt, percpu, smp, time};
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use ferrite_boot::bootinfo::{self, BootError, PhysMemory, Protocol};
 use ferrite_boot::cmdline::{self, Options};
@@ -278,19 +277,17 @@ pub fn debug_key(key: u8) {
             info!("Ctrl-a three times switches console input to the next domain");
         }
         b'p' | b'u' if id == NO_ID => info!("type the domain id first, e.g. '1{}'", key as char),
-        b'p' | b'u' => {
-            if !domain::set_paused(id, key == b'p') {
-                info!("no domain {}", id);
-            }
-        }
+        b'p' | b'u' if !domain::set_paused(id, key == b'p') => info!("no domain {}", id),
+        b'p' | b'u' => {}
         b'l' => domain::list(|line| console::print_fmt(format_args!("{}\n", line))),
         b'd' => {
             let mut text = Vec::new();
             console::with_log_ring(|piece| text.extend_from_slice(piece));
-            console::print_fmt(format_args!("----- log ring ({} bytes) -----\n", text.len()));
+            console::print_fmt_unlogged(format_args!("----- log ring ({} bytes) -----\n", text.len()));
             for chunk in text.chunks(256) {
-                console::print_fmt(format_args!("{}", alloc::string::String::from_utf8_lossy(chunk)));
+                console::print_fmt_unlogged(format_args!("{}", alloc::string::String::from_utf8_lossy(chunk)));
             }
+            console::print_fmt_unlogged(format_args!("----- end of log ring -----\n"));
         }
         b'm' => {
             let (used, total) = mm::heap::usage();
@@ -532,8 +529,7 @@ fn module_args(cmdline: &str, loader: Option<&str>) -> alloc::string::String {
 fn enable_virtualization_on_this_cpu() {
     let pc = percpu::current();
     match virt::svm::enable_cpu() {
-        Ok(state) => {
-            pc.svm = Some(state);
+        Ok(()) => {
             SVM_ENABLED_CPUS.fetch_add(1, Ordering::SeqCst);
             info!("cpu {}: SVM enabled", pc.index);
         }
@@ -583,7 +579,7 @@ extern "C" fn ap_main(index: u64) -> ! {
     while !BOOT_DONE.load(Ordering::SeqCst) {
         cpu::pause();
     }
-    if percpu::current().svm.is_some() {
+    if virt::svm::enabled_on_this_cpu() {
         sched::run_forever()
     }
     loop {

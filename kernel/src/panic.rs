@@ -24,7 +24,7 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
         // A second panic (or a panic on another CPU at the same time).
         cpu::halt_forever();
     }
-    let cpu = crate::percpu::current_index();
+    let cpu = crate::arch::percpu::current_index();
     let mut out = RawConsole;
     let _ = write!(out, "\n(ferrite) PANIC on CPU {}", cpu);
     if let Some(loc) = info.location() {
@@ -33,7 +33,7 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
     let _ = writeln!(out, ":\n(ferrite) {}", info.message());
     // Only CPUs the hypervisor started have an NMI handler; an AP still in
     // firmware would triple-fault the machine before this message is out.
-    if crate::percpu::online_count() > 1 {
+    if crate::arch::percpu::online_count() > 1 {
         apic::nmi_all_others();
     }
     let _ = writeln!(out, "(ferrite) all CPUs stopped");

@@ -7,8 +7,7 @@
 //! Ferrite targets, one lock is simpler than per-CPU queues with stealing
 //! and costs nothing measurable.
 
-use crate::arch::{apic, cpu, idt, time};
-use crate::percpu;
+use crate::arch::{apic, cpu, idt, percpu, time};
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};

@@ -190,6 +190,7 @@ pub fn run(caps: crate::virt::Capabilities) -> Result<String, String> {
     vcpu.reset_real_mode((LOAD_GPA >> 4) as u16, 0);
     let mut platform = SelftestPlatform::default();
     let (outcome, exits) = vcpu::run_loop(&mut vcpu, &mut platform, 1000);
+    vcpu.release_fpu();
     crate::mm::free_intercept_maps(iopm, msrpm);
     let expected = [
         Event::Mark(b'R'),

@@ -9,14 +9,11 @@ use alloc::string::String;
 use ferrite_abi::{IoRequest, DIR_READ, DIR_WRITE, FLAG_DATA_IS_GPA, FLAG_DOWN, KIND_MMIO, KIND_PIO};
 
 const MSR_EFER: u32 = 0xC000_0080;
+const MSR_TSC_AUX: u32 = 0xC000_0103;
 const GP_VECTOR: u8 = 13;
+const CR4_OSXSAVE: u64 = 1 << 18;
 
-/// The hypervisor CPUID leaves' signature ("FerriteHV" padded).
-pub const HV_SIGNATURE: [u32; 3] = [
-    u32::from_le_bytes(*b"Ferr"),
-    u32::from_le_bytes(*b"iteH"),
-    u32::from_le_bytes(*b"V\0\0\0"),
-];
+pub use ferrite_x86::cpuid::HV_SIGNATURE;
 
 /// What a domain's platform does with the exits the run loop does not
 /// handle itself (port I/O, MMIO, platform MSRs, halts, hypercalls,
@@ -37,8 +34,10 @@ pub trait Platform {
         false
     }
     /// CPUID as this vCPU sees it.
-    fn cpuid(&mut self, leaf: u32, subleaf: u32) -> [u32; 4] {
-        guest_cpuid(leaf, subleaf)
+    /// CPUID for this vCPU; `guest` is the vCPU state some leaves reflect
+    /// (the platform fills in the rest: vCPU id and count, APIC state).
+    fn cpuid(&mut self, leaf: u32, subleaf: u32, guest: GuestCpuidState) -> [u32; 4] {
+        guest_cpuid(leaf, subleaf, &guest.view(0, 1, true))
     }
     /// The guest's RAM, for fetching instructions to emulate.
     fn guest_memory(&self) -> Option<&GuestMemory> {
@@ -265,64 +264,36 @@ pub enum RunOutcome {
     WaitingForIo,
 }
 
-/// The CPUID values a guest sees: the host's, with virtualization hidden,
-/// the hypervisor bit set and Ferrite's leaves at 0x4000_0000.
-pub fn guest_cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
-    guest_cpuid_for(leaf, subleaf, 0, 1)
+/// The parts of a vCPU's own state that CPUID reflects, as the run loop
+/// knows them.
+#[derive(Debug, Clone, Copy)]
+pub struct GuestCpuidState {
+    /// CR4.OSXSAVE.
+    pub osxsave: bool,
+    pub xcr0: u64,
 }
 
-/// CPUID for vCPU `vcpu` of a domain with `vcpus` vCPUs: the host's
-/// features minus what guests must not see or Ferrite does not emulate,
-/// and a topology of `vcpus` single-thread cores with APIC id = vCPU id.
-pub fn guest_cpuid_for(leaf: u32, subleaf: u32, vcpu: u32, vcpus: u32) -> [u32; 4] {
-    let [a, b, c, d] = filtered_cpuid(leaf, subleaf);
-    match leaf {
-        1 => {
-            let b = (b & 0x0000_FFFF) | (vcpu << 24) | (vcpus.min(255) << 16);
-            let d = if vcpus > 1 { d | (1 << 28) } else { d & !(1 << 28) };
-            [a, b, c, d]
+impl GuestCpuidState {
+    pub fn view(self, vcpu: u32, vcpus: u32, apic_enabled: bool) -> ferrite_x86::cpuid::VcpuView {
+        ferrite_x86::cpuid::VcpuView {
+            vcpu,
+            vcpus,
+            osxsave: self.osxsave,
+            apic_enabled,
+            xcr0: self.xcr0,
+            xcr0_supported: crate::arch::fpu::host_xcr0(),
         }
-        0x8000_0008 => [a, b, (c & !0xFF) | (vcpus.saturating_sub(1) & 0xFF), d],
-        _ => [a, b, c, d],
     }
 }
 
-fn filtered_cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
-    match leaf {
-        0x4000_0000 => [0x4000_0001, HV_SIGNATURE[0], HV_SIGNATURE[1], HV_SIGNATURE[2]],
-        0x4000_0001 => [0, 0, 0, 0],
-        _ => {
-            let r = crate::arch::cpu::cpuid(leaf, subleaf);
-            let (mut a, b, mut c, d) = (r.eax, r.ebx, r.ecx, r.edx);
-            match leaf {
-                1 => {
-                    // ECX: hide MONITOR (3; MWAIT is not intercepted), VMX (5),
-                    // SMX (6), EST (7), TM2 (8), PDCM (15); offer x2APIC (21)
-                    // and TSC-deadline (24), both emulated; set "running under
-                    // a hypervisor" (31). (Linux without interrupt remapping
-                    // stays in xAPIC mode; the x2apic test guest switches.)
-                    c = (c & !((1 << 3) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 15)))
-                        | (1 << 21)
-                        | (1 << 24)
-                        | (1 << 31);
-                    // EDX: hide MCE (7), MTRR (12), MCA (14), ACPI (22), TM (29), PBE (31).
-                    let d = r.edx & !((1 << 7) | (1 << 12) | (1 << 14) | (1 << 22) | (1 << 29) | (1 << 31));
-                    return [a, b, c, d];
-                }
-                // Thermal/power management and performance monitoring: none.
-                6 | 0xA => return [0, 0, 0, 0],
-                // Hide SVM (2), extended APIC space (3), SKINIT (12), WDT (13),
-                // topology extensions (22), core perf counters (23), MWAITX (29).
-                0x8000_0001 => c &= !((1 << 2) | (1 << 3) | (1 << 12) | (1 << 13) | (1 << 22) | (1 << 23) | (1 << 29)),
-                0x8000_000A => {
-                    a = 0;
-                    return [a, 0, 0, 0];
-                }
-                _ => {}
-            }
-            [a, b, c, d]
-        }
-    }
+/// The CPUID values a guest sees (`ferrite_x86::cpuid`: an allow-list
+/// over the host's).
+pub fn guest_cpuid(leaf: u32, subleaf: u32, view: &ferrite_x86::cpuid::VcpuView) -> [u32; 4] {
+    let host = |l: u32, s: u32| {
+        let r = crate::arch::cpu::cpuid(l, s);
+        [r.eax, r.ebx, r.ecx, r.edx]
+    };
+    ferrite_x86::cpuid::guest_cpuid(&host, leaf, subleaf, view)
 }
 
 fn size_mask(size: u8) -> u64 {
@@ -394,8 +365,9 @@ pub fn run_loop<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, max_exits
                 vcpu.regs_mut().rip = next_rip;
             }
             VmExit::Cpuid { next_rip } => {
+                let state = GuestCpuidState { osxsave: vcpu.paging_state().cr4 & CR4_OSXSAVE != 0, xcr0: vcpu.xcr0() };
                 let regs = vcpu.regs_mut();
-                let [a, b, c, d] = platform.cpuid(regs.rax as u32, regs.rcx as u32);
+                let [a, b, c, d] = platform.cpuid(regs.rax as u32, regs.rcx as u32, state);
                 regs.rax = a.into();
                 regs.rbx = b.into();
                 regs.rcx = c.into();
@@ -403,6 +375,13 @@ pub fn run_loop<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, max_exits
                 regs.rip = next_rip;
             }
             VmExit::MsrRead { msr, next_rip } => match msr {
+                MSR_TSC_AUX if vcpu.has_tsc_aux() => {
+                    let value = vcpu.tsc_aux();
+                    let regs = vcpu.regs_mut();
+                    regs.rax = value & 0xFFFF_FFFF;
+                    regs.rdx = value >> 32;
+                    regs.rip = next_rip;
+                }
                 MSR_EFER => {
                     let efer = vcpu.efer();
                     let regs = vcpu.regs_mut();
@@ -421,6 +400,11 @@ pub fn run_loop<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, max_exits
                 },
             },
             VmExit::MsrWrite { msr, value, next_rip } => match msr {
+                // Bits 63:32 are reserved.
+                MSR_TSC_AUX if vcpu.has_tsc_aux() && value >> 32 == 0 => {
+                    vcpu.set_tsc_aux(value);
+                    vcpu.regs_mut().rip = next_rip;
+                }
                 MSR_EFER => {
                     // SCE, LME, LMA, NXE are the bits a guest may set.
                     const ALLOWED: u64 = (1 << 0) | (1 << 8) | (1 << 10) | (1 << 11);

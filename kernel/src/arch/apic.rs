@@ -110,22 +110,22 @@ pub fn timer_ticks_per_us() -> u64 {
 /// unless it is already armed for exactly that time and has not fired.
 /// Saves reprogramming the timer on every guest entry.
 pub fn arm_timer_at_ns(deadline_ns: u64) {
-    let pc = crate::percpu::current();
+    let pc = super::percpu::current();
     let now = super::time::now_ns();
-    if pc.timer_deadline_ns == deadline_ns && now < deadline_ns {
+    if pc.timer_deadline_ns.load(Ordering::Relaxed) == deadline_ns && now < deadline_ns {
         return;
     }
     // Round up: a timer that fires early would leave the cached deadline
     // looking armed while nothing is.
     program_timer(deadline_ns.saturating_sub(now).div_ceil(1000).max(1));
-    pc.timer_deadline_ns = deadline_ns;
+    pc.timer_deadline_ns.store(deadline_ns, Ordering::Relaxed);
 }
 
 /// Arms this CPU's one-shot timer to interrupt after `us` microseconds
 /// (0 disarms it).
 pub fn arm_timer_us(us: u64) {
     program_timer(us);
-    crate::percpu::current().timer_deadline_ns = 0;
+    super::percpu::current().timer_deadline_ns.store(0, Ordering::Relaxed);
 }
 
 fn program_timer(us: u64) {

@@ -157,10 +157,11 @@ start32_common:
     orl $(1 << 11), %eax
 3:
     wrmsr
-    /* CR0: PG, PE, MP; clear EM (x87 emulation) and TS. */
+    /* CR0: PG, PE, MP; clear EM (x87 emulation) and TS, and CD/NW (30/29):
+     * firmware may hand over a CPU with caching off. */
     movl %cr0, %eax
     orl $((1 << 31) | (1 << 0) | (1 << 1)), %eax
-    andl $~((1 << 2) | (1 << 3)), %eax
+    andl $~((1 << 2) | (1 << 3) | (1 << 29) | (1 << 30)), %eax
     movl %eax, %cr0
     lgdt boot_gdtr
     ljmp $0x08, $long_mode_entry

@@ -1,7 +1,20 @@
 //! FPU/SSE/AVX state: XSAVE when the CPU has it, FXSAVE otherwise.
 //!
-//! Guest and hypervisor share the physical FPU, so the vCPU loop saves the
-//! hypervisor's state and loads the guest's around every world switch.
+//! Guest and hypervisor share the physical FPU. The hypervisor's own code
+//! uses only SSE registers as scratch (they are caller-saved around the
+//! world switch) and never x87 or AVX, so a vCPU's x87/AVX state can stay
+//! in the registers for a whole scheduling slice: it is loaded once when
+//! the slice starts ([`FpuState::restore`]) and saved once when it ends
+//! ([`FpuState::save`] plus [`FpuState::store_sse`]). Around each world
+//! switch only XMM0-15 and MXCSR move, with plain SSE loads and stores
+//! inside `svm_run` ([`SseRegs`]).
+//!
+//! Besides being cheaper, this keeps FXRSTOR/XRSTOR off the exit path,
+//! which under QEMU's multi-threaded TCG matters for correctness: QEMU
+//! clears IGNNE in CPU 0's `hflags2` from whichever thread executes an
+//! FXRSTOR, a non-atomic read-modify-write that can undo CPU 0's own
+//! concurrent VMRUN/#VMEXIT update of its nested-paging flag (see
+//! ARCHITECTURE.md, "Two host CPUs under QEMU TCG").
 
 use super::cpu;
 use alloc::alloc::{alloc_zeroed, Layout};
@@ -91,6 +104,65 @@ impl FpuState {
             // SAFETY: the area holds a valid FXSAVE image (reset values or a
             // previous save).
             unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) self.area, options(nostack)) };
+        }
+    }
+}
+
+/// The default MXCSR the hypervisor's code runs with (all exceptions
+/// masked, round to nearest).
+pub const HOST_MXCSR: u32 = 0x1F80;
+
+/// A guest's XMM0-15 and MXCSR while its slice runs: `svm_run` loads them
+/// just before VMRUN and stores them right after #VMEXIT. The layout is
+/// fixed for that assembly: XMM0-15 at 0..256, MXCSR at 256.
+#[repr(C, align(16))]
+pub struct SseRegs {
+    pub xmm: [[u8; 16]; 16],
+    pub mxcsr: u32,
+}
+
+impl SseRegs {
+    pub const fn new() -> Self {
+        SseRegs { xmm: [[0; 16]; 16], mxcsr: HOST_MXCSR }
+    }
+}
+
+impl Default for SseRegs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// FXSAVE/XSAVE legacy-area offsets (Intel SDM vol. 1, 10.5.1).
+const MXCSR_OFFSET: usize = 24;
+const XMM_OFFSET: usize = 160;
+/// XSAVE header: XSTATE_BV, the components the image holds.
+const XSTATE_BV_OFFSET: usize = 512;
+
+impl FpuState {
+    /// Overwrites XMM0-15 and MXCSR in the saved image with `sse` (the
+    /// registers themselves held hypervisor scratch when `save` ran).
+    pub fn store_sse(&mut self, sse: &SseRegs) {
+        // SAFETY: the area is at least 512 bytes (576 with XSAVE), so the
+        // legacy-area offsets and the XSAVE header are inside it; `self`
+        // owns it exclusively.
+        unsafe {
+            self.area.add(MXCSR_OFFSET).cast::<u32>().write_unaligned(sse.mxcsr);
+            core::ptr::copy_nonoverlapping(sse.xmm.as_ptr().cast::<u8>(), self.area.add(XMM_OFFSET), 256);
+            if uses_xsave() {
+                // The image now holds SSE state: XRSTOR must load it.
+                let bv = self.area.add(XSTATE_BV_OFFSET).cast::<u64>();
+                bv.write_unaligned(bv.read_unaligned() | XCR0_SSE);
+            }
+        }
+    }
+
+    /// XMM0-15 and MXCSR as saved in the image.
+    pub fn load_sse(&self, sse: &mut SseRegs) {
+        // SAFETY: as in `store_sse`; reads only.
+        unsafe {
+            sse.mxcsr = self.area.add(MXCSR_OFFSET).cast::<u32>().read_unaligned();
+            core::ptr::copy_nonoverlapping(self.area.add(XMM_OFFSET), sse.xmm.as_mut_ptr().cast::<u8>(), 256);
         }
     }
 }

@@ -168,7 +168,7 @@ extern "C" fn isr_dispatch(frame: &mut InterruptFrame) {
         VECTOR_SPURIOUS => {}
         VECTOR_TIMER => {
             // The one-shot timer is spent: nothing is armed any more.
-            crate::percpu::current().timer_deadline_ns = 0;
+            super::percpu::current().timer_deadline_ns.store(0, Ordering::Relaxed);
             super::apic::eoi();
         }
         32..=0xFE => super::apic::eoi(),

@@ -10,6 +10,7 @@ pub mod entry;
 pub mod fpu;
 pub mod gdt;
 pub mod idt;
+pub mod percpu;
 pub mod pic;
 pub mod pio;
 pub mod smp;

@@ -1,11 +1,17 @@
 //! Per-CPU data, reached through the GS base (`gs:[0]` holds a pointer to
 //! this CPU's `PerCpu`).
+//!
+//! The rule: `current()` hands out a shared reference only. A field that
+//! changes after `init` is an atomic, because the CPU's own interrupt
+//! handlers touch it too (the timer handler clears the armed deadline), so
+//! a `&mut PerCpu` could never be exclusive. Higher layers keep their
+//! per-CPU state in their own tables indexed by `current_index()` (the SVM
+//! backend does), so this module depends on nothing above `arch`.
 
-use crate::arch::cpu::{self, msr};
-use crate::arch::gdt::CpuTables;
-use crate::virt::svm::SvmCpu;
+use super::cpu::{self, msr};
+use super::gdt::CpuTables;
 use alloc::boxed::Box;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 pub const MAX_CPUS: usize = 64;
 
@@ -16,10 +22,8 @@ pub struct PerCpu {
     pub index: usize,
     pub apic_id: u32,
     pub tables: &'static CpuTables,
-    /// SVM state when the backend is enabled on this CPU.
-    pub svm: Option<SvmCpu>,
     /// When this CPU's APIC timer is armed to fire (TSC ns; 0 = not armed).
-    pub timer_deadline_ns: u64,
+    pub timer_deadline_ns: AtomicU64,
 }
 
 static CPUS: [AtomicPtr<PerCpu>; MAX_CPUS] = [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS];
@@ -29,8 +33,8 @@ static ONLINE: AtomicUsize = AtomicUsize::new(0);
 static READY: AtomicBool = AtomicBool::new(false);
 
 /// Installs this CPU's per-CPU block and points GS at it.
-pub fn init(index: usize, apic_id: u32, tables: &'static CpuTables) -> &'static mut PerCpu {
-    let pc = Box::leak(Box::new(PerCpu { self_ptr: core::ptr::null(), index, apic_id, tables, svm: None, timer_deadline_ns: 0 }));
+pub fn init(index: usize, apic_id: u32, tables: &'static CpuTables) -> &'static PerCpu {
+    let pc = Box::leak(Box::new(PerCpu { self_ptr: core::ptr::null(), index, apic_id, tables, timer_deadline_ns: AtomicU64::new(0) }));
     pc.self_ptr = pc as *const PerCpu;
     CPUS[index].store(pc as *mut PerCpu, Ordering::SeqCst);
     // SAFETY: GS_BASE exists on every x86_64 CPU; the block is leaked, so
@@ -57,15 +61,16 @@ pub fn current_index() -> usize {
     unsafe { (*p).index }
 }
 
-/// This CPU's block, for exclusive use by code running on this CPU.
-pub fn current() -> &'static mut PerCpu {
-    let p: *mut PerCpu;
+/// This CPU's block. Shared, never `&mut`: see the module comment.
+pub fn current() -> &'static PerCpu {
+    let p: *const PerCpu;
     // SAFETY: as in `current_index`.
     unsafe { core::arch::asm!("mov {}, gs:[0]", out(reg) p, options(readonly, nostack, preserves_flags)) };
     assert!(!p.is_null(), "per-CPU data used before init");
-    // SAFETY: the block is only touched by its own CPU (interrupt handlers
-    // do not use it), so no two live references alias.
-    unsafe { &mut *p }
+    // SAFETY: non-null means `init` stored a pointer to a leaked PerCpu,
+    // which lives for the rest of the run; only shared references to it
+    // are ever made, and its mutable fields are atomics.
+    unsafe { &*p }
 }
 
 pub fn online_count() -> usize {

@@ -55,9 +55,11 @@ tramp32:
     rdmsr
     orl (DATA + 4), %eax
     wrmsr
+    /* PG, WP, MP on; EM, TS off; CD/NW (30/29) off: an AP comes out of
+     * INIT with caching disabled (CR0 = 0x60000010). */
     movl %cr0, %eax
     orl $((1 << 31) | (1 << 16) | (1 << 1)), %eax
-    andl $~((1 << 2) | (1 << 3)), %eax
+    andl $~((1 << 2) | (1 << 3) | (1 << 29) | (1 << 30)), %eax
     movl %eax, %cr0
     ljmpl $0x18, $(tramp64 - ap_trampoline_start + TRAMP)
 

@@ -49,6 +49,7 @@ pub enum DetectError {
     NoNestedPaging,
     VmxNotImplemented,
     VmxAbsent,
+    OutOfMemory,
 }
 
 impl fmt::Display for DetectError {
@@ -60,6 +61,7 @@ impl fmt::Display for DetectError {
             DetectError::NoNestedPaging => "this CPU has SVM but no nested paging (NPT), which Ferrite requires; under QEMU add +npt",
             DetectError::VmxNotImplemented => "this is an Intel CPU with VMX; Ferrite's VMX backend is not implemented yet (SVM only for now)",
             DetectError::VmxAbsent => "this Intel CPU has no VMX; Ferrite needs hardware virtualization",
+            DetectError::OutOfMemory => "out of memory for the per-CPU virtualization pages",
         })
     }
 }
@@ -142,6 +144,16 @@ pub trait VcpuOps {
     /// Injects a hardware exception (e.g. #GP for an unknown MSR).
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>);
     fn set_xcr0(&mut self, xcr0: u64);
+    /// Ends a scheduling slice: the guest's FPU state, kept in the
+    /// registers while the slice ran, is saved. Must run before this
+    /// physical CPU runs another vCPU.
+    fn release_fpu(&mut self);
+    /// Whether the CPU has IA32_TSC_AUX (RDTSCP or RDPID).
+    fn has_tsc_aux(&self) -> bool;
+    /// The vCPU's own IA32_TSC_AUX (what its RDTSCP/RDPID return).
+    fn tsc_aux(&self) -> u64;
+    fn set_tsc_aux(&mut self, value: u64);
+    fn xcr0(&self) -> u64;
     /// Whether an external interrupt could be injected now (RFLAGS.IF set,
     /// no interrupt shadow, no event already being injected).
     fn interruptible(&self) -> bool;

@@ -9,6 +9,7 @@
 //!   [`decode::MmioOp`], effective-address computation, a general
 //!   [`decode::instruction_length`], and [`decode::MmioOp::execute`] which
 //!   performs the access against a device and writes registers/flags back.
+//! * [`cpuid`]: the CPUID a guest sees (an allow-list over the host's).
 //! * [`regs`]: the general-purpose register file with x86 partial-register
 //!   rules.
 //!
@@ -19,6 +20,7 @@
 
 extern crate alloc;
 
+pub mod cpuid;
 pub mod decode;
 pub mod regs;
 pub mod walk;

@@ -5,8 +5,10 @@ pub mod vmcb;
 use self::vmcb::*;
 use super::{Capabilities, DetectError, GuestRegs, Segment, VcpuOps, VmExit};
 use crate::arch::cpu::{self, msr};
-use crate::arch::fpu::{self, FpuState};
+use crate::arch::fpu::{self, FpuState, SseRegs};
+use crate::arch::percpu::{self, MAX_CPUS};
 use crate::mm;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 const CPUID_SVM_FEATURES: u32 = 0x8000_000A;
 
@@ -48,19 +50,34 @@ pub fn detect() -> Result<Capabilities, DetectError> {
     Ok(caps)
 }
 
-/// Per-CPU SVM state: the host save area VMRUN uses and a VMCB-format page
-/// for the host state VMSAVE/VMLOAD move (FS, GS, TR, syscall MSRs).
-pub struct SvmCpu {
-    host_vmcb_pa: u64,
-    /// The guest VMCB this CPU ran last (decides TLB flushes).
-    last_vmcb: u64,
+/// Per-CPU SVM state, kept here (indexed by CPU) rather than in the
+/// per-CPU block so that `arch` does not depend on a backend: the page
+/// used as the host VMCB for VMSAVE/VMLOAD (FS, GS, TR, syscall MSRs), 0
+/// until SVM is enabled on that CPU, and the guest VMCB the CPU ran last
+/// (which decides TLB flushes). Only the owning CPU writes its slot.
+/// It also remembers the IA32_TSC_AUX value last loaded, since VMRUN does
+/// not switch that MSR: each vCPU's own is loaded before entry when it
+/// differs, so no guest reads another's (Linux keeps its CPU number there).
+struct SvmCpu {
+    host_vmcb_pa: AtomicU64,
+    last_vmcb: AtomicU64,
+    loaded_tsc_aux: AtomicU64,
+}
+
+static SVM_CPUS: [SvmCpu; MAX_CPUS] = [const {
+    SvmCpu { host_vmcb_pa: AtomicU64::new(0), last_vmcb: AtomicU64::new(0), loaded_tsc_aux: AtomicU64::new(u64::MAX) }
+}; MAX_CPUS];
+
+/// Whether this CPU has IA32_TSC_AUX (CPUID RDTSCP or RDPID).
+fn cpu_has_tsc_aux() -> bool {
+    cpu::cpuid(0x8000_0001, 0).edx & (1 << 27) != 0 || cpu::cpuid(7, 0).ecx & (1 << 22) != 0
 }
 
 /// Turns SVM on for the calling CPU.
-pub fn enable_cpu() -> Result<SvmCpu, DetectError> {
+pub fn enable_cpu() -> Result<(), DetectError> {
     detect()?;
-    let hsave = mm::alloc_zeroed_page().expect("out of memory for the SVM host save area");
-    let host_vmcb = mm::alloc_zeroed_page().expect("out of memory for the host VMCB");
+    let hsave = mm::alloc_zeroed_page().ok_or(DetectError::OutOfMemory)?;
+    let host_vmcb = mm::alloc_zeroed_page().ok_or(DetectError::OutOfMemory)?;
     // SAFETY: detect() confirmed SVM is present and not disabled, so setting
     // EFER.SVME and VM_HSAVE_PA (to a page owned by this CPU for its
     // lifetime) is valid.
@@ -68,17 +85,28 @@ pub fn enable_cpu() -> Result<SvmCpu, DetectError> {
         cpu::wrmsr(msr::EFER, cpu::rdmsr(msr::EFER) | cpu::EFER_SVME);
         cpu::wrmsr(msr::VM_HSAVE_PA, hsave);
     }
-    Ok(SvmCpu { host_vmcb_pa: host_vmcb, last_vmcb: 0 })
+    let slot = &SVM_CPUS[percpu::current_index()];
+    slot.last_vmcb.store(0, Ordering::Relaxed);
+    slot.loaded_tsc_aux.store(u64::MAX, Ordering::Relaxed);
+    slot.host_vmcb_pa.store(host_vmcb, Ordering::Release);
+    Ok(())
+}
+
+/// Whether `enable_cpu` succeeded on the calling CPU.
+pub fn enabled_on_this_cpu() -> bool {
+    SVM_CPUS[percpu::current_index()].host_vmcb_pa.load(Ordering::Acquire) != 0
 }
 
 core::arch::global_asm!(
     r#"
     .section .text.svm_run, "ax"
     .global svm_run
-/* svm_run(guest_vmcb_pa: rdi, regs: rsi, host_vmcb_pa: rdx)
- * Loads the guest GPRs from `regs` (rax/rsp live in the VMCB), runs the
- * guest until #VMEXIT, stores the guest GPRs back. VMSAVE/VMLOAD move the
- * state VMRUN does not switch (FS/GS/TR/LDTR bases, syscall MSRs). */
+/* svm_run(guest_vmcb_pa: rdi, regs: rsi, host_vmcb_pa: rdx, sse: rcx)
+ * Loads the guest GPRs from `regs` (rax/rsp live in the VMCB) and its
+ * XMM0-15/MXCSR from `sse` (fpu::SseRegs), runs the guest until #VMEXIT,
+ * stores both back and puts the hypervisor's MXCSR back. VMSAVE/VMLOAD
+ * move the state VMRUN does not switch (FS/GS/TR/LDTR bases, syscall
+ * MSRs). The guest's x87/AVX state stays loaded (see arch/fpu.rs). */
 svm_run:
     pushq %rbp
     pushq %rbx
@@ -86,9 +114,27 @@ svm_run:
     pushq %r13
     pushq %r14
     pushq %r15
+    pushq %rcx              /* sse */
     pushq %rsi              /* regs */
     pushq %rdx              /* host vmcb */
     pushq %rdi              /* guest vmcb */
+    movdqu 0(%rcx), %xmm0
+    movdqu 16(%rcx), %xmm1
+    movdqu 32(%rcx), %xmm2
+    movdqu 48(%rcx), %xmm3
+    movdqu 64(%rcx), %xmm4
+    movdqu 80(%rcx), %xmm5
+    movdqu 96(%rcx), %xmm6
+    movdqu 112(%rcx), %xmm7
+    movdqu 128(%rcx), %xmm8
+    movdqu 144(%rcx), %xmm9
+    movdqu 160(%rcx), %xmm10
+    movdqu 176(%rcx), %xmm11
+    movdqu 192(%rcx), %xmm12
+    movdqu 208(%rcx), %xmm13
+    movdqu 224(%rcx), %xmm14
+    movdqu 240(%rcx), %xmm15
+    ldmxcsr 256(%rcx)
     movq %rdx, %rax
     vmsave %rax
     movq 8(%rsi), %rbx
@@ -135,7 +181,26 @@ svm_run:
     vmload %rax
     cli
     stgi
-    addq $8, %rsp
+    movq 8(%rsp), %rcx      /* sse (the stack now holds: regs, sse) */
+    movdqu %xmm0, 0(%rcx)
+    movdqu %xmm1, 16(%rcx)
+    movdqu %xmm2, 32(%rcx)
+    movdqu %xmm3, 48(%rcx)
+    movdqu %xmm4, 64(%rcx)
+    movdqu %xmm5, 80(%rcx)
+    movdqu %xmm6, 96(%rcx)
+    movdqu %xmm7, 112(%rcx)
+    movdqu %xmm8, 128(%rcx)
+    movdqu %xmm9, 144(%rcx)
+    movdqu %xmm10, 160(%rcx)
+    movdqu %xmm11, 176(%rcx)
+    movdqu %xmm12, 192(%rcx)
+    movdqu %xmm13, 208(%rcx)
+    movdqu %xmm14, 224(%rcx)
+    movdqu %xmm15, 240(%rcx)
+    stmxcsr 256(%rcx)
+    ldmxcsr svm_host_mxcsr(%rip)
+    addq $16, %rsp          /* regs, sse */
     popq %r15
     popq %r14
     popq %r13
@@ -143,12 +208,17 @@ svm_run:
     popq %rbx
     popq %rbp
     ret
+
+    .section .rodata.svm_run, "a"
+    .balign 4
+svm_host_mxcsr:
+    .long 0x1F80
     "#,
     options(att_syntax)
 );
 
 extern "C" {
-    fn svm_run(guest_vmcb_pa: u64, regs: *mut GuestRegs, host_vmcb_pa: u64);
+    fn svm_run(guest_vmcb_pa: u64, regs: *mut GuestRegs, host_vmcb_pa: u64, sse: *mut SseRegs);
 }
 
 /// One virtual CPU under SVM.
@@ -156,8 +226,13 @@ pub struct SvmVcpu {
     vmcb: Vmcb,
     regs: GuestRegs,
     caps: Capabilities,
+    /// The guest's full FPU/SSE/AVX image between slices.
     guest_fpu: FpuState,
-    host_fpu: FpuState,
+    /// Its XMM0-15/MXCSR while a slice runs (moved by `svm_run`).
+    sse: SseRegs,
+    /// The guest's x87/AVX state is in this CPU's registers (a slice is
+    /// running; `release_fpu` ends it).
+    fpu_loaded: bool,
     guest_xcr0: u64,
     /// VMCB areas changed since the last VMRUN (clean-bit numbering); with
     /// VMCB clean bits the CPU reloads only these.
@@ -165,6 +240,8 @@ pub struct SvmVcpu {
     /// The CPU this vCPU last ran on (`usize::MAX`: never ran). On another
     /// CPU the cached VMCB state and TLB entries must not be trusted.
     last_cpu: usize,
+    /// The guest's IA32_TSC_AUX, when the CPU has the MSR.
+    tsc_aux: Option<u64>,
 }
 
 /// VMCB clean bits (APM vol. 2, 15.15.3) this code tracks.
@@ -221,10 +298,12 @@ impl SvmVcpu {
             regs: GuestRegs::default(),
             caps,
             guest_fpu: FpuState::new(),
-            host_fpu: FpuState::new(),
+            sse: SseRegs::new(),
+            fpu_loaded: false,
             guest_xcr0: 1,
             dirty: CLEAN_ALL,
             last_cpu: usize::MAX,
+            tsc_aux: cpu_has_tsc_aux().then_some(0),
         };
         vcpu.reset_real_mode(0xF000, 0xFFF0);
         vcpu
@@ -286,7 +365,9 @@ impl SvmVcpu {
                 write: info1 & 2 != 0,
                 exec: info1 & 0x10 != 0,
             },
-            EXIT_INTR | EXIT_NMI => VmExit::ExternalInterrupt,
+            // A host interrupt, NMI, SMI or INIT signal took the CPU back:
+            // nothing for the guest to see.
+            EXIT_INTR | EXIT_NMI | EXIT_SMI | EXIT_INIT => VmExit::ExternalInterrupt,
             EXIT_VINTR => VmExit::InterruptWindow,
             EXIT_SHUTDOWN => VmExit::Shutdown,
             EXIT_INVALID => VmExit::InvalidState,
@@ -307,26 +388,39 @@ impl VcpuOps for SvmVcpu {
         // translations here: flush them (just this ASID when the CPU can,
         // else everything) and let the CPU reload the whole VMCB. ASIDs may
         // then be shared between domains without leaking translations.
-        let pc = crate::percpu::current();
-        let cpu = pc.index;
-        let Some(svm_cpu) = pc.svm.as_mut() else {
+        let cpu = percpu::current_index();
+        let svm_cpu = &SVM_CPUS[cpu];
+        let host_vmcb_pa = svm_cpu.host_vmcb_pa.load(Ordering::Acquire);
+        if host_vmcb_pa == 0 {
             return VmExit::InvalidState;
-        };
-        if cpu != self.last_cpu || svm_cpu.last_vmcb != self.vmcb.pa() {
+        }
+        if let Some(aux) = self.tsc_aux {
+            if svm_cpu.loaded_tsc_aux.load(Ordering::Relaxed) != aux {
+                // SAFETY: the MSR exists (checked when `tsc_aux` was set up)
+                // and `set_tsc_aux` only accepts values with bits 63:32 clear.
+                unsafe { cpu::wrmsr(msr::TSC_AUX, aux) };
+                svm_cpu.loaded_tsc_aux.store(aux, Ordering::Relaxed);
+            }
+        }
+        if cpu != self.last_cpu || svm_cpu.last_vmcb.load(Ordering::Relaxed) != self.vmcb.pa() {
             self.vmcb.write_u8(TLB_CONTROL, if self.caps.flush_by_asid { 3 } else { 1 });
             self.dirty = CLEAN_ALL;
             self.last_cpu = cpu;
-            svm_cpu.last_vmcb = self.vmcb.pa();
+            svm_cpu.last_vmcb.store(self.vmcb.pa(), Ordering::Relaxed);
         } else {
             self.vmcb.write_u8(TLB_CONTROL, 0);
         }
-        let host_vmcb_pa = svm_cpu.host_vmcb_pa;
         if self.caps.state_caching {
             self.vmcb.write_u32(CLEAN_BITS, !self.dirty & CLEAN_ALL);
         }
         self.dirty = 0;
-        self.host_fpu.save();
-        self.guest_fpu.restore();
+        if !self.fpu_loaded {
+            // First entry of this slice: the guest's x87/AVX state (and a
+            // stale XMM image, which svm_run overwrites) goes in once.
+            self.guest_fpu.restore();
+            self.guest_fpu.load_sse(&mut self.sse);
+            self.fpu_loaded = true;
+        }
         let use_xsave = fpu::uses_xsave();
         if use_xsave {
             xsetbv(self.guest_xcr0);
@@ -335,18 +429,29 @@ impl VcpuOps for SvmVcpu {
         // state (set up by `new`/`reset_real_mode` and only changed through
         // checked accessors); the host VMCB and save area belong to the
         // current CPU; `regs` outlives the call.
-        unsafe { svm_run(self.vmcb.pa(), &mut self.regs, host_vmcb_pa) };
+        unsafe { svm_run(self.vmcb.pa(), &mut self.regs, host_vmcb_pa, &mut self.sse) };
         if use_xsave {
             xsetbv(fpu::host_xcr0());
         }
-        self.guest_fpu.save();
-        self.host_fpu.restore();
         self.regs.rax = self.vmcb.read_u64(RAX);
         self.regs.rsp = self.vmcb.read_u64(RSP);
         self.regs.rip = self.vmcb.read_u64(RIP);
         self.regs.rflags = self.vmcb.read_u64(RFLAGS);
-        self.vmcb.write_u64(EVENT_INJ, 0);
+        // An event whose delivery the exit cut short (EXITINTINFO, APM vol.
+        // 2, 15.7.2) is delivered again on the next VMRUN, unless the
+        // instruction that raised it runs again and raises it itself.
+        let unfinished = self.vmcb.read_u64(EXIT_INT_INFO);
+        self.vmcb.write_u64(EVENT_INJ, if must_reinject(unfinished) { unfinished } else { 0 });
         self.decode_exit()
+    }
+
+    fn release_fpu(&mut self) {
+        if self.fpu_loaded {
+            // x87/AVX are still the guest's; XMM/MXCSR are in `sse`.
+            self.guest_fpu.save();
+            self.guest_fpu.store_sse(&self.sse);
+            self.fpu_loaded = false;
+        }
     }
 
     fn regs(&self) -> &GuestRegs {
@@ -368,6 +473,9 @@ impl VcpuOps for SvmVcpu {
         self.vmcb.set_segment(LDTR, Segment { limit: 0xFFFF, attrib: 0x82, ..Default::default() });
         self.vmcb.set_segment(TR, Segment { limit: 0xFFFF, attrib: 0x8B, ..Default::default() });
         self.vmcb.write_u8(CPL, 0);
+        // INIT drops any event in flight and the interrupt shadow.
+        self.vmcb.write_u64(EVENT_INJ, 0);
+        self.vmcb.write_u64(INTERRUPT_SHADOW, 0);
         self.vmcb.write_u64(CR0, 0x10); // ET
         self.vmcb.write_u64(CR3, 0);
         self.vmcb.write_u64(CR4, 0);
@@ -414,6 +522,24 @@ impl VcpuOps for SvmVcpu {
 
     fn set_xcr0(&mut self, xcr0: u64) {
         self.guest_xcr0 = xcr0;
+    }
+
+    fn xcr0(&self) -> u64 {
+        self.guest_xcr0
+    }
+
+    fn has_tsc_aux(&self) -> bool {
+        self.tsc_aux.is_some()
+    }
+
+    fn tsc_aux(&self) -> u64 {
+        self.tsc_aux.unwrap_or(0)
+    }
+
+    fn set_tsc_aux(&mut self, value: u64) {
+        if self.tsc_aux.is_some() {
+            self.tsc_aux = Some(value & 0xFFFF_FFFF);
+        }
     }
 
     fn interruptible(&self) -> bool {
@@ -483,6 +609,22 @@ impl VcpuOps for SvmVcpu {
         }
         Some((bytes, n))
     }
+}
+
+/// Whether an EXITINTINFO value names an event that must be injected again.
+/// Software interrupts (INTn, type 4) and the trap-like #BP/#OF raised by
+/// INT3/INTO (type 3, vectors 3 and 4) are not: RIP still points at the
+/// instruction, which raises them again when it runs.
+fn must_reinject(exit_int_info: u64) -> bool {
+    const VALID: u64 = 1 << 31;
+    const TYPE_EXCEPTION: u64 = 3;
+    const TYPE_SOFT_INT: u64 = 4;
+    if exit_int_info & VALID == 0 {
+        return false;
+    }
+    let kind = (exit_int_info >> 8) & 7;
+    let vector = exit_int_info & 0xFF;
+    !(kind == TYPE_SOFT_INT || (kind == TYPE_EXCEPTION && (vector == 3 || vector == 4)))
 }
 
 fn xsetbv(value: u64) {
