@@ -472,7 +472,10 @@ pub fn run_loop<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, max_exits
                 )
             }
             VmExit::Shutdown => {
-                return (RunOutcome::Crashed(format!("triple fault (shutdown) at rip {:#x}", vcpu.regs().rip)), exits)
+                return (
+                    RunOutcome::Crashed(format!("triple fault (shutdown) at rip {:#x} ({})", vcpu.regs().rip, vcpu.describe_state())),
+                    exits,
+                )
             }
             VmExit::InvalidState => {
                 return (RunOutcome::Crashed(String::from("the CPU rejected the guest state (VMEXIT_INVALID)")), exits)

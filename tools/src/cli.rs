@@ -107,6 +107,7 @@ pub enum Cmd {
     Iso(IsoArgs),
     Test { test_args: Vec<String> },
     Bench(crate::bench::BenchArgs),
+    Stress(crate::stress::StressArgs),
     Help,
 }
 
@@ -165,6 +166,7 @@ pub fn parse<I: IntoIterator<Item = S>, S: Into<String>>(argv: I) -> Result<Cmd>
     match sub.as_str() {
         "help" | "-h" | "--help" => return Ok(Cmd::Help),
         "bench" => return Ok(Cmd::Bench(crate::bench::parse_args(&args.rest())?)),
+        "stress" => return Ok(Cmd::Stress(crate::stress::parse_args(&args.rest())?)),
         "build" | "up" | "iso" | "test" => {}
         other => bail!("unknown command {other:?}; expected build, up, iso, test or bench (see `ferrite help`)"),
     }

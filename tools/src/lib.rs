@@ -25,5 +25,6 @@ pub mod iso;
 pub mod modules;
 pub mod multiboot;
 pub mod qemu;
+pub mod stress;
 
 pub mod guest_images;

@@ -26,6 +26,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
         Cmd::Help => {
             print!("{}", cli::USAGE);
             print!("{}", cli::BENCH_USAGE);
+            print!("{}", ferrite_tools::stress::USAGE);
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Build { profile } => {
@@ -39,6 +40,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             ferrite_tools::bench::main(&args)?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Stress(args) => Ok(if ferrite_tools::stress::main(&args)? { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
     }
 }
 

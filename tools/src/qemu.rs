@@ -25,6 +25,25 @@ pub enum Accel {
     Kvm,
 }
 
+/// How TCG runs several guest CPUs.
+///
+/// QEMU's multi-threaded TCG (one host thread per CPU, its default) has a
+/// race that resets a nested-paging host: an FXRSTOR/XRSTOR/FRSTOR/FLDENV
+/// on any CPU clears IGNNE in CPU 0's `hflags2` with an unlocked
+/// read-modify-write (`cpu_clear_ignne` on `first_cpu`), which can undo
+/// CPU 0's concurrent VMRUN/#VMEXIT update of its nested-paging flag.
+/// Ferrite keeps FXRSTOR off its own exit path, but guests execute it
+/// too, so multi-CPU runs default to one TCG thread. ARCHITECTURE.md,
+/// "Two host CPUs under QEMU TCG", has the evidence and the reproducer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TcgThreads {
+    /// `-accel tcg,thread=single` when there is more than one CPU.
+    #[default]
+    Single,
+    /// QEMU's default (one thread per CPU): faster, and exposed to the race.
+    Multi,
+}
+
 /// What the host looks like, for [`choose_accel`] (gathered by
 /// [`HostProbe::read`], built by hand in tests).
 #[derive(Debug, Clone, Default)]
@@ -110,6 +129,8 @@ pub struct QemuCommand {
     pub program: PathBuf,
     pub machine: String,
     pub accel: Accel,
+    /// Under TCG with more than one CPU: how many host threads run them.
+    pub tcg_threads: TcgThreads,
     /// `None`: [`TCG_CPU`] under TCG, `host` under KVM.
     pub cpu: Option<String>,
     pub memory_mib: u32,
@@ -140,6 +161,7 @@ impl Default for QemuCommand {
             program: PathBuf::from(deps::QEMU.program),
             machine: "q35".into(),
             accel: Accel::Tcg,
+            tcg_threads: TcgThreads::default(),
             cpu: None,
             memory_mib: 512,
             smp: 1,
@@ -171,6 +193,11 @@ impl QemuCommand {
         self.accel = a;
         self
     }
+    pub fn tcg_threads(mut self, t: TcgThreads) -> Self {
+        self.tcg_threads = t;
+        self
+    }
+
     pub fn cpu(mut self, c: impl Into<String>) -> Self {
         self.cpu = Some(c.into());
         self
@@ -255,6 +282,10 @@ impl QemuCommand {
         push(&self.machine);
         match self.accel {
             Accel::Kvm => push("-enable-kvm"),
+            Accel::Tcg if self.smp > 1 && self.tcg_threads == TcgThreads::Single => {
+                push("-accel");
+                push("tcg,thread=single");
+            }
             Accel::Tcg => {}
         }
         push("-cpu");
@@ -416,6 +447,16 @@ mod tests {
     }
 
     #[test]
+    fn multi_cpu_tcg_is_single_threaded_unless_asked() {
+        let one = QemuCommand::new().smp(1);
+        assert!(!strs(&one).iter().any(|a| a == "-accel"));
+        let multi = QemuCommand::new().smp(2).tcg_threads(TcgThreads::Multi);
+        assert!(!strs(&multi).iter().any(|a| a == "-accel"));
+        let kvm = QemuCommand::new().smp(2).accel(Accel::Kvm);
+        assert!(!strs(&kvm).iter().any(|a| a.starts_with("tcg")));
+    }
+
+    #[test]
     fn test_style_command() {
         let c = QemuCommand::new()
             .smp(2)
@@ -428,6 +469,8 @@ mod tests {
             [
                 "-machine",
                 "q35",
+                "-accel",
+                "tcg,thread=single",
                 "-cpu",
                 "qemu64,+svm,+npt",
                 "-m",

@@ -166,6 +166,9 @@ pub trait VcpuOps {
     fn paging_state(&self) -> PagingState;
     /// The code segment (its base, and L/D bits for the decoding mode).
     fn code_segment(&self) -> Segment;
+    /// A one-line summary of the guest's control state (CRs, RSP, CPL, the
+    /// descriptor tables, an event in flight) for crash reports.
+    fn describe_state(&self) -> alloc::string::String;
     /// What the guest's TSC reads relative to the host's (added, wrapping).
     fn set_tsc_offset(&mut self, offset: u64);
     /// Segment register `index` in the instruction encoding's order (0 = ES,

@@ -58,15 +58,28 @@ pub fn detect() -> Result<Capabilities, DetectError> {
 /// It also remembers the IA32_TSC_AUX value last loaded, since VMRUN does
 /// not switch that MSR: each vCPU's own is loaded before entry when it
 /// differs, so no guest reads another's (Linux keeps its CPU number there).
+///
+/// `fpu_owner` names the vCPU whose x87/AVX state is in this CPU's
+/// registers (its `fpu_token`; 0: none), so a vCPU that comes back to the
+/// CPU it last ran on, with nobody else in between, skips the reload.
 struct SvmCpu {
     host_vmcb_pa: AtomicU64,
     last_vmcb: AtomicU64,
     loaded_tsc_aux: AtomicU64,
+    fpu_owner: AtomicU64,
 }
 
 static SVM_CPUS: [SvmCpu; MAX_CPUS] = [const {
-    SvmCpu { host_vmcb_pa: AtomicU64::new(0), last_vmcb: AtomicU64::new(0), loaded_tsc_aux: AtomicU64::new(u64::MAX) }
+    SvmCpu {
+        host_vmcb_pa: AtomicU64::new(0),
+        last_vmcb: AtomicU64::new(0),
+        loaded_tsc_aux: AtomicU64::new(u64::MAX),
+        fpu_owner: AtomicU64::new(0),
+    }
 }; MAX_CPUS];
+
+/// Source of `SvmVcpu::fpu_token`s (never 0).
+static NEXT_FPU_TOKEN: AtomicU64 = AtomicU64::new(1);
 
 /// Whether this CPU has IA32_TSC_AUX (CPUID RDTSCP or RDPID).
 fn cpu_has_tsc_aux() -> bool {
@@ -233,6 +246,10 @@ pub struct SvmVcpu {
     /// The guest's x87/AVX state is in this CPU's registers (a slice is
     /// running; `release_fpu` ends it).
     fpu_loaded: bool,
+    /// Names this vCPU's FPU state in `SvmCpu::fpu_owner`.
+    fpu_token: u64,
+    /// The CPU whose registers last held this vCPU's FPU state.
+    fpu_cpu: usize,
     guest_xcr0: u64,
     /// VMCB areas changed since the last VMRUN (clean-bit numbering); with
     /// VMCB clean bits the CPU reloads only these.
@@ -300,6 +317,8 @@ impl SvmVcpu {
             guest_fpu: FpuState::new(),
             sse: SseRegs::new(),
             fpu_loaded: false,
+            fpu_token: NEXT_FPU_TOKEN.fetch_add(1, Ordering::Relaxed),
+            fpu_cpu: usize::MAX,
             guest_xcr0: 1,
             dirty: CLEAN_ALL,
             last_cpu: usize::MAX,
@@ -415,9 +434,15 @@ impl VcpuOps for SvmVcpu {
         }
         self.dirty = 0;
         if !self.fpu_loaded {
-            // First entry of this slice: the guest's x87/AVX state (and a
-            // stale XMM image, which svm_run overwrites) goes in once.
-            self.guest_fpu.restore();
+            // First entry of this slice: the guest's x87/AVX state goes in
+            // once (svm_run loads XMM/MXCSR from `sse` at every entry),
+            // unless this CPU still holds it from this vCPU's last slice.
+            let owner = &svm_cpu.fpu_owner;
+            if self.fpu_cpu != cpu || owner.load(Ordering::Relaxed) != self.fpu_token {
+                self.guest_fpu.restore();
+                owner.store(self.fpu_token, Ordering::Relaxed);
+                self.fpu_cpu = cpu;
+            }
             self.guest_fpu.load_sse(&mut self.sse);
             self.fpu_loaded = true;
         }
@@ -577,6 +602,29 @@ impl VcpuOps for SvmVcpu {
             cr4: self.vmcb.read_u64(CR4),
             efer: self.vmcb.read_u64(EFER) & !cpu::EFER_SVME,
         }
+    }
+
+    fn describe_state(&self) -> alloc::string::String {
+        let idtr = self.vmcb.segment(IDTR);
+        let tr = self.vmcb.segment(TR);
+        alloc::format!(
+            "rsp {:#x} rflags {:#x} cs {:#x} cpl {} cr0 {:#x} cr2 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x} idt {:#x}/{:#x} tr {:#x} base {:#x} exitintinfo {:#x} event_inj {:#x}",
+            self.regs.rsp,
+            self.regs.rflags,
+            self.vmcb.segment(CS).selector,
+            self.vmcb.read_u8(CPL),
+            self.vmcb.read_u64(CR0),
+            self.vmcb.read_u64(CR2),
+            self.vmcb.read_u64(CR3),
+            self.vmcb.read_u64(CR4),
+            self.vmcb.read_u64(EFER),
+            idtr.base,
+            idtr.limit,
+            tr.selector,
+            tr.base,
+            self.vmcb.read_u64(EXIT_INT_INFO),
+            self.vmcb.read_u64(EVENT_INJ),
+        )
     }
 
     fn code_segment(&self) -> Segment {

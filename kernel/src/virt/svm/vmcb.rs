@@ -48,6 +48,7 @@ pub const EFER: usize = 0x4D0;
 pub const CR4: usize = 0x548;
 pub const CR3: usize = 0x550;
 pub const CR0: usize = 0x558;
+pub const CR2: usize = 0x640;
 pub const DR7: usize = 0x560;
 pub const DR6: usize = 0x568;
 pub const RFLAGS: usize = 0x570;
