@@ -441,6 +441,11 @@ pub fn run_loop<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, max_exits
             }
             VmExit::Hlt { next_rip } => {
                 vcpu.regs_mut().rip = next_rip;
+                // An interrupt already injected (the STI shadow kept it
+                // out until the HLT) ends the halt at once.
+                if vcpu.event_pending() {
+                    continue;
+                }
                 if !platform.halt() {
                     return (RunOutcome::Halted, exits);
                 }
@@ -463,10 +468,11 @@ pub fn run_loop<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, max_exits
             VmExit::NestedPageFault { gpa, write, .. } => {
                 return (
                     RunOutcome::Crashed(format!(
-                        "{} of unmapped guest-physical address {:#x} at rip {:#x}",
+                        "{} of unmapped guest-physical address {:#x} at rip {:#x} ({})",
                         if write { "write" } else { "read" },
                         gpa,
-                        vcpu.regs().rip
+                        vcpu.regs().rip,
+                        vcpu.describe_state()
                     )),
                     exits,
                 )

@@ -131,7 +131,7 @@ fn unknown_msr_crashes_only_that_domain() {
     expect_crash_contained(
         vm,
         "hostile: rdmsr 0xdeadbeef",
-        &format!(r"vcpu 0: triple fault \(shutdown\) at rip {rip}$"),
+        &format!(r"vcpu 0: triple fault \(shutdown\) at rip {rip} \(rsp .*\)$"),
     );
 }
 
@@ -147,7 +147,7 @@ fn unmapped_mmio_write_crashes_only_that_domain() {
     expect_crash_contained(
         vm,
         "hostile: write to unmapped 0xe0000000",
-        &format!(r"vcpu 0: write of unmapped guest-physical address 0xe0000000 at rip {rip}$"),
+        &format!(r"vcpu 0: write of unmapped guest-physical address 0xe0000000 at rip {rip} \(rsp .*\)$"),
     );
 }
 
@@ -163,7 +163,7 @@ fn invalid_opcode_crashes_only_that_domain() {
     expect_crash_contained(
         vm,
         "hostile: ud2",
-        &format!(r"vcpu 0: triple fault \(shutdown\) at rip {rip}$"),
+        &format!(r"vcpu 0: triple fault \(shutdown\) at rip {rip} \(rsp .*\)$"),
     );
 }
 

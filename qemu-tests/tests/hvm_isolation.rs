@@ -216,12 +216,12 @@ fn device_model_crash_takes_down_only_its_guest() {
         &format!(
             r"^\(hvm1-dm\) panic at \S+: ide: deliberate panic on command {ATA_IDENTIFY:#04x} \(fault injection switch\)$"
         ),
-        &format!(r"ERROR: domain {stub} \(hvm1-dm\) crashed: vcpu 0: triple fault \(shutdown\) at rip (0x[0-9a-f]+)$"),
+        &format!(r"ERROR: domain {stub} \(hvm1-dm\) crashed: vcpu 0: triple fault \(shutdown\) at rip (0x[0-9a-f]+) \(rsp .*\)$"),
         &format!(
-            r"ERROR: domain {guest} \(hvm1\) crashed: its device model \(hvm1-dm\) crashed: vcpu 0: triple fault \(shutdown\) at rip 0x[0-9a-f]+$"
+            r"ERROR: domain {guest} \(hvm1\) crashed: its device model \(hvm1-dm\) crashed: vcpu 0: triple fault \(shutdown\) at rip 0x[0-9a-f]+ \(rsp .*\)$"
         ),
     ]);
-    let rip = capture(&mut vm, r"at rip 0x([0-9a-f]+)$", &lines[2], 1);
+    let rip = capture(&mut vm, r"at rip 0x([0-9a-f]+) \(", &lines[2], 1);
     let rip = u64::from_str_radix(&rip, 16).unwrap_or(0);
     if !STUB_CODE.contains(&rip) {
         vm.fail(&format!(
@@ -253,10 +253,10 @@ fn stub_domain_touching_memory_outside_its_allowance_is_destroyed() {
     let access = format!("write of unmapped guest-physical address {wild:#x}");
     let lines = vm.expect_lines(&[
         r"^\(hvm1-dm\) bios: ATA controller 1 at 1f0",
-        &format!(r"ERROR: domain {stub} \(hvm1-dm\) crashed: vcpu 0: {access} at rip 0x[0-9a-f]+$"),
-        &format!(r"ERROR: domain {guest} \(hvm1\) crashed: its device model \(hvm1-dm\) crashed: vcpu 0: {access} at rip 0x[0-9a-f]+$"),
+        &format!(r"ERROR: domain {stub} \(hvm1-dm\) crashed: vcpu 0: {access} at rip 0x[0-9a-f]+ \(rsp .*\)$"),
+        &format!(r"ERROR: domain {guest} \(hvm1\) crashed: its device model \(hvm1-dm\) crashed: vcpu 0: {access} at rip 0x[0-9a-f]+ \(rsp .*\)$"),
     ]);
-    let rip = capture(&mut vm, r"at rip 0x([0-9a-f]+)$", &lines[1], 1);
+    let rip = capture(&mut vm, r"at rip 0x([0-9a-f]+) \(", &lines[1], 1);
     let rip = u64::from_str_radix(&rip, 16).unwrap_or(0);
     if !STUB_CODE.contains(&rip) {
         vm.fail(&format!(

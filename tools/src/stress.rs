@@ -256,7 +256,11 @@ pub fn main(args: &StressArgs) -> Result<bool> {
     if args.bochs {
         return bochs(args);
     }
-    let dir = build::workspace_root().join("target").join("stress");
+    // One directory per threading mode, so both can run side by side.
+    let dir = build::workspace_root().join("target").join(match args.threads {
+        TcgThreads::Single => "stress",
+        TcgThreads::Multi => "stress-mttcg",
+    });
     let sc = prepare(&dir)?;
     eprintln!(
         "stress: {} boots, {} at a time: Linux dom0 with {} vCPUs + 2 HVM guests on 2 host CPUs ({})",

@@ -159,6 +159,10 @@ pub trait VcpuOps {
     fn interruptible(&self) -> bool;
     /// Injects external interrupt `vector` on the next entry.
     fn inject_interrupt(&mut self, vector: u8);
+    /// An event is waiting to be delivered (injected, or cut short by an
+    /// exit and due again): nothing else may be injected, and a HLT must
+    /// not block.
+    fn event_pending(&self) -> bool;
     /// Asks for an `InterruptWindow` exit as soon as the guest can take an
     /// interrupt (or stops asking).
     fn request_interrupt_window(&mut self, on: bool);

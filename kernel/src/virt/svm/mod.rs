@@ -246,6 +246,8 @@ pub struct SvmVcpu {
     /// The guest's x87/AVX state is in this CPU's registers (a slice is
     /// running; `release_fpu` ends it).
     fpu_loaded: bool,
+    /// The vector waiting in V_IRQ (injected, not yet taken by the guest).
+    virq_vector: Option<u8>,
     /// Names this vCPU's FPU state in `SvmCpu::fpu_owner`.
     fpu_token: u64,
     /// The CPU whose registers last held this vCPU's FPU state.
@@ -260,6 +262,12 @@ pub struct SvmVcpu {
     /// The guest's IA32_TSC_AUX, when the CPU has the MSR.
     tsc_aux: Option<u64>,
 }
+
+/// VMCB V_INTR fields (APM vol. 2, 15.21): V_IRQ, V_INTR_PRIO (15, the
+/// highest) and V_IGN_TPR, and V_INTR_VECTOR.
+const VINTR_IRQ: u64 = 1 << 8;
+const VINTR_IRQ_BITS: u64 = VINTR_IRQ | (0xF << 16) | (1 << 20);
+const VINTR_VECTOR_MASK: u64 = 0xFF << 32;
 
 /// VMCB clean bits (APM vol. 2, 15.15.3) this code tracks.
 const CLEAN_ALL: u32 = 0xFFF;
@@ -317,6 +325,7 @@ impl SvmVcpu {
             guest_fpu: FpuState::new(),
             sse: SseRegs::new(),
             fpu_loaded: false,
+            virq_vector: None,
             fpu_token: NEXT_FPU_TOKEN.fetch_add(1, Ordering::Relaxed),
             fpu_cpu: usize::MAX,
             guest_xcr0: 1,
@@ -467,6 +476,13 @@ impl VcpuOps for SvmVcpu {
         // instruction that raised it runs again and raises it itself.
         let unfinished = self.vmcb.read_u64(EXIT_INT_INFO);
         self.vmcb.write_u64(EVENT_INJ, if must_reinject(unfinished) { unfinished } else { 0 });
+        // A virtual interrupt the CPU took clears V_IRQ; one still set waits
+        // for the guest to open its window.
+        if self.virq_vector.is_some() && self.vmcb.read_u64(VINTR) & VINTR_IRQ != 0 {
+            // still pending
+        } else {
+            self.virq_vector = None;
+        }
         self.decode_exit()
     }
 
@@ -501,6 +517,10 @@ impl VcpuOps for SvmVcpu {
         // INIT drops any event in flight and the interrupt shadow.
         self.vmcb.write_u64(EVENT_INJ, 0);
         self.vmcb.write_u64(INTERRUPT_SHADOW, 0);
+        self.vmcb.write_u64(VINTR, self.vmcb.read_u64(VINTR) & !(VINTR_VECTOR_MASK | VINTR_IRQ_BITS));
+        self.vmcb.write_u32(INTERCEPT_MISC1, self.vmcb.read_u32(INTERCEPT_MISC1) & !INTERCEPT_VINTR);
+        self.virq_vector = None;
+        self.dirty |= CLEAN_INTERCEPTS | CLEAN_TPR;
         self.vmcb.write_u64(CR0, 0x10); // ET
         self.vmcb.write_u64(CR3, 0);
         self.vmcb.write_u64(CR4, 0);
@@ -570,25 +590,49 @@ impl VcpuOps for SvmVcpu {
     fn interruptible(&self) -> bool {
         self.regs.rflags & (1 << 9) != 0
             && self.vmcb.read_u64(INTERRUPT_SHADOW) & 1 == 0
-            && self.vmcb.read_u64(EVENT_INJ) & (1 << 31) == 0
+            && !self.event_pending()
+    }
+
+    fn event_pending(&self) -> bool {
+        self.vmcb.read_u64(EVENT_INJ) & (1 << 31) != 0 || self.virq_vector.is_some()
     }
 
     fn inject_interrupt(&mut self, vector: u8) {
-        // Type 0: external interrupt.
-        self.vmcb.write_u64(EVENT_INJ, u64::from(vector) | (1 << 31));
+        // Through the virtual interrupt (V_IRQ with V_INTR_VECTOR and
+        // V_IGN_TPR; the LAPIC model has applied the priority rules) and
+        // not EVENTINJ: the CPU delivers it once the guest can take it, as
+        // it would a physical INTR. EVENTINJ type 0 would do on hardware,
+        // but QEMU's TCG leaves the vector behind as a pending exception
+        // after injecting it (helper_vmrun sets exception_index and
+        // delivers directly) and delivers it a second time, ignoring IF,
+        // at the next exit request: see ARCHITECTURE.md, "Two host CPUs
+        // under QEMU TCG". QEMU's V_IRQ path has no such leftover.
+        let mut vintr = self.vmcb.read_u64(VINTR);
+        vintr &= !(VINTR_VECTOR_MASK | VINTR_IRQ_BITS);
+        vintr |= VINTR_IRQ_BITS | (u64::from(vector) << 32);
+        self.vmcb.write_u64(VINTR, vintr);
+        let intercepts = self.vmcb.read_u32(INTERCEPT_MISC1) & !INTERCEPT_VINTR;
+        self.vmcb.write_u32(INTERCEPT_MISC1, intercepts);
+        self.virq_vector = Some(vector);
+        self.dirty |= CLEAN_INTERCEPTS | CLEAN_TPR;
     }
 
     fn request_interrupt_window(&mut self, on: bool) {
+        if self.virq_vector.is_some() {
+            // An interrupt is already waiting in V_IRQ; it is delivered as
+            // soon as the guest can take it, which is what the window is for.
+            return;
+        }
         let mut intercepts = self.vmcb.read_u32(INTERCEPT_MISC1);
         let mut vintr = self.vmcb.read_u64(VINTR);
         if on {
             intercepts |= INTERCEPT_VINTR;
             // A virtual interrupt request with V_IGN_TPR: the CPU exits (VINTR
             // intercept) once the guest could take it.
-            vintr |= (1 << 8) | (1 << 20) | (0xF << 16);
+            vintr = (vintr & !VINTR_VECTOR_MASK) | VINTR_IRQ_BITS;
         } else {
             intercepts &= !INTERCEPT_VINTR;
-            vintr &= !((1 << 8) | (1 << 20) | (0xF << 16));
+            vintr &= !VINTR_IRQ_BITS;
         }
         self.vmcb.write_u32(INTERCEPT_MISC1, intercepts);
         self.vmcb.write_u64(VINTR, vintr);
