@@ -199,3 +199,33 @@ fn spinning_domain_cannot_starve_another() {
     }
     vm.kill();
 }
+
+/// What start-up code probes gets architectural answers
+/// (`guests/cpu_policy.S`): AMD's legacy perf counters and NB_CFG exist,
+/// SVM and SEV are hidden, OSXSAVE follows the guest's CR4, TSC_AUX is the
+/// guest's own. Before these were fixed, the first MSR access was a #GP
+/// and this guest a triple fault.
+#[test]
+fn start_up_probes_get_architectural_answers() {
+    let name = "start_up_probes_get_architectural_answers";
+    let dir = test_dir(name);
+    // RDTSCP on, so TSC_AUX is checked too (qemu64 lacks it).
+    let q = base_qemu()
+        .cpu("qemu64,+svm,+npt,+rdtscp")
+        .kernel(&images().multiboot)
+        .append(BASE_CMDLINE)
+        .module(config(&dir, "policy", "cpu_policy"))
+        .module(guest("cpu_policy", &dir));
+    let mut vm = Vm::start(name, &dir, q);
+    vm.expect_lines(&[r"^\(policy\) cpu-policy: done$", r"domain \d+ \(policy\) powered off"]);
+    let text = vm.console_text();
+    if text.contains("cpu-policy: FAIL") {
+        vm.fail("a CPU policy check failed");
+    }
+    for want in ["perf counters read 0", "NB_CFG reads", "SVM hidden", "SEV leaf hidden", "OSXSAVE follows CR4", "TSC_AUX is the guest's"] {
+        if !text.contains(&format!("cpu-policy: ok {want}")) {
+            vm.fail(&format!("no 'ok' for {want:?}"));
+        }
+    }
+    vm.expect_success();
+}
