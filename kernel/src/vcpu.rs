@@ -457,6 +457,11 @@ pub fn run_loop<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, max_exits
                 }
             }
             VmExit::ExternalInterrupt | VmExit::InterruptWindow => {}
+            // Given back to the guest: each delivery is its own exit, so a
+            // guest whose #DB or #AC handling loops still gives the CPU back.
+            VmExit::Exception { vector, error_code } => vcpu.inject_exception(vector, error_code),
+            // The instruction runs again, now without exiting.
+            VmExit::DebugRegisterAccess => vcpu.switch_debug_regs(),
             VmExit::NestedPageFault { gpa, .. } if platform.is_mmio(gpa) => {
                 if let Err(why) = emulate_mmio(vcpu, platform, gpa) {
                     return (RunOutcome::Crashed(why), exits);

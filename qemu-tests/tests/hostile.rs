@@ -229,3 +229,30 @@ fn start_up_probes_get_architectural_answers() {
     }
     vm.expect_success();
 }
+
+/// #DB is intercepted (so a looping delivery cannot hang the host CPU) and
+/// given back exactly: five single-step traps arrive. Two domains on one
+/// host CPU each see their own DR0: 0 at first even after the other set
+/// one, and unchanged across sharing the CPU (`guests/debug_regs.S`).
+#[test]
+fn debug_traps_arrive_and_debug_registers_stay_private() {
+    let name = "debug_traps_arrive_and_debug_registers_stay_private";
+    let dir = test_dir(name);
+    let q = base_qemu()
+        .kernel(&images().multiboot)
+        .append(BASE_CMDLINE)
+        .module(config(&dir, "dbg1", "debug_regs"))
+        .module(config(&dir, "dbg2", "debug_regs"))
+        .module(guest("debug_regs", &dir));
+    let mut vm = Vm::start(name, &dir, q);
+    vm.expect_lines(&["no domains left running"]);
+    let text = vm.console_text();
+    for d in ["dbg1", "dbg2"] {
+        for want in ["debug: 5 single-step traps", "debug: dr0 0 at start", "debug: dr0 kept", "debug: done"] {
+            if !text.contains(&format!("({d}) {want}")) {
+                vm.fail(&format!("({d}) did not print {want:?}"));
+            }
+        }
+    }
+    vm.expect_success();
+}

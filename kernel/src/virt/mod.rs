@@ -112,6 +112,13 @@ pub enum VmExit {
     /// The guest can take an interrupt now (requested with
     /// `request_interrupt_window`).
     InterruptWindow,
+    /// An exception the hypervisor intercepts so that its delivery can
+    /// never loop inside the CPU (#DB, #AC: XSA-156); the run loop gives it
+    /// back to the guest.
+    Exception { vector: u8, error_code: Option<u32> },
+    /// The guest touched a debug register for the first time: the backend
+    /// now switches DR0-3 for this vCPU, and the instruction runs again.
+    DebugRegisterAccess,
     /// Triple fault / shutdown: the guest is dead.
     Shutdown,
     /// The hardware refused the guest state.
@@ -148,6 +155,9 @@ pub trait VcpuOps {
     /// registers while the slice ran, is saved. Must run before this
     /// physical CPU runs another vCPU.
     fn release_fpu(&mut self);
+    /// From now on this vCPU's DR0-3 are its own: loaded before it runs,
+    /// saved after, and its debug-register accesses no longer exit.
+    fn switch_debug_regs(&mut self);
     /// Whether the CPU has IA32_TSC_AUX (RDTSCP or RDPID).
     fn has_tsc_aux(&self) -> bool;
     /// The vCPU's own IA32_TSC_AUX (what its RDTSCP/RDPID return).

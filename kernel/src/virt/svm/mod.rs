@@ -67,6 +67,8 @@ struct SvmCpu {
     last_vmcb: AtomicU64,
     loaded_tsc_aux: AtomicU64,
     fpu_owner: AtomicU64,
+    /// Whose DR0-3 this CPU holds (an `fpu_token`; 0: none).
+    dr_owner: AtomicU64,
 }
 
 static SVM_CPUS: [SvmCpu; MAX_CPUS] = [const {
@@ -75,6 +77,7 @@ static SVM_CPUS: [SvmCpu; MAX_CPUS] = [const {
         last_vmcb: AtomicU64::new(0),
         loaded_tsc_aux: AtomicU64::new(u64::MAX),
         fpu_owner: AtomicU64::new(0),
+        dr_owner: AtomicU64::new(0),
     }
 }; MAX_CPUS];
 
@@ -246,6 +249,9 @@ pub struct SvmVcpu {
     /// The guest's x87/AVX state is in this CPU's registers (a slice is
     /// running; `release_fpu` ends it).
     fpu_loaded: bool,
+    /// The guest's DR0-3, once it uses debug registers (`None` before:
+    /// its DR accesses are intercepted and its DR0-3 are not loaded).
+    debug_regs: Option<[u64; 4]>,
     /// The vector waiting in V_IRQ (injected, not yet taken by the guest).
     virq_vector: Option<u8>,
     /// Names this vCPU's FPU state in `SvmCpu::fpu_owner`.
@@ -262,6 +268,11 @@ pub struct SvmVcpu {
     /// The guest's IA32_TSC_AUX, when the CPU has the MSR.
     tsc_aux: Option<u64>,
 }
+
+const DB_VECTOR: u8 = 1;
+const AC_VECTOR: u8 = 17;
+/// Reads of DR0-3 (bits 0-3) and writes of DR0-3 and DR7 (bits 16-19, 23).
+const DR_INTERCEPTS: u32 = 0xF | (0xF << 16) | (1 << 23);
 
 /// VMCB V_INTR fields (APM vol. 2, 15.21): V_IRQ, V_INTR_PRIO (15, the
 /// highest) and V_IGN_TPR, and V_INTR_VECTOR.
@@ -308,6 +319,14 @@ impl SvmVcpu {
                 | INTERCEPT_SKINIT
                 | INTERCEPT_XSETBV,
         );
+        // #DB and #AC always exit: their delivery can fault again in the
+        // same way forever inside the CPU (CVE-2015-8104, CVE-2015-5307),
+        // and the host would never get the CPU back.
+        vmcb.write_u32(INTERCEPT_EXCEPTIONS, (1 << DB_VECTOR) | (1 << AC_VECTOR));
+        // DR0-3 are not switched by VMRUN: until the guest first touches a
+        // debug register, reading or writing DR0-3 or writing DR7 exits
+        // (then this vCPU's DR0-3 are switched, see `run`).
+        vmcb.write_u32(INTERCEPT_DR, DR_INTERCEPTS);
         vmcb.write_u64(IOPM_BASE, iopm_pa);
         vmcb.write_u64(MSRPM_BASE, msrpm_pa);
         vmcb.write_u32(GUEST_ASID, asid.max(1));
@@ -326,6 +345,7 @@ impl SvmVcpu {
             sse: SseRegs::new(),
             fpu_loaded: false,
             virq_vector: None,
+            debug_regs: None,
             fpu_token: NEXT_FPU_TOKEN.fetch_add(1, Ordering::Relaxed),
             fpu_cpu: usize::MAX,
             guest_xcr0: 1,
@@ -398,6 +418,11 @@ impl SvmVcpu {
             EXIT_INTR | EXIT_NMI | EXIT_SMI | EXIT_INIT => VmExit::ExternalInterrupt,
             EXIT_VINTR => VmExit::InterruptWindow,
             EXIT_SHUTDOWN => VmExit::Shutdown,
+            c if c == EXIT_EXCP_BASE + u64::from(DB_VECTOR) => VmExit::Exception { vector: DB_VECTOR, error_code: None },
+            c if c == EXIT_EXCP_BASE + u64::from(AC_VECTOR) => {
+                VmExit::Exception { vector: AC_VECTOR, error_code: Some(info1 as u32) }
+            }
+            EXIT_DR_READ_BASE..=EXIT_DR_WRITE_LAST => VmExit::DebugRegisterAccess,
             EXIT_INVALID => VmExit::InvalidState,
             _ => VmExit::Other { code, info1, info2 },
         }
@@ -455,6 +480,12 @@ impl VcpuOps for SvmVcpu {
             self.guest_fpu.load_sse(&mut self.sse);
             self.fpu_loaded = true;
         }
+        if let Some(dr) = self.debug_regs {
+            if svm_cpu.dr_owner.load(Ordering::Relaxed) != self.fpu_token {
+                load_debug_regs(&dr);
+                svm_cpu.dr_owner.store(self.fpu_token, Ordering::Relaxed);
+            }
+        }
         let use_xsave = fpu::uses_xsave();
         if use_xsave {
             xsetbv(self.guest_xcr0);
@@ -474,6 +505,10 @@ impl VcpuOps for SvmVcpu {
         // An event whose delivery the exit cut short (EXITINTINFO, APM vol.
         // 2, 15.7.2) is delivered again on the next VMRUN, unless the
         // instruction that raised it runs again and raises it itself.
+        if let Some(dr) = self.debug_regs.as_mut() {
+            // The guest may have moved its breakpoints.
+            *dr = read_debug_regs();
+        }
         let unfinished = self.vmcb.read_u64(EXIT_INT_INFO);
         self.vmcb.write_u64(EVENT_INJ, if must_reinject(unfinished) { unfinished } else { 0 });
         // A virtual interrupt the CPU took clears V_IRQ; one still set waits
@@ -484,6 +519,14 @@ impl VcpuOps for SvmVcpu {
             self.virq_vector = None;
         }
         self.decode_exit()
+    }
+
+    fn switch_debug_regs(&mut self) {
+        if self.debug_regs.is_none() {
+            self.debug_regs = Some([0; 4]);
+            self.vmcb.write_u32(INTERCEPT_DR, 0);
+            self.dirty |= CLEAN_INTERCEPTS;
+        }
     }
 
     fn release_fpu(&mut self) {
@@ -558,6 +601,12 @@ impl VcpuOps for SvmVcpu {
     }
 
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
+        if self.vmcb.read_u64(EVENT_INJ) & (1 << 31) != 0 {
+            // An event whose delivery the exit cut short goes first; an
+            // exception raised while delivering it (a #DB on the stack
+            // being written) comes again when it is delivered again.
+            return;
+        }
         let mut event = u64::from(vector) | (3 << 8) | (1 << 31);
         if let Some(code) = error_code {
             event |= (1 << 11) | (u64::from(code) << 32);
@@ -701,6 +750,30 @@ impl VcpuOps for SvmVcpu {
         }
         Some((bytes, n))
     }
+}
+
+fn load_debug_regs(dr: &[u64; 4]) {
+    // SAFETY: writing DR0-3 only sets breakpoint addresses; they take effect
+    // only where DR7 enables them, and the host's DR7 (restored by #VMEXIT)
+    // enables none.
+    unsafe {
+        core::arch::asm!("mov dr0, {}", in(reg) dr[0], options(nostack));
+        core::arch::asm!("mov dr1, {}", in(reg) dr[1], options(nostack));
+        core::arch::asm!("mov dr2, {}", in(reg) dr[2], options(nostack));
+        core::arch::asm!("mov dr3, {}", in(reg) dr[3], options(nostack));
+    }
+}
+
+fn read_debug_regs() -> [u64; 4] {
+    let mut dr = [0u64; 4];
+    // SAFETY: reading DR0-3 has no side effects at CPL 0.
+    unsafe {
+        core::arch::asm!("mov {}, dr0", out(reg) dr[0], options(nostack, nomem));
+        core::arch::asm!("mov {}, dr1", out(reg) dr[1], options(nostack, nomem));
+        core::arch::asm!("mov {}, dr2", out(reg) dr[2], options(nostack, nomem));
+        core::arch::asm!("mov {}, dr3", out(reg) dr[3], options(nostack, nomem));
+    }
+    dr
 }
 
 /// Whether an EXITINTINFO value names an event that must be injected again.

@@ -10,6 +10,7 @@ use crate::virt::Segment;
 
 // Control area.
 pub const INTERCEPT_CR: usize = 0x000;
+pub const INTERCEPT_DR: usize = 0x004;
 pub const INTERCEPT_EXCEPTIONS: usize = 0x008;
 pub const INTERCEPT_MISC1: usize = 0x00C;
 pub const INTERCEPT_MISC2: usize = 0x010;
@@ -81,6 +82,8 @@ pub const INTERCEPT_SKINIT: u32 = 1 << 6;
 pub const INTERCEPT_XSETBV: u32 = 1 << 13;
 
 // Exit codes.
+pub const EXIT_DR_READ_BASE: u64 = 0x20;
+pub const EXIT_DR_WRITE_LAST: u64 = 0x3F;
 pub const EXIT_EXCP_BASE: u64 = 0x40;
 pub const EXIT_INTR: u64 = 0x60;
 pub const EXIT_NMI: u64 = 0x61;
