@@ -5,9 +5,9 @@
 //! world switch) and never x87 or AVX, so a vCPU's x87/AVX state can stay
 //! in the registers for a whole scheduling slice: it is loaded once when
 //! the slice starts ([`FpuState::restore`]) and saved once when it ends
-//! ([`FpuState::save`] plus [`FpuState::store_sse`]). Around each world
-//! switch only XMM0-15 and MXCSR move, with plain SSE loads and stores
-//! inside `svm_run` ([`SseRegs`]).
+//! ([`FpuState::save`]). XMM0-15 and MXCSR live in [`SseRegs`] instead:
+//! `svm_run` loads them with plain SSE moves before every VMRUN and stores
+//! them after, and the image's own copies are never used.
 //!
 //! Besides being cheaper, this keeps FXRSTOR/XRSTOR off the exit path,
 //! which under QEMU's multi-threaded TCG matters for correctness: QEMU
@@ -130,40 +130,6 @@ impl SseRegs {
 impl Default for SseRegs {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-/// FXSAVE/XSAVE legacy-area offsets (Intel SDM vol. 1, 10.5.1).
-const MXCSR_OFFSET: usize = 24;
-const XMM_OFFSET: usize = 160;
-/// XSAVE header: XSTATE_BV, the components the image holds.
-const XSTATE_BV_OFFSET: usize = 512;
-
-impl FpuState {
-    /// Overwrites XMM0-15 and MXCSR in the saved image with `sse` (the
-    /// registers themselves held hypervisor scratch when `save` ran).
-    pub fn store_sse(&mut self, sse: &SseRegs) {
-        // SAFETY: the area is at least 512 bytes (576 with XSAVE), so the
-        // legacy-area offsets and the XSAVE header are inside it; `self`
-        // owns it exclusively.
-        unsafe {
-            self.area.add(MXCSR_OFFSET).cast::<u32>().write_unaligned(sse.mxcsr);
-            core::ptr::copy_nonoverlapping(sse.xmm.as_ptr().cast::<u8>(), self.area.add(XMM_OFFSET), 256);
-            if uses_xsave() {
-                // The image now holds SSE state: XRSTOR must load it.
-                let bv = self.area.add(XSTATE_BV_OFFSET).cast::<u64>();
-                bv.write_unaligned(bv.read_unaligned() | XCR0_SSE);
-            }
-        }
-    }
-
-    /// XMM0-15 and MXCSR as saved in the image.
-    pub fn load_sse(&self, sse: &mut SseRegs) {
-        // SAFETY: as in `store_sse`; reads only.
-        unsafe {
-            sse.mxcsr = self.area.add(MXCSR_OFFSET).cast::<u32>().read_unaligned();
-            core::ptr::copy_nonoverlapping(self.area.add(XMM_OFFSET), sse.xmm.as_mut_ptr().cast::<u8>(), 256);
-        }
     }
 }
 

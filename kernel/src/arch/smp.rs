@@ -78,11 +78,15 @@ tramp64:
     jmp 1b
 
     .balign 8
+/* The accessed bits are preset (types 0x9B/0x93): loading a segment whose
+ * descriptor lacks it makes the CPU write it, and this page is read-only
+ * once paging is on, so real CPUs (and Bochs) would page-fault with no IDT
+ * yet: a triple fault. QEMU's TCG does not write the bit. */
 tramp_gdt:
     .quad 0
-    .quad 0x00CF9A000000FFFF    /* 0x08: 32-bit code */
-    .quad 0x00CF92000000FFFF    /* 0x10: data */
-    .quad 0x00AF9A000000FFFF    /* 0x18: 64-bit code */
+    .quad 0x00CF9B000000FFFF    /* 0x08: 32-bit code */
+    .quad 0x00CF93000000FFFF    /* 0x10: data */
+    .quad 0x00AF9B000000FFFF    /* 0x18: 64-bit code */
 tramp_gdt_end:
 tramp_gdtr:
     .word tramp_gdt_end - tramp_gdt - 1

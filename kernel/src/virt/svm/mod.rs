@@ -477,7 +477,6 @@ impl VcpuOps for SvmVcpu {
                 owner.store(self.fpu_token, Ordering::Relaxed);
                 self.fpu_cpu = cpu;
             }
-            self.guest_fpu.load_sse(&mut self.sse);
             self.fpu_loaded = true;
         }
         if let Some(dr) = self.debug_regs {
@@ -531,9 +530,10 @@ impl VcpuOps for SvmVcpu {
 
     fn release_fpu(&mut self) {
         if self.fpu_loaded {
-            // x87/AVX are still the guest's; XMM/MXCSR are in `sse`.
+            // x87/AVX are still the guest's. XMM0-15/MXCSR live in `sse`
+            // for good: the image's copies are never used (svm_run loads
+            // `sse` at every entry), so nothing is copied between the two.
             self.guest_fpu.save();
-            self.guest_fpu.store_sse(&self.sse);
             self.fpu_loaded = false;
         }
     }
