@@ -513,8 +513,18 @@ impl Domain {
                     console::write_str(core::str::from_utf8(&ch).unwrap_or("?"));
                 }
                 line.push(b);
-                if line.len() >= 512 && !focused {
-                    self.emit_line(&line);
+                // An unfinished line is capped whether or not the domain has
+                // the console: a guest (or a stub through its console
+                // hypercall) must not grow the hypervisor's heap at will.
+                if line.len() >= MAX_CONSOLE_LINE {
+                    if focused {
+                        console::write_str("\n");
+                        let mut ring = self.console_ring.lock();
+                        ring.push(&line);
+                        ring.push(b"\n");
+                    } else {
+                        self.emit_line(&line);
+                    }
                     line.clear();
                 }
             }
@@ -671,6 +681,10 @@ struct VcpuPlatform<'a> {
     /// TSC nanoseconds taken before the latest entry.
     now_ns: u64,
 }
+
+/// The longest unfinished console line a domain keeps (bytes); a longer
+/// one is cut.
+const MAX_CONSOLE_LINE: usize = 512;
 
 /// IA32_APIC_BASE.EN.
 const APIC_BASE_ENABLE: u64 = 1 << 11;

@@ -428,7 +428,8 @@ pub fn run_loop<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, max_exits
                 let value = (regs.rdx << 32) | (regs.rax & 0xFFFF_FFFF);
                 let host = crate::arch::fpu::host_xcr0();
                 // XCR0 must include x87, only supported bits, AVX only with SSE.
-                let valid = regs.rcx == 0
+                // XCR number from ECX (the upper half of RCX is ignored).
+                let valid = regs.rcx as u32 == 0
                     && value & 1 != 0
                     && value & !host == 0
                     && (value & 4 == 0 || value & 2 != 0);
