@@ -669,8 +669,6 @@ struct VcpuPlatform<'a> {
     shutdown: Option<DomainState>,
     /// The guest executed HLT.
     halted: bool,
-    /// Values of the simple MSRs this vCPU wrote (PAT, MTRR default type).
-    pat: u64,
     /// The earliest LAPIC/device deadline (TSC ns) as of the last check;
     /// timers are only advanced when it has passed or something changed.
     deadline_ns: Option<u64>,
@@ -875,7 +873,6 @@ impl Platform for VcpuPlatform<'_> {
     fn msr_read(&mut self, msr: u32) -> Option<u64> {
         match msr {
             0x1B => Some(self.vcpu.lapic.lock().apic_base()),
-            0x277 => Some(self.pat),
             0x10 => Some(crate::arch::cpu::rdtsc().wrapping_add(self.domain.tsc_offset())),
             // The LAPIC model keeps the deadline in host TSC (its timers run
             // on host time); the guest sees it in its own.
@@ -915,14 +912,6 @@ impl Platform for VcpuPlatform<'_> {
                     }
                     Err(_) => false,
                 }
-            }
-            0x277 => {
-                // Each byte must be a valid memory type (0, 1, 4, 5, 6, 7).
-                let valid = (0..8).all(|i| matches!((value >> (i * 8)) as u8, 0 | 1 | 4..=7));
-                if valid {
-                    self.pat = value;
-                }
-                valid
             }
             m if Lapic::handles_msr(m) => {
                 let r = self.vcpu.lapic.lock().write_msr(m, value, &HostClock);
@@ -1128,7 +1117,6 @@ impl Vcpu {
             slice_end_ns: slice_end_us * 1000,
             shutdown: None,
             halted: false,
-            pat: 0x0007_0406_0007_0406,
             deadline_ns: (cached != u64::MAX).then_some(cached),
             deadline_stale: cached == 0 || self.first_slice.swap(false, Ordering::SeqCst),
             waiting: false,

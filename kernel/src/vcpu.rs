@@ -10,6 +10,7 @@ use ferrite_abi::{IoRequest, DIR_READ, DIR_WRITE, FLAG_DATA_IS_GPA, FLAG_DOWN, K
 
 const MSR_EFER: u32 = 0xC000_0080;
 const MSR_TSC_AUX: u32 = 0xC000_0103;
+const MSR_PAT: u32 = 0x277;
 const GP_VECTOR: u8 = 13;
 const CR4_OSXSAVE: u64 = 1 << 18;
 
@@ -375,6 +376,13 @@ pub fn run_loop<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, max_exits
                 regs.rip = next_rip;
             }
             VmExit::MsrRead { msr, next_rip } => match msr {
+                MSR_PAT => {
+                    let value = vcpu.guest_pat();
+                    let regs = vcpu.regs_mut();
+                    regs.rax = value & 0xFFFF_FFFF;
+                    regs.rdx = value >> 32;
+                    regs.rip = next_rip;
+                }
                 MSR_TSC_AUX if vcpu.has_tsc_aux() => {
                     let value = vcpu.tsc_aux();
                     let regs = vcpu.regs_mut();
@@ -400,6 +408,13 @@ pub fn run_loop<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, max_exits
                 },
             },
             VmExit::MsrWrite { msr, value, next_rip } => match msr {
+                // The guest's PAT is the VMCB's G_PAT: with nested paging it
+                // is what the CPU applies to the guest's page tables. Each
+                // byte must name a memory type (0, 1, 4, 5, 6, 7), else #GP.
+                MSR_PAT if (0..8).all(|i| matches!((value >> (i * 8)) as u8, 0 | 1 | 4..=7)) => {
+                    vcpu.set_guest_pat(value);
+                    vcpu.regs_mut().rip = next_rip;
+                }
                 // Bits 63:32 are reserved.
                 MSR_TSC_AUX if vcpu.has_tsc_aux() && value >> 32 == 0 => {
                     vcpu.set_tsc_aux(value);

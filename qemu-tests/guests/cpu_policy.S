@@ -13,6 +13,8 @@
  *   extended maximum stays below it, and the leaf reads as zeros).
  * - CPUID.1:ECX.OSXSAVE (27) follows the guest's own CR4.OSXSAVE (0 here),
  *   not the host's.
+ * - IA32_PAT keeps a value written (it used to fall back to the default at
+ *   the next scheduling slice).
  * - When RDTSCP exists, TSC_AUX is the guest's own: written, then read back
  *   by RDTSCP. */
         .include "pvh.inc"
@@ -66,6 +68,21 @@ _start:
         testl   $(1 << 27), %ecx
         jnz     fail_osxsave
         CHECK_OK msg_osxsave
+        /* IA32_PAT keeps what was written, across 50 ms of scheduling
+         * slices (entry 2 set to WC). */
+        movl    $0x277, %ecx
+        movl    $0x00070106, %eax
+        movl    $0x00070406, %edx
+        wrmsr
+        movl    $(PM_TMR_HZ / 20), %eax
+        call    pm_wait
+        movl    $0x277, %ecx
+        rdmsr
+        cmpl    $0x00070106, %eax
+        jne     fail_pat
+        cmpl    $0x00070406, %edx
+        jne     fail_pat
+        CHECK_OK msg_pat
         /* TSC_AUX through RDTSCP, when the CPU has it. */
         movl    $0x80000001, %eax
         cpuid
@@ -103,6 +120,8 @@ fail_sev:     movl $msg_sev, %esi
               jmp  fail
 fail_osxsave: movl $msg_osxsave, %esi
               jmp  fail
+fail_pat:     movl $msg_pat, %esi
+              jmp  fail
 fail_tscaux:  movl $msg_tscaux, %esi
 fail:
         pushl   %esi
@@ -121,5 +140,6 @@ msg_svm:      .asciz "SVM hidden\n"
 msg_sev:      .asciz "SEV leaf hidden\n"
 msg_osxsave:  .asciz "OSXSAVE follows CR4\n"
 msg_tscaux:   .asciz "TSC_AUX is the guest's\n"
+msg_pat:      .asciz "PAT keeps what was written\n"
 msg_no_rdtscp: .asciz "cpu-policy: no RDTSCP on this CPU\n"
 msg_done:     .asciz "cpu-policy: done\n"

@@ -222,7 +222,7 @@ fn start_up_probes_get_architectural_answers() {
     if text.contains("cpu-policy: FAIL") {
         vm.fail("a CPU policy check failed");
     }
-    for want in ["perf counters read 0", "NB_CFG reads", "SVM hidden", "SEV leaf hidden", "OSXSAVE follows CR4", "TSC_AUX is the guest's"] {
+    for want in ["perf counters read 0", "NB_CFG reads", "SVM hidden", "SEV leaf hidden", "OSXSAVE follows CR4", "PAT keeps what was written", "TSC_AUX is the guest's"] {
         if !text.contains(&format!("cpu-policy: ok {want}")) {
             vm.fail(&format!("no 'ok' for {want:?}"));
         }

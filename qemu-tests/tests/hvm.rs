@@ -72,7 +72,12 @@ fn seabios_boots_an_mbr_from_the_emulated_ide_disk() {
         .extra_args(virtio_disk_args(&disk_path, "disk0", false));
     let mut vm = Vm::start(name, &dir, q);
     let ok = format!(r"^\(hvm1\) mbr: ok sectors={:08x} sum={:08x}$", CHECK_SECTORS, expected_sum(&disk));
-    vm.expect_lines(&[r"domain \d+ \(hvm1\): HVM, 64 MiB", r"^\(hvm1\) .*mbr: started$", &ok, r"domain \d+ \(hvm1\) powered off"]);
+    // (No line is expected for the boot sector's "mbr: started": SeaBIOS's
+    // serial console flushes the end of "Booting from Hard Disk...\n"
+    // lazily, from its timer interrupt, so it can land inside that line, and
+    // this boot sector has no room left to wait for it. "mbr: ok" says the
+    // boot sector ran.)
+    vm.expect_lines(&[r"domain \d+ \(hvm1\): HVM, 64 MiB", &ok, r"domain \d+ \(hvm1\) powered off"]);
     vm.expect_success();
     // The sector the boot code wrote through int 13h is on the host disk.
     let after = std::fs::read(&disk_path).unwrap_or_else(|e| panic!("cannot read {}: {e}", disk_path.display()));

@@ -163,6 +163,10 @@ pub trait VcpuOps {
     /// The vCPU's own IA32_TSC_AUX (what its RDTSCP/RDPID return).
     fn tsc_aux(&self) -> u64;
     fn set_tsc_aux(&mut self, value: u64);
+    /// The guest's IA32_PAT (kept where the CPU applies it to the guest).
+    fn guest_pat(&self) -> u64;
+    /// Sets it; the caller has checked every byte is a memory type.
+    fn set_guest_pat(&mut self, value: u64);
     fn xcr0(&self) -> u64;
     /// Whether an external interrupt could be injected now (RFLAGS.IF set,
     /// no interrupt shadow, no event already being injected).

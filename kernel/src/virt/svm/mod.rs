@@ -284,6 +284,8 @@ const VINTR_VECTOR_MASK: u64 = 0xFF << 32;
 const CLEAN_ALL: u32 = 0xFFF;
 const CLEAN_INTERCEPTS: u32 = 1 << 0;
 const CLEAN_TPR: u32 = 1 << 3;
+/// Nested paging: N_CR3 and G_PAT.
+const CLEAN_NP: u32 = 1 << 4;
 const CLEAN_CRX: u32 = 1 << 5;
 const CLEAN_SEG_DT_CR2: u32 = (1 << 7) | (1 << 8) | (1 << 9);
 
@@ -620,6 +622,15 @@ impl VcpuOps for SvmVcpu {
 
     fn xcr0(&self) -> u64 {
         self.guest_xcr0
+    }
+
+    fn guest_pat(&self) -> u64 {
+        self.vmcb.read_u64(G_PAT)
+    }
+
+    fn set_guest_pat(&mut self, value: u64) {
+        self.vmcb.write_u64(G_PAT, value);
+        self.dirty |= CLEAN_NP;
     }
 
     fn has_tsc_aux(&self) -> bool {
