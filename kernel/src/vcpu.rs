@@ -375,29 +375,14 @@ pub fn run_loop<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, max_exits
                 regs.rdx = d.into();
                 regs.rip = next_rip;
             }
-            VmExit::MsrRead { msr, next_rip } => match msr {
-                MSR_PAT => {
-                    let value = vcpu.guest_pat();
-                    let regs = vcpu.regs_mut();
-                    regs.rax = value & 0xFFFF_FFFF;
-                    regs.rdx = value >> 32;
-                    regs.rip = next_rip;
-                }
-                MSR_TSC_AUX if vcpu.has_tsc_aux() => {
-                    let value = vcpu.tsc_aux();
-                    let regs = vcpu.regs_mut();
-                    regs.rax = value & 0xFFFF_FFFF;
-                    regs.rdx = value >> 32;
-                    regs.rip = next_rip;
-                }
-                MSR_EFER => {
-                    let efer = vcpu.efer();
-                    let regs = vcpu.regs_mut();
-                    regs.rax = efer & 0xFFFF_FFFF;
-                    regs.rdx = efer >> 32;
-                    regs.rip = next_rip;
-                }
-                _ => match platform.msr_read(msr) {
+            VmExit::MsrRead { msr, next_rip } => {
+                let value = match msr {
+                    MSR_PAT => Some(vcpu.guest_pat()),
+                    MSR_TSC_AUX if vcpu.has_tsc_aux() => Some(vcpu.tsc_aux()),
+                    MSR_EFER => Some(vcpu.efer()),
+                    _ => platform.msr_read(msr),
+                };
+                match value {
                     Some(value) => {
                         let regs = vcpu.regs_mut();
                         regs.rax = value & 0xFFFF_FFFF;
@@ -405,8 +390,8 @@ pub fn run_loop<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, max_exits
                         regs.rip = next_rip;
                     }
                     None => vcpu.inject_exception(GP_VECTOR, Some(0)),
-                },
-            },
+                }
+            }
             VmExit::MsrWrite { msr, value, next_rip } => match msr {
                 // The guest's PAT is the VMCB's G_PAT: with nested paging it
                 // is what the CPU applies to the guest's page tables. Each
