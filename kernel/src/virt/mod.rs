@@ -21,6 +21,13 @@ pub struct Capabilities {
     pub state_caching: bool,
     pub pause_filter: bool,
     pub asids: u32,
+    /// Inject interrupts through the virtual interrupt (V_IRQ) instead of
+    /// EVENTINJ: chosen under QEMU's TCG (CPUID 0x4000_0000 says
+    /// "TCGTCGTCGTCG"), whose EVENTINJ path delivers an injected INTR twice
+    /// (ARCHITECTURE.md, "Two host CPUs under QEMU TCG"). Elsewhere
+    /// EVENTINJ, the usual way (Bochs' V_IRQ is only taken after the guest
+    /// changes EFLAGS.IF).
+    pub inject_via_virq: bool,
 }
 
 impl fmt::Display for Capabilities {
@@ -28,7 +35,7 @@ impl fmt::Display for Capabilities {
         let yn = |b: bool| if b { "yes" } else { "no" };
         write!(
             f,
-            "{}: npt={} nrips={} decode_assists={} flush_by_asid={} vmcb_clean={} pause_filter={} asids={}",
+            "{}: npt={} nrips={} decode_assists={} flush_by_asid={} vmcb_clean={} pause_filter={} asids={} interrupts={}",
             self.name,
             yn(self.nested_paging),
             yn(self.next_rip),
@@ -36,7 +43,8 @@ impl fmt::Display for Capabilities {
             yn(self.flush_by_asid),
             yn(self.state_caching),
             yn(self.pause_filter),
-            self.asids
+            self.asids,
+            if self.inject_via_virq { "v_irq (QEMU TCG)" } else { "eventinj" }
         )
     }
 }

@@ -43,6 +43,7 @@ pub fn detect() -> Result<Capabilities, DetectError> {
         decode_assists: leaf.edx & (1 << 7) != 0,
         pause_filter: leaf.edx & (1 << 10) != 0,
         asids: leaf.ebx,
+        inject_via_virq: under_qemu_tcg(),
     };
     if !caps.nested_paging {
         return Err(DetectError::NoNestedPaging);
@@ -83,6 +84,14 @@ static SVM_CPUS: [SvmCpu; MAX_CPUS] = [const {
 
 /// Source of `SvmVcpu::fpu_token`s (never 0).
 static NEXT_FPU_TOKEN: AtomicU64 = AtomicU64::new(1);
+
+/// Whether this CPU is QEMU's TCG (its hypervisor leaf says so).
+fn under_qemu_tcg() -> bool {
+    // (A CPU without hypervisor leaves answers something else here: zeros,
+    // or its highest basic leaf.)
+    let sig = cpu::cpuid(0x4000_0000, 0);
+    [sig.ebx, sig.ecx, sig.edx] == [u32::from_le_bytes(*b"TCGT"), u32::from_le_bytes(*b"CGTC"), u32::from_le_bytes(*b"GTCG")]
+}
 
 /// Whether this CPU has IA32_TSC_AUX (CPUID RDTSCP or RDPID).
 fn cpu_has_tsc_aux() -> bool {
@@ -658,15 +667,19 @@ impl VcpuOps for SvmVcpu {
     }
 
     fn inject_interrupt(&mut self, vector: u8) {
-        // Through the virtual interrupt (V_IRQ with V_INTR_VECTOR and
-        // V_IGN_TPR; the LAPIC model has applied the priority rules) and
-        // not EVENTINJ: the CPU delivers it once the guest can take it, as
-        // it would a physical INTR. EVENTINJ type 0 would do on hardware,
-        // but QEMU's TCG leaves the vector behind as a pending exception
-        // after injecting it (helper_vmrun sets exception_index and
-        // delivers directly) and delivers it a second time, ignoring IF,
-        // at the next exit request: see ARCHITECTURE.md, "Two host CPUs
-        // under QEMU TCG". QEMU's V_IRQ path has no such leftover.
+        if !self.caps.inject_via_virq {
+            // Type 0: external interrupt.
+            self.vmcb.write_u64(EVENT_INJ, u64::from(vector) | (1 << 31));
+            return;
+        }
+        // Under QEMU's TCG: through the virtual interrupt (V_IRQ with
+        // V_INTR_VECTOR and V_IGN_TPR; the LAPIC model has applied the
+        // priority rules), which the CPU delivers once the guest can take
+        // it, as it would a physical INTR. QEMU leaves an EVENTINJ'd vector
+        // behind as a pending exception (helper_vmrun sets exception_index
+        // and delivers directly) and delivers it a second time, ignoring
+        // IF, at the next exit request: see ARCHITECTURE.md, "Two host CPUs
+        // under QEMU TCG". Its V_IRQ path has no such leftover.
         let mut vintr = self.vmcb.read_u64(VINTR);
         vintr &= !(VINTR_VECTOR_MASK | VINTR_IRQ_BITS);
         vintr |= VINTR_IRQ_BITS | (u64::from(vector) << 32);
