@@ -32,7 +32,7 @@ pub const USAGE: &str = "\
         for a host reset, every CPU's state; ends with the pass count. QEMU
         runs its CPUs on one thread unless --mttcg is given (see
         ARCHITECTURE.md, \"Two host CPUs under QEMU TCG\"). --bochs boots dom0
-        alone from a GRUB ISO in Bochs' SVM model (2 CPUs, slow: minutes each).
+        alone from a GRUB ISO in Bochs' SVM model (2 CPUs; about 100 s a boot).
 ";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
