@@ -523,9 +523,7 @@ impl VcpuOps for SvmVcpu {
         self.vmcb.write_u64(EVENT_INJ, if must_reinject(unfinished) { unfinished } else { 0 });
         // A virtual interrupt the CPU took clears V_IRQ; one still set waits
         // for the guest to open its window.
-        if self.virq_vector.is_some() && self.vmcb.read_u64(VINTR) & VINTR_IRQ != 0 {
-            // still pending
-        } else {
+        if self.vmcb.read_u64(VINTR) & VINTR_IRQ == 0 {
             self.virq_vector = None;
         }
         self.decode_exit()
