@@ -338,6 +338,12 @@ pub fn run_loop<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, max_exits
             } else {
                 vcpu.request_interrupt_window(true);
             }
+        } else {
+            // Nothing waits (any more: the interrupt a window was asked for
+            // can be withdrawn, e.g. a PIC line masked meanwhile). A window
+            // left open would make every entry exit again at once, and the
+            // guest would never run another instruction.
+            vcpu.request_interrupt_window(false);
         }
         let exit = vcpu.run();
         platform.after_exit();

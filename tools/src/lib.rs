@@ -13,6 +13,8 @@
 //! * [`initramfs`]: newc cpio archives and the busybox test initramfs;
 //! * [`guest_images`]: Debian guest-image cache (owned elsewhere);
 //! * [`guestasm`]: assembling the tiny PVH test guests in `qemu-tests/guests`;
+//! * [`installed_disk`]: a raw disk image laid out like an installed Debian
+//!   system (MBR, GRUB, ext4 root) for booting Linux from a disk;
 //! * [`bench`]: `ferrite bench`, exit round-trip costs under `-icount`.
 
 pub mod bench;
@@ -21,6 +23,7 @@ pub mod cli;
 pub mod deps;
 pub mod guestasm;
 pub mod initramfs;
+pub mod installed_disk;
 pub mod iso;
 pub mod modules;
 pub mod multiboot;

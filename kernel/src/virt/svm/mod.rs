@@ -696,6 +696,10 @@ impl VcpuOps for SvmVcpu {
         }
         let mut intercepts = self.vmcb.read_u32(INTERCEPT_MISC1);
         let mut vintr = self.vmcb.read_u64(VINTR);
+        if !on && intercepts & INTERCEPT_VINTR == 0 && vintr & VINTR_IRQ_BITS == 0 {
+            // Already closed: keep the VMCB's clean bits.
+            return;
+        }
         if on {
             intercepts |= INTERCEPT_VINTR;
             // A virtual interrupt request with V_IGN_TPR: the CPU exits (VINTR
