@@ -39,6 +39,9 @@ pub struct Platform {
     pub hpet: Option<u64>,
     /// (base, first bus, last bus) of PCIe configuration windows.
     pub ecam: Vec<(u64, u8, u8)>,
+    /// The ACPI PM timer's I/O port and whether it counts 32 bits (none
+    /// when the FADT has none, or puts it in memory space).
+    pub pm_timer: Option<(u16, bool)>,
 }
 
 /// Reads the platform description from the RSDP (given by the boot loader,
@@ -79,6 +82,15 @@ pub fn discover(rsdp: Option<u64>) -> Result<Platform, ::acpi::AcpiError> {
     }
     if let Ok(hpet) = ::acpi::HpetInfo::new(&tables) {
         platform.hpet = Some(hpet.base_address as u64);
+    }
+    if let Ok(fadt) = tables.find_table::<::acpi::fadt::Fadt>() {
+        if let Ok(Some(base)) = fadt.pm_timer_block() {
+            if base.address_space == ::acpi::address::AddressSpace::SystemIo {
+                if let Ok(port) = u16::try_from(base.address) {
+                    platform.pm_timer = Some((port, { fadt.flags }.pm_timer_is_32_bit()));
+                }
+            }
+        }
     }
     if let Ok(mcfg) = tables.find_table::<::acpi::mcfg::Mcfg>() {
         for e in mcfg.get().entries() {

@@ -183,24 +183,6 @@ fn segment(s: ferrite_loader::paging::SegmentState) -> Segment {
     Segment { selector: s.selector, base: s.base, limit: s.limit, attrib: s.attrib }
 }
 
-/// Linux learns the TSC frequency from CPUID leaves only on Intel CPUs or
-/// from hypervisors it knows; otherwise it calibrates against the PIT or
-/// PM timer, which fails when every timer read is a slow VM exit (nested
-/// under TCG) and then hangs calibrating the LAPIC timer. So Ferrite tells
-/// it: `tsc_early_khz=` (Linux ignores unknown options, and a user's own
-/// value wins).
-pub(crate) fn with_tsc_frequency(cmdline: &str) -> String {
-    if cmdline.split_whitespace().any(|w| w.starts_with("tsc_early_khz=")) {
-        return String::from(cmdline);
-    }
-    let khz = crate::arch::time::tsc_hz() / 1000;
-    if cmdline.is_empty() {
-        format!("tsc_early_khz={}", khz)
-    } else {
-        format!("{} tsc_early_khz={}", cmdline, khz)
-    }
-}
-
 /// MSRs the hardware switches through the VMCB: the guest may access them
 /// directly.
 /// (TSC_AUX is not among them: VMRUN does not switch it, so the vCPU keeps
@@ -210,6 +192,13 @@ const PASSTHROUGH_MSRS: [u32; 10] = [
     0xC000_0081, 0xC000_0082, 0xC000_0083, 0xC000_0084, // STAR, LSTAR, CSTAR, SFMASK
     0xC000_0100, 0xC000_0101, 0xC000_0102, // FS_BASE, GS_BASE, KERNEL_GS_BASE
 ];
+
+/// Lets the guest access ports `first..first + count` without exiting.
+fn allow_ports(iopm: u64, first: u16, count: u16) {
+    for port in first..first.saturating_add(count) {
+        crate::mm::clear_iopm_bit(iopm, port);
+    }
+}
 
 pub(crate) fn allow_msr(msrpm: u64, msr: u32) {
     let (base, index) = match msr {
@@ -244,12 +233,13 @@ impl Domain {
         let Boot::Pvh { kernel, initrd, cmdline } = &spec.boot else {
             return Err(format!("{}: not a PVH domain", spec.name));
         };
-        let cmdline = with_tsc_frequency(cmdline);
+        // Owned: the load plan borrows it, and `spec` moves into the domain.
+        let cmdline = String::from(cmdline.as_str());
         check_memory(&spec.name, spec.memory_bytes)?;
         let mem = GuestMemory::new(spec.memory_bytes).map_err(|e: GuestMemError| format!("{}: {}", spec.name, e))?;
         let opts = ferrite_loader::layout::LoadOptions {
             start_info_flags: if spec.privileged { 0b11 } else { 0 },
-            ..Default::default()
+            platform: platform::guest_layout(),
         };
         let plan = ferrite_loader::layout::load_with_options(kernel, *initrd, &cmdline, &mut LoaderMemory(&mem), spec.vcpus, &opts)
             .map_err(|e| format!("{}: cannot load the kernel: {}", spec.name, e))?;
@@ -292,6 +282,10 @@ impl Domain {
     /// does not run until `start`.
     pub(crate) fn build(spec: DomainSpec, mem: GuestMemory, devices: Devices, role: Role, entry: EntryState, caps: Capabilities) -> Result<Arc<Domain>, String> {
         let intercepts = crate::mm::alloc_intercept_maps().ok_or_else(|| format!("{}: out of memory", spec.name))?;
+        if let Some(port) = platform::host_pm_timer_port() {
+            // The host's PM timer, read directly (`platform::guest_layout`).
+            allow_ports(intercepts.0 .0, port, 4);
+        }
         for msr in PASSTHROUGH_MSRS {
             allow_msr((intercepts.1).0, msr);
         }

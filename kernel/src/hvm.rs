@@ -19,7 +19,6 @@ use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use ferrite_abi::{DataSource, DirectLinuxBoot, StubConfig, GUEST_WINDOW, IOREQ_GPA, IOREQ_SLOTS, STUB_RAM_BYTES};
-use ferrite_loader::acpi::PlatformLayout;
 use log::info;
 use spin::Mutex;
 
@@ -97,7 +96,7 @@ pub fn create(spec: DomainSpec, caps: Capabilities) -> Result<Arc<Domain>, Strin
     let below_4g = ram.min(PCI_HOLE_START);
     let above_4g = ram - below_4g;
 
-    let layout = PlatformLayout::DEFAULT;
+    let layout = crate::platform::guest_layout();
     let devices = Devices::new_hvm(layout, below_4g, above_4g, spec.vcpus);
     let ioreq = Arc::new(IoreqServer::new().ok_or_else(|| format!("{}: out of memory", name))?);
     let role = Role::Hvm { ioreq: ioreq.clone(), stub: Mutex::new(alloc::sync::Weak::new()) };
@@ -186,12 +185,10 @@ fn create_stub(
     let linux = h.linux.as_ref().map(|l| DirectLinuxBoot {
         kernel: source(l.kernel),
         initrd: l.initrd.map(&mut source),
-        // As for PVH: Linux cannot calibrate the TSC when every timer read
-        // is a slow exit, so it is told.
-        cmdline: crate::domain::with_tsc_frequency(&l.cmdline),
+        cmdline: l.cmdline.clone(),
         option_rom: source(l.option_rom),
     });
-    let layout = PlatformLayout::DEFAULT;
+    let layout = crate::platform::guest_layout();
     let config = StubConfig {
         guest_id: guest.id,
         guest_name: guest.name.clone(),
@@ -216,6 +213,7 @@ fn create_stub(
         pm1a_evt: layout.pm1a_evt,
         pm1a_cnt: layout.pm1a_cnt,
         pm_tmr: layout.pm_tmr,
+        pm_tmr_32bit: layout.pm_tmr_32bit,
         sci_irq: layout.sci_irq,
         fault_inject_ata_command: h.fault_inject_ata_command,
         fault_inject_wild_access: h.fault_inject_wild_access,

@@ -202,6 +202,19 @@ pub extern "C" fn kmain(magic: u32, info_paddr: u32, entry: u32) -> ! {
         log::debug!("acpi: I/O APIC {} at {:#x}, GSI base {}", io.id, io.address, io.gsi_base);
     }
     info!("cpu 0: online (apic id {}), TSC {} MHz", bsp_apic, time::tsc_hz() / 1_000_000);
+    // Nested under another hypervisor, guests read its PM timer directly
+    // (`platform::use_host_pm_timer` says why). On hardware they get the
+    // emulated one: an exit costs about a microsecond there.
+    if opts.pm_timer == cmdline::PmTimerChoice::Auto && arch::cpu::cpuid(1, 0).ecx & (1 << 31) != 0 {
+        if let Some((port, is_32bit)) = platform.pm_timer {
+            crate::platform::use_host_pm_timer(port, is_32bit);
+            info!(
+                "guests read the host's ACPI PM timer at port {:#x} ({} bits) directly: nested, an emulated one costs an exit per read",
+                port,
+                if is_32bit { 32 } else { 24 }
+            );
+        }
+    }
 
     let caps = match virt::svm::detect() {
         Ok(caps) => {

@@ -10,6 +10,7 @@
 //! The device logic lives in `ferrite-devmodel`; this module only routes.
 
 use crate::arch::time;
+use core::sync::atomic::Ordering;
 use alloc::vec::Vec;
 use ferrite_devmodel::acpi_pm::{AcpiPm, AcpiPmLayout, IoWrite, PowerEvent};
 use ferrite_devmodel::ioapic::{Delivery, IoApic};
@@ -43,6 +44,48 @@ impl WallClock for HostWallClock {
     fn unix_time(&self) -> u64 {
         time::unix_time()
     }
+}
+
+/// The host's ACPI PM timer port (0: none) and whether it counts 32 bits,
+/// when guests read it directly.
+static HOST_PM_TIMER: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
+/// Guests read the host's PM timer at `port` directly instead of an
+/// emulated one (called once at boot, nested under another hypervisor).
+///
+/// Why: a guest calibrates its TSC against a reference clock it reads by
+/// port I/O, and rejects every sample whose read took longer than a few
+/// tens of microseconds (Linux: `tsc_read_refs`, the PIT loops), since on
+/// hardware that means an SMI hit it. Nested, every exit costs that much
+/// or more (QEMU's TCG: 20-150 µs per round trip), so an emulated timer
+/// never yields a sample, Linux marks its TSC unusable, and a PVH kernel,
+/// which has no PIT interrupt to fall back on, hangs calibrating its
+/// LAPIC timer. The outer hypervisor's PM timer counts real time at
+/// 3.579545 MHz like ours, against the same TSC the guest reads, so it is
+/// the same clock without the exit. The register is read-only and the
+/// outer hypervisor ignores writes; no other host port is opened.
+pub fn use_host_pm_timer(port: u16, is_32bit: bool) {
+    let value = u32::from(port) | if is_32bit { 1 << 16 } else { 0 };
+    HOST_PM_TIMER.store(value, Ordering::Relaxed);
+}
+
+/// The host PM timer port guests read directly, if any.
+pub fn host_pm_timer_port() -> Option<u16> {
+    let port = HOST_PM_TIMER.load(Ordering::Relaxed) as u16;
+    (port != 0).then_some(port)
+}
+
+/// Where new guests' ACPI fixed hardware is (their tables and the
+/// emulation agree on it): the defaults, with the host's PM timer when
+/// guests read it directly.
+pub fn guest_layout() -> PlatformLayout {
+    let host = HOST_PM_TIMER.load(Ordering::Relaxed);
+    let mut layout = PlatformLayout::DEFAULT;
+    if host as u16 != 0 {
+        layout.pm_tmr = host as u16;
+        layout.pm_tmr_32bit = host & (1 << 16) != 0;
+    }
+    layout
 }
 
 /// What a device access asks of the caller beyond the access itself.
@@ -144,7 +187,7 @@ impl Devices {
             reset_port: layout.reset_port,
             reset_value: layout.reset_value,
             slp_typ_s5: layout.slp_typ_s5,
-            ..AcpiPmLayout::default()
+            timer_32bit: layout.pm_tmr_32bit,
         };
         Devices {
             uart: Uart16550::new(),

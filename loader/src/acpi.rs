@@ -59,6 +59,8 @@ pub struct PlatformLayout {
     pub pm1a_evt: u16,
     pub pm1a_cnt: u16,
     pub pm_tmr: u16,
+    /// FADT `TMR_VAL_EXT`: the PM timer counts 32 bits (else 24).
+    pub pm_tmr_32bit: bool,
     pub reset_port: u16,
     pub reset_value: u8,
     /// ISA IRQ (= GSI) of the SCI.
@@ -84,6 +86,7 @@ impl PlatformLayout {
         pm1a_evt: DEFAULT_PM1A_EVT_PORT,
         pm1a_cnt: DEFAULT_PM1A_CNT_PORT,
         pm_tmr: DEFAULT_PM_TMR_PORT,
+        pm_tmr_32bit: true,
         reset_port: DEFAULT_RESET_PORT,
         reset_value: DEFAULT_RESET_VALUE,
         sci_irq: DEFAULT_SCI_IRQ,
@@ -256,8 +259,10 @@ fn fadt_body(p: &PlatformLayout, facs: u64, dsdt: u64) -> Vec<u8> {
         boot_arch |= BOOT_ARCH_8042;
     }
     put_u16(&mut b, o(109), boot_arch);
-    let flags =
-        FADT_WBINVD | FADT_PROC_C1 | FADT_SLP_BUTTON | FADT_TMR_VAL_EXT | FADT_RESET_REG_SUP;
+    let mut flags = FADT_WBINVD | FADT_PROC_C1 | FADT_SLP_BUTTON | FADT_RESET_REG_SUP;
+    if p.pm_tmr_32bit {
+        flags |= FADT_TMR_VAL_EXT;
+    }
     put_u32(&mut b, o(112), flags);
     b[o(116)..o(128)].copy_from_slice(&gas_io(p.reset_port, 8, 1));
     b[o(128)] = p.reset_value;

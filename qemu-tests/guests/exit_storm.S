@@ -13,6 +13,8 @@ _start:
         movl    $start_msg, %esi
         call    puts
         movl    $READS, %ecx
+        /* The emulated PM timer (Ferrite runs with pm_timer=emulated
+         * here): every read an exit. */
         movw    $PM_TMR, %dx
 1:      inl     %dx, %eax
         decl    %ecx

@@ -19,7 +19,9 @@ fn two_exit_storms_on_two_host_cpus() {
     let name = "two_exit_storms_on_two_host_cpus";
     let dir = test_dir(name);
     let elf = guestasm::build_guest("exit_storm", &dir).unwrap_or_else(|e| panic!("cannot assemble the guest: {e:#}"));
-    let mut q = base_qemu().smp(2).tcg_threads(TcgThreads::Multi).kernel(&images().multiboot).append(BASE_CMDLINE);
+    let mut q = base_qemu().smp(2).tcg_threads(TcgThreads::Multi).kernel(&images().multiboot);
+    // The storm is of reads of the emulated PM timer: each one an exit.
+    q = q.append(&format!("{BASE_CMDLINE} pm_timer=emulated"));
     for n in ["storm1", "storm2"] {
         let cfg = dir.join(format!("{n}.cfg"));
         std::fs::write(&cfg, format!("name = \"{n}\"\ntype = \"pvh\"\nkernel = \"exit_storm.elf\"\nmemory = 16\nvcpus = 1\n"))

@@ -493,6 +493,7 @@ fn build_fw_cfg(config: &StubConfig, data: &mut BootData) -> Result<FwCfg, alloc
     platform.pm1a_evt = config.pm1a_evt;
     platform.pm1a_cnt = config.pm1a_cnt;
     platform.pm_tmr = config.pm_tmr;
+    platform.pm_tmr_32bit = config.pm_tmr_32bit;
     platform.sci_irq = config.sci_irq;
     // PCI BARs go between the top of low RAM and the I/O APIC.
     let low_top = config.ram_below_4g.min(0xC000_0000) as u32;

@@ -643,7 +643,8 @@ pub fn hvm_bench_qemu(hv: &Path, cfg: &Path, stubdom: &Path, bios: &Path, disk: 
         .smp(1)
         .debug_exit(true)
         .kernel(hv)
-        .append("console=com1 debug_exit=0xf4")
+        // The emulated PM timer is one of the exits measured.
+        .append("console=com1 debug_exit=0xf4 pm_timer=emulated")
         .module(ModuleSpec::new(cfg, ""))
         .module(ModuleSpec::new(stubdom, ""))
         .module(ModuleSpec::new(bios, ""))
@@ -818,7 +819,8 @@ pub fn exit_bench_qemu(hv: &Path, cfg: &Path, guest: &Path) -> QemuCommand {
         .smp(1)
         .debug_exit(true)
         .kernel(hv)
-        .append("console=com1 debug_exit=0xf4")
+        // The emulated PM timer is one of the exits measured.
+        .append("console=com1 debug_exit=0xf4 pm_timer=emulated")
         .module(ModuleSpec::new(cfg, ""))
         .module(ModuleSpec::new(guest, ""))
         .extra_args(["-icount", ICOUNT])

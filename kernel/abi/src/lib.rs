@@ -382,6 +382,8 @@ pub struct StubConfig {
     pub pm1a_evt: u16,
     pub pm1a_cnt: u16,
     pub pm_tmr: u16,
+    /// The PM timer counts 32 bits (else 24).
+    pub pm_tmr_32bit: bool,
     pub sci_irq: u8,
     /// Test builds only: make the IDE model panic on this ATA command.
     pub fault_inject_ata_command: Option<u8>,
@@ -440,6 +442,7 @@ mod tests {
             pm1a_evt: 0xB000,
             pm1a_cnt: 0xB004,
             pm_tmr: 0xB008,
+            pm_tmr_32bit: true,
             sci_irq: 9,
             fault_inject_ata_command: None,
             fault_inject_wild_access: false,

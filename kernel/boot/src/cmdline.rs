@@ -173,6 +173,20 @@ pub struct Options {
     /// `console_timestamps=boot`: prefix console lines with the time since
     /// the hypervisor started (Xen's option; `none` and `boot` supported).
     pub console_timestamps: bool,
+    /// `pm_timer=`: which ACPI PM timer guests read (Ferrite-specific).
+    pub pm_timer: PmTimerChoice,
+}
+
+/// Which ACPI PM timer guests read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PmTimerChoice {
+    /// The host's when Ferrite itself runs under a hypervisor (its exits
+    /// are too slow for guests to calibrate against an emulated one),
+    /// else the emulated one.
+    #[default]
+    Auto,
+    /// Always the emulated one (what the exit benchmarks measure).
+    Emulated,
 }
 
 impl Default for Options {
@@ -187,6 +201,7 @@ impl Default for Options {
             debug_exit: None,
             selftest: true,
             console_timestamps: false,
+            pm_timer: PmTimerChoice::Auto,
         }
     }
 }
@@ -476,6 +491,14 @@ pub fn parse(s: &str) -> (Options, Vec<Diagnostic>) {
             continue;
         }
 
+        if name == "pm_timer" {
+            match value {
+                Some("auto") => o.pm_timer = PmTimerChoice::Auto,
+                Some("emulated") => o.pm_timer = PmTimerChoice::Emulated,
+                _ => diags.push(bad("auto or emulated")),
+            }
+            continue;
+        }
         if name == "console_timestamps" {
             match value {
                 None | Some("boot") => o.console_timestamps = true,

@@ -184,6 +184,17 @@ pub fn alloc_intercept_maps() -> Option<((u64, usize), (u64, usize))> {
     Some(((iopm, 3), (msrpm, 2)))
 }
 
+/// Lets the guest whose I/O permission map is at `iopm` (from
+/// [`alloc_intercept_maps`]) access `port` without exiting.
+pub fn clear_iopm_bit(iopm: u64, port: u16) {
+    let byte = iopm + u64::from(port / 8);
+    // SAFETY: `byte` is within the first 8 KiB of the 12 KiB map allocated
+    // by `alloc_intercept_maps` (port / 8 < 0x2000), identity mapped.
+    unsafe {
+        *(byte as *mut u8) &= !(1 << (port % 8));
+    }
+}
+
 pub fn free_intercept_maps(iopm: (u64, usize), msrpm: (u64, usize)) {
     free_contiguous(iopm.0, iopm.1);
     free_contiguous(msrpm.0, msrpm.1);

@@ -293,3 +293,16 @@ fn console_timestamps() {
     assert_eq!(d.len(), 1);
     assert!(d[0].to_string().contains("datems"), "{}", d[0]);
 }
+
+#[test]
+fn pm_timer_choice() {
+    assert_eq!(parse("").0.pm_timer, PmTimerChoice::Auto);
+    assert_eq!(parse("pm_timer=emulated").0.pm_timer, PmTimerChoice::Emulated);
+    assert_eq!(parse("pm_timer=emulated pm_timer=auto").0.pm_timer, PmTimerChoice::Auto);
+    for bad in ["pm_timer", "pm_timer=host2"] {
+        let (o, d) = parse(bad);
+        assert_eq!(o.pm_timer, PmTimerChoice::Auto);
+        assert_eq!(d.len(), 1, "{bad}");
+        assert!(d[0].to_string().contains("auto or emulated"), "{}", d[0]);
+    }
+}
