@@ -138,12 +138,17 @@ enum Event {
     Unexpected(String),
 }
 
-#[derive(Default)]
-struct SelftestPlatform {
+struct SelftestPlatform<'a> {
     events: Vec<Event>,
+    /// The guest's RAM (its CR4 write is decoded from there).
+    mem: &'a GuestMemory,
 }
 
-impl Platform for SelftestPlatform {
+impl Platform for SelftestPlatform<'_> {
+    fn guest_memory(&self) -> Option<&GuestMemory> {
+        Some(self.mem)
+    }
+
     fn io_in(&mut self, port: u16, size: u8) -> u32 {
         if port == PORT_ECHO_IN && size == 1 {
             self.events.push(Event::EchoIn);
@@ -188,7 +193,7 @@ pub fn run(caps: crate::virt::Capabilities) -> Result<String, String> {
     let (iopm, msrpm) = crate::mm::alloc_intercept_maps().ok_or("out of memory for permission maps")?;
     let mut vcpu = SvmVcpu::new(caps, mem.npt_root(), 1, iopm.0, msrpm.0);
     vcpu.reset_real_mode((LOAD_GPA >> 4) as u16, 0);
-    let mut platform = SelftestPlatform::default();
+    let mut platform = SelftestPlatform { events: Vec::new(), mem: &mem };
     let (outcome, exits) = vcpu::run_loop(&mut vcpu, &mut platform, 1000);
     vcpu.release_fpu();
     crate::mm::free_intercept_maps(iopm, msrpm);

@@ -446,6 +446,11 @@ pub fn run_loop<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, max_exits
                     vcpu.inject_exception(GP_VECTOR, Some(0));
                 }
             }
+            VmExit::CrWrite { cr, gpr, next_rip } => {
+                if let Err(why) = write_cr(vcpu, platform, cr, gpr, next_rip) {
+                    return (RunOutcome::Crashed(why), exits);
+                }
+            }
             VmExit::Hlt { next_rip } => {
                 vcpu.regs_mut().rip = next_rip;
                 // An interrupt already injected (the STI shadow kept it
@@ -555,28 +560,83 @@ fn from_x86(x: &Regs, r: &mut GuestRegs) {
 /// it through the guest's page tables, decode it, do the access against the
 /// device, write back registers and advance RIP. (TCG's SVM has no decode
 /// assists, so the hypervisor always decodes.)
-fn emulate_mmio<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, gpa: u64) -> Result<(), String> {
+/// The vCPU's current code mode (paging, CS, CPL).
+fn cpu_mode<V: VcpuOps>(vcpu: &V) -> CpuMode {
     let ps = vcpu.paging_state();
     let cs = vcpu.code_segment();
-    let mode = CpuMode {
+    CpuMode {
         paging: PagingRegs { cr0: ps.cr0, cr3: ps.cr3, cr4: ps.cr4, efer: ps.efer, max_phys_bits: 48 },
         cs_base: cs.base,
         cs_l: cs.attrib & (1 << 9) != 0,
         cs_db: cs.attrib & (1 << 10) != 0,
         cpl: ((cs.attrib >> 5) & 3) as u8,
-    };
+    }
+}
+
+/// The bytes of the instruction at RIP: from the CPU with decode assists,
+/// else (QEMU's TCG) fetched through the guest's page tables.
+fn current_instruction<V: VcpuOps>(vcpu: &V, platform: &dyn Platform, mode: &CpuMode) -> Result<([u8; 15], usize), String> {
+    if let Some(fetched) = vcpu.exit_instruction_bytes() {
+        return Ok(fetched);
+    }
     let rip = vcpu.regs().rip;
-    // With decode assists the CPU hands over the instruction bytes;
-    // otherwise (QEMU's TCG) walk the guest's page tables to fetch them.
-    let (bytes, len) = match vcpu.exit_instruction_bytes() {
-        Some(fetched) => fetched,
-        None => {
-            let mem = platform.guest_memory().ok_or("no guest memory to fetch from")?;
-            ferrite_x86::walk::fetch_instruction(mem, &mode, rip).map_err(|e| {
-                format!("cannot fetch the instruction at rip {:#x} touching MMIO {:#x}: {:?}", rip, gpa, e)
-            })?
+    let mem = platform.guest_memory().ok_or("no guest memory to fetch from")?;
+    ferrite_x86::walk::fetch_instruction(mem, mode, rip).map_err(|e| format!("cannot fetch the instruction at rip {:#x}: {:?}", rip, e))
+}
+
+/// A guest's write of CR4 (the only control register whose writes exit):
+/// checked against the CPUID it sees and the architectural rules, then
+/// done, or #GP.
+fn write_cr<V: VcpuOps>(
+    vcpu: &mut V,
+    platform: &mut dyn Platform,
+    cr: u8,
+    gpr: Option<u8>,
+    next_rip: Option<u64>,
+) -> Result<(), String> {
+    let mode = cpu_mode(vcpu);
+    let rip = vcpu.regs().rip;
+    let (gpr, next_rip) = match (gpr, next_rip) {
+        (Some(g), Some(n)) => (g, n),
+        _ => {
+            let (bytes, len) = current_instruction(vcpu, platform, &mode)?;
+            let m = ferrite_x86::decode_mov_to_cr(&bytes[..len], mode.code_mode())
+                .map_err(|e| format!("CR{} write by {:02x?} at rip {:#x}: {:?}", cr, &bytes[..len], rip, e))?;
+            if m.cr != cr {
+                return Err(format!("CR{} write exit, but the instruction at rip {:#x} writes CR{}", cr, rip, m.cr));
+            }
+            (m.gpr, rip.wrapping_add(m.len as u64))
         }
     };
+    if cr != 4 {
+        return Err(format!("CR{} writes are not intercepted", cr));
+    }
+    let mut value = to_x86(vcpu.regs()).get(gpr);
+    if mode.code_mode() != ferrite_x86::CodeMode::Bits64 {
+        value &= 0xFFFF_FFFF;
+    }
+    let ps = vcpu.paging_state();
+    let state = GuestCpuidState { osxsave: ps.cr4 & CR4_OSXSAVE != 0, xcr0: vcpu.xcr0() };
+    let max_leaf = platform.cpuid(0, 0, state)[0];
+    let [_, _, leaf1_ecx, leaf1_edx] = platform.cpuid(1, 0, state);
+    let [_, leaf7_ebx, leaf7_ecx, _] = if max_leaf >= 7 { platform.cpuid(7, 0, state) } else { [0; 4] };
+    let features = ferrite_x86::cr::Cr4Features { leaf1_ecx, leaf1_edx, leaf7_ebx, leaf7_ecx };
+    let long_mode = ps.efer & (1 << 10) != 0;
+    match ferrite_x86::cr::check_cr4_write(ps.cr4, value, &features, long_mode, ps.cr3, ps.cr0) {
+        Ok(()) => {
+            vcpu.set_cr4(value);
+            vcpu.regs_mut().rip = next_rip;
+        }
+        Err(_) => vcpu.inject_exception(GP_VECTOR, Some(0)),
+    }
+    Ok(())
+}
+
+fn emulate_mmio<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, gpa: u64) -> Result<(), String> {
+    let mode = cpu_mode(vcpu);
+    let rip = vcpu.regs().rip;
+    let (bytes, len) =
+        current_instruction(vcpu, platform, &mode).map_err(|e| format!("{} (touching MMIO {:#x})", e, gpa))?;
     let op = ferrite_x86::decode_mmio(&bytes[..len], mode.code_mode())
         .map_err(|e| format!("cannot emulate the instruction {:02x?} at rip {:#x} on MMIO {:#x}: {:?}", &bytes[..len], rip, gpa, e))?;
     let mut regs = to_x86(vcpu.regs());

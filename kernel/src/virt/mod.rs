@@ -113,6 +113,10 @@ pub enum VmExit {
     MsrRead { msr: u32, next_rip: u64 },
     MsrWrite { msr: u32, value: u64, next_rip: u64 },
     Xsetbv { next_rip: u64 },
+    /// A write to control register `cr` (only those intercepted: CR4).
+    /// `gpr` is the source register when the CPU decoded the instruction;
+    /// otherwise the run loop decodes it.
+    CrWrite { cr: u8, gpr: Option<u8>, next_rip: Option<u64> },
     NestedPageFault { gpa: u64, write: bool, exec: bool, present: bool },
     /// A physical interrupt arrived while the guest ran; nothing to do for
     /// the guest.
@@ -156,6 +160,9 @@ pub trait VcpuOps {
     fn set_entry_state(&mut self, state: &EntryState);
     fn efer(&self) -> u64;
     fn set_efer(&mut self, efer: u64);
+    /// Writes the guest's CR4 (the caller has checked it), flushing the
+    /// guest's TLB when the change requires it.
+    fn set_cr4(&mut self, value: u64);
     /// Injects a hardware exception (e.g. #GP for an unknown MSR).
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>);
     fn set_xcr0(&mut self, xcr0: u64);

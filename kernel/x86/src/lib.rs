@@ -10,6 +10,8 @@
 //!   [`decode::instruction_length`], and [`decode::MmioOp::execute`] which
 //!   performs the access against a device and writes registers/flags back.
 //! * [`cpuid`]: the CPUID a guest sees (an allow-list over the host's).
+//! * [`cr`]: the rules a guest's control-register write must pass, against
+//!   the CPUID it sees.
 //! * [`regs`]: the general-purpose register file with x86 partial-register
 //!   rules.
 //!
@@ -21,13 +23,14 @@
 extern crate alloc;
 
 pub mod cpuid;
+pub mod cr;
 pub mod decode;
 pub mod regs;
 pub mod walk;
 
 pub use decode::{
-    decode_mmio, instruction_length, AluOp, BitOp, CodeMode, DecodeError, Extend, MemOperand,
-    MmioBus, MmioKind, MmioOp, Operand, Rep, Seg, StringOp, UnaryOp,
+    decode_mmio, decode_mov_to_cr, instruction_length, AluOp, BitOp, CodeMode, DecodeError, Extend, MemOperand,
+    MmioBus, MmioKind, MmioOp, MovToCr, Operand, Rep, Seg, StringOp, UnaryOp,
 };
 pub use regs::{Reg, Regs};
 pub use walk::{

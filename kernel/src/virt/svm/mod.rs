@@ -276,6 +276,8 @@ pub struct SvmVcpu {
     last_cpu: usize,
     /// The guest's IA32_TSC_AUX, when the CPU has the MSR.
     tsc_aux: Option<u64>,
+    /// The guest's TLB must be flushed at the next entry (a CR4 change).
+    flush_tlb: bool,
 }
 
 const DB_VECTOR: u8 = 1;
@@ -338,6 +340,10 @@ impl SvmVcpu {
         // debug register, reading or writing DR0-3 or writing DR7 exits
         // (then this vCPU's DR0-3 are switched, see `run`).
         vmcb.write_u32(INTERCEPT_DR, DR_INTERCEPTS);
+        // CR4 writes are checked against the guest's CPUID: a bit the
+        // CPU has but the guest was not offered would otherwise be taken
+        // (or fail the next VMRUN's consistency checks).
+        vmcb.write_u32(INTERCEPT_CR, INTERCEPT_CR4_WRITE);
         vmcb.write_u64(IOPM_BASE, iopm_pa);
         vmcb.write_u64(MSRPM_BASE, msrpm_pa);
         vmcb.write_u32(GUEST_ASID, asid.max(1));
@@ -363,6 +369,7 @@ impl SvmVcpu {
             dirty: CLEAN_ALL,
             last_cpu: usize::MAX,
             tsc_aux: cpu_has_tsc_aux().then_some(0),
+            flush_tlb: false,
         };
         vcpu.reset_real_mode(0xF000, 0xFFF0);
         vcpu
@@ -418,6 +425,13 @@ impl SvmVcpu {
                     VmExit::MsrWrite { msr, value, next_rip: self.next_rip(2) }
                 }
             }
+            EXIT_CR_WRITE_BASE..=EXIT_CR_WRITE_LAST => VmExit::CrWrite {
+                cr: (code - EXIT_CR_WRITE_BASE) as u8,
+                // With decode assists, bit 63 says MOV CRn and bits 3:0 name
+                // the source register.
+                gpr: (self.caps.decode_assists && info1 & (1 << 63) != 0).then_some((info1 & 0xF) as u8),
+                next_rip: self.caps.next_rip.then(|| self.vmcb.read_u64(NEXT_RIP)),
+            },
             EXIT_NPF => VmExit::NestedPageFault {
                 gpa: info2,
                 present: info1 & 1 != 0,
@@ -471,6 +485,9 @@ impl VcpuOps for SvmVcpu {
             self.dirty = CLEAN_ALL;
             self.last_cpu = cpu;
             svm_cpu.last_vmcb.store(self.vmcb.pa(), Ordering::Relaxed);
+            self.flush_tlb = false;
+        } else if core::mem::take(&mut self.flush_tlb) {
+            self.vmcb.write_u8(TLB_CONTROL, if self.caps.flush_by_asid { 3 } else { 1 });
         } else {
             self.vmcb.write_u8(TLB_CONTROL, 0);
         }
@@ -601,6 +618,15 @@ impl VcpuOps for SvmVcpu {
 
     fn efer(&self) -> u64 {
         self.vmcb.read_u64(EFER) & !cpu::EFER_SVME
+    }
+
+    fn set_cr4(&mut self, value: u64) {
+        let old = self.vmcb.read_u64(CR4);
+        if ferrite_x86::cr::cr4_change_flushes_tlb(old, value) {
+            self.flush_tlb = true;
+        }
+        self.vmcb.write_u64(CR4, value);
+        self.dirty |= CLEAN_CRX;
     }
 
     fn set_efer(&mut self, efer: u64) {

@@ -59,6 +59,8 @@ pub const RAX: usize = 0x5F8;
 pub const G_PAT: usize = 0x668;
 
 // Intercept bits in INTERCEPT_MISC1.
+/// INTERCEPT_CR: bits 0-15 reads of CR0-15, bits 16-31 writes.
+pub const INTERCEPT_CR4_WRITE: u32 = 1 << (16 + 4);
 pub const INTERCEPT_INTR: u32 = 1 << 0;
 pub const INTERCEPT_VINTR: u32 = 1 << 4;
 pub const INTERCEPT_NMI: u32 = 1 << 1;
@@ -82,6 +84,8 @@ pub const INTERCEPT_SKINIT: u32 = 1 << 6;
 pub const INTERCEPT_XSETBV: u32 = 1 << 13;
 
 // Exit codes.
+pub const EXIT_CR_WRITE_BASE: u64 = 0x10;
+pub const EXIT_CR_WRITE_LAST: u64 = 0x1F;
 pub const EXIT_DR_READ_BASE: u64 = 0x20;
 pub const EXIT_DR_WRITE_LAST: u64 = 0x3F;
 pub const EXIT_EXCP_BASE: u64 = 0x40;
