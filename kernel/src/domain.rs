@@ -430,6 +430,8 @@ impl Domain {
             sched::stop(&r);
         }
         DOMAINS.lock().retain(|d| d.id != self.id);
+        // Before a restart claims them again.
+        crate::hvm::release_disks(self.id);
         let restart = match &state {
             DomainState::PoweredOff => self.spec.on_poweroff,
             DomainState::Rebooting => self.spec.on_reboot,

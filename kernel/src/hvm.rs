@@ -18,6 +18,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use ferrite_config::disk::{disk_sharing_conflict, DiskClaim};
 use ferrite_abi::{DataSource, DirectLinuxBoot, StubConfig, GUEST_WINDOW, IOREQ_GPA, IOREQ_SLOTS, STUB_RAM_BYTES};
 use log::info;
 use spin::Mutex;
@@ -86,6 +87,9 @@ pub fn create(spec: DomainSpec, caps: Capabilities) -> Result<Arc<Domain>, Strin
         })?;
         disks.push(StubDisk { device, read_only: d.read_only });
     }
+    let wanted: Vec<(String, bool)> =
+        h.disks.iter().zip(&disks).map(|(d, s)| (d.target.clone(), !s.read_only && !s.device.read_only())).collect();
+    check_disk_sharing(&name, &wanted, None)?;
 
     crate::domain::check_memory(&name, spec.memory_bytes + ferrite_abi::STUB_RAM_BYTES)?;
     let mut mem = GuestMemory::new(spec.memory_bytes).map_err(|e| format!("{}: {}", name, e))?;
@@ -101,6 +105,10 @@ pub fn create(spec: DomainSpec, caps: Capabilities) -> Result<Arc<Domain>, Strin
     let ioreq = Arc::new(IoreqServer::new().ok_or_else(|| format!("{}: out of memory", name))?);
     let role = Role::Hvm { ioreq: ioreq.clone(), stub: Mutex::new(alloc::sync::Weak::new()) };
     let guest = Domain::build(spec, mem, devices, role, reset_vector(), caps)?;
+    if let Err(e) = check_disk_sharing(&name, &wanted, Some(guest.id)) {
+        guest.shut_down(crate::domain::DomainState::Crashed(e.clone()));
+        return Err(e);
+    }
 
     let stub = match create_stub(&guest, &h, ioreq.clone(), disks, below_4g, above_4g, caps) {
         Ok(s) => s,
@@ -127,6 +135,41 @@ pub fn create(spec: DomainSpec, caps: Capabilities) -> Result<Arc<Domain>, Strin
     stub.start();
     guest.start();
     Ok(guest)
+}
+
+/// The host disks running HVM guests use (`phy:` targets).
+static DISK_CLAIMS: Mutex<Vec<DiskClaim>> = Mutex::new(Vec::new());
+
+/// Refuses disks another running domain writes, or that this one would
+/// write while another uses them (`ferrite_config::disk::disk_sharing_conflict`:
+/// as Xen's hotplug scripts, so two guests never see each other's data
+/// change under them). With `owner`, the disks are then claimed for it,
+/// under the same lock as the check.
+fn check_disk_sharing(name: &str, wanted: &[(String, bool)], owner: Option<u32>) -> Result<(), String> {
+    let mut claims = DISK_CLAIMS.lock();
+    for (target, writable) in wanted {
+        if let Some(c) = disk_sharing_conflict(&claims, target, *writable) {
+            let who = crate::domain::name_of(c.domain).unwrap_or_default();
+            return Err(format!(
+                "{}: disk '{}' is {} by domain {} ({}); a disk written by one domain cannot be used by another \
+                 (give both 'r' access, or stop that domain first)",
+                name,
+                target,
+                if c.writable { "written" } else { "used read-only" },
+                c.domain,
+                who
+            ));
+        }
+    }
+    if let Some(domain) = owner {
+        claims.extend(wanted.iter().map(|(target, writable)| DiskClaim { target: target.clone(), domain, writable: *writable }));
+    }
+    Ok(())
+}
+
+/// Domain `id` stopped: its disks are free for others.
+pub fn release_disks(id: u32) {
+    DISK_CLAIMS.lock().retain(|c| c.domain != id);
 }
 
 /// A PC's vCPU after reset: real mode, CS base 0xFFFF0000, IP 0xFFF0.

@@ -111,10 +111,21 @@ pub enum PendingIo {
     PortOut { next_rip: u64 },
     /// `ins`/`outs` moving `count` elements; with `rep`, RCX counts down
     /// and the instruction restarts until it reaches zero.
-    String { ins: bool, size: u8, count: u32, rep: bool, addr_size: u8, down: bool, next_rip: u64 },
+    /// `split`: an INS element whose halves lie in frames that are not
+    /// adjacent; the answer is a value written there.
+    String { ins: bool, size: u8, count: u32, rep: bool, addr_size: u8, down: bool, next_rip: u64, split: Option<StringSplit> },
     /// An MMIO access: the instruction is executed again and the platform
     /// hands it the answer.
     Mmio,
+}
+
+/// A string I/O element that straddles two pages whose frames are not
+/// adjacent: `first` bytes at `gpa`, the rest at `gpa2`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StringSplit {
+    pub gpa: u64,
+    pub first: u8,
+    pub gpa2: u64,
 }
 
 /// The most elements one string I/O request moves (one page of them).
@@ -150,7 +161,7 @@ fn complete_io<V: VcpuOps>(vcpu: &mut V, pending: PendingIo, data: u64) {
             r.rip = next_rip;
         }
         PendingIo::PortOut { next_rip } => r.rip = next_rip,
-        PendingIo::String { ins, size, count, rep, addr_size, down, next_rip } => {
+        PendingIo::String { ins, size, count, rep, addr_size, down, next_rip, .. } => {
             let bytes = i64::from(count) * i64::from(size);
             let delta = if down { -bytes } else { bytes };
             if ins {
@@ -183,7 +194,7 @@ fn remote_port_io<V: VcpuOps>(
     string: bool,
     rep: bool,
     addr_size: u8,
-    segment: u8,
+    segment: Option<u8>,
     next_rip: u64,
 ) -> Result<bool, String> {
     let regs = *vcpu.regs();
@@ -213,27 +224,88 @@ fn remote_port_io<V: VcpuOps>(
         return Ok(false);
     }
     let down = regs.rflags & (1 << 10) != 0;
-    // INS writes to ES:rDI; OUTS reads from seg:rSI (DS unless overridden).
-    let (seg, offset) = if write { (segment, regs.rsi & mask) } else { (0, regs.rdi & mask) };
+    let mode = cpu_mode(vcpu);
+    // INS writes to ES:rDI; OUTS reads from seg:rSI (DS unless overridden;
+    // the CPU says which only with decode assists).
+    let seg = match (write, segment) {
+        (false, _) => 0,
+        (true, Some(s)) => s,
+        (true, None) => {
+            let (bytes, len) = current_instruction(vcpu, platform, &mode)?;
+            let seg = ferrite_x86::segment_override(&bytes[..len], mode.code_mode())
+                .map_err(|e| format!("string I/O on port {:#x}: cannot decode {:02x?}: {:?}", port, &bytes[..len], e))?;
+            seg.map_or(3, |s| s as u8)
+        }
+    };
+    let offset = if write { regs.rsi & mask } else { regs.rdi & mask };
     let ps = vcpu.paging_state();
     let mut linear = vcpu.segment(seg).base.wrapping_add(offset);
     if ps.efer & (1 << 10) == 0 {
         linear &= 0xFFFF_FFFF;
     }
+    let size64 = u64::from(size);
     // Stay within the page the first element is on; the instruction
-    // restarts for the rest.
+    // restarts for the rest. Only that first element can straddle a page.
     let page_offset = linear & 0xFFF;
-    let in_page = if down { page_offset / u64::from(size) + 1 } else { (0x1000 - page_offset) / u64::from(size) };
-    count = count.min(in_page.max(1)).min(MAX_STRING_COUNT);
+    let straddles = page_offset + size64 > 0x1000;
+    let in_page = if down { page_offset / size64 + 1 } else { (0x1000 - page_offset) / size64 };
+    count = if straddles { 1 } else { count.min(in_page).min(MAX_STRING_COUNT) };
     let mem = platform.guest_memory().ok_or("no guest memory for string I/O")?;
-    let paging = PagingRegs { cr0: ps.cr0, cr3: ps.cr3, cr4: ps.cr4, efer: ps.efer, max_phys_bits: 48 };
-    let access = if write { ferrite_x86::walk::Access::read(false) } else { ferrite_x86::walk::Access::write(false) };
-    let gpa = ferrite_x86::walk::translate(mem, &paging, linear, access)
-        .map_err(|e| format!("string I/O on port {:#x}: cannot translate {:#x}: {:?}", port, linear, e))?;
+    // The walk is the instruction's own: a user-mode access at CPL 3, and
+    // a fault it takes goes to the guest.
+    let user = mode.cpl == 3;
+    let access = if write { ferrite_x86::walk::Access::read(user) } else { ferrite_x86::walk::Access::write(user) };
+    let translate = |addr: u64| match ferrite_x86::walk::translate(mem, &mode.paging, addr, access) {
+        Ok(gpa) => Ok(Ok(gpa)),
+        Err(ferrite_x86::WalkError::PageFault(pf)) => Ok(Err((Some(pf.address), pf.error_code))),
+        Err(ferrite_x86::WalkError::NonCanonical { .. }) => Ok(Err((None, 0))),
+        Err(e) => Err(format!("string I/O on port {:#x}: cannot translate {:#x}: {:?}", port, addr, e)),
+    };
+    let fault = |vcpu: &mut V, f: (Option<u64>, u32)| match f {
+        (Some(address), code) => vcpu.inject_page_fault(address, code),
+        (None, _) => vcpu.inject_exception(GP_VECTOR, Some(0)),
+    };
+    let gpa = match translate(linear)? {
+        Ok(gpa) => gpa,
+        Err(f) => {
+            fault(vcpu, f);
+            return Ok(false);
+        }
+    };
+    let mut split = None;
+    if straddles {
+        let first = 0x1000 - page_offset;
+        let gpa2 = match translate((linear + first) & if ps.efer & (1 << 10) == 0 { 0xFFFF_FFFF } else { u64::MAX })? {
+            Ok(gpa2) => gpa2,
+            Err(f) => {
+                fault(vcpu, f);
+                return Ok(false);
+            }
+        };
+        if gpa2 != gpa + first {
+            // The element's two halves are in frames that are not
+            // adjacent: move it as a value, not as guest memory.
+            split = Some(StringSplit { gpa, first: first as u8, gpa2 });
+        }
+    }
+    let pending =
+        PendingIo::String { ins: !write, size, count: count as u32, rep, addr_size, down, next_rip, split: split.filter(|_| !write) };
+    if let Some(s) = split {
+        req.count = 1;
+        if write {
+            let mut buf = [0u8; 4];
+            let n = usize::from(size).min(4);
+            mem.read(s.gpa, &mut buf[..usize::from(s.first)])
+                .and_then(|_| mem.read(s.gpa2, &mut buf[usize::from(s.first)..n]))
+                .map_err(|e| format!("string I/O on port {:#x}: {}", port, e))?;
+            req.data = u64::from(u32::from_le_bytes(buf));
+        }
+        platform.send_ioreq(req, pending);
+        return Ok(true);
+    }
     req.flags = FLAG_DATA_IS_GPA | if down { FLAG_DOWN } else { 0 };
     req.count = count as u32;
     req.data = gpa;
-    let pending = PendingIo::String { ins: !write, size, count: count as u32, rep, addr_size, down, next_rip };
     platform.send_ioreq(req, pending);
     Ok(true)
 }
@@ -315,6 +387,17 @@ pub fn run_loop<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, max_exits
     let mut replaying = false;
     if let Some((pending, data)) = platform.take_io_response() {
         replaying = pending == PendingIo::Mmio;
+        if let PendingIo::String { size, split: Some(s), .. } = pending {
+            // An INS element split across frames: its value goes to both.
+            let bytes = (data as u32).to_le_bytes();
+            let n = usize::from(size).min(4);
+            if let Some(mem) = platform.guest_memory() {
+                let first = usize::from(s.first).min(n);
+                if mem.write(s.gpa, &bytes[..first]).and_then(|_| mem.write(s.gpa2, &bytes[first..n])).is_err() {
+                    return (RunOutcome::Crashed(format!("string I/O: cannot write the answer to {:#x}/{:#x}", s.gpa, s.gpa2)), 0);
+                }
+            }
+        }
         complete_io(vcpu, pending, data);
     }
     loop {

@@ -371,3 +371,70 @@ fn hvm_guest_with_four_disks_on_both_ide_channels() {
         ],
     );
 }
+
+/// Two configs naming the same host disk: the second is refused with a
+/// reason when either would write it (the first runs as usual, its data
+/// never changed under it by another guest); two read-only users share it.
+fn shared_disk(test: &str, first: &str, second: &str, refused: bool) {
+    let dir = test_dir(test);
+    let image = disk_image(Some(&boot_sector(&dir, "mbr_disk_check")), 0, 7, DISK_SECTORS);
+    let path = dir.join("disk0.img");
+    write_file(&path, &image);
+    let q = base_qemu()
+        .smp(ferrite_qemu_tests::HVM_HOST_CPUS)
+        .kernel(&images().multiboot)
+        .append(BASE_CMDLINE)
+        .module(hvm_config(&dir, "hvm1", &[first]))
+        .module(hvm_config(&dir, "hvm2", &[second]))
+        .module(ModuleSpec::new(PathBuf::from(&images().stubdom), ""))
+        .module(ModuleSpec::new(seabios_image(), ""))
+        .extra_args(virtio_disk_args(&path, "disk0", false));
+    let mut vm = Vm::start(test, &dir, q);
+    vm.expect_lines(&[r"domain \d+ \(hvm1\): HVM, 64 MiB, .*1 disk\(s\)"]);
+    if refused {
+        vm.expect_lines(&[
+            r"hvm2: disk 'disk0' is (written|used read-only) by domain \d+ \(hvm1\); a disk written by one domain cannot be used by another",
+            r"domain \d+ \(hvm1\) powered off",
+            NO_DOMAINS_LEFT,
+        ]);
+        if vm.console_text().contains("(hvm2) ") {
+            vm.fail("the refused domain ran");
+        }
+    } else {
+        vm.expect_lines(&[r"domain \d+ \(hvm2\): HVM, 64 MiB, .*1 disk\(s\)", NO_DOMAINS_LEFT]);
+    }
+    vm.wait_exit();
+}
+
+#[test]
+fn a_disk_written_by_one_domain_is_refused_to_another() {
+    shared_disk("a_disk_written_by_one_domain_is_refused_to_another", "phy:disk0,hda,w", "phy:disk0,hda,w", true);
+}
+
+#[test]
+fn a_disk_used_read_only_is_refused_to_a_writer() {
+    shared_disk("a_disk_used_read_only_is_refused_to_a_writer", "phy:disk0,hda,r", "phy:disk0,hda,w", true);
+}
+
+#[test]
+fn read_only_users_share_a_disk() {
+    shared_disk("read_only_users_share_a_disk", "phy:disk0,hda,r", "phy:disk0,hda,r", false);
+}
+
+/// `fs rep outsb` to the stub's UART prints the bytes at FS:SI, plain
+/// `rep outsb` those at DS:SI (`guests/bootsector/string_io.S`): without
+/// decode assists the hypervisor reads the segment from the instruction's
+/// prefixes (before, it always used ES).
+#[test]
+fn string_output_reads_from_the_segment_the_instruction_names() {
+    let name = "string_output_reads_from_the_segment_the_instruction_names";
+    let dir = test_dir(name);
+    let image = disk_image(Some(&boot_sector(&dir, "string_io")), 0, 7, DISK_SECTORS);
+    let path = dir.join("disk0.img");
+    write_file(&path, &image);
+    let mut vm = start(name, &dir, &["phy:disk0,hda,w"], virtio_disk_args(&path, "disk0", false));
+    vm.expect_lines(&[r"^\(hvm1\) .*ds: ok$", r"^\(hvm1\) fs: ok$", r"domain \d+ \(hvm1\) powered off"]);
+    if vm.console_text().contains("WRONG") {
+        vm.fail("OUTS read from ES");
+    }
+}

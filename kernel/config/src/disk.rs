@@ -452,3 +452,40 @@ fn legacy_vdev(
     }
     Ok(())
 }
+
+/// A host disk a running domain uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskClaim {
+    /// The host disk (a `phy:` target).
+    pub target: alloc::string::String,
+    pub domain: u32,
+    pub writable: bool,
+}
+
+/// Whether a domain may use host disk `target` (`writable` or not) while
+/// `claims` hold: as Xen's block hotplug scripts decide, a disk written by
+/// one domain is used by no other, and read-only users may share it.
+/// Returns the claim in the way.
+pub fn disk_sharing_conflict<'a>(claims: &'a [DiskClaim], target: &str, writable: bool) -> Option<&'a DiskClaim> {
+    claims.iter().find(|c| c.target == target && (c.writable || writable))
+}
+
+#[cfg(test)]
+mod sharing_tests {
+    use super::*;
+
+    fn claim(target: &str, domain: u32, writable: bool) -> DiskClaim {
+        DiskClaim { target: target.into(), domain, writable }
+    }
+
+    #[test]
+    fn writers_are_exclusive_and_readers_share() {
+        let claims = [claim("disk0", 1, true), claim("disk1", 2, false)];
+        assert_eq!(disk_sharing_conflict(&claims, "disk0", true), Some(&claims[0]));
+        assert_eq!(disk_sharing_conflict(&claims, "disk0", false), Some(&claims[0]));
+        assert_eq!(disk_sharing_conflict(&claims, "disk1", true), Some(&claims[1]));
+        assert_eq!(disk_sharing_conflict(&claims, "disk1", false), None);
+        assert_eq!(disk_sharing_conflict(&claims, "disk2", true), None);
+        assert_eq!(disk_sharing_conflict(&[], "disk0", true), None);
+    }
+}

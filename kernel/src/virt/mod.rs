@@ -105,7 +105,7 @@ pub enum VmExit {
     /// IN/OUT (string forms flagged; the run loop decides what it supports).
     /// `addr_size` (2, 4 or 8 bytes) and `segment` (0 = ES … 5 = GS, the
     /// source of OUTS) matter for the string forms.
-    Io { port: u16, size: u8, write: bool, string: bool, rep: bool, addr_size: u8, segment: u8, next_rip: u64 },
+    Io { port: u16, size: u8, write: bool, string: bool, rep: bool, addr_size: u8, segment: Option<u8>, next_rip: u64 },
     Cpuid { next_rip: u64 },
     Hlt { next_rip: u64 },
     /// VMMCALL/VMCALL: a hypercall.
@@ -165,6 +165,8 @@ pub trait VcpuOps {
     fn set_cr4(&mut self, value: u64);
     /// Injects a hardware exception (e.g. #GP for an unknown MSR).
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>);
+    /// Injects #PF for linear `address` (CR2) with `error_code`.
+    fn inject_page_fault(&mut self, address: u64, error_code: u32);
     fn set_xcr0(&mut self, xcr0: u64);
     /// Ends a scheduling slice: the guest's FPU state, kept in the
     /// registers while the slice ran, is saved. Must run before this

@@ -1001,6 +1001,14 @@ fn vex_like(cur: &mut Cur, mode: CodeMode, p: &Prefixes, first: u8) -> Result<()
 #[cfg(test)]
 mod tests;
 
+/// The segment-override prefix of the instruction in `bytes`, if any (the
+/// last one given counts). For OUTS, whose source segment the CPU reports
+/// only with decode assists.
+pub fn segment_override(bytes: &[u8], mode: CodeMode) -> Result<Option<Seg>, DecodeError> {
+    let mut cur = Cur { b: bytes, pos: 0 };
+    Ok(prefixes(&mut cur, mode)?.seg)
+}
+
 /// `MOV CRn, reg` (0F 22 /r): which control register and which GPR.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MovToCr {

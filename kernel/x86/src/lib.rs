@@ -29,7 +29,7 @@ pub mod regs;
 pub mod walk;
 
 pub use decode::{
-    decode_mmio, decode_mov_to_cr, instruction_length, AluOp, BitOp, CodeMode, DecodeError, Extend, MemOperand,
+    decode_mmio, decode_mov_to_cr, instruction_length, segment_override, AluOp, BitOp, CodeMode, DecodeError, Extend, MemOperand,
     MmioBus, MmioKind, MmioOp, MovToCr, Operand, Rep, Seg, StringOp, UnaryOp,
 };
 pub use regs::{Reg, Regs};

@@ -281,6 +281,7 @@ pub struct SvmVcpu {
 }
 
 const DB_VECTOR: u8 = 1;
+const PF_VECTOR: u8 = 14;
 const AC_VECTOR: u8 = 17;
 /// Reads of DR0-3 (bits 0-3) and writes of DR0-3 and DR7 (bits 16-19, 23).
 const DR_INTERCEPTS: u32 = 0xF | (0xF << 16) | (1 << 23);
@@ -409,7 +410,9 @@ impl SvmVcpu {
                 } else {
                     8
                 },
-                segment: ((info1 >> 10) & 7) as u8,
+                // Valid only with decode assists; otherwise the run loop
+                // reads the instruction's prefixes.
+                segment: self.caps.decode_assists.then_some(((info1 >> 10) & 7) as u8),
                 next_rip: info2,
             },
             EXIT_CPUID => VmExit::Cpuid { next_rip: self.next_rip(2) },
@@ -647,6 +650,15 @@ impl VcpuOps for SvmVcpu {
             event |= (1 << 11) | (u64::from(code) << 32);
         }
         self.vmcb.write_u64(EVENT_INJ, event);
+    }
+
+    fn inject_page_fault(&mut self, address: u64, error_code: u32) {
+        if self.vmcb.read_u64(EVENT_INJ) & (1 << 31) != 0 {
+            return;
+        }
+        self.vmcb.write_u64(CR2, address);
+        self.dirty |= CLEAN_SEG_DT_CR2;
+        self.inject_exception(PF_VECTOR, Some(error_code));
     }
 
     fn set_xcr0(&mut self, xcr0: u64) {

@@ -498,6 +498,15 @@ fn alu_flags() {
 }
 
 #[test]
+fn segment_overrides() {
+    // rep outsb; fs rep outsw; rep with a DS override after REX is DS.
+    assert_eq!(segment_override(&[0xf3, 0x6e], CodeMode::Bits32), Ok(None));
+    assert_eq!(segment_override(&[0x64, 0xf3, 0x66, 0x6f], CodeMode::Bits32), Ok(Some(Seg::Fs)));
+    assert_eq!(segment_override(&[0x2e, 0x3e, 0x6e], CodeMode::Bits16), Ok(Some(Seg::Ds)));
+    assert_eq!(segment_override(&[0x26], CodeMode::Bits64), Err(DecodeError::Truncated));
+}
+
+#[test]
 fn mov_to_cr_forms() {
     // mov cr4, rax / mov cr4, eax (32-bit) / mov cr4, r9 / mov cr8, rcx.
     assert_eq!(decode_mov_to_cr(&[0x0f, 0x22, 0xe0], CodeMode::Bits64), Ok(MovToCr { cr: 4, gpr: 0, len: 3 }));
