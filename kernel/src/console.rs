@@ -261,13 +261,41 @@ pub fn domain_line(name: &str, text: &str) {
     write_timestamp(&mut line);
     let _ = write!(line, "({}) ", name);
     let head = core::str::from_utf8(&line.buf[..line.len]).unwrap_or("");
+    let text = printable(text);
     let mut c = CONSOLE.lock();
-    for piece in [head, text, "\n"] {
+    for piece in [head, &text, "\n"] {
         c.ring.push(piece.as_bytes());
         if UART_ENABLED.load(Ordering::Relaxed) {
             c.uart.write_bytes(piece.as_bytes());
         }
     }
+}
+
+/// A guest's line as the administrator's terminal and the log may show
+/// it: control characters (C0, DEL, C1) in caret notation (`ESC` as
+/// `^[`), so no guest can move the cursor, clear the screen, retitle the
+/// window or hide earlier lines. Tabs stay. (The domain that has console
+/// input, an interactive shell, gets its bytes raw, as a terminal would.)
+fn printable(text: &str) -> alloc::borrow::Cow<'_, str> {
+    let is_control = |c: char| (c < ' ' && c != '\t') || ('\u{7f}'..='\u{9f}').contains(&c);
+    if !text.chars().any(is_control) {
+        return alloc::borrow::Cow::Borrowed(text);
+    }
+    let mut out = alloc::string::String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c < ' ' && c != '\t' {
+            out.push('^');
+            out.push(char::from(c as u8 ^ 0x40));
+        } else if c == '\u{7f}' {
+            out.push_str("^?");
+        } else if is_control(c) {
+            // C1 (e.g. U+009B, a one-character CSI).
+            let _ = write!(out, "<{:02x}>", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    alloc::borrow::Cow::Owned(out)
 }
 
 /// The start of a domain line shown as it is typed (the focused domain).

@@ -424,7 +424,8 @@ fn read_only_users_share_a_disk() {
 /// `fs rep outsb` to the stub's UART prints the bytes at FS:SI, plain
 /// `rep outsb` those at DS:SI (`guests/bootsector/string_io.S`): without
 /// decode assists the hypervisor reads the segment from the instruction's
-/// prefixes (before, it always used ES).
+/// prefixes (before, it always used ES). Also: the guest's control
+/// characters reach the console in caret notation.
 #[test]
 fn string_output_reads_from_the_segment_the_instruction_names() {
     let name = "string_output_reads_from_the_segment_the_instruction_names";
@@ -434,7 +435,16 @@ fn string_output_reads_from_the_segment_the_instruction_names() {
     write_file(&path, &image);
     let mut vm = start(name, &dir, &["phy:disk0,hda,w"], virtio_disk_args(&path, "disk0", false));
     vm.expect_lines(&[r"^\(hvm1\) .*ds: ok$", r"^\(hvm1\) fs: ok$", r"domain \d+ \(hvm1\) powered off"]);
-    if vm.console_text().contains("WRONG") {
+    let text = vm.console_text();
+    if text.contains("WRONG") {
         vm.fail("OUTS read from ES");
+    }
+    // SeaBIOS clears the screen with escape sequences: they reach the
+    // console in caret notation, never raw (console::printable).
+    if text.contains('\u{1b}') {
+        vm.fail("a guest's escape character reached the console raw");
+    }
+    if !text.contains("^[[2J") {
+        vm.fail("SeaBIOS's clear-screen sequence is not shown in caret notation");
     }
 }

@@ -276,6 +276,10 @@ pub const BLOCK_WRITE: u32 = 1;
 pub const BLOCK_FLUSH: u32 = 2;
 /// The most segments one request may carry.
 pub const BLOCK_MAX_SEGMENTS: usize = 128;
+/// Most sectors one request moves: 32 MiB, an ATA command's limit
+/// (LBA48, 65536 sectors). It bounds the time one BLOCK_IO call holds a
+/// host CPU, however the segments overlap.
+pub const BLOCK_MAX_SECTORS: u32 = 65536;
 /// Segment addresses are guest-physical addresses of the served guest
 /// (DMA); without it they are stub addresses (PIO buffers).
 pub const BLOCK_FLAG_GUEST: u32 = 1;
@@ -329,6 +333,24 @@ impl BlockRequest {
             segments.push((u64_at(o)?, u32_at(o + 8)?));
         }
         Some(BlockRequest { disk: u32_at(0)?, op: u32_at(4)?, lba: u64_at(8)?, count: u32_at(16)?, flags, segments })
+    }
+
+    /// Whether a read or write fits a disk of `disk_sectors`: at most
+    /// [`BLOCK_MAX_SECTORS`], inside the disk (no LBA wrap), and its
+    /// segments adding up to exactly its sectors.
+    pub fn check_transfer(&self, disk_sectors: u64) -> Result<(), &'static str> {
+        if self.count > BLOCK_MAX_SECTORS {
+            return Err("more sectors than one request may move");
+        }
+        let end = self.lba.checked_add(u64::from(self.count)).ok_or("the LBA range wraps")?;
+        if end > disk_sectors {
+            return Err("past the end of the disk");
+        }
+        let total: u64 = self.segments.iter().map(|&(_, l)| u64::from(l)).sum();
+        if total != u64::from(self.count) * 512 {
+            return Err("the segments do not add up to the sectors");
+        }
+        Ok(())
     }
 }
 
@@ -414,6 +436,20 @@ mod tests {
         req.encode(&mut slot);
         assert_eq!(IoRequest::decode(&slot), req);
         assert_eq!(u32::from_le_bytes(slot[0..4].try_into().unwrap()), STATE_FREE);
+    }
+
+    #[test]
+    fn block_transfers_are_checked() {
+        let seg = |n: u32| vec![(0x1000u64, n * 512)];
+        let req = |lba: u64, count: u32, segments| BlockRequest { disk: 0, op: BLOCK_READ, lba, count, flags: 0, segments };
+        assert_eq!(req(0, 8, seg(8)).check_transfer(100), Ok(()));
+        assert_eq!(req(92, 8, seg(8)).check_transfer(100), Ok(()));
+        assert!(req(93, 8, seg(8)).check_transfer(100).is_err());
+        assert!(req(u64::MAX - 3, 8, seg(8)).check_transfer(u64::MAX).is_err());
+        assert!(req(0, 8, seg(7)).check_transfer(100).is_err());
+        // 32 MiB passes; one sector more does not, however it is laid out.
+        assert_eq!(req(0, BLOCK_MAX_SECTORS, vec![(0x1000, 16 << 20), (0x1000, 16 << 20)]).check_transfer(1 << 30), Ok(()));
+        assert!(req(0, BLOCK_MAX_SECTORS + 1, vec![(0x1000, 16 << 20), (0x1000, (16 << 20) + 512)]).check_transfer(1 << 30).is_err());
     }
 
     #[test]
