@@ -130,6 +130,9 @@ pub struct Vcpu {
     wake_at_ns: core::sync::atomic::AtomicU64,
     /// A stub domain's vCPU blocked in the WAIT hypercall.
     in_wait: core::sync::atomic::AtomicBool,
+    /// An NMI arrived and has not been injected yet (NMIs do not queue:
+    /// one more while one waits is the same one).
+    nmi_pending: core::sync::atomic::AtomicBool,
     /// False only while the LAPIC's IRR is known to be empty: set after
     /// anything that may set an IRR bit (an accepted interrupt, a timer
     /// expiry, a write to the LAPIC), cleared under the LAPIC lock when the
@@ -342,6 +345,7 @@ impl Domain {
                 mmio_answer: Mutex::new(None),
                 wake_at_ns: core::sync::atomic::AtomicU64::new(u64::MAX),
                 in_wait: core::sync::atomic::AtomicBool::new(false),
+                nmi_pending: core::sync::atomic::AtomicBool::new(false),
                 irr_hint: core::sync::atomic::AtomicBool::new(true),
                 first_slice: core::sync::atomic::AtomicBool::new(true),
                 timers_changed: core::sync::atomic::AtomicBool::new(false),
@@ -627,10 +631,7 @@ impl Vcpu {
                     None => return,
                 }
             }
-            VcpuEvent::Nmi => {
-                log::debug!("NMI to a vCPU is not delivered yet");
-                return;
-            }
+            VcpuEvent::Nmi => self.nmi_pending.store(true, Ordering::SeqCst),
         }
         let r: Arc<dyn Runnable> = self.clone();
         sched::wake(&r);
@@ -814,7 +815,7 @@ impl Platform for VcpuPlatform<'_> {
     fn halt(&mut self) -> bool {
         // Keep running when an interrupt is already waiting; else block.
         let lapic_pending = self.vcpu.lapic.lock().highest_pending().is_some();
-        if lapic_pending || self.pic_interrupt() {
+        if lapic_pending || self.pic_interrupt() || self.vcpu.nmi_pending.load(Ordering::SeqCst) {
             return true;
         }
         self.halted = true;
@@ -977,6 +978,14 @@ impl Platform for VcpuPlatform<'_> {
         }
         // The PIC's vector is only known at the acknowledge cycle.
         self.pic_interrupt().then_some(0)
+    }
+
+    fn nmi_pending(&self) -> bool {
+        self.vcpu.nmi_pending.load(Ordering::SeqCst)
+    }
+
+    fn nmi_injected(&mut self) {
+        self.vcpu.nmi_pending.store(false, Ordering::SeqCst);
     }
 
     fn interrupt_injected(&mut self, vector: u8) {

@@ -56,6 +56,12 @@ pub trait Platform {
     fn before_entry(&mut self) {}
     /// Called after every exit (take pending host interrupts).
     fn after_exit(&mut self) {}
+    /// An NMI waits for this vCPU.
+    fn nmi_pending(&self) -> bool {
+        false
+    }
+    /// The run loop injected the waiting NMI.
+    fn nmi_injected(&mut self) {}
     /// The highest-priority interrupt waiting for the guest, if any.
     fn pending_interrupt(&mut self) -> Option<u8> {
         None
@@ -410,24 +416,34 @@ pub fn run_loop<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, max_exits
         if replaying {
             replaying = platform.replay_pending();
         }
-        if replaying {
-            vcpu.request_interrupt_window(false);
-        } else if platform.pending_interrupt().is_some() {
-            if vcpu.interruptible() {
-                if let Some(vector) = platform.acknowledge_interrupt() {
-                    vcpu.inject_interrupt(vector);
+        // A window (an exit as soon as the guest can take an interrupt) is
+        // open only while something waits that cannot go in now. Nothing
+        // waiting any more (the interrupt it was opened for can be
+        // withdrawn, e.g. a PIC line masked meanwhile) closes it: left
+        // open, every entry would exit at once and the guest would never
+        // run another instruction.
+        let mut window = false;
+        if !replaying {
+            // An NMI goes first; while its handler runs, the next one waits
+            // for the IRET (the window gives an exit soon after it).
+            if platform.nmi_pending() {
+                if vcpu.inject_nmi() {
+                    platform.nmi_injected();
+                } else {
+                    window = true;
                 }
-                vcpu.request_interrupt_window(false);
-            } else {
-                vcpu.request_interrupt_window(true);
             }
-        } else {
-            // Nothing waits (any more: the interrupt a window was asked for
-            // can be withdrawn, e.g. a PIC line masked meanwhile). A window
-            // left open would make every entry exit again at once, and the
-            // guest would never run another instruction.
-            vcpu.request_interrupt_window(false);
+            if platform.pending_interrupt().is_some() {
+                if vcpu.interruptible() {
+                    if let Some(vector) = platform.acknowledge_interrupt() {
+                        vcpu.inject_interrupt(vector);
+                    }
+                } else {
+                    window = true;
+                }
+            }
         }
+        vcpu.request_interrupt_window(window);
         let exit = vcpu.run();
         platform.after_exit();
         exits += 1;
@@ -552,6 +568,7 @@ pub fn run_loop<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, max_exits
                 }
             }
             VmExit::ExternalInterrupt | VmExit::InterruptWindow => {}
+            VmExit::Iret => vcpu.iret_intercepted(),
             // Given back to the guest: each delivery is its own exit, so a
             // guest whose #DB or #AC handling loops still gives the CPU back.
             VmExit::Exception { vector, error_code } => vcpu.inject_exception(vector, error_code),

@@ -13,21 +13,9 @@
         .text
 _start:
         ENTER
-        lgdt    gdt_ptr
-        ljmp    $0x08, $9f
-9:      movw    $0x10, %ax
-        movw    %ax, %ds
-        movw    %ax, %es
-        movw    %ax, %ss
+        FLAT_TABLES
         /* #GP handler: counts, and skips the 3-byte `mov %eax, %cr4`. */
-        movl    $gp_handler, %eax
-        movl    $idt + 13 * 8, %edi
-        movw    %ax, (%edi)
-        movw    $0x08, 2(%edi)
-        movw    $0x8E00, 4(%edi)
-        shrl    $16, %eax
-        movw    %ax, 6(%edi)
-        lidt    idt_ptr
+        GATE    13, gp_handler
         movl    $table, %ebp
 next:
         movl    (%ebp), %ebx            /* the CR4 bit number, or -1: end */
@@ -152,16 +140,6 @@ msg_done:            .asciz "cr4: done "
 msg_checks:          .asciz " checks\n"
 
         .data
-        .balign 8
-gdt:        .quad 0
-            .quad 0x00CF9A000000FFFF    /* 0x08: flat 32-bit code */
-            .quad 0x00CF92000000FFFF    /* 0x10: flat data */
-gdt_ptr:    .word 3 * 8 - 1
-            .long gdt
-        .balign 8
-idt:        .fill 256, 8, 0
-idt_ptr:    .word 256 * 8 - 1
-            .long idt
 gp_count:   .long 0
 checks:     .long 0
 expect_taken: .long 0

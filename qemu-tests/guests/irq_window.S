@@ -13,10 +13,7 @@
  * "irq-window: FAIL <why>". */
         .include "pvh.inc"
 
-        .set MSR_APIC_BASE,   0x1B
         .set X2APIC_TPR,      0x808
-        .set X2APIC_EOI,      0x80B
-        .set X2APIC_SVR,      0x80F
         .set X2APIC_IRR2,     0x822     /* IRR bits for vectors 0x40-0x5F */
         .set X2APIC_LVT_TMR,  0x832
         .set X2APIC_TMR_INIT, 0x838
@@ -27,26 +24,9 @@
         .text
 _start:
         ENTER
-        lgdt    gdt_ptr
-        ljmp    $0x08, $9f
-9:      movw    $0x10, %ax
-        movw    %ax, %ds
-        movw    %ax, %es
-        movw    %ax, %ss
-        movw    $0x08, %bx
-        movl    $timer_isr, %eax
-        movl    $idt + VEC_TIMER * 8, %edi
-        call    set_gate
-        lidt    idt_ptr
-        /* x2APIC on, software-enabled. */
-        movl    $MSR_APIC_BASE, %ecx
-        rdmsr
-        orl     $(1 << 11) | (1 << 10), %eax
-        wrmsr
-        movl    $X2APIC_SVR, %ecx
-        movl    $0x1FF, %eax
-        xorl    %edx, %edx
-        wrmsr
+        FLAT_TABLES
+        GATE    VEC_TIMER, timer_isr
+        X2APIC_ON
         /* IF=0 from here: a one-shot timer, divide by 1, 1000 ticks. */
         cli
         movl    $X2APIC_TMR_DIV, %ecx
@@ -113,24 +93,7 @@ fail:
         call    puts
         jmp     poweroff
 
-/* set_gate: interrupt gate at %edi for handler %eax, selector %bx. */
-set_gate:
-        movw    %ax, (%edi)
-        movw    %bx, 2(%edi)
-        movw    $0x8E00, 4(%edi)
-        shrl    $16, %eax
-        movw    %ax, 6(%edi)
-        ret
-
-timer_isr:
-        pushal
-        incl    timer_count
-        movl    $X2APIC_EOI, %ecx
-        xorl    %eax, %eax
-        xorl    %edx, %edx
-        wrmsr
-        popal
-        iret
+        X2APIC_EOI_ISR timer_isr, timer_count
 
         .section .rodata
 msg_ran:       .asciz "irq-window: ran "
@@ -142,15 +105,5 @@ msg_early:     .asciz "the interrupt came in above the task priority\n"
 msg_never:     .asciz "the interrupt never came after the TPR was lowered\n"
 
         .data
-        .balign 8
-gdt:        .quad 0
-            .quad 0x00CF9A000000FFFF    /* 0x08: flat 32-bit code */
-            .quad 0x00CF92000000FFFF    /* 0x10: flat data */
-gdt_ptr:    .word 3 * 8 - 1
-            .long gdt
-        .balign 8
-idt:        .fill 256, 8, 0
-idt_ptr:    .word 256 * 8 - 1
-            .long idt
 timer_count: .long 0
 loops:      .long 0

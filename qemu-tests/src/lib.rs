@@ -803,3 +803,27 @@ pub fn virtio_disk_args(path: &Path, serial: &str, read_only: bool) -> Vec<Strin
         format!("virtio-blk-pci,drive={serial},serial={serial}"),
     ]
 }
+
+/// `qemu-tests/guests/<name>.S` assembled into `dir/<name>.elf`, as a boot
+/// module.
+pub fn guest_module(name: &str, dir: &Path) -> ModuleSpec {
+    match ferrite_tools::guestasm::build_guest(name, dir) {
+        Ok(p) => ModuleSpec::new(p, ""),
+        Err(e) => panic!("cannot assemble guest {name}: {e:#}"),
+    }
+}
+
+/// Writes `dir/<domain>.cfg`, a PVH domU booting `<kernel>.elf` with
+/// `memory_mib` and 1 vCPU (destroyed if it crashes), as a boot module.
+pub fn pvh_config_module(dir: &Path, domain: &str, kernel: &str, memory_mib: u32) -> ModuleSpec {
+    let path = dir.join(format!("{domain}.cfg"));
+    let text = format!(
+        "# {domain}: written by a qemu-tests test\n\
+         name = \"{domain}\"\ntype = \"pvh\"\nkernel = \"{kernel}.elf\"\nmemory = {memory_mib}\nvcpus = 1\n\
+         on_crash = \"destroy\"\n"
+    );
+    if let Err(e) = std::fs::write(&path, text) {
+        panic!("cannot write {}: {e}", path.display());
+    }
+    ModuleSpec::new(path, "")
+}

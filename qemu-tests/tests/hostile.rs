@@ -8,37 +8,13 @@
 //! with the system `as`/`ld` (`ferrite_tools::guestasm`).
 
 use ferrite_qemu_tests::ferrite_tools::guestasm;
-use ferrite_qemu_tests::ferrite_tools::modules::ModuleSpec;
 use ferrite_qemu_tests::ferrite_tools::qemu::RunOutcome;
-use ferrite_qemu_tests::{base_qemu, images, test_dir, Vm, BASE_CMDLINE};
-use std::path::Path;
+use ferrite_qemu_tests::{base_qemu, guest_module, images, pvh_config_module, test_dir, Vm, BASE_CMDLINE};
 
 /// The ticker's lines, as the hypervisor console shows them.
 const TICK: &str = r"^\(ticker\) tick \d+$";
 const TICKER_DONE: &str = r"^\(ticker\) ticker done$";
 const TICKER_OFF: &str = r"domain \d+ \(ticker\) powered off";
-
-/// Assembles guest `name` into `dir/<name>.elf`, failing the test on error.
-fn guest(name: &str, dir: &Path) -> ModuleSpec {
-    match guestasm::build_guest(name, dir) {
-        Ok(p) => ModuleSpec::new(p, ""),
-        Err(e) => panic!("cannot assemble guest {name}: {e:#}"),
-    }
-}
-
-/// Writes `dir/<domain>.cfg` booting `<kernel>.elf` with 64 MiB, 1 vCPU.
-fn config(dir: &Path, domain: &str, kernel: &str) -> ModuleSpec {
-    let path = dir.join(format!("{domain}.cfg"));
-    let text = format!(
-        "# {domain}: written by qemu-tests/tests/hostile.rs\n\
-         name = \"{domain}\"\ntype = \"pvh\"\nkernel = \"{kernel}.elf\"\nmemory = 64\nvcpus = 1\n\
-         on_crash = \"destroy\"\n"
-    );
-    if let Err(e) = std::fs::write(&path, text) {
-        panic!("cannot write {}: {e}", path.display());
-    }
-    ModuleSpec::new(path, "")
-}
 
 /// The address of the hostile guest's `fault_insn` label: where the crash
 /// must be reported.
@@ -60,10 +36,10 @@ fn boot_with_ticker(test: &str, name: &str, hostile: &str, smp: u32) -> Vm {
         .smp(smp)
         .kernel(&images().multiboot)
         .append(BASE_CMDLINE)
-        .module(config(&dir, name, hostile))
-        .module(config(&dir, "ticker", "ticker"))
-        .module(guest(hostile, &dir))
-        .module(guest("ticker", &dir));
+        .module(pvh_config_module(&dir, name, hostile, 64))
+        .module(pvh_config_module(&dir, "ticker", "ticker", 64))
+        .module(guest_module(hostile, &dir))
+        .module(guest_module("ticker", &dir));
     Vm::start(test, &dir, q)
 }
 
@@ -106,8 +82,8 @@ fn hello_domu_prints_and_powers_off() {
     let q = base_qemu()
         .kernel(&images().multiboot)
         .append(BASE_CMDLINE)
-        .module(config(&dir, "hello", "hello"))
-        .module(guest("hello", &dir));
+        .module(pvh_config_module(&dir, "hello", "hello", 64))
+        .module(guest_module("hello", &dir));
     let mut vm = Vm::start("hello_domu_prints_and_powers_off", &dir, q);
     vm.expect_lines(&[
         r"^\(hello\) hello from a Ferrite PVH test guest$",
@@ -214,8 +190,8 @@ fn start_up_probes_get_architectural_answers() {
         .cpu("qemu64,+svm,+npt,+rdtscp")
         .kernel(&images().multiboot)
         .append(BASE_CMDLINE)
-        .module(config(&dir, "policy", "cpu_policy"))
-        .module(guest("cpu_policy", &dir));
+        .module(pvh_config_module(&dir, "policy", "cpu_policy", 64))
+        .module(guest_module("cpu_policy", &dir));
     let mut vm = Vm::start(name, &dir, q);
     vm.expect_lines(&[r"^\(policy\) cpu-policy: done$", r"domain \d+ \(policy\) powered off"]);
     let text = vm.console_text();
@@ -241,9 +217,9 @@ fn debug_traps_arrive_and_debug_registers_stay_private() {
     let q = base_qemu()
         .kernel(&images().multiboot)
         .append(BASE_CMDLINE)
-        .module(config(&dir, "dbg1", "debug_regs"))
-        .module(config(&dir, "dbg2", "debug_regs"))
-        .module(guest("debug_regs", &dir));
+        .module(pvh_config_module(&dir, "dbg1", "debug_regs", 64))
+        .module(pvh_config_module(&dir, "dbg2", "debug_regs", 64))
+        .module(guest_module("debug_regs", &dir));
     let mut vm = Vm::start(name, &dir, q);
     vm.expect_lines(&["no domains left running"]);
     let text = vm.console_text();

@@ -107,6 +107,9 @@ pub enum VmExit {
     /// source of OUTS) matter for the string forms.
     Io { port: u16, size: u8, write: bool, string: bool, rep: bool, addr_size: u8, segment: Option<u8>, next_rip: u64 },
     Cpuid { next_rip: u64 },
+    /// The guest is about to execute IRET (intercepted only while an NMI
+    /// handler runs): the backend's NMI blocking can end after it.
+    Iret,
     Hlt { next_rip: u64 },
     /// VMMCALL/VMCALL: a hypercall.
     Hypercall { next_rip: u64 },
@@ -165,6 +168,11 @@ pub trait VcpuOps {
     fn set_cr4(&mut self, value: u64);
     /// Injects a hardware exception (e.g. #GP for an unknown MSR).
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>);
+    /// Injects an NMI unless NMIs are blocked (a handler has not returned)
+    /// or another event is being injected; true if it did.
+    fn inject_nmi(&mut self) -> bool;
+    /// The IRET intercept fired: NMIs unblock once it has executed.
+    fn iret_intercepted(&mut self);
     /// Injects #PF for linear `address` (CR2) with `error_code`.
     fn inject_page_fault(&mut self, address: u64, error_code: u32);
     fn set_xcr0(&mut self, xcr0: u64);

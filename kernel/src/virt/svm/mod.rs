@@ -278,6 +278,12 @@ pub struct SvmVcpu {
     tsc_aux: Option<u64>,
     /// The guest's TLB must be flushed at the next entry (a CR4 change).
     flush_tlb: bool,
+    /// An NMI was delivered and its handler has not returned: NMIs are
+    /// blocked (APM vol. 2, 8.2.19) until the IRET after it has executed.
+    nmi_blocked: bool,
+    /// The guest is about to execute that IRET at this RIP (it was
+    /// intercepted); once RIP has moved on, NMIs are unblocked.
+    iret_rip: Option<u64>,
 }
 
 const DB_VECTOR: u8 = 1;
@@ -371,6 +377,8 @@ impl SvmVcpu {
             last_cpu: usize::MAX,
             tsc_aux: cpu_has_tsc_aux().then_some(0),
             flush_tlb: false,
+            nmi_blocked: false,
+            iret_rip: None,
         };
         vcpu.reset_real_mode(0xF000, 0xFFF0);
         vcpu
@@ -416,6 +424,7 @@ impl SvmVcpu {
                 next_rip: info2,
             },
             EXIT_CPUID => VmExit::Cpuid { next_rip: self.next_rip(2) },
+            EXIT_IRET => VmExit::Iret,
             EXIT_HLT => VmExit::Hlt { next_rip: self.next_rip(1) },
             EXIT_VMMCALL => VmExit::Hypercall { next_rip: self.next_rip(3) },
             EXIT_XSETBV => VmExit::Xsetbv { next_rip: self.next_rip(3) },
@@ -532,6 +541,11 @@ impl VcpuOps for SvmVcpu {
         self.regs.rsp = self.vmcb.read_u64(RSP);
         self.regs.rip = self.vmcb.read_u64(RIP);
         self.regs.rflags = self.vmcb.read_u64(RFLAGS);
+        if self.iret_rip.is_some_and(|at| at != self.regs.rip) {
+            // The IRET that ends the NMI handler has executed.
+            self.iret_rip = None;
+            self.nmi_blocked = false;
+        }
         // An event whose delivery the exit cut short (EXITINTINFO, APM vol.
         // 2, 15.7.2) is delivered again on the next VMRUN, unless the
         // instruction that raised it runs again and raises it itself.
@@ -576,6 +590,8 @@ impl VcpuOps for SvmVcpu {
     }
 
     fn reset_real_mode(&mut self, cs_selector: u16, ip: u16) {
+        self.nmi_blocked = false;
+        self.iret_rip = None;
         let data = Segment { selector: 0, base: 0, limit: 0xFFFF, attrib: 0x93 };
         for off in [ES, SS, DS, FS, GS] {
             self.vmcb.set_segment(off, data);
@@ -696,6 +712,27 @@ impl VcpuOps for SvmVcpu {
         self.regs.rflags & (1 << 9) != 0
             && self.vmcb.read_u64(INTERRUPT_SHADOW) & 1 == 0
             && !self.event_pending()
+    }
+
+    fn inject_nmi(&mut self) -> bool {
+        if self.nmi_blocked || self.vmcb.read_u64(EVENT_INJ) & (1 << 31) != 0 {
+            return false;
+        }
+        // Type 2: NMI, vector 2.
+        self.vmcb.write_u64(EVENT_INJ, 2 | (2 << 8) | (1 << 31));
+        self.nmi_blocked = true;
+        // The handler's IRET exits, so the blocking can end after it.
+        let intercepts = self.vmcb.read_u32(INTERCEPT_MISC1);
+        self.vmcb.write_u32(INTERCEPT_MISC1, intercepts | INTERCEPT_IRET);
+        self.dirty |= CLEAN_INTERCEPTS;
+        true
+    }
+
+    fn iret_intercepted(&mut self) {
+        let intercepts = self.vmcb.read_u32(INTERCEPT_MISC1);
+        self.vmcb.write_u32(INTERCEPT_MISC1, intercepts & !INTERCEPT_IRET);
+        self.dirty |= CLEAN_INTERCEPTS;
+        self.iret_rip = Some(self.regs.rip);
     }
 
     fn event_pending(&self) -> bool {
