@@ -15,7 +15,8 @@
 //! The root system is busybox. Its `/sbin/init` ([`ROOT_INIT_SCRIPT`])
 //! prints, in order:
 //!
-//! * `FERRITE-ROOT-INIT cpus=<N> kernel=<release>`
+//! * `FERRITE-ROOT-INIT cpus=<N> kernel=<release> uptime=<seconds>` (the
+//!   first field of `/proc/uptime`)
 //! * `FERRITE-ROOT-DEVICE <device mounted on />` (`/dev/sda1`)
 //! * `FERRITE-ROOT-SHA256 <hex>` of `/data/blob`, 32 MiB of pseudo-random
 //!   bytes whose hash the builder computed on the host
@@ -356,7 +357,11 @@ fail() {
     sleep 10
 }
 cpus=$(grep -c '^processor' /proc/cpuinfo)
-echo "FERRITE-ROOT-INIT cpus=$cpus kernel=$(uname -r)"
+kernel=$(uname -r)
+# Linux's uptime (seconds since its clock started) as this line is printed:
+# read last, so no fork comes between it and the echo.
+read -r uptime _ < /proc/uptime
+echo "FERRITE-ROOT-INIT cpus=$cpus kernel=$kernel uptime=$uptime"
 # The last mount on / is the visible one.
 rootdev=none
 rootopts=
@@ -471,7 +476,7 @@ impl InstalledDisk {
     pub fn expected_console_lines(&self, cpus: u32) -> Vec<String> {
         vec![
             r"Booting `linux'".to_string(),
-            format!(r"FERRITE-ROOT-INIT cpus={cpus} kernel=\S+$"),
+            format!(r"FERRITE-ROOT-INIT cpus={cpus} kernel=\S+ uptime=[0-9]+\.[0-9]+$"),
             format!("FERRITE-ROOT-DEVICE {ROOT_DEVICE}$"),
             format!("FERRITE-ROOT-SHA256 {}$", self.blob_sha256),
             "FERRITE-ROOT-MARKER written$".to_string(),
