@@ -564,17 +564,8 @@ pub struct LinuxGuest {
 pub fn linux_guest(test: &str, flavour: &str, dir: &Path) -> Option<LinuxGuest> {
     use ferrite_tools::{guest_images, initramfs};
     let kernel_pkg = format!("linux-image-{flavour}");
-    for pkg in [kernel_pkg.as_str(), "busybox-static"] {
-        if let Err(e) = guest_images::fetch_debian_package(pkg) {
-            if guests_required() {
-                panic!("[{test}] cannot fetch Debian package {pkg} and FERRITE_REQUIRE_GUESTS is set:\n{e}");
-            }
-            eprintln!(
-                "[{test}] SKIPPED (passes without running): cannot fetch Debian package {pkg}: {e}\n\
-                 [{test}] set FERRITE_REQUIRE_GUESTS=1 to make this a failure"
-            );
-            return None;
-        }
+    if !debian_packages(test, &[kernel_pkg.as_str(), "busybox-static"]) {
+        return None;
     }
     let vmlinux = guest_images::debian_vmlinux(flavour)
         .unwrap_or_else(|e| panic!("[{test}] cannot extract vmlinux from {kernel_pkg}: {e}"));
@@ -585,6 +576,25 @@ pub fn linux_guest(test: &str, flavour: &str, dir: &Path) -> Option<LinuxGuest> 
         panic!("[{test}] cannot write {}: {e}", path.display());
     }
     Some(LinuxGuest { vmlinux, initramfs: path })
+}
+
+/// Fetches (or finds cached) Debian packages `pkgs`. False (after saying
+/// why) when one cannot be fetched and [`guests_required`] is false: the
+/// test then returns early; with it set, the test fails.
+pub fn debian_packages(test: &str, pkgs: &[&str]) -> bool {
+    for pkg in pkgs {
+        if let Err(e) = ferrite_tools::guest_images::fetch_debian_package(pkg) {
+            if guests_required() {
+                panic!("[{test}] cannot fetch Debian package {pkg} and FERRITE_REQUIRE_GUESTS is set:\n{e}");
+            }
+            eprintln!(
+                "[{test}] SKIPPED (passes without running): cannot fetch Debian package {pkg}: {e}\n\
+                 [{test}] set FERRITE_REQUIRE_GUESTS=1 to make this a failure"
+            );
+            return false;
+        }
+    }
+    true
 }
 
 /// The Linux command line for the test init: `ferrite.test=<action>` picks

@@ -6,12 +6,11 @@
 //! image. This checks the disk itself, so a failure of the same disk under
 //! Ferrite points at Ferrite.
 
-use ferrite_qemu_tests::ferrite_tools::guest_images;
 use ferrite_qemu_tests::ferrite_tools::installed_disk::{build_installed_disk, InstalledDisk};
 use ferrite_qemu_tests::ferrite_tools::qemu::{QemuCommand, TcgThreads};
 use ferrite_qemu_tests::ferrite_tools::modules::ModuleSpec;
 use ferrite_qemu_tests::{
-    base_qemu, guests_required, images, linux_vm_timeout, seabios_image, test_dir, virtio_disk_args, Vm, BASE_CMDLINE,
+    base_qemu, debian_packages, images, linux_vm_timeout, seabios_image, test_dir, virtio_disk_args, Vm, BASE_CMDLINE,
 };
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -21,17 +20,8 @@ const CPUS: u32 = 2;
 /// The disk in `dir`, or None (after saying why) when the Debian packages
 /// cannot be fetched and guests are not required.
 fn installed_disk(test: &str, dir: &Path, marker: &str) -> Option<InstalledDisk> {
-    for pkg in ["linux-image-cloud-amd64", "busybox-static"] {
-        if let Err(e) = guest_images::fetch_debian_package(pkg) {
-            if guests_required() {
-                panic!("[{test}] cannot fetch Debian package {pkg} and FERRITE_REQUIRE_GUESTS is set:\n{e}");
-            }
-            eprintln!(
-                "[{test}] SKIPPED (passes without running): cannot fetch Debian package {pkg}: {e}\n\
-                 [{test}] set FERRITE_REQUIRE_GUESTS=1 to make this a failure"
-            );
-            return None;
-        }
+    if !debian_packages(test, &["linux-image-cloud-amd64", "busybox-static"]) {
+        return None;
     }
     let started = Instant::now();
     let disk = build_installed_disk(dir, marker, "").unwrap_or_else(|e| panic!("[{test}] cannot build the disk: {e}"));
