@@ -10,7 +10,7 @@
 use ferrite_qemu_tests::ferrite_tools::modules::ModuleSpec;
 use ferrite_qemu_tests::ferrite_tools::{guest_images, initramfs};
 use ferrite_qemu_tests::{
-    base_qemu, guests_required, images, linux_vm_timeout, linuxboot_rom, pseudo_random_bytes, seabios_image, test_dir,
+    base_qemu, debian_packages, images, linux_vm_timeout, linuxboot_rom, pseudo_random_bytes, seabios_image, test_dir,
     virtio_disk_args, Vm, BASE_CMDLINE,
 };
 use std::path::{Path, PathBuf};
@@ -39,14 +39,8 @@ fn sha256_hex(path: &Path, bytes: usize) -> String {
 /// The cloud kernel's bzImage and an initramfs with `ata_piix` and `sd_mod`
 /// (and their dependencies) and the HVM disk init, or None to skip.
 fn hvm_linux_files(test: &str, dir: &Path) -> Option<(PathBuf, PathBuf)> {
-    for pkg in ["linux-image-cloud-amd64", "busybox-static"] {
-        if let Err(e) = guest_images::fetch_debian_package(pkg) {
-            if guests_required() {
-                panic!("[{test}] cannot fetch Debian package {pkg} and FERRITE_REQUIRE_GUESTS is set:\n{e}");
-            }
-            eprintln!("[{test}] SKIPPED (passes without running): cannot fetch {pkg}: {e}");
-            return None;
-        }
+    if !debian_packages(test, &["linux-image-cloud-amd64", "busybox-static"]) {
+        return None;
     }
     let root = guest_images::fetch_debian_package("linux-image-cloud-amd64").unwrap();
     let vmlinuz = guest_images::find_vmlinuz(&root).unwrap_or_else(|e| panic!("[{test}] {e}"));
