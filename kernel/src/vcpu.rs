@@ -244,11 +244,9 @@ fn remote_port_io<V: VcpuOps>(
         }
     };
     let offset = if write { regs.rsi & mask } else { regs.rdi & mask };
-    let ps = vcpu.paging_state();
-    let mut linear = vcpu.segment(seg).base.wrapping_add(offset);
-    if ps.efer & (1 << 10) == 0 {
-        linear &= 0xFFFF_FFFF;
-    }
+    // Linear addresses wrap at 4 GiB outside long mode.
+    let linear_mask = if mode.paging.efer & (1 << 10) == 0 { 0xFFFF_FFFF } else { u64::MAX };
+    let linear = vcpu.segment(seg).base.wrapping_add(offset) & linear_mask;
     let size64 = u64::from(size);
     // Stay within the page the first element is on; the instruction
     // restarts for the rest. Only that first element can straddle a page.
@@ -281,7 +279,7 @@ fn remote_port_io<V: VcpuOps>(
     let mut split = None;
     if straddles {
         let first = 0x1000 - page_offset;
-        let gpa2 = match translate((linear + first) & if ps.efer & (1 << 10) == 0 { 0xFFFF_FFFF } else { u64::MAX })? {
+        let gpa2 = match translate(linear.wrapping_add(first) & linear_mask)? {
             Ok(gpa2) => gpa2,
             Err(f) => {
                 fault(vcpu, f);
@@ -471,7 +469,7 @@ pub fn run_loop<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, max_exits
                 vcpu.regs_mut().rip = next_rip;
             }
             VmExit::Cpuid { next_rip } => {
-                let state = GuestCpuidState { osxsave: vcpu.paging_state().cr4 & CR4_OSXSAVE != 0, xcr0: vcpu.xcr0() };
+                let state = cpuid_state(vcpu);
                 let regs = vcpu.regs_mut();
                 let [a, b, c, d] = platform.cpuid(regs.rax as u32, regs.rcx as u32, state);
                 regs.rax = a.into();
@@ -656,10 +654,11 @@ fn from_x86(x: &Regs, r: &mut GuestRegs) {
     (r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15) = (g[8], g[9], g[10], g[11], g[12], g[13], g[14], g[15]);
 }
 
-/// Emulates the instruction that faulted on device memory at `gpa`: fetch
-/// it through the guest's page tables, decode it, do the access against the
-/// device, write back registers and advance RIP. (TCG's SVM has no decode
-/// assists, so the hypervisor always decodes.)
+/// The parts of the vCPU's state its CPUID reflects.
+fn cpuid_state<V: VcpuOps>(vcpu: &V) -> GuestCpuidState {
+    GuestCpuidState { osxsave: vcpu.paging_state().cr4 & CR4_OSXSAVE != 0, xcr0: vcpu.xcr0() }
+}
+
 /// The vCPU's current code mode (paging, CS, CPL).
 fn cpu_mode<V: VcpuOps>(vcpu: &V) -> CpuMode {
     let ps = vcpu.paging_state();
@@ -715,8 +714,8 @@ fn write_cr<V: VcpuOps>(
     if mode.code_mode() != ferrite_x86::CodeMode::Bits64 {
         value &= 0xFFFF_FFFF;
     }
-    let ps = vcpu.paging_state();
-    let state = GuestCpuidState { osxsave: ps.cr4 & CR4_OSXSAVE != 0, xcr0: vcpu.xcr0() };
+    let ps = &mode.paging;
+    let state = cpuid_state(vcpu);
     let max_leaf = platform.cpuid(0, 0, state)[0];
     let [_, _, leaf1_ecx, leaf1_edx] = platform.cpuid(1, 0, state);
     let [_, leaf7_ebx, leaf7_ecx, _] = if max_leaf >= 7 { platform.cpuid(7, 0, state) } else { [0; 4] };
@@ -732,6 +731,10 @@ fn write_cr<V: VcpuOps>(
     Ok(())
 }
 
+/// Emulates the instruction that faulted on device memory at `gpa`: fetch
+/// it through the guest's page tables, decode it, do the access against the
+/// device, write back registers and advance RIP. (TCG's SVM has no decode
+/// assists, so the hypervisor always decodes.)
 fn emulate_mmio<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, gpa: u64) -> Result<(), String> {
     let mode = cpu_mode(vcpu);
     let rip = vcpu.regs().rip;
