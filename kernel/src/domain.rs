@@ -1212,6 +1212,46 @@ pub fn list(mut out: impl FnMut(&str)) {
     }
 }
 
+/// One line per vCPU of every domain: what the scheduler and its timers
+/// think of it (the 'v' debug key, for a guest that seems stuck).
+pub fn dump_vcpus(mut out: impl FnMut(&str)) {
+    let now = crate::arch::time::now_ns();
+    let mut doms = DOMAINS.lock().clone();
+    doms.sort_by_key(|d| d.id);
+    for d in doms {
+        for v in d.vcpus.lock().iter() {
+            let wake = match v.wake_at_ns.load(Ordering::SeqCst) {
+                u64::MAX => String::from("none"),
+                ns => format!("{:+} us", (ns as i64).wrapping_sub(now as i64) / 1000),
+            };
+            let lapic = v.lapic.lock();
+            let timer = lapic.next_timer_deadline_ns().map_or(String::from("off"), |t| format!("{:+} us", (t as i64).wrapping_sub(now as i64) / 1000));
+            let in_service: Vec<u8> = (16..=255u8).filter(|&vec| lapic.isr_bit(vec)).collect();
+            let lapic_text = format!("irr {:?} isr {:?} timer {}", lapic.highest_pending(), in_service, timer);
+            drop(lapic);
+            // The vCPU's registers are locked while it runs: skip them then.
+            let regs = match v.arch.try_lock() {
+                Some(a) => {
+                    let r = a.regs();
+                    format!("rip {:#x} {}", r.rip, a.describe_state())
+                }
+                None => String::from("(running)"),
+            };
+            out(&format!(
+                "d{}v{}: {} wake {} {} nmi {} io_wait {} {}",
+                d.id,
+                v.id,
+                v.sched.describe(),
+                wake,
+                lapic_text,
+                v.nmi_pending.load(Ordering::SeqCst),
+                v.io_wait.lock().is_some(),
+                regs
+            ));
+        }
+    }
+}
+
 /// Pauses (or unpauses) domain `id`; false if there is no such domain.
 pub fn set_paused(id: u32, paused: bool) -> bool {
     let Some(d) = DOMAINS.lock().iter().find(|d| d.id == id).cloned() else {

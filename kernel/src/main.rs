@@ -285,7 +285,7 @@ pub fn debug_key(key: u8) {
     let id = TYPED_ID.swap(NO_ID, Ordering::SeqCst);
     match key {
         b'h' => {
-            info!("keys: 'l' list domains, 'd' replay the hypervisor log (dmesg), 'm' memory, 'h' this help");
+            info!("keys: 'l' list domains, 'v' vCPU states, 'd' replay the hypervisor log (dmesg), 'm' memory, 'h' this help");
             info!("      '<id>p' pause domain <id>, '<id>u' unpause it (xl pause/unpause)");
             info!("Ctrl-a three times switches console input to the next domain");
         }
@@ -293,6 +293,7 @@ pub fn debug_key(key: u8) {
         b'p' | b'u' if !domain::set_paused(id, key == b'p') => info!("no domain {}", id),
         b'p' | b'u' => {}
         b'l' => domain::list(|line| console::print_fmt(format_args!("{}\n", line))),
+        b'v' => domain::dump_vcpus(|line| console::print_fmt(format_args!("{}\n", line))),
         b'd' => {
             let mut text = Vec::new();
             console::with_log_ring(|piece| text.extend_from_slice(piece));

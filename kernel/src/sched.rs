@@ -63,6 +63,16 @@ impl SchedState {
         SchedState { state: AtomicU8::new(BLOCKED), pcpu: AtomicUsize::new(usize::MAX) }
     }
 
+    /// The state in a word, for the debug dump ('v' key).
+    pub fn describe(&self) -> &'static str {
+        match self.state.load(Ordering::SeqCst) {
+            QUEUED => "queued",
+            RUNNING => "running",
+            BLOCKED => "blocked",
+            STOPPED => "stopped",
+            _ => "running (woken)",
+        }
+    }
 }
 
 struct Scheduler {

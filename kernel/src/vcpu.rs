@@ -432,6 +432,7 @@ pub fn run_loop<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, max_exits
                 }
             }
             if platform.pending_interrupt().is_some() {
+                complete_shadowed_hlt(vcpu, platform);
                 if vcpu.interruptible() {
                     if let Some(vector) = platform.acknowledge_interrupt() {
                         vcpu.inject_interrupt(vector);
@@ -652,6 +653,28 @@ fn from_x86(x: &Regs, r: &mut GuestRegs) {
     let g = &x.gprs;
     (r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi) = (g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7]);
     (r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15) = (g[8], g[9], g[10], g[11], g[12], g[13], g[14], g[15]);
+}
+
+/// `sti; hlt` interrupted between the two (an exit in the STI shadow,
+/// with the RIP on the HLT) while an interrupt waits: the HLT is done here,
+/// so the interrupt arrives after it, as on hardware, where it is what
+/// ends the halt. Entered with the HLT still to run, the guest could take
+/// the interrupt first (QEMU's TCG does not restore the shadow on VMRUN),
+/// return to the HLT and sleep with nothing left to wake it.
+fn complete_shadowed_hlt<V: VcpuOps>(vcpu: &mut V, platform: &dyn Platform) {
+    const HLT: u8 = 0xF4;
+    if !vcpu.in_interrupt_shadow() || vcpu.regs().rflags & (1 << 9) == 0 {
+        return;
+    }
+    let Some(mem) = platform.guest_memory() else { return };
+    let mode = cpu_mode(vcpu);
+    let rip = vcpu.regs().rip;
+    if let Ok((bytes, len)) = ferrite_x86::walk::fetch_instruction(mem, &mode, rip) {
+        if len >= 1 && bytes[0] == HLT {
+            let next = if mode.cs_l { rip.wrapping_add(1) } else { rip.wrapping_add(1) & 0xFFFF_FFFF };
+            vcpu.regs_mut().rip = next;
+        }
+    }
 }
 
 /// The parts of the vCPU's state its CPUID reflects.

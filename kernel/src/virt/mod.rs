@@ -196,6 +196,10 @@ pub trait VcpuOps {
     /// Whether an external interrupt could be injected now (RFLAGS.IF set,
     /// no interrupt shadow, no event already being injected).
     fn interruptible(&self) -> bool;
+    /// The instruction at RIP runs in an interrupt shadow (after STI or
+    /// MOV SS): no external interrupt before it completes. Moving RIP
+    /// past it (emulating it) ends the shadow.
+    fn in_interrupt_shadow(&self) -> bool;
     /// Injects external interrupt `vector` on the next entry.
     fn inject_interrupt(&mut self, vector: u8);
     /// An event is waiting to be delivered (injected, or cut short by an

@@ -263,6 +263,9 @@ pub struct SvmVcpu {
     debug_regs: Option<[u64; 4]>,
     /// The vector waiting in V_IRQ (injected, not yet taken by the guest).
     virq_vector: Option<u8>,
+    /// RIP at the last exit: an interrupt shadow covers the instruction
+    /// there, so it ends once the hypervisor moved RIP past it.
+    exit_rip: u64,
     /// Names this vCPU's FPU state in `SvmCpu::fpu_owner`.
     fpu_token: u64,
     /// The CPU whose registers last held this vCPU's FPU state.
@@ -369,6 +372,7 @@ impl SvmVcpu {
             sse: SseRegs::new(),
             fpu_loaded: false,
             virq_vector: None,
+            exit_rip: 0,
             debug_regs: None,
             fpu_token: NEXT_FPU_TOKEN.fetch_add(1, Ordering::Relaxed),
             fpu_cpu: usize::MAX,
@@ -473,6 +477,12 @@ impl VcpuOps for SvmVcpu {
         self.vmcb.write_u64(RSP, self.regs.rsp);
         self.vmcb.write_u64(RIP, self.regs.rip);
         self.vmcb.write_u64(RFLAGS, self.regs.rflags | 2);
+        if self.regs.rip != self.exit_rip {
+            // The instruction the shadow covered was emulated or skipped
+            // (a shadowed HLT, say): the shadow ended with it, as on
+            // hardware after that instruction retires.
+            self.vmcb.write_u64(INTERRUPT_SHADOW, 0);
+        }
         // When this pCPU last ran a different VMCB, or this vCPU last ran
         // elsewhere, its ASID may hold another guest's (or stale)
         // translations here: flush them (just this ASID when the CPU can,
@@ -541,6 +551,7 @@ impl VcpuOps for SvmVcpu {
         self.regs.rsp = self.vmcb.read_u64(RSP);
         self.regs.rip = self.vmcb.read_u64(RIP);
         self.regs.rflags = self.vmcb.read_u64(RFLAGS);
+        self.exit_rip = self.regs.rip;
         if self.iret_rip.is_some_and(|at| at != self.regs.rip) {
             // The IRET that ends the NMI handler has executed.
             self.iret_rip = None;
@@ -709,9 +720,7 @@ impl VcpuOps for SvmVcpu {
     }
 
     fn interruptible(&self) -> bool {
-        self.regs.rflags & (1 << 9) != 0
-            && self.vmcb.read_u64(INTERRUPT_SHADOW) & 1 == 0
-            && !self.event_pending()
+        self.regs.rflags & (1 << 9) != 0 && !self.in_interrupt_shadow() && !self.event_pending()
     }
 
     fn inject_nmi(&mut self) -> bool {
@@ -733,6 +742,10 @@ impl VcpuOps for SvmVcpu {
         self.vmcb.write_u32(INTERCEPT_MISC1, intercepts & !INTERCEPT_IRET);
         self.dirty |= CLEAN_INTERCEPTS;
         self.iret_rip = Some(self.regs.rip);
+    }
+
+    fn in_interrupt_shadow(&self) -> bool {
+        self.regs.rip == self.exit_rip && self.vmcb.read_u64(INTERRUPT_SHADOW) & 1 != 0
     }
 
     fn event_pending(&self) -> bool {
@@ -802,7 +815,7 @@ impl VcpuOps for SvmVcpu {
         let idtr = self.vmcb.segment(IDTR);
         let tr = self.vmcb.segment(TR);
         alloc::format!(
-            "rsp {:#x} rflags {:#x} cs {:#x} cpl {} cr0 {:#x} cr2 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x} idt {:#x}/{:#x} tr {:#x} base {:#x} exitintinfo {:#x} event_inj {:#x}",
+            "rsp {:#x} rflags {:#x} cs {:#x} cpl {} cr0 {:#x} cr2 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x} idt {:#x}/{:#x} tr {:#x} base {:#x} exitintinfo {:#x} event_inj {:#x} vintr {:#x} shadow {} virq {:?}",
             self.regs.rsp,
             self.regs.rflags,
             self.vmcb.segment(CS).selector,
@@ -818,6 +831,9 @@ impl VcpuOps for SvmVcpu {
             tr.base,
             self.vmcb.read_u64(EXIT_INT_INFO),
             self.vmcb.read_u64(EVENT_INJ),
+            self.vmcb.read_u64(VINTR),
+            self.vmcb.read_u64(INTERRUPT_SHADOW) & 1,
+            self.virq_vector,
         )
     }
 
