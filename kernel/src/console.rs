@@ -35,6 +35,28 @@ impl LogRing {
         }
     }
 
+    /// Total bytes ever written: the position just past the newest byte.
+    pub fn written(&self) -> u64 {
+        self.written as u64
+    }
+
+    /// Up to `max` bytes from absolute position `from` (moved up to the
+    /// oldest byte still kept, so a slow reader skips what was lost), and
+    /// the position after them.
+    pub fn read_from(&self, from: u64, max: usize) -> (alloc::vec::Vec<u8>, u64) {
+        let written = self.written as u64;
+        let oldest = written.saturating_sub(self.capacity as u64);
+        let start = from.clamp(oldest, written);
+        let n = ((written - start) as usize).min(max);
+        let out = (0..n).map(|i| self.buf[((start as usize) + i) % self.capacity]).collect();
+        (out, start + n as u64)
+    }
+
+    /// Forgets everything written (`xl dmesg -c`).
+    pub fn clear(&mut self) {
+        self.written = 0;
+    }
+
     /// Calls `f` with the retained contents, oldest first, in at most two pieces.
     pub fn read(&self, mut f: impl FnMut(&[u8])) {
         if self.written <= self.capacity {
@@ -97,6 +119,11 @@ pub fn write_str_unlocked(s: &str) {
 /// Runs `f` over the log ring's contents (what `dmesg` prints).
 pub fn with_log_ring(f: impl FnMut(&[u8])) {
     CONSOLE.lock().ring.read(f);
+}
+
+/// Empties the hypervisor's log ring (`xl dmesg -c`).
+pub fn clear_log_ring() {
+    CONSOLE.lock().ring.clear();
 }
 
 /// A fixed buffer that formats one log line without allocating.

@@ -43,6 +43,8 @@ pub enum DomainState {
     PoweredOff,
     Rebooting,
     Crashed(String),
+    /// Stopped by the administrator (`xl destroy`): never restarted.
+    Destroyed,
 }
 
 /// How a domain boots.
@@ -103,10 +105,18 @@ pub struct Domain {
     console_line: Mutex<Vec<u8>>,
     /// The newest console output (what `xl console` would replay).
     console_ring: Mutex<console::LogRing>,
+    /// Everything the guest wrote to its console, raw (prompts included),
+    /// for `xl console`; read by position (`console::LogRing::read_from`).
+    console_raw: Mutex<console::LogRing>,
     state: Mutex<DomainState>,
     intercepts: ((u64, usize), (u64, usize)),
+    /// Uptime (TSC ns) when it was built, for `xl uptime`.
+    created_ns: u64,
     pub spec: DomainSpec,
 }
+
+mod admin;
+pub use admin::*;
 
 static NEXT_DOMAIN_ID: AtomicU32 = AtomicU32::new(0);
 static DOMAINS: Mutex<Vec<Arc<Domain>>> = Mutex::new(Vec::new());
@@ -144,7 +154,10 @@ pub struct Vcpu {
     /// domain's PIT, RTC, PM timer): recompute its deadline.
     timers_changed: core::sync::atomic::AtomicBool,
     sched: SchedState,
-    affinity: u64,
+    /// pCPUs it may run on (bit i = pCPU i); `xl vcpu-pin` changes it.
+    affinity: core::sync::atomic::AtomicU64,
+    /// Time spent in its slices (ns), for `xl list` and `xl vcpu-list`.
+    run_ns: core::sync::atomic::AtomicU64,
 }
 
 /// Every domain's RAM is allocated when it is built, so what domains hold
@@ -311,8 +324,10 @@ impl Domain {
             running: core::sync::atomic::AtomicBool::new(true),
             console_line: Mutex::new(Vec::new()),
             console_ring: Mutex::new(console::LogRing::new(16 * 1024)),
+            console_raw: Mutex::new(console::LogRing::new(16 * 1024)),
             state: Mutex::new(DomainState::Running),
             intercepts,
+            created_ns: crate::arch::time::now_ns(),
             spec,
         });
         let mut vcpus = Vec::new();
@@ -350,7 +365,8 @@ impl Domain {
                 first_slice: core::sync::atomic::AtomicBool::new(true),
                 timers_changed: core::sync::atomic::AtomicBool::new(false),
                 sched: SchedState::new_blocked(),
-                affinity,
+                affinity: core::sync::atomic::AtomicU64::new(affinity),
+                run_ns: core::sync::atomic::AtomicU64::new(0),
             }));
         }
         *domain.vcpus.lock() = vcpus;
@@ -427,6 +443,7 @@ impl Domain {
             DomainState::PoweredOff => info!("domain {} ({}) powered off", self.id, self.name),
             DomainState::Rebooting => info!("domain {} ({}) rebooting", self.id, self.name),
             DomainState::Crashed(why) => error!("domain {} ({}) crashed: {}", self.id, self.name, why),
+            DomainState::Destroyed => info!("domain {} ({}) destroyed", self.id, self.name),
             DomainState::Running => {}
         }
         for v in self.vcpus.lock().drain(..) {
@@ -440,7 +457,7 @@ impl Domain {
             DomainState::PoweredOff => self.spec.on_poweroff,
             DomainState::Rebooting => self.spec.on_reboot,
             DomainState::Crashed(_) => self.spec.on_crash,
-            DomainState::Running => Action::Destroy,
+            DomainState::Running | DomainState::Destroyed => Action::Destroy,
         } == Action::Restart;
         // Restart before the partner below goes: "no domains left" must
         // not be concluded in between.
@@ -489,6 +506,7 @@ impl Domain {
         if out.is_empty() {
             return;
         }
+        self.console_raw.lock().push(out);
         let focused = console::input_focus() == Some(self.id);
         let mut line = self.console_line.lock();
         for &b in out {
@@ -1052,11 +1070,15 @@ impl Platform for VcpuPlatform<'_> {
 
 impl Runnable for Vcpu {
     fn run_slice(self: Arc<Self>, slice_end_us: u64) -> SliceEnd {
-        self.run_slice_inner(slice_end_us)
+        let start = crate::arch::time::now_ns();
+        let me = self.clone();
+        let end = self.run_slice_inner(slice_end_us);
+        me.run_ns.fetch_add(crate::arch::time::now_ns().saturating_sub(start), Ordering::Relaxed);
+        end
     }
 
     fn affinity(&self) -> u64 {
-        self.affinity
+        self.affinity.load(Ordering::Relaxed)
     }
 
     fn wake_deadline_us(&self) -> Option<u64> {
@@ -1207,6 +1229,7 @@ pub fn list(mut out: impl FnMut(&str)) {
             DomainState::Running => "r-----",
             DomainState::PoweredOff | DomainState::Rebooting => "--s---",
             DomainState::Crashed(_) => "---c--",
+            DomainState::Destroyed => "-----d",
         };
         out(&format!("{:<40} {:>5} {:>5} {:>5}\t{}", d.name, d.id, d.mem.ram_bytes() >> 20, d.spec.vcpus, state));
     }

@@ -19,7 +19,9 @@ mod domain;
 mod drivers;
 mod hvm;
 mod ioreq;
+mod mgmt;
 mod mm;
+mod net;
 mod panic;
 mod platform;
 mod sched;
@@ -45,6 +47,13 @@ static VIRT_CAPS: spin::Once<virt::Capabilities> = spin::Once::new();
 static DOMAIN_FAILED: AtomicBool = AtomicBool::new(false);
 
 /// The virtualization features every CPU has (None: guests cannot run).
+/// The hypervisor's command line as it may be shown (the key hidden).
+static BOOT_CMDLINE: spin::Once<alloc::string::String> = spin::Once::new();
+
+pub fn boot_cmdline() -> alloc::string::String {
+    BOOT_CMDLINE.get().cloned().unwrap_or_default()
+}
+
 pub fn virt_caps() -> Option<virt::Capabilities> {
     VIRT_CAPS.get().copied()
 }
@@ -128,7 +137,7 @@ pub extern "C" fn kmain(magic: u32, info_paddr: u32, entry: u32) -> ! {
         Ok(b) => b,
         Err(e) => panic!("cannot read the boot information (magic {:#x}): {}", magic, e),
     };
-    let (opts, diagnostics) = cmdline::parse(&boot.cmdline);
+    let (mut opts, diagnostics) = cmdline::parse(&boot.cmdline);
     apply_console_options(&opts);
     console::set_timestamps(opts.console_timestamps);
     if let Some(port) = opts.debug_exit {
@@ -144,7 +153,8 @@ pub extern "C" fn kmain(magic: u32, info_paddr: u32, entry: u32) -> ! {
         Some(name) => info!("Ferrite {} (x86_64) booted by {} loader \"{}\"", VERSION, protocol, name),
         None => info!("Ferrite {} (x86_64) booted by {}", VERSION, protocol),
     }
-    info!("cmdline: \"{}\"", boot.cmdline);
+    BOOT_CMDLINE.call_once(|| cmdline::redact(&boot.cmdline));
+    info!("cmdline: \"{}\"", boot_cmdline());
     for d in &diagnostics {
         warn!("cmdline: {}", d);
     }
@@ -152,7 +162,8 @@ pub extern "C" fn kmain(magic: u32, info_paddr: u32, entry: u32) -> ! {
         let size = m.end.saturating_sub(m.start);
         // A checksum lets a user (and the tests) confirm what the loader
         // handed over; hashing a 50 MiB kernel would cost a second of boot.
-        if size > MODULE_HASH_LIMIT {
+        // No digest of the key either: nothing about it goes in the log.
+        if size > MODULE_HASH_LIMIT || module_name(&m.cmdline) == KEY_MODULE {
             info!("module {}: {} bytes at {:#x}, cmdline \"{}\"", i, size, m.start, m.cmdline);
             continue;
         }
@@ -236,7 +247,23 @@ pub extern "C" fn kmain(magic: u32, info_paddr: u32, entry: u32) -> ! {
         percpu::online_count(),
         SVM_ENABLED_CPUS.load(Ordering::SeqCst)
     );
-    drivers::virtio_blk::init(&platform);
+    let pci_config = drivers::pci::ConfigAccess::new(&platform.ecam);
+    let pci_functions = drivers::host_pci_functions(&pci_config);
+    drivers::virtio_blk::init(pci_config, &pci_functions);
+    sched::register_poller(sched::Poller { poll: console::poll_input, next_us: || None });
+    if let Some(key) = key_module(&boot) {
+        opts.mgmt.key = Some(key);
+    }
+    if opts.mgmt.enabled {
+        match drivers::virtio_net::probe(pci_config, &pci_functions) {
+            Some(nic) => {
+                net::init(nic, &opts.mgmt);
+                mgmt::start(&opts.mgmt);
+                sched::register_poller(sched::Poller { poll: net::poll, next_us: net::poll_delay_us });
+            }
+            None => info!("net: no virtio-net NIC; the management service (ferrite xl) is off"),
+        }
+    }
 
     let mut ok = true;
     if let Some(caps) = caps {
@@ -332,6 +359,25 @@ fn is_config_module(m: &bootinfo::BootModule) -> bool {
     name.ends_with(".cfg") || name.ends_with(".conf")
 }
 
+/// A kernel, initrd or firmware file: neither an xl config nor the key.
+fn is_guest_file(m: &bootinfo::BootModule) -> bool {
+    !is_config_module(m) && module_name(&m.cmdline) != KEY_MODULE
+}
+
+/// The boot module holding the management service's key (64 hex digits):
+/// unlike `mgmt_key=`, it shows in no process list and no boot log.
+const KEY_MODULE: &str = "mgmt.key";
+
+fn key_module(boot: &bootinfo::BootInfo) -> Option<[u8; 32]> {
+    let m = boot.modules.iter().find(|m| module_name(&m.cmdline) == KEY_MODULE)?;
+    let text = core::str::from_utf8(mm::module_bytes(m.start, m.end)).unwrap_or("");
+    let key = cmdline::parse_key(text.trim());
+    if key.is_none() {
+        error!("{}: not a key (64 hexadecimal digits expected); the management service refuses every client", KEY_MODULE);
+    }
+    key
+}
+
 fn map_action(a: ferrite_config::Action) -> domain::Action {
     match a {
         ferrite_config::Action::Destroy => domain::Action::Destroy,
@@ -370,7 +416,7 @@ fn start_boot_domains(boot: &bootinfo::BootInfo, opts: &Options, caps: virt::Cap
     }
     let find = |file: &str| {
         let wanted = file.rsplit('/').next().unwrap_or(file);
-        mods.iter().find(|m| !is_config_module(m) && module_name(&m.cmdline) == wanted)
+        mods.iter().find(|m| is_guest_file(m) && module_name(&m.cmdline) == wanted)
     };
     let claimed = |m: &bootinfo::BootModule| {
         configs.iter().any(|c| {
@@ -382,9 +428,9 @@ fn start_boot_domains(boot: &bootinfo::BootInfo, opts: &Options, caps: virt::Cap
     };
 
     let pcpus = percpu::online_count() as u32;
-    if let Some(kernel_mod) = mods.first().filter(|m| !is_config_module(m) && !claimed(m)) {
+    if let Some(kernel_mod) = mods.first().filter(|m| is_guest_file(m) && !claimed(m)) {
         let kernel = mm::module_bytes(kernel_mod.start, kernel_mod.end);
-        let initrd = mods.get(1).filter(|m| !is_config_module(m) && !claimed(m)).map(|m| mm::module_bytes(m.start, m.end));
+        let initrd = mods.get(1).filter(|m| is_guest_file(m) && !claimed(m)).map(|m| mm::module_bytes(m.start, m.end));
         let cmdline = module_args(&kernel_mod.cmdline, boot.loader_name.as_deref());
         let vcpus = opts.dom0_max_vcpus.map_or(pcpus, |r| r.max.unwrap_or(r.min).max(1));
         let memory_bytes = match opts.dom0_mem.and_then(|m| m.amount) {

@@ -225,6 +225,13 @@ impl Devices {
         }
     }
 
+    /// The ACPI power button was pressed (`xl shutdown`): PWRBTN_STS, and
+    /// the SCI if the guest enabled it.
+    pub fn press_power_button(&mut self, fx: &mut Effects) {
+        self.pm.press_power_button();
+        self.update_lines(fx);
+    }
+
     /// Drives ISA interrupt line `irq` (0–15; 16–23 are I/O APIC only) to
     /// `level`: into the PIC (HVM) and onto its I/O APIC pin (IRQ 0 is
     /// wired to pin 2, as the MADT's override says).

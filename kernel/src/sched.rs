@@ -13,8 +13,36 @@ use alloc::sync::Arc;
 use core::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use spin::Mutex;
 
-/// How often an idle CPU 0 looks for console input.
+/// How often an idle CPU 0 runs its pollers at the least.
 const CONSOLE_POLL_US: u64 = 50_000;
+
+/// Work CPU 0 does between slices and while idle (console input, the
+/// network stack): registered by the layers above, so the scheduler does
+/// not depend on them.
+#[derive(Clone, Copy)]
+pub struct Poller {
+    pub poll: fn(),
+    /// How soon it wants to run again (None: no sooner than usual).
+    pub next_us: fn() -> Option<u64>,
+}
+
+static POLLERS: Mutex<alloc::vec::Vec<Poller>> = Mutex::new(alloc::vec::Vec::new());
+
+pub fn register_poller(p: Poller) {
+    POLLERS.lock().push(p);
+}
+
+fn run_pollers() -> u64 {
+    let pollers = POLLERS.lock().clone();
+    let mut next = CONSOLE_POLL_US;
+    for p in pollers {
+        (p.poll)();
+        if let Some(us) = (p.next_us)() {
+            next = next.min(us.max(1));
+        }
+    }
+    next
+}
 
 /// Length of a time slice.
 pub const SLICE_US: u64 = 10_000;
@@ -61,6 +89,20 @@ const RUNNING_WOKEN: u8 = 4;
 impl SchedState {
     pub const fn new_blocked() -> Self {
         SchedState { state: AtomicU8::new(BLOCKED), pcpu: AtomicUsize::new(usize::MAX) }
+    }
+
+    pub fn is_running(&self) -> bool {
+        matches!(self.state.load(Ordering::SeqCst), RUNNING | RUNNING_WOKEN)
+    }
+
+    pub fn is_blocked(&self) -> bool {
+        self.state.load(Ordering::SeqCst) == BLOCKED
+    }
+
+    /// The pCPU it runs on, or last ran on (None: never ran).
+    pub fn last_pcpu(&self) -> Option<usize> {
+        let p = self.pcpu.load(Ordering::SeqCst);
+        (p != usize::MAX).then_some(p)
     }
 
     /// The state in a word, for the debug dump ('v' key).
@@ -113,6 +155,19 @@ pub fn wake(v: &Arc<dyn Runnable>) {
                 }
             }
             _ => return,
+        }
+    }
+}
+
+/// Makes a running vCPU leave its pCPU soon (its next exit ends the slice
+/// early only if something else changed; the kick makes that exit come
+/// now): used after its affinity changed.
+pub fn kick_running(v: &Arc<dyn Runnable>) {
+    let s = v.sched();
+    if s.is_running() {
+        let pcpu = s.pcpu.load(Ordering::SeqCst);
+        if pcpu != percpu::current_index() && pcpu != usize::MAX {
+            kick(pcpu);
         }
     }
 }
@@ -175,9 +230,7 @@ fn wake_expired(now: u64) -> Option<u64> {
 pub fn run_forever() -> ! {
     let me = percpu::current_index();
     loop {
-        if me == 0 {
-            crate::console::poll_input();
-        }
+        let poll_again_us = if me == 0 { run_pollers() } else { 0 };
         let now = time::now_ns() / 1000;
         let next_deadline = wake_expired(now);
         match pick(me) {
@@ -212,8 +265,8 @@ pub fn run_forever() -> ! {
                     let now = time::now_ns() / 1000;
                     let mut sleep = next_deadline.map_or(0, |d| d.saturating_sub(now).max(1));
                     if me == 0 {
-                        // CPU 0 polls the console: wake at least every 50 ms.
-                        sleep = if sleep == 0 { CONSOLE_POLL_US } else { sleep.min(CONSOLE_POLL_US) };
+                        // CPU 0 runs the pollers: wake when they want it.
+                        sleep = if sleep == 0 { poll_again_us } else { sleep.min(poll_again_us) };
                     }
                     apic::arm_timer_us(sleep);
                     cpu::wait_for_interrupt();

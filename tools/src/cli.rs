@@ -45,6 +45,10 @@ USAGE:
         passes the filter to every test binary; to run one QEMU test directly:
         `cargo test -p ferrite-qemu-tests --test <file> -- --exact <name>`
         (<file>: a qemu-tests/tests/ file name without .rs, e.g. boot).
+    ferrite xl [--host H] [--port P] [--key-file F] SUBCOMMAND [ARGS]
+        Manage the domains of a running Ferrite like Xen's xl (list, info,
+        create, console, shutdown, destroy, vcpu-pin, ...) through its
+        management service; `ferrite xl help` lists the subcommands.
 ";
 
 /// `ferrite help` for `bench` (kept apart from [`USAGE`] to keep edits small).
@@ -108,6 +112,9 @@ pub enum Cmd {
     Test { test_args: Vec<String> },
     Bench(crate::bench::BenchArgs),
     Stress(crate::stress::StressArgs),
+    /// `ferrite xl ...`: the arguments after `xl`, parsed by the binary's
+    /// `xl` module.
+    Xl(Vec<String>),
     Help,
 }
 
@@ -167,8 +174,9 @@ pub fn parse<I: IntoIterator<Item = S>, S: Into<String>>(argv: I) -> Result<Cmd>
         "help" | "-h" | "--help" => return Ok(Cmd::Help),
         "bench" => return Ok(Cmd::Bench(crate::bench::parse_args(&args.rest())?)),
         "stress" => return Ok(Cmd::Stress(crate::stress::parse_args(&args.rest())?)),
+        "xl" => return Ok(Cmd::Xl(args.rest())),
         "build" | "up" | "iso" | "test" => {}
-        other => bail!("unknown command {other:?}; expected build, up, iso, test or bench (see `ferrite help`)"),
+        other => bail!("unknown command {other:?}; expected build, up, iso, test, bench or xl (see `ferrite help`)"),
     }
     while let Some(arg) = args.next() {
         if arg == "--" {
@@ -292,5 +300,12 @@ mod tests {
         assert_eq!(parse(["test"]).unwrap(), Cmd::Test { test_args: vec![] });
         assert_eq!(parse(["test", "--", "boots"]).unwrap(), Cmd::Test { test_args: vec!["boots".into()] });
         assert!(parse(["build", "--", "x"]).is_err());
+    }
+
+    #[test]
+    fn xl_passes_args_through() {
+        let expected = Cmd::Xl(["--port", "1", "list", "-l"].map(String::from).to_vec());
+        assert_eq!(parse(["xl", "--port", "1", "list", "-l"]).unwrap(), expected);
+        assert_eq!(parse(["xl"]).unwrap(), Cmd::Xl(vec![]));
     }
 }

@@ -29,5 +29,6 @@ pub mod modules;
 pub mod multiboot;
 pub mod qemu;
 pub mod stress;
+pub mod xl;
 
 pub mod guest_images;

@@ -6,9 +6,11 @@ use ferrite_tools::build;
 use ferrite_tools::cli::{self, AccelChoice, Cmd, IsoArgs, UpArgs};
 use ferrite_tools::modules::ModuleSpec;
 use ferrite_tools::qemu::{self, Accel, Display, QemuCommand, Serial};
-use ferrite_tools::{deps, guest_images, guestasm, initramfs, iso};
+use ferrite_tools::{deps, guest_images, guestasm, initramfs, iso, xl};
 use std::process::{Command, ExitCode};
 use std::time::Instant;
+
+
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
@@ -41,6 +43,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Stress(args) => Ok(if ferrite_tools::stress::main(&args)? { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
+        Cmd::Xl(args) => xl::main(&args),
     }
 }
 
@@ -105,6 +108,10 @@ fn up(args: UpArgs) -> Result<ExitCode> {
             }
         }
     }
+    // The management service: a NIC with the port forwarded, and a key.
+    let link = xl::link::prepare(&build::workspace_root().join("target").join("ferrite-up"), Some(ferrite_mgmt::DEFAULT_PORT))?;
+    qemu_extra.extend(link.qemu_args.iter().cloned());
+    modules.push(link.key_module.clone());
     let mut q = QemuCommand::new()
         .accel(accel)
         .memory_mib(args.mem_mib)
@@ -124,6 +131,13 @@ fn up(args: UpArgs) -> Result<ExitCode> {
     eprintln!("{}", q.command_line());
     eprintln!(
         "starting QEMU: the Ferrite console is on this terminal; press Ctrl-a x to quit (Ctrl-a c: QEMU monitor)"
+    );
+    eprintln!(
+        "manage it from another terminal: `cargo run --release -p ferrite-tools -- xl list` (the service is forwarded to \
+         {}:{}; the key is in {}, readable by you only)",
+        xl::target::DEFAULT_HOST,
+        link.port,
+        link.session_file.display()
     );
     // Replace this process with QEMU: the terminal, signals and exit status
     // are QEMU's own.

@@ -34,6 +34,9 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 
+mod mgmt;
+pub use mgmt::{parse_key, redact, MgmtOptions, DEFAULT_PORT as DEFAULT_MGMT_PORT};
+
 /// Where console output goes (`console=`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConsoleTarget {
@@ -175,6 +178,9 @@ pub struct Options {
     pub console_timestamps: bool,
     /// `pm_timer=`: which ACPI PM timer guests read (Ferrite-specific).
     pub pm_timer: PmTimerChoice,
+    /// `mgmt=`, `mgmt_ip=`, `mgmt_gw=`, `mgmt_port=`, `mgmt_key=`: the
+    /// management service (Ferrite-specific).
+    pub mgmt: MgmtOptions,
 }
 
 /// Which ACPI PM timer guests read.
@@ -202,6 +208,7 @@ impl Default for Options {
             selftest: true,
             console_timestamps: false,
             pm_timer: PmTimerChoice::Auto,
+            mgmt: MgmtOptions::default(),
         }
     }
 }
@@ -498,6 +505,59 @@ pub fn parse(s: &str) -> (Options, Vec<Diagnostic>) {
                 _ => diags.push(bad("auto or emulated")),
             }
             continue;
+        }
+        if let Some(slot) = name.strip_prefix("mgmt") {
+            let done = match (slot, value) {
+                ("", Some("dhcp")) => {
+                    o.mgmt.enabled = true;
+                    o.mgmt.static_ip = None;
+                    true
+                }
+                ("", Some("off")) => {
+                    o.mgmt.enabled = false;
+                    true
+                }
+                ("", _) => {
+                    diags.push(bad(mgmt::EXPECT_MGMT));
+                    true
+                }
+                ("_ip", v) => {
+                    match v.and_then(mgmt::parse_ip_prefix) {
+                        Some(ip) => o.mgmt.static_ip = Some(ip),
+                        None => diags.push(bad(mgmt::EXPECT_IP_PREFIX)),
+                    }
+                    true
+                }
+                ("_gw", v) => {
+                    match v.and_then(mgmt::parse_ipv4) {
+                        Some(ip) => o.mgmt.gateway = Some(ip),
+                        None => diags.push(bad(mgmt::EXPECT_IP)),
+                    }
+                    true
+                }
+                ("_port", v) => {
+                    match v.and_then(mgmt::parse_tcp_port) {
+                        Some(p) => o.mgmt.port = p,
+                        None => diags.push(bad(mgmt::EXPECT_TCP_PORT)),
+                    }
+                    true
+                }
+                ("_key", v) => {
+                    match v.and_then(mgmt::parse_key) {
+                        Some(k) => o.mgmt.key = Some(k),
+                        // The value is not repeated: it may be most of a secret.
+                        None => diags.push(Diagnostic {
+                            option: base.to_owned(),
+                            problem: Problem::BadValue { value: "<hidden>".to_owned(), expected: mgmt::EXPECT_KEY },
+                        }),
+                    }
+                    true
+                }
+                _ => false,
+            };
+            if done {
+                continue;
+            }
         }
         if name == "console_timestamps" {
             match value {

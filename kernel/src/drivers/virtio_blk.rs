@@ -29,16 +29,13 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
-use core::ptr::NonNull;
 use log::{error, info};
 use virtio_drivers::device::blk::{BlkReq, BlkResp, VirtIOBlk};
-use virtio_drivers::transport::pci::bus::{ConfigurationAccess, DeviceFunction, PciRoot};
+use super::virtio::{self, FerriteHal};
 use virtio_drivers::transport::pci::PciTransport;
-use virtio_drivers::{BufferDirection, Hal, PhysAddr};
 
 pub const SECTOR_SIZE: usize = 512;
 
-const VIRTIO_VENDOR_ID: u16 = 0x1AF4;
 /// virtio-blk's PCI device IDs: transitional (legacy + modern interface,
 /// QEMU's default on a conventional PCI slot) and modern-only.
 const VIRTIO_BLK_TRANSITIONAL: u16 = 0x1001;
@@ -414,17 +411,9 @@ pub fn all() -> &'static [BlockDevice] {
     DISKS.get().map_or(&[], Vec::as_slice)
 }
 
-/// Finds the host's virtio-blk devices, brings them up and logs one line
-/// per disk. Call once, before anything looks a disk up.
-pub fn init(platform: &crate::acpi::Platform) {
-    let config = ConfigAccess::new(&platform.ecam);
-    let functions = pci::enumerate(&config);
-    for f in &functions {
-        log::debug!("pci {}: {:04x}:{:04x} class {:02x}.{:02x}", f.address, f.vendor_id, f.device_id, f.class, f.subclass);
-    }
-    for (at, bar) in pci::assign_unassigned_bars(&config, &functions) {
-        info!("pci {}: BAR {} was unassigned; placed at {:#x} ({} KiB)", at, bar.index, bar.address, bar.size >> 10);
-    }
+/// Brings up the host's virtio-blk devices among `functions` and logs one
+/// line per disk. Call once, before anything looks a disk up.
+pub fn init(config: ConfigAccess, functions: &[PciFunction]) {
     let mut disks: Vec<BlockDevice> = Vec::new();
     for f in functions.iter().filter(|f| is_virtio_blk(f)) {
         let disk = match probe(config, f) {
@@ -452,27 +441,14 @@ pub fn init(platform: &crate::acpi::Platform) {
 }
 
 fn is_virtio_blk(f: &PciFunction) -> bool {
-    f.vendor_id == VIRTIO_VENDOR_ID && matches!(f.device_id, VIRTIO_BLK_TRANSITIONAL | VIRTIO_BLK_MODERN)
+    f.vendor_id == virtio::VENDOR_ID && matches!(f.device_id, VIRTIO_BLK_TRANSITIONAL | VIRTIO_BLK_MODERN)
 }
 
 /// Brings one device up: memory decoding and bus mastering on, the virtio
 /// handshake, capacity, read-only flag and serial number.
 fn probe(config: ConfigAccess, f: &PciFunction) -> Result<BlockDevice, String> {
     let at = f.address;
-    for bar in pci::memory_bars(&config, at) {
-        if bar.address == 0 {
-            return Err(format!("BAR {} is unassigned", bar.index));
-        }
-        // Only the low 4 GiB is sure to be identity mapped (as device
-        // memory) by the host page tables.
-        if bar.address.saturating_add(bar.size) > 1 << 32 {
-            return Err(format!("BAR {} at {:#x} is above 4 GiB, which the hypervisor does not map", bar.index, bar.address));
-        }
-    }
-    config.set_command_bits(at, pci::COMMAND_MEMORY_SPACE | pci::COMMAND_BUS_MASTER);
-    let mut root = PciRoot::new(VirtioConfigSpace(config));
-    let function = DeviceFunction { bus: at.bus, device: at.device, function: at.function };
-    let transport = PciTransport::new::<FerriteHal, _>(&mut root, function).map_err(|e| format!("virtio PCI transport: {}", e))?;
+    let transport = virtio::pci_transport(config, at)?;
     let mut blk = VirtIOBlk::<FerriteHal, _>::new(transport).map_err(|e| format!("virtio-blk set-up: {}", e))?;
     let mut serial = [0u8; 20];
     let name = match blk.device_id(&mut serial) {
@@ -495,61 +471,4 @@ fn probe(config: ConfigAccess, f: &PciFunction) -> Result<BlockDevice, String> {
 fn disk_name(serial: &[u8]) -> Option<String> {
     let ok = !serial.is_empty() && serial.iter().all(|&b| b.is_ascii_graphic() && !matches!(b, b',' | b':' | b'='));
     ok.then(|| String::from_utf8_lossy(serial).into_owned())
-}
-
-/// `virtio-drivers`' view of configuration space.
-struct VirtioConfigSpace(ConfigAccess);
-
-impl ConfigurationAccess for VirtioConfigSpace {
-    fn read_word(&self, function: DeviceFunction, offset: u8) -> u32 {
-        self.0.read32(PciAddress { bus: function.bus, device: function.device, function: function.function }, offset.into())
-    }
-
-    fn write_word(&mut self, function: DeviceFunction, offset: u8, data: u32) {
-        self.0.write32(PciAddress { bus: function.bus, device: function.device, function: function.function }, offset.into(), data)
-    }
-
-    unsafe fn unsafe_clone(&self) -> Self {
-        // `ConfigAccess` holds no state (port accesses take a lock), so
-        // copies never step on each other.
-        VirtioConfigSpace(self.0)
-    }
-}
-
-/// DMA and MMIO for `virtio-drivers`: DMA memory comes from the frame
-/// allocator, and everything is identity mapped, so a physical address is
-/// the pointer and a buffer's address is what the device is given.
-pub struct FerriteHal;
-
-// SAFETY: `dma_alloc` returns zeroed, page-aligned frames owned by nobody
-// else until `dma_dealloc`; `mmio_phys_to_virt` returns the identity
-// mapping of device memory below 4 GiB; `share` hands the device the
-// buffer's own (identity-mapped) address, so nothing needs copying back.
-unsafe impl Hal for FerriteHal {
-    fn dma_alloc(pages: usize, _direction: BufferDirection) -> (PhysAddr, NonNull<u8>) {
-        let Some(pa) = mm::alloc_contiguous(pages, 1) else {
-            return (0, NonNull::dangling()); // `Dma::new` reports 0 as DmaError
-        };
-        // SAFETY: the frames were just allocated for this caller and are
-        // identity mapped.
-        unsafe { core::ptr::write_bytes(pa as *mut u8, 0, pages * 4096) };
-        (pa, NonNull::new(pa as *mut u8).expect("the frame allocator never hands out page 0"))
-    }
-
-    unsafe fn dma_dealloc(paddr: PhysAddr, _vaddr: NonNull<u8>, pages: usize) -> i32 {
-        mm::free_contiguous(paddr, pages);
-        0
-    }
-
-    unsafe fn mmio_phys_to_virt(paddr: PhysAddr, size: usize) -> NonNull<u8> {
-        // `probe` refuses devices with BARs above 4 GiB, so this holds.
-        assert!(paddr != 0 && paddr + size as u64 <= 1 << 32, "virtio MMIO region {:#x}+{:#x} is not identity mapped", paddr, size);
-        NonNull::new(paddr as *mut u8).expect("checked non-zero above")
-    }
-
-    unsafe fn share(buffer: NonNull<[u8]>, _direction: BufferDirection) -> PhysAddr {
-        buffer.cast::<u8>().as_ptr() as u64
-    }
-
-    unsafe fn unshare(_paddr: PhysAddr, _buffer: NonNull<[u8]>, _direction: BufferDirection) {}
 }

@@ -79,6 +79,7 @@ pub fn init(boot: &BootInfo) -> MemoryReport {
     let top = map.iter().filter(|r| r.kind == MemoryKind::Usable).map(|r| r.start + r.len).max().unwrap_or(0);
     install_host_tables(&usable, top);
     let free_bytes = FRAMES.lock().as_ref().map_or(0, |f| f.free_frames() as u64 * SIZE_4K);
+    TOTAL_BYTES.store(usable_bytes, core::sync::atomic::Ordering::Relaxed);
     MemoryReport { usable_bytes, regions: usable.len(), free_bytes, heap_bytes: if heap_start.is_some() { heap_bytes } else { 0 } }
 }
 
@@ -198,6 +199,13 @@ pub fn clear_iopm_bit(iopm: u64, port: u16) {
 pub fn free_intercept_maps(iopm: (u64, usize), msrpm: (u64, usize)) {
     free_contiguous(iopm.0, iopm.1);
     free_contiguous(msrpm.0, msrpm.1);
+}
+
+static TOTAL_BYTES: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Usable RAM the firmware reported (`xl info`'s total_memory).
+pub fn total_bytes() -> u64 {
+    TOTAL_BYTES.load(core::sync::atomic::Ordering::Relaxed)
 }
 
 pub fn free_bytes() -> u64 {

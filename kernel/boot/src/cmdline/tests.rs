@@ -306,3 +306,35 @@ fn pm_timer_choice() {
         assert!(d[0].to_string().contains("auto or emulated"), "{}", d[0]);
     }
 }
+
+#[test]
+fn management_service_options() {
+    let (o, d) = parse("mgmt_ip=10.0.2.15/24 mgmt_gw=10.0.2.2 mgmt_port=8080 mgmt_key=00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff");
+    assert!(d.is_empty(), "{:?}", d);
+    assert!(o.mgmt.enabled);
+    assert_eq!(o.mgmt.static_ip, Some(([10, 0, 2, 15], 24)));
+    assert_eq!(o.mgmt.gateway, Some([10, 0, 2, 2]));
+    assert_eq!(o.mgmt.port, 8080);
+    assert_eq!(o.mgmt.key.unwrap()[..4], [0x00, 0x11, 0x22, 0x33]);
+    let (o, d) = parse("mgmt=off");
+    assert!(d.is_empty() && !o.mgmt.enabled);
+    assert_eq!(parse("").0.mgmt, MgmtOptions::default());
+}
+
+#[test]
+fn bad_management_options_are_named_and_the_key_is_not_echoed() {
+    let (o, d) = parse("mgmt=maybe mgmt_ip=10.0.2/24 mgmt_port=0 mgmt_key=abcd1234");
+    assert_eq!(o.mgmt, MgmtOptions::default());
+    let text: Vec<String> = d.iter().map(|d| d.to_string()).collect();
+    assert_eq!(d.len(), 4, "{:?}", text);
+    assert!(text.iter().any(|t| t.contains("mgmt_ip")));
+    assert!(text.iter().all(|t| !t.contains("abcd1234")), "{:?}", text);
+}
+
+#[test]
+fn the_key_is_redacted_from_the_printed_command_line() {
+    assert_eq!(redact("console=com1 mgmt_key=0011 dom0_mem=1G"), "console=com1 mgmt_key=<hidden> dom0_mem=1G");
+    assert_eq!(redact("mgmt_key=ff"), "mgmt_key=<hidden>");
+    assert_eq!(redact("xmgmt_key=ff mgmt-key=aa"), "xmgmt_key=ff mgmt-key=<hidden>");
+    assert_eq!(redact("console=com1"), "console=com1");
+}

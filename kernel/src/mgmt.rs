@@ -1,0 +1,326 @@
+//! The management service: `ferrite xl` talks to it over TCP (port 7070 by
+//! default) on the hypervisor's own address. The protocol (framing,
+//! messages, the challenge–response login, throttling of failed logins)
+//! lives in `ferrite-mgmt`; this module owns the sockets and carries out
+//! the requests against the domains (`domain::admin`).
+//!
+//! A client is hostile until it proves it knows the key: nothing but the
+//! login is read before that, every frame is bounded, and a session that
+//! misbehaves gets one error and is closed while the others go on.
+
+use crate::arch::{cpu, percpu, time};
+use crate::domain::{self, AdminError};
+use crate::net::{self, Service};
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use ferrite_boot::cmdline::MgmtOptions;
+use ferrite_mgmt::{
+    AuthThrottle, DomRef, DomainInfo, DomainState, ErrorCode, ErrorReply, FileHasher, HostInfo, Request, Response, Secret, ServerSession,
+    UptimeInfo, VcpuInfo, VcpuState,
+};
+use log::{info, warn};
+use smoltcp::iface::{SocketHandle, SocketSet};
+use smoltcp::socket::tcp;
+
+/// Clients served at once; one more waits in the TCP backlog.
+const CONNECTIONS: usize = 4;
+/// Socket buffers: a whole maximal frame need not fit (the session reads
+/// as it comes), this only bounds what is in flight.
+const SOCKET_BUFFER: usize = 64 * 1024;
+/// Console output sent per poll to an attached client, at most.
+const CONSOLE_CHUNK: usize = 4096;
+/// Console history shown when a client attaches.
+const CONSOLE_BACKLOG: u64 = 2048;
+
+/// Starts the service (call once the stack is up).
+pub fn start(opts: &MgmtOptions) {
+    let secret = match opts.key {
+        Some(k) => Some(Secret::from_bytes(k)),
+        None => {
+            warn!("mgmt: no key set (mgmt_key=); every client will be refused. `ferrite up` sets one; see README, \"Managing domains\"");
+            None
+        }
+    };
+    let service = MgmtService { port: opts.port, secret, conns: Vec::new(), throttle: AuthThrottle::new(), nonces: 0 };
+    if net::register(Box::new(service)) {
+        info!("mgmt: ferrite xl service on TCP port {}", opts.port);
+    }
+}
+
+struct MgmtService {
+    port: u16,
+    secret: Option<Secret>,
+    conns: Vec<Conn>,
+    throttle: AuthThrottle,
+    nonces: u64,
+}
+
+struct Conn {
+    handle: SocketHandle,
+    session: Option<ServerSession>,
+    /// The domain whose console this client is attached to, and the
+    /// position of the next byte to send.
+    console: Option<(u32, u64)>,
+}
+
+impl Service for MgmtService {
+    fn attach(&mut self, sockets: &mut SocketSet<'static>) {
+        for _ in 0..CONNECTIONS {
+            let rx = tcp::SocketBuffer::new(vec![0u8; SOCKET_BUFFER]);
+            let tx = tcp::SocketBuffer::new(vec![0u8; SOCKET_BUFFER]);
+            let handle = sockets.add(tcp::Socket::new(rx, tx));
+            self.conns.push(Conn { handle, session: None, console: None });
+        }
+    }
+
+    fn poll(&mut self, sockets: &mut SocketSet<'static>, now_us: u64) {
+        for i in 0..self.conns.len() {
+            self.poll_conn(i, sockets, now_us);
+        }
+    }
+
+    fn busy(&self) -> bool {
+        self.conns.iter().any(|c| c.session.is_some())
+    }
+}
+
+impl MgmtService {
+    /// A fresh challenge for a new client: unpredictable to anyone without
+    /// the key (it is hashed in) and never repeated (the counter).
+    fn nonce(&mut self) -> [u8; 32] {
+        self.nonces += 1;
+        let mut seed = Vec::with_capacity(64);
+        if let Some(s) = &self.secret {
+            seed.extend_from_slice(s.as_bytes());
+        }
+        seed.extend_from_slice(&cpu::rdtsc().to_le_bytes());
+        seed.extend_from_slice(&self.nonces.to_le_bytes());
+        seed.extend_from_slice(&time::uptime_ns().to_le_bytes());
+        FileHasher::digest(&seed)
+    }
+
+    fn poll_conn(&mut self, i: usize, sockets: &mut SocketSet<'static>, now_us: u64) {
+        let port = self.port;
+        let handle = self.conns[i].handle;
+        {
+            let sock = sockets.get_mut::<tcp::Socket>(handle);
+            if !sock.is_open() {
+                self.conns[i].session = None;
+                self.conns[i].console = None;
+                if let Err(e) = sock.listen(port) {
+                    warn!("mgmt: cannot listen on port {}: {}", port, e);
+                }
+                return;
+            }
+            if !sock.is_active() {
+                return; // listening
+            }
+        }
+        if self.conns[i].session.is_none() {
+            // Without a key no proof can succeed: a random one stands in.
+            let secret = self.secret.clone().unwrap_or_else(|| Secret::from_bytes(self.nonce()));
+            let nonce = self.nonce();
+            self.conns[i].session = Some(ServerSession::new(secret, nonce, now_us));
+        }
+        let sock = sockets.get_mut::<tcp::Socket>(handle);
+        let conn = &mut self.conns[i];
+        let Some(session) = conn.session.as_mut() else { return };
+
+        // In: only what the session takes (it bounds its own buffer).
+        if sock.can_recv() {
+            let _ = sock.recv(|data| (session.feed(data), ()));
+        }
+        if !sock.may_recv() && !session.is_closed() {
+            session.peer_closed();
+        }
+        session.check_timeout(now_us);
+        while let Some(request) = session.next_request(now_us, &mut self.throttle) {
+            if let Some(response) = serve(request, &mut conn.console) {
+                session.respond(&response);
+            }
+        }
+        // Console output for an attached client, a bounded piece per poll.
+        if let Some((dom, pos)) = conn.console {
+            if session.outgoing().len() < SOCKET_BUFFER {
+                match domain::console_output(dom, pos, CONSOLE_CHUNK) {
+                    Some((bytes, next)) => {
+                        conn.console = Some((dom, next));
+                        if !bytes.is_empty() {
+                            session.respond(&Response::ConsoleOutput(bytes));
+                        }
+                    }
+                    None => {
+                        conn.console = None;
+                        session.respond(&error(ErrorCode::NoSuchDomain, format!("domain {} is gone", dom)));
+                    }
+                }
+            }
+        }
+        // Out.
+        if !session.outgoing().is_empty() && sock.can_send() {
+            if let Ok(n) = sock.send_slice(session.outgoing()) {
+                session.advance_outgoing(n);
+            }
+        }
+        if session.is_closed() && session.outgoing().is_empty() {
+            sock.close();
+        }
+    }
+}
+
+fn error(code: ErrorCode, message: impl Into<String>) -> Response {
+    Response::Error(ErrorReply::new(code, message))
+}
+
+fn resolve(dom: &DomRef) -> Result<u32, Response> {
+    let found = match dom {
+        DomRef::Id(id) => domain::lookup(Some(*id), ""),
+        DomRef::Name(name) => domain::lookup(None, name),
+    };
+    found.ok_or_else(|| error(ErrorCode::NoSuchDomain, format!("no domain {}", dom)))
+}
+
+fn admin_result(r: Result<(), AdminError>, dom: &DomRef) -> Response {
+    match r {
+        Ok(()) => Response::Ok,
+        Err(AdminError::NoSuchDomain) => error(ErrorCode::NoSuchDomain, format!("no domain {}", dom)),
+        Err(AdminError::Refused(why)) => error(ErrorCode::BadRequest, why),
+    }
+}
+
+/// Carries out one request; None for the one request with no answer.
+fn serve(request: Request, console: &mut Option<(u32, u64)>) -> Option<Response> {
+    let with_dom = |dom: &DomRef, f: &dyn Fn(u32) -> Result<(), AdminError>| match resolve(dom) {
+        Ok(id) => admin_result(f(id), dom),
+        Err(e) => e,
+    };
+    Some(match request {
+        Request::List => Response::Domains(domain_list()),
+        Request::Info => Response::Host(host_info()),
+        Request::Uptime => Response::Uptime(
+            domain::summaries()
+                .into_iter()
+                .map(|d| UptimeInfo { name: d.name, id: d.id, uptime_ns: d.uptime_ns })
+                .collect(),
+        ),
+        Request::Dmesg { clear } => {
+            let mut text = Vec::new();
+            crate::console::with_log_ring(|piece| text.extend_from_slice(piece));
+            if clear {
+                crate::console::clear_log_ring();
+            }
+            Response::Log(String::from_utf8_lossy(&text).into_owned())
+        }
+        Request::Destroy(dom) => with_dom(&dom, &|id| {
+            if id == 0 && is_privileged(id) {
+                return Err(AdminError::Refused(String::from("dom0 cannot be destroyed; shut the host down instead (xl shutdown -a, then dom0)")));
+            }
+            domain::destroy(id)
+        }),
+        Request::Shutdown { dom } => with_dom(&dom, &domain::press_power_button),
+        Request::Reboot(dom) => match resolve(&dom) {
+            Ok(_) => error(
+                ErrorCode::Unsupported,
+                "Ferrite cannot ask a guest to reboot yet (there is no reset button to press); reboot it from inside, or shut it down and create it again",
+            ),
+            Err(e) => e,
+        },
+        Request::Pause(dom) => with_dom(&dom, &|id| domain::set_paused_by_id(id, true)),
+        Request::Unpause(dom) => with_dom(&dom, &|id| domain::set_paused_by_id(id, false)),
+        Request::VcpuList(dom) => {
+            let only = match dom.as_ref().map(resolve) {
+                Some(Ok(id)) => Some(id),
+                Some(Err(e)) => return Some(e),
+                None => None,
+            };
+            Response::Vcpus(vcpu_list(only))
+        }
+        Request::VcpuPin { dom, vcpu, pcpus } => with_dom(&dom, &|id| domain::pin_vcpus(id, vcpu, pcpus)),
+        Request::Create { .. } | Request::FileChunk { .. } | Request::CreateCommit => error(
+            ErrorCode::Unsupported,
+            "creating domains at runtime is not supported yet; give the config and its files as boot modules",
+        ),
+        Request::ConsoleAttach(dom) => match resolve(&dom) {
+            Ok(id) => {
+                let start = domain::console_position(id, CONSOLE_BACKLOG).unwrap_or(0);
+                *console = Some((id, start));
+                Response::Ok
+            }
+            Err(e) => e,
+        },
+        Request::ConsoleInput(bytes) => {
+            if let Some((id, _)) = *console {
+                domain::console_type(id, &bytes);
+            }
+            return None;
+        }
+        Request::ConsoleDetach => {
+            *console = None;
+            Response::Ok
+        }
+    })
+}
+
+fn is_privileged(id: u32) -> bool {
+    domain::is_privileged(id)
+}
+
+fn domain_list() -> Vec<DomainInfo> {
+    domain::summaries()
+        .into_iter()
+        .map(|d| {
+            let mut state = 0;
+            for (on, bit) in [
+                (d.running, DomainState::RUNNING),
+                (d.blocked, DomainState::BLOCKED),
+                (d.paused, DomainState::PAUSED),
+                (d.shutdown, DomainState::SHUTDOWN),
+                (d.crashed, DomainState::CRASHED),
+                (d.dying, DomainState::DYING),
+            ] {
+                if on {
+                    state |= bit;
+                }
+            }
+            DomainInfo { name: d.name, id: d.id, mem_mib: d.memory_bytes >> 20, vcpus: d.vcpus, state: DomainState(state), cpu_time_ns: d.cpu_time_ns }
+        })
+        .collect()
+}
+
+fn vcpu_list(only: Option<u32>) -> Vec<VcpuInfo> {
+    domain::vcpu_summaries(only)
+        .into_iter()
+        .map(|v| {
+            let mut state = 0;
+            for (on, bit) in [(v.running, VcpuState::RUNNING), (v.blocked, VcpuState::BLOCKED), (v.paused, VcpuState::PAUSED)] {
+                if on {
+                    state |= bit;
+                }
+            }
+            VcpuInfo {
+                dom_name: v.dom_name,
+                dom_id: v.dom_id,
+                vcpu: v.vcpu,
+                pcpu: v.pcpu,
+                state: VcpuState(state),
+                time_ns: v.time_ns,
+                affinity: v.affinity,
+            }
+        })
+        .collect()
+}
+
+fn host_info() -> HostInfo {
+    HostInfo {
+        version: format!("Ferrite {}", env!("CARGO_PKG_VERSION")),
+        host_cpus: percpu::online_count() as u32,
+        total_mib: crate::mm::total_bytes() >> 20,
+        free_mib: crate::mm::free_bytes() >> 20,
+        uptime_ns: time::uptime_ns(),
+        capabilities: vec![String::from("hvm-x86_64"), String::from("pvh-x86_64")],
+        cmdline: crate::boot_cmdline(),
+    }
+}

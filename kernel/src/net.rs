@@ -1,0 +1,149 @@
+//! The hypervisor's own network stack: smoltcp over the host virtio-net
+//! NIC, an IPv4 address from DHCP (or the command line), and the TCP
+//! services registered on it (the management service).
+//!
+//! Everything runs on CPU 0, polled from its scheduling loop between
+//! guest slices and while it idles (`poll`, `poll_delay_us`); no other
+//! CPU touches the stack, so its lock is never contended.
+//!
+//! Layering: this module knows nothing of what a service does. A service
+//! implements [`Service`] and registers itself; `net` only hands it the
+//! socket set at each poll.
+
+use crate::arch::time;
+use crate::drivers::virtio_net::NetDevice;
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use ferrite_boot::cmdline::MgmtOptions;
+use log::info;
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::socket::dhcpv4;
+use smoltcp::time::Instant;
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address, Ipv4Cidr};
+use spin::Mutex;
+
+/// A TCP service on the hypervisor's address: it owns sockets in the set
+/// (created in `attach`) and serves them at every poll.
+pub trait Service: Send {
+    /// Creates the service's sockets.
+    fn attach(&mut self, sockets: &mut SocketSet<'static>);
+    /// Moves data between the service's sockets and its sessions.
+    fn poll(&mut self, sockets: &mut SocketSet<'static>, now_us: u64);
+    /// Whether a client is connected (the stack is then polled more often).
+    fn busy(&self) -> bool;
+}
+
+struct Stack {
+    device: NetDevice,
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    dhcp: Option<SocketHandle>,
+    services: Vec<Box<dyn Service>>,
+}
+
+static STACK: Mutex<Option<Stack>> = Mutex::new(None);
+
+/// How often CPU 0 polls while a client is connected, and while idle.
+const ACTIVE_POLL_US: u64 = 2_000;
+const IDLE_POLL_US: u64 = 20_000;
+
+fn now() -> Instant {
+    Instant::from_micros(time::uptime_us() as i64)
+}
+
+/// Brings the stack up on `device` as the options say. Logs the address
+/// when it is static; DHCP's arrives later (see `poll`).
+pub fn init(device: NetDevice, opts: &MgmtOptions) {
+    let mut device = device;
+    let mac = EthernetAddress(device.mac);
+    let config = Config::new(HardwareAddress::Ethernet(mac));
+    let mut iface = Interface::new(config, &mut device, now());
+    let mut sockets = SocketSet::new(Vec::new());
+    let dhcp = match opts.static_ip {
+        Some((ip, prefix)) => {
+            let addr = Ipv4Address::from(ip);
+            iface.update_ip_addrs(|addrs| {
+                let _ = addrs.push(IpCidr::Ipv4(Ipv4Cidr::new(addr, prefix)));
+            });
+            if let Some(gw) = opts.gateway {
+                let _ = iface.routes_mut().add_default_ipv4_route(Ipv4Address::from(gw));
+            }
+            info!("net: address {}/{} (static){}", addr, prefix, opts.gateway.map_or(alloc::string::String::new(), |g| alloc::format!(", gateway {}", Ipv4Address::from(g))));
+            None
+        }
+        None => {
+            info!("net: asking for an address by DHCP");
+            Some(sockets.add(dhcpv4::Socket::new()))
+        }
+    };
+    *STACK.lock() = Some(Stack { device, iface, sockets, dhcp, services: Vec::new() });
+}
+
+/// Adds a service; false when there is no network.
+pub fn register(mut service: Box<dyn Service>) -> bool {
+    let mut guard = STACK.lock();
+    let Some(stack) = guard.as_mut() else { return false };
+    service.attach(&mut stack.sockets);
+    stack.services.push(service);
+    true
+}
+
+/// Moves packets and runs the services. CPU 0 only.
+pub fn poll() {
+    let Some(mut guard) = STACK.try_lock() else { return };
+    let Some(stack) = guard.as_mut() else { return };
+    let now_us = time::uptime_us();
+    // Bounded: a flood of frames cannot keep CPU 0 here.
+    for _ in 0..8 {
+        let changed = stack.iface.poll(now(), &mut stack.device, &mut stack.sockets);
+        if changed == smoltcp::iface::PollResult::None {
+            break;
+        }
+    }
+    if let Some(h) = stack.dhcp {
+        dhcp_event(stack, h);
+    }
+    let Stack { services, sockets, iface, device, .. } = stack;
+    for s in services.iter_mut() {
+        s.poll(sockets, now_us);
+    }
+    // Replies the services queued go out now, not at the next poll.
+    iface.poll(now(), device, sockets);
+}
+
+/// How long CPU 0 may idle before the stack wants polling again.
+pub fn poll_delay_us() -> Option<u64> {
+    let guard = STACK.try_lock()?;
+    let stack = guard.as_ref()?;
+    let busy = stack.services.iter().any(|s| s.busy());
+    Some(if busy { ACTIVE_POLL_US } else { IDLE_POLL_US })
+}
+
+fn dhcp_event(stack: &mut Stack, handle: SocketHandle) {
+    let event = stack.sockets.get_mut::<dhcpv4::Socket>(handle).poll();
+    match event {
+        None => {}
+        Some(dhcpv4::Event::Configured(config)) => {
+            stack.iface.update_ip_addrs(|addrs| {
+                addrs.clear();
+                let _ = addrs.push(IpCidr::Ipv4(config.address));
+            });
+            match config.router {
+                Some(router) => {
+                    let _ = stack.iface.routes_mut().add_default_ipv4_route(router);
+                }
+                None => stack.iface.routes_mut().remove_default_ipv4_route().map_or((), |_| ()),
+            }
+            info!(
+                "net: address {} by DHCP{}",
+                config.address,
+                config.router.map_or(alloc::string::String::new(), |r| alloc::format!(", gateway {}", r))
+            );
+        }
+        Some(dhcpv4::Event::Deconfigured) => {
+            info!("net: DHCP lease lost; asking again");
+            stack.iface.update_ip_addrs(|addrs| addrs.clear());
+            stack.iface.routes_mut().remove_default_ipv4_route();
+        }
+    }
+}

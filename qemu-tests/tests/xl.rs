@@ -1,0 +1,250 @@
+//! `ferrite xl` against a Ferrite running under QEMU: the hypervisor on
+//! QEMU's user network (virtio-net, DHCP), its management service
+//! forwarded to a host port, and the real client code (`xl::run`, what
+//! the `ferrite xl` command runs) talking to it, as a developer would
+//! from another terminal.
+
+use ferrite_mgmt::ClientHandshake;
+use ferrite_qemu_tests::{base_qemu, guest_module, images, pvh_config_module, test_dir, Vm, BASE_CMDLINE};
+use ferrite_tools::xl::{self, link, Io, Target};
+use std::io::{Read, Write};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Output written by a command: shared, so a test can watch it while the
+/// command runs in another thread.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// Runs `ferrite xl ARGS` in-process; returns (stdout, stderr, ok).
+fn xl_with_input(target: &Target, args: &[&str], input: Option<Box<dyn Read + Send>>, out: Captured) -> (String, String, bool) {
+    let argv: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let parsed = xl::parse_args(&argv).unwrap_or_else(|e| panic!("xl {args:?}: {e:#}"));
+    let (mut o, mut e) = (out.clone(), Captured::default());
+    let mut io = Io {
+        out: &mut o,
+        err: &mut e,
+        input,
+        input_is_terminal: false,
+        err_is_terminal: false,
+        shutdown_timeout: Duration::from_secs(60),
+        poll_interval: Duration::from_millis(200),
+    };
+    let result = xl::run(parsed.cmd, target, &mut io);
+    let mut err = e.text();
+    if let Err(why) = &result {
+        err.push_str(&format!("{why:#}"));
+    }
+    (out.text(), err, result.is_ok())
+}
+
+fn xl(target: &Target, args: &[&str]) -> (String, String, bool) {
+    xl_with_input(target, args, None, Captured::default())
+}
+
+/// Two domains of `guests/console_button.S`: `guest`, which the test
+/// manages, and `keeper`, which keeps Ferrite running (with `debug_exit=`
+/// it ends when its last domain does) until the test destroys it last.
+fn guests(dir: &std::path::Path) -> Vec<ferrite_tools::modules::ModuleSpec> {
+    vec![
+        pvh_config_module(dir, "guest", "console_button", 16),
+        pvh_config_module(dir, "keeper", "console_button", 16),
+        guest_module("console_button", dir),
+    ]
+}
+
+/// Destroys `keeper`, the last domain: Ferrite then reports to QEMU and
+/// exits, possibly before the reply leaves, so only the log is checked.
+fn finish(mut vm: Vm, target: &Target) {
+    let _ = xl(target, &["destroy", "keeper"]);
+    vm.expect_lines(&[r"domain \d+ \(keeper\) destroyed"]);
+    vm.expect_success();
+}
+
+/// Boots Ferrite with the management link and the guests in `modules`;
+/// waits until the service has its address.
+fn boot_with_link(name: &str, dir: &std::path::Path, modules: Vec<ferrite_tools::modules::ModuleSpec>) -> (Vm, Target) {
+    let link = link::prepare(dir, None).expect("management link");
+    let session = xl::read_session_file(&link.session_file).expect("session file");
+    let mut q = base_qemu().smp(2).kernel(&images().multiboot).append(BASE_CMDLINE).extra_args(&link.qemu_args);
+    for m in modules {
+        q = q.module(m);
+    }
+    q = q.module(link.key_module.clone());
+    let mut vm = Vm::start(name, dir, q);
+    vm.wait_for(r"^\(ferrite\) mgmt: ferrite xl service on TCP port 7070$", Duration::from_secs(120));
+    vm.wait_for(r"^\(ferrite\) net: address 10\.0\.2\.15/24 by DHCP", Duration::from_secs(120));
+    let target = Target { host: session.host, port: session.port, secret: session.secret, key_source: "test".into() };
+    (vm, target)
+}
+
+/// The developer's loop from the host: `list`, `info`, `dmesg`,
+/// `vcpu-list`, `pause`/`unpause`, `console` (output seen, input typed,
+/// Ctrl-] detaches), then `shutdown -w` presses the guest's power button
+/// and waits until it is gone. Unknown domains get one clear error.
+#[test]
+fn xl_manages_a_running_pvh_domain_from_the_host() {
+    let name = "xl_manages_a_running_pvh_domain_from_the_host";
+    let dir = test_dir(name);
+    let modules = guests(&dir);
+    let (mut vm, target) = boot_with_link(name, &dir, modules);
+    vm.wait_for(r"^\(guest\) console_button ready$", Duration::from_secs(120));
+    vm.wait_for(r"^\(keeper\) console_button ready$", Duration::from_secs(120));
+
+    let (out, err, ok) = xl(&target, &["list"]);
+    assert!(ok, "xl list failed: {err}");
+    let row = out.lines().find(|l| l.starts_with("guest ")).unwrap_or_else(|| vm.fail(&format!("no guest row in xl list:\n{out}")));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(&cols[2..4], &["16", "1"], "xl list row: {row}");
+
+    let (out, err, ok) = xl(&target, &["info"]);
+    assert!(ok, "xl info failed: {err}");
+    assert!(out.contains("nr_cpus                : 2"), "xl info:\n{out}");
+    assert!(!out.contains(&target.secret.to_hex()), "xl info shows the key");
+    let (out, _, ok) = xl(&target, &["dmesg"]);
+    assert!(ok && out.contains("boot complete"), "xl dmesg:\n{out}");
+    assert!(!out.contains(&target.secret.to_hex()), "the key is in the log");
+    let (out, _, ok) = xl(&target, &["vcpu-list", "guest"]);
+    assert!(ok && out.lines().any(|l| l.starts_with("guest ")), "xl vcpu-list:\n{out}");
+
+    let (_, err, ok) = xl(&target, &["pause", "guest"]);
+    assert!(ok, "pause: {err}");
+    let (out, _, _) = xl(&target, &["list", "guest"]);
+    assert!(out.contains("--p---"), "paused domain not shown paused:\n{out}");
+    let (_, err, ok) = xl(&target, &["unpause", "guest"]);
+    assert!(ok, "unpause: {err}");
+
+    let (_, err, ok) = xl(&target, &["destroy", "nosuch"]);
+    assert!(!ok && err.contains("nosuch"), "an unknown domain must be an error naming it: {err}");
+
+    // The console: type a line, see the guest's echo, detach.
+    let (detach_tx, detach_rx) = mpsc::channel::<()>();
+    let input = Box::new(ScriptedInput { first: b"hello ferrite\r".to_vec(), then: detach_rx, done: false });
+    let out = Captured::default();
+    let console = {
+        let (target, out) = (target.clone(), out.clone());
+        std::thread::spawn(move || xl_with_input(&target, &["console", "guest"], Some(input), out))
+    };
+    let start = Instant::now();
+    while !out.text().contains("echo: hello ferrite") {
+        if start.elapsed() > Duration::from_secs(60) {
+            vm.fail(&format!("no echo through xl console; it showed:\n{}", out.text()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    detach_tx.send(()).unwrap();
+    let (_, err, ok) = console.join().unwrap();
+    assert!(ok, "xl console did not detach cleanly: {err}");
+    vm.wait_for(r"^\(guest\) echo: hello ferrite$", Duration::from_secs(10));
+
+    let (_, err, ok) = xl(&target, &["shutdown", "-w", "guest"]);
+    assert!(ok, "xl shutdown -w: {err}");
+    vm.expect_lines(&[r"^\(guest\) power button pressed$", r"domain \d+ \(guest\) powered off"]);
+    let (out, _, _) = xl(&target, &["list"]);
+    assert!(!out.contains("guest "), "a powered-off domain is still listed:\n{out}");
+    finish(vm, &target);
+}
+
+/// Typed input for `xl console`: a line at once, then Ctrl-] when told.
+struct ScriptedInput {
+    first: Vec<u8>,
+    then: mpsc::Receiver<()>,
+    done: bool,
+}
+
+impl Read for ScriptedInput {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if !self.first.is_empty() {
+            let n = self.first.len().min(buf.len());
+            buf[..n].copy_from_slice(&self.first[..n]);
+            self.first.drain(..n);
+            return Ok(n);
+        }
+        if self.done {
+            return Ok(0);
+        }
+        let _ = self.then.recv();
+        self.done = true;
+        buf[0] = 0x1d;
+        Ok(1)
+    }
+}
+
+/// A wrong key is refused with a clear error; garbage and a truncated
+/// frame get an error reply and a closed connection; the service keeps
+/// answering the right client throughout.
+#[test]
+fn xl_refuses_a_wrong_key_and_survives_malformed_frames() {
+    let name = "xl_refuses_a_wrong_key_and_survives_malformed_frames";
+    let dir = test_dir(name);
+    let modules = guests(&dir);
+    let (mut vm, target) = boot_with_link(name, &dir, modules);
+
+    let mut wrong = target.clone();
+    wrong.secret = ferrite_mgmt::Secret::from_bytes([7; 32]);
+    let (_, err, ok) = xl(&wrong, &["list"]);
+    assert!(!ok, "a wrong key was accepted");
+    assert!(err.to_lowercase().contains("key"), "the refusal should say the key is wrong: {err}");
+
+    let addr = format!("{}:{}", target.host, target.port);
+    // Garbage: a frame that is no message.
+    let reply = raw_exchange(&addr, &[5, 0, 0, 0, b'h', b'e', b'l', b'l', b'o']);
+    assert!(String::from_utf8_lossy(&reply).contains("malformed"), "garbage got {reply:?}");
+    // Oversized: a length beyond the limit.
+    let reply = raw_exchange(&addr, &[0xff, 0xff, 0xff, 0x7f]);
+    assert!(!reply.is_empty(), "an oversized frame got no error reply");
+    // Truncated: half a Hello, then the client hangs up.
+    let hello = ClientHandshake::new(target.secret.clone(), [1; 32]).hello().unwrap();
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.write_all(&hello[..hello.len() / 2]).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+
+    // Wrong keys are throttled, not locked out for good: the right key
+    // works after the back-off.
+    let start = Instant::now();
+    loop {
+        let (out, err, ok) = xl(&target, &["list"]);
+        if ok {
+            assert!(out.contains("guest"), "xl list after the attacks:\n{out}");
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            vm.fail(&format!("the service stopped answering the right key: {err}"));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (_, err, ok) = xl(&target, &["destroy", "guest"]);
+    assert!(ok, "xl destroy: {err}");
+    vm.expect_lines(&[r"domain \d+ \(guest\) destroyed"]);
+    finish(vm, &target);
+}
+
+/// Sends `bytes` on a fresh connection and returns all the server sends
+/// back before it closes.
+fn raw_exchange(addr: &str, bytes: &[u8]) -> Vec<u8> {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut reply = Vec::new();
+    let _ = s.read_to_end(&mut reply);
+    reply
+}
