@@ -14,6 +14,7 @@ use crate::stubdom::StubBackends;
 use crate::mm::guest::{GuestMemError, GuestMemory};
 use crate::sched::{self, Runnable, SchedState, SliceEnd};
 use crate::vcpu::{self, Platform, RunOutcome};
+use crate::mm::blob::Blob;
 use crate::virt::svm::SvmVcpu;
 use crate::virt::{Capabilities, EntryState, GuestRegs, Segment, VcpuOps};
 use alloc::format;
@@ -51,7 +52,7 @@ pub enum DomainState {
 #[derive(Clone)]
 pub enum Boot {
     /// A kernel entered directly (PVH note or bzImage 64-bit protocol).
-    Pvh { kernel: &'static [u8], initrd: Option<&'static [u8]>, cmdline: String },
+    Pvh { kernel: Blob, initrd: Option<Blob>, cmdline: String },
     /// Firmware from the reset vector, devices from a stub domain.
     Hvm(HvmBoot),
     /// A stub domain (built together with its guest, never on its own).
@@ -257,7 +258,7 @@ impl Domain {
             start_info_flags: if spec.privileged { 0b11 } else { 0 },
             platform: platform::guest_layout(),
         };
-        let plan = ferrite_loader::layout::load_with_options(kernel, *initrd, &cmdline, &mut LoaderMemory(&mem), spec.vcpus, &opts)
+        let plan = ferrite_loader::layout::load_with_options(kernel, initrd.as_deref(), &cmdline, &mut LoaderMemory(&mem), spec.vcpus, &opts)
             .map_err(|e| format!("{}: cannot load the kernel: {}", spec.name, e))?;
         let st = plan.entry.cpu_state();
         let entry = EntryState {
@@ -332,7 +333,9 @@ impl Domain {
         });
         let mut vcpus = Vec::new();
         for i in 0..domain.spec.vcpus {
-            let mut arch = SvmVcpu::new(caps, npt_root, asid, (intercepts.0).0, (intercepts.1).0);
+            let Some(mut arch) = SvmVcpu::new(caps, npt_root, asid, (intercepts.0).0, (intercepts.1).0) else {
+                return Err(format!("{}: out of memory for vCPU {}", domain.name, i));
+            };
             if i == 0 {
                 arch.set_entry_state(&entry);
             }

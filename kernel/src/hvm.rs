@@ -7,6 +7,7 @@
 //! at 0xE0000–0xFFFFF (as RAM: SeaBIOS makes that range writable and
 //! copies itself there anyway, as it does on QEMU with PAM).
 
+use crate::mm::blob::Blob;
 use crate::domain::{Action, Boot, Domain, DomainSpec, LoaderMemory, Role};
 use crate::drivers::virtio_blk;
 use crate::ioreq::IoreqServer;
@@ -37,17 +38,17 @@ pub struct HvmDisk {
 /// for HVM), done by QEMU's `linuxboot_dma.bin` option ROM under SeaBIOS.
 #[derive(Clone)]
 pub struct HvmLinux {
-    pub kernel: &'static [u8],
-    pub initrd: Option<&'static [u8]>,
+    pub kernel: Blob,
+    pub initrd: Option<Blob>,
     pub cmdline: String,
-    pub option_rom: &'static [u8],
+    pub option_rom: Blob,
 }
 
 /// What an HVM domain boots with.
 #[derive(Clone)]
 pub struct HvmBoot {
-    pub bios: &'static [u8],
-    pub stub_image: &'static [u8],
+    pub bios: Blob,
+    pub stub_image: Blob,
     pub disks: Vec<HvmDisk>,
     pub linux: Option<HvmLinux>,
     pub boot_order: String,
@@ -75,7 +76,7 @@ pub fn create(spec: DomainSpec, caps: Capabilities) -> Result<Arc<Domain>, Strin
     if spec.vcpus as usize > IOREQ_SLOTS {
         return Err(format!("{}: at most {} vCPUs for an HVM guest", name, IOREQ_SLOTS));
     }
-    let bios = h.bios;
+    let bios = h.bios.clone();
     if bios.is_empty() || bios.len() % 4096 != 0 || bios.len() > (16 << 20) {
         return Err(format!("{}: the BIOS image is {} bytes; expected a multiple of 4 KiB up to 16 MiB (e.g. SeaBIOS bios-256k.bin)", name, bios.len()));
     }
@@ -93,7 +94,7 @@ pub fn create(spec: DomainSpec, caps: Capabilities) -> Result<Arc<Domain>, Strin
 
     crate::domain::check_memory(&name, spec.memory_bytes + ferrite_abi::STUB_RAM_BYTES)?;
     let mut mem = GuestMemory::new(spec.memory_bytes).map_err(|e| format!("{}: {}", name, e))?;
-    mem.map_rom((1 << 32) - bios.len() as u64, bios).map_err(|e| format!("{}: BIOS: {}", name, e))?;
+    mem.map_rom((1 << 32) - bios.len() as u64, &bios).map_err(|e| format!("{}: BIOS: {}", name, e))?;
     let low = &bios[bios.len().saturating_sub(LOW_BIOS_MAX)..];
     mem.write(LOW_BIOS_END - low.len() as u64, low).map_err(|e| format!("{}: BIOS: {}", name, e))?;
     let ram = mem.ram_bytes();
@@ -220,16 +221,16 @@ fn create_stub(
     mem.map_shared_page(ferrite_abi::BUFIO_GPA, ioreq.bufio_hpa()).map_err(|e| format!("{}: {}", name, e))?;
     mem.map_window(GUEST_WINDOW, &guest.mem).map_err(|e| format!("{}: {}", name, e))?;
 
-    let mut data: Vec<&'static [u8]> = Vec::new();
-    let mut source = |bytes: &'static [u8]| {
-        data.push(bytes);
+    let mut data: Vec<Blob> = Vec::new();
+    let mut source = |bytes: &Blob| {
+        data.push(bytes.clone());
         DataSource { handle: (data.len() - 1) as u32, len: bytes.len() as u64 }
     };
     let linux = h.linux.as_ref().map(|l| DirectLinuxBoot {
-        kernel: source(l.kernel),
-        initrd: l.initrd.map(&mut source),
+        kernel: source(&l.kernel),
+        initrd: l.initrd.as_ref().map(&mut source),
         cmdline: l.cmdline.clone(),
-        option_rom: source(l.option_rom),
+        option_rom: source(&l.option_rom),
     });
     let layout = crate::platform::guest_layout();
     let config = StubConfig {
@@ -262,7 +263,7 @@ fn create_stub(
         fault_inject_wild_access: h.fault_inject_wild_access,
     };
     let bytes = config.to_bytes().map_err(|e| format!("{}: encoding its configuration: {}", name, e))?;
-    let entry = ferrite_loader::stub::load_stub(h.stub_image, &bytes, guest.mem.top(), &mut LoaderMemory(&mem))
+    let entry = ferrite_loader::stub::load_stub(&h.stub_image, &bytes, guest.mem.top(), &mut LoaderMemory(&mem))
         .map_err(|e| format!("{}: cannot load the stub domain image: {}", name, e))?;
     let spec = DomainSpec {
         name,

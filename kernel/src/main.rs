@@ -18,6 +18,7 @@ mod console;
 mod domain;
 mod drivers;
 mod hvm;
+mod launch;
 mod ioreq;
 mod mgmt;
 mod mm;
@@ -163,7 +164,7 @@ pub extern "C" fn kmain(magic: u32, info_paddr: u32, entry: u32) -> ! {
         // A checksum lets a user (and the tests) confirm what the loader
         // handed over; hashing a 50 MiB kernel would cost a second of boot.
         // No digest of the key either: nothing about it goes in the log.
-        if size > MODULE_HASH_LIMIT || module_name(&m.cmdline) == KEY_MODULE {
+        if size > MODULE_HASH_LIMIT || launch::module_name(&m.cmdline) == launch::KEY_MODULE {
             info!("module {}: {} bytes at {:#x}, cmdline \"{}\"", i, size, m.start, m.cmdline);
             continue;
         }
@@ -184,6 +185,7 @@ pub extern "C" fn kmain(magic: u32, info_paddr: u32, entry: u32) -> ! {
     };
 
     let mem = mm::init(&boot);
+    launch::register_modules(&boot);
     info!(
         "memory: {} MiB usable in {} regions, {} MiB free, heap {} MiB",
         mem.usable_bytes >> 20,
@@ -281,7 +283,7 @@ pub extern "C" fn kmain(magic: u32, info_paddr: u32, entry: u32) -> ! {
         ok = false;
     }
     let started = match caps {
-        Some(caps) if ok => start_boot_domains(&boot, &opts, caps),
+        Some(caps) if ok => launch::start_boot_domains(&boot, &opts, caps),
         _ => 0,
     };
     let (used, total) = mm::heap::usage();
@@ -347,243 +349,14 @@ static BOOT_DONE: AtomicBool = AtomicBool::new(false);
 /// scheduler, run loop, exit handling and domain (re)creation run on it.
 const AP_STACK_BYTES: usize = 256 * 1024;
 
-/// The module's name: the first word of its string, without directories.
-fn module_name(cmdline: &str) -> &str {
-    let first = cmdline.split_whitespace().next().unwrap_or("");
-    first.rsplit('/').next().unwrap_or(first)
-}
-
-/// Whether a boot module is a domain configuration file (by its name).
-fn is_config_module(m: &bootinfo::BootModule) -> bool {
-    let name = module_name(&m.cmdline);
-    name.ends_with(".cfg") || name.ends_with(".conf")
-}
-
-/// A kernel, initrd or firmware file: neither an xl config nor the key.
-fn is_guest_file(m: &bootinfo::BootModule) -> bool {
-    !is_config_module(m) && module_name(&m.cmdline) != KEY_MODULE
-}
-
-/// The boot module holding the management service's key (64 hex digits):
-/// unlike `mgmt_key=`, it shows in no process list and no boot log.
-const KEY_MODULE: &str = "mgmt.key";
-
 fn key_module(boot: &bootinfo::BootInfo) -> Option<[u8; 32]> {
-    let m = boot.modules.iter().find(|m| module_name(&m.cmdline) == KEY_MODULE)?;
+    let m = boot.modules.iter().find(|m| launch::module_name(&m.cmdline) == launch::KEY_MODULE)?;
     let text = core::str::from_utf8(mm::module_bytes(m.start, m.end)).unwrap_or("");
     let key = cmdline::parse_key(text.trim());
     if key.is_none() {
-        error!("{}: not a key (64 hexadecimal digits expected); the management service refuses every client", KEY_MODULE);
+        error!("{}: not a key (64 hexadecimal digits expected); the management service refuses every client", launch::KEY_MODULE);
     }
     key
-}
-
-fn map_action(a: ferrite_config::Action) -> domain::Action {
-    match a {
-        ferrite_config::Action::Destroy => domain::Action::Destroy,
-        ferrite_config::Action::Restart => domain::Action::Restart,
-        ferrite_config::Action::Preserve => domain::Action::Preserve,
-    }
-}
-
-/// Creates the boot-time domains from the modules, Xen's way: module 0 is
-/// the dom0 kernel (its string, after the file name, the kernel command
-/// line) and module 1, unless it is a config file or a file a config names,
-/// dom0's initrd. Modules named `*.cfg`/`*.conf` are xl-style domain
-/// configs; the `kernel`/`ramdisk` files they name are other modules,
-/// matched by file name. Returns how many domains started.
-fn start_boot_domains(boot: &bootinfo::BootInfo, opts: &Options, caps: virt::Capabilities) -> usize {
-    let mods = &boot.modules;
-    let mut started = 0;
-    // Configs first, to know which modules they claim.
-    let mut configs = Vec::new();
-    for m in mods.iter().filter(|m| is_config_module(m)) {
-        let name = module_name(&m.cmdline);
-        match ferrite_config::parse(name, mm::module_bytes(m.start, m.end)) {
-            Ok((cfg, warnings)) => {
-                for w in warnings {
-                    warn!("{}", w);
-                }
-                configs.push(cfg);
-            }
-            Err(errors) => {
-                for e in errors {
-                    error!("{}", e);
-                }
-                error!("{}: not started (fix the errors above)", name);
-            }
-        }
-    }
-    let find = |file: &str| {
-        let wanted = file.rsplit('/').next().unwrap_or(file);
-        mods.iter().find(|m| is_guest_file(m) && module_name(&m.cmdline) == wanted)
-    };
-    let claimed = |m: &bootinfo::BootModule| {
-        configs.iter().any(|c| {
-            [c.kernel.as_deref(), c.ramdisk.as_deref()]
-                .into_iter()
-                .flatten()
-                .any(|f| find(f).is_some_and(|x| core::ptr::eq(x, m)))
-        })
-    };
-
-    let pcpus = percpu::online_count() as u32;
-    if let Some(kernel_mod) = mods.first().filter(|m| is_guest_file(m) && !claimed(m)) {
-        let kernel = mm::module_bytes(kernel_mod.start, kernel_mod.end);
-        let initrd = mods.get(1).filter(|m| is_guest_file(m) && !claimed(m)).map(|m| mm::module_bytes(m.start, m.end));
-        let cmdline = module_args(&kernel_mod.cmdline, boot.loader_name.as_deref());
-        let vcpus = opts.dom0_max_vcpus.map_or(pcpus, |r| r.max.unwrap_or(r.min).max(1));
-        let memory_bytes = match opts.dom0_mem.and_then(|m| m.amount) {
-            Some(cmdline::MemSize::Bytes(b)) => b,
-            Some(cmdline::MemSize::AllBut(b)) => mm::free_bytes().saturating_sub(b),
-            None => (mm::free_bytes() / 2).min(512 << 20),
-        };
-        let affinity = if opts.dom0_vcpus_pin { (0..vcpus).map(|i| 1u64 << (i % pcpus.max(1))).collect() } else { Vec::new() };
-        let spec = domain::DomainSpec {
-            name: alloc::string::String::from("dom0"),
-            memory_bytes,
-            vcpus,
-            boot: domain::Boot::Pvh { kernel, initrd, cmdline },
-            affinity,
-            privileged: true,
-            on_poweroff: domain::Action::Destroy,
-            on_reboot: domain::Action::Restart,
-            on_crash: domain::Action::Destroy,
-        };
-        match domain::Domain::create(spec, caps) {
-            Ok(_) => started += 1,
-            Err(e) => error!("dom0 not started: {}", e),
-        }
-    } else {
-        info!("no dom0 kernel module given");
-    }
-
-    for cfg in configs {
-        let module = |file: &str, what: &str| {
-            find(file).map(|m| mm::module_bytes(m.start, m.end)).ok_or_else(|| {
-                alloc::format!("{} '{}' is not among the boot modules (load it as a module named '{}')", what, file, file)
-            })
-        };
-        let boot = match cfg.guest_type {
-            ferrite_config::GuestType::Pvh => pvh_boot(&cfg, &module),
-            _ => hvm_boot(&cfg, &module, mods),
-        };
-        let boot = match boot {
-            Ok(b) => b,
-            Err(e) => {
-                error!("{}: {}; not started", cfg.name, e);
-                continue;
-            }
-        };
-        let affinity = match &cfg.cpus {
-            Some(aff) => (0..cfg.vcpus as usize)
-                .map(|i| aff.for_vcpu(i).map_or(u64::MAX, |set| set.iter().filter(|&c| c < 64).fold(0u64, |m, c| m | (1 << c))))
-                .collect(),
-            None => Vec::new(),
-        };
-        let spec = domain::DomainSpec {
-            name: cfg.name.clone(),
-            memory_bytes: cfg.memory_mib << 20,
-            vcpus: cfg.vcpus,
-            boot,
-            affinity,
-            privileged: false,
-            on_poweroff: map_action(cfg.on_poweroff),
-            on_reboot: map_action(cfg.on_reboot),
-            on_crash: map_action(cfg.on_crash),
-        };
-        match domain::Domain::create(spec, caps) {
-            Ok(_) => started += 1,
-            Err(e) => error!("{} not started: {}", cfg.name, e),
-        }
-    }
-    if started == 0 {
-        info!("no domains to run");
-    }
-    started
-}
-
-type ModuleLookup<'a> = dyn Fn(&str, &str) -> Result<&'static [u8], alloc::string::String> + 'a;
-
-/// A PVH domU's kernel and initrd from the modules its config names.
-fn pvh_boot(cfg: &ferrite_config::DomainConfig, module: &ModuleLookup) -> Result<domain::Boot, alloc::string::String> {
-    let kernel_file = cfg.kernel.as_deref().ok_or("no kernel given")?;
-    let kernel = module(kernel_file, "kernel")?;
-    let initrd = cfg.ramdisk.as_deref().map(|f| module(f, "ramdisk")).transpose()?;
-    Ok(domain::Boot::Pvh { kernel, initrd, cmdline: cfg.cmdline.clone().unwrap_or_default() })
-}
-
-/// The module holding the stub-domain image (built as `ferrite-stubdom`).
-const STUBDOM_MODULE: &str = "ferrite-stubdom";
-/// SeaBIOS as QEMU ships it, the default HVM firmware.
-const DEFAULT_BIOS_MODULE: &str = "bios-256k.bin";
-/// QEMU's option ROM for direct Linux boot through fw_cfg.
-const LINUXBOOT_ROM_MODULE: &str = "linuxboot_dma.bin";
-
-/// An HVM domain's firmware, disks and optional direct-boot kernel.
-fn hvm_boot(cfg: &ferrite_config::DomainConfig, module: &ModuleLookup, mods: &[bootinfo::BootModule]) -> Result<domain::Boot, alloc::string::String> {
-    use ferrite_config::{Access, DevType, Firmware, VdevBus};
-    let bios = match &cfg.firmware {
-        None | Some(Firmware::Bios) => module(DEFAULT_BIOS_MODULE, "the BIOS")?,
-        Some(Firmware::Path(p)) => module(p, "the firmware")?,
-        Some(Firmware::Uefi) => return Err("UEFI firmware is not supported; use firmware='bios'".into()),
-    };
-    let stub_image = mods
-        .iter()
-        .find(|m| module_name(&m.cmdline).starts_with(STUBDOM_MODULE))
-        .map(|m| mm::module_bytes(m.start, m.end))
-        .ok_or_else(|| alloc::format!("no stub-domain image: load {} as a boot module", STUBDOM_MODULE))?;
-    let mut disks = Vec::new();
-    for d in &cfg.disks {
-        if d.devtype == DevType::Cdrom {
-            return Err(alloc::format!("disk {}: CD-ROMs are not emulated yet", d.vdev.name));
-        }
-        if d.vdev.bus != VdevBus::Ide || d.vdev.disk > 3 || d.vdev.partition != 0 {
-            return Err(alloc::format!("disk {}: HVM guests get IDE disks; use hda, hdb, hdc or hdd", d.vdev.name));
-        }
-        let target = d.target.clone().ok_or_else(|| alloc::format!("disk {}: no target", d.vdev.name))?;
-        disks.push(hvm::HvmDisk { target, vdev: d.vdev.name.clone(), read_only: d.access == Access::ReadOnly });
-    }
-    let linux = match cfg.kernel.as_deref() {
-        Some(k) => Some(hvm::HvmLinux {
-            kernel: module(k, "kernel")?,
-            initrd: cfg.ramdisk.as_deref().map(|f| module(f, "ramdisk")).transpose()?,
-            cmdline: cfg.cmdline.clone().unwrap_or_default(),
-            option_rom: module(LINUXBOOT_ROM_MODULE, "the direct-boot option ROM")?,
-        }),
-        None => None,
-    };
-    let boot_order = cfg
-        .boot
-        .iter()
-        .map(|b| match b {
-            ferrite_config::BootDevice::Floppy => 'a',
-            ferrite_config::BootDevice::Disk => 'c',
-            ferrite_config::BootDevice::Cdrom => 'd',
-            ferrite_config::BootDevice::Network => 'n',
-        })
-        .collect();
-    Ok(domain::Boot::Hvm(hvm::HvmBoot {
-        bios,
-        stub_image,
-        disks,
-        linux,
-        boot_order,
-        fault_inject_ata_command: cfg.device_model_fault_inject,
-        fault_inject_wild_access: cfg.device_model_fault_inject_wild,
-    }))
-}
-
-/// A kernel module's command line: its string without the file name (the
-/// first word, which QEMU and GRUB legacy put there).
-fn module_args(cmdline: &str, loader: Option<&str>) -> alloc::string::String {
-    let norm = bootinfo::normalize_multiboot_cmdline(cmdline, loader);
-    let name = module_name(cmdline);
-    match norm.split_once(' ') {
-        Some((first, rest)) if first.rsplit('/').next() == Some(name) && !name.contains('=') => alloc::string::String::from(rest.trim_start()),
-        None if norm.rsplit('/').next() == Some(name) && !name.contains('=') => alloc::string::String::new(),
-        _ => norm,
-    }
 }
 
 fn enable_virtualization_on_this_cpu() {

@@ -17,9 +17,12 @@ use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 use ferrite_boot::cmdline::MgmtOptions;
+use crate::launch::{self, Files};
+use crate::mm::blob::{Blob, FrameBuffer};
+use alloc::sync::Arc;
 use ferrite_mgmt::{
-    AuthThrottle, DomRef, DomainInfo, DomainState, ErrorCode, ErrorReply, FileHasher, HostInfo, Request, Response, Secret, ServerSession,
-    UptimeInfo, VcpuInfo, VcpuState,
+    AuthThrottle, DomRef, DomainInfo, DomainState, ErrorCode, ErrorReply, FileHasher, FileMeta, HostInfo, Request, Response, Secret,
+    ServerSession, Upload, UptimeInfo, VcpuInfo, VcpuState,
 };
 use log::{info, warn};
 use smoltcp::iface::{SocketHandle, SocketSet};
@@ -61,10 +64,28 @@ struct MgmtService {
 struct Conn {
     handle: SocketHandle,
     session: Option<ServerSession>,
+    state: ConnState,
+}
+
+/// What a client has going beyond single requests.
+#[derive(Default)]
+struct ConnState {
     /// The domain whose console this client is attached to, and the
     /// position of the next byte to send.
     console: Option<(u32, u64)>,
+    /// An `xl create` whose files are arriving.
+    create: Option<PendingCreate>,
 }
+
+/// A config checked and its files being received into host frames.
+struct PendingCreate {
+    config: ferrite_config::DomainConfig,
+    upload: Upload,
+    buffers: Vec<FrameBuffer>,
+}
+
+/// Host memory an upload must leave free besides the domain's own RAM.
+const CREATE_RESERVE: u64 = 32 << 20;
 
 impl Service for MgmtService {
     fn attach(&mut self, sockets: &mut SocketSet<'static>) {
@@ -72,7 +93,7 @@ impl Service for MgmtService {
             let rx = tcp::SocketBuffer::new(vec![0u8; SOCKET_BUFFER]);
             let tx = tcp::SocketBuffer::new(vec![0u8; SOCKET_BUFFER]);
             let handle = sockets.add(tcp::Socket::new(rx, tx));
-            self.conns.push(Conn { handle, session: None, console: None });
+            self.conns.push(Conn { handle, session: None, state: ConnState::default() });
         }
     }
 
@@ -109,7 +130,7 @@ impl MgmtService {
             let sock = sockets.get_mut::<tcp::Socket>(handle);
             if !sock.is_open() {
                 self.conns[i].session = None;
-                self.conns[i].console = None;
+                self.conns[i].state = ConnState::default();
                 if let Err(e) = sock.listen(port) {
                     warn!("mgmt: cannot listen on port {}: {}", port, e);
                 }
@@ -129,31 +150,41 @@ impl MgmtService {
         let conn = &mut self.conns[i];
         let Some(session) = conn.session.as_mut() else { return };
 
-        // In: only what the session takes (it bounds its own buffer).
-        if sock.can_recv() {
-            let _ = sock.recv(|data| (session.feed(data), ()));
+        // In: only what the session takes (it bounds its own buffer); a
+        // few rounds, so an upload's chunks do not wait a poll each.
+        for _ in 0..4 {
+            let mut fed = 0;
+            if sock.can_recv() {
+                let _ = sock.recv(|data| {
+                    fed = session.feed(data);
+                    (fed, ())
+                });
+            }
+            while let Some(request) = session.next_request(now_us, &mut self.throttle) {
+                if let Some(response) = serve(request, &mut conn.state) {
+                    session.respond(&response);
+                }
+            }
+            if fed == 0 {
+                break;
+            }
         }
         if !sock.may_recv() && !session.is_closed() {
             session.peer_closed();
         }
         session.check_timeout(now_us);
-        while let Some(request) = session.next_request(now_us, &mut self.throttle) {
-            if let Some(response) = serve(request, &mut conn.console) {
-                session.respond(&response);
-            }
-        }
         // Console output for an attached client, a bounded piece per poll.
-        if let Some((dom, pos)) = conn.console {
+        if let Some((dom, pos)) = conn.state.console {
             if session.outgoing().len() < SOCKET_BUFFER {
                 match domain::console_output(dom, pos, CONSOLE_CHUNK) {
                     Some((bytes, next)) => {
-                        conn.console = Some((dom, next));
+                        conn.state.console = Some((dom, next));
                         if !bytes.is_empty() {
                             session.respond(&Response::ConsoleOutput(bytes));
                         }
                     }
                     None => {
-                        conn.console = None;
+                        conn.state.console = None;
                         session.respond(&error(ErrorCode::NoSuchDomain, format!("domain {} is gone", dom)));
                     }
                 }
@@ -192,7 +223,8 @@ fn admin_result(r: Result<(), AdminError>, dom: &DomRef) -> Response {
 }
 
 /// Carries out one request; None for the one request with no answer.
-fn serve(request: Request, console: &mut Option<(u32, u64)>) -> Option<Response> {
+fn serve(request: Request, state: &mut ConnState) -> Option<Response> {
+    let console = &mut state.console;
     let with_dom = |dom: &DomRef, f: &dyn Fn(u32) -> Result<(), AdminError>| match resolve(dom) {
         Ok(id) => admin_result(f(id), dom),
         Err(e) => e,
@@ -239,10 +271,36 @@ fn serve(request: Request, console: &mut Option<(u32, u64)>) -> Option<Response>
             Response::Vcpus(vcpu_list(only))
         }
         Request::VcpuPin { dom, vcpu, pcpus } => with_dom(&dom, &|id| domain::pin_vcpus(id, vcpu, pcpus)),
-        Request::Create { .. } | Request::FileChunk { .. } | Request::CreateCommit => error(
-            ErrorCode::Unsupported,
-            "creating domains at runtime is not supported yet; give the config and its files as boot modules",
-        ),
+        Request::Create { config_name, config_text, files } => {
+            state.create = None;
+            match begin_create(&config_name, &config_text, files) {
+                Ok(pending) => {
+                    state.create = Some(pending);
+                    Response::Ok
+                }
+                Err(e) => e,
+            }
+        }
+        Request::FileChunk { index, offset, data } => match state.create.as_mut() {
+            Some(pending) => match pending.upload.accept(index, offset, &data) {
+                Ok(()) => {
+                    // Checked by `accept`: the file exists, the range is
+                    // inside its announced length (= the buffer's).
+                    let buf = pending.buffers[index as usize].as_mut_slice();
+                    buf[offset as usize..offset as usize + data.len()].copy_from_slice(&data);
+                    Response::Ok
+                }
+                Err(e) => {
+                    state.create = None;
+                    Response::Error(e)
+                }
+            },
+            None => error(ErrorCode::BadRequest, "a file chunk with no create under way"),
+        },
+        Request::CreateCommit => match state.create.take() {
+            Some(pending) => finish_create(pending),
+            None => error(ErrorCode::BadRequest, "nothing to create: send Create and its files first"),
+        },
         Request::ConsoleAttach(dom) => match resolve(&dom) {
             Ok(id) => {
                 let start = domain::console_position(id, CONSOLE_BACKLOG).unwrap_or(0);
@@ -319,8 +377,81 @@ fn host_info() -> HostInfo {
         host_cpus: percpu::online_count() as u32,
         total_mib: crate::mm::total_bytes() >> 20,
         free_mib: crate::mm::free_bytes() >> 20,
+        free_bytes: crate::mm::free_bytes(),
+        heap_used_bytes: crate::mm::heap::usage().0 as u64,
         uptime_ns: time::uptime_ns(),
         capabilities: vec![String::from("hvm-x86_64"), String::from("pvh-x86_64")],
         cmdline: crate::boot_cmdline(),
+    }
+}
+
+/// Checks an `xl create`: the config parses, the domain name is free,
+/// every announced file is one the config names, and there is room for
+/// the files besides the domain's memory; then sets up their buffers.
+fn begin_create(config_name: &str, config_text: &str, files: Vec<FileMeta>) -> Result<PendingCreate, Response> {
+    let config = match ferrite_config::parse(config_name, config_text.as_bytes()) {
+        Ok((cfg, _warnings)) => cfg,
+        Err(errors) => {
+            let text: Vec<String> = errors.iter().map(|e| format!("{}", e)).collect();
+            return Err(error(ErrorCode::BadConfig, text.join("\n")));
+        }
+    };
+    if domain::lookup(None, &config.name).is_some() {
+        return Err(error(ErrorCode::AlreadyExists, format!("a domain named '{}' already exists", config.name)));
+    }
+    let named: Vec<&str> = [config.kernel.as_deref(), config.ramdisk.as_deref()]
+        .into_iter()
+        .flatten()
+        .chain(match &config.firmware {
+            Some(ferrite_config::Firmware::Path(p)) => Some(p.as_str()),
+            _ => None,
+        })
+        .collect();
+    if let Some(f) = files.iter().find(|f| !named.contains(&f.name.as_str())) {
+        return Err(error(ErrorCode::BadRequest, format!("'{}' is not a file {} names (kernel, ramdisk or firmware)", f.name, config_name)));
+    }
+    let room = crate::mm::free_bytes().saturating_sub(config.memory_mib << 20).saturating_sub(CREATE_RESERVE);
+    let upload = Upload::new(files, room).map_err(Response::Error)?;
+    let mut buffers = Vec::new();
+    for f in upload.files() {
+        let buf = usize::try_from(f.len).ok().and_then(FrameBuffer::new).ok_or_else(|| {
+            error(ErrorCode::NoMemory, format!("no {} MiB of contiguous host memory for '{}'", f.len.div_ceil(1 << 20), f.name))
+        })?;
+        buffers.push(buf);
+    }
+    info!("mgmt: receiving {} for domain '{}' ({} file(s))", config_name, config.name, buffers.len());
+    Ok(PendingCreate { config, upload, buffers })
+}
+
+/// The uploaded files by the names the config gives them; the platform
+/// files (BIOS, option ROM) from the boot modules.
+struct Uploaded(Vec<(String, Blob)>);
+
+impl Files for Uploaded {
+    fn get(&self, file: &str, what: &str) -> Result<Blob, String> {
+        match self.0.iter().find(|(name, _)| name == file) {
+            Some((_, blob)) => Ok(blob.clone()),
+            None => launch::BootModules.get(file, what),
+        }
+    }
+}
+
+fn finish_create(pending: PendingCreate) -> Response {
+    let PendingCreate { config, upload, buffers } = pending;
+    let files = match upload.finish() {
+        Ok(f) => f,
+        Err(e) => return Response::Error(e),
+    };
+    let uploaded = Uploaded(files.into_iter().zip(buffers).map(|(f, b)| (f.name, Blob::Uploaded(Arc::new(b)))).collect());
+    let spec = match launch::spec_from_config(&config, &uploaded) {
+        Ok(s) => s,
+        Err(e) => return error(ErrorCode::BadConfig, format!("{}: {}", config.name, e)),
+    };
+    let Some(caps) = crate::virt_caps() else {
+        return error(ErrorCode::Internal, "this host cannot run guests (no usable virtualization)");
+    };
+    match domain::Domain::create(spec, caps) {
+        Ok(d) => Response::Created { id: d.id },
+        Err(e) => error(ErrorCode::Internal, e),
     }
 }

@@ -191,7 +191,7 @@ pub fn run(caps: crate::virt::Capabilities) -> Result<String, String> {
     let mem = GuestMemory::new(2 << 20).map_err(|e| format!("{}", e))?;
     mem.write(LOAD_GPA, guest_program()).map_err(|e| format!("{}", e))?;
     let (iopm, msrpm) = crate::mm::alloc_intercept_maps().ok_or("out of memory for permission maps")?;
-    let mut vcpu = SvmVcpu::new(caps, mem.npt_root(), 1, iopm.0, msrpm.0);
+    let mut vcpu = SvmVcpu::new(caps, mem.npt_root(), 1, iopm.0, msrpm.0).ok_or("out of memory for a VMCB")?;
     vcpu.reset_real_mode((LOAD_GPA >> 4) as u16, 0);
     let mut platform = SelftestPlatform { events: Vec::new(), mem: &mem };
     let (outcome, exits) = vcpu::run_loop(&mut vcpu, &mut platform, 1000);

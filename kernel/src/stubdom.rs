@@ -34,7 +34,7 @@ pub struct StubBackends {
     /// By handle.
     pub disks: Vec<StubDisk>,
     /// Boot files (kernel, initrd, option ROM) by handle.
-    pub data: Vec<&'static [u8]>,
+    pub data: Vec<crate::mm::blob::Blob>,
 }
 
 /// What the stub's vCPU does after a hypercall.
@@ -193,7 +193,7 @@ fn block_io(stub: &Domain, b: &StubBackends, addr: u64, len: u64) -> Result<u64,
 
 fn data_read(stub: &Domain, b: &StubBackends, args: [u64; 5]) -> Result<u64, Errno> {
     let [handle, offset, dest, len, where_] = args;
-    let data = *b.data.get(handle as usize).ok_or(Errno::Inval)?;
+    let data = b.data.get(handle as usize).ok_or(Errno::Inval)?;
     if len > DATA_READ_MAX {
         return Err(Errno::Inval);
     }

@@ -252,6 +252,10 @@ pub struct HostInfo {
     pub host_cpus: u32,
     pub total_mib: u64,
     pub free_mib: u64,
+    /// Exact figures (Ferrite's own `xl info` lines): free host memory and
+    /// the hypervisor heap in use, in bytes; what leak checks compare.
+    pub free_bytes: u64,
+    pub heap_used_bytes: u64,
     pub uptime_ns: u64,
     /// What guests can be (xl's `xen_caps`), such as `hvm-x86_64`, `pvh-x86_64`.
     pub capabilities: Vec<String>,

@@ -55,6 +55,8 @@ pub(crate) fn all_responses() -> Vec<Response> {
             host_cpus: 4,
             total_mib: 4096,
             free_mib: 1000,
+            free_bytes: 0,
+            heap_used_bytes: 0,
             uptime_ns: 99,
             capabilities: vec!["hvm-x86_64".into(), "pvh-x86_64".into()],
             cmdline: "console=com1".into(),

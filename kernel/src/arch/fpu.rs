@@ -17,7 +17,7 @@
 //! ARCHITECTURE.md, "Two host CPUs under QEMU TCG").
 
 use super::cpu;
-use alloc::alloc::{alloc_zeroed, Layout};
+use alloc::alloc::{alloc_zeroed, dealloc, Layout};
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 static USE_XSAVE: AtomicBool = AtomicBool::new(false);
@@ -67,19 +67,27 @@ pub struct FpuState {
 unsafe impl Send for FpuState {}
 
 impl FpuState {
-    /// A state in the architectural reset configuration (FCW 0x37F, MXCSR 0x1F80).
-    pub fn new() -> Self {
+    fn layout() -> Layout {
         let size = AREA_SIZE.load(Ordering::Relaxed).max(512);
-        let layout = Layout::from_size_align(size, 64).expect("fpu layout");
+        // A power-of-two alignment and a size far from overflow: cannot fail.
+        Layout::from_size_align(size, 64).unwrap_or(Layout::new::<[u8; 512]>())
+    }
+
+    /// A state in the architectural reset configuration (FCW 0x37F, MXCSR
+    /// 0x1F80); None when the heap has no room for it.
+    pub fn new() -> Option<Self> {
+        let layout = Self::layout();
         // SAFETY: the layout has a non-zero size.
         let area = unsafe { alloc_zeroed(layout) };
-        assert!(!area.is_null(), "out of memory for FPU state");
+        if area.is_null() {
+            return None;
+        }
         // SAFETY: the area is at least 512 bytes; FCW is at 0, MXCSR at 24.
         unsafe {
             area.cast::<u16>().write(0x37F);
             area.add(24).cast::<u32>().write(0x1F80);
         }
-        FpuState { area }
+        Some(FpuState { area })
     }
 
     pub fn save(&mut self) {
@@ -133,8 +141,10 @@ impl Default for SseRegs {
     }
 }
 
-impl Default for FpuState {
-    fn default() -> Self {
-        Self::new()
+impl Drop for FpuState {
+    fn drop(&mut self) {
+        // SAFETY: `area` came from `alloc_zeroed` with this same layout
+        // (AREA_SIZE is set once, before any vCPU exists) and is freed once.
+        unsafe { dealloc(self.area, Self::layout()) };
     }
 }

@@ -5,6 +5,7 @@ pub mod guest;
 pub mod heap;
 pub mod paging;
 pub mod shared;
+pub mod blob;
 
 use alloc::vec::Vec;
 use ferrite_boot::bootinfo::{BootInfo, MemoryKind};

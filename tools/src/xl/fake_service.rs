@@ -50,6 +50,8 @@ impl FakeState {
                 host_cpus: 4,
                 total_mib: 4096,
                 free_mib: 3000,
+            free_bytes: 0,
+            heap_used_bytes: 0,
                 uptime_ns: 3_723_000_000_000,
                 capabilities: vec!["hvm-x86_64".into(), "pvh-x86_64".into()],
                 cmdline: "console=com1".into(),

@@ -105,6 +105,8 @@ pub fn info_lines(host: &str, info: &HostInfo) -> Vec<(&'static str, String)> {
         ("max_cpu_id", info.host_cpus.saturating_sub(1).to_string()),
         ("total_memory", info.total_mib.to_string()),
         ("free_memory", info.free_mib.to_string()),
+        ("free_bytes", info.free_bytes.to_string()),
+        ("heap_used_bytes", info.heap_used_bytes.to_string()),
         ("xen_version", info.version.clone()),
         ("xen_caps", info.capabilities.join(" ")),
         ("xen_commandline", info.cmdline.clone()),

@@ -156,6 +156,8 @@ fn formats_info_and_uptime_like_xl() {
         host_cpus: 2,
         total_mib: 1024,
         free_mib: 700,
+            free_bytes: 0,
+            heap_used_bytes: 0,
         uptime_ns: 93_784_000_000_000,
         capabilities: vec!["hvm-x86_64".into(), "pvh-x86_64".into()],
         cmdline: "console=com1".into(),

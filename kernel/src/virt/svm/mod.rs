@@ -314,8 +314,9 @@ impl SvmVcpu {
     /// Creates a vCPU whose guest-physical memory is described by the
     /// nested page table rooted at `npt_root`. `iopm_pa`/`msrpm_pa` are the
     /// permission maps (all ports and MSRs intercepted unless cleared).
-    pub fn new(caps: Capabilities, npt_root: u64, asid: u32, iopm_pa: u64, msrpm_pa: u64) -> Self {
-        let (page, pa) = mm::alloc_zeroed_page_ref().expect("out of memory for a VMCB");
+    /// None when there is no free frame for its VMCB.
+    pub fn new(caps: Capabilities, npt_root: u64, asid: u32, iopm_pa: u64, msrpm_pa: u64) -> Option<Self> {
+        let (page, pa) = mm::alloc_zeroed_page_ref()?;
         let mut vmcb = Vmcb::new(page, pa);
         vmcb.write_u32(
             INTERCEPT_MISC1,
@@ -368,7 +369,7 @@ impl SvmVcpu {
             vmcb,
             regs: GuestRegs::default(),
             caps,
-            guest_fpu: FpuState::new(),
+            guest_fpu: FpuState::new()?,
             sse: SseRegs::new(),
             fpu_loaded: false,
             virq_vector: None,
@@ -385,7 +386,7 @@ impl SvmVcpu {
             iret_rip: None,
         };
         vcpu.reset_real_mode(0xF000, 0xFFF0);
-        vcpu
+        Some(vcpu)
     }
 
     fn next_rip(&self, insn_len: u64) -> u64 {

@@ -114,7 +114,16 @@ pub struct Vmcb {
     pa: u64,
 }
 
+impl Drop for Vmcb {
+    fn drop(&mut self) {
+        // A vCPU's VMCB goes with it (its domain is destroyed); nothing can
+        // run on it any more, since running needs `&mut` the vCPU.
+        crate::mm::free_page(self.pa);
+    }
+}
+
 impl Vmcb {
+    /// Owns `page` (at `pa`) from now on: it is freed with the VMCB.
     pub fn new(page: &'static mut [u8; 4096], pa: u64) -> Self {
         Vmcb { page, pa }
     }

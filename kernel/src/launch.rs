@@ -1,0 +1,278 @@
+//! From xl configs and files to running domains: at boot from the boot
+//! modules (Xen's way: module 0 is dom0's kernel, `*.cfg` modules are domU
+//! configs naming other modules), and at runtime from the files
+//! `xl create` uploaded. Both go through [`spec_from_config`].
+
+use crate::domain::{self, Action, Boot, DomainSpec};
+use crate::hvm;
+use crate::mm;
+use crate::mm::blob::Blob;
+use crate::arch::percpu;
+use crate::virt;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use ferrite_boot::bootinfo::{self, BootInfo, BootModule};
+use ferrite_boot::cmdline::{self, Options};
+use log::{error, info, warn};
+
+/// The module holding the stub-domain image (built as `ferrite-stubdom`).
+const STUBDOM_MODULE: &str = "ferrite-stubdom";
+/// SeaBIOS as QEMU ships it, the default HVM firmware.
+const DEFAULT_BIOS_MODULE: &str = "bios-256k.bin";
+/// QEMU's option ROM for direct Linux boot through fw_cfg.
+const LINUXBOOT_ROM_MODULE: &str = "linuxboot_dma.bin";
+/// The boot module holding the management service's key (64 hex digits):
+/// unlike `mgmt_key=`, it shows in no process list and no boot log.
+pub const KEY_MODULE: &str = "mgmt.key";
+
+/// Where a config's files come from.
+pub trait Files {
+    /// The file a config names (`kernel=`, `ramdisk=`, `firmware=`, or a
+    /// platform file such as the BIOS); `what` names it in errors.
+    fn get(&self, file: &str, what: &str) -> Result<Blob, String>;
+}
+
+/// The boot modules by name, kept for the life of the hypervisor: runtime
+/// creation takes platform files (BIOS, stub image, option ROM) from them.
+static MODULES: spin::Once<Vec<(String, &'static [u8])>> = spin::Once::new();
+
+/// Remembers the boot modules (call once, after memory is set up).
+pub fn register_modules(boot: &BootInfo) {
+    MODULES.call_once(|| boot.modules.iter().map(|m| (String::from(module_name(&m.cmdline)), mm::module_bytes(m.start, m.end))).collect());
+}
+
+/// A boot module by file name (directories in the request are ignored).
+pub fn boot_module(file: &str) -> Option<&'static [u8]> {
+    let wanted = file.rsplit('/').next().unwrap_or(file);
+    MODULES.get()?.iter().find(|(name, _)| name == wanted && is_guest_file_name(name)).map(|(_, bytes)| *bytes)
+}
+
+/// Files from the boot modules only.
+pub struct BootModules;
+
+impl Files for BootModules {
+    fn get(&self, file: &str, what: &str) -> Result<Blob, String> {
+        boot_module(file)
+            .map(Blob::Module)
+            .ok_or_else(|| format!("{} '{}' is not among the boot modules (load it as a module named '{}')", what, file, file))
+    }
+}
+
+/// The module's name: the first word of its string, without directories.
+pub fn module_name(cmdline: &str) -> &str {
+    let first = cmdline.split_whitespace().next().unwrap_or("");
+    first.rsplit('/').next().unwrap_or(first)
+}
+
+fn is_config_name(name: &str) -> bool {
+    name.ends_with(".cfg") || name.ends_with(".conf")
+}
+
+/// A kernel, initrd or firmware file: neither an xl config nor the key.
+fn is_guest_file_name(name: &str) -> bool {
+    !is_config_name(name) && name != KEY_MODULE
+}
+
+fn is_config_module(m: &BootModule) -> bool {
+    is_config_name(module_name(&m.cmdline))
+}
+
+fn is_guest_file(m: &BootModule) -> bool {
+    is_guest_file_name(module_name(&m.cmdline))
+}
+
+fn map_action(a: ferrite_config::Action) -> Action {
+    match a {
+        ferrite_config::Action::Destroy => Action::Destroy,
+        ferrite_config::Action::Restart => Action::Restart,
+        ferrite_config::Action::Preserve => Action::Preserve,
+    }
+}
+
+/// A domain specification from an xl config and its files.
+pub fn spec_from_config(cfg: &ferrite_config::DomainConfig, files: &dyn Files) -> Result<DomainSpec, String> {
+    let boot = match cfg.guest_type {
+        ferrite_config::GuestType::Pvh => pvh_boot(cfg, files)?,
+        _ => hvm_boot(cfg, files)?,
+    };
+    let affinity = match &cfg.cpus {
+        Some(aff) => (0..cfg.vcpus as usize)
+            .map(|i| aff.for_vcpu(i).map_or(u64::MAX, |set| set.iter().filter(|&c| c < 64).fold(0u64, |m, c| m | (1 << c))))
+            .collect(),
+        None => Vec::new(),
+    };
+    Ok(DomainSpec {
+        name: cfg.name.clone(),
+        memory_bytes: cfg.memory_mib << 20,
+        vcpus: cfg.vcpus,
+        boot,
+        affinity,
+        privileged: false,
+        on_poweroff: map_action(cfg.on_poweroff),
+        on_reboot: map_action(cfg.on_reboot),
+        on_crash: map_action(cfg.on_crash),
+    })
+}
+
+/// Creates the boot-time domains from the modules, Xen's way: module 0 is
+/// the dom0 kernel (its string, after the file name, the kernel command
+/// line) and module 1, unless it is a config file or a file a config names,
+/// dom0's initrd. Modules named `*.cfg`/`*.conf` are xl-style domain
+/// configs; the `kernel`/`ramdisk` files they name are other modules,
+/// matched by file name. Returns how many domains started.
+pub fn start_boot_domains(boot: &BootInfo, opts: &Options, caps: virt::Capabilities) -> usize {
+    let mods = &boot.modules;
+    let mut started = 0;
+    // Configs first, to know which modules they claim.
+    let mut configs = Vec::new();
+    for m in mods.iter().filter(|m| is_config_module(m)) {
+        let name = module_name(&m.cmdline);
+        match ferrite_config::parse(name, mm::module_bytes(m.start, m.end)) {
+            Ok((cfg, warnings)) => {
+                for w in warnings {
+                    warn!("{}", w);
+                }
+                configs.push(cfg);
+            }
+            Err(errors) => {
+                for e in errors {
+                    error!("{}", e);
+                }
+                error!("{}: not started (fix the errors above)", name);
+            }
+        }
+    }
+    let find = |file: &str| {
+        let wanted = file.rsplit('/').next().unwrap_or(file);
+        mods.iter().find(|m| is_guest_file(m) && module_name(&m.cmdline) == wanted)
+    };
+    let claimed = |m: &BootModule| {
+        configs.iter().any(|c| {
+            [c.kernel.as_deref(), c.ramdisk.as_deref()]
+                .into_iter()
+                .flatten()
+                .any(|f| find(f).is_some_and(|x| core::ptr::eq(x, m)))
+        })
+    };
+
+    let pcpus = percpu::online_count() as u32;
+    if let Some(kernel_mod) = mods.first().filter(|m| is_guest_file(m) && !claimed(m)) {
+        let kernel = Blob::Module(mm::module_bytes(kernel_mod.start, kernel_mod.end));
+        let initrd = mods.get(1).filter(|m| is_guest_file(m) && !claimed(m)).map(|m| Blob::Module(mm::module_bytes(m.start, m.end)));
+        let cmdline = module_args(&kernel_mod.cmdline, boot.loader_name.as_deref());
+        let vcpus = opts.dom0_max_vcpus.map_or(pcpus, |r| r.max.unwrap_or(r.min).max(1));
+        let memory_bytes = match opts.dom0_mem.and_then(|m| m.amount) {
+            Some(cmdline::MemSize::Bytes(b)) => b,
+            Some(cmdline::MemSize::AllBut(b)) => mm::free_bytes().saturating_sub(b),
+            None => (mm::free_bytes() / 2).min(512 << 20),
+        };
+        let affinity = if opts.dom0_vcpus_pin { (0..vcpus).map(|i| 1u64 << (i % pcpus.max(1))).collect() } else { Vec::new() };
+        let spec = DomainSpec {
+            name: String::from("dom0"),
+            memory_bytes,
+            vcpus,
+            boot: Boot::Pvh { kernel, initrd, cmdline },
+            affinity,
+            privileged: true,
+            on_poweroff: Action::Destroy,
+            on_reboot: Action::Restart,
+            on_crash: Action::Destroy,
+        };
+        match domain::Domain::create(spec, caps) {
+            Ok(_) => started += 1,
+            Err(e) => error!("dom0 not started: {}", e),
+        }
+    } else {
+        info!("no dom0 kernel module given");
+    }
+
+    for cfg in configs {
+        match spec_from_config(&cfg, &BootModules) {
+            Ok(spec) => match domain::Domain::create(spec, caps) {
+                Ok(_) => started += 1,
+                Err(e) => error!("{} not started: {}", cfg.name, e),
+            },
+            Err(e) => error!("{}: {}; not started", cfg.name, e),
+        }
+    }
+    if started == 0 {
+        info!("no domains to run");
+    }
+    started
+}
+
+/// A PVH domU's kernel and initrd.
+fn pvh_boot(cfg: &ferrite_config::DomainConfig, files: &dyn Files) -> Result<Boot, String> {
+    let kernel_file = cfg.kernel.as_deref().ok_or("no kernel given")?;
+    let kernel = files.get(kernel_file, "kernel")?;
+    let initrd = cfg.ramdisk.as_deref().map(|f| files.get(f, "ramdisk")).transpose()?;
+    Ok(Boot::Pvh { kernel, initrd, cmdline: cfg.cmdline.clone().unwrap_or_default() })
+}
+
+/// An HVM domain's firmware, disks and optional direct-boot kernel. The
+/// stub-domain image always comes from the boot modules.
+fn hvm_boot(cfg: &ferrite_config::DomainConfig, files: &dyn Files) -> Result<Boot, String> {
+    use ferrite_config::{Access, DevType, Firmware, VdevBus};
+    let bios = match &cfg.firmware {
+        None | Some(Firmware::Bios) => files.get(DEFAULT_BIOS_MODULE, "the BIOS")?,
+        Some(Firmware::Path(p)) => files.get(p, "the firmware")?,
+        Some(Firmware::Uefi) => return Err("UEFI firmware is not supported; use firmware='bios'".into()),
+    };
+    let stub_image = MODULES
+        .get()
+        .and_then(|mods| mods.iter().find(|(name, _)| name.starts_with(STUBDOM_MODULE)))
+        .map(|(_, bytes)| Blob::Module(bytes))
+        .ok_or_else(|| format!("no stub-domain image: load {} as a boot module", STUBDOM_MODULE))?;
+    let mut disks = Vec::new();
+    for d in &cfg.disks {
+        if d.devtype == DevType::Cdrom {
+            return Err(format!("disk {}: CD-ROMs are not emulated yet", d.vdev.name));
+        }
+        if d.vdev.bus != VdevBus::Ide || d.vdev.disk > 3 || d.vdev.partition != 0 {
+            return Err(format!("disk {}: HVM guests get IDE disks; use hda, hdb, hdc or hdd", d.vdev.name));
+        }
+        let target = d.target.clone().ok_or_else(|| format!("disk {}: no target", d.vdev.name))?;
+        disks.push(hvm::HvmDisk { target, vdev: d.vdev.name.clone(), read_only: d.access == Access::ReadOnly });
+    }
+    let linux = match cfg.kernel.as_deref() {
+        Some(k) => Some(hvm::HvmLinux {
+            kernel: files.get(k, "kernel")?,
+            initrd: cfg.ramdisk.as_deref().map(|f| files.get(f, "ramdisk")).transpose()?,
+            cmdline: cfg.cmdline.clone().unwrap_or_default(),
+            option_rom: files.get(LINUXBOOT_ROM_MODULE, "the direct-boot option ROM")?,
+        }),
+        None => None,
+    };
+    let boot_order = cfg
+        .boot
+        .iter()
+        .map(|b| match b {
+            ferrite_config::BootDevice::Floppy => 'a',
+            ferrite_config::BootDevice::Disk => 'c',
+            ferrite_config::BootDevice::Cdrom => 'd',
+            ferrite_config::BootDevice::Network => 'n',
+        })
+        .collect();
+    Ok(Boot::Hvm(hvm::HvmBoot {
+        bios,
+        stub_image,
+        disks,
+        linux,
+        boot_order,
+        fault_inject_ata_command: cfg.device_model_fault_inject,
+        fault_inject_wild_access: cfg.device_model_fault_inject_wild,
+    }))
+}
+
+/// A kernel module's command line: its string without the file name (the
+/// first word, which QEMU and GRUB legacy put there).
+fn module_args(cmdline: &str, loader: Option<&str>) -> String {
+    let norm = bootinfo::normalize_multiboot_cmdline(cmdline, loader);
+    let name = module_name(cmdline);
+    match norm.split_once(' ') {
+        Some((first, rest)) if first.rsplit('/').next() == Some(name) && !name.contains('=') => String::from(rest.trim_start()),
+        None if norm.rsplit('/').next() == Some(name) && !name.contains('=') => String::new(),
+        _ => norm,
+    }
+}
