@@ -699,12 +699,15 @@ fn write_cr<V: VcpuOps>(
         (Some(g), Some(n)) => (g, n),
         _ => {
             let (bytes, len) = current_instruction(vcpu, platform, &mode)?;
-            let m = ferrite_x86::decode_mov_to_cr(&bytes[..len], mode.code_mode())
+            let w = ferrite_x86::decode_cr_write(&bytes[..len], mode.code_mode())
                 .map_err(|e| format!("CR{} write by {:02x?} at rip {:#x}: {:?}", cr, &bytes[..len], rip, e))?;
-            if m.cr != cr {
-                return Err(format!("CR{} write exit, but the instruction at rip {:#x} writes CR{}", cr, rip, m.cr));
+            let ferrite_x86::CrWriteOp::Mov { cr: written, gpr } = w.op else {
+                return Err(format!("CR{} write exit, but the instruction at rip {:#x} is not a MOV", cr, rip));
+            };
+            if written != cr {
+                return Err(format!("CR{} write exit, but the instruction at rip {:#x} writes CR{}", cr, rip, written));
             }
-            (m.gpr, rip.wrapping_add(m.len as u64))
+            (gpr, rip.wrapping_add(w.len as u64))
         }
     };
     if cr != 4 {
