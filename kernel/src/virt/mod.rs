@@ -116,9 +116,9 @@ pub enum VmExit {
     MsrRead { msr: u32, next_rip: u64 },
     MsrWrite { msr: u32, value: u64, next_rip: u64 },
     Xsetbv { next_rip: u64 },
-    /// A write to control register `cr` (only those intercepted: CR4).
-    /// `gpr` is the source register when the CPU decoded the instruction;
-    /// otherwise the run loop decodes it.
+    /// A write to control register `cr` (those intercepted: CR0 by MOV,
+    /// LMSW or CLTS; CR4). `gpr` is the source register of a MOV when the
+    /// CPU decoded the instruction; otherwise the run loop decodes it.
     CrWrite { cr: u8, gpr: Option<u8>, next_rip: Option<u64> },
     NestedPageFault { gpa: u64, write: bool, exec: bool, present: bool },
     /// A physical interrupt arrived while the guest ran; nothing to do for
@@ -136,8 +136,10 @@ pub enum VmExit {
     DebugRegisterAccess,
     /// Triple fault / shutdown: the guest is dead.
     Shutdown,
-    /// The hardware refused the guest state.
-    InvalidState,
+    /// The hardware refused the guest state (VMEXIT_INVALID); `check` is
+    /// the consistency check the state fails, as the backend redid them
+    /// (`None`: none it knows of).
+    InvalidState { check: Option<ferrite_x86::vmrun::VmrunCheck> },
     Other { code: u64, info1: u64, info2: u64 },
 }
 
@@ -163,6 +165,9 @@ pub trait VcpuOps {
     fn set_entry_state(&mut self, state: &EntryState);
     fn efer(&self) -> u64;
     fn set_efer(&mut self, efer: u64);
+    /// Writes the guest's CR0 (the caller has checked it), flushing the
+    /// guest's TLB when the change requires it.
+    fn set_cr0(&mut self, value: u64);
     /// Writes the guest's CR4 (the caller has checked it), flushing the
     /// guest's TLB when the change requires it.
     fn set_cr4(&mut self, value: u64);

@@ -1,5 +1,6 @@
 //! AMD SVM backend: detection, per-CPU enablement, and the VMCB-based vCPU.
 
+mod invalid;
 pub mod vmcb;
 
 use self::vmcb::*;
@@ -284,6 +285,9 @@ pub struct SvmVcpu {
     /// The guest is about to execute that IRET at this RIP (it was
     /// intercepted); once RIP has moved on, NMIs are unblocked.
     iret_rip: Option<u64>,
+    /// EFER as the guest sees it. The VMCB's differs: it has SVME, and
+    /// LME only while CR0.PG is set (`write_vmcb_efer`).
+    guest_efer: u64,
 }
 
 const DB_VECTOR: u8 = 1;
@@ -347,10 +351,15 @@ impl SvmVcpu {
         // debug register, reading or writing DR0-3 or writing DR7 exits
         // (then this vCPU's DR0-3 are switched, see `run`).
         vmcb.write_u32(INTERCEPT_DR, DR_INTERCEPTS);
-        // CR4 writes are checked against the guest's CPUID: a bit the
-        // CPU has but the guest was not offered would otherwise be taken
-        // (or fail the next VMRUN's consistency checks).
-        vmcb.write_u32(INTERCEPT_CR, INTERCEPT_CR4_WRITE);
+        // CR0 and CR4 writes are checked against the architectural rules
+        // and the guest's CPUID: a value a CPU refuses would otherwise be
+        // taken, or fail the next VMRUN's consistency checks. All CR0
+        // writes (MOV, LMSW, CLTS) exit, not only those the selective
+        // intercept catches (a change beyond TS and MP): QEMU's TCG misses
+        // changes to bits 63:32 there (its mask is 32 bits wide) and drops
+        // them instead of the #GP. Guests rarely write CR0 (Linux no longer
+        // toggles TS). CR3 writes do not exit: see `vcpu::cr`.
+        vmcb.write_u32(INTERCEPT_CR, INTERCEPT_CR0_WRITE | INTERCEPT_CR4_WRITE);
         vmcb.write_u64(IOPM_BASE, iopm_pa);
         vmcb.write_u64(MSRPM_BASE, msrpm_pa);
         vmcb.write_u32(GUEST_ASID, asid.max(1));
@@ -379,6 +388,7 @@ impl SvmVcpu {
             flush_tlb: false,
             nmi_blocked: false,
             iret_rip: None,
+            guest_efer: 0,
         };
         vcpu.reset_real_mode(0xF000, 0xFFF0);
         vcpu
@@ -392,6 +402,24 @@ impl SvmVcpu {
             // of these instructions are not produced by compilers.
             self.regs.rip.wrapping_add(insn_len)
         }
+    }
+
+    /// Puts the guest's EFER into the VMCB: with SVME, which VMRUN
+    /// requires, and without LME while paging is off. LME does nothing
+    /// until CR0.PG is set, and both a PG change and EFER accesses exit, so
+    /// the guest cannot tell. The reason is QEMU's TCG: its #VMEXIT
+    /// restores the host's CR0 while the guest's EFER and CR4 are still
+    /// loaded, and with LME set and PAE clear that restore returns early
+    /// (`cpu_x86_update_cr0`, "enter in long mode"), leaving the host with
+    /// paging off and the next VMRUN without nested paging: the guest then
+    /// reaches host memory directly.
+    fn write_vmcb_efer(&mut self) {
+        let mut efer = self.guest_efer | cpu::EFER_SVME;
+        if self.vmcb.read_u64(CR0) & ferrite_x86::cr::cr0::PG == 0 {
+            efer &= !ferrite_x86::cr::efer::LME;
+        }
+        self.vmcb.write_u64(EFER, efer);
+        self.dirty |= CLEAN_CRX;
     }
 
     fn decode_exit(&self) -> VmExit {
@@ -460,7 +488,9 @@ impl SvmVcpu {
                 VmExit::Exception { vector: AC_VECTOR, error_code: Some(info1 as u32) }
             }
             EXIT_DR_READ_BASE..=EXIT_DR_WRITE_LAST => VmExit::DebugRegisterAccess,
-            EXIT_INVALID => VmExit::InvalidState,
+            EXIT_INVALID | EXIT_INVALID_QEMU => VmExit::InvalidState {
+                check: invalid::failed_check(&self.vmcb),
+            },
             _ => VmExit::Other { code, info1, info2 },
         }
     }
@@ -482,7 +512,7 @@ impl VcpuOps for SvmVcpu {
         let svm_cpu = &SVM_CPUS[cpu];
         let host_vmcb_pa = svm_cpu.host_vmcb_pa.load(Ordering::Acquire);
         if host_vmcb_pa == 0 {
-            return VmExit::InvalidState;
+            return VmExit::InvalidState { check: None };
         }
         if let Some(aux) = self.tsc_aux {
             if svm_cpu.loaded_tsc_aux.load(Ordering::Relaxed) != aux {
@@ -612,7 +642,8 @@ impl VcpuOps for SvmVcpu {
         self.vmcb.write_u64(CR0, 0x10); // ET
         self.vmcb.write_u64(CR3, 0);
         self.vmcb.write_u64(CR4, 0);
-        self.vmcb.write_u64(EFER, cpu::EFER_SVME);
+        self.guest_efer = 0;
+        self.write_vmcb_efer();
         self.regs = GuestRegs { rip: u64::from(ip), rflags: 2, rdx: 0x600, ..Default::default() };
         self.guest_xcr0 = 1;
         self.dirty |= CLEAN_CRX | CLEAN_SEG_DT_CR2;
@@ -636,7 +667,17 @@ impl VcpuOps for SvmVcpu {
     }
 
     fn efer(&self) -> u64 {
-        self.vmcb.read_u64(EFER) & !cpu::EFER_SVME
+        self.guest_efer
+    }
+
+    fn set_cr0(&mut self, value: u64) {
+        let old = self.vmcb.read_u64(CR0);
+        if ferrite_x86::cr::cr0_change_flushes_tlb(old, value) {
+            self.flush_tlb = true;
+        }
+        self.vmcb.write_u64(CR0, value);
+        // EFER.LME goes into the VMCB with paging.
+        self.write_vmcb_efer();
     }
 
     fn set_cr4(&mut self, value: u64) {
@@ -649,9 +690,8 @@ impl VcpuOps for SvmVcpu {
     }
 
     fn set_efer(&mut self, efer: u64) {
-        // The guest never sees SVME, but VMRUN requires it in the guest EFER.
-        self.vmcb.write_u64(EFER, efer | cpu::EFER_SVME);
-        self.dirty |= CLEAN_CRX;
+        self.guest_efer = efer & !cpu::EFER_SVME;
+        self.write_vmcb_efer();
     }
 
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
@@ -794,7 +834,7 @@ impl VcpuOps for SvmVcpu {
             cr0: self.vmcb.read_u64(CR0),
             cr3: self.vmcb.read_u64(CR3),
             cr4: self.vmcb.read_u64(CR4),
-            efer: self.vmcb.read_u64(EFER) & !cpu::EFER_SVME,
+            efer: self.guest_efer,
         }
     }
 
@@ -838,7 +878,10 @@ impl VcpuOps for SvmVcpu {
     }
 
     fn exit_instruction_bytes(&self) -> Option<([u8; 15], usize)> {
-        if !self.caps.decode_assists {
+        // The CPU fills the bytes in for nested page faults (and #PF
+        // intercepts, which Ferrite does not use) only; after any other
+        // exit they are a stale copy.
+        if !self.caps.decode_assists || self.vmcb.read_u64(EXIT_CODE) != EXIT_NPF {
             return None;
         }
         let n = usize::from(self.vmcb.read_u8(INSN_FETCHED)).min(15);
