@@ -13,6 +13,7 @@ const MSR_TSC_AUX: u32 = 0xC000_0103;
 const MSR_PAT: u32 = 0x277;
 const GP_VECTOR: u8 = 13;
 const CR4_OSXSAVE: u64 = 1 << 18;
+const RFLAGS_TF: u64 = 1 << 8;
 
 mod cr;
 
@@ -159,8 +160,10 @@ fn step(reg: u64, delta: i64, addr_size: u8) -> u64 {
     }
 }
 
-/// Finishes the instruction of an answered request.
-fn complete_io<V: VcpuOps>(vcpu: &mut V, pending: PendingIo, data: u64) {
+/// Finishes the instruction of an answered request. Returns whether that
+/// completed the instruction or one iteration of it (false for MMIO,
+/// whose instruction runs again).
+fn complete_io<V: VcpuOps>(vcpu: &mut V, pending: PendingIo, data: u64) -> bool {
     let r = vcpu.regs_mut();
     match pending {
         PendingIo::PortIn { size, next_rip } => {
@@ -186,8 +189,9 @@ fn complete_io<V: VcpuOps>(vcpu: &mut V, pending: PendingIo, data: u64) {
                 r.rip = next_rip;
             }
         }
-        PendingIo::Mmio => {}
+        PendingIo::Mmio => return false,
     }
+    true
 }
 
 /// Sends port I/O to the remote device model. Returns whether the vCPU
@@ -249,6 +253,11 @@ fn remote_port_io<V: VcpuOps>(
     // Linear addresses wrap at 4 GiB outside long mode.
     let linear_mask = if mode.paging.efer & (1 << 10) == 0 { 0xFFFF_FFFF } else { u64::MAX };
     let linear = vcpu.segment(seg).base.wrapping_add(offset) & linear_mask;
+    // With TF set, a REP string instruction traps after every iteration
+    // (SDM vol. 3B 18.3.1.4): one element at a time.
+    if regs.rflags & RFLAGS_TF != 0 {
+        count = count.min(1);
+    }
     let size64 = u64::from(size);
     // Stay within the page the first element is on; the instruction
     // restarts for the rest. Only that first element can straddle a page.
@@ -404,7 +413,10 @@ pub fn run_loop<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, max_exits
                 }
             }
         }
-        complete_io(vcpu, pending, data);
+        let step = Step::at(vcpu);
+        if complete_io(vcpu, pending, data) {
+            step.done(vcpu);
+        }
     }
     loop {
         if max_exits != 0 && exits >= max_exits {
@@ -448,12 +460,19 @@ pub fn run_loop<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, max_exits
         platform.after_exit();
         exits += 1;
 
+        let step = Step::at(vcpu);
         let next = handle_exit(vcpu, platform, exit);
+        // RIP moved: the instruction the guest stopped at was emulated to
+        // its end, here and only here (one that faulted left RIP on itself).
+        if vcpu.regs().rip != step.rip {
+            step.done(vcpu);
+        }
         match next {
             Next::Resume => {}
             Next::Halt => {
-                // An interrupt already injected (the STI shadow kept it
-                // out until the HLT) ends the halt at once.
+                // An event already waiting (an interrupt the STI shadow kept
+                // out until the HLT, a single-step #DB after it) ends the
+                // halt at once.
                 if !vcpu.event_pending() && !platform.halt() {
                     return (RunOutcome::Halted, exits);
                 }
@@ -472,6 +491,32 @@ enum Next {
     /// The guest executed HLT (RIP is past it): it waits for an event.
     Halt,
     Stop(RunOutcome),
+}
+
+/// The guest's RIP and single-step flag when it stopped, so that an
+/// instruction the hypervisor emulates ends as one the CPU executes.
+struct Step {
+    rip: u64,
+    trap_flag: bool,
+}
+
+impl Step {
+    fn at<V: VcpuOps>(vcpu: &V) -> Step {
+        Step { rip: vcpu.regs().rip, trap_flag: vcpu.regs().rflags & RFLAGS_TF != 0 }
+    }
+
+    /// The emulated instruction (or one iteration of a REP string one)
+    /// has completed: the interrupt shadow it sat in is over, and with TF
+    /// set the single-step #DB follows it (SDM vol. 3B 18.3.1.4). An
+    /// instruction in a MOV SS shadow still traps after itself: the shadow
+    /// only delays the trap of the MOV SS to that point. None of the
+    /// emulated instructions changes TF or loads SS.
+    fn done<V: VcpuOps>(&self, vcpu: &mut V) {
+        vcpu.clear_interrupt_shadow();
+        if self.trap_flag {
+            vcpu.inject_single_step();
+        }
+    }
 }
 
 /// Handles one exit: emulates the instruction behind it (advancing RIP) or

@@ -173,6 +173,13 @@ pub trait VcpuOps {
     fn set_cr4(&mut self, value: u64);
     /// Injects a hardware exception (e.g. #GP for an unknown MSR).
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>);
+    /// Raises the single-step #DB that follows an instruction executed with
+    /// RFLAGS.TF set (a trap: RIP already points past it), with DR6.BS set
+    /// as the CPU would.
+    fn inject_single_step(&mut self);
+    /// The instruction the guest stopped at has been emulated to its end:
+    /// an interrupt shadow (STI, MOV SS) it was in is over.
+    fn clear_interrupt_shadow(&mut self);
     /// Injects an NMI unless NMIs are blocked (a handler has not returned)
     /// or another event is being injected; true if it did.
     fn inject_nmi(&mut self) -> bool;

@@ -291,6 +291,10 @@ pub struct SvmVcpu {
 }
 
 const DB_VECTOR: u8 = 1;
+/// DR6.B0-B3 (breakpoint hits), BS (single step); DR7.GD.
+const DR6_B0_B3: u64 = 0xF;
+const DR6_BS: u64 = 1 << 14;
+const DR7_GD: u64 = 1 << 13;
 const PF_VECTOR: u8 = 14;
 const AC_VECTOR: u8 = 17;
 /// Reads of DR0-3 (bits 0-3) and writes of DR0-3 and DR7 (bits 16-19, 23).
@@ -309,6 +313,8 @@ const CLEAN_TPR: u32 = 1 << 3;
 /// Nested paging: N_CR3 and G_PAT.
 const CLEAN_NP: u32 = 1 << 4;
 const CLEAN_CRX: u32 = 1 << 5;
+/// DR6 and DR7.
+const CLEAN_DRX: u32 = 1 << 6;
 const CLEAN_SEG_DT_CR2: u32 = (1 << 7) | (1 << 8) | (1 << 9);
 
 impl SvmVcpu {
@@ -706,6 +712,25 @@ impl VcpuOps for SvmVcpu {
             event |= (1 << 11) | (u64::from(code) << 32);
         }
         self.vmcb.write_u64(EVENT_INJ, event);
+    }
+
+    fn inject_single_step(&mut self) {
+        // What the CPU does before delivering a single-step #DB, which an
+        // injected event does not do by itself: DR6.BS set (B0-B3 cleared,
+        // no breakpoint hit), DR7.GD cleared.
+        let dr6 = self.vmcb.read_u64(DR6);
+        self.vmcb.write_u64(DR6, (dr6 & !DR6_B0_B3) | DR6_BS);
+        let dr7 = self.vmcb.read_u64(DR7);
+        self.vmcb.write_u64(DR7, dr7 & !DR7_GD);
+        self.dirty |= CLEAN_DRX;
+        self.inject_exception(DB_VECTOR, None);
+    }
+
+    fn clear_interrupt_shadow(&mut self) {
+        let shadow = self.vmcb.read_u64(INTERRUPT_SHADOW);
+        if shadow & 1 != 0 {
+            self.vmcb.write_u64(INTERRUPT_SHADOW, shadow & !1);
+        }
     }
 
     fn inject_page_fault(&mut self, address: u64, error_code: u32) {
