@@ -13,6 +13,9 @@ const MSR_TSC_AUX: u32 = 0xC000_0103;
 const MSR_PAT: u32 = 0x277;
 const GP_VECTOR: u8 = 13;
 const CR4_OSXSAVE: u64 = 1 << 18;
+const RFLAGS_TF: u64 = 1 << 8;
+
+mod cr;
 
 pub use ferrite_x86::cpuid::HV_SIGNATURE;
 
@@ -157,8 +160,10 @@ fn step(reg: u64, delta: i64, addr_size: u8) -> u64 {
     }
 }
 
-/// Finishes the instruction of an answered request.
-fn complete_io<V: VcpuOps>(vcpu: &mut V, pending: PendingIo, data: u64) {
+/// Finishes the instruction of an answered request. Returns whether that
+/// completed the instruction or one iteration of it (false for MMIO,
+/// whose instruction runs again).
+fn complete_io<V: VcpuOps>(vcpu: &mut V, pending: PendingIo, data: u64) -> bool {
     let r = vcpu.regs_mut();
     match pending {
         PendingIo::PortIn { size, next_rip } => {
@@ -184,8 +189,9 @@ fn complete_io<V: VcpuOps>(vcpu: &mut V, pending: PendingIo, data: u64) {
                 r.rip = next_rip;
             }
         }
-        PendingIo::Mmio => {}
+        PendingIo::Mmio => return false,
     }
+    true
 }
 
 /// Sends port I/O to the remote device model. Returns whether the vCPU
@@ -247,6 +253,11 @@ fn remote_port_io<V: VcpuOps>(
     // Linear addresses wrap at 4 GiB outside long mode.
     let linear_mask = if mode.paging.efer & (1 << 10) == 0 { 0xFFFF_FFFF } else { u64::MAX };
     let linear = vcpu.segment(seg).base.wrapping_add(offset) & linear_mask;
+    // With TF set, a REP string instruction traps after every iteration
+    // (SDM vol. 3B 18.3.1.4): one element at a time.
+    if regs.rflags & RFLAGS_TF != 0 {
+        count = count.min(1);
+    }
     let size64 = u64::from(size);
     // Stay within the page the first element is on; the instruction
     // restarts for the rest. Only that first element can straddle a page.
@@ -402,7 +413,10 @@ pub fn run_loop<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, max_exits
                 }
             }
         }
-        complete_io(vcpu, pending, data);
+        let step = Step::at(vcpu);
+        if complete_io(vcpu, pending, data) {
+            step.done(vcpu);
+        }
     }
     loop {
         if max_exits != 0 && exits >= max_exits {
@@ -447,178 +461,222 @@ pub fn run_loop<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, max_exits
         platform.after_exit();
         exits += 1;
 
-        match exit {
-            VmExit::Io { port, size, write, string, rep, addr_size, segment, next_rip } if platform.port_is_remote(port, size) => {
-                match remote_port_io(vcpu, platform, port, size, write, string, rep, addr_size, segment, next_rip) {
-                    Ok(true) => return (RunOutcome::WaitingForIo, exits),
-                    Ok(false) => {}
-                    Err(why) => return (RunOutcome::Crashed(why), exits),
-                }
-            }
-            VmExit::Io { port, size, write, string, rep, next_rip, .. } => {
-                if string || rep {
-                    return (RunOutcome::Crashed(format!("string I/O on port {:#x} is not supported yet", port)), exits);
-                }
-                let regs = vcpu.regs_mut();
-                if write {
-                    platform.io_out(port, size, (regs.rax & size_mask(size)) as u32);
-                } else {
-                    let value = u64::from(platform.io_in(port, size)) & size_mask(size);
-                    // 32-bit results zero-extend into RAX; 8/16-bit ones merge.
-                    regs.rax = if size == 4 { value } else { (regs.rax & !size_mask(size)) | value };
-                }
-                vcpu.regs_mut().rip = next_rip;
-            }
-            VmExit::Cpuid { next_rip } => {
-                let state = cpuid_state(vcpu);
-                let regs = vcpu.regs_mut();
-                let [a, b, c, d] = platform.cpuid(regs.rax as u32, regs.rcx as u32, state);
-                regs.rax = a.into();
-                regs.rbx = b.into();
-                regs.rcx = c.into();
-                regs.rdx = d.into();
-                regs.rip = next_rip;
-            }
-            VmExit::MsrRead { msr, next_rip } => {
-                let value = match msr {
-                    MSR_PAT => Some(vcpu.guest_pat()),
-                    MSR_TSC_AUX if vcpu.has_tsc_aux() => Some(vcpu.tsc_aux()),
-                    MSR_EFER => Some(vcpu.efer()),
-                    _ => platform.msr_read(msr),
-                };
-                match value {
-                    Some(value) => {
-                        let regs = vcpu.regs_mut();
-                        regs.rax = value & 0xFFFF_FFFF;
-                        regs.rdx = value >> 32;
-                        regs.rip = next_rip;
-                    }
-                    None => vcpu.inject_exception(GP_VECTOR, Some(0)),
-                }
-            }
-            VmExit::MsrWrite { msr, value, next_rip } => match msr {
-                // The guest's PAT is the VMCB's G_PAT: with nested paging it
-                // is what the CPU applies to the guest's page tables. Each
-                // byte must name a memory type (0, 1, 4, 5, 6, 7), else #GP.
-                MSR_PAT if (0..8).all(|i| matches!((value >> (i * 8)) as u8, 0 | 1 | 4..=7)) => {
-                    vcpu.set_guest_pat(value);
-                    vcpu.regs_mut().rip = next_rip;
-                }
-                // Bits 63:32 are reserved.
-                MSR_TSC_AUX if vcpu.has_tsc_aux() && value >> 32 == 0 => {
-                    vcpu.set_tsc_aux(value);
-                    vcpu.regs_mut().rip = next_rip;
-                }
-                MSR_EFER => {
-                    // SCE, LME, LMA, NXE are the bits a guest may set.
-                    const ALLOWED: u64 = (1 << 0) | (1 << 8) | (1 << 10) | (1 << 11);
-                    if value & !ALLOWED != 0 {
-                        vcpu.inject_exception(GP_VECTOR, Some(0));
-                    } else {
-                        vcpu.set_efer(value);
-                        vcpu.regs_mut().rip = next_rip;
-                    }
-                }
-                _ => {
-                    if platform.msr_write(msr, value) {
-                        vcpu.regs_mut().rip = next_rip;
-                    } else {
-                        vcpu.inject_exception(GP_VECTOR, Some(0));
-                    }
-                }
-            },
-            VmExit::Xsetbv { next_rip } => {
-                let regs = *vcpu.regs();
-                let value = (regs.rdx << 32) | (regs.rax & 0xFFFF_FFFF);
-                let host = crate::arch::fpu::host_xcr0();
-                // XCR0 must include x87, only supported bits, AVX only with SSE.
-                // XCR number from ECX (the upper half of RCX is ignored).
-                let valid = regs.rcx as u32 == 0
-                    && value & 1 != 0
-                    && value & !host == 0
-                    && (value & 4 == 0 || value & 2 != 0);
-                if valid {
-                    vcpu.set_xcr0(value);
-                    vcpu.regs_mut().rip = next_rip;
-                } else {
-                    vcpu.inject_exception(GP_VECTOR, Some(0));
-                }
-            }
-            VmExit::CrWrite { cr, gpr, next_rip } => {
-                if let Err(why) = write_cr(vcpu, platform, cr, gpr, next_rip) {
-                    return (RunOutcome::Crashed(why), exits);
-                }
-            }
-            VmExit::Hlt { next_rip } => {
-                vcpu.regs_mut().rip = next_rip;
-                // An interrupt already injected (the STI shadow kept it
-                // out until the HLT) ends the halt at once.
-                if vcpu.event_pending() {
-                    continue;
-                }
-                if !platform.halt() {
+        let step = Step::at(vcpu);
+        let next = handle_exit(vcpu, platform, exit);
+        // RIP moved: the instruction the guest stopped at was emulated to
+        // its end, here and only here (one that faulted left RIP on itself).
+        if vcpu.regs().rip != step.rip {
+            step.done(vcpu);
+        }
+        match next {
+            Next::Resume => {}
+            Next::Halt => {
+                // An event already waiting (an interrupt the STI shadow kept
+                // out until the HLT, a single-step #DB after it) ends the
+                // halt at once.
+                if !vcpu.event_pending() && !platform.halt() {
                     return (RunOutcome::Halted, exits);
                 }
             }
-            VmExit::Hypercall { next_rip } => {
-                vcpu.regs_mut().rip = next_rip;
-                if let Some(result) = platform.hypercall(vcpu.regs_mut()) {
-                    return (RunOutcome::Finished(result), exits);
-                }
-            }
-            VmExit::ExternalInterrupt | VmExit::InterruptWindow => {}
-            VmExit::Iret => vcpu.iret_intercepted(),
-            // Given back to the guest: each delivery is its own exit, so a
-            // guest whose #DB or #AC handling loops still gives the CPU back.
-            VmExit::Exception { vector, error_code } => vcpu.inject_exception(vector, error_code),
-            // The instruction runs again, now without exiting.
-            VmExit::DebugRegisterAccess => vcpu.switch_debug_regs(),
-            VmExit::NestedPageFault { gpa, .. } if platform.is_mmio(gpa) => {
-                if let Err(why) = emulate_mmio(vcpu, platform, gpa) {
-                    return (RunOutcome::Crashed(why), exits);
-                }
-                if platform.waiting_for_io() {
-                    return (RunOutcome::WaitingForIo, exits);
-                }
-            }
-            VmExit::NestedPageFault { gpa, write, .. } => {
-                return (
-                    RunOutcome::Crashed(format!(
-                        "{} of unmapped guest-physical address {:#x} at rip {:#x} ({})",
-                        if write { "write" } else { "read" },
-                        gpa,
-                        vcpu.regs().rip,
-                        vcpu.describe_state()
-                    )),
-                    exits,
-                )
-            }
-            VmExit::Shutdown => {
-                return (
-                    RunOutcome::Crashed(format!("triple fault (shutdown) at rip {:#x} ({})", vcpu.regs().rip, vcpu.describe_state())),
-                    exits,
-                )
-            }
-            VmExit::InvalidState => {
-                return (RunOutcome::Crashed(String::from("the CPU rejected the guest state (VMEXIT_INVALID)")), exits)
-            }
-            VmExit::Other { code, info1, info2 } => {
-                return (
-                    RunOutcome::Crashed(format!(
-                        "unhandled exit {:#x} (info {:#x}, {:#x}) at rip {:#x}",
-                        code,
-                        info1,
-                        info2,
-                        vcpu.regs().rip
-                    )),
-                    exits,
-                )
-            }
+            Next::Stop(outcome) => return (outcome, exits),
         }
         if platform.should_stop() {
             return (RunOutcome::Halted, exits);
         }
     }
+}
+
+/// What the run loop does after handling an exit.
+enum Next {
+    Resume,
+    /// The guest executed HLT (RIP is past it): it waits for an event.
+    Halt,
+    Stop(RunOutcome),
+}
+
+/// The guest's RIP and single-step flag when it stopped, so that an
+/// instruction the hypervisor emulates ends as one the CPU executes.
+struct Step {
+    rip: u64,
+    trap_flag: bool,
+}
+
+impl Step {
+    fn at<V: VcpuOps>(vcpu: &V) -> Step {
+        Step { rip: vcpu.regs().rip, trap_flag: vcpu.regs().rflags & RFLAGS_TF != 0 }
+    }
+
+    /// The emulated instruction (or one iteration of a REP string one)
+    /// has completed: the interrupt shadow it sat in is over, and with TF
+    /// set the single-step #DB follows it (SDM vol. 3B 18.3.1.4). An
+    /// instruction in a MOV SS shadow still traps after itself: the shadow
+    /// only delays the trap of the MOV SS to that point. None of the
+    /// emulated instructions changes TF or loads SS.
+    fn done<V: VcpuOps>(&self, vcpu: &mut V) {
+        vcpu.clear_interrupt_shadow();
+        if self.trap_flag {
+            vcpu.inject_single_step();
+        }
+    }
+}
+
+/// Handles one exit: emulates the instruction behind it (advancing RIP) or
+/// injects the fault it raises, or says why the vCPU stops.
+fn handle_exit<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, exit: VmExit) -> Next {
+    let crashed = |why: String| Next::Stop(RunOutcome::Crashed(why));
+    match exit {
+        VmExit::Io { port, size, write, string, rep, addr_size, segment, next_rip } if platform.port_is_remote(port, size) => {
+            match remote_port_io(vcpu, platform, port, size, write, string, rep, addr_size, segment, next_rip) {
+                Ok(true) => return Next::Stop(RunOutcome::WaitingForIo),
+                Ok(false) => {}
+                Err(why) => return crashed(why),
+            }
+        }
+        VmExit::Io { port, size, write, string, rep, next_rip, .. } => {
+            if string || rep {
+                return crashed(format!("string I/O on port {:#x} is not supported yet", port));
+            }
+            let regs = vcpu.regs_mut();
+            if write {
+                platform.io_out(port, size, (regs.rax & size_mask(size)) as u32);
+            } else {
+                let value = u64::from(platform.io_in(port, size)) & size_mask(size);
+                // 32-bit results zero-extend into RAX; 8/16-bit ones merge.
+                regs.rax = if size == 4 { value } else { (regs.rax & !size_mask(size)) | value };
+            }
+            vcpu.regs_mut().rip = next_rip;
+        }
+        VmExit::Cpuid { next_rip } => {
+            let state = cpuid_state(vcpu);
+            let regs = vcpu.regs_mut();
+            let [a, b, c, d] = platform.cpuid(regs.rax as u32, regs.rcx as u32, state);
+            regs.rax = a.into();
+            regs.rbx = b.into();
+            regs.rcx = c.into();
+            regs.rdx = d.into();
+            regs.rip = next_rip;
+        }
+        VmExit::MsrRead { msr, next_rip } => {
+            let value = match msr {
+                MSR_PAT => Some(vcpu.guest_pat()),
+                MSR_TSC_AUX if vcpu.has_tsc_aux() => Some(vcpu.tsc_aux()),
+                MSR_EFER => Some(vcpu.efer()),
+                _ => platform.msr_read(msr),
+            };
+            match value {
+                Some(value) => {
+                    let regs = vcpu.regs_mut();
+                    regs.rax = value & 0xFFFF_FFFF;
+                    regs.rdx = value >> 32;
+                    regs.rip = next_rip;
+                }
+                None => vcpu.inject_exception(GP_VECTOR, Some(0)),
+            }
+        }
+        VmExit::MsrWrite { msr, value, next_rip } => {
+            let taken = match msr {
+                // The guest's PAT is the VMCB's G_PAT: with nested paging it
+                // is what the CPU applies to the guest's page tables. Each
+                // byte must name a memory type (0, 1, 4, 5, 6, 7), else #GP.
+                MSR_PAT if (0..8).all(|i| matches!((value >> (i * 8)) as u8, 0 | 1 | 4..=7)) => {
+                    vcpu.set_guest_pat(value);
+                    true
+                }
+                // Bits 63:32 are reserved.
+                MSR_TSC_AUX if vcpu.has_tsc_aux() && value >> 32 == 0 => {
+                    vcpu.set_tsc_aux(value);
+                    true
+                }
+                MSR_EFER => cr::write_efer(vcpu, platform, value),
+                _ => platform.msr_write(msr, value),
+            };
+            if taken {
+                vcpu.regs_mut().rip = next_rip;
+            } else {
+                vcpu.inject_exception(GP_VECTOR, Some(0));
+            }
+        }
+        VmExit::Xsetbv { next_rip } => {
+            let regs = *vcpu.regs();
+            let value = (regs.rdx << 32) | (regs.rax & 0xFFFF_FFFF);
+            let host = crate::arch::fpu::host_xcr0();
+            // XCR0 must include x87, only supported bits, AVX only with SSE.
+            // XCR number from ECX (the upper half of RCX is ignored).
+            let valid = regs.rcx as u32 == 0 && value & 1 != 0 && value & !host == 0 && (value & 4 == 0 || value & 2 != 0);
+            if valid {
+                vcpu.set_xcr0(value);
+                vcpu.regs_mut().rip = next_rip;
+            } else {
+                vcpu.inject_exception(GP_VECTOR, Some(0));
+            }
+        }
+        VmExit::CrWrite { cr, gpr, next_rip } => {
+            if let Err(why) = cr::write_cr(vcpu, platform, cr, gpr, next_rip) {
+                return crashed(why);
+            }
+        }
+        VmExit::Hlt { next_rip } => {
+            vcpu.regs_mut().rip = next_rip;
+            return Next::Halt;
+        }
+        VmExit::Hypercall { next_rip } => {
+            vcpu.regs_mut().rip = next_rip;
+            if let Some(result) = platform.hypercall(vcpu.regs_mut()) {
+                return Next::Stop(RunOutcome::Finished(result));
+            }
+        }
+        VmExit::ExternalInterrupt | VmExit::InterruptWindow => {}
+        VmExit::Iret => vcpu.iret_intercepted(),
+        // Given back to the guest: each delivery is its own exit, so a
+        // guest whose #DB or #AC handling loops still gives the CPU back.
+        VmExit::Exception { vector, error_code } => vcpu.inject_exception(vector, error_code),
+        // The instruction runs again, now without exiting.
+        VmExit::DebugRegisterAccess => vcpu.switch_debug_regs(),
+        VmExit::NestedPageFault { gpa, .. } if platform.is_mmio(gpa) => {
+            if let Err(why) = emulate_mmio(vcpu, platform, gpa) {
+                return crashed(why);
+            }
+            if platform.waiting_for_io() {
+                return Next::Stop(RunOutcome::WaitingForIo);
+            }
+        }
+        VmExit::NestedPageFault { gpa, write, .. } => {
+            return crashed(format!(
+                "{} of unmapped guest-physical address {:#x} at rip {:#x} ({})",
+                if write { "write" } else { "read" },
+                gpa,
+                vcpu.regs().rip,
+                vcpu.describe_state()
+            ))
+        }
+        VmExit::Shutdown => {
+            return crashed(format!("triple fault (shutdown) at rip {:#x} ({})", vcpu.regs().rip, vcpu.describe_state()))
+        }
+        // QEMU's TCG refuses a guest MOV to CR3 this way (see `cr`).
+        VmExit::InvalidState { check: None } if cr::refused_mov_cr3(vcpu, platform) => {}
+        VmExit::InvalidState { check } => {
+            let why = match check {
+                Some(check) => format!("{}", check),
+                None => String::from("no consistency check Ferrite knows of fails"),
+            };
+            return crashed(format!(
+                "the CPU rejected the guest state (VMEXIT_INVALID): {} at rip {:#x} ({})",
+                why,
+                vcpu.regs().rip,
+                vcpu.describe_state()
+            ));
+        }
+        VmExit::Other { code, info1, info2 } => {
+            return crashed(format!(
+                "unhandled exit {:#x} (info {:#x}, {:#x}) at rip {:#x}",
+                code,
+                info1,
+                info2,
+                vcpu.regs().rip
+            ))
+        }
+    }
+    Next::Resume
 }
 
 impl ferrite_x86::walk::GuestPhysRead for GuestMemory {
@@ -673,6 +731,7 @@ fn complete_shadowed_hlt<V: VcpuOps>(vcpu: &mut V, platform: &dyn Platform) {
         if len >= 1 && bytes[0] == HLT {
             let next = if mode.cs_l { rip.wrapping_add(1) } else { rip.wrapping_add(1) & 0xFFFF_FFFF };
             vcpu.regs_mut().rip = next;
+            vcpu.clear_interrupt_shadow();
         }
     }
 }
@@ -704,54 +763,6 @@ fn current_instruction<V: VcpuOps>(vcpu: &V, platform: &dyn Platform, mode: &Cpu
     let rip = vcpu.regs().rip;
     let mem = platform.guest_memory().ok_or("no guest memory to fetch from")?;
     ferrite_x86::walk::fetch_instruction(mem, mode, rip).map_err(|e| format!("cannot fetch the instruction at rip {:#x}: {:?}", rip, e))
-}
-
-/// A guest's write of CR4 (the only control register whose writes exit):
-/// checked against the CPUID it sees and the architectural rules, then
-/// done, or #GP.
-fn write_cr<V: VcpuOps>(
-    vcpu: &mut V,
-    platform: &mut dyn Platform,
-    cr: u8,
-    gpr: Option<u8>,
-    next_rip: Option<u64>,
-) -> Result<(), String> {
-    let mode = cpu_mode(vcpu);
-    let rip = vcpu.regs().rip;
-    let (gpr, next_rip) = match (gpr, next_rip) {
-        (Some(g), Some(n)) => (g, n),
-        _ => {
-            let (bytes, len) = current_instruction(vcpu, platform, &mode)?;
-            let m = ferrite_x86::decode_mov_to_cr(&bytes[..len], mode.code_mode())
-                .map_err(|e| format!("CR{} write by {:02x?} at rip {:#x}: {:?}", cr, &bytes[..len], rip, e))?;
-            if m.cr != cr {
-                return Err(format!("CR{} write exit, but the instruction at rip {:#x} writes CR{}", cr, rip, m.cr));
-            }
-            (m.gpr, rip.wrapping_add(m.len as u64))
-        }
-    };
-    if cr != 4 {
-        return Err(format!("CR{} writes are not intercepted", cr));
-    }
-    let mut value = to_x86(vcpu.regs()).get(gpr);
-    if mode.code_mode() != ferrite_x86::CodeMode::Bits64 {
-        value &= 0xFFFF_FFFF;
-    }
-    let ps = &mode.paging;
-    let state = cpuid_state(vcpu);
-    let max_leaf = platform.cpuid(0, 0, state)[0];
-    let [_, _, leaf1_ecx, leaf1_edx] = platform.cpuid(1, 0, state);
-    let [_, leaf7_ebx, leaf7_ecx, _] = if max_leaf >= 7 { platform.cpuid(7, 0, state) } else { [0; 4] };
-    let features = ferrite_x86::cr::Cr4Features { leaf1_ecx, leaf1_edx, leaf7_ebx, leaf7_ecx };
-    let long_mode = ps.efer & (1 << 10) != 0;
-    match ferrite_x86::cr::check_cr4_write(ps.cr4, value, &features, long_mode, ps.cr3, ps.cr0) {
-        Ok(()) => {
-            vcpu.set_cr4(value);
-            vcpu.regs_mut().rip = next_rip;
-        }
-        Err(_) => vcpu.inject_exception(GP_VECTOR, Some(0)),
-    }
-    Ok(())
 }
 
 /// Emulates the instruction that faulted on device memory at `gpa`: fetch

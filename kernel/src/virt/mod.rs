@@ -116,9 +116,9 @@ pub enum VmExit {
     MsrRead { msr: u32, next_rip: u64 },
     MsrWrite { msr: u32, value: u64, next_rip: u64 },
     Xsetbv { next_rip: u64 },
-    /// A write to control register `cr` (only those intercepted: CR4).
-    /// `gpr` is the source register when the CPU decoded the instruction;
-    /// otherwise the run loop decodes it.
+    /// A write to control register `cr` (those intercepted: CR0 by MOV,
+    /// LMSW or CLTS; CR4). `gpr` is the source register of a MOV when the
+    /// CPU decoded the instruction; otherwise the run loop decodes it.
     CrWrite { cr: u8, gpr: Option<u8>, next_rip: Option<u64> },
     NestedPageFault { gpa: u64, write: bool, exec: bool, present: bool },
     /// A physical interrupt arrived while the guest ran; nothing to do for
@@ -136,8 +136,10 @@ pub enum VmExit {
     DebugRegisterAccess,
     /// Triple fault / shutdown: the guest is dead.
     Shutdown,
-    /// The hardware refused the guest state.
-    InvalidState,
+    /// The hardware refused the guest state (VMEXIT_INVALID); `check` is
+    /// the consistency check the state fails, as the backend redid them
+    /// (`None`: none it knows of).
+    InvalidState { check: Option<ferrite_x86::vmrun::VmrunCheck> },
     Other { code: u64, info1: u64, info2: u64 },
 }
 
@@ -163,11 +165,21 @@ pub trait VcpuOps {
     fn set_entry_state(&mut self, state: &EntryState);
     fn efer(&self) -> u64;
     fn set_efer(&mut self, efer: u64);
+    /// Writes the guest's CR0 (the caller has checked it), flushing the
+    /// guest's TLB when the change requires it.
+    fn set_cr0(&mut self, value: u64);
     /// Writes the guest's CR4 (the caller has checked it), flushing the
     /// guest's TLB when the change requires it.
     fn set_cr4(&mut self, value: u64);
     /// Injects a hardware exception (e.g. #GP for an unknown MSR).
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>);
+    /// Raises the single-step #DB that follows an instruction executed with
+    /// RFLAGS.TF set (a trap: RIP already points past it), with DR6.BS set
+    /// as the CPU would.
+    fn inject_single_step(&mut self);
+    /// The instruction the guest stopped at has been emulated to its end:
+    /// an interrupt shadow (STI, MOV SS) it was in is over.
+    fn clear_interrupt_shadow(&mut self);
     /// Injects an NMI unless NMIs are blocked (a handler has not returned)
     /// or another event is being injected; true if it did.
     fn inject_nmi(&mut self) -> bool;
@@ -197,8 +209,7 @@ pub trait VcpuOps {
     /// no interrupt shadow, no event already being injected).
     fn interruptible(&self) -> bool;
     /// The instruction at RIP runs in an interrupt shadow (after STI or
-    /// MOV SS): no external interrupt before it completes. Moving RIP
-    /// past it (emulating it) ends the shadow.
+    /// MOV SS): no external interrupt before it completes.
     fn in_interrupt_shadow(&self) -> bool;
     /// Injects external interrupt `vector` on the next entry.
     fn inject_interrupt(&mut self, vector: u8);

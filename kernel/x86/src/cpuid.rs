@@ -77,6 +77,9 @@ const EXT1_ECX: u32 = bits(&[0, 5, 6, 7, 8, 11, 16, 21]);
 /// NX, MMXEXT, FFXSR, 1 GiB pages, RDTSCP, LM, 3DNow!Ext, 3DNow!.
 const EXT1_EDX: u32 = bits(&[0, 1, 2, 3, 4, 5, 6, 8, 11, 13, 15, 16, 17, 20, 22, 23, 24, 25, 26, 27, 29, 30, 31]);
 
+/// CPUID.0x8000_0008:EBX[20]: EFER.LMSLE is not supported.
+const LMSLE_UNSUPPORTED: u32 = 1 << 20;
+
 /// XSAVE components Ferrite switches for guests: x87, SSE, AVX.
 pub const XCR0_GUEST_MAX: u64 = 0b111;
 
@@ -173,8 +176,9 @@ fn extended_leaf(host: &dyn Fn(u32, u32) -> [u32; 4], leaf: u32, vcpus: u32) -> 
         // Power management: only "the TSC runs at a constant rate".
         0x8000_0007 => [0, 0, 0, d & (1 << 8)],
         // Address sizes kept; no extended features (IBPB and the like
-        // need MSRs); the core count ours.
-        0x8000_0008 => [a, 0, (vcpus - 1) & 0xFF, 0],
+        // need MSRs) but "EFER.LMSLE unsupported" (bit 20), which is true
+        // for guests (`cr::efer_allowed`); the core count ours.
+        0x8000_0008 => [a, LMSLE_UNSUPPORTED, (vcpus - 1) & 0xFF, 0],
         _ => [0; 4],
     }
 }
@@ -270,7 +274,7 @@ mod tests {
     fn core_count_and_power_leaves() {
         let v = view();
         assert_eq!(get(0x8000_0008, 0, &v)[2], 3);
-        assert_eq!(get(0x8000_0008, 0, &v)[1], 0);
+        assert_eq!(get(0x8000_0008, 0, &v)[1], 1 << 20, "only: EFER.LMSLE unsupported");
         assert_eq!(get(0x8000_0007, 0, &v), [0, 0, 0, 1 << 8]);
         assert_eq!(get(6, 0, &v), [0; 4]);
         assert_eq!(get(0xA, 0, &v), [0; 4]);

@@ -130,6 +130,236 @@ pub fn cr4_change_flushes_tlb(old: u64, new: u64) -> bool {
     (old ^ new) & (PGE | PAE | PSE | PCIDE | SMEP | SMAP | PKE | LA57) != 0
 }
 
+/// CR0 bits.
+pub mod cr0 {
+    pub const PE: u64 = 1 << 0;
+    pub const MP: u64 = 1 << 1;
+    pub const EM: u64 = 1 << 2;
+    pub const TS: u64 = 1 << 3;
+    pub const ET: u64 = 1 << 4;
+    pub const NE: u64 = 1 << 5;
+    pub const WP: u64 = 1 << 16;
+    pub const AM: u64 = 1 << 18;
+    pub const NW: u64 = 1 << 29;
+    pub const CD: u64 = 1 << 30;
+    pub const PG: u64 = 1 << 31;
+    /// The bits that exist. Writes to the reserved ones in 31:0 are
+    /// ignored (APM 3.1.1, SDM 2.5); bits 63:32 must be zero.
+    pub const DEFINED: u64 = PE | MP | EM | TS | ET | NE | WP | AM | NW | CD | PG;
+}
+
+/// EFER bits.
+pub mod efer {
+    pub const SCE: u64 = 1 << 0;
+    pub const LME: u64 = 1 << 8;
+    pub const LMA: u64 = 1 << 10;
+    pub const NXE: u64 = 1 << 11;
+    pub const SVME: u64 = 1 << 12;
+    pub const LMSLE: u64 = 1 << 13;
+    pub const FFXSR: u64 = 1 << 14;
+    pub const TCE: u64 = 1 << 15;
+    /// Bits 7:1 read as zero on AMD CPUs; writes to them are ignored.
+    pub const RAZ: u64 = 0xFE;
+}
+
+/// Why a CR0 write gets #GP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cr0Fault {
+    /// A bit in 63:32 set.
+    HighBits,
+    /// NW set with CD clear.
+    NwWithoutCd,
+    /// PG set with PE clear.
+    PgWithoutPe,
+    /// Paging turned on with EFER.LME set but CR4.PAE clear.
+    LongModeWithoutPae,
+    /// Paging turned on with EFER.LME set while CS.L is set.
+    LongModeWithCsL,
+    /// Paging turned off in 64-bit mode.
+    PagingOffIn64BitMode,
+    /// Paging turned off while CR4.PCIDE is set.
+    PagingOffWithPcide,
+    /// WP cleared while CR4.CET is set.
+    WpClearedWithCet,
+}
+
+/// The rest of the vCPU's state a CR0 write is checked against.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cr0Context {
+    pub cr4: u64,
+    /// The guest's EFER (as it sees it: without the SVME the VMCB needs).
+    pub efer: u64,
+    /// CS.L: with EFER.LMA, the vCPU is in 64-bit mode.
+    pub cs_l: bool,
+}
+
+/// Checks a write of `new` to CR0 (currently `old`): MOV to CR0, or LMSW
+/// and CLTS with the value from [`lmsw_value`] or [`clts_value`]. Returns
+/// the value CR0 takes (ET reads as 1 and the reserved low bits as 0, as
+/// on any CPU since the 486), or the reason for #GP (APM vol. 2 3.1.1 and
+/// table 14-5, SDM vol. 3A 2.5 and "MOV—Move to/from Control Registers").
+pub fn check_cr0_write(old: u64, new: u64, ctx: &Cr0Context) -> Result<u64, Cr0Fault> {
+    use cr0::*;
+    if new >> 32 != 0 {
+        return Err(Cr0Fault::HighBits);
+    }
+    if new & NW != 0 && new & CD == 0 {
+        return Err(Cr0Fault::NwWithoutCd);
+    }
+    if new & PG != 0 && new & PE == 0 {
+        return Err(Cr0Fault::PgWithoutPe);
+    }
+    let paging_on = old & PG == 0 && new & PG != 0;
+    let paging_off = old & PG != 0 && new & PG == 0;
+    if paging_on && ctx.efer & efer::LME != 0 {
+        if ctx.cr4 & cr4::PAE == 0 {
+            return Err(Cr0Fault::LongModeWithoutPae);
+        }
+        if ctx.cs_l {
+            return Err(Cr0Fault::LongModeWithCsL);
+        }
+    }
+    if paging_off && ctx.efer & efer::LMA != 0 && ctx.cs_l {
+        return Err(Cr0Fault::PagingOffIn64BitMode);
+    }
+    if paging_off && ctx.cr4 & cr4::PCIDE != 0 {
+        return Err(Cr0Fault::PagingOffWithPcide);
+    }
+    if new & WP == 0 && ctx.cr4 & cr4::CET != 0 {
+        return Err(Cr0Fault::WpClearedWithCet);
+    }
+    Ok((new & DEFINED) | ET)
+}
+
+/// The CR0 value LMSW with source `src` asks for: it loads MP, EM and TS
+/// and can set PE but never clear it.
+pub fn lmsw_value(old: u64, src: u16) -> u64 {
+    (old & !(cr0::MP | cr0::EM | cr0::TS)) | u64::from(src & 0xF)
+}
+
+/// The CR0 value CLTS leaves.
+pub fn clts_value(old: u64) -> u64 {
+    old & !cr0::TS
+}
+
+/// EFER as it stands after a CR0 write that left CR0 = `new_cr0`: long
+/// mode is active exactly while LME and PG are both set.
+pub fn efer_after_cr0_write(efer: u64, new_cr0: u64) -> u64 {
+    if efer & efer::LME != 0 && new_cr0 & cr0::PG != 0 {
+        efer | efer::LMA
+    } else {
+        efer & !efer::LMA
+    }
+}
+
+/// Whether changing CR0 from `old` to `new` must flush the guest's TLB
+/// (paging turned on or off, or the protection rules changed).
+pub fn cr0_change_flushes_tlb(old: u64, new: u64) -> bool {
+    (old ^ new) & (cr0::PG | cr0::PE | cr0::WP) != 0
+}
+
+/// A MOV to CR3 that may go ahead: the value CR3 takes and whether the
+/// guest's TLB must be flushed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cr3Write {
+    pub value: u64,
+    pub flush: bool,
+}
+
+/// Why a CR3 write gets #GP: in long mode, bits at or above MAXPHYADDR
+/// (these bits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cr3Fault(pub u64);
+
+/// The bits at or above `max_phys_bits` (MAXPHYADDR, clamped to 32..=52).
+pub fn beyond_max_phys(value: u64, max_phys_bits: u8) -> u64 {
+    value & !((1u64 << max_phys_bits.clamp(32, 52)) - 1)
+}
+
+/// Checks a MOV to CR3 of `value`, given whether long mode is active
+/// (EFER.LMA), CR4.PCIDE and the guest's MAXPHYADDR (CPUID 0x8000_0008
+/// EAX[7:0]). In long mode bits 63:MAXPHYADDR are reserved and raise #GP
+/// (APM vol. 2 3.1.2 and table 14-5), except that with PCIDE bit 63 is
+/// the "do not flush" hint, which is cleared rather than stored (SDM vol.
+/// 3A 4.10.4.1). Outside long mode the register is 32 bits wide.
+pub fn check_cr3_write(value: u64, long_mode: bool, pcide: bool, max_phys_bits: u8) -> Result<Cr3Write, Cr3Fault> {
+    if !long_mode {
+        return Ok(Cr3Write { value: value & 0xFFFF_FFFF, flush: true });
+    }
+    const NO_FLUSH: u64 = 1 << 63;
+    let (value, flush) = if pcide { (value & !NO_FLUSH, value & NO_FLUSH == 0) } else { (value, true) };
+    match beyond_max_phys(value, max_phys_bits) {
+        0 => Ok(Cr3Write { value, flush }),
+        bad => Err(Cr3Fault(bad)),
+    }
+}
+
+/// The CPUID words that decide which EFER bits exist: CPUID.0x8000_0001
+/// ECX and EDX (0 when that leaf is beyond the maximum).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EferFeatures {
+    pub ext1_ecx: u32,
+    pub ext1_edx: u32,
+}
+
+/// The EFER bits a guest with these features may set. SCE exists on every
+/// x86-64 CPU. LMSLE is never allowed: Ferrite does not offer it (CPUID
+/// 0x8000_0008 EBX[20], "EFER.LMSLE unsupported", is set for guests), as
+/// Zen 3 and later CPUs no longer have it.
+pub fn efer_allowed(f: &EferFeatures) -> u64 {
+    use efer::*;
+    let has = |word: u32, bit: u32| word & (1 << bit) != 0;
+    let mut allowed = SCE;
+    if has(f.ext1_edx, 29) {
+        allowed |= LME | LMA;
+    }
+    if has(f.ext1_edx, 20) {
+        allowed |= NXE;
+    }
+    if has(f.ext1_ecx, 2) {
+        allowed |= SVME;
+    }
+    if has(f.ext1_edx, 25) {
+        allowed |= FFXSR;
+    }
+    if has(f.ext1_ecx, 17) {
+        allowed |= TCE;
+    }
+    allowed
+}
+
+/// Why a WRMSR to EFER gets #GP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EferFault {
+    /// A reserved bit, or one for a feature the guest was not offered.
+    Reserved(u64),
+    /// LME changed while paging is on.
+    LmeWithPaging,
+    /// LMA written other than as the CPU keeps it (LME and CR0.PG).
+    Lma,
+}
+
+/// Checks a WRMSR of `new` to EFER (currently `old`, as the guest sees it)
+/// given CR0: the value EFER takes, or why #GP. Bits 7:1 are read-as-zero
+/// and ignored (APM vol. 2 3.1.7); LME may not change while CR0.PG is set
+/// (table 14-5); LMA is the CPU's, so a value must carry it as it is.
+pub fn check_efer_write(old: u64, new: u64, features: &EferFeatures, cr0: u64) -> Result<u64, EferFault> {
+    let new = new & !efer::RAZ;
+    let bad = new & !efer_allowed(features);
+    if bad != 0 {
+        return Err(EferFault::Reserved(bad));
+    }
+    let paging = cr0 & cr0::PG != 0;
+    if paging && (old ^ new) & efer::LME != 0 {
+        return Err(EferFault::LmeWithPaging);
+    }
+    let lma = if new & efer::LME != 0 && paging { efer::LMA } else { 0 };
+    if new & efer::LMA != lma {
+        return Err(EferFault::Lma);
+    }
+    Ok(new)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,5 +415,131 @@ mod tests {
     fn tlb_flush_bits() {
         assert!(cr4_change_flushes_tlb(0, cr4::PGE));
         assert!(!cr4_change_flushes_tlb(0, cr4::OSFXSR));
+    }
+
+    fn ctx(cr4: u64, efer: u64, cs_l: bool) -> Cr0Context {
+        Cr0Context { cr4, efer, cs_l }
+    }
+
+    const PROT: u64 = cr0::PE | cr0::ET | cr0::NE;
+
+    #[test]
+    fn cr0_invalid_combinations_fault() {
+        let c = ctx(0, 0, false);
+        assert_eq!(check_cr0_write(PROT, PROT | (1 << 32), &c), Err(Cr0Fault::HighBits));
+        assert_eq!(check_cr0_write(PROT, PROT | (1 << 63), &c), Err(Cr0Fault::HighBits));
+        assert_eq!(check_cr0_write(PROT, PROT | cr0::NW, &c), Err(Cr0Fault::NwWithoutCd));
+        assert_eq!(check_cr0_write(PROT, cr0::ET | cr0::PG, &c), Err(Cr0Fault::PgWithoutPe));
+        // CD alone, and CD with NW, are fine.
+        assert_eq!(check_cr0_write(PROT, PROT | cr0::CD, &c), Ok(PROT | cr0::CD));
+        assert_eq!(check_cr0_write(PROT, PROT | cr0::CD | cr0::NW, &c), Ok(PROT | cr0::CD | cr0::NW));
+    }
+
+    #[test]
+    fn cr0_reserved_low_bits_are_ignored_and_et_reads_one() {
+        let c = ctx(0, 0, false);
+        assert_eq!(check_cr0_write(PROT, cr0::PE | (1 << 6) | (1 << 17) | (1 << 28), &c), Ok(cr0::PE | cr0::ET));
+        // Real mode, paging off: a plain value.
+        assert_eq!(check_cr0_write(0x10, 0, &c), Ok(cr0::ET));
+    }
+
+    #[test]
+    fn cr0_long_mode_rules() {
+        let lme = efer::LME;
+        let lma = efer::LME | efer::LMA;
+        // Turning paging on with LME needs PAE, and CS.L clear.
+        assert_eq!(check_cr0_write(PROT, PROT | cr0::PG, &ctx(0, lme, false)), Err(Cr0Fault::LongModeWithoutPae));
+        assert_eq!(check_cr0_write(PROT, PROT | cr0::PG, &ctx(cr4::PAE, lme, true)), Err(Cr0Fault::LongModeWithCsL));
+        assert_eq!(check_cr0_write(PROT, PROT | cr0::PG, &ctx(cr4::PAE, lme, false)), Ok(PROT | cr0::PG));
+        // Without LME, 32-bit paging needs no PAE.
+        assert_eq!(check_cr0_write(PROT, PROT | cr0::PG, &ctx(0, 0, false)), Ok(PROT | cr0::PG));
+        // Paging off: not in 64-bit mode; in compatibility mode it is allowed.
+        let on = PROT | cr0::PG;
+        assert_eq!(check_cr0_write(on, PROT, &ctx(cr4::PAE, lma, true)), Err(Cr0Fault::PagingOffIn64BitMode));
+        assert_eq!(check_cr0_write(on, PROT, &ctx(cr4::PAE, lma, false)), Ok(PROT));
+        assert_eq!(check_cr0_write(on, PROT, &ctx(cr4::PAE | cr4::PCIDE, lma, false)), Err(Cr0Fault::PagingOffWithPcide));
+        // Rewriting CR0 in 64-bit mode with PG kept is fine.
+        assert_eq!(check_cr0_write(on, on | cr0::TS, &ctx(cr4::PAE, lma, true)), Ok(on | cr0::TS));
+    }
+
+    #[test]
+    fn cr0_wp_with_cet() {
+        let on = PROT | cr0::PG | cr0::WP;
+        assert_eq!(check_cr0_write(on, on & !cr0::WP, &ctx(cr4::CET, 0, false)), Err(Cr0Fault::WpClearedWithCet));
+        assert_eq!(check_cr0_write(on, on & !cr0::WP, &ctx(0, 0, false)), Ok(on & !cr0::WP));
+    }
+
+    #[test]
+    fn lmsw_and_clts() {
+        // LMSW cannot clear PE, but sets it and loads MP/EM/TS.
+        assert_eq!(lmsw_value(PROT | cr0::TS, 0), PROT);
+        assert_eq!(lmsw_value(cr0::ET, 1), cr0::ET | cr0::PE);
+        assert_eq!(lmsw_value(PROT, 0xFFFF), PROT | cr0::MP | cr0::EM | cr0::TS);
+        assert_eq!(clts_value(PROT | cr0::TS), PROT);
+    }
+
+    #[test]
+    fn efer_follows_pg_and_lme() {
+        assert_eq!(efer_after_cr0_write(efer::LME, PROT | cr0::PG), efer::LME | efer::LMA);
+        assert_eq!(efer_after_cr0_write(efer::LME | efer::LMA, PROT), efer::LME);
+        assert_eq!(efer_after_cr0_write(efer::NXE, PROT | cr0::PG), efer::NXE);
+        assert!(cr0_change_flushes_tlb(PROT, PROT | cr0::PG));
+        assert!(!cr0_change_flushes_tlb(PROT, PROT | cr0::TS));
+    }
+
+    #[test]
+    fn cr3_reserved_bits_in_long_mode() {
+        // MAXPHYADDR 40 (QEMU's default): bits 63:40 reserved.
+        assert_eq!(check_cr3_write(1 << 40, true, false, 40), Err(Cr3Fault(1 << 40)));
+        assert_eq!(check_cr3_write(1 << 52, true, false, 40), Err(Cr3Fault(1 << 52)));
+        assert_eq!(check_cr3_write(1 << 63, true, false, 40), Err(Cr3Fault(1 << 63)));
+        assert_eq!(check_cr3_write(0xFF_FFFF_F000, true, false, 40), Ok(Cr3Write { value: 0xFF_FFFF_F000, flush: true }));
+        // With PCIDE bit 63 asks not to flush and is not stored.
+        assert_eq!(check_cr3_write((1 << 63) | 0x1003, true, true, 40), Ok(Cr3Write { value: 0x1003, flush: false }));
+        assert_eq!(check_cr3_write((1 << 62) | 0x1000, true, true, 40), Err(Cr3Fault(1 << 62)));
+        // Outside long mode CR3 is 32 bits and nothing faults.
+        assert_eq!(check_cr3_write(0xFFFF_FFFF_FFFF_F000, false, false, 40), Ok(Cr3Write { value: 0xFFFF_F000, flush: true }));
+        // MAXPHYADDR is clamped to 52: bits 63:52 are always reserved.
+        assert_eq!(check_cr3_write(1 << 52, true, false, 64), Err(Cr3Fault(1 << 52)));
+    }
+
+    /// qemu64's CPUID.0x8000_0001: SYSCALL, NX, LM; no FFXSR, TCE, SVM
+    /// (Ferrite hides SVM anyway).
+    fn qemu64_ext() -> EferFeatures {
+        EferFeatures { ext1_ecx: 0, ext1_edx: (1 << 11) | (1 << 20) | (1 << 29) }
+    }
+
+    #[test]
+    fn efer_reserved_and_unoffered_bits_fault() {
+        let f = qemu64_ext();
+        for bit in [efer::SVME, efer::LMSLE, efer::FFXSR, efer::TCE, 1 << 9, 1 << 16, 1 << 21, 1 << 63] {
+            assert_eq!(check_efer_write(0, bit, &f, PROT), Err(EferFault::Reserved(bit)), "{bit:#x}");
+        }
+        assert_eq!(check_efer_write(0, efer::SCE | efer::NXE | efer::LME, &f, PROT), Ok(efer::SCE | efer::NXE | efer::LME));
+        // Read-as-zero bits are dropped, not refused.
+        assert_eq!(check_efer_write(0, efer::SCE | 0x2, &f, PROT), Ok(efer::SCE));
+        // Without NX and LM in CPUID, NXE and LME are reserved.
+        let bare = EferFeatures::default();
+        assert_eq!(check_efer_write(0, efer::NXE, &bare, PROT), Err(EferFault::Reserved(efer::NXE)));
+        assert_eq!(check_efer_write(0, efer::LME, &bare, PROT), Err(EferFault::Reserved(efer::LME)));
+        // Offered features unlock their bits.
+        let rich = EferFeatures { ext1_ecx: (1 << 2) | (1 << 17), ext1_edx: (1 << 25) | (1 << 29) };
+        let bits = efer::SVME | efer::TCE | efer::FFXSR;
+        assert_eq!(check_efer_write(0, bits, &rich, PROT), Ok(bits));
+    }
+
+    #[test]
+    fn efer_long_mode_rules() {
+        let f = qemu64_ext();
+        let paged = PROT | cr0::PG;
+        let long = efer::LME | efer::LMA;
+        // LME cannot change while paging is on, either way.
+        assert_eq!(check_efer_write(0, efer::LME, &f, paged), Err(EferFault::LmeWithPaging));
+        assert_eq!(check_efer_write(long, 0, &f, paged), Err(EferFault::LmeWithPaging));
+        assert_eq!(check_efer_write(long, long | efer::NXE, &f, paged), Ok(long | efer::NXE));
+        // LMA is the CPU's: written as it is, or #GP.
+        assert_eq!(check_efer_write(long, efer::LME, &f, paged), Err(EferFault::Lma));
+        assert_eq!(check_efer_write(0, efer::LMA, &f, PROT), Err(EferFault::Lma));
+        assert_eq!(check_efer_write(0, efer::LME, &f, PROT), Ok(efer::LME));
     }
 }

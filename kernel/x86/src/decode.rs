@@ -998,8 +998,11 @@ fn vex_like(cur: &mut Cur, mode: CodeMode, p: &Prefixes, first: u8) -> Result<()
     cur.skip(imm)
 }
 
+mod cr_write;
 #[cfg(test)]
 mod tests;
+
+pub use cr_write::{decode_cr_write, CrWrite, CrWriteOp};
 
 /// The segment-override prefix of the instruction in `bytes`, if any (the
 /// last one given counts). For OUTS, whose source segment the CPU reports
@@ -1007,39 +1010,4 @@ mod tests;
 pub fn segment_override(bytes: &[u8], mode: CodeMode) -> Result<Option<Seg>, DecodeError> {
     let mut cur = Cur { b: bytes, pos: 0 };
     Ok(prefixes(&mut cur, mode)?.seg)
-}
-
-/// `MOV CRn, reg` (0F 22 /r): which control register and which GPR.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MovToCr {
-    pub cr: u8,
-    /// GPR number (0 = RAX ... 15 = R15).
-    pub gpr: u8,
-    pub len: usize,
-}
-
-/// Decodes `MOV CRn, reg`, the instruction behind a control-register write
-/// exit when the CPU gives no decode assists. Other instructions that
-/// write a control register (LMSW, CLTS for CR0) are `Unsupported`.
-pub fn decode_mov_to_cr(bytes: &[u8], mode: CodeMode) -> Result<MovToCr, DecodeError> {
-    let mut cur = Cur { b: bytes, pos: 0 };
-    let p = prefixes(&mut cur, mode)?;
-    if cur.u8()? != 0x0f || cur.u8()? != 0x22 {
-        return Err(DecodeError::Unsupported);
-    }
-    // The mod field is ignored: the operand is always a register.
-    let modrm = cur.u8()?;
-    let mut cr = (modrm >> 3) & 7;
-    let mut gpr = modrm & 7;
-    if p.rex & 4 != 0 {
-        cr += 8;
-    }
-    if p.rex & 1 != 0 {
-        gpr += 8;
-    }
-    // AMD's alternative encoding of CR8 outside 64-bit mode: LOCK MOV CR0.
-    if p.lock && cr == 0 {
-        cr = 8;
-    }
-    Ok(MovToCr { cr, gpr, len: cur.pos })
 }

@@ -10,8 +10,10 @@
 //!   [`decode::instruction_length`], and [`decode::MmioOp::execute`] which
 //!   performs the access against a device and writes registers/flags back.
 //! * [`cpuid`]: the CPUID a guest sees (an allow-list over the host's).
-//! * [`cr`]: the rules a guest's control-register write must pass, against
-//!   the CPUID it sees.
+//! * [`cr`]: the rules a guest's control-register and EFER writes must
+//!   pass, against the CPUID it sees.
+//! * [`vmrun`]: VMRUN's consistency checks on a VMCB, to name the one that
+//!   failed when the CPU refuses the guest state.
 //! * [`regs`]: the general-purpose register file with x86 partial-register
 //!   rules.
 //!
@@ -26,11 +28,12 @@ pub mod cpuid;
 pub mod cr;
 pub mod decode;
 pub mod regs;
+pub mod vmrun;
 pub mod walk;
 
 pub use decode::{
-    decode_mmio, decode_mov_to_cr, instruction_length, segment_override, AluOp, BitOp, CodeMode, DecodeError, Extend, MemOperand,
-    MmioBus, MmioKind, MmioOp, MovToCr, Operand, Rep, Seg, StringOp, UnaryOp,
+    decode_cr_write, decode_mmio, instruction_length, segment_override, AluOp, BitOp, CodeMode, DecodeError, Extend, MemOperand,
+    CrWrite, CrWriteOp, MmioBus, MmioKind, MmioOp, Operand, Rep, Seg, StringOp, UnaryOp,
 };
 pub use regs::{Reg, Regs};
 pub use walk::{

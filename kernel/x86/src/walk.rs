@@ -273,8 +273,12 @@ pub fn translate<M: GuestPhysRead + ?Sized>(
             if pdpte & PTE_P == 0 {
                 return Err(fault(base_err));
             }
-            // PDPTE: bits 2:1, 8:5 and 63:MAXPHYADDR are reserved.
-            let rsvd = bits(1, 2) | bits(5, 8) | bits(maxphy, 63);
+            // PDPTE: bits 2:1, 8:5 and 63:MAXPHYADDR are reserved, except
+            // that bit 5 is let through: QEMU's TCG sets it (as the
+            // accessed bit of other levels) in the guest's PDPTEs and does
+            // not check 8:5 itself, and a walk here must not fail where
+            // the CPU that ran the guest succeeded.
+            let rsvd = bits(1, 2) | bits(6, 8) | bits(maxphy, 63);
             if pdpte & rsvd != 0 {
                 return Err(fault(base_err | PF_PRESENT | PF_RSVD));
             }

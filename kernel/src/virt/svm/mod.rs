@@ -1,5 +1,6 @@
 //! AMD SVM backend: detection, per-CPU enablement, and the VMCB-based vCPU.
 
+mod invalid;
 pub mod vmcb;
 
 use self::vmcb::*;
@@ -263,9 +264,6 @@ pub struct SvmVcpu {
     debug_regs: Option<[u64; 4]>,
     /// The vector waiting in V_IRQ (injected, not yet taken by the guest).
     virq_vector: Option<u8>,
-    /// RIP at the last exit: an interrupt shadow covers the instruction
-    /// there, so it ends once the hypervisor moved RIP past it.
-    exit_rip: u64,
     /// Names this vCPU's FPU state in `SvmCpu::fpu_owner`.
     fpu_token: u64,
     /// The CPU whose registers last held this vCPU's FPU state.
@@ -287,9 +285,16 @@ pub struct SvmVcpu {
     /// The guest is about to execute that IRET at this RIP (it was
     /// intercepted); once RIP has moved on, NMIs are unblocked.
     iret_rip: Option<u64>,
+    /// EFER as the guest sees it. The VMCB's differs: it has SVME, and
+    /// LME only while CR0.PG is set (`write_vmcb_efer`).
+    guest_efer: u64,
 }
 
 const DB_VECTOR: u8 = 1;
+/// DR6.B0-B3 (breakpoint hits), BS (single step); DR7.GD.
+const DR6_B0_B3: u64 = 0xF;
+const DR6_BS: u64 = 1 << 14;
+const DR7_GD: u64 = 1 << 13;
 const PF_VECTOR: u8 = 14;
 const AC_VECTOR: u8 = 17;
 /// Reads of DR0-3 (bits 0-3) and writes of DR0-3 and DR7 (bits 16-19, 23).
@@ -308,6 +313,8 @@ const CLEAN_TPR: u32 = 1 << 3;
 /// Nested paging: N_CR3 and G_PAT.
 const CLEAN_NP: u32 = 1 << 4;
 const CLEAN_CRX: u32 = 1 << 5;
+/// DR6 and DR7.
+const CLEAN_DRX: u32 = 1 << 6;
 const CLEAN_SEG_DT_CR2: u32 = (1 << 7) | (1 << 8) | (1 << 9);
 
 impl SvmVcpu {
@@ -351,10 +358,15 @@ impl SvmVcpu {
         // debug register, reading or writing DR0-3 or writing DR7 exits
         // (then this vCPU's DR0-3 are switched, see `run`).
         vmcb.write_u32(INTERCEPT_DR, DR_INTERCEPTS);
-        // CR4 writes are checked against the guest's CPUID: a bit the
-        // CPU has but the guest was not offered would otherwise be taken
-        // (or fail the next VMRUN's consistency checks).
-        vmcb.write_u32(INTERCEPT_CR, INTERCEPT_CR4_WRITE);
+        // CR0 and CR4 writes are checked against the architectural rules
+        // and the guest's CPUID: a value a CPU refuses would otherwise be
+        // taken, or fail the next VMRUN's consistency checks. All CR0
+        // writes (MOV, LMSW, CLTS) exit, not only those the selective
+        // intercept catches (a change beyond TS and MP): QEMU's TCG misses
+        // changes to bits 63:32 there (its mask is 32 bits wide) and drops
+        // them instead of the #GP. Guests rarely write CR0 (Linux no longer
+        // toggles TS). CR3 writes do not exit: see `vcpu::cr`.
+        vmcb.write_u32(INTERCEPT_CR, INTERCEPT_CR0_WRITE | INTERCEPT_CR4_WRITE);
         vmcb.write_u64(IOPM_BASE, iopm_pa);
         vmcb.write_u64(MSRPM_BASE, msrpm_pa);
         vmcb.write_u32(GUEST_ASID, asid.max(1));
@@ -373,7 +385,6 @@ impl SvmVcpu {
             sse: SseRegs::new(),
             fpu_loaded: false,
             virq_vector: None,
-            exit_rip: 0,
             debug_regs: None,
             fpu_token: NEXT_FPU_TOKEN.fetch_add(1, Ordering::Relaxed),
             fpu_cpu: usize::MAX,
@@ -384,6 +395,7 @@ impl SvmVcpu {
             flush_tlb: false,
             nmi_blocked: false,
             iret_rip: None,
+            guest_efer: 0,
         };
         vcpu.reset_real_mode(0xF000, 0xFFF0);
         Some(vcpu)
@@ -397,6 +409,24 @@ impl SvmVcpu {
             // of these instructions are not produced by compilers.
             self.regs.rip.wrapping_add(insn_len)
         }
+    }
+
+    /// Puts the guest's EFER into the VMCB: with SVME, which VMRUN
+    /// requires, and without LME while paging is off. LME does nothing
+    /// until CR0.PG is set, and both a PG change and EFER accesses exit, so
+    /// the guest cannot tell. The reason is QEMU's TCG: its #VMEXIT
+    /// restores the host's CR0 while the guest's EFER and CR4 are still
+    /// loaded, and with LME set and PAE clear that restore returns early
+    /// (`cpu_x86_update_cr0`, "enter in long mode"), leaving the host with
+    /// paging off and the next VMRUN without nested paging: the guest then
+    /// reaches host memory directly.
+    fn write_vmcb_efer(&mut self) {
+        let mut efer = self.guest_efer | cpu::EFER_SVME;
+        if self.vmcb.read_u64(CR0) & ferrite_x86::cr::cr0::PG == 0 {
+            efer &= !ferrite_x86::cr::efer::LME;
+        }
+        self.vmcb.write_u64(EFER, efer);
+        self.dirty |= CLEAN_CRX;
     }
 
     fn decode_exit(&self) -> VmExit {
@@ -465,7 +495,9 @@ impl SvmVcpu {
                 VmExit::Exception { vector: AC_VECTOR, error_code: Some(info1 as u32) }
             }
             EXIT_DR_READ_BASE..=EXIT_DR_WRITE_LAST => VmExit::DebugRegisterAccess,
-            EXIT_INVALID => VmExit::InvalidState,
+            EXIT_INVALID | EXIT_INVALID_QEMU => VmExit::InvalidState {
+                check: invalid::failed_check(&self.vmcb),
+            },
             _ => VmExit::Other { code, info1, info2 },
         }
     }
@@ -478,12 +510,6 @@ impl VcpuOps for SvmVcpu {
         self.vmcb.write_u64(RSP, self.regs.rsp);
         self.vmcb.write_u64(RIP, self.regs.rip);
         self.vmcb.write_u64(RFLAGS, self.regs.rflags | 2);
-        if self.regs.rip != self.exit_rip {
-            // The instruction the shadow covered was emulated or skipped
-            // (a shadowed HLT, say): the shadow ended with it, as on
-            // hardware after that instruction retires.
-            self.vmcb.write_u64(INTERRUPT_SHADOW, 0);
-        }
         // When this pCPU last ran a different VMCB, or this vCPU last ran
         // elsewhere, its ASID may hold another guest's (or stale)
         // translations here: flush them (just this ASID when the CPU can,
@@ -493,7 +519,7 @@ impl VcpuOps for SvmVcpu {
         let svm_cpu = &SVM_CPUS[cpu];
         let host_vmcb_pa = svm_cpu.host_vmcb_pa.load(Ordering::Acquire);
         if host_vmcb_pa == 0 {
-            return VmExit::InvalidState;
+            return VmExit::InvalidState { check: None };
         }
         if let Some(aux) = self.tsc_aux {
             if svm_cpu.loaded_tsc_aux.load(Ordering::Relaxed) != aux {
@@ -552,7 +578,6 @@ impl VcpuOps for SvmVcpu {
         self.regs.rsp = self.vmcb.read_u64(RSP);
         self.regs.rip = self.vmcb.read_u64(RIP);
         self.regs.rflags = self.vmcb.read_u64(RFLAGS);
-        self.exit_rip = self.regs.rip;
         if self.iret_rip.is_some_and(|at| at != self.regs.rip) {
             // The IRET that ends the NMI handler has executed.
             self.iret_rip = None;
@@ -624,7 +649,8 @@ impl VcpuOps for SvmVcpu {
         self.vmcb.write_u64(CR0, 0x10); // ET
         self.vmcb.write_u64(CR3, 0);
         self.vmcb.write_u64(CR4, 0);
-        self.vmcb.write_u64(EFER, cpu::EFER_SVME);
+        self.guest_efer = 0;
+        self.write_vmcb_efer();
         self.regs = GuestRegs { rip: u64::from(ip), rflags: 2, rdx: 0x600, ..Default::default() };
         self.guest_xcr0 = 1;
         self.dirty |= CLEAN_CRX | CLEAN_SEG_DT_CR2;
@@ -648,7 +674,17 @@ impl VcpuOps for SvmVcpu {
     }
 
     fn efer(&self) -> u64 {
-        self.vmcb.read_u64(EFER) & !cpu::EFER_SVME
+        self.guest_efer
+    }
+
+    fn set_cr0(&mut self, value: u64) {
+        let old = self.vmcb.read_u64(CR0);
+        if ferrite_x86::cr::cr0_change_flushes_tlb(old, value) {
+            self.flush_tlb = true;
+        }
+        self.vmcb.write_u64(CR0, value);
+        // EFER.LME goes into the VMCB with paging.
+        self.write_vmcb_efer();
     }
 
     fn set_cr4(&mut self, value: u64) {
@@ -661,9 +697,8 @@ impl VcpuOps for SvmVcpu {
     }
 
     fn set_efer(&mut self, efer: u64) {
-        // The guest never sees SVME, but VMRUN requires it in the guest EFER.
-        self.vmcb.write_u64(EFER, efer | cpu::EFER_SVME);
-        self.dirty |= CLEAN_CRX;
+        self.guest_efer = efer & !cpu::EFER_SVME;
+        self.write_vmcb_efer();
     }
 
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
@@ -678,6 +713,25 @@ impl VcpuOps for SvmVcpu {
             event |= (1 << 11) | (u64::from(code) << 32);
         }
         self.vmcb.write_u64(EVENT_INJ, event);
+    }
+
+    fn inject_single_step(&mut self) {
+        // What the CPU does before delivering a single-step #DB, which an
+        // injected event does not do by itself: DR6.BS set (B0-B3 cleared,
+        // no breakpoint hit), DR7.GD cleared.
+        let dr6 = self.vmcb.read_u64(DR6);
+        self.vmcb.write_u64(DR6, (dr6 & !DR6_B0_B3) | DR6_BS);
+        let dr7 = self.vmcb.read_u64(DR7);
+        self.vmcb.write_u64(DR7, dr7 & !DR7_GD);
+        self.dirty |= CLEAN_DRX;
+        self.inject_exception(DB_VECTOR, None);
+    }
+
+    fn clear_interrupt_shadow(&mut self) {
+        let shadow = self.vmcb.read_u64(INTERRUPT_SHADOW);
+        if shadow & 1 != 0 {
+            self.vmcb.write_u64(INTERRUPT_SHADOW, shadow & !1);
+        }
     }
 
     fn inject_page_fault(&mut self, address: u64, error_code: u32) {
@@ -746,7 +800,7 @@ impl VcpuOps for SvmVcpu {
     }
 
     fn in_interrupt_shadow(&self) -> bool {
-        self.regs.rip == self.exit_rip && self.vmcb.read_u64(INTERRUPT_SHADOW) & 1 != 0
+        self.vmcb.read_u64(INTERRUPT_SHADOW) & 1 != 0
     }
 
     fn event_pending(&self) -> bool {
@@ -808,7 +862,7 @@ impl VcpuOps for SvmVcpu {
             cr0: self.vmcb.read_u64(CR0),
             cr3: self.vmcb.read_u64(CR3),
             cr4: self.vmcb.read_u64(CR4),
-            efer: self.vmcb.read_u64(EFER) & !cpu::EFER_SVME,
+            efer: self.guest_efer,
         }
     }
 
@@ -855,7 +909,10 @@ impl VcpuOps for SvmVcpu {
     }
 
     fn exit_instruction_bytes(&self) -> Option<([u8; 15], usize)> {
-        if !self.caps.decode_assists {
+        // The CPU fills the bytes in for nested page faults (and #PF
+        // intercepts, which Ferrite does not use) only; after any other
+        // exit they are a stale copy.
+        if !self.caps.decode_assists || self.vmcb.read_u64(EXIT_CODE) != EXIT_NPF {
             return None;
         }
         let n = usize::from(self.vmcb.read_u8(INSN_FETCHED)).min(15);

@@ -60,8 +60,11 @@ pub const G_PAT: usize = 0x668;
 
 // Intercept bits in INTERCEPT_MISC1.
 /// INTERCEPT_CR: bits 0-15 reads of CR0-15, bits 16-31 writes.
+pub const INTERCEPT_CR0_WRITE: u32 = 1 << 16;
 pub const INTERCEPT_CR4_WRITE: u32 = 1 << (16 + 4);
 pub const INTERCEPT_INTR: u32 = 1 << 0;
+/// CR0 writes that change a bit other than TS and MP (MOV to CR0, LMSW).
+pub const INTERCEPT_CR0_SEL_WRITE: u32 = 1 << 5;
 pub const INTERCEPT_VINTR: u32 = 1 << 4;
 pub const INTERCEPT_NMI: u32 = 1 << 1;
 pub const INTERCEPT_SMI: u32 = 1 << 2;
@@ -95,6 +98,7 @@ pub const EXIT_NMI: u64 = 0x61;
 pub const EXIT_SMI: u64 = 0x62;
 pub const EXIT_INIT: u64 = 0x63;
 pub const EXIT_VINTR: u64 = 0x64;
+pub const EXIT_CR0_SEL_WRITE: u64 = 0x65;
 pub const EXIT_CPUID: u64 = 0x72;
 pub const EXIT_IRET: u64 = 0x74;
 pub const EXIT_HLT: u64 = 0x78;
@@ -105,7 +109,12 @@ pub const EXIT_VMRUN: u64 = 0x80;
 pub const EXIT_VMMCALL: u64 = 0x81;
 pub const EXIT_XSETBV: u64 = 0x8D;
 pub const EXIT_NPF: u64 = 0x400;
+/// VMRUN refused the guest state (-1). QEMU's TCG stores its 32-bit -1
+/// zero-extended, 0xFFFF_FFFF, and also uses it where a guest MOV to CR3
+/// or CR4 should have raised #GP (`cpu_vmexit(SVM_EXIT_ERR)` in its
+/// `helper_write_crN`).
 pub const EXIT_INVALID: u64 = u64::MAX;
+pub const EXIT_INVALID_QEMU: u64 = 0xFFFF_FFFF;
 
 /// One VMCB page, owned for the life of its vCPU (or CPU, for the host
 /// save page).

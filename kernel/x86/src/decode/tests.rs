@@ -505,20 +505,3 @@ fn segment_overrides() {
     assert_eq!(segment_override(&[0x2e, 0x3e, 0x6e], CodeMode::Bits16), Ok(Some(Seg::Ds)));
     assert_eq!(segment_override(&[0x26], CodeMode::Bits64), Err(DecodeError::Truncated));
 }
-
-#[test]
-fn mov_to_cr_forms() {
-    // mov cr4, rax / mov cr4, eax (32-bit) / mov cr4, r9 / mov cr8, rcx.
-    assert_eq!(decode_mov_to_cr(&[0x0f, 0x22, 0xe0], CodeMode::Bits64), Ok(MovToCr { cr: 4, gpr: 0, len: 3 }));
-    assert_eq!(decode_mov_to_cr(&[0x0f, 0x22, 0xe0], CodeMode::Bits32), Ok(MovToCr { cr: 4, gpr: 0, len: 3 }));
-    assert_eq!(decode_mov_to_cr(&[0x41, 0x0f, 0x22, 0xe1], CodeMode::Bits64), Ok(MovToCr { cr: 4, gpr: 9, len: 4 }));
-    assert_eq!(decode_mov_to_cr(&[0x44, 0x0f, 0x22, 0xc1], CodeMode::Bits64), Ok(MovToCr { cr: 8, gpr: 1, len: 4 }));
-    // mod bits other than 11 still name a register; mov cr0, ebx.
-    assert_eq!(decode_mov_to_cr(&[0x0f, 0x22, 0x03], CodeMode::Bits32), Ok(MovToCr { cr: 0, gpr: 3, len: 3 }));
-    // LOCK MOV CR0 is CR8 (AMD), 0x41 outside 64-bit mode is INC ECX.
-    assert_eq!(decode_mov_to_cr(&[0xf0, 0x0f, 0x22, 0xc0], CodeMode::Bits32), Ok(MovToCr { cr: 8, gpr: 0, len: 4 }));
-    assert_eq!(decode_mov_to_cr(&[0x41, 0x0f, 0x22, 0xe1], CodeMode::Bits32), Err(DecodeError::Unsupported));
-    // Not a MOV to a control register; truncated.
-    assert_eq!(decode_mov_to_cr(&[0x0f, 0x20, 0xe0], CodeMode::Bits64), Err(DecodeError::Unsupported));
-    assert_eq!(decode_mov_to_cr(&[0x0f, 0x22], CodeMode::Bits64), Err(DecodeError::Truncated));
-}

@@ -309,3 +309,17 @@ fn fetch_modes() {
     assert_eq!(compat.code_mode(), CodeMode::Bits32);
     assert_eq!(cpu64(0).code_mode(), CodeMode::Bits64);
 }
+
+/// QEMU's TCG sets bit 5 (reserved, "accessed" at other levels) in a legacy
+/// PAE PDPTE it walks; the walk must still succeed.
+#[test]
+fn pae_pdpte_with_the_bit_qemu_sets() {
+    let mut m = Mem(vec![0; 0x20_0000]);
+    m.w64(0x10_7000, 0x10_6000 | P | 0x20);
+    m.w64(0x10_6000, P | RW | PS | 0x60);
+    let r = regs(CR0_PG, 0x10_7000, CR4_PAE, 0);
+    assert_eq!(translate(&m, &r, 0x10_088e, Access::execute(false)), Ok(0x10_088e));
+    // Bits 2:1 and 8:6 stay reserved.
+    m.w64(0x10_7000, 0x10_6000 | P | 0x40);
+    assert_eq!(translate(&m, &r, 0x10_088e, Access::execute(false)), pf(PF_PRESENT | PF_RSVD, 0x10_088e));
+}
