@@ -92,7 +92,12 @@ impl Service for MgmtService {
         for _ in 0..CONNECTIONS {
             let rx = tcp::SocketBuffer::new(vec![0u8; SOCKET_BUFFER]);
             let tx = tcp::SocketBuffer::new(vec![0u8; SOCKET_BUFFER]);
-            let handle = sockets.add(tcp::Socket::new(rx, tx));
+            let mut socket = tcp::Socket::new(rx, tx);
+            // Every ACK at once: uploads wait on them (smoltcp's default
+            // delays ACKs by 10 ms, which paced a peer to one segment per
+            // delay).
+            socket.set_ack_delay(None);
+            let handle = sockets.add(socket);
             self.conns.push(Conn { handle, session: None, state: ConnState::default() });
         }
     }

@@ -189,6 +189,17 @@ fn linux_demo() -> std::result::Result<Vec<ModuleSpec>, String> {
     let cpio = dir.join("initramfs.cpio");
     std::fs::write(&cpio, &image).map_err(|e| format!("cannot write {}: {e}", cpio.display()))?;
     eprintln!("dom0 kernel: {}\ndom0 initramfs: {} ({} KiB)", vmlinux.display(), cpio.display(), image.len() / 1024);
+    // A domU to start at runtime (`ferrite xl create`): the same Linux and
+    // initramfs, with a shell on its console.
+    let domu = dir.join("domu.cfg");
+    let text = format!(
+        "# A PVH domU for `ferrite xl create` (written by `ferrite up`)\nname = \"domu\"\ntype = \"pvh\"\n\
+         kernel = \"{}\"\nramdisk = \"{}\"\ncmdline = \"{}\"\nmemory = 128\nvcpus = 1\n",
+        vmlinux.display(),
+        cpio.display(),
+        initramfs::test_linux_cmdline("shell")
+    );
+    std::fs::write(&domu, text).map_err(|e| format!("cannot write {}: {e}", domu.display()))?;
     Ok(vec![ModuleSpec::new(vmlinux, initramfs::test_linux_cmdline("shell")), ModuleSpec::new(cpio, "")])
 }
 
