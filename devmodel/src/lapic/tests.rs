@@ -415,3 +415,230 @@ fn fuzz_no_panic_and_invariants() {
         }
     }
 }
+
+/// An AP with `id`, software-enabled, in xAPIC mode.
+fn ap(id: u32, c: &FakeClock) -> Lapic {
+    let mut l = Lapic::new(LapicConfig::new(id, false));
+    enable(&mut l, c);
+    l
+}
+
+#[test]
+fn flat_logical_destinations() {
+    let c = FakeClock::new(0);
+    let mut l = ap(1, &c);
+    // Reset: LDR 0, flat model. Only the all-ones MDA reaches it.
+    assert_eq!(r(&mut l, reg::LDR, &c), 0);
+    assert!(!l.matches_dest(0x01, DestMode::Logical, false));
+    assert!(l.matches_dest(0xff, DestMode::Logical, false));
+    w(&mut l, reg::LDR, 0x0200_0000, &c);
+    // Only bits 31:24 are writable.
+    w(&mut l, reg::LDR, 0x0200_ffff, &c);
+    assert_eq!(r(&mut l, reg::LDR, &c), 0x0200_0000);
+    for (mda, hit) in [(0x02, true), (0x06, true), (0xfe, true), (0x01, false), (0x04, false), (0, false)] {
+        assert_eq!(l.matches_dest(mda, DestMode::Logical, false), hit, "MDA {mda:#x}");
+    }
+    // The ICR's 8-bit destination is what counts.
+    assert!(l.matches_dest(0x102, DestMode::Logical, false));
+    // Not the physical ID.
+    assert!(!l.matches_dest(0x01, DestMode::Logical, false));
+    assert!(l.matches_dest(0x01, DestMode::Physical, false));
+}
+
+#[test]
+fn cluster_logical_destinations() {
+    let c = FakeClock::new(0);
+    let mut l = ap(2, &c);
+    // DFR: only bits 31:28 are writable, the rest read as ones.
+    w(&mut l, reg::DFR, 0, &c);
+    assert_eq!(r(&mut l, reg::DFR, &c), 0x0fff_ffff);
+    w(&mut l, reg::LDR, 0x2100_0000, &c); // cluster 2, member bit 0
+    for (mda, hit) in [(0x21, true), (0x23, true), (0x2f, true), (0x22, false), (0x11, false), (0x31, false), (0x01, false), (0xff, true)] {
+        assert_eq!(l.matches_dest(mda, DestMode::Logical, false), hit, "MDA {mda:#x}");
+    }
+    // Back to flat: the same LDR is now a bitmap (bits 0 and 5).
+    w(&mut l, reg::DFR, 0xffff_ffff, &c);
+    assert!(l.matches_dest(0x01, DestMode::Logical, false));
+    assert!(l.matches_dest(0x20, DestMode::Logical, false));
+    assert!(!l.matches_dest(0x02, DestMode::Logical, false));
+}
+
+#[test]
+fn x2apic_logical_destinations() {
+    let c = FakeClock::new(0);
+    let mut l = Lapic::new(LapicConfig::new(0x23, false));
+    l.set_apic_base(0xfee0_0c00).unwrap();
+    l.write_msr(0x80f, 0x1ff, &c).unwrap();
+    // LDR = cluster (id >> 4) << 16 | 1 << (id & 15), read-only.
+    assert_eq!(l.read_msr(0x80d, &c), Ok(0x0002_0008));
+    assert!(l.write_msr(0x80d, 0x0002_0008, &c).is_err());
+    assert!(l.read_msr(0x80e, &c).is_err(), "no DFR in x2APIC mode");
+    for (mda, hit) in [
+        (0x0002_0008, true),
+        (0x0002_000c, true),
+        (0x0002_ffff, true),
+        (0x0002_0004, false),
+        (0x0001_0008, false),
+        (0x0000_0008, false),
+        (0xffff_ffff, true),
+    ] {
+        assert_eq!(l.matches_dest(mda, DestMode::Logical, true), hit, "MDA {mda:#x}");
+    }
+    // An xAPIC-format (8-bit) message: all ones is still the broadcast.
+    assert!(l.matches_dest(0xff, DestMode::Logical, false));
+    assert!(!l.matches_dest(0x08, DestMode::Logical, false));
+    // INIT keeps the derived LDR.
+    l.receive_init();
+    assert_eq!(l.read_msr(0x80d, &c), Ok(0x0002_0008));
+}
+
+#[test]
+fn disabled_apics_are_off_the_bus() {
+    let c = FakeClock::new(0);
+    let mut l = ap(1, &c);
+    w(&mut l, reg::LDR, 0xff00_0000, &c);
+    assert!(l.on_bus());
+    l.set_apic_base(0xfee0_0000).unwrap();
+    assert!(!l.on_bus());
+    for (dest, mode) in [(1, DestMode::Physical), (0xff, DestMode::Physical), (0xff, DestMode::Logical), (1, DestMode::Logical)] {
+        assert!(!l.matches_dest(dest, mode, false));
+    }
+}
+
+#[test]
+fn lowest_priority_picks_one_enabled_apic() {
+    let c = FakeClock::new(0);
+    let mut a = ap(1, &c);
+    let mut b = ap(2, &c);
+    let mut off = Lapic::new(LapicConfig::new(3, false)); // software-disabled
+    assert_eq!(lowest_priority([(1, &a), (2, &b)]), Some(1), "ties go to the lowest index");
+    w(&mut a, reg::TPR, 0x40, &c);
+    assert_eq!(lowest_priority([(1, &a), (2, &b)]), Some(2), "the lower task priority wins");
+    // An in-service interrupt raises the processor priority too.
+    assert!(b.accept(0x80, false));
+    b.ack(0x80);
+    assert_eq!(lowest_priority([(1, &a), (2, &b)]), Some(1));
+    assert_eq!(lowest_priority([(3, &off)]), None, "a software-disabled APIC takes none");
+    assert_eq!(lowest_priority([(3, &off), (2, &b)]), Some(2));
+    off.set_apic_base(0xfee0_0000).unwrap();
+    enable(&mut off, &c); // MMIO is off while disabled: still disabled
+    assert_eq!(lowest_priority([(3, &off)]), None);
+    assert_eq!(lowest_priority(core::iter::empty()), None);
+}
+
+#[test]
+fn lint1_nmi_follows_the_lvt() {
+    let c = FakeClock::new(0);
+    let mut l = bsp();
+    // Reset: software-disabled, LINT1 masked.
+    assert_eq!(l.signal_lint1(), Lint1Delivery::Dropped);
+    enable(&mut l, &c);
+    assert_eq!(l.signal_lint1(), Lint1Delivery::Dropped, "masked");
+    w(&mut l, reg::LVT_LINT1, 0x400, &c); // NMI
+    assert_eq!(l.signal_lint1(), Lint1Delivery::Nmi);
+    assert_eq!(l.highest_pending(), None);
+    w(&mut l, reg::LVT_LINT1, 0x10400, &c);
+    assert_eq!(l.signal_lint1(), Lint1Delivery::Dropped, "NMI but masked");
+    w(&mut l, reg::LVT_LINT1, 0x52, &c); // Fixed, vector 0x52
+    assert_eq!(l.signal_lint1(), Lint1Delivery::Interrupt);
+    assert_eq!(l.highest_pending(), Some(0x52));
+    assert!(!bit_test(&l.tmr, 0x52), "edge-triggered");
+    for mode in [2u32, 5, 7] {
+        // SMI, INIT, ExtINT: nothing.
+        w(&mut l, reg::LVT_LINT1, mode << 8, &c);
+        assert_eq!(l.signal_lint1(), Lint1Delivery::Dropped, "mode {mode}");
+    }
+    // Software-disabling the APIC masks LINT1.
+    w(&mut l, reg::LVT_LINT1, 0x400, &c);
+    w(&mut l, reg::SVR, 0xff, &c);
+    assert_eq!(l.signal_lint1(), Lint1Delivery::Dropped);
+    // Hardware-disabled: the pin is the core's NMI input.
+    l.set_apic_base(0xfee0_0000).unwrap();
+    assert_eq!(l.signal_lint1(), Lint1Delivery::Nmi);
+}
+
+#[test]
+fn apic_base_enable_cycle_resets_the_apic() {
+    let c = FakeClock::new(0);
+    let mut l = ap(5, &c);
+    w(&mut l, reg::TPR, 0x20, &c);
+    w(&mut l, reg::LDR, 0x0400_0000, &c);
+    w(&mut l, reg::DFR, 0x0fff_ffff, &c);
+    w(&mut l, reg::LVT_LINT1, 0x400, &c);
+    w(&mut l, reg::LVT_TIMER, 0x20040, &c);
+    w(&mut l, reg::TIMER_INITIAL, 1000, &c);
+    assert!(l.accept(0x60, false));
+    assert!(l.next_timer_deadline_ns().is_some());
+    // EN 1 -> 0: off, and reset (SDM 10.4.3: "may return to the state
+    // after power-up"); the timer stops, nothing is accepted.
+    l.set_apic_base(0xfee0_0000).unwrap();
+    assert_eq!(l.mode(), ApicMode::Disabled);
+    assert!(!l.mmio_enabled());
+    assert_eq!(l.read_mmio(u64::from(reg::ID), 4, &c), 0xffff_ffff);
+    assert!(l.read_msr(0x802, &c).is_err());
+    assert_eq!(l.highest_pending(), None);
+    assert_eq!(l.next_timer_deadline_ns(), None);
+    assert!(!l.accept(0x61, false));
+    assert!(!l.tick(10_000));
+    // Disabled -> x2APIC is illegal; EXTD without EN too.
+    assert!(l.set_apic_base(0xfee0_0c00).is_err());
+    assert!(l.set_apic_base(0xfee0_0400).is_err());
+    // EN 0 -> 1: the reset state, with its ID.
+    l.set_apic_base(0xfee0_0800).unwrap();
+    assert_eq!(l.mode(), ApicMode::XApic);
+    assert_eq!(r(&mut l, reg::ID, &c), 5 << 24);
+    assert_eq!(r(&mut l, reg::SVR, &c), 0xff);
+    assert_eq!(r(&mut l, reg::TPR, &c), 0);
+    assert_eq!(r(&mut l, reg::LDR, &c), 0);
+    assert_eq!(r(&mut l, reg::DFR, &c), 0xffff_ffff);
+    for lvt in [reg::LVT_TIMER, reg::LVT_LINT0, reg::LVT_LINT1, reg::LVT_ERROR] {
+        assert_eq!(r(&mut l, lvt, &c), LVT_MASKED, "LVT {lvt:#x}");
+    }
+    assert_eq!(r(&mut l, reg::IRR + 0x30, &c), 0, "IRR cleared");
+    assert_eq!(r(&mut l, reg::TIMER_INITIAL, &c), 0);
+    assert!(!l.accept(0x61, false), "software-disabled until SVR is set");
+}
+
+#[test]
+fn x2apic_disable_then_xapic() {
+    let c = FakeClock::new(0);
+    let mut l = ap(0x11, &c);
+    l.set_apic_base(0xfee0_0c00).unwrap();
+    assert_eq!(l.read_msr(0x80d, &c), Ok(0x0001_0002));
+    l.write_msr(0x808, 0x30, &c).unwrap();
+    // x2APIC -> xAPIC directly: #GP, nothing changes.
+    assert!(l.set_apic_base(0xfee0_0800).is_err());
+    assert_eq!(l.mode(), ApicMode::X2Apic);
+    assert_eq!(l.read_msr(0x808, &c), Ok(0x30));
+    // x2APIC -> disabled -> xAPIC.
+    l.set_apic_base(0xfee0_0000).unwrap();
+    l.set_apic_base(0xfee0_0800).unwrap();
+    assert_eq!(r(&mut l, reg::ID, &c), 0x11 << 24);
+    assert_eq!(r(&mut l, reg::LDR, &c), 0, "the x2APIC LDR is gone");
+    assert_eq!(r(&mut l, reg::TPR, &c), 0);
+    assert!(l.read_msr(0x808, &c).is_err());
+}
+
+#[test]
+fn cr8_is_the_task_priority() {
+    let c = FakeClock::new(0);
+    let mut l = bsp();
+    enable(&mut l, &c);
+    w(&mut l, reg::TPR, 0x5a, &c);
+    assert_eq!(l.cr8(), 5);
+    l.write_cr8(3).unwrap();
+    assert_eq!(r(&mut l, reg::TPR, &c), 0x30, "CR8 clears TPR bits 3:0");
+    assert_eq!(l.write_cr8(0x10), Err(LapicError::GeneralProtection));
+    assert_eq!(l.cr8(), 3);
+    // Held back by the TPR, and released by lowering CR8.
+    assert!(!l.tpr_holds_back());
+    l.write_cr8(0xf).unwrap();
+    assert!(l.accept(0x50, false));
+    assert_eq!(l.highest_pending(), None);
+    assert!(l.tpr_holds_back());
+    l.write_cr8(5).unwrap();
+    assert!(l.tpr_holds_back(), "class 5 is not above TPR class 5");
+    l.write_cr8(4).unwrap();
+    assert!(!l.tpr_holds_back());
+    assert_eq!(l.highest_pending(), Some(0x50));
+}
