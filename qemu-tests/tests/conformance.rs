@@ -218,3 +218,44 @@ fn single_step_checks_hold_on_bare_qemu() {
     }
     vm.kill();
 }
+
+/// In 64-bit mode CR8 is the local APIC's task priority, whichever way it
+/// is reached (`guests/tpr_cr8.S`): a TPR written through the xAPIC page
+/// or the x2APIC MSR reads back as CR8 and the other way round, an
+/// interrupt at or below CR8's class waits in the IRR, and lowering CR8
+/// lets it in at once. Under SVM the guest's MOV CR8 changes the VMCB's
+/// V_TPR without an exit; before Ferrite kept that and its LAPIC model's
+/// TPR in step, CR8 and the TPR disagreed and the interrupt came in over
+/// CR8 15.
+#[test]
+fn cr8_and_the_task_priority_register_agree() {
+    let name = "cr8_and_the_task_priority_register_agree";
+    let dir = test_dir(name);
+    let q = base_qemu()
+        .kernel(&images().multiboot)
+        .append(BASE_CMDLINE)
+        .module(pvh_config_module(&dir, "tpr", "tpr_cr8", 16))
+        .module(guest_module("tpr_cr8", &dir));
+    let mut vm = Vm::start(name, &dir, q);
+    vm.expect_lines(&[r"^\(tpr\) tpr: done 10 checks$", r"domain \d+ \(tpr\) powered off"]);
+    if vm.console_text().contains("tpr: FAIL") {
+        vm.fail("a TPR/CR8 check failed");
+    }
+    vm.expect_success();
+}
+
+/// The same guest on bare QEMU: its 8 xAPIC checks hold for TCG's own
+/// APIC (QEMU 7.2's TCG offers no x2APIC, so those two are skipped).
+#[test]
+fn tpr_cr8_checks_hold_on_bare_qemu() {
+    let name = "tpr_cr8_checks_hold_on_bare_qemu";
+    let dir = test_dir(name);
+    let guest = guest_module("tpr_cr8", &dir);
+    let q = base_qemu().cpu("qemu64").kernel(&guest.path);
+    let mut vm = Vm::start(name, &dir, q);
+    vm.expect_lines(&[r"^tpr: skip x2APIC", r"^tpr: done 8 checks$"]);
+    if vm.console_text().contains("tpr: FAIL") {
+        vm.fail("a TPR/CR8 check failed on bare QEMU");
+    }
+    vm.kill();
+}
