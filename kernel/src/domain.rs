@@ -798,10 +798,14 @@ impl VcpuPlatform<'_> {
         0
     }
 
+    /// The offset of `gpa` in the LAPIC's page at its base. Also while
+    /// the LAPIC is disabled or in x2APIC mode (SDM 10.12.2: its MMIO then
+    /// behaves as a disabled xAPIC's): the page reads as all ones and
+    /// ignores writes (`Lapic::read_mmio`), where it used to be a hole
+    /// that crashed the domain.
     fn lapic_page(&self, gpa: u64) -> Option<u64> {
-        let lapic = self.vcpu.lapic.lock();
-        let base = lapic.mmio_base();
-        (lapic.mmio_enabled() && gpa >= base && gpa < base + 0x1000).then(|| gpa - base)
+        let base = self.vcpu.lapic.lock().mmio_base();
+        (gpa >= base && gpa < base + 0x1000).then(|| gpa - base)
     }
 
     /// A guest access wrote the LAPIC (`write`): done under its lock, with
