@@ -24,7 +24,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, Ordering};
 use crate::platform::{self, Devices, Effects, HostClock, VcpuEvent};
 use ferrite_devmodel::acpi_pm::PowerEvent;
-use ferrite_devmodel::lapic::{Lapic, LapicConfig, LapicEffect, MSR_TSC_DEADLINE};
+use ferrite_devmodel::lapic::{Lapic, LapicConfig, LapicEffect, Lint1Delivery, MSR_TSC_DEADLINE};
 use log::{error, info};
 use spin::Mutex;
 
@@ -656,6 +656,23 @@ impl Vcpu {
         }
         let r: Arc<dyn Runnable> = self.clone();
         sched::wake(&r);
+    }
+
+    /// The platform's NMI line pulsed this vCPU's LINT1 pin (the NMI
+    /// button): what its LAPIC made of it, now posted.
+    fn signal_lint1(self: &Arc<Self>) -> Lint1Delivery {
+        let delivery = self.lapic.lock().signal_lint1();
+        match delivery {
+            Lint1Delivery::Nmi => self.post(VcpuEvent::Nmi),
+            Lint1Delivery::Interrupt => {
+                // In the IRR already (LINT1 as a fixed interrupt).
+                self.irr_hint.store(true, Ordering::Release);
+                let r: Arc<dyn Runnable> = self.clone();
+                sched::wake(&r);
+            }
+            Lint1Delivery::Dropped => {}
+        }
+        delivery
     }
 
     /// The earliest time this vCPU must run again without an interrupt:
