@@ -435,8 +435,19 @@ fn flat_logical_destinations() {
     // Only bits 31:24 are writable.
     w(&mut l, reg::LDR, 0x0200_ffff, &c);
     assert_eq!(r(&mut l, reg::LDR, &c), 0x0200_0000);
-    for (mda, hit) in [(0x02, true), (0x06, true), (0xfe, true), (0x01, false), (0x04, false), (0, false)] {
-        assert_eq!(l.matches_dest(mda, DestMode::Logical, false), hit, "MDA {mda:#x}");
+    for (mda, hit) in [
+        (0x02, true),
+        (0x06, true),
+        (0xfe, true),
+        (0x01, false),
+        (0x04, false),
+        (0, false),
+    ] {
+        assert_eq!(
+            l.matches_dest(mda, DestMode::Logical, false),
+            hit,
+            "MDA {mda:#x}"
+        );
     }
     // The ICR's 8-bit destination is what counts.
     assert!(l.matches_dest(0x102, DestMode::Logical, false));
@@ -453,8 +464,21 @@ fn cluster_logical_destinations() {
     w(&mut l, reg::DFR, 0, &c);
     assert_eq!(r(&mut l, reg::DFR, &c), 0x0fff_ffff);
     w(&mut l, reg::LDR, 0x2100_0000, &c); // cluster 2, member bit 0
-    for (mda, hit) in [(0x21, true), (0x23, true), (0x2f, true), (0x22, false), (0x11, false), (0x31, false), (0x01, false), (0xff, true)] {
-        assert_eq!(l.matches_dest(mda, DestMode::Logical, false), hit, "MDA {mda:#x}");
+    for (mda, hit) in [
+        (0x21, true),
+        (0x23, true),
+        (0x2f, true),
+        (0x22, false),
+        (0x11, false),
+        (0x31, false),
+        (0x01, false),
+        (0xff, true),
+    ] {
+        assert_eq!(
+            l.matches_dest(mda, DestMode::Logical, false),
+            hit,
+            "MDA {mda:#x}"
+        );
     }
     // Back to flat: the same LDR is now a bitmap (bits 0 and 5).
     w(&mut l, reg::DFR, 0xffff_ffff, &c);
@@ -482,7 +506,11 @@ fn x2apic_logical_destinations() {
         (0x0000_0008, false),
         (0xffff_ffff, true),
     ] {
-        assert_eq!(l.matches_dest(mda, DestMode::Logical, true), hit, "MDA {mda:#x}");
+        assert_eq!(
+            l.matches_dest(mda, DestMode::Logical, true),
+            hit,
+            "MDA {mda:#x}"
+        );
     }
     // An xAPIC-format (8-bit) message: all ones is still the broadcast.
     assert!(l.matches_dest(0xff, DestMode::Logical, false));
@@ -500,7 +528,12 @@ fn disabled_apics_are_off_the_bus() {
     assert!(l.on_bus());
     l.set_apic_base(0xfee0_0000).unwrap();
     assert!(!l.on_bus());
-    for (dest, mode) in [(1, DestMode::Physical), (0xff, DestMode::Physical), (0xff, DestMode::Logical), (1, DestMode::Logical)] {
+    for (dest, mode) in [
+        (1, DestMode::Physical),
+        (0xff, DestMode::Physical),
+        (0xff, DestMode::Logical),
+        (1, DestMode::Logical),
+    ] {
         assert!(!l.matches_dest(dest, mode, false));
     }
 }
@@ -511,14 +544,26 @@ fn lowest_priority_picks_one_enabled_apic() {
     let mut a = ap(1, &c);
     let mut b = ap(2, &c);
     let mut off = Lapic::new(LapicConfig::new(3, false)); // software-disabled
-    assert_eq!(lowest_priority([(1, &a), (2, &b)]), Some(1), "ties go to the lowest index");
+    assert_eq!(
+        lowest_priority([(1, &a), (2, &b)]),
+        Some(1),
+        "ties go to the lowest index"
+    );
     w(&mut a, reg::TPR, 0x40, &c);
-    assert_eq!(lowest_priority([(1, &a), (2, &b)]), Some(2), "the lower task priority wins");
+    assert_eq!(
+        lowest_priority([(1, &a), (2, &b)]),
+        Some(2),
+        "the lower task priority wins"
+    );
     // An in-service interrupt raises the processor priority too.
     assert!(b.accept(0x80, false));
     b.ack(0x80);
     assert_eq!(lowest_priority([(1, &a), (2, &b)]), Some(1));
-    assert_eq!(lowest_priority([(3, &off)]), None, "a software-disabled APIC takes none");
+    assert_eq!(
+        lowest_priority([(3, &off)]),
+        None,
+        "a software-disabled APIC takes none"
+    );
     assert_eq!(lowest_priority([(3, &off), (2, &b)]), Some(2));
     off.set_apic_base(0xfee0_0000).unwrap();
     enable(&mut off, &c); // MMIO is off while disabled: still disabled
@@ -591,7 +636,12 @@ fn apic_base_enable_cycle_resets_the_apic() {
     assert_eq!(r(&mut l, reg::TPR, &c), 0);
     assert_eq!(r(&mut l, reg::LDR, &c), 0);
     assert_eq!(r(&mut l, reg::DFR, &c), 0xffff_ffff);
-    for lvt in [reg::LVT_TIMER, reg::LVT_LINT0, reg::LVT_LINT1, reg::LVT_ERROR] {
+    for lvt in [
+        reg::LVT_TIMER,
+        reg::LVT_LINT0,
+        reg::LVT_LINT1,
+        reg::LVT_ERROR,
+    ] {
         assert_eq!(r(&mut l, lvt, &c), LVT_MASKED, "LVT {lvt:#x}");
     }
     assert_eq!(r(&mut l, reg::IRR + 0x30, &c), 0, "IRR cleared");
