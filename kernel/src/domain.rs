@@ -24,7 +24,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, Ordering};
 use crate::platform::{self, Devices, Effects, HostClock, VcpuEvent};
 use ferrite_devmodel::acpi_pm::PowerEvent;
-use ferrite_devmodel::lapic::{Lapic, LapicConfig, LapicEffect, MSR_TSC_DEADLINE};
+use ferrite_devmodel::lapic::{Lapic, LapicConfig, LapicEffect, Lint1Delivery, MSR_TSC_DEADLINE};
 use log::{error, info};
 use spin::Mutex;
 
@@ -658,6 +658,23 @@ impl Vcpu {
         sched::wake(&r);
     }
 
+    /// The platform's NMI line pulsed this vCPU's LINT1 pin (the NMI
+    /// button): what its LAPIC made of it, now posted.
+    fn signal_lint1(self: &Arc<Self>) -> Lint1Delivery {
+        let delivery = self.lapic.lock().signal_lint1();
+        match delivery {
+            Lint1Delivery::Nmi => self.post(VcpuEvent::Nmi),
+            Lint1Delivery::Interrupt => {
+                // In the IRR already (LINT1 as a fixed interrupt).
+                self.irr_hint.store(true, Ordering::Release);
+                let r: Arc<dyn Runnable> = self.clone();
+                sched::wake(&r);
+            }
+            Lint1Delivery::Dropped => {}
+        }
+        delivery
+    }
+
     /// The earliest time this vCPU must run again without an interrupt:
     /// its LAPIC timer, and for vCPU 0 the domain's timed devices.
     fn next_deadline_ns(&self, domain: &Domain) -> Option<u64> {
@@ -696,6 +713,13 @@ struct VcpuPlatform<'a> {
     waiting: bool,
     /// TSC nanoseconds taken before the latest entry.
     now_ns: u64,
+    /// The LAPIC's task priority class (TPR bits 7:4, the guest's CR8),
+    /// kept here so that putting it into the CPU before every entry takes
+    /// no lock: only this vCPU's own accesses change it while it runs.
+    cr8: u8,
+    /// The TPR holds back an interrupt waiting in the IRR (as of the last
+    /// `pending_interrupt`): the guest's CR8 writes must exit.
+    cr8_exits: bool,
 }
 
 /// The longest unfinished console line a domain keeps (bytes); a longer
@@ -791,10 +815,23 @@ impl VcpuPlatform<'_> {
         0
     }
 
+    /// The offset of `gpa` in the LAPIC's page at its base. Also while
+    /// the LAPIC is disabled or in x2APIC mode (SDM 10.12.2: its MMIO then
+    /// behaves as a disabled xAPIC's): the page reads as all ones and
+    /// ignores writes (`Lapic::read_mmio`), where it used to be a hole
+    /// that crashed the domain.
     fn lapic_page(&self, gpa: u64) -> Option<u64> {
-        let lapic = self.vcpu.lapic.lock();
-        let base = lapic.mmio_base();
-        (lapic.mmio_enabled() && gpa >= base && gpa < base + 0x1000).then(|| gpa - base)
+        let base = self.vcpu.lapic.lock().mmio_base();
+        (gpa >= base && gpa < base + 0x1000).then(|| gpa - base)
+    }
+
+    /// A guest access wrote the LAPIC (`write`): done under its lock, with
+    /// the task priority read back for the CPU's copy (CR8).
+    fn write_lapic<T>(&mut self, write: impl FnOnce(&mut Lapic) -> T) -> T {
+        let mut lapic = self.vcpu.lapic.lock();
+        let r = write(&mut lapic);
+        self.cr8 = lapic.cr8();
+        r
     }
 }
 
@@ -911,7 +948,7 @@ impl Platform for VcpuPlatform<'_> {
         match msr {
             0x1B => {
                 self.vcpu.irr_hint.store(true, Ordering::Release);
-                self.vcpu.lapic.lock().set_apic_base(value).is_ok()
+                self.write_lapic(|l| l.set_apic_base(value)).is_ok()
             }
             // Writing the TSC moves the domain's offset (all its vCPUs keep
             // one TSC, as on one machine).
@@ -922,7 +959,7 @@ impl Platform for VcpuPlatform<'_> {
             }
             MSR_TSC_DEADLINE => {
                 let host = if value == 0 { 0 } else { value.wrapping_sub(self.domain.tsc_offset()) };
-                let r = self.vcpu.lapic.lock().write_msr(MSR_TSC_DEADLINE, host, &HostClock);
+                let r = self.write_lapic(|l| l.write_msr(MSR_TSC_DEADLINE, host, &HostClock));
                 match r {
                     Ok(effect) => {
                         self.lapic_effect(effect);
@@ -932,7 +969,7 @@ impl Platform for VcpuPlatform<'_> {
                 }
             }
             m if Lapic::handles_msr(m) => {
-                let r = self.vcpu.lapic.lock().write_msr(m, value, &HostClock);
+                let r = self.write_lapic(|l| l.write_msr(m, value, &HostClock));
                 match r {
                     Ok(effect) => {
                         self.lapic_effect(effect);
@@ -969,7 +1006,7 @@ impl Platform for VcpuPlatform<'_> {
     fn mmio_write(&mut self, gpa: u64, size: u8, value: u64) {
         self.deadline_stale = true;
         if let Some(off) = self.lapic_page(gpa) {
-            let effect = self.vcpu.lapic.lock().write_mmio(off, size, value, &HostClock);
+            let effect = self.write_lapic(|l| l.write_mmio(off, size, value, &HostClock));
             self.lapic_effect(effect);
             return;
         }
@@ -986,9 +1023,11 @@ impl Platform for VcpuPlatform<'_> {
     fn pending_interrupt(&mut self) -> Option<u8> {
         // Checked before every entry: skip the LAPIC lock while its IRR
         // is known to be empty (see `Vcpu::irr_hint`).
+        self.cr8_exits = false;
         if self.vcpu.irr_hint.load(Ordering::Acquire) {
             let lapic = self.vcpu.lapic.lock();
             let vector = lapic.highest_pending();
+            self.cr8_exits = vector.is_none() && lapic.tpr_holds_back();
             if !lapic.irr_nonempty() {
                 self.vcpu.irr_hint.store(false, Ordering::Release);
             }
@@ -999,6 +1038,20 @@ impl Platform for VcpuPlatform<'_> {
         }
         // The PIC's vector is only known at the acknowledge cycle.
         self.pic_interrupt().then_some(0)
+    }
+
+    fn cr8(&self) -> u8 {
+        self.cr8
+    }
+
+    fn write_cr8(&mut self, value: u64) -> bool {
+        // Lowering it may let a held-back interrupt in.
+        self.vcpu.irr_hint.store(true, Ordering::Release);
+        self.write_lapic(|l| l.write_cr8(value)).is_ok()
+    }
+
+    fn cr8_writes_exit(&self) -> bool {
+        self.cr8_exits
     }
 
     fn nmi_pending(&self) -> bool {
@@ -1151,6 +1204,8 @@ impl Vcpu {
             deadline_stale: cached == 0 || self.first_slice.swap(false, Ordering::SeqCst),
             waiting: false,
             now_ns: 0,
+            cr8: self.lapic.lock().cr8(),
+            cr8_exits: false,
         };
         arch.set_tsc_offset(domain.tsc_offset());
         let (outcome, _exits) = vcpu::run_loop(&mut *arch, &mut platform, 0);

@@ -315,12 +315,18 @@ pub fn debug_key(key: u8) {
     match key {
         b'h' => {
             info!("keys: 'l' list domains, 'v' vCPU states, 'd' replay the hypervisor log (dmesg), 'm' memory, 'h' this help");
-            info!("      '<id>p' pause domain <id>, '<id>u' unpause it (xl pause/unpause)");
+            info!("      '<id>p' pause domain <id>, '<id>u' unpause it (xl pause/unpause), '<id>n' press its NMI button");
             info!("Ctrl-a three times switches console input to the next domain");
         }
         b'p' | b'u' if id == NO_ID => info!("type the domain id first, e.g. '1{}'", key as char),
         b'p' | b'u' if !domain::set_paused(id, key == b'p') => info!("no domain {}", id),
         b'p' | b'u' => {}
+        b'n' if id == NO_ID => info!("type the domain id first, e.g. '1n'"),
+        b'n' => match domain::press_nmi_button(id) {
+            Ok(b) => info!("domain {}: NMI button: LINT1 gave {} NMI(s), {} interrupt(s), {} dropped", id, b.nmis, b.interrupts, b.dropped),
+            Err(domain::AdminError::NoSuchDomain) => info!("no domain {}", id),
+            Err(domain::AdminError::Refused(why)) => info!("domain {}: {}", id, why),
+        },
         b'l' => domain::list(|line| console::print_fmt(format_args!("{}\n", line))),
         b'v' => domain::dump_vcpus(|line| console::print_fmt(format_args!("{}\n", line))),
         b'd' => {

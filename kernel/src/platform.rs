@@ -380,16 +380,27 @@ impl Devices {
 }
 
 /// Which LAPICs an I/O APIC message or IPI goes to. `lapics` is every
-/// vCPU's LAPIC in vCPU order; `source` the sender's index for IPIs.
+/// vCPU's LAPIC in vCPU order; `source` the sender's index for IPIs. A
+/// hardware-disabled LAPIC gets nothing, not even a broadcast.
 pub fn targets(lapics: &[&Lapic], dest: u32, mode: DestMode, x2apic: bool, shorthand: Shorthand, source: Option<usize>) -> Vec<usize> {
     (0..lapics.len())
-        .filter(|&i| match shorthand {
-            Shorthand::SelfOnly => Some(i) == source,
-            Shorthand::AllIncludingSelf => true,
-            Shorthand::AllExcludingSelf => Some(i) != source,
-            Shorthand::None => lapics[i].matches_dest(dest, mode, x2apic),
+        .filter(|&i| {
+            lapics[i].on_bus()
+                && match shorthand {
+                    Shorthand::SelfOnly => Some(i) == source,
+                    Shorthand::AllIncludingSelf => true,
+                    Shorthand::AllExcludingSelf => Some(i) != source,
+                    Shorthand::None => lapics[i].matches_dest(dest, mode, x2apic),
+                }
         })
         .collect()
+}
+
+/// Lowest-priority delivery: the one target that gets it
+/// (`lapic::lowest_priority`: the lowest processor priority, ties to the
+/// lowest vCPU), or none when no target can take it.
+fn lowest_priority_target(lapics: &[&Lapic], targets: Vec<usize>) -> Vec<usize> {
+    ferrite_devmodel::lapic::lowest_priority(targets.into_iter().map(|i| (i, lapics[i]))).into_iter().collect()
 }
 
 /// An interrupt for one vCPU, decided by routing.
@@ -404,7 +415,7 @@ pub enum VcpuEvent {
 pub fn route_delivery(lapics: &[&Lapic], d: &Delivery) -> Vec<(usize, VcpuEvent)> {
     let mut t = targets(lapics, u32::from(d.dest), d.dest_mode, false, Shorthand::None, None);
     if d.delivery_mode == DeliveryMode::LowestPriority {
-        t.truncate(1);
+        t = lowest_priority_target(lapics, t);
     }
     let ev = |_: usize| match d.delivery_mode {
         DeliveryMode::Nmi => Some(VcpuEvent::Nmi),
@@ -418,7 +429,7 @@ pub fn route_delivery(lapics: &[&Lapic], d: &Delivery) -> Vec<(usize, VcpuEvent)
 pub fn route_ipi(lapics: &[&Lapic], req: &IpiRequest, source: usize) -> Vec<(usize, VcpuEvent)> {
     let mut t = targets(lapics, req.dest, req.dest_mode, req.x2apic, req.shorthand, Some(source));
     if req.mode == DeliveryMode::LowestPriority {
-        t.truncate(1);
+        t = lowest_priority_target(lapics, t);
     }
     t.into_iter()
         .filter_map(|i| {

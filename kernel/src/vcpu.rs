@@ -69,6 +69,22 @@ pub trait Platform {
     fn pending_interrupt(&mut self) -> Option<u8> {
         None
     }
+    /// The task priority class (TPR bits 7:4), which the CPU keeps as the
+    /// guest's CR8 while it runs.
+    fn cr8(&self) -> u8 {
+        0
+    }
+    /// The guest wrote CR8 (seen after an exit, or an intercepted MOV):
+    /// false when the value is refused (#GP).
+    fn write_cr8(&mut self, value: u64) -> bool {
+        value <= 0xF
+    }
+    /// Guest writes of CR8 must exit: an interrupt waits that the task
+    /// priority holds back, and lowering CR8 would let it in (as of the
+    /// last `pending_interrupt`).
+    fn cr8_writes_exit(&self) -> bool {
+        false
+    }
     /// The run loop injected `vector`.
     fn interrupt_injected(&mut self, _vector: u8) {}
     /// The guest can take an interrupt now: the vector to inject (the
@@ -457,9 +473,22 @@ pub fn run_loop<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, max_exits
             }
         }
         vcpu.request_interrupt_window(window);
+        // The task priority is the LAPIC's TPR and, in 64-bit mode, the
+        // guest's CR8, which the CPU keeps and the guest changes without
+        // an exit: the two are put in step around every entry, before the
+        // exit is handled (it may read the TPR). While the TPR holds an
+        // interrupt back, CR8 writes exit, so lowering it lets the
+        // interrupt in at once.
+        let cr8 = platform.cr8();
+        vcpu.set_cr8(cr8);
+        vcpu.intercept_cr8_writes(platform.cr8_writes_exit());
         let exit = vcpu.run();
         platform.after_exit();
         exits += 1;
+        let written = vcpu.cr8();
+        if written != cr8 {
+            platform.write_cr8(u64::from(written));
+        }
 
         let step = Step::at(vcpu);
         let next = handle_exit(vcpu, platform, exit);

@@ -9,6 +9,7 @@ use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
+use ferrite_devmodel::lapic::Lint1Delivery;
 
 /// One domain as `xl list` shows it.
 pub struct DomainSummary {
@@ -142,6 +143,37 @@ pub fn press_power_button(id: u32) -> Result<(), AdminError> {
         d.shut_down(state);
     }
     Ok(())
+}
+
+/// What pressing a domain's NMI button did, per vCPU (LINT1's entry
+/// decides).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NmiButton {
+    pub nmis: u32,
+    pub interrupts: u32,
+    pub dropped: u32,
+}
+
+/// Pulses the domain's NMI line, as a PC's NMI button (or `nmi` in QEMU's
+/// monitor) does: the chipset's NMI goes to every CPU's LINT1 pin, and
+/// each local APIC's LVT LINT1 entry makes it an NMI, an interrupt or
+/// nothing (`Lapic::signal_lint1`). Xen's `xl trigger <dom> nmi` injects
+/// the NMI into vCPU 0 directly instead, whatever its APIC says.
+pub fn press_nmi_button(id: u32) -> Result<NmiButton, AdminError> {
+    let d = get(id).ok_or(AdminError::NoSuchDomain)?;
+    if let Role::Stub(_) = d.role {
+        return Err(AdminError::Refused(String::from("a stub domain takes no NMIs")));
+    }
+    let mut seen = NmiButton::default();
+    let vcpus = d.vcpus.lock().clone();
+    for v in &vcpus {
+        match v.signal_lint1() {
+            Lint1Delivery::Nmi => seen.nmis += 1,
+            Lint1Delivery::Interrupt => seen.interrupts += 1,
+            Lint1Delivery::Dropped => seen.dropped += 1,
+        }
+    }
+    Ok(seen)
 }
 
 /// Sets the hard affinity of one vCPU, or all of them (`xl vcpu-pin`).

@@ -3,7 +3,8 @@
 //! refuses with #GP gets #GP, so the next VMRUN never meets a state its
 //! consistency checks reject.
 //!
-//! * CR0 (MOV, LMSW, CLTS) and CR4 writes exit and are emulated here.
+//! * CR0 (MOV, LMSW, CLTS) and CR4 writes exit and are emulated here; so
+//!   do CR8 writes while the task priority holds an interrupt back.
 //! * EFER is an MSR; WRMSR always exits.
 //! * CR3 writes do not exit: an exit per guest context switch would cost
 //!   far more than the one check needs. On hardware the CPU checks MOV CR3
@@ -19,7 +20,7 @@ use alloc::string::String;
 use ferrite_x86::cr::{self, cr4 as cr4_bits, efer as efer_bits};
 use ferrite_x86::{CodeMode, CpuMode, CrWriteOp, MemOperand, Seg};
 
-/// A guest's write of CR0 or CR4 (the control registers whose writes
+/// A guest's write of CR0, CR4 or CR8 (the control registers whose writes
 /// exit): checked against the architectural rules and the CPUID it sees,
 /// then done, or #GP. `gpr` and `next_rip` come with the exit when the CPU
 /// decoded the MOV; otherwise the instruction is fetched and decoded.
@@ -57,6 +58,13 @@ pub(super) fn write_cr<V: VcpuOps>(
                 return Err(format!("CR4 write at rip {:#x} by something other than MOV", rip));
             };
             write_cr4(vcpu, platform, gpr_value(vcpu, gpr, &mode))
+        }
+        // Intercepted while the TPR holds an interrupt back (`run_loop`).
+        8 => {
+            let CrWriteOp::Mov { gpr, .. } = op else {
+                return Err(format!("CR8 write at rip {:#x} by something other than MOV", rip));
+            };
+            platform.write_cr8(gpr_value(vcpu, gpr, &mode))
         }
         _ => return Err(format!("CR{} writes are not intercepted", cr)),
     };

@@ -117,7 +117,7 @@ pub enum VmExit {
     MsrWrite { msr: u32, value: u64, next_rip: u64 },
     Xsetbv { next_rip: u64 },
     /// A write to control register `cr` (those intercepted: CR0 by MOV,
-    /// LMSW or CLTS; CR4). `gpr` is the source register of a MOV when the
+    /// LMSW or CLTS; CR4; CR8 while an interrupt waits on the TPR). `gpr` is the source register of a MOV when the
     /// CPU decoded the instruction; otherwise the run loop decodes it.
     CrWrite { cr: u8, gpr: Option<u8>, next_rip: Option<u64> },
     NestedPageFault { gpa: u64, write: bool, exec: bool, present: bool },
@@ -220,6 +220,15 @@ pub trait VcpuOps {
     /// Asks for an `InterruptWindow` exit as soon as the guest can take an
     /// interrupt (or stops asking).
     fn request_interrupt_window(&mut self, on: bool);
+    /// The guest's CR8 (its task priority class) as the CPU keeps it while
+    /// the guest runs: in 64-bit mode the guest reads and writes it there
+    /// without an exit (SVM: V_TPR).
+    fn cr8(&self) -> u8;
+    /// Sets that copy (from the LAPIC's TPR, before an entry).
+    fn set_cr8(&mut self, cr8: u8);
+    /// Makes the guest's writes of CR8 exit (`CrWrite { cr: 8 }`), or run
+    /// without an exit again.
+    fn intercept_cr8_writes(&mut self, on: bool);
     /// Control registers and mode, for walking the guest's page tables.
     fn paging_state(&self) -> PagingState;
     /// The code segment (its base, and L/D bits for the decoding mode).

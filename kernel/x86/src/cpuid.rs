@@ -77,6 +77,9 @@ const EXT1_ECX: u32 = bits(&[0, 5, 6, 7, 8, 11, 16, 21]);
 /// NX, MMXEXT, FFXSR, 1 GiB pages, RDTSCP, LM, 3DNow!Ext, 3DNow!.
 const EXT1_EDX: u32 = bits(&[0, 1, 2, 3, 4, 5, 6, 8, 11, 13, 15, 16, 17, 20, 22, 23, 24, 25, 26, 27, 29, 30, 31]);
 
+/// CPUID.1:EDX[9] and 0x8000_0001:EDX[9]: an APIC, enabled.
+const APIC_BIT: u32 = 1 << 9;
+
 /// CPUID.0x8000_0008:EBX[20]: EFER.LMSLE is not supported.
 const LMSLE_UNSUPPORTED: u32 = 1 << 20;
 
@@ -101,7 +104,7 @@ pub fn guest_cpuid(host: &dyn Fn(u32, u32) -> [u32; 4], leaf: u32, subleaf: u32,
             let [_, b, c, d] = host(0x8000_0000, 0);
             [ext_max, b, c, d]
         }
-        0x8000_0001..=MAX_EXTENDED_LEAF if leaf <= ext_max => extended_leaf(host, leaf, vcpus),
+        0x8000_0001..=MAX_EXTENDED_LEAF if leaf <= ext_max => extended_leaf(host, leaf, view, vcpus),
         // Out of range: Intel CPUs answer with the highest basic leaf; zeros
         // are what AMD gives and what guests handle.
         _ => [0; 4],
@@ -167,10 +170,13 @@ fn xsave_leaf(host: &dyn Fn(u32, u32) -> [u32; 4], subleaf: u32, view: &VcpuView
     }
 }
 
-fn extended_leaf(host: &dyn Fn(u32, u32) -> [u32; 4], leaf: u32, vcpus: u32) -> [u32; 4] {
+fn extended_leaf(host: &dyn Fn(u32, u32) -> [u32; 4], leaf: u32, view: &VcpuView, vcpus: u32) -> [u32; 4] {
     let [a, b, c, d] = host(leaf, 0);
     match leaf {
-        0x8000_0001 => [a, b, c & EXT1_ECX, d & EXT1_EDX],
+        // AMD's copy of the APIC bit (APM vol. 3, "same as
+        // CPUID Fn0000_0001_EDX[APIC]") follows the APIC base too, where
+        // the host has it.
+        0x8000_0001 => [a, b, c & EXT1_ECX, (d & EXT1_EDX) | (d & APIC_BIT & if view.apic_enabled { APIC_BIT } else { 0 })],
         // Brand string and cache/TLB information: kept.
         0x8000_0002..=0x8000_0006 => [a, b, c, d],
         // Power management: only "the TSC runs at a constant rate".
@@ -244,6 +250,10 @@ mod tests {
         assert_ne!(c & (1 << 27), 0);
         assert_eq!(d & (1 << 9), 0, "APIC follows APIC_BASE.EN");
         assert_eq!(d & (1 << 28), 0);
+        // AMD's alias of the APIC bit follows it too.
+        assert_eq!(get(0x8000_0001, 0, &v)[3] & (1 << 9), 0);
+        v.apic_enabled = true;
+        assert_ne!(get(0x8000_0001, 0, &v)[3] & (1 << 9), 0);
     }
 
     #[test]

@@ -305,6 +305,9 @@ const DR_INTERCEPTS: u32 = 0xF | (0xF << 16) | (1 << 23);
 const VINTR_IRQ: u64 = 1 << 8;
 const VINTR_IRQ_BITS: u64 = VINTR_IRQ | (0xF << 16) | (1 << 20);
 const VINTR_VECTOR_MASK: u64 = 0xFF << 32;
+/// V_TPR: the guest's CR8 while it runs with V_INTR_MASKING (its MOV CR8
+/// reads and writes this field without an exit).
+const VINTR_TPR: u64 = 0xF;
 
 /// VMCB clean bits (APM vol. 2, 15.15.3) this code tracks.
 const CLEAN_ALL: u32 = 0xFFF;
@@ -855,6 +858,28 @@ impl VcpuOps for SvmVcpu {
         self.vmcb.write_u32(INTERCEPT_MISC1, intercepts);
         self.vmcb.write_u64(VINTR, vintr);
         self.dirty |= CLEAN_INTERCEPTS | CLEAN_TPR;
+    }
+
+    fn cr8(&self) -> u8 {
+        (self.vmcb.read_u64(VINTR) & VINTR_TPR) as u8
+    }
+
+    fn set_cr8(&mut self, cr8: u8) {
+        let vintr = self.vmcb.read_u64(VINTR);
+        let new = (vintr & !VINTR_TPR) | (u64::from(cr8) & VINTR_TPR);
+        if new != vintr {
+            self.vmcb.write_u64(VINTR, new);
+            self.dirty |= CLEAN_TPR;
+        }
+    }
+
+    fn intercept_cr8_writes(&mut self, on: bool) {
+        let old = self.vmcb.read_u32(INTERCEPT_CR);
+        let new = if on { old | INTERCEPT_CR8_WRITE } else { old & !INTERCEPT_CR8_WRITE };
+        if new != old {
+            self.vmcb.write_u32(INTERCEPT_CR, new);
+            self.dirty |= CLEAN_INTERCEPTS;
+        }
     }
 
     fn paging_state(&self) -> crate::virt::PagingState {

@@ -62,6 +62,7 @@ pub const G_PAT: usize = 0x668;
 /// INTERCEPT_CR: bits 0-15 reads of CR0-15, bits 16-31 writes.
 pub const INTERCEPT_CR0_WRITE: u32 = 1 << 16;
 pub const INTERCEPT_CR4_WRITE: u32 = 1 << (16 + 4);
+pub const INTERCEPT_CR8_WRITE: u32 = 1 << (16 + 8);
 pub const INTERCEPT_INTR: u32 = 1 << 0;
 /// CR0 writes that change a bit other than TS and MP (MOV to CR0, LMSW).
 pub const INTERCEPT_CR0_SEL_WRITE: u32 = 1 << 5;
