@@ -146,7 +146,11 @@ struct Logger;
 
 impl log::Log for Logger {
     fn enabled(&self, metadata: &log::Metadata) -> bool {
-        metadata.level() <= log::max_level()
+        // The crates Ferrite uses (virtio-drivers, smoltcp) log their own
+        // progress at info and below; only their warnings and errors are
+        // news to an administrator.
+        let ours = metadata.target().starts_with("ferrite");
+        metadata.level() <= log::max_level() && (ours || metadata.level() <= log::Level::Warn)
     }
 
     fn log(&self, record: &log::Record) {

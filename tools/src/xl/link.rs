@@ -49,7 +49,8 @@ pub fn prepare(dir: &Path, preferred: Option<u16>) -> Result<UpLink> {
         "-netdev".to_string(),
         format!("user,id=mgmt,hostfwd=tcp:{DEFAULT_HOST}:{port}-:{DEFAULT_PORT}"),
         "-device".to_string(),
-        "virtio-net-pci,netdev=mgmt".to_string(),
+        // No option ROM: the NIC is the hypervisor's, nothing boots from it.
+        "virtio-net-pci,netdev=mgmt,romfile=".to_string(),
     ];
     Ok(UpLink { port, key_module: ModuleSpec::new(key_path, ""), session_file, qemu_args })
 }
