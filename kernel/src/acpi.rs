@@ -42,6 +42,27 @@ pub struct Platform {
     /// The ACPI PM timer's I/O port and whether it counts 32 bits (none
     /// when the FADT has none, or puts it in memory space).
     pub pm_timer: Option<(u16, bool)>,
+    /// How to switch the machine off or reset it.
+    pub power: HostPower,
+}
+
+/// The machine's own power controls, as the FADT and DSDT describe them
+/// (I/O-space registers only; None where the firmware gives none).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HostPower {
+    /// PM1a status (the power button's PWRBTN_STS) and enable registers.
+    pub pm1a_event: Option<u16>,
+    pub pm1a_control: Option<u16>,
+    pub pm1b_control: Option<u16>,
+    /// SLP_TYPa/b of \_S5 (soft off).
+    pub s5: Option<(u8, u8)>,
+    /// The FADT reset register (port) and the value to write.
+    pub reset: Option<(u16, u8)>,
+}
+
+fn io_port(addr: Result<::acpi::address::GenericAddress, ::acpi::AcpiError>) -> Option<u16> {
+    let a = addr.ok()?;
+    (a.address_space == ::acpi::address::AddressSpace::SystemIo && a.address != 0).then(|| u16::try_from(a.address).ok()).flatten()
 }
 
 /// Reads the platform description from the RSDP (given by the boot loader,
@@ -84,6 +105,12 @@ pub fn discover(rsdp: Option<u64>) -> Result<Platform, ::acpi::AcpiError> {
         platform.hpet = Some(hpet.base_address as u64);
     }
     if let Ok(fadt) = tables.find_table::<::acpi::fadt::Fadt>() {
+        platform.power.pm1a_event = io_port(fadt.pm1a_event_block());
+        platform.power.pm1a_control = io_port(fadt.pm1a_control_block());
+        platform.power.pm1b_control = io_port(fadt.pm1b_control_block().and_then(|b| b.ok_or(::acpi::AcpiError::TableMissing(::acpi::sdt::Signature::FADT))));
+        if { fadt.flags }.supports_system_reset_via_fadt() {
+            platform.power.reset = io_port(fadt.reset_register()).map(|port| (port, fadt.reset_value));
+        }
         if let Ok(Some(base)) = fadt.pm_timer_block() {
             if base.address_space == ::acpi::address::AddressSpace::SystemIo {
                 if let Ok(port) = u16::try_from(base.address) {
@@ -91,6 +118,12 @@ pub fn discover(rsdp: Option<u64>) -> Result<Platform, ::acpi::AcpiError> {
                 }
             }
         }
+    }
+    if let Ok(dsdt) = tables.dsdt() {
+        // SAFETY: the DSDT lies in firmware memory the identity map covers;
+        // the acpi crate checked its header, and `length` is the AML body's.
+        let aml = unsafe { core::slice::from_raw_parts(dsdt.address as *const u8, dsdt.length as usize) };
+        platform.power.s5 = ferrite_boot::acpi_sleep::s5_sleep_types(aml);
     }
     if let Ok(mcfg) = tables.find_table::<::acpi::mcfg::Mcfg>() {
         for e in mcfg.get().entries() {

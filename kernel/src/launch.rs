@@ -175,8 +175,9 @@ pub fn start_boot_domains(boot: &BootInfo, opts: &Options, caps: virt::Capabilit
             boot: Boot::Pvh { kernel, initrd, cmdline },
             affinity,
             privileged: true,
+            // As in Xen, dom0's poweroff or reboot is the host's (`host`).
             on_poweroff: Action::Destroy,
-            on_reboot: Action::Restart,
+            on_reboot: Action::Destroy,
             on_crash: Action::Destroy,
         };
         match domain::Domain::create(spec, caps) {

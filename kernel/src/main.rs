@@ -17,6 +17,7 @@ mod arch;
 mod console;
 mod domain;
 mod drivers;
+mod host;
 mod hvm;
 mod launch;
 mod ioreq;
@@ -61,7 +62,14 @@ pub fn virt_caps() -> Option<virt::Capabilities> {
 
 /// Called when a domain has stopped for good (after any restart it asked
 /// for was started).
-pub fn domain_stopped(_d: &domain::Domain, state: &domain::DomainState) {
+pub fn domain_stopped(d: &domain::Domain, state: &domain::DomainState) {
+    if d.spec.privileged {
+        match state {
+            domain::DomainState::PoweredOff => host::request_stop(false, "dom0 powered off"),
+            domain::DomainState::Rebooting => host::request_stop(true, "dom0 rebooted"),
+            _ => {}
+        }
+    }
     if let domain::DomainState::Crashed(_) = state {
         DOMAIN_FAILED.store(true, Ordering::SeqCst);
     }
@@ -183,6 +191,7 @@ pub extern "C" fn kmain(magic: u32, info_paddr: u32, entry: u32) -> ! {
             acpi::Platform::default()
         }
     };
+    host::init(platform.power);
 
     let mem = mm::init(&boot);
     launch::register_modules(&boot);

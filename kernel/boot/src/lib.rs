@@ -14,5 +14,6 @@
 
 extern crate alloc;
 
+pub mod acpi_sleep;
 pub mod bootinfo;
 pub mod cmdline;

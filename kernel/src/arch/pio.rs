@@ -24,3 +24,19 @@ pub fn outl(port: u16, value: u32) {
     // SAFETY: as for `outb`.
     unsafe { core::arch::asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags)) }
 }
+
+/// Writes a word to an I/O port.
+#[inline]
+pub fn outw(port: u16, value: u16) {
+    // SAFETY: as for `outb`.
+    unsafe { core::arch::asm!("out dx, ax", in("dx") port, in("ax") value, options(nomem, nostack, preserves_flags)) }
+}
+
+/// Reads a word from an I/O port.
+#[inline]
+pub fn inw(port: u16) -> u16 {
+    let value: u16;
+    // SAFETY: as for `inb`.
+    unsafe { core::arch::asm!("in ax, dx", in("dx") port, out("ax") value, options(nomem, nostack, preserves_flags)) }
+    value
+}

@@ -229,3 +229,8 @@ pub fn console_type(id: u32, bytes: &[u8]) -> bool {
 pub fn is_privileged(id: u32) -> bool {
     get(id).is_some_and(|d| d.spec.privileged)
 }
+
+/// Whether the domain is a stub domain (it stops with its guest).
+pub fn is_stub(id: u32) -> bool {
+    get(id).is_some_and(|d| matches!(d.role, Role::Stub(_)))
+}
