@@ -33,6 +33,7 @@
 
 extern crate alloc;
 
+pub mod console_limit;
 pub mod acpi_pm;
 pub mod clock;
 pub mod dma;

@@ -192,7 +192,7 @@ pub fn print_fmt(args: fmt::Arguments) {
     let mut line = LineBuf { buf: [0; 512], len: 0 };
     let _ = line.write_fmt(args);
     if let Ok(text) = core::str::from_utf8(&line.buf[..line.len]) {
-        write_str(text);
+        write_guest_str(text);
     }
 }
 
@@ -293,12 +293,22 @@ pub fn domain_line(name: &str, text: &str) {
     let _ = write!(line, "({}) ", name);
     let head = core::str::from_utf8(&line.buf[..line.len]).unwrap_or("");
     let text = printable(text);
-    let mut c = CONSOLE.lock();
-    for piece in [head, &text, "\n"] {
-        c.ring.push(piece.as_bytes());
-        if UART_ENABLED.load(Ordering::Relaxed) {
+    // Guests' lines go to the serial console only: the log ring is the
+    // hypervisor's (`dmesg`), which no guest can flood out of view. Each
+    // domain keeps its own history.
+    if UART_ENABLED.load(Ordering::Relaxed) {
+        let c = CONSOLE.lock();
+        for piece in [head, &text, "\n"] {
             c.uart.write_bytes(piece.as_bytes());
         }
+    }
+}
+
+/// Output of the focused domain, shown as it comes (serial only, as
+/// `domain_line`).
+pub fn write_guest_str(s: &str) {
+    if UART_ENABLED.load(Ordering::Relaxed) {
+        CONSOLE.lock().uart.write_bytes(s.as_bytes());
     }
 }
 

@@ -15,6 +15,7 @@ use crate::mm::guest::{GuestMemError, GuestMemory};
 use crate::sched::{self, Runnable, SchedState, SliceEnd};
 use crate::vcpu::{self, Platform, RunOutcome};
 use crate::mm::blob::Blob;
+use ferrite_devmodel::console_limit::{LineBudget, Verdict};
 use crate::virt::svm::SvmVcpu;
 use crate::virt::{Capabilities, EntryState, GuestRegs, Segment, VcpuOps};
 use alloc::format;
@@ -25,7 +26,7 @@ use core::sync::atomic::{AtomicU32, Ordering};
 use crate::platform::{self, Devices, Effects, HostClock, VcpuEvent};
 use ferrite_devmodel::acpi_pm::PowerEvent;
 use ferrite_devmodel::lapic::{Lapic, LapicConfig, LapicEffect, Lint1Delivery, MSR_TSC_DEADLINE};
-use log::{error, info};
+use log::{error, info, warn};
 use spin::Mutex;
 
 
@@ -104,6 +105,10 @@ pub struct Domain {
     running: core::sync::atomic::AtomicBool,
     /// Console output not yet ending in a newline.
     console_line: Mutex<Vec<u8>>,
+    /// How many of its lines may still reach the serial console now
+    /// (`ferrite_devmodel::console_limit`); a muted focused domain's bytes
+    /// are dropped until its next line is allowed.
+    console_budget: Mutex<(LineBudget, bool)>,
     /// The newest console output (what `xl console` would replay).
     console_ring: Mutex<console::LogRing>,
     /// Everything the guest wrote to its console, raw (prompts included),
@@ -324,6 +329,7 @@ impl Domain {
             paused: core::sync::atomic::AtomicBool::new(false),
             running: core::sync::atomic::AtomicBool::new(true),
             console_line: Mutex::new(Vec::new()),
+            console_budget: Mutex::new((LineBudget::new(crate::arch::time::uptime_us()), false)),
             console_ring: Mutex::new(console::LogRing::new(16 * 1024)),
             console_raw: Mutex::new(console::LogRing::new(16 * 1024)),
             state: Mutex::new(DomainState::Running),
@@ -442,6 +448,10 @@ impl Domain {
             self.running.store(false, Ordering::SeqCst);
         }
         self.flush_console();
+        let dropped = self.console_budget.lock().0.pending_drops();
+        if dropped > 0 {
+            self.report_console_drops(dropped);
+        }
         match &state {
             DomainState::PoweredOff => info!("domain {} ({}) powered off", self.id, self.name),
             DomainState::Rebooting => info!("domain {} ({}) rebooting", self.id, self.name),
@@ -505,6 +515,12 @@ impl Domain {
     }
 
     /// Output of the domain's console (its UART, here or in its stub domain).
+    ///
+    /// Every byte is kept in the domain's own rings; what reaches the
+    /// serial console is limited to a budget of lines (a flood is dropped
+    /// and counted, never waited for). The focused domain's bytes show as
+    /// they come until a line is over the budget, then nothing until the
+    /// budget allows a line again.
     pub(crate) fn console_bytes(&self, out: &[u8]) {
         if out.is_empty() {
             return;
@@ -513,53 +529,79 @@ impl Domain {
         let focused = console::input_focus() == Some(self.id);
         let mut line = self.console_line.lock();
         for &b in out {
-            if b == b'\n' {
-                if focused {
-                    if line.is_empty() {
-                        console::domain_line_start(&self.name);
-                    }
-                    console::write_str("\n");
-                    self.console_ring.lock().push(&line);
-                    self.console_ring.lock().push(b"\n");
-                } else {
-                    self.emit_line(&line);
-                }
-                line.clear();
-            } else if b != b'\r' {
-                if focused {
+            if b == b'\r' {
+                continue;
+            }
+            if b != b'\n' {
+                if focused && !self.console_budget.lock().1 {
                     if line.is_empty() {
                         console::domain_line_start(&self.name);
                     }
                     let ch = [b];
-                    console::write_str(core::str::from_utf8(&ch).unwrap_or("?"));
+                    console::write_guest_str(core::str::from_utf8(&ch).unwrap_or("?"));
                 }
                 line.push(b);
                 // An unfinished line is capped whether or not the domain has
                 // the console: a guest (or a stub through its console
                 // hypercall) must not grow the hypervisor's heap at will.
-                if line.len() >= MAX_CONSOLE_LINE {
-                    if focused {
-                        console::write_str("\n");
-                        let mut ring = self.console_ring.lock();
-                        ring.push(&line);
-                        ring.push(b"\n");
-                    } else {
-                        self.emit_line(&line);
-                    }
-                    line.clear();
+                if line.len() < MAX_CONSOLE_LINE {
+                    continue;
                 }
             }
+            self.end_line(&line, focused);
+            line.clear();
         }
     }
 
-    fn emit_line(&self, line: &[u8]) {
+    /// A complete console line (or one cut at `MAX_CONSOLE_LINE`).
+    fn end_line(&self, line: &[u8], focused: bool) {
         {
             let mut ring = self.console_ring.lock();
             ring.push(line);
             ring.push(b"\n");
         }
-        let text = String::from_utf8_lossy(line);
-        console::domain_line(&self.name, &text);
+        if focused {
+            // Shown already, byte by byte (unless muted); the budget says
+            // whether the next line will be.
+            let was_muted = self.console_budget.lock().1;
+            if !was_muted {
+                console::write_guest_str("\n");
+            }
+            let allowed = self.console_line_allowed();
+            self.console_budget.lock().1 = !allowed;
+        } else if self.console_line_allowed() {
+            let text = String::from_utf8_lossy(line);
+            console::domain_line(&self.name, &text);
+        }
+    }
+
+    /// Takes one line from the console budget; reports earlier drops when
+    /// a line is let through again.
+    fn console_line_allowed(&self) -> bool {
+        let verdict = self.console_budget.lock().0.line(crate::arch::time::uptime_us());
+        match verdict {
+            Verdict::Print { dropped_before } => {
+                if dropped_before > 0 {
+                    self.report_console_drops(dropped_before);
+                }
+                true
+            }
+            Verdict::Drop => false,
+        }
+    }
+
+    fn report_console_drops(&self, n: u64) {
+        warn!(
+            "domain {} ({}): {} console lines not shown (more than {} lines a second; `xl console` has them)",
+            self.id,
+            self.name,
+            n,
+            ferrite_devmodel::console_limit::LINES_PER_SEC
+        );
+    }
+
+    fn emit_line(&self, line: &[u8]) {
+        self.end_line(line, false);
     }
 
     fn flush_console(&self) {

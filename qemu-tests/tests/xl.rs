@@ -340,3 +340,45 @@ fn create_destroy_cycles_leak_no_host_memory() {
     }
     finish(vm, &target);
 }
+
+/// A guest flooding its console (`guests/console_flood.S`: 20,000 lines
+/// as fast as it can, then a 16 KiB line with no newline) cannot drown
+/// the host: the serial console shows its first lines and then a budget of
+/// lines a second, the rest are dropped and counted, the hypervisor's log
+/// (`xl dmesg`) holds no guest output at all, and another domain (a
+/// ticker) runs to its end meanwhile.
+#[test]
+fn a_console_flood_is_rate_limited_and_keeps_out_of_the_log() {
+    let name = "a_console_flood_is_rate_limited_and_keeps_out_of_the_log";
+    let dir = test_dir(name);
+    let modules = vec![
+        pvh_config_module(&dir, "keeper", "console_button", 16),
+        guest_module("console_button", &dir),
+        pvh_config_module(&dir, "flood", "console_flood", 16),
+        guest_module("console_flood", &dir),
+        pvh_config_module(&dir, "ticker", "ticker", 16),
+        guest_module("ticker", &dir),
+    ];
+    let (mut vm, target) = boot_with_link(name, &dir, modules);
+    vm.wait_for(r"domain \d+ \(flood\) powered off", Duration::from_secs(120));
+    vm.wait_for(r"^\(ticker\) ticker done$", Duration::from_secs(120));
+    vm.wait_for(r"domain \d+ \(flood\): \d+ console lines not shown", Duration::from_secs(10));
+    // One warning each time lines get through again after some were dropped.
+    let dropped: u64 = vm
+        .lines()
+        .iter()
+        .filter_map(|l| l.split_once("(flood): ").and_then(|(_, t)| t.split(' ').next()).and_then(|n| n.parse::<u64>().ok()))
+        .sum();
+    let shown = vm.lines().iter().filter(|l| l.starts_with("(flood) ")).count() as u64;
+    eprintln!("[{name}] flood lines shown {shown}, dropped {dropped}");
+    // 20,000 short lines, the pieces of the long one, the last line.
+    assert!((20_000..20_100).contains(&(shown + dropped)), "every flood line is either shown or counted: {shown} + {dropped}");
+    let reports = vm.lines().iter().filter(|l| l.contains("(flood): ")).count();
+    assert!(reports <= 20, "{reports} drop reports: they must not flood the console themselves");
+    assert!(dropped > 10_000, "the flood was not limited: {shown} shown, {dropped} dropped");
+    let (log, err, ok) = xl(&target, &["dmesg"]);
+    assert!(ok, "xl dmesg: {err}");
+    assert!(log.contains("boot complete"), "the hypervisor's log lost its own lines:\n{log}");
+    assert!(!log.contains("flood 1"), "guest output is in the hypervisor's log");
+    finish(vm, &target);
+}
