@@ -16,6 +16,7 @@ use crate::sched::{self, Runnable, SchedState, SliceEnd};
 use crate::vcpu::{self, Platform, RunOutcome};
 use crate::mm::blob::Blob;
 use ferrite_devmodel::console_limit::{LineBudget, Verdict};
+use ferrite_x86::mmio_replay::{MmioAccess, MmioReplay, Step as MmioStep};
 use crate::virt::svm::SvmVcpu;
 use crate::virt::{Capabilities, EntryState, GuestRegs, Segment, VcpuOps};
 use alloc::format;
@@ -139,7 +140,7 @@ pub struct Vcpu {
     /// HVM: the access this vCPU waits on its stub domain for.
     io_wait: Mutex<Option<vcpu::PendingIo>>,
     /// HVM: the answer to an MMIO access, for when its instruction runs again.
-    mmio_answer: Mutex<Option<u64>>,
+    mmio_replay: Mutex<MmioReplay>,
     /// While blocked: when its timers need it (TSC ns; `u64::MAX` none),
     /// computed as it blocked, so the scheduler reads it without locks.
     /// 0 forces a wake-up (another vCPU reprogrammed a shared timer).
@@ -366,7 +367,7 @@ impl Domain {
                 lapic: Mutex::new(lapic),
                 start_page: Mutex::new(None),
                 io_wait: Mutex::new(None),
-                mmio_answer: Mutex::new(None),
+                mmio_replay: Mutex::new(MmioReplay::default()),
                 wake_at_ns: core::sync::atomic::AtomicU64::new(u64::MAX),
                 in_wait: core::sync::atomic::AtomicBool::new(false),
                 nmi_pending: core::sync::atomic::AtomicBool::new(false),
@@ -850,11 +851,21 @@ impl VcpuPlatform<'_> {
             }
             return u64::MAX;
         }
-        if let Some(answer) = self.vcpu.mmio_answer.lock().take() {
-            return answer;
+        let access = MmioAccess { gpa, size, write, value: if write { value } else { 0 } };
+        let step = self.vcpu.mmio_replay.lock().access(access);
+        match step {
+            MmioStep::Replay(answer) => answer,
+            MmioStep::Send => {
+                self.forward(vcpu::mmio_request(gpa, size, write, value), vcpu::PendingIo::Mmio);
+                0
+            }
+            // An earlier access of this instruction waits: it runs again.
+            MmioStep::Skip => 0,
+            MmioStep::TooMany => {
+                self.shutdown = Some(DomainState::Crashed(format!("an instruction made more than {} MMIO accesses at {:#x}", ferrite_x86::mmio_replay::MAX_ACCESSES, gpa)));
+                0
+            }
         }
-        self.forward(vcpu::mmio_request(gpa, size, write, value), vcpu::PendingIo::Mmio);
-        0
     }
 
     /// The offset of `gpa` in the LAPIC's page at its base. Also while
@@ -954,7 +965,7 @@ impl Platform for VcpuPlatform<'_> {
         let data = ioreq.take_answer(self.vcpu.id)?;
         *wait = None;
         if pending == vcpu::PendingIo::Mmio {
-            *self.vcpu.mmio_answer.lock() = Some(data);
+            self.vcpu.mmio_replay.lock().answered(data);
         }
         Some((pending, data))
     }
@@ -964,7 +975,15 @@ impl Platform for VcpuPlatform<'_> {
     }
 
     fn replay_pending(&self) -> bool {
-        matches!(self.domain.role, Role::Hvm { .. }) && self.vcpu.mmio_answer.lock().is_some()
+        matches!(self.domain.role, Role::Hvm { .. }) && self.vcpu.mmio_replay.lock().replay_pending()
+    }
+
+    fn mmio_instruction_begin(&mut self) {
+        self.vcpu.mmio_replay.lock().begin();
+    }
+
+    fn mmio_instruction_done(&mut self) {
+        self.vcpu.mmio_replay.lock().clear();
     }
 
     fn msr_read(&mut self, msr: u32) -> Option<u64> {

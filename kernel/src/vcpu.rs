@@ -126,6 +126,11 @@ pub trait Platform {
     fn replay_pending(&self) -> bool {
         false
     }
+    /// An MMIO instruction is about to be executed (again): its accesses
+    /// are numbered from the first, so answers already in are replayed.
+    fn mmio_instruction_begin(&mut self) {}
+    /// The MMIO instruction completed: its answers are spent.
+    fn mmio_instruction_done(&mut self) {}
 }
 
 /// An access waiting for a remote device model, and how to finish its
@@ -807,13 +812,16 @@ fn emulate_mmio<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, gpa: u64)
         .map_err(|e| format!("cannot emulate the instruction {:02x?} at rip {:#x} on MMIO {:#x}: {:?}", &bytes[..len], rip, gpa, e))?;
     let mut regs = to_x86(vcpu.regs());
     let mut rflags = vcpu.regs().rflags;
+    platform.mmio_instruction_begin();
     op.execute(&mut regs, &mut rflags, &mut Bus { platform: &mut *platform, gpa })
         .map_err(|e| format!("MMIO instruction at rip {:#x} on {:#x} not supported: {:?}", rip, gpa, e))?;
     if platform.waiting_for_io() {
-        // The access went to a remote device model: the instruction runs
-        // again, with the answer, once it comes.
+        // An access went to a remote device model: the instruction runs
+        // again once it is answered, the answered accesses replayed
+        // (`ferrite_x86::mmio_replay`), until none waits.
         return Ok(());
     }
+    platform.mmio_instruction_done();
     let r = vcpu.regs_mut();
     from_x86(&regs, r);
     r.rflags = rflags;

@@ -448,3 +448,20 @@ fn string_output_reads_from_the_segment_the_instruction_names() {
         vm.fail("SeaBIOS's clear-screen sequence is not shown in caret notation");
     }
 }
+
+/// Read-modify-write instructions on device memory the stub domain
+/// emulates (`guests/bootsector/mmio_rmw.S`: OR, XCHG, BTS and INC on a
+/// PCI-hole address, from protected mode) each read once, write the value
+/// computed from the real read once, and complete. Before, the write
+/// replaced the instruction's own pending read and was sent again at every
+/// replay: the guest never got past its first OR.
+#[test]
+fn read_modify_write_on_stub_mmio_completes_with_the_real_value() {
+    let name = "read_modify_write_on_stub_mmio_completes_with_the_real_value";
+    let dir = test_dir(name);
+    let image = disk_image(Some(&boot_sector(&dir, "mmio_rmw")), 0, 7, DISK_SECTORS);
+    let path = dir.join("disk0.img");
+    write_file(&path, &image);
+    let mut vm = start(name, &dir, &["phy:disk0,hda,w"], virtio_disk_args(&path, "disk0", false));
+    vm.expect_lines(&[r"^\(hvm1\) .*rmw: ok$", r"domain \d+ \(hvm1\) powered off"]);
+}

