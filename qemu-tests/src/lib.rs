@@ -826,10 +826,15 @@ pub fn guest_module(name: &str, dir: &Path) -> ModuleSpec {
 /// Writes `dir/<domain>.cfg`, a PVH domU booting `<kernel>.elf` with
 /// `memory_mib` and 1 vCPU (destroyed if it crashes), as a boot module.
 pub fn pvh_config_module(dir: &Path, domain: &str, kernel: &str, memory_mib: u32) -> ModuleSpec {
+    pvh_smp_config_module(dir, domain, kernel, memory_mib, 1)
+}
+
+/// [`pvh_config_module`] with `vcpus` vCPUs.
+pub fn pvh_smp_config_module(dir: &Path, domain: &str, kernel: &str, memory_mib: u32, vcpus: u32) -> ModuleSpec {
     let path = dir.join(format!("{domain}.cfg"));
     let text = format!(
         "# {domain}: written by a qemu-tests test\n\
-         name = \"{domain}\"\ntype = \"pvh\"\nkernel = \"{kernel}.elf\"\nmemory = {memory_mib}\nvcpus = 1\n\
+         name = \"{domain}\"\ntype = \"pvh\"\nkernel = \"{kernel}.elf\"\nmemory = {memory_mib}\nvcpus = {vcpus}\n\
          on_crash = \"destroy\"\n"
     );
     if let Err(e) = std::fs::write(&path, text) {
