@@ -2,19 +2,25 @@
  * target's handler, for a target that is running (spinning with IF=1)
  * and for one that is halted. A 2-vCPU PVH guest: the boot vCPU starts
  * vCPU 1 (INIT, SIPI to a real-mode trampoline copied to 0x8000), then
- * ROUNDS times per kind reads the TSC, sends a fixed IPI to vCPU 1 and
+ * 50 times (20 for a spinning target, whose rounds can take a slice
+ * each) reads the TSC, sends a fixed IPI to vCPU 1 and
  * spins until vCPU 1's handler, which reads the TSC first, has stored its
  * time (as an OS waits for a TLB shootdown's answer: the sender keeps its
  * CPU). Before each halted round the sender sleeps (TSC-deadline timer,
  * halted, so a shared host CPU can run vCPU 1) until vCPU 1 has said it
  * halts, and then 200 us more, so vCPU 1 is blocked when the IPI goes.
  *
+ * The halted rounds come first, while vCPU 1 has hardly run: a vCPU that
+ * has had more of a shared host CPU than the sender waits its turn.
+ * vCPU 1 spins with `pause`, as idle and wait loops do (under QEMU's
+ * single-threaded TCG, a pause also lets the other emulated CPU run).
+ *
  * Prints, then powers off:
  *   BENCH-TSC <tsc ticks> <pm ticks>             TSC against the PM timer
- *   BENCH ipi_running <sum of ticks> <rounds>
- *   BENCH-MAX ipi_running <worst ticks>
  *   BENCH ipi_halted <sum of ticks> <rounds>
  *   BENCH-MAX ipi_halted <worst ticks>
+ *   BENCH-ROUNDS ipi_halted <ticks> ...          every round
+ *   (the same three for ipi_running)
  *   ipi: done
  * or "ipi: FAIL <why>". */
         .include "pvh.inc"
@@ -27,7 +33,8 @@
         .set VEC_TIMER,        0x40
         .set VEC_PING,         0x50             /* to vCPU 1 */
         .set TRAMPOLINE,       0x8000           /* SIPI vector 0x08 */
-        .set ROUNDS,           50
+        .set ROUNDS,           50               /* halted target */
+        .set RUNNING_ROUNDS,   20
 
         .set PHASE_START,      0
         .set PHASE_RUNNING,    1
@@ -49,23 +56,10 @@ _start:
         call    put_bench_tsc
 
         call    start_ap
-        /* Running target: vCPU 1 spins with IF=1. */
-        movl    $PHASE_RUNNING, phase
-        movl    $0, sum_lo
-        movl    $0, sum_hi
-        movl    $0, worst
-        movl    $ROUNDS, rounds_left
-1:      call    ping_round
-        decl    rounds_left
-        jnz     1b
-        movl    $msg_running, %esi
-        call    report
         /* Halted target: vCPU 1 halts in a loop. */
         movl    $PHASE_HALTED, phase
-        movl    $0, sum_lo
-        movl    $0, sum_hi
-        movl    $0, worst
-        movl    $ROUNDS, rounds_left
+        movl    $ROUNDS, %eax
+        call    reset_stats
 2:      movl    $200, %eax
         call    sleep_us
         cmpl    $0, ap_halting
@@ -78,9 +72,31 @@ _start:
         jnz     2b
         movl    $msg_halted, %esi
         call    report
+        /* Running target: vCPU 1 spins with IF=1 (the first IPI, not
+         * counted, wakes it into that loop). */
+        movl    $PHASE_RUNNING, phase
+        movl    $RUNNING_ROUNDS, %eax
+        call    reset_stats
+        call    ping_round
+        movl    $RUNNING_ROUNDS, %eax
+        call    reset_stats
+1:      call    ping_round
+        decl    rounds_left
+        jnz     1b
+        movl    $msg_running, %esi
+        call    report
         movl    $msg_done, %esi
         call    puts
         jmp     poweroff
+
+/* reset_stats: a phase of %eax rounds starts (preserves %eax). */
+reset_stats:
+        movl    $0, sum_lo
+        movl    $0, sum_hi
+        movl    $0, worst
+        movl    %eax, rounds
+        movl    %eax, rounds_left
+        ret
 
 /* start_ap: INIT and SIPI to APIC ID 1 with the trampoline at 0x8000;
  * waits (sleeping, so a shared host CPU can run it) until it is up. */
@@ -132,7 +148,10 @@ ping_round:
         cmpl    worst, %eax
         jbe     3f
 2:      movl    %eax, worst
-3:      ret
+3:      movl    rounds, %ecx
+        subl    rounds_left, %ecx
+        movl    %eax, each(,%ecx,4)
+        ret
 
 /* sleep_us: halts for %eax microseconds (TSC-deadline timer). */
 sleep_us:
@@ -154,9 +173,10 @@ sleep_us:
         popal
         ret
 
-/* report: "BENCH <name> <sum> <rounds>" and "BENCH-MAX <name> <worst>";
- * %esi = the name followed by a space. */
+/* report: "BENCH <name> <sum> <rounds>", "BENCH-MAX <name> <worst>" and
+ * "BENCH-ROUNDS <name> <each>..."; %esi = the name followed by a space. */
 report:
+        pushl   %esi
         pushl   %esi
         pushl   %esi
         movl    $msg_bench, %esi
@@ -168,7 +188,7 @@ report:
         call    putdec64
         movl    $msg_space, %esi
         call    puts
-        movl    $ROUNDS, %eax
+        movl    rounds, %eax
         call    putdec
         movl    $msg_nl, %esi
         call    puts
@@ -178,6 +198,20 @@ report:
         call    puts
         movl    worst, %eax
         call    putdec
+        movl    $msg_nl, %esi
+        call    puts
+        movl    $msg_bench_rounds, %esi
+        call    puts
+        popl    %esi
+        call    puts
+        xorl    %ebx, %ebx
+1:      movl    each(,%ebx,4), %eax
+        call    putdec
+        movl    $msg_space, %esi
+        call    puts
+        incl    %ebx
+        cmpl    rounds, %ebx
+        jb      1b
         movl    $msg_nl, %esi
         call    puts
         ret
@@ -211,7 +245,7 @@ eoi_iret:
         iret
 
 /* vCPU 1 in protected mode: its own stack, the shared tables, its LAPIC
- * on; spins while the phase is "running", then halts in a loop, saying
+ * on; spins while the phase is "running", else halts in a loop, saying
  * so before each HLT. */
 ap_main:
         movw    $0x10, %ax
@@ -222,13 +256,17 @@ ap_main:
         lidt    flat_idt_ptr
         X2APIC_ON
         movl    $1, ap_ready
-        sti
-1:      cmpl    $PHASE_HALTED, phase
-        jne     1b
-2:      movl    $1, ap_halting
+2:      cmpl    $PHASE_RUNNING, phase
+        je      3f
+        movl    $1, ap_halting
         sti
         hlt
         cli
+        jmp     2b
+3:      sti
+1:      pause
+        cmpl    $PHASE_RUNNING, phase
+        je      1b
         jmp     2b
 
 /* Real-mode start-up code, copied to TRAMPOLINE and entered there with
@@ -251,6 +289,7 @@ ap_trampoline_end:
         .section .rodata
 msg_bench:      .asciz "BENCH "
 msg_bench_max:  .asciz "BENCH-MAX "
+msg_bench_rounds: .asciz "BENCH-ROUNDS "
 msg_running:    .asciz "ipi_running "
 msg_halted:     .asciz "ipi_halted "
 msg_space:      .asciz " "
@@ -267,6 +306,7 @@ ap_halting:     .long 0
 pong:           .long 0
 fired:          .long 0
 ticks_per_us:   .long 0
+rounds:         .long 0
 rounds_left:    .long 0
 t0_lo:          .long 0
 t0_hi:          .long 0
@@ -275,6 +315,7 @@ recv_hi:        .long 0
 sum_lo:         .long 0
 sum_hi:         .long 0
 worst:          .long 0
+each:           .fill ROUNDS, 4, 0
         .balign 16
 ap_stack:       .fill 4096, 1, 0
 ap_stack_top:

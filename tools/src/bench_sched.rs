@@ -103,18 +103,26 @@ pub fn config_text(d: &Dom) -> String {
     )
 }
 
-/// `BENCH <name> <sum> <rounds>` with its `BENCH-MAX <name> <worst>`.
+/// `BENCH <name> <sum> <rounds>` with its `BENCH-MAX <name> <worst>` and,
+/// when printed, `BENCH-ROUNDS <name> <each round>...`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Latency {
     pub name: String,
     pub sum: u64,
     pub rounds: u64,
     pub worst: u64,
+    pub each: Vec<u64>,
 }
 
 impl Latency {
     pub fn average(&self) -> f64 {
         self.sum as f64 / self.rounds.max(1) as f64
+    }
+
+    pub fn median(&self) -> Option<u64> {
+        let mut v = self.each.clone();
+        v.sort_unstable();
+        v.get(v.len() / 2).copied()
     }
 }
 
@@ -138,6 +146,7 @@ fn numbers(s: &str) -> Vec<u64> {
 pub fn parse(text: &str) -> Report {
     let mut r = Report::default();
     let mut worst: Vec<(String, u64)> = Vec::new();
+    let mut each: Vec<(String, Vec<u64>)> = Vec::new();
     for line in text.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
         if let Some(i) = words.iter().position(|w| w.starts_with("BENCH")) {
@@ -146,10 +155,15 @@ pub fn parse(text: &str) -> Report {
                 ("BENCH-TSC", _, [tsc, pm, ..]) if r.ticks_per_ns.is_none() && *pm > 0 => {
                     r.ticks_per_ns = Some(*tsc as f64 / (*pm as f64 * 1e9 / PM_TIMER_HZ as f64));
                 }
-                ("BENCH", Some(name), [sum, rounds]) => {
-                    r.latencies.push(Latency { name: name.to_string(), sum: *sum, rounds: *rounds, worst: 0 })
-                }
+                ("BENCH", Some(name), [sum, rounds]) => r.latencies.push(Latency {
+                    name: name.to_string(),
+                    sum: *sum,
+                    rounds: *rounds,
+                    worst: 0,
+                    each: Vec::new(),
+                }),
                 ("BENCH-MAX", Some(name), [w]) => worst.push((name.to_string(), *w)),
+                ("BENCH-ROUNDS", Some(name), all) => each.push((name.to_string(), all.to_vec())),
                 _ => {}
             }
         } else if let Some(rest) = line.split("fair-spin: ran ").nth(1) {
@@ -163,6 +177,9 @@ pub fn parse(text: &str) -> Report {
     for l in &mut r.latencies {
         if let Some((_, w)) = worst.iter().find(|(n, _)| *n == l.name) {
             l.worst = *w;
+        }
+        if let Some((_, e)) = each.iter().find(|(n, _)| *n == l.name) {
+            l.each = e.clone();
         }
     }
     r
@@ -220,6 +237,13 @@ pub struct Row {
     pub ticks_per_ns: f64,
 }
 
+impl Row {
+    /// The median round in instructions (None: the guest printed no rounds).
+    pub fn median(&self) -> Option<f64> {
+        self.latency.median().map(|m| m as f64 / self.ticks_per_ns)
+    }
+}
+
 const ROWS: [(&str, &str, &str); 6] = [
     ("IPI to a running vCPU", "ipi-smp2", "ipi_running"),
     ("IPI to a running vCPU", "ipi-smp1", "ipi_running"),
@@ -262,19 +286,21 @@ pub fn markdown(runs: &[Run], commit: &str, date: &str, qemu: &str) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{BEGIN_MARKER}");
     let _ = writeln!(s, "Measured {date} at Ferrite `{commit}` with {qemu} (`ferrite bench sched --write`).\n");
-    let _ = writeln!(s, "| latency | vCPUs per host CPU | average (instructions) | worst (instructions) | rounds |");
-    let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(s, "| latency | vCPUs per host CPU | average | median | worst | rounds |");
+    let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: |");
     for r in rows(runs) {
         let _ = writeln!(
             s,
-            "| {} | {} | {:.0} | {:.0} | {} |",
+            "| {} | {} | {:.0} | {} | {:.0} | {} |",
             r.what,
             r.per_cpu,
             r.latency.average() / r.ticks_per_ns,
+            r.median().map_or("–".to_string(), |m| format!("{m:.0}")),
             r.latency.worst as f64 / r.ticks_per_ns,
             r.latency.rounds
         );
     }
+    let _ = writeln!(s, "\n(instructions, i.e. TSC ticks under icount, from the send or the deadline to the handler)");
     if let Some(f) = fairness_text(runs) {
         let _ = writeln!(s, "\nFairness (`fair_spin.S` beside `fair_waker.S`, one host CPU): {f}.");
     }
@@ -292,10 +318,11 @@ pub fn text(runs: &[Run]) -> String {
     for r in rows(runs) {
         let _ = writeln!(
             s,
-            "{:<44} {} per host CPU: avg {:>10.0}  worst {:>10.0} instructions ({} rounds)",
+            "{:<44} {} per host CPU: avg {:>10.0}  median {:>10}  worst {:>10.0} instructions ({} rounds)",
             r.what,
             r.per_cpu,
             r.latency.average() / r.ticks_per_ns,
+            r.median().map_or("-".to_string(), |m| format!("{m:.0}")),
             r.latency.worst as f64 / r.ticks_per_ns,
             r.latency.rounds
         );
@@ -352,6 +379,7 @@ mod tests {
 (ipi) BENCH-MAX ipi_running 9000
 (ipi) BENCH ipi_halted 500000 50
 (ipi) BENCH-MAX ipi_halted 12000
+(ipi) BENCH-ROUNDS ipi_halted 10000 9000 12000 
 (spin) fair-spin: ran 500000 of 1073864 pm ticks, 4000000 loops
 (waker) fair-waker: 1400 ticks handled
 ";
@@ -361,8 +389,11 @@ mod tests {
         let r = parse(SAMPLE);
         assert!((r.ticks_per_ns.unwrap() - 1.0).abs() < 1e-3);
         assert_eq!(r.latencies.len(), 2);
-        assert_eq!(r.latencies[1], Latency { name: "ipi_halted".into(), sum: 500_000, rounds: 50, worst: 12_000 });
+        let halted = Latency { name: "ipi_halted".into(), sum: 500_000, rounds: 50, worst: 12_000, each: vec![10_000, 9000, 12_000] };
+        assert_eq!(r.latencies[1], halted);
+        assert_eq!(r.latencies[1].median(), Some(10_000));
         assert_eq!(r.latencies[0].average(), 5000.0);
+        assert_eq!(r.latencies[0].median(), None);
         assert_eq!(r.spin_ran, Some((500_000, 1_073_864, 4_000_000)));
         assert_eq!(r.waker_ticks, Some(1400));
         assert_eq!(parse("BENCH x y").latencies, vec![]);
@@ -381,7 +412,8 @@ mod tests {
         assert_eq!(rows.len(), 4);
         assert_eq!((rows[0].per_cpu, rows[1].per_cpu), (1, 2));
         let md = markdown(&runs, "abc", "today", "QEMU");
-        assert!(md.contains("| IPI to a halted vCPU (wake-up to handler) | 2 | 10000 | 12000 | 50 |"), "{md}");
+        assert!(md.contains("| IPI to a halted vCPU (wake-up to handler) | 2 | 10000 | 10000 | 12000 | 50 |"), "{md}");
+        assert!(md.contains("| IPI to a running vCPU | 1 | 5000 | – | 9000 | 50 |"), "{md}");
         assert!(md.contains("spinner ran 46.6 %"), "{md}");
         let doc = format!("# B\n\ntext\n\n{md}\nafter\n");
         assert_eq!(splice(&doc, "X\n"), "# B\n\ntext\n\nX\n\nafter\n");
