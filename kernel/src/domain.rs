@@ -145,6 +145,10 @@ pub struct Vcpu {
     /// computed as it blocked, so the scheduler reads it without locks.
     /// 0 forces a wake-up (another vCPU reprogrammed a shared timer).
     wake_at_ns: core::sync::atomic::AtomicU64,
+    /// Blocked until an event that is not one of its timers (its stub
+    /// domain's answer, a SIPI): the scheduler ignores `wake_at_ns`, which
+    /// still caches the deadline for the next slice.
+    event_only: core::sync::atomic::AtomicBool,
     /// A stub domain's vCPU blocked in the WAIT hypercall.
     in_wait: core::sync::atomic::AtomicBool,
     /// An NMI arrived and has not been injected yet (NMIs do not queue:
@@ -373,6 +377,7 @@ impl Domain {
                 nmi_pending: core::sync::atomic::AtomicBool::new(false),
                 irr_hint: core::sync::atomic::AtomicBool::new(true),
                 first_slice: core::sync::atomic::AtomicBool::new(true),
+                event_only: core::sync::atomic::AtomicBool::new(false),
                 timers_changed: core::sync::atomic::AtomicBool::new(false),
                 sched: SchedState::new_blocked(),
                 affinity: core::sync::atomic::AtomicU64::new(affinity),
@@ -742,7 +747,8 @@ impl Drop for Domain {
 struct VcpuPlatform<'a> {
     domain: &'a Domain,
     vcpu: &'a Arc<Vcpu>,
-    slice_end_ns: u64,
+    /// When to give up the pCPU, and the host timer's next event.
+    sched: crate::sched::SliceClock,
     /// Set when the guest did something that ends the domain.
     shutdown: Option<DomainState>,
     /// The guest executed HLT.
@@ -919,6 +925,7 @@ impl Platform for VcpuPlatform<'_> {
             if let Some(v0) = self.domain.vcpus.lock().first() {
                 v0.timers_changed.store(true, Ordering::SeqCst);
                 v0.wake_at_ns.store(0, Ordering::SeqCst);
+                crate::sched::deadline_lowered(0);
             }
         }
     }
@@ -1166,8 +1173,10 @@ impl Platform for VcpuPlatform<'_> {
             self.deadline_ns = self.vcpu.next_deadline_ns(self.domain);
             self.deadline_stale = false;
         }
-        let deadline = self.deadline_ns.map_or(self.slice_end_ns, |d| d.min(self.slice_end_ns));
-        crate::arch::apic::arm_timer_at_ns(deadline);
+        // The scheduler's next event: the slice's end, an earlier yield
+        // for a woken vCPU, or a blocked vCPU's deadline.
+        let sched = self.sched.next_event_ns();
+        crate::arch::apic::arm_timer_at_ns(self.deadline_ns.map_or(sched, |d| d.min(sched)));
     }
 
     fn after_exit(&mut self) {
@@ -1177,19 +1186,17 @@ impl Platform for VcpuPlatform<'_> {
     fn should_stop(&mut self) -> bool {
         self.shutdown.is_some()
             || self.halted
-            // The time taken before the last entry: one guest run late at
-            // most (the host timer ends a run at the slice end anyway).
-            || self.now_ns >= self.slice_end_ns
             || !self.domain.is_running()
             || self.domain.is_paused()
+            || self.sched.should_yield(self.now_ns)
     }
 }
 
 impl Runnable for Vcpu {
-    fn run_slice(self: Arc<Self>, slice_end_us: u64) -> SliceEnd {
+    fn run_slice(self: Arc<Self>) -> SliceEnd {
         let start = crate::arch::time::now_ns();
         let me = self.clone();
-        let end = self.run_slice_inner(slice_end_us);
+        let end = self.run_slice_inner();
         me.run_ns.fetch_add(crate::arch::time::now_ns().saturating_sub(start), Ordering::Relaxed);
         end
     }
@@ -1199,6 +1206,9 @@ impl Runnable for Vcpu {
     }
 
     fn wake_deadline_us(&self) -> Option<u64> {
+        if self.event_only.load(Ordering::SeqCst) {
+            return None;
+        }
         let ns = self.wake_at_ns.load(Ordering::SeqCst);
         (ns != u64::MAX).then_some(ns / 1000)
     }
@@ -1209,7 +1219,7 @@ impl Runnable for Vcpu {
 }
 
 impl Vcpu {
-    fn run_slice_inner(self: Arc<Self>, slice_end_us: u64) -> SliceEnd {
+    fn run_slice_inner(self: Arc<Self>) -> SliceEnd {
         let Some(domain) = self.domain.upgrade() else {
             return SliceEnd::Stopped;
         };
@@ -1217,7 +1227,8 @@ impl Vcpu {
             return SliceEnd::Stopped;
         }
         if domain.is_paused() {
-            return self.block(None);
+            // Unpausing wakes it; its timers keep their deadline meanwhile.
+            return self.block_for_event(self.next_deadline_ns(&domain));
         }
         let mut arch = self.arch.lock();
         {
@@ -1226,7 +1237,7 @@ impl Vcpu {
             let lapic = self.lapic.lock();
             if lapic.is_waiting_for_sipi() {
                 drop(lapic);
-                return self.block(self.next_deadline_ns(&domain));
+                return self.block_for_event(self.next_deadline_ns(&domain));
             }
             if let Some(page) = self.start_page.lock().take() {
                 arch.reset_real_mode(u16::from(page) << 8, 0);
@@ -1236,7 +1247,7 @@ impl Vcpu {
         if self.io_wait.lock().is_some() {
             if let Role::Hvm { ioreq, .. } = &domain.role {
                 if !ioreq.is_done(self.id) {
-                    return self.block(self.next_deadline_ns(&domain));
+                    return self.block_for_event(self.next_deadline_ns(&domain));
                 }
             }
         }
@@ -1258,7 +1269,7 @@ impl Vcpu {
         let mut platform = VcpuPlatform {
             domain: &domain,
             vcpu: &self,
-            slice_end_ns: slice_end_us * 1000,
+            sched: crate::sched::SliceClock::current(),
             shutdown: None,
             halted: false,
             deadline_ns: (cached != u64::MAX).then_some(cached),
@@ -1290,7 +1301,11 @@ impl Vcpu {
                 // The deadline the run loop kept is still right unless a
                 // device changed since.
                 let deadline = if platform.deadline_stale { self.next_deadline_ns(&domain) } else { platform.deadline_ns };
-                self.block(deadline)
+                if platform.waiting {
+                    self.block_for_event(deadline)
+                } else {
+                    self.block(deadline)
+                }
             }
             RunOutcome::WaitingForIo | RunOutcome::Halted => {
                 let deadline = if platform.deadline_stale { self.next_deadline_ns(&domain) } else { platform.deadline_ns };
@@ -1302,6 +1317,18 @@ impl Vcpu {
 
     /// Ends a slice blocked, remembering when the vCPU's timers need it.
     fn block(&self, deadline_ns: Option<u64>) -> SliceEnd {
+        self.event_only.store(false, Ordering::SeqCst);
+        self.wake_at_ns.store(deadline_ns.unwrap_or(u64::MAX), Ordering::SeqCst);
+        SliceEnd::Blocked
+    }
+
+    /// Ends a slice blocked until an I/O answer, a SIPI or the end of a
+    /// pause: its timers
+    /// cannot act before then (the instruction waiting for the answer has
+    /// not completed), and a deadline already past would have the
+    /// scheduler wake it again and again for nothing.
+    fn block_for_event(&self, deadline_ns: Option<u64>) -> SliceEnd {
+        self.event_only.store(true, Ordering::SeqCst);
         self.wake_at_ns.store(deadline_ns.unwrap_or(u64::MAX), Ordering::SeqCst);
         SliceEnd::Blocked
     }

@@ -3,14 +3,19 @@
 //! runnable one; a pCPU with nothing to run halts until an interrupt (a
 //! timer deadline or a wake-up IPI).
 //!
-//! Round robin over one global queue: with the handful of pCPUs and vCPUs
-//! Ferrite targets, one lock is simpler than per-CPU queues with stealing
-//! and costs nothing measurable.
+//! One global queue under one lock: with the handful of pCPUs and vCPUs
+//! Ferrite targets, that is simpler than per-CPU queues with stealing and
+//! costs nothing measurable. Which vCPU runs next, for how long, and whom
+//! a woken vCPU preempts is decided by `ferrite_sched::Policy` (virtual
+//! run time with a bounded wake-up credit: a vCPU woken by an interrupt
+//! or its timer runs at once unless it has already had more than its
+//! share); this module keeps the vCPU states, host timers and IPIs.
 
+use crate::arch::percpu::MAX_CPUS;
 use crate::arch::{apic, cpu, idt, percpu, time};
-use alloc::collections::VecDeque;
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use ferrite_sched::{End, Policy, Preempt};
 use spin::Mutex;
 
 /// How often an idle CPU 0 runs its pollers at the least.
@@ -44,15 +49,12 @@ fn run_pollers() -> u64 {
     next
 }
 
-/// Length of a time slice.
-pub const SLICE_US: u64 = 10_000;
-
 /// Something the scheduler can run: a vCPU, seen through what the
 /// scheduler needs.
 pub trait Runnable: Send + Sync {
-    /// Runs on this pCPU until the slice ends at `slice_end_us`, the vCPU
-    /// blocks, or it stops for good.
-    fn run_slice(self: Arc<Self>, slice_end_us: u64) -> SliceEnd;
+    /// Runs on this pCPU until [`SliceClock::should_yield`] says so, the
+    /// vCPU blocks, or it stops for good.
+    fn run_slice(self: Arc<Self>) -> SliceEnd;
     /// pCPUs this vCPU may run on (bit i = pCPU i).
     fn affinity(&self) -> u64;
     /// For a blocked vCPU: when it must wake even without an interrupt
@@ -117,36 +119,73 @@ impl SchedState {
     }
 }
 
-struct Scheduler {
-    queue: VecDeque<Arc<dyn Runnable>>,
-    /// Every blocked vCPU, to check timer deadlines.
-    blocked: alloc::vec::Vec<Arc<dyn Runnable>>,
+/// A vCPU as the policy sees it.
+#[derive(Clone)]
+struct Task(Arc<dyn Runnable>);
+
+impl ferrite_sched::Task for Task {
+    fn same(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+    fn affinity(&self) -> u64 {
+        self.0.affinity()
+    }
 }
 
-static SCHED: Mutex<Scheduler> = Mutex::new(Scheduler { queue: VecDeque::new(), blocked: alloc::vec::Vec::new() });
+/// Queue order, wake-up preemption and fairness live in `ferrite_sched`;
+/// this lock is innermost (see ARCHITECTURE.md, locks).
+static SCHED: Mutex<Policy<Task>> = Mutex::new(Policy::new());
 /// Bit i set: pCPU i is halted in the idle loop.
 static IDLE_PCPUS: AtomicU64 = AtomicU64::new(0);
+/// When each pCPU's vCPU must give it up (TSC ns): its slice end, or
+/// sooner for a woken vCPU. Mirrors the policy, written under its lock;
+/// read without it on every exit.
+static YIELD_AT_NS: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(u64::MAX) }; MAX_CPUS];
+/// The earliest wake-up deadline of a blocked vCPU (TSC ns; `u64::MAX`
+/// none), so a busy pCPU's timer fires for it too. Written under the lock.
+static EARLIEST_WAKE_NS: AtomicU64 = AtomicU64::new(u64::MAX);
 
-/// Makes a blocked vCPU runnable (an interrupt arrived, a SIPI, or it is
-/// new). If it is running, it will not block at the end of its slice; if
-/// it runs on another pCPU, that pCPU is kicked so a pending interrupt is
-/// injected promptly.
+fn now_us() -> u64 {
+    time::now_ns() / 1000
+}
+
+/// Records a preemption the policy decided (under the lock); returns the
+/// pCPU to kick when it is another one.
+fn preempt(p: Option<Preempt>) -> Option<usize> {
+    let p = p?;
+    YIELD_AT_NS.get(p.cpu)?.fetch_min(p.at_us.saturating_mul(1000), Ordering::SeqCst);
+    (p.cpu != percpu::current_index()).then_some(p.cpu)
+}
+
+/// Makes a vCPU runnable (an interrupt arrived, a SIPI, or it is new).
+/// A blocked one is queued and may preempt a busier vCPU; a queued one
+/// may too (without the woken vCPU's credit). A running one will not
+/// block at the end of its slice, and its pCPU is kicked so that a
+/// pending interrupt is injected promptly.
 pub fn wake(v: &Arc<dyn Runnable>) {
     let s = v.sched();
     loop {
         match s.state.load(Ordering::SeqCst) {
             BLOCKED => {
                 if s.state.compare_exchange(BLOCKED, QUEUED, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
-                    let mut sched = SCHED.lock();
-                    sched.blocked.retain(|b| !Arc::ptr_eq(b, v));
-                    sched.queue.push_back(v.clone());
-                    drop(sched);
+                    let target = preempt(SCHED.lock().wake(&Task(v.clone()), now_us()));
                     kick_idle(v.affinity());
+                    if let Some(t) = target {
+                        kick(t);
+                    }
                     return;
                 }
             }
-            RUNNING => {
-                if s.state.compare_exchange(RUNNING, RUNNING_WOKEN, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+            QUEUED => {
+                if let Some(t) = preempt(SCHED.lock().nudge(&Task(v.clone()), now_us())) {
+                    kick(t);
+                }
+                return;
+            }
+            state @ (RUNNING | RUNNING_WOKEN) => {
+                if state == RUNNING_WOKEN
+                    || s.state.compare_exchange(RUNNING, RUNNING_WOKEN, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+                {
                     let pcpu = s.pcpu.load(Ordering::SeqCst);
                     if pcpu != percpu::current_index() {
                         kick(pcpu);
@@ -159,30 +198,41 @@ pub fn wake(v: &Arc<dyn Runnable>) {
     }
 }
 
-/// Makes a running vCPU leave its pCPU soon (its next exit ends the slice
-/// early only if something else changed; the kick makes that exit come
-/// now): used after its affinity changed.
+/// Makes a running vCPU leave its pCPU soon if its affinity no longer
+/// allows it there (used after its affinity changed).
 pub fn kick_running(v: &Arc<dyn Runnable>) {
     let s = v.sched();
-    if s.is_running() {
-        let pcpu = s.pcpu.load(Ordering::SeqCst);
-        if pcpu != percpu::current_index() && pcpu != usize::MAX {
-            kick(pcpu);
-        }
+    if !s.is_running() {
+        return;
+    }
+    let pcpu = s.pcpu.load(Ordering::SeqCst);
+    if pcpu >= MAX_CPUS || v.affinity() & (1 << pcpu) != 0 {
+        return;
+    }
+    if SCHED.lock().yield_now(pcpu, now_us()) {
+        YIELD_AT_NS[pcpu].store(0, Ordering::SeqCst);
+    }
+    if pcpu != percpu::current_index() {
+        kick(pcpu);
     }
 }
 
 /// Adds a new vCPU in the blocked state (it runs once woken).
 pub fn add_blocked(v: Arc<dyn Runnable>) {
-    SCHED.lock().blocked.push(v);
+    SCHED.lock().add_blocked(Task(v));
 }
 
 /// Marks a vCPU as never running again (its domain is gone).
 pub fn stop(v: &Arc<dyn Runnable>) {
     v.sched().state.store(STOPPED, Ordering::SeqCst);
-    let mut sched = SCHED.lock();
-    sched.blocked.retain(|b| !Arc::ptr_eq(b, v));
-    sched.queue.retain(|b| !Arc::ptr_eq(b, v));
+    SCHED.lock().remove(&Task(v.clone()));
+}
+
+/// Another vCPU changed timers a blocked vCPU runs (its `wake_deadline_us`
+/// dropped, possibly to 0): busy pCPUs must look again.
+pub fn deadline_lowered(ns: u64) {
+    let _sched = SCHED.lock();
+    EARLIEST_WAKE_NS.fetch_min(ns, Ordering::SeqCst);
 }
 
 fn kick(pcpu: usize) {
@@ -198,12 +248,6 @@ fn kick_idle(affinity: u64) {
     }
 }
 
-fn pick(pcpu: usize) -> Option<Arc<dyn Runnable>> {
-    let mut sched = SCHED.lock();
-    let pos = sched.queue.iter().position(|v| v.affinity() & (1 << pcpu) != 0)?;
-    sched.queue.remove(pos)
-}
-
 /// Wakes blocked vCPUs whose deadline passed; returns the earliest
 /// remaining deadline.
 fn wake_expired(now: u64) -> Option<u64> {
@@ -212,13 +256,14 @@ fn wake_expired(now: u64) -> Option<u64> {
     {
         // `wake_deadline_us` reads a cached value, takes no lock.
         let sched = SCHED.lock();
-        for v in &sched.blocked {
+        for Task(v) in sched.blocked() {
             match v.wake_deadline_us() {
                 Some(d) if d <= now => expired.get_or_insert_with(alloc::vec::Vec::new).push(v.clone()),
                 Some(d) => earliest = Some(earliest.map_or(d, |e: u64| e.min(d))),
                 None => {}
             }
         }
+        EARLIEST_WAKE_NS.store(earliest.map_or(u64::MAX, |us| us.saturating_mul(1000)), Ordering::SeqCst);
     }
     for v in expired.iter().flatten() {
         wake(v);
@@ -226,43 +271,81 @@ fn wake_expired(now: u64) -> Option<u64> {
     earliest
 }
 
+/// What the run loop asks the scheduler at every entry and exit, bound
+/// once per slice to the pCPU it runs on.
+pub struct SliceClock {
+    pc: &'static percpu::PerCpu,
+    yield_at: &'static AtomicU64,
+}
+
+impl SliceClock {
+    /// For the slice starting on this pCPU.
+    pub fn current() -> SliceClock {
+        let pc = percpu::current();
+        SliceClock { pc, yield_at: &YIELD_AT_NS[pc.index] }
+    }
+
+    /// When this pCPU must next look at the scheduler (TSC ns): its
+    /// vCPU's yield time or a blocked vCPU's deadline. The run loop arms
+    /// the host timer for it.
+    #[inline]
+    pub fn next_event_ns(&self) -> u64 {
+        self.yield_at.load(Ordering::Relaxed).min(EARLIEST_WAKE_NS.load(Ordering::Relaxed))
+    }
+
+    /// Whether the running vCPU must give up its pCPU now; checked after
+    /// every exit. `now_ns` is the time taken before the entry: the clock
+    /// is read again only when the host timer fired meanwhile, which is
+    /// also when a blocked vCPU's deadline may have passed.
+    #[inline]
+    pub fn should_yield(&self, now_ns: u64) -> bool {
+        if now_ns >= self.yield_at.load(Ordering::Relaxed) {
+            return true;
+        }
+        self.pc.timer_deadline_ns.load(Ordering::Relaxed) == 0 && self.timer_fired()
+    }
+
+    #[cold]
+    fn timer_fired(&self) -> bool {
+        let now = time::now_ns();
+        if now >= EARLIEST_WAKE_NS.load(Ordering::Relaxed) {
+            wake_expired(now / 1000);
+        }
+        now >= self.yield_at.load(Ordering::SeqCst)
+    }
+}
+
 /// The scheduling loop every pCPU ends in.
 pub fn run_forever() -> ! {
     let me = percpu::current_index();
+    SCHED.lock().add_cpu(me);
     loop {
         let poll_again_us = if me == 0 { run_pollers() } else { 0 };
-        let now = time::now_ns() / 1000;
-        let next_deadline = wake_expired(now);
-        match pick(me) {
-            Some(v) => {
-                let s = v.sched();
+        let next_deadline = wake_expired(now_us());
+        let picked = {
+            let mut sched = SCHED.lock();
+            sched.pick(me, now_us()).map(|p| {
+                YIELD_AT_NS[me].store(p.yield_at_us.saturating_mul(1000), Ordering::SeqCst);
+                let s = p.task.0.sched();
                 s.pcpu.store(me, Ordering::SeqCst);
                 s.state.store(RUNNING, Ordering::SeqCst);
-                let end = v.clone().run_slice((time::now_ns() / 1000) + SLICE_US);
-                match end {
-                    SliceEnd::Stopped => s.state.store(STOPPED, Ordering::SeqCst),
-                    SliceEnd::Preempted => requeue(&v),
-                    SliceEnd::Blocked => {
-                        // Under the lock, so a `wake` that sees BLOCKED
-                        // finds the vCPU in the blocked list (and takes it
-                        // out) rather than racing with the push.
-                        let mut sched = SCHED.lock();
-                        if s.state.compare_exchange(RUNNING, BLOCKED, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
-                            sched.blocked.push(v.clone());
-                        } else {
-                            // Woken while it was deciding to block.
-                            drop(sched);
-                            requeue(&v);
-                        }
-                    }
+                (p.task.0, preempt(p.preempt))
+            })
+        };
+        match picked {
+            Some((v, target)) => {
+                if let Some(t) = target {
+                    kick(t);
                 }
+                let end = v.clone().run_slice();
+                slice_ended(me, &v, end);
             }
             None => {
                 // Nothing to run: sleep until the earliest guest timer or a kick.
                 IDLE_PCPUS.fetch_or(1 << me, Ordering::SeqCst);
-                let has_work = SCHED.lock().queue.iter().any(|v| v.affinity() & (1 << me) != 0);
+                let has_work = SCHED.lock().has_work(me);
                 if !has_work {
-                    let now = time::now_ns() / 1000;
+                    let now = now_us();
                     let mut sleep = next_deadline.map_or(0, |d| d.saturating_sub(now).max(1));
                     if me == 0 {
                         // CPU 0 runs the pollers: wake when they want it.
@@ -277,14 +360,35 @@ pub fn run_forever() -> ! {
     }
 }
 
-fn requeue(v: &Arc<dyn Runnable>) {
+/// Puts the vCPU that ran on `me` back: queued, blocked or gone. Under
+/// the lock, so a `wake` that sees BLOCKED finds it among the blocked.
+fn slice_ended(me: usize, v: &Arc<dyn Runnable>, end: SliceEnd) {
     let s = v.sched();
-    if s.state.load(Ordering::SeqCst) == STOPPED {
-        return;
+    let mut sched = SCHED.lock();
+    let now = now_us();
+    let end = match end {
+        SliceEnd::Stopped => End::Stopped,
+        SliceEnd::Blocked if s.state.compare_exchange(RUNNING, BLOCKED, Ordering::SeqCst, Ordering::SeqCst).is_ok() => {
+            if let Some(us) = v.wake_deadline_us() {
+                EARLIEST_WAKE_NS.fetch_min(us.saturating_mul(1000), Ordering::SeqCst);
+            }
+            End::Blocked
+        }
+        // Preempted, or woken while it was deciding to block.
+        _ if s.state.load(Ordering::SeqCst) == STOPPED => End::Stopped,
+        _ => {
+            s.state.store(QUEUED, Ordering::SeqCst);
+            End::Runnable
+        }
+    };
+    if end == End::Stopped {
+        s.state.store(STOPPED, Ordering::SeqCst);
     }
-    s.state.store(QUEUED, Ordering::SeqCst);
-    SCHED.lock().queue.push_back(v.clone());
-    kick_idle(v.affinity() & !(1 << percpu::current_index()));
+    sched.put(me, now, end);
+    drop(sched);
+    if end == End::Runnable {
+        kick_idle(v.affinity() & !(1 << me));
+    }
 }
 
 /// Lets host interrupts that arrived while a guest ran (they caused the

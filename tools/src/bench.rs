@@ -808,7 +808,7 @@ pub fn qemu_version() -> String {
 
 /// Runs `qemu` with its console in `dir/console.log` until it exits or
 /// `limit` passes (then kills it). Returns the console text and outcome.
-fn run_captured(
+pub(crate) fn run_captured(
     qemu: QemuCommand,
     dir: &Path,
     limit: Duration,
@@ -885,7 +885,7 @@ pub struct BenchRun {
     pub commit: String,
 }
 
-fn git_commit() -> String {
+pub(crate) fn git_commit() -> String {
     std::process::Command::new("git")
         .current_dir(build::workspace_root())
         .args(["describe", "--always", "--dirty"])
@@ -898,7 +898,7 @@ fn git_commit() -> String {
 
 /// A command line with the workspace root dropped from paths (where a path
 /// starts: after a space, quote, comma, `=` or `:`), so it runs from there.
-fn shorten(command: &str) -> String {
+pub(crate) fn shorten(command: &str) -> String {
     let root = format!("{}/", build::workspace_root().display());
     let mut s = format!(" {command}");
     for lead in [" ", "'", ",", "=", ":"] {
@@ -907,7 +907,7 @@ fn shorten(command: &str) -> String {
     s[1..].to_string()
 }
 
-fn today() -> String {
+pub(crate) fn today() -> String {
     std::process::Command::new("date")
         .arg("-u")
         .arg("+%Y-%m-%d %H:%M UTC")

@@ -53,6 +53,7 @@ USAGE:
 
 /// `ferrite help` for `bench` (kept apart from [`USAGE`] to keep edits small).
 pub const BENCH_USAGE: &str = crate::bench::USAGE;
+pub const BENCH_SCHED_USAGE: &str = crate::bench_sched::USAGE;
 
 /// Which accelerator the user asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -111,6 +112,8 @@ pub enum Cmd {
     Iso(IsoArgs),
     Test { test_args: Vec<String> },
     Bench(crate::bench::BenchArgs),
+    /// `ferrite bench sched ...`.
+    BenchSched(crate::bench_sched::Args),
     Stress(crate::stress::StressArgs),
     /// `ferrite xl ...`: the arguments after `xl`, parsed by the binary's
     /// `xl` module.
@@ -172,7 +175,13 @@ pub fn parse<I: IntoIterator<Item = S>, S: Into<String>>(argv: I) -> Result<Cmd>
     let mut test_args = Vec::new();
     match sub.as_str() {
         "help" | "-h" | "--help" => return Ok(Cmd::Help),
-        "bench" => return Ok(Cmd::Bench(crate::bench::parse_args(&args.rest())?)),
+        "bench" => {
+            let rest = args.rest();
+            if rest.first().map(String::as_str) == Some("sched") {
+                return Ok(Cmd::BenchSched(crate::bench_sched::parse_args(&rest[1..])?));
+            }
+            return Ok(Cmd::Bench(crate::bench::parse_args(&rest)?));
+        }
         "stress" => return Ok(Cmd::Stress(crate::stress::parse_args(&args.rest())?)),
         "xl" => return Ok(Cmd::Xl(args.rest())),
         "build" | "up" | "iso" | "test" => {}
@@ -300,6 +309,14 @@ mod tests {
         assert_eq!(parse(["test"]).unwrap(), Cmd::Test { test_args: vec![] });
         assert_eq!(parse(["test", "--", "boots"]).unwrap(), Cmd::Test { test_args: vec!["boots".into()] });
         assert!(parse(["build", "--", "x"]).is_err());
+    }
+
+    #[test]
+    fn bench_sched_is_its_own_command() {
+        let sched = crate::bench_sched::Args { write: true, prebuilt: false };
+        assert_eq!(parse(["bench", "sched", "--write"]).unwrap(), Cmd::BenchSched(sched));
+        assert!(matches!(parse(["bench", "--write"]).unwrap(), Cmd::Bench(_)));
+        assert!(parse(["bench", "sched", "--no-hvm"]).is_err());
     }
 
     #[test]

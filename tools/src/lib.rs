@@ -15,9 +15,11 @@
 //! * [`guestasm`]: assembling the tiny PVH test guests in `qemu-tests/guests`;
 //! * [`installed_disk`]: a raw disk image laid out like an installed Debian
 //!   system (MBR, GRUB, ext4 root) for booting Linux from a disk;
-//! * [`bench`]: `ferrite bench`, exit round-trip costs under `-icount`.
+//! * [`bench`]: `ferrite bench`, exit round-trip costs under `-icount`;
+//!   [`bench_sched`]: `ferrite bench sched`, IPI and wake-up latencies.
 
 pub mod bench;
+pub mod bench_sched;
 pub mod build;
 pub mod cli;
 pub mod deps;

@@ -28,6 +28,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
         Cmd::Help => {
             print!("{}", cli::USAGE);
             print!("{}", cli::BENCH_USAGE);
+            print!("{}", cli::BENCH_SCHED_USAGE);
             print!("{}", ferrite_tools::stress::USAGE);
             Ok(ExitCode::SUCCESS)
         }
@@ -40,6 +41,10 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
         Cmd::Test { test_args } => test(&test_args),
         Cmd::Bench(args) => {
             ferrite_tools::bench::main(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::BenchSched(args) => {
+            ferrite_tools::bench_sched::main(&args)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Stress(args) => Ok(if ferrite_tools::stress::main(&args)? { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
