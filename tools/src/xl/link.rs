@@ -3,11 +3,10 @@
 //! with a host port forwarded to the service, and the files that tell
 //! both ends about them. `ferrite up` and the tests use it.
 
-use super::target::{generate_secret, write_session_file, DEFAULT_HOST};
+use super::target::{generate_secret, write_private_file, write_session_file, DEFAULT_HOST};
 use crate::modules::ModuleSpec;
 use anyhow::{Context, Result};
 use ferrite_mgmt::DEFAULT_PORT;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The boot module the hypervisor reads its key from (see the kernel's
@@ -29,19 +28,9 @@ pub struct UpLink {
 /// Writes a new key and session file into `dir` and picks the host port:
 /// `preferred` when it is free, else any free one.
 pub fn prepare(dir: &Path, preferred: Option<u16>) -> Result<UpLink> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let secret = generate_secret()?;
     let key_path = dir.join(KEY_MODULE_NAME);
-    let _ = std::fs::remove_file(&key_path);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&key_path)
-        .with_context(|| format!("cannot create {}", key_path.display()))?;
-    f.write_all(format!("{}\n", secret.to_hex()).as_bytes())
-        .with_context(|| format!("cannot write {}", key_path.display()))?;
+    write_private_file(&key_path, &format!("{}\n", secret.to_hex()))?;
     let port = free_port(preferred)?;
     let session_file = dir.join("xl-session");
     write_session_file(&session_file, DEFAULT_HOST, port, &secret)?;

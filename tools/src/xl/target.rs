@@ -58,19 +58,23 @@ pub struct SessionFile {
 }
 
 /// Writes a session file readable by its owner only (mode 0600): it holds
-/// the key. Written under a temporary name and renamed, so a reader never
-/// sees half of it.
+/// the key.
 pub fn write_session_file(path: &Path, host: &str, port: u16, secret: &Secret) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     if host.is_empty() || host.contains(char::is_whitespace) {
         bail!("session file host {host:?} is not a host name or address");
     }
+    write_private_file(path, &format!("host={host}\nport={port}\nkey={}\n", secret.to_hex()))
+}
+
+/// Writes `text` to `path`, readable by its owner only (mode 0600), under
+/// a temporary name then renamed, so a reader never sees half of it.
+pub fn write_private_file(path: &Path, text: &str) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let tmp = path.with_extension("tmp");
     let _ = std::fs::remove_file(&tmp);
-    let text = format!("host={host}\nport={port}\nkey={}\n", secret.to_hex());
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
