@@ -20,6 +20,9 @@ use spin::Mutex;
 
 /// How often an idle CPU 0 runs its pollers at the least.
 const CONSOLE_POLL_US: u64 = 50_000;
+/// How often a busy CPU 0 runs them at the most: between slices, which
+/// can be microseconds apart (a guest and its stub domain taking turns).
+const POLL_GAP_NS: u64 = 1_000_000;
 
 /// Work CPU 0 does between slices and while idle (console input, the
 /// network stack): registered by the layers above, so the scheduler does
@@ -31,16 +34,26 @@ pub struct Poller {
     pub next_us: fn() -> Option<u64>,
 }
 
+/// Room for the pollers (console and network today).
+const MAX_POLLERS: usize = 8;
+
 static POLLERS: Mutex<alloc::vec::Vec<Poller>> = Mutex::new(alloc::vec::Vec::new());
 
 pub fn register_poller(p: Poller) {
-    POLLERS.lock().push(p);
+    let mut pollers = POLLERS.lock();
+    assert!(pollers.len() < MAX_POLLERS, "more than {MAX_POLLERS} pollers");
+    pollers.push(p);
 }
 
 fn run_pollers() -> u64 {
-    let pollers = POLLERS.lock().clone();
+    // Copied out (a poller may register another) onto the stack: this runs
+    // at every slice boundary, and a heap copy cost about 150 instructions.
+    let mut pollers = [None; MAX_POLLERS];
+    for (slot, p) in pollers.iter_mut().zip(POLLERS.lock().iter()) {
+        *slot = Some(*p);
+    }
     let mut next = CONSOLE_POLL_US;
-    for p in pollers {
+    for p in pollers.into_iter().flatten() {
         (p.poll)();
         if let Some(us) = (p.next_us)() {
             next = next.min(us.max(1));
@@ -319,12 +332,26 @@ impl SliceClock {
 pub fn run_forever() -> ! {
     let me = percpu::current_index();
     SCHED.lock().add_cpu(me);
+    // CPU 0: when the pollers last ran, and when they want to run again.
+    let (mut polled_ns, mut poll_again_us) = (0, 0);
     loop {
-        let poll_again_us = if me == 0 { run_pollers() } else { 0 };
-        let next_deadline = wake_expired(now_us());
+        let mut now = time::now_ns();
+        if me == 0 && now >= polled_ns + POLL_GAP_NS {
+            poll_again_us = run_pollers();
+            polled_ns = now;
+            now = time::now_ns();
+        }
+        // The earliest deadline is never later than the true one (it is
+        // lowered when a vCPU blocks): no scan while it has not passed.
+        let earliest_ns = EARLIEST_WAKE_NS.load(Ordering::SeqCst);
+        let next_deadline = if now >= earliest_ns {
+            wake_expired(now / 1000)
+        } else {
+            Some(earliest_ns / 1000).filter(|_| earliest_ns != u64::MAX)
+        };
         let picked = {
             let mut sched = SCHED.lock();
-            sched.pick(me, now_us()).map(|p| {
+            sched.pick(me, now / 1000).map(|p| {
                 YIELD_AT_NS[me].store(p.yield_at_us.saturating_mul(1000), Ordering::SeqCst);
                 let s = p.task.0.sched();
                 s.pcpu.store(me, Ordering::SeqCst);
@@ -345,11 +372,13 @@ pub fn run_forever() -> ! {
                 IDLE_PCPUS.fetch_or(1 << me, Ordering::SeqCst);
                 let has_work = SCHED.lock().has_work(me);
                 if !has_work {
-                    let now = now_us();
-                    let mut sleep = next_deadline.map_or(0, |d| d.saturating_sub(now).max(1));
+                    let now = time::now_ns();
+                    let mut sleep = next_deadline.map_or(0, |d| d.saturating_sub(now / 1000).max(1));
                     if me == 0 {
                         // CPU 0 runs the pollers: wake when they want it.
-                        sleep = if sleep == 0 { poll_again_us } else { sleep.min(poll_again_us) };
+                        let due = polled_ns + (poll_again_us * 1000).max(POLL_GAP_NS);
+                        let poll = due.saturating_sub(now).div_ceil(1000).max(1);
+                        sleep = if sleep == 0 { poll } else { sleep.min(poll) };
                     }
                     apic::arm_timer_us(sleep);
                     cpu::wait_for_interrupt();

@@ -147,14 +147,16 @@ impl<T: Task> Policy<T> {
     /// returns the preemption it causes, if any. A vCPU not known as
     /// blocked is queued at the floor.
     pub fn wake(&mut self, task: &T, now: u64) -> Option<Preempt> {
-        let vtime = match self.blocked.iter().position(|e| e.task.same(task)) {
-            Some(i) => self.blocked.swap_remove(i).vtime,
+        let mut e = match self.blocked.iter().position(|e| e.task.same(task)) {
+            Some(i) => self.blocked.swap_remove(i),
             None if self.queued.iter().any(|e| e.task.same(task)) || self.is_running(task) => return None,
-            None => self.floor,
+            None => Entry { task: task.clone(), vtime: self.floor, woken: false },
         };
-        let vtime = vtime.max(self.update_floor(now).saturating_sub(WAKE_CREDIT_US));
-        self.queued.push(Entry { task: task.clone(), vtime, woken: true });
-        self.place(task.affinity(), vtime, now)
+        e.vtime = e.vtime.max(self.update_floor(now).saturating_sub(WAKE_CREDIT_US));
+        e.woken = true;
+        let (affinity, vtime) = (e.task.affinity(), e.vtime);
+        self.queued.push(e);
+        self.place(affinity, vtime, now)
     }
 
     /// A queued vCPU got an interrupt: it preempts a CPU as a woken one
