@@ -3,14 +3,13 @@
  * and for one that is halted. A 2-vCPU PVH guest: the boot vCPU starts
  * vCPU 1 (INIT, SIPI to a real-mode trampoline copied to 0x8000), then
  * 50 times (20 for a spinning target, whose rounds can take a slice
- * each) reads the TSC, sends a fixed IPI to vCPU 1 and
- * spins until vCPU 1's handler, which reads the TSC first, has stored its
- * time (as an OS waits for a TLB shootdown's answer: the sender keeps its
- * CPU). Before each halted round the sender sleeps (TSC-deadline timer,
+ * each) reads the TSC, sends a fixed IPI to vCPU 1 and spins until vCPU
+ * 1's handler, which reads the TSC first, has stored its time (as an OS
+ * waits for a TLB shootdown's answer: the sender keeps its CPU). Before each halted round the sender sleeps (TSC-deadline timer,
  * halted, so a shared host CPU can run vCPU 1) until vCPU 1 has said it
  * halts, and then 200 us more, so vCPU 1 is blocked when the IPI goes.
  *
- * The halted rounds come first, while vCPU 1 has hardly run: a vCPU that
+ * The halted rounds come first, and vCPU 1 halts until then: a vCPU that
  * has had more of a shared host CPU than the sender waits its turn.
  * vCPU 1 spins with `pause`, as idle and wait loops do (under QEMU's
  * single-threaded TCG, a pause also lets the other emulated CPU run).
