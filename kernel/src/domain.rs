@@ -606,17 +606,13 @@ impl Domain {
         );
     }
 
-    fn emit_line(&self, line: &[u8]) {
-        self.end_line(line, false);
-    }
-
     fn flush_console(&self) {
         let mut d = self.devices.lock();
         self.console_out(&mut d);
         drop(d);
         let line = core::mem::take(&mut *self.console_line.lock());
         if !line.is_empty() {
-            self.emit_line(&line);
+            self.end_line(&line, false);
         }
     }
 
@@ -1419,15 +1415,6 @@ pub fn dump_vcpus(mut out: impl FnMut(&str)) {
             ));
         }
     }
-}
-
-/// Pauses (or unpauses) domain `id`; false if there is no such domain.
-pub fn set_paused(id: u32, paused: bool) -> bool {
-    let Some(d) = DOMAINS.lock().iter().find(|d| d.id == id).cloned() else {
-        return false;
-    };
-    d.set_paused(paused);
-    true
 }
 
 /// Number of domains still alive.

@@ -68,13 +68,12 @@ pub fn request_stop(reboot: bool, why: &str) {
     }
 }
 
-/// Live domains other than dom0 and stub domains (which stop with their guests).
 fn domus() -> alloc::vec::Vec<u32> {
-    domain::summaries().into_iter().filter(|d| !domain::is_privileged(d.id) && !domain::is_stub(d.id)).map(|d| d.id).collect()
+    domain::dom0_and_domus().1
 }
 
 fn dom0() -> Option<u32> {
-    domain::summaries().into_iter().map(|d| d.id).find(|&id| domain::is_privileged(id))
+    domain::dom0_and_domus().0
 }
 
 fn poll() {

@@ -328,7 +328,7 @@ pub fn debug_key(key: u8) {
             info!("Ctrl-a three times switches console input to the next domain");
         }
         b'p' | b'u' if id == NO_ID => info!("type the domain id first, e.g. '1{}'", key as char),
-        b'p' | b'u' if !domain::set_paused(id, key == b'p') => info!("no domain {}", id),
+        b'p' | b'u' if domain::set_paused_by_id(id, key == b'p').is_err() => info!("no domain {}", id),
         b'p' | b'u' => {}
         b'n' if id == NO_ID => info!("type the domain id first, e.g. '1n'"),
         b'n' => match domain::press_nmi_button(id) {

@@ -252,7 +252,7 @@ fn serve(request: Request, state: &mut ConnState) -> Option<Response> {
             Response::Log(String::from_utf8_lossy(&text).into_owned())
         }
         Request::Destroy(dom) => with_dom(&dom, &|id| {
-            if id == 0 && is_privileged(id) {
+            if id == 0 && domain::is_privileged(id) {
                 return Err(AdminError::Refused(String::from("dom0 cannot be destroyed; shut the host down instead (xl shutdown -a, then dom0)")));
             }
             domain::destroy(id)
@@ -325,10 +325,6 @@ fn serve(request: Request, state: &mut ConnState) -> Option<Response> {
             Response::Ok
         }
     })
-}
-
-fn is_privileged(id: u32) -> bool {
-    domain::is_privileged(id)
 }
 
 fn domain_list() -> Vec<DomainInfo> {

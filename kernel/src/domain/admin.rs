@@ -230,7 +230,11 @@ pub fn is_privileged(id: u32) -> bool {
     get(id).is_some_and(|d| d.spec.privileged)
 }
 
-/// Whether the domain is a stub domain (it stops with its guest).
-pub fn is_stub(id: u32) -> bool {
-    get(id).is_some_and(|d| matches!(d.role, Role::Stub(_)))
+/// dom0's id, and the ids of the other domains that are not stub domains
+/// (a stub stops with its guest), in one look at the domain list.
+pub fn dom0_and_domus() -> (Option<u32>, Vec<u32>) {
+    let doms = DOMAINS.lock();
+    let dom0 = doms.iter().find(|d| d.spec.privileged).map(|d| d.id);
+    let domus = doms.iter().filter(|d| !d.spec.privileged && !matches!(d.role, Role::Stub(_))).map(|d| d.id).collect();
+    (dom0, domus)
 }
