@@ -22,7 +22,7 @@ use crate::mm::blob::{Blob, FrameBuffer};
 use alloc::sync::Arc;
 use ferrite_mgmt::{
     AuthThrottle, DomRef, DomainInfo, DomainState, ErrorCode, ErrorReply, FileHasher, FileMeta, HostInfo, Request, Response, Secret,
-    ServerSession, Upload, UptimeInfo, VcpuInfo, VcpuState,
+    ServerSession, Trigger, Upload, UptimeInfo, VcpuInfo, VcpuState,
 };
 use log::{info, warn};
 use smoltcp::iface::{SocketHandle, SocketSet};
@@ -261,10 +261,18 @@ fn serve(request: Request, state: &mut ConnState) -> Option<Response> {
         Request::Reboot(dom) => match resolve(&dom) {
             Ok(_) => error(
                 ErrorCode::Unsupported,
-                "Ferrite cannot ask a guest to reboot yet (there is no reset button to press); reboot it from inside, or shut it down and create it again",
+                "the guest has no PV control interface to ask it to reboot; `xl reboot -F` presses its reset button instead (unsaved data is lost), or reboot it from inside",
             ),
             Err(e) => e,
         },
+        Request::Trigger { dom, trigger, vcpu } => with_dom(&dom, &|id| match trigger {
+            Trigger::Nmi => domain::inject_nmi(id, vcpu),
+            Trigger::Power => domain::press_power_button(id),
+            Trigger::Reset if domain::is_privileged(id) => {
+                Err(AdminError::Refused(String::from("dom0 cannot be reset from here; reboot the host from dom0")))
+            }
+            Trigger::Reset => domain::press_reset_button(id),
+        }),
         Request::Pause(dom) => with_dom(&dom, &|id| domain::set_paused_by_id(id, true)),
         Request::Unpause(dom) => with_dom(&dom, &|id| domain::set_paused_by_id(id, false)),
         Request::VcpuList(dom) => {

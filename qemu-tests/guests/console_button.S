@@ -2,7 +2,8 @@
  * "console_button ready", then echoes every line typed on its console as
  * "echo: <line>", and powers off when its ACPI power button is pressed
  * (PM1 status PWRBTN_STS, polled every millisecond), saying
- * "power button pressed" first. */
+ * "power button pressed" first. An NMI (`xl trigger <dom> nmi`) is
+ * reported as "nmi <count> received". */
         .include "pvh.inc"
 
         .set COM1_LSR_DR,   0x01
@@ -13,10 +14,15 @@
         .text
 _start:
         ENTER
+        FLAT_TABLES
+        GATE    2, nmi_handler
         movl    $msg_ready, %esi
         call    puts
         xorl    %edi, %edi                  /* bytes in `line` */
 poll:
+        movl    nmi_count, %eax
+        cmpl    nmi_reported, %eax
+        jne     report_nmi
         movw    $PM1A_STS, %dx
         inw     %dx, %ax
         testw   $PWRBTN_STS, %ax
@@ -52,6 +58,18 @@ end_line:
         call    putc
         xorl    %edi, %edi
         jmp     poll
+report_nmi:
+        movl    %eax, nmi_reported
+        movl    $msg_nmi, %esi
+        call    puts
+        call    putdec
+        movl    $msg_received, %esi
+        call    puts
+        jmp     poll
+/* Counts only: printing here could cut into a line being printed. */
+nmi_handler:
+        lock incl nmi_count
+        iret
 pressed:
         /* Write-1-to-clear, as an OS acknowledges the event. */
         movw    $PWRBTN_STS, %ax
@@ -64,6 +82,11 @@ pressed:
 msg_ready:   .asciz "console_button ready\n"
 msg_echo:    .asciz "echo: "
 msg_pressed: .asciz "power button pressed\n"
+msg_nmi:     .asciz "nmi "
+msg_received: .asciz " received\n"
 
         .data
+        .balign 4
+nmi_count:    .long 0
+nmi_reported: .long 0
 line:   .space  LINE_MAX + 1

@@ -83,6 +83,40 @@ fn nmi_ipis_arrive_and_do_not_nest() {
     vm.expect_success();
 }
 
+/// An NMI whose IDT entry is a task gate switches tasks: the handler task
+/// runs with the interrupted task in its back link and NT set, its IRET
+/// returns to that task, and a second NMI sent from inside it waits for
+/// that IRET (`guests/nmi_task_gate.S`, 32-bit protected mode, where task
+/// gates exist).
+#[test]
+fn nmis_through_a_task_gate_switch_tasks() {
+    let name = "nmis_through_a_task_gate_switch_tasks";
+    let dir = test_dir(name);
+    let q = base_qemu()
+        .kernel(&images().multiboot)
+        .append(BASE_CMDLINE)
+        .module(pvh_config_module(&dir, "nmitask", "nmi_task_gate", 16))
+        .module(guest_module("nmi_task_gate", &dir));
+    let mut vm = Vm::start(name, &dir, q);
+    vm.expect_lines(&[
+        r"^\(nmitask\) nmi-task: 2 delivered through the task gate, none nested$",
+        r"domain \d+ \(nmitask\) powered off",
+    ]);
+    vm.expect_success();
+}
+
+/// The same guest on bare QEMU passes too, so the check describes the CPU.
+#[test]
+fn nmi_task_gate_checks_hold_on_bare_qemu() {
+    let name = "nmi_task_gate_checks_hold_on_bare_qemu";
+    let dir = test_dir(name);
+    let guest = guest_module("nmi_task_gate", &dir);
+    let q = base_qemu().cpu("qemu64").kernel(&guest.path);
+    let mut vm = Vm::start(name, &dir, q);
+    vm.expect_lines(&[r"^nmi-task: 2 delivered through the task gate, none nested$"]);
+    vm.kill();
+}
+
 /// A halted vCPU's timer interrupt arrives promptly while another
 /// domain's vCPU keeps the only host CPU busy (`guests/timer_latency.S`
 /// beside `guests/spin.S`): the woken vCPU preempts the spinner instead of

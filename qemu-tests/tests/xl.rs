@@ -101,7 +101,7 @@ fn boot_with_link_for(name: &str, dir: &std::path::Path, modules: Vec<ferrite_to
 
 /// The developer's loop from the host: `list`, `info`, `dmesg`,
 /// `vcpu-list`, `pause`/`unpause`, `console` (output seen, input typed,
-/// Ctrl-] detaches), then `shutdown -w` presses the guest's power button
+/// Ctrl-] detaches), `trigger nmi`, `reboot -F`, then `shutdown -w` presses the guest's power button
 /// and waits until it is gone. Unknown domains get one clear error.
 #[test]
 fn xl_manages_a_running_pvh_domain_from_the_host() {
@@ -157,6 +157,21 @@ fn xl_manages_a_running_pvh_domain_from_the_host() {
     let (_, err, ok) = console.join().unwrap();
     assert!(ok, "xl console did not detach cleanly: {err}");
     vm.wait_for(r"^\(guest\) echo: hello ferrite$", Duration::from_secs(10));
+
+    // Triggers: an NMI into vCPU 0 (the guest counts it), none into a
+    // vCPU it lacks; `reboot` without a PV control interface needs -F,
+    // which presses the reset button, and `on_reboot` restarts it.
+    let (_, err, ok) = xl(&target, &["trigger", "guest", "nmi"]);
+    assert!(ok, "xl trigger nmi: {err}");
+    vm.wait_for(r"^\(guest\) nmi 1 received$", Duration::from_secs(60));
+    let (_, err, ok) = xl(&target, &["trigger", "guest", "nmi", "3"]);
+    assert!(!ok && err.contains("no vCPU 3"), "an NMI to a missing vCPU must be refused: {err}");
+    let (_, err, ok) = xl(&target, &["reboot", "guest"]);
+    assert!(!ok && err.contains("reboot -F"), "xl reboot without -F must point to it: {err}");
+    let (_, err, ok) = xl(&target, &["reboot", "-F", "guest"]);
+    assert!(ok, "xl reboot -F: {err}");
+    vm.expect_lines(&[r"domain \d+ \(guest\) rebooting", r"domain \d+ \(guest\) restarted as domain \d+"]);
+    vm.wait_for(r"^\(guest\) console_button ready$", Duration::from_secs(120));
 
     let (_, err, ok) = xl(&target, &["shutdown", "-w", "guest"]);
     assert!(ok, "xl shutdown -w: {err}");

@@ -23,7 +23,7 @@ mod tests;
 
 use anyhow::{anyhow, bail, Context, Result};
 use client::Client;
-use ferrite_mgmt::{DomRef, DomainInfo, Request, Response};
+use ferrite_mgmt::{DomRef, DomainInfo, Request, Response, Trigger};
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -57,7 +57,13 @@ SUBCOMMANDS (as in xl; DOM is a domain name or id):
     console DOM                     attach the domain's console; Ctrl-] detaches
     shutdown [-w] [-a] [DOM]        ask DOM (-a: every domain but dom0) to power
                                     off (-w: wait up to 60 s until it is gone)
-    reboot DOM                      ask DOM to reboot
+    reboot [-F] DOM                 ask DOM to reboot; Ferrite's guests have no PV
+                                    control interface, so this needs -F: press
+                                    DOM's reset button (as xl does for HVM guests
+                                    without PV drivers; unsaved data is lost)
+    trigger DOM nmi|reset|power [VCPU]
+                                    nmi: an NMI into VCPU (default 0); reset: the
+                                    reset button; power: the ACPI power button
     destroy DOM                     stop DOM at once
     pause DOM / unpause DOM
     vcpu-list [DOM...]              vCPUs, where they run and their affinity
@@ -80,7 +86,8 @@ pub enum XlCmd {
     Dmesg { clear: bool },
     Destroy(DomRef),
     Shutdown { wait: bool, all: bool, dom: Option<DomRef> },
-    Reboot(DomRef),
+    Reboot { force: bool, dom: DomRef },
+    Trigger { dom: DomRef, trigger: Trigger, vcpu: u32 },
     Pause(DomRef),
     Unpause(DomRef),
     VcpuList(Vec<DomRef>),
@@ -173,13 +180,33 @@ pub fn parse_args(args: &[String]) -> Result<XlArgs> {
             count(sub, &rest, 0, 0, "no arguments besides -c")?;
             XlCmd::Dmesg { clear: f.contains(&'c') }
         }
-        "destroy" | "reboot" | "pause" | "unpause" | "console" => {
+        "reboot" => {
+            let (f, rest) = flags(sub, args, &[('F', "fallback")])?;
+            count(sub, &rest, 1, 1, "one domain")?;
+            XlCmd::Reboot { force: f.contains(&'F'), dom: dom(&rest[0]) }
+        }
+        "trigger" => {
+            let (_, rest) = flags(sub, args, &[])?;
+            count(sub, &rest, 2, 3, "DOM nmi|reset|power [VCPU]")?;
+            let trigger = match rest[1].as_str() {
+                "nmi" => Trigger::Nmi,
+                "reset" => Trigger::Reset,
+                "power" => Trigger::Power,
+                "init" | "sleep" | "s3resume" => bail!("xl trigger: Ferrite has no {} trigger (nmi, reset and power work)", rest[1]),
+                other => bail!("xl trigger: invalid trigger {other:?} (nmi, reset or power)"),
+            };
+            let vcpu = match rest.get(2) {
+                None => 0,
+                Some(v) => v.parse().map_err(|_| anyhow!("xl trigger: invalid argument {v:?} as VCPU"))?,
+            };
+            XlCmd::Trigger { dom: dom(&rest[0]), trigger, vcpu }
+        }
+        "destroy" | "pause" | "unpause" | "console" => {
             let (_, rest) = flags(sub, args, &[])?;
             count(sub, &rest, 1, 1, "one domain")?;
             let d = dom(&rest[0]);
             match sub {
                 "destroy" => XlCmd::Destroy(d),
-                "reboot" => XlCmd::Reboot(d),
                 "pause" => XlCmd::Pause(d),
                 "unpause" => XlCmd::Unpause(d),
                 _ => XlCmd::Console(d),
@@ -324,7 +351,9 @@ pub fn run(cmd: XlCmd, target: &Target, io: &mut Io<'_>) -> Result<()> {
             other => return Err(client.unexpected(&other)),
         },
         XlCmd::Destroy(d) => client.call_ok(&Request::Destroy(d))?,
-        XlCmd::Reboot(d) => client.call_ok(&Request::Reboot(d))?,
+        XlCmd::Reboot { force: false, dom } => client.call_ok(&Request::Reboot(dom))?,
+        XlCmd::Reboot { force: true, dom } => client.call_ok(&Request::Trigger { dom, trigger: Trigger::Reset, vcpu: 0 })?,
+        XlCmd::Trigger { dom, trigger, vcpu } => client.call_ok(&Request::Trigger { dom, trigger, vcpu })?,
         XlCmd::Pause(d) => client.call_ok(&Request::Pause(d))?,
         XlCmd::Unpause(d) => client.call_ok(&Request::Unpause(d))?,
         XlCmd::Shutdown { wait, all, dom } => shutdown(&mut client, wait, all, dom, io)?,

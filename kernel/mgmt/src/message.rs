@@ -182,6 +182,22 @@ pub enum Request {
     ConsoleInput(Vec<u8>),
     /// → `Ok`.
     ConsoleDetach,
+    /// `xl trigger`: an event from the virtual platform's outside, on
+    /// vCPU `vcpu` where the kind targets one. → `Ok`.
+    Trigger { dom: DomRef, trigger: Trigger, vcpu: u32 },
+}
+
+/// What `xl trigger` sends (xl's names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Trigger {
+    /// An NMI injected into one vCPU, whatever its local APIC's LINT1 says
+    /// (as Xen does; for a hung guest's NMI watchdog or crash dump).
+    Nmi,
+    /// The reset button: the domain stops at once and follows its
+    /// `on_reboot` action, as when the guest resets itself.
+    Reset,
+    /// The ACPI power button (what `xl shutdown` presses).
+    Power,
 }
 
 /// Server → client.

@@ -36,6 +36,7 @@ pub(crate) fn all_requests() -> Vec<Request> {
         Request::ConsoleAttach(DomRef::Id(1)),
         Request::ConsoleInput(b"ls\r".to_vec()),
         Request::ConsoleDetach,
+        Request::Trigger { dom: dom(), trigger: Trigger::Nmi, vcpu: 1 },
     ]
 }
 
@@ -172,7 +173,7 @@ fn wire_layout_is_stable() {
     // REQUEST_VARIANTS follows the enum: the last variant has index N-1.
     let last = all_requests().pop().unwrap();
     let frame = encode_frame(&ClientMessage::Request(last)).unwrap();
-    assert_eq!(&frame[HEADER_LEN..], &[2, REQUEST_VARIANTS as u8 - 1]);
+    assert_eq!(&frame[HEADER_LEN..HEADER_LEN + 2], &[2, REQUEST_VARIANTS as u8 - 1]);
     assert_eq!(all_requests().len(), REQUEST_VARIANTS as usize);
     // An error code from a newer peer still decodes.
     assert_eq!(decode::<ErrorCode>(&[99]).unwrap(), ErrorCode::Unknown);

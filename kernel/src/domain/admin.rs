@@ -3,8 +3,9 @@
 //! snapshots and actions, in the hypervisor's own terms; the protocol's
 //! types are the management service's business.
 
-use super::{Domain, DomainState, Role, Vcpu, DOMAINS};
+use super::{Domain, DomainState, Role, Vcpu, VcpuEvent, DOMAINS};
 use crate::sched::Runnable;
+use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -174,6 +175,31 @@ pub fn press_nmi_button(id: u32) -> Result<NmiButton, AdminError> {
         }
     }
     Ok(seen)
+}
+
+/// Injects an NMI into vCPU `vcpu` directly, whatever its local APIC's
+/// LINT1 entry says (`xl trigger <dom> nmi [vcpu]`, as Xen does it).
+pub fn inject_nmi(id: u32, vcpu: u32) -> Result<(), AdminError> {
+    let d = get(id).ok_or(AdminError::NoSuchDomain)?;
+    if let Role::Stub(_) = d.role {
+        return Err(AdminError::Refused(String::from("a stub domain takes no NMIs")));
+    }
+    let target = d.vcpus.lock().get(vcpu as usize).cloned();
+    let v = target.ok_or_else(|| AdminError::Refused(format!("the domain has no vCPU {vcpu}")))?;
+    v.post(VcpuEvent::Nmi);
+    Ok(())
+}
+
+/// Presses the domain's reset button (`xl trigger <dom> reset`, `xl reboot
+/// -F`): it stops at once, without asking the guest, and follows its
+/// `on_reboot` action as if the guest had reset itself.
+pub fn press_reset_button(id: u32) -> Result<(), AdminError> {
+    let d = get(id).ok_or(AdminError::NoSuchDomain)?;
+    if let Role::Stub(_) = d.role {
+        return Err(AdminError::Refused(String::from("a stub domain restarts with its guest; reset the guest instead")));
+    }
+    d.shut_down(DomainState::Rebooting);
+    Ok(())
 }
 
 /// Sets the hard affinity of one vCPU, or all of them (`xl vcpu-pin`).

@@ -209,7 +209,7 @@ fn handle(st: &mut FakeState, request: Request, pending: &mut Option<PendingCrea
             }
             Err(e) => vec![Response::Error(e)],
         },
-        Request::Reboot(d) | Request::Pause(d) | Request::Unpause(d) => match st.find(&d) {
+        Request::Reboot(d) | Request::Pause(d) | Request::Unpause(d) | Request::Trigger { dom: d, .. } => match st.find(&d) {
             Ok(_) => ok,
             Err(e) => vec![Response::Error(e)],
         },

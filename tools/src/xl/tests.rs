@@ -93,8 +93,19 @@ fn parses_xl_arguments() {
         cmd(&["vcpu-list", "a", "b"]).unwrap(),
         XlCmd::VcpuList(vec![DomRef::Name("a".into()), DomRef::Name("b".into())])
     );
+    assert_eq!(cmd(&["reboot", "-F", "web"]).unwrap(), XlCmd::Reboot { force: true, dom: DomRef::Name("web".into()) });
+    assert_eq!(cmd(&["reboot", "2"]).unwrap(), XlCmd::Reboot { force: false, dom: DomRef::Id(2) });
+    assert_eq!(
+        cmd(&["trigger", "web", "nmi", "1"]).unwrap(),
+        XlCmd::Trigger { dom: DomRef::Name("web".into()), trigger: Trigger::Nmi, vcpu: 1 }
+    );
+    assert_eq!(cmd(&["trigger", "3", "reset"]).unwrap(), XlCmd::Trigger { dom: DomRef::Id(3), trigger: Trigger::Reset, vcpu: 0 });
     for bad in [
         &["frob"][..],
+        &["reboot"],
+        &["trigger", "web"],
+        &["trigger", "web", "sleep"],
+        &["trigger", "web", "nmi", "x"],
         &["destroy"],
         &["destroy", "a", "b"],
         &["list", "-x"],
