@@ -27,6 +27,7 @@
 //! | [`port92`] | System Control Port A (fast A20, fast reset) |
 //! | [`fw_cfg`] | QEMU firmware configuration (I/O ports + DMA), Linux direct boot, ACPI linker/loader |
 //! | [`ide`] | PIIX4 IDE: two ATA channels, PIO and bus-master DMA |
+//! | [`virtio`] | virtio-mmio v2 transport, split virtqueue, virtio-blk (PVH disks) |
 
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
@@ -48,6 +49,7 @@ pub mod pit;
 pub mod port92;
 pub mod rtc;
 pub mod uart16550;
+pub mod virtio;
 
 pub use clock::{Clock, WallClock};
 
