@@ -53,8 +53,9 @@ pub enum DomainState {
 /// How a domain boots.
 #[derive(Clone)]
 pub enum Boot {
-    /// A kernel entered directly (PVH note or bzImage 64-bit protocol).
-    Pvh { kernel: Blob, initrd: Option<Blob>, cmdline: String },
+    /// A kernel entered directly (PVH note or bzImage 64-bit protocol),
+    /// with virtio-blk disks.
+    Pvh { kernel: Blob, initrd: Option<Blob>, cmdline: String, disks: Vec<crate::vdisk::DiskConfig> },
     /// Firmware from the reset vector, devices from a stub domain.
     Hvm(HvmBoot),
     /// A stub domain (built together with its guest, never on its own).
@@ -92,6 +93,8 @@ pub struct Domain {
     pub(crate) vcpus: Mutex<Vec<Arc<Vcpu>>>,
     pub(crate) devices: Mutex<Devices>,
     pub(crate) role: Role,
+    /// PVH: virtio-blk disks (`vdisk`), slot i at virtio-mmio window i.
+    pub(crate) vdisks: Vec<Arc<crate::vdisk::VirtioDisk>>,
     /// HVM: the PIC's INTR output as of its last change, so vCPU 0 can
     /// check it on every entry without taking the device lock.
     pic_output: core::sync::atomic::AtomicBool,
@@ -257,16 +260,24 @@ impl Domain {
     /// Builds a PVH domain from `spec`: memory, kernel, vCPUs. vCPU 0 starts
     /// at the PVH entry; the others wait for INIT/SIPI from the guest.
     fn create_pvh(spec: DomainSpec, caps: Capabilities) -> Result<Arc<Domain>, String> {
-        let Boot::Pvh { kernel, initrd, cmdline } = &spec.boot else {
+        let Boot::Pvh { kernel, initrd, cmdline, disks } = &spec.boot else {
             return Err(format!("{}: not a PVH domain", spec.name));
         };
+        let disks = disks.clone();
+        let vdisks = crate::vdisk::build(&disks).map_err(|e| format!("{}: {}", spec.name, e))?;
+        let wanted: Vec<(String, bool)> = disks.iter().map(|d| (d.target.clone(), !d.read_only)).collect();
+        crate::hvm::check_disk_sharing(&spec.name, &wanted, None)?;
         // Owned: the load plan borrows it, and `spec` moves into the domain.
         let cmdline = String::from(cmdline.as_str());
         check_memory(&spec.name, spec.memory_bytes)?;
         let mem = GuestMemory::new(spec.memory_bytes).map_err(|e: GuestMemError| format!("{}: {}", spec.name, e))?;
+        let mut layout = platform::guest_layout();
+        for d in &vdisks {
+            layout.virtio_mmio[d.slot()] = true;
+        }
         let opts = ferrite_loader::layout::LoadOptions {
             start_info_flags: if spec.privileged { 0b11 } else { 0 },
-            platform: platform::guest_layout(),
+            platform: layout,
         };
         let plan = ferrite_loader::layout::load_with_options(kernel, initrd.as_deref(), &cmdline, &mut LoaderMemory(&mem), spec.vcpus, &opts)
             .map_err(|e| format!("{}: cannot load the kernel: {}", spec.name, e))?;
@@ -289,7 +300,15 @@ impl Domain {
         };
         let devices = Devices::new_pvh(plan.platform);
         let kind = plan.kind;
-        let domain = Self::build(spec, mem, devices, Role::Pvh, entry, caps)?;
+        let domain = Self::build(spec, mem, devices, Role::Pvh, vdisks, entry, caps)?;
+        if let Err(e) = crate::hvm::check_disk_sharing(&domain.name, &wanted, Some(domain.id)) {
+            domain.shut_down(DomainState::Crashed(e.clone()));
+            return Err(e);
+        }
+        for d in &domain.vdisks {
+            let d = &disks[d.slot()];
+            info!("domain {} ({}): disk {} is host disk {} ({}), virtio-blk", domain.id, domain.name, d.vdev, d.target, if d.read_only { "r" } else { "w" });
+        }
         info!(
             "domain {} ({}): {} MiB, {} vCPUs, {:?} kernel entry {:#x}, cmdline \"{}\"",
             domain.id,
@@ -307,7 +326,16 @@ impl Domain {
     /// The common part of building a domain: intercepts, vCPUs (vCPU 0 in
     /// `entry`, the others waiting for INIT/SIPI), the domain list. It
     /// does not run until `start`.
-    pub(crate) fn build(spec: DomainSpec, mem: GuestMemory, devices: Devices, role: Role, entry: EntryState, caps: Capabilities) -> Result<Arc<Domain>, String> {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn build(
+        spec: DomainSpec,
+        mem: GuestMemory,
+        devices: Devices,
+        role: Role,
+        vdisks: Vec<Arc<crate::vdisk::VirtioDisk>>,
+        entry: EntryState,
+        caps: Capabilities,
+    ) -> Result<Arc<Domain>, String> {
         let intercepts = crate::mm::alloc_intercept_maps().ok_or_else(|| format!("{}: out of memory", spec.name))?;
         if let Some(port) = platform::host_pm_timer_port() {
             // The host's PM timer, read directly (`platform::guest_layout`).
@@ -328,6 +356,7 @@ impl Domain {
             vcpus: Mutex::new(Vec::new()),
             devices: Mutex::new(devices),
             role,
+            vdisks,
             pic_output: core::sync::atomic::AtomicBool::new(false),
             ports,
             tsc_offset: core::sync::atomic::AtomicU64::new(0u64.wrapping_sub(crate::arch::cpu::rdtsc())),
@@ -664,6 +693,29 @@ impl Domain {
         for (i, ev) in events {
             vcpus[i].post(ev);
         }
+    }
+}
+
+impl crate::vdisk::DiskHost for Domain {
+    fn memory(&self) -> &GuestMemory {
+        &self.mem
+    }
+
+    fn set_gsi(&self, gsi: u8, level: bool) {
+        if !self.running.load(Ordering::SeqCst) {
+            return; // a request finishing after its domain stopped
+        }
+        let mut fx = Effects::default();
+        let mut devices = self.devices.lock();
+        devices.set_gsi(gsi, level, &mut fx);
+        if let Some(state) = self.apply(fx, &mut devices) {
+            drop(devices);
+            self.shut_down(state);
+        }
+    }
+
+    fn name(&self) -> &str {
+        &self.name
     }
 }
 
@@ -1053,6 +1105,7 @@ impl Platform for VcpuPlatform<'_> {
     fn is_mmio(&mut self, gpa: u64) -> bool {
         self.lapic_page(gpa).is_some()
             || (platform::IOAPIC_BASE..platform::IOAPIC_BASE + 0x1000).contains(&gpa)
+            || crate::vdisk::at(&self.domain.vdisks, gpa).is_some()
             // HVM: everything that is not RAM is some device's (or ROM).
             || (matches!(self.domain.role, Role::Hvm { .. }) && !self.domain.mem.contains(gpa, 1))
     }
@@ -1060,6 +1113,9 @@ impl Platform for VcpuPlatform<'_> {
     fn mmio_read(&mut self, gpa: u64, size: u8) -> u64 {
         if let Some(off) = self.lapic_page(gpa) {
             return self.vcpu.lapic.lock().read_mmio(off, size, &HostClock);
+        }
+        if let Some((disk, off)) = crate::vdisk::at(&self.domain.vdisks, gpa) {
+            return disk.mmio_read(off, size);
         }
         if !(platform::IOAPIC_BASE..platform::IOAPIC_BASE + 0x1000).contains(&gpa) {
             return self.remote_mmio(gpa, size, false, 0);
@@ -1072,6 +1128,13 @@ impl Platform for VcpuPlatform<'_> {
         if let Some(off) = self.lapic_page(gpa) {
             let effect = self.write_lapic(|l| l.write_mmio(off, size, value, &HostClock));
             self.lapic_effect(effect);
+            return;
+        }
+        if let Some((disk, off)) = crate::vdisk::at(&self.domain.vdisks, gpa) {
+            if let Some(domain) = self.vcpu.domain.upgrade() {
+                let host: Arc<dyn crate::vdisk::DiskHost> = domain;
+                disk.mmio_write(&host, off, size, value);
+            }
             return;
         }
         if !(platform::IOAPIC_BASE..platform::IOAPIC_BASE + 0x1000).contains(&gpa) {

@@ -105,7 +105,7 @@ pub fn create(spec: DomainSpec, caps: Capabilities) -> Result<Arc<Domain>, Strin
     let devices = Devices::new_hvm(layout, below_4g, above_4g, spec.vcpus);
     let ioreq = Arc::new(IoreqServer::new().ok_or_else(|| format!("{}: out of memory", name))?);
     let role = Role::Hvm { ioreq: ioreq.clone(), stub: Mutex::new(alloc::sync::Weak::new()) };
-    let guest = Domain::build(spec, mem, devices, role, reset_vector(), caps)?;
+    let guest = Domain::build(spec, mem, devices, role, Vec::new(), reset_vector(), caps)?;
     if let Err(e) = check_disk_sharing(&name, &wanted, Some(guest.id)) {
         guest.shut_down(crate::domain::DomainState::Crashed(e.clone()));
         return Err(e);
@@ -146,7 +146,7 @@ static DISK_CLAIMS: Mutex<Vec<DiskClaim>> = Mutex::new(Vec::new());
 /// as Xen's hotplug scripts, so two guests never see each other's data
 /// change under them). With `owner`, the disks are then claimed for it,
 /// under the same lock as the check.
-fn check_disk_sharing(name: &str, wanted: &[(String, bool)], owner: Option<u32>) -> Result<(), String> {
+pub(crate) fn check_disk_sharing(name: &str, wanted: &[(String, bool)], owner: Option<u32>) -> Result<(), String> {
     let mut claims = DISK_CLAIMS.lock();
     for (target, writable) in wanted {
         if let Some(c) = disk_sharing_conflict(&claims, target, *writable) {
@@ -278,5 +278,5 @@ fn create_stub(
     };
     let backends = StubBackends { guest: guest.clone(), ioreq, disks, data };
     let devices = Devices::new_pvh(layout);
-    Domain::build(spec, mem, devices, Role::Stub(backends), stub_entry(entry.rip, entry.cr3, entry.rdi), caps)
+    Domain::build(spec, mem, devices, Role::Stub(backends), Vec::new(), stub_entry(entry.rip, entry.cr3, entry.rdi), caps)
 }

@@ -172,7 +172,7 @@ pub fn start_boot_domains(boot: &BootInfo, opts: &Options, caps: virt::Capabilit
             name: String::from("dom0"),
             memory_bytes,
             vcpus,
-            boot: Boot::Pvh { kernel, initrd, cmdline },
+            boot: Boot::Pvh { kernel, initrd, cmdline, disks: Vec::new() },
             affinity,
             privileged: true,
             // As in Xen, dom0's poweroff or reboot is the host's (`host`).
@@ -208,7 +208,25 @@ fn pvh_boot(cfg: &ferrite_config::DomainConfig, files: &dyn Files) -> Result<Boo
     let kernel_file = cfg.kernel.as_deref().ok_or("no kernel given")?;
     let kernel = files.get(kernel_file, "kernel")?;
     let initrd = cfg.ramdisk.as_deref().map(|f| files.get(f, "ramdisk")).transpose()?;
-    Ok(Boot::Pvh { kernel, initrd, cmdline: cfg.cmdline.clone().unwrap_or_default() })
+    Ok(Boot::Pvh { kernel, initrd, cmdline: cfg.cmdline.clone().unwrap_or_default(), disks: pvh_disks(cfg)? })
+}
+
+/// A PVH domain's disks: `phy:` host disks as virtio-blk (`xvdX`, `sdX`
+/// or `hdX` names alike; the guest names them itself, `vdX` in Linux).
+fn pvh_disks(cfg: &ferrite_config::DomainConfig) -> Result<Vec<crate::vdisk::DiskConfig>, String> {
+    use ferrite_config::{Access, DevType, DiskKind};
+    let mut disks = Vec::new();
+    for d in &cfg.disks {
+        if d.devtype == DevType::Cdrom {
+            return Err(format!("disk {}: PVH domains have no CD-ROMs", d.vdev.name));
+        }
+        if d.kind == DiskKind::File {
+            return Err(format!("disk {}: file: images are not served yet; give a host disk as phy:NAME", d.vdev.name));
+        }
+        let target = d.target.clone().ok_or_else(|| format!("disk {}: no target", d.vdev.name))?;
+        disks.push(crate::vdisk::DiskConfig { target, vdev: d.vdev.name.clone(), read_only: d.access == Access::ReadOnly });
+    }
+    Ok(disks)
 }
 
 /// An HVM domain's firmware, disks and optional direct-boot kernel. The

@@ -30,6 +30,7 @@ mod sched;
 mod selftest;
 mod stubdom;
 mod vcpu;
+mod vdisk;
 mod virt;
 
 use alloc::vec::Vec;
@@ -261,6 +262,15 @@ pub extern "C" fn kmain(magic: u32, info_paddr: u32, entry: u32) -> ! {
     let pci_config = drivers::pci::ConfigAccess::new(&platform.ecam);
     let pci_functions = drivers::host_pci_functions(&pci_config);
     drivers::virtio_blk::init(pci_config, &pci_functions);
+    // PVH disks' requests complete when a host disk is polled: by idle
+    // CPUs while any is in flight, and by CPU 0 between slices.
+    sched::register_idle_work(drivers::virtio_blk::poll_all);
+    sched::register_poller(sched::Poller {
+        poll: || {
+            drivers::virtio_blk::poll_all();
+        },
+        next_us: || None,
+    });
     sched::register_poller(sched::Poller { poll: console::poll_input, next_us: || None });
     if let Some(key) = key_module(&boot) {
         opts.mgmt.key = Some(key);

@@ -249,6 +249,16 @@ impl Devices {
         fx.deliveries.extend(self.ioapic.set_irq(gsi, level));
     }
 
+    /// Drives I/O APIC pin `gsi` (16-23: PCI-style and virtio-mmio lines,
+    /// not on the PIC) to `level`.
+    pub fn set_gsi(&mut self, gsi: u8, level: bool, fx: &mut Effects) {
+        if gsi < 16 {
+            self.set_isa_irq(gsi, level, fx);
+        } else if gsi <= 23 {
+            fx.deliveries.extend(self.ioapic.set_irq(gsi, level));
+        }
+    }
+
     /// Whether the PIC asks the CPU for an interrupt (HVM).
     pub fn pic_pending(&self) -> bool {
         self.pic.as_ref().is_some_and(|p| p.has_interrupt())

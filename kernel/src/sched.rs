@@ -45,6 +45,24 @@ pub fn register_poller(p: Poller) {
     pollers.push(p);
 }
 
+/// Work an idle pCPU does instead of halting while it reports more to
+/// come (completions of asynchronous disk requests: the host's devices are
+/// polled). Registered by the layers above.
+static IDLE_WORK: spin::RwLock<alloc::vec::Vec<fn() -> bool>> = spin::RwLock::new(alloc::vec::Vec::new());
+
+pub fn register_idle_work(work: fn() -> bool) {
+    IDLE_WORK.write().push(work);
+}
+
+/// Runs the idle work; true while some of it is outstanding.
+fn run_idle_work() -> bool {
+    let mut outstanding = false;
+    for work in IDLE_WORK.read().iter() {
+        outstanding |= work();
+    }
+    outstanding
+}
+
 fn run_pollers() -> u64 {
     // Copied out (a poller may register another) onto the stack: this runs
     // at every slice boundary, and a heap copy cost about 150 instructions.
@@ -369,6 +387,12 @@ pub fn run_forever() -> ! {
             }
             None => {
                 // Nothing to run: sleep until the earliest guest timer or a kick.
+                if run_idle_work() {
+                    // Polling for completions: look for a vCPU to run
+                    // again at once (a completion may have woken one).
+                    core::hint::spin_loop();
+                    continue;
+                }
                 IDLE_PCPUS.fetch_or(1 << me, Ordering::SeqCst);
                 let has_work = SCHED.lock().has_work(me);
                 if !has_work {

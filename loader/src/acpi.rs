@@ -79,6 +79,31 @@ pub struct PlatformLayout {
     /// guests have a PCI bus, and an ACPI OS only scans buses the DSDT
     /// describes.
     pub pci_root_mem: Option<(u32, u32)>,
+    /// virtio-mmio devices (`LNRO0005` in the DSDT, as Linux's
+    /// virtio_mmio driver finds them through ACPI): slot i, when present,
+    /// is a [`VIRTIO_MMIO_WINDOW`]-byte window at
+    /// [`virtio_mmio_base`]`(i)` raising GSI [`virtio_mmio_gsi`]`(i)`
+    /// (level-triggered, active high).
+    pub virtio_mmio: [bool; MAX_VIRTIO_MMIO],
+}
+
+/// Most virtio-mmio devices a domain has (one per free I/O APIC pin 16-23).
+pub const MAX_VIRTIO_MMIO: usize = 8;
+/// The first virtio-mmio window, just below the I/O APIC's page; one page
+/// per device so each traps on its own.
+pub const VIRTIO_MMIO_BASE: u64 = 0xFEB0_0000;
+/// Bytes of registers per virtio-mmio device (0x100 of registers, then
+/// the device's configuration space).
+pub const VIRTIO_MMIO_WINDOW: u64 = 0x200;
+
+/// Where virtio-mmio device `slot` is.
+pub const fn virtio_mmio_base(slot: usize) -> u64 {
+    VIRTIO_MMIO_BASE + (slot as u64) * 0x1000
+}
+
+/// The GSI (I/O APIC pin) virtio-mmio device `slot` raises.
+pub const fn virtio_mmio_gsi(slot: usize) -> u8 {
+    16 + slot as u8
 }
 
 impl PlatformLayout {
@@ -98,6 +123,7 @@ impl PlatformLayout {
         pcat_compat: false,
         i8042: false,
         pci_root_mem: None,
+        virtio_mmio: [false; MAX_VIRTIO_MMIO],
     };
 }
 
@@ -193,8 +219,30 @@ pub fn dsdt_aml(p: &PlatformLayout) -> Vec<u8> {
     if let Some((start, end)) = p.pci_root_mem {
         sb.extend(pci_root_aml(start, end));
     }
+    for slot in (0..MAX_VIRTIO_MMIO).filter(|&i| p.virtio_mmio[i]) {
+        sb.extend(virtio_mmio_aml(slot));
+    }
     a.extend(aml::scope("\\_SB", &sb));
     a
+}
+
+/// `Device(VRxx)`: a virtio-mmio device as Linux's driver matches it in
+/// ACPI (`LNRO0005`), its register window and its interrupt in `_CRS`.
+fn virtio_mmio_aml(slot: usize) -> Vec<u8> {
+    let base = virtio_mmio_base(slot) as u32;
+    // Memory32Fixed(ReadWrite, base, window).
+    let mut res = alloc::vec![0x86, 0x09, 0x00, 0x01];
+    res.extend_from_slice(&base.to_le_bytes());
+    res.extend_from_slice(&(VIRTIO_MMIO_WINDOW as u32).to_le_bytes());
+    // Interrupt(ResourceConsumer, Level, ActiveHigh, Exclusive) { gsi }:
+    // flags bit 0 consumer, bit 1 clear = level, bit 2 clear = high.
+    res.extend_from_slice(&[0x89, 0x06, 0x00, 0x01, 0x01]);
+    res.extend_from_slice(&u32::from(virtio_mmio_gsi(slot)).to_le_bytes());
+    res.extend_from_slice(&[0x79, 0x00]); // end tag
+    let mut body = aml::name("_HID", &aml::string("LNRO0005"));
+    body.extend(aml::name("_UID", &aml::integer(slot as u64)));
+    body.extend(aml::name("_CRS", &aml::buffer(&res)));
+    aml::device(&alloc::format!("VR{:02X}", slot), &body)
 }
 
 /// `Device(PCI0)`: the PCI host bridge with its resources (`_CRS`): bus
@@ -559,6 +607,22 @@ mod tests {
         assert_eq!(d.iter().fold(0u8, |a, &b| a.wrapping_add(b)), 0);
         let plain = build_tables(0x1000_0000, &PlatformLayout::DEFAULT, 1).unwrap();
         assert!(!table(&plain, plain.dsdt).windows(4).any(|w| w == b"PCI0"));
+    }
+
+    #[test]
+    fn dsdt_describes_virtio_mmio_devices() {
+        let mut p = PlatformLayout::DEFAULT;
+        p.virtio_mmio[0] = true;
+        p.virtio_mmio[3] = true;
+        let t = build_tables(0x1000_0000, &p, 1).unwrap();
+        let d = table(&t, t.dsdt);
+        let has = |needle: &[u8]| d.windows(needle.len()).any(|w| w == needle);
+        assert!(has(b"VR00") && has(b"VR03") && !has(b"VR01"));
+        assert!(has(b"LNRO0005\0"));
+        // Slot 3: its window and GSI 19.
+        assert!(has(&[0x86, 0x09, 0x00, 0x01, 0x00, 0x30, 0xB0, 0xFE, 0x00, 0x02, 0x00, 0x00]));
+        assert!(has(&[0x89, 0x06, 0x00, 0x01, 0x01, 19, 0, 0, 0]));
+        assert_eq!(d.iter().fold(0u8, |a, &b| a.wrapping_add(b)), 0);
     }
 
     #[test]

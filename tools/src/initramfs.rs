@@ -667,6 +667,60 @@ sleep 10
 poweroff -f
 "#;
 
+/// `/init` for a PVH guest with virtio-blk disks (the `virtio_mmio` and
+/// `virtio_blk` modules in `/modules`): finds `/dev/vda` (read-write) and
+/// `/dev/vdb` (read-only) through ACPI, hashes the first
+/// `ferrite.check_mib` MiB of each, copies the first `ferrite.copy_mib`
+/// MiB of vda to `ferrite.copy_to_mib` on it with two writers at once
+/// (several requests in flight) and fsync, checks that vdb refuses a
+/// write, and powers off. Each step prints a `FERRITE-VDISK` line.
+pub const PVH_DISK_INIT_SCRIPT: &str = r#"#!/bin/sh
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+cpus=$(grep -c '^processor' /proc/cpuinfo)
+echo "FERRITE-INIT cpus=$cpus kernel=$(uname -r)"
+for m in $(cat /modules.order); do
+    insmod "/modules/$m" || echo "FERRITE-MODULE-FAIL $m"
+done
+check_mib=16
+copy_mib=8
+copy_to_mib=64
+for w in $(cat /proc/cmdline); do
+    case "$w" in
+        ferrite.check_mib=*) check_mib="${w#ferrite.check_mib=}" ;;
+        ferrite.copy_mib=*) copy_mib="${w#ferrite.copy_mib=}" ;;
+        ferrite.copy_to_mib=*) copy_to_mib="${w#ferrite.copy_to_mib=}" ;;
+    esac
+done
+i=0
+while { [ ! -b /dev/vda ] || [ ! -b /dev/vdb ]; } && [ "$i" -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+if [ ! -b /dev/vda ] || [ ! -b /dev/vdb ]; then
+    echo "FERRITE-VDISK none"
+    ls /sys/bus/virtio/devices /sys/bus/platform/devices
+    dmesg | grep -i -E 'virtio|acpi|LNRO|irq' | tail -40
+    poweroff -f
+fi
+echo "FERRITE-VDISK vda $(cat /sys/block/vda/size) vdb $(cat /sys/block/vdb/size) ro=$(cat /sys/block/vdb/ro)"
+for d in vda vdb; do
+    sum=$(dd if=/dev/$d bs=1M count="$check_mib" 2>/dev/null | sha256sum)
+    echo "FERRITE-VDISK-SHA256 $d ${sum%% *}"
+done
+half=$((copy_mib / 2))
+dd if=/dev/vda of=/dev/vda bs=64k count=$((half * 16)) seek=$((copy_to_mib * 16)) conv=fsync 2>/dev/null &
+dd if=/dev/vda of=/dev/vda bs=1M count=$half skip=$half seek=$((copy_to_mib + half)) conv=fsync 2>/dev/null &
+wait
+sync
+echo "FERRITE-VDISK copied $copy_mib MiB"
+if echo x | dd of=/dev/vdb bs=512 count=1 conv=fsync 2>/dev/null; then
+    echo "FERRITE-VDISK vdb accepted a write"
+else
+    echo "FERRITE-VDISK vdb refused a write"
+fi
+poweroff -f
+"#;
+
 /// The `depends=` list in a kernel module's `.modinfo`.
 pub fn module_depends(ko: &[u8]) -> Vec<String> {
     let key = b"depends=";

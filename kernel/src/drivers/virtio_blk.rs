@@ -6,8 +6,16 @@
 //! GET_ID); HVM configs refer to it as `phy:NAME`. A disk without a serial
 //! is named after its PCI address (`pci-00-03-0`).
 //!
-//! Requests are synchronous: submitted, then polled for completion with the
-//! device's lock held (no interrupts), so any CPU may call in. Data moves
+//! Two ways in, sharing one queue:
+//! * synchronous (`read`/`write`, the stub domains' block hypercall):
+//!   submitted, then polled for completion with the device's lock held, so
+//!   any CPU may call in;
+//! * asynchronous (`submit`, the PVH domains' virtio-blk disks): queued,
+//!   and completed by whoever polls next (`poll_all`: idle host CPUs while
+//!   anything is in flight, CPU 0's pollers, the next submission); the
+//!   submitter's [`IoClient`] is told outside the device lock.
+//!
+//! Neither uses interrupts (the host's virtio-blk is polled). Data moves
 //! by DMA straight between the device and the memory the caller names by
 //! host physical address (host memory is identity mapped, so that address
 //! is also what goes into the virtio descriptors). Only a request with a
@@ -18,14 +26,14 @@
 //! its bus mastering is turned off (so it can no longer touch the request's
 //! memory) and every later request fails at once.
 
-// The request API's users (the HVM disk path) are not wired up yet.
-#![allow(dead_code)]
-
 use super::pci::{self, ConfigAccess, PciAddress, PciFunction};
 use crate::arch::time;
 use crate::mm;
 use alloc::boxed::Box;
+use alloc::collections::VecDeque;
 use alloc::format;
+use alloc::sync::Arc;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
@@ -109,6 +117,14 @@ struct DeviceState {
     /// Request headers and status bytes, which the device reads and writes
     /// by DMA, at fixed heap addresses while requests are in flight.
     slots: Box<[Slot; QUEUE_DEPTH]>,
+    /// Asynchronous chunks waiting for a free slot, in submission order.
+    backlog: VecDeque<(Direction, Chunk, Arc<AsyncRequest>)>,
+    /// Asynchronous requests whose last chunk is done, to be told once the
+    /// lock is released.
+    finished: Vec<Arc<AsyncRequest>>,
+    /// When an asynchronous chunk last completed (or the first was
+    /// submitted): the idle limit runs from here.
+    progress_ns: u64,
 }
 
 #[derive(Default)]
@@ -118,7 +134,40 @@ struct Slot {
     request: BlkReq,
     response: BlkResp,
     chunk: Chunk,
+    direction: Direction,
+    /// The asynchronous request this chunk belongs to; None: a synchronous
+    /// caller waits for it.
+    owner: Option<Arc<AsyncRequest>>,
 }
+
+/// Told when an asynchronous request is done.
+pub trait IoClient: Send + Sync {
+    /// Request `tag` finished: every byte moved (`ok`), or not. Called
+    /// without any disk lock held, on whichever CPU polled.
+    fn io_done(&self, tag: u64, ok: bool);
+}
+
+/// One asynchronous request: its chunks share it.
+struct AsyncRequest {
+    chunks_left: AtomicU32,
+    failed: AtomicBool,
+    client: Arc<dyn IoClient>,
+    tag: u64,
+}
+
+impl AsyncRequest {
+    /// One chunk is done; true when it was the last.
+    fn chunk_done(&self, ok: bool) -> bool {
+        if !ok {
+            self.failed.store(true, Ordering::SeqCst);
+        }
+        self.chunks_left.fetch_sub(1, Ordering::SeqCst) == 1
+    }
+}
+
+/// Asynchronous requests not yet told, over every disk: while non-zero,
+/// idle CPUs poll instead of halting.
+static ASYNC_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 
 /// One virtio request's worth of data: sectors from `lba` to or from
 /// `len` bytes of host memory at `host_pa`.
@@ -129,9 +178,10 @@ struct Chunk {
     len: usize,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
 enum Direction {
     /// Disk to memory.
+    #[default]
     Read,
     /// Memory to disk.
     Write,
@@ -150,10 +200,6 @@ impl BlockDevice {
     /// Whether the device refuses writes (VIRTIO_BLK_F_RO).
     pub fn read_only(&self) -> bool {
         self.read_only
-    }
-
-    pub fn pci_address(&self) -> PciAddress {
-        self.pci
     }
 
     /// Reads sectors from `lba` on into the segments, in order: (host
@@ -182,30 +228,41 @@ impl BlockDevice {
         self.transfer(Direction::Write, lba, segments)
     }
 
-    /// Reads into a hypervisor buffer (whole sectors).
-    pub fn read_buffer(&self, lba: u64, buf: &mut [u8]) -> Result<(), BlockIoError> {
-        // SAFETY: `buf` is hypervisor memory, identity mapped (its address
-        // is its physical address), exclusively borrowed for the call.
-        unsafe { self.read(lba, &[(buf.as_mut_ptr() as u64, buf.len())]) }
-    }
-
-    /// Writes a hypervisor buffer (whole sectors).
-    pub fn write_buffer(&self, lba: u64, buf: &[u8]) -> Result<(), BlockIoError> {
-        // SAFETY: `buf` is identity-mapped hypervisor memory, borrowed for
-        // the call; the device only reads it.
-        unsafe { self.write(lba, &[(buf.as_ptr() as u64, buf.len())]) }
-    }
-
     /// Asks the device to make completed writes durable (a no-op when it
     /// does not offer VIRTIO_BLK_F_FLUSH). Note: `virtio-drivers` waits for
     /// a flush without a time limit.
     pub fn flush(&self) -> Result<(), BlockIoError> {
         let mut state = self.state.lock();
-        let blk = state.blk.as_mut().ok_or(BlockIoError::DeviceFailed)?;
-        blk.flush().map_err(BlockIoError::Device)
+        // `virtio-drivers` waits for its flush by expecting it first on the
+        // used ring: let the requests in flight finish before it. (A flush
+        // covers the writes completed before it, so those still waiting in
+        // the backlog need not go first.)
+        let deadline = time::uptime_ns() + IDLE_TIMEOUT_NS;
+        while state.slots.iter().any(|s| s.token.is_some()) {
+            self.reap(&mut state);
+            if state.blk.is_none() {
+                break;
+            }
+            if time::uptime_ns() > deadline {
+                let DeviceState { blk, .. } = &mut *state;
+                self.fail(blk, "no request completed within the time limit");
+                self.fail_async(&mut state);
+            }
+            core::hint::spin_loop();
+        }
+        let result = match state.blk.as_mut() {
+            Some(blk) => blk.flush().map_err(BlockIoError::Device),
+            None => Err(BlockIoError::DeviceFailed),
+        };
+        self.pump(&mut state);
+        let finished = core::mem::take(&mut state.finished);
+        drop(state);
+        tell(finished);
+        result
     }
 
-    fn transfer(&self, direction: Direction, lba: u64, segments: &[(u64, usize)]) -> Result<(), BlockIoError> {
+    /// Checks a request against the disk; returns its length in bytes.
+    fn check(&self, direction: Direction, lba: u64, segments: &[(u64, usize)]) -> Result<usize, BlockIoError> {
         let mut bytes = 0usize;
         for &(host_pa, len) in segments {
             if host_pa == 0 || host_pa.checked_add(len as u64).is_none() {
@@ -223,25 +280,201 @@ impl BlockDevice {
         if direction == Direction::Write && self.read_only {
             return Err(BlockIoError::ReadOnly);
         }
+        Ok(bytes)
+    }
+
+    fn transfer(&self, direction: Direction, lba: u64, segments: &[(u64, usize)]) -> Result<(), BlockIoError> {
+        let bytes = self.check(direction, lba, segments)?;
         if bytes == 0 {
             return Ok(());
         }
         let mut state = self.state.lock();
-        if segments.iter().all(|&(_, len)| len % SECTOR_SIZE == 0) {
-            let mut next_lba = lba;
-            let chunks = segments.iter().flat_map(|&(host_pa, len)| {
-                let first = next_lba;
-                next_lba += (len / SECTOR_SIZE) as u64;
-                (0..len).step_by(MAX_REQUEST_BYTES).map(move |offset| Chunk {
-                    lba: first + (offset / SECTOR_SIZE) as u64,
-                    host_pa: host_pa + offset as u64,
-                    len: (len - offset).min(MAX_REQUEST_BYTES),
-                })
-            });
-            self.run(&mut state, direction, chunks)
+        let result = if segments.iter().all(|&(_, len)| len % SECTOR_SIZE == 0) {
+            self.run(&mut state, direction, chunks_of(lba, segments))
         } else {
             self.run_bounced(&mut state, direction, lba, segments, bytes)
+        };
+        // Asynchronous work may have finished meanwhile, and slots freed.
+        self.pump(&mut state);
+        let finished = core::mem::take(&mut state.finished);
+        drop(state);
+        tell(finished);
+        result
+    }
+
+    /// Starts an asynchronous request: sectors from `lba` on to or from the
+    /// segments (host physical address, bytes), each a whole number of
+    /// sectors. `client.io_done(tag, ..)` is called once when it is over,
+    /// from whichever CPU polls; an error returned here means it never
+    /// started and no call will come. A segment that is not whole sectors
+    /// gets `NotSectorMultiple`: use the synchronous `read`/`write`, which
+    /// bounce such requests.
+    ///
+    /// # Safety
+    ///
+    /// Every segment must be RAM the device may read or write at any time
+    /// until `io_done` is called, that stays allocated until then, and that
+    /// no Rust reference covers (a guest's RAM frames, with the guest kept
+    /// alive by `client`).
+    pub unsafe fn submit(&self, write: bool, lba: u64, segments: &[(u64, usize)], client: Arc<dyn IoClient>, tag: u64) -> Result<(), BlockIoError> {
+        let direction = if write { Direction::Write } else { Direction::Read };
+        let bytes = self.check(direction, lba, segments)?;
+        if segments.iter().any(|&(_, len)| len % SECTOR_SIZE != 0) {
+            return Err(BlockIoError::NotSectorMultiple { bytes });
         }
+        if bytes == 0 {
+            client.io_done(tag, true);
+            return Ok(());
+        }
+        let chunks: Vec<Chunk> = chunks_of(lba, segments).collect();
+        let request = Arc::new(AsyncRequest {
+            chunks_left: AtomicU32::new(chunks.len() as u32),
+            failed: AtomicBool::new(false),
+            client,
+            tag,
+        });
+        let mut state = self.state.lock();
+        if state.blk.is_none() {
+            return Err(BlockIoError::DeviceFailed);
+        }
+        ASYNC_IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+        if state.backlog.is_empty() && state.slots.iter().all(|s| s.owner.is_none()) {
+            state.progress_ns = time::uptime_ns();
+        }
+        state.backlog.extend(chunks.into_iter().map(|c| (direction, c, request.clone())));
+        self.pump(&mut state);
+        let finished = core::mem::take(&mut state.finished);
+        drop(state);
+        tell(finished);
+        Ok(())
+    }
+
+    /// Completes what the device has finished and starts what waits;
+    /// returns whether asynchronous work is still outstanding on this disk.
+    /// Gives up at once if another CPU holds the disk (it makes progress).
+    pub fn poll(&self) -> bool {
+        let Some(mut state) = self.state.try_lock() else { return true };
+        self.reap(&mut state);
+        self.pump(&mut state);
+        let busy = !state.backlog.is_empty() || state.slots.iter().any(|s| s.owner.is_some());
+        if busy && time::uptime_ns() > state.progress_ns + IDLE_TIMEOUT_NS {
+            let DeviceState { blk, .. } = &mut *state;
+            self.fail(blk, "no request completed within the time limit");
+            self.fail_async(&mut state);
+        }
+        let finished = core::mem::take(&mut state.finished);
+        drop(state);
+        tell(finished);
+        busy
+    }
+
+    /// Completes every finished asynchronous chunk (a synchronous one's
+    /// token is left for its waiter: `run` only reaps while it waits).
+    fn reap(&self, state: &mut DeviceState) {
+        loop {
+            let Some(device) = state.blk.as_mut() else { return };
+            let Some(token) = device.peek_used() else { return };
+            let Some(i) = state.slots.iter().position(|s| s.token == Some(token)) else {
+                let DeviceState { blk, .. } = state;
+                self.fail(blk, &format!("the device completed request {} that was never submitted", token));
+                self.fail_async(state);
+                return;
+            };
+            if state.slots[i].owner.is_none() {
+                return; // a synchronous caller's, which is waiting for it
+            }
+            let ok = self.complete_slot(state, i).is_ok();
+            state.progress_ns = time::uptime_ns();
+            self.async_chunk_done(state, i, ok);
+        }
+    }
+
+    fn async_chunk_done(&self, state: &mut DeviceState, slot: usize, ok: bool) {
+        if let Some(owner) = state.slots[slot].owner.take() {
+            if owner.chunk_done(ok) {
+                state.finished.push(owner);
+            }
+        }
+    }
+
+    /// Starts waiting asynchronous chunks in free slots.
+    fn pump(&self, state: &mut DeviceState) {
+        while let Some(i) = state.slots.iter().position(|s| s.token.is_none()) {
+            let Some((direction, chunk, owner)) = state.backlog.pop_front() else { return };
+            match self.start(state, i, direction, chunk) {
+                Ok(()) => state.slots[i].owner = Some(owner),
+                Err(virtio_drivers::Error::QueueFull) => {
+                    state.backlog.push_front((direction, chunk, owner));
+                    return;
+                }
+                Err(e) => {
+                    error!("disk {}: cannot start a request: {}", self.name, e);
+                    if owner.chunk_done(false) {
+                        state.finished.push(owner);
+                    }
+                    if state.blk.is_none() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Submits one chunk in slot `i`.
+    fn start(&self, state: &mut DeviceState, i: usize, direction: Direction, chunk: Chunk) -> Result<(), virtio_drivers::Error> {
+        let DeviceState { blk, slots, .. } = state;
+        let device = blk.as_mut().ok_or(virtio_drivers::Error::NotReady)?;
+        let slot = &mut slots[i];
+        // SAFETY: the chunk lies in memory the caller of `read`/`write`/
+        // `submit` handed over until the request is done (or in a bounce
+        // buffer), identity mapped; the device is its only user until the
+        // request completes or the device is failed (bus mastering off),
+        // and the slot's header and status stay put on the heap until then.
+        let token = unsafe {
+            match direction {
+                Direction::Read => {
+                    let buf = core::slice::from_raw_parts_mut(chunk.host_pa as *mut u8, chunk.len);
+                    device.read_blocks_nb(chunk.lba as usize, &mut slot.request, buf, &mut slot.response)
+                }
+                Direction::Write => {
+                    let buf = core::slice::from_raw_parts(chunk.host_pa as *const u8, chunk.len);
+                    device.write_blocks_nb(chunk.lba as usize, &mut slot.request, buf, &mut slot.response)
+                }
+            }
+        }?;
+        slot.token = Some(token);
+        slot.chunk = chunk;
+        slot.direction = direction;
+        Ok(())
+    }
+
+    /// Takes slot `i`'s finished request off the used ring.
+    fn complete_slot(&self, state: &mut DeviceState, i: usize) -> Result<(), virtio_drivers::Error> {
+        let DeviceState { blk, slots, .. } = state;
+        let device = blk.as_mut().ok_or(virtio_drivers::Error::NotReady)?;
+        let slot = &mut slots[i];
+        let Some(token) = slot.token.take() else { return Ok(()) };
+        let chunk = slot.chunk;
+        // SAFETY: the same header, buffer and status the request was
+        // submitted with (rebuilt from the recorded chunk), as the
+        // `complete_*` calls require.
+        let completed = unsafe {
+            match slot.direction {
+                Direction::Read => {
+                    let buf = core::slice::from_raw_parts_mut(chunk.host_pa as *mut u8, chunk.len);
+                    device.complete_read_blocks(token, &slot.request, buf, &mut slot.response)
+                }
+                Direction::Write => {
+                    let buf = core::slice::from_raw_parts(chunk.host_pa as *const u8, chunk.len);
+                    device.complete_write_blocks(token, &slot.request, buf, &mut slot.response)
+                }
+            }
+        };
+        if let Err(e) = completed {
+            let what = if slot.direction == Direction::Read { "read" } else { "write" };
+            error!("disk {}: {} of {} bytes at sector {} failed: {}", self.name, what, chunk.len, chunk.lba, e);
+        }
+        completed
     }
 
     /// A request with odd-sized segments, through a bounce buffer: pieces
@@ -271,43 +504,24 @@ impl BlockDevice {
         result
     }
 
-    /// Runs the chunks as virtio requests, up to `QUEUE_DEPTH` at a time,
-    /// and waits until every submitted one has completed. After an error
-    /// no new request is submitted; the first error is returned.
+    /// Runs the chunks as virtio requests, up to `QUEUE_DEPTH` at a time
+    /// (beside any asynchronous ones), and waits until every submitted one
+    /// has completed, completing asynchronous ones that finish meanwhile.
+    /// After an error no new request is submitted; the first error is
+    /// returned.
     fn run(&self, state: &mut DeviceState, direction: Direction, chunks: impl Iterator<Item = Chunk>) -> Result<(), BlockIoError> {
-        let DeviceState { blk, slots } = state;
-        let Some(device) = blk.as_mut() else {
+        if state.blk.is_none() {
             return Err(BlockIoError::DeviceFailed);
-        };
+        }
         let mut chunks = chunks.peekable();
         let mut in_flight = 0;
         let mut first_error = None;
         loop {
-            while first_error.is_none() && in_flight < QUEUE_DEPTH {
+            while first_error.is_none() {
                 let Some(&chunk) = chunks.peek() else { break };
-                let Some(slot) = slots.iter_mut().find(|s| s.token.is_none()) else { break };
-                // SAFETY: the chunk lies in memory the caller of `read`/
-                // `write` handed over for the call (or in the bounce
-                // buffer), identity mapped; the device is its only user
-                // until the request completes or the device is failed
-                // (bus mastering off), and the slot's header and status
-                // stay put on the heap until then.
-                let submitted = unsafe {
-                    match direction {
-                        Direction::Read => {
-                            let buf = core::slice::from_raw_parts_mut(chunk.host_pa as *mut u8, chunk.len);
-                            device.read_blocks_nb(chunk.lba as usize, &mut slot.request, buf, &mut slot.response)
-                        }
-                        Direction::Write => {
-                            let buf = core::slice::from_raw_parts(chunk.host_pa as *const u8, chunk.len);
-                            device.write_blocks_nb(chunk.lba as usize, &mut slot.request, buf, &mut slot.response)
-                        }
-                    }
-                };
-                match submitted {
-                    Ok(token) => {
-                        slot.token = Some(token);
-                        slot.chunk = chunk;
+                let Some(i) = state.slots.iter().position(|s| s.token.is_none()) else { break };
+                match self.start(state, i, direction, chunk) {
+                    Ok(()) => {
                         in_flight += 1;
                         chunks.next();
                     }
@@ -322,40 +536,47 @@ impl BlockDevice {
 
             let deadline = time::uptime_ns() + IDLE_TIMEOUT_NS;
             let token = loop {
+                let Some(device) = state.blk.as_mut() else { return Err(BlockIoError::DeviceFailed) };
                 if let Some(token) = device.peek_used() {
                     break token;
                 }
                 if time::uptime_ns() > deadline {
+                    let DeviceState { blk, .. } = state;
                     self.fail(blk, "no request completed within the time limit");
+                    self.fail_async(state);
                     return Err(BlockIoError::Timeout);
                 }
                 core::hint::spin_loop();
             };
-            let Some(slot) = slots.iter_mut().find(|s| s.token == Some(token)) else {
+            let Some(i) = state.slots.iter().position(|s| s.token == Some(token)) else {
+                let DeviceState { blk, .. } = state;
                 self.fail(blk, &format!("the device completed request {} that was never submitted", token));
+                self.fail_async(state);
                 return Err(BlockIoError::DeviceFailed);
             };
-            let chunk = slot.chunk;
-            // SAFETY: the same header, buffer and status the request was
-            // submitted with (rebuilt from the recorded chunk), as the
-            // `complete_*` calls require.
-            let completed = unsafe {
-                match direction {
-                    Direction::Read => {
-                        let buf = core::slice::from_raw_parts_mut(chunk.host_pa as *mut u8, chunk.len);
-                        device.complete_read_blocks(token, &slot.request, buf, &mut slot.response)
-                    }
-                    Direction::Write => {
-                        let buf = core::slice::from_raw_parts(chunk.host_pa as *const u8, chunk.len);
-                        device.complete_write_blocks(token, &slot.request, buf, &mut slot.response)
-                    }
-                }
-            };
-            slot.token = None;
+            let completed = self.complete_slot(state, i);
+            if state.slots[i].owner.is_some() {
+                state.progress_ns = time::uptime_ns();
+                self.async_chunk_done(state, i, completed.is_ok());
+                continue;
+            }
             in_flight -= 1;
             if let Err(e) = completed {
-                error!("disk {}: {} of {} bytes at sector {} failed: {}", self.name, if direction == Direction::Read { "read" } else { "write" }, chunk.len, chunk.lba, e);
                 first_error.get_or_insert(BlockIoError::Device(e));
+            }
+        }
+    }
+
+    /// After `fail`: every asynchronous request still in a slot or waiting
+    /// is over, unsuccessfully.
+    fn fail_async(&self, state: &mut DeviceState) {
+        for i in 0..QUEUE_DEPTH {
+            state.slots[i].token = None;
+            self.async_chunk_done(state, i, false);
+        }
+        while let Some((_, _, owner)) = state.backlog.pop_front() {
+            if owner.chunk_done(false) {
+                state.finished.push(owner);
             }
         }
     }
@@ -371,6 +592,42 @@ impl BlockDevice {
         }
         error!("disk {}: {}; disabled", self.name, why);
     }
+}
+
+/// A request's segments as virtio requests of at most `MAX_REQUEST_BYTES`,
+/// each on consecutive sectors from `lba`.
+fn chunks_of(lba: u64, segments: &[(u64, usize)]) -> impl Iterator<Item = Chunk> + '_ {
+    let mut next_lba = lba;
+    segments.iter().flat_map(move |&(host_pa, len)| {
+        let first = next_lba;
+        next_lba += (len / SECTOR_SIZE) as u64;
+        (0..len).step_by(MAX_REQUEST_BYTES).map(move |offset| Chunk {
+            lba: first + (offset / SECTOR_SIZE) as u64,
+            host_pa: host_pa + offset as u64,
+            len: (len - offset).min(MAX_REQUEST_BYTES),
+        })
+    })
+}
+
+/// Tells the clients of finished asynchronous requests (no lock held).
+fn tell(finished: Vec<Arc<AsyncRequest>>) {
+    for r in finished {
+        ASYNC_IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+        r.client.io_done(r.tag, !r.failed.load(Ordering::SeqCst));
+    }
+}
+
+/// Polls every disk with asynchronous work; returns whether any is still
+/// outstanding. Cheap when there is none.
+pub fn poll_all() -> bool {
+    if ASYNC_IN_FLIGHT.load(Ordering::SeqCst) == 0 {
+        return false;
+    }
+    let mut busy = false;
+    for disk in all() {
+        busy |= disk.poll();
+    }
+    busy
 }
 
 /// Copies `len` bytes at byte `offset` of the segment list, piece by
@@ -462,7 +719,7 @@ fn probe(config: ConfigAccess, f: &PciFunction) -> Result<BlockDevice, String> {
         config,
         sectors: blk.capacity(),
         read_only: blk.readonly(),
-        state: spin::Mutex::new(DeviceState { blk: Some(blk), slots: Box::default() }),
+        state: spin::Mutex::new(DeviceState { blk: Some(blk), slots: Box::default(), backlog: VecDeque::new(), finished: Vec::new(), progress_ns: 0 }),
     })
 }
 

@@ -1,0 +1,251 @@
+//! PVH domains' disks: virtio-blk over virtio-mmio, emulated here
+//! (`ferrite_devmodel::virtio`), each backed by a host disk
+//! (`drivers::virtio_blk`) that moves the data straight between the device
+//! and the guest's frames (no copy).
+//!
+//! Requests run asynchronously. The guest's queue notify takes the new
+//! requests off its ring, checks them, and hands them to the host disk;
+//! the vCPU goes on at once. The host disk tells us (`IoClient::io_done`,
+//! on whichever CPU polled it) when one is over: its status goes into the
+//! guest's ring and the disk's interrupt line rises. Several requests are
+//! in flight at once, from one guest or many.
+//!
+//! What this module needs of its domain is the [`DiskHost`] trait (its
+//! memory and interrupt lines), so it does not depend on `domain`.
+
+use crate::drivers::virtio_blk::{BlockDevice, BlockIoError, IoClient};
+use crate::mm::guest::GuestMemory;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use ferrite_devmodel::dma::{DmaError, GuestMemoryAccess};
+use ferrite_devmodel::virtio::blk::{BlkDiskInfo, BlkOp, BlkRequest, BlkRequestId, BlkStatus, VirtioBlkMmio};
+use ferrite_devmodel::virtio::MmioEffect;
+use ferrite_loader::acpi::{virtio_mmio_base, virtio_mmio_gsi, MAX_VIRTIO_MMIO};
+use log::warn;
+use spin::Mutex;
+
+/// Requests taken off a guest's ring per notify, at most: a whole ring of
+/// the largest size the model offers (bounded work per exit).
+const MAX_TAKE: usize = 256;
+
+/// A PVH disk as the domain's configuration gives it.
+#[derive(Clone, Debug)]
+pub struct DiskConfig {
+    /// The host disk (`phy:NAME`).
+    pub target: String,
+    /// The guest's name for it (`xvda`, ...), for messages.
+    pub vdev: String,
+    pub read_only: bool,
+}
+
+/// The domain, as its disks see it.
+pub trait DiskHost: Send + Sync {
+    fn memory(&self) -> &GuestMemory;
+    /// Drives the I/O APIC pin `gsi` to `level`.
+    fn set_gsi(&self, gsi: u8, level: bool);
+    /// For messages.
+    fn name(&self) -> &str;
+}
+
+/// One virtio-blk disk of a PVH domain.
+pub struct VirtioDisk {
+    slot: usize,
+    vdev: String,
+    host: &'static BlockDevice,
+    read_only: bool,
+    state: Mutex<DiskState>,
+}
+
+struct DiskState {
+    model: VirtioBlkMmio,
+    /// Requests handed to the host disk: (tag, the guest's request).
+    in_flight: Vec<(u64, BlkRequestId)>,
+    next_tag: u64,
+    /// The interrupt line's level as last driven.
+    line: bool,
+}
+
+/// The guest's RAM as the device model reaches it (every address
+/// checked by `GuestMemory`).
+struct GuestRam<'a>(&'a GuestMemory);
+
+impl GuestMemoryAccess for GuestRam<'_> {
+    fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), DmaError> {
+        self.0.read(gpa, buf).map_err(|_| DmaError::OutOfRange { gpa, len: buf.len() as u64 })
+    }
+    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), DmaError> {
+        self.0.write(gpa, data).map_err(|_| DmaError::OutOfRange { gpa, len: data.len() as u64 })
+    }
+}
+
+/// Builds a domain's disks from its configuration: each host disk must
+/// exist, and a writable one must be writable on the host. Slot i is the
+/// i-th disk (its window and GSI follow from it).
+pub fn build(disks: &[DiskConfig]) -> Result<Vec<Arc<VirtioDisk>>, String> {
+    if disks.len() > MAX_VIRTIO_MMIO {
+        return Err(alloc::format!("at most {} disks per PVH domain ({} given)", MAX_VIRTIO_MMIO, disks.len()));
+    }
+    let mut out = Vec::new();
+    for (slot, d) in disks.iter().enumerate() {
+        let host = crate::drivers::virtio_blk::find(&d.target).ok_or_else(|| {
+            alloc::format!("disk {}: no host disk named '{}' (QEMU: -device virtio-blk-pci,serial={})", d.vdev, d.target, d.target)
+        })?;
+        if !d.read_only && host.read_only() {
+            return Err(alloc::format!("disk {}: host disk '{}' is read-only; give it access 'r'", d.vdev, d.target));
+        }
+        let mut serial = [0u8; 20];
+        let name = d.vdev.as_bytes();
+        serial[..name.len().min(20)].copy_from_slice(&name[..name.len().min(20)]);
+        let model = VirtioBlkMmio::new(BlkDiskInfo { sectors: host.sectors(), read_only: d.read_only, serial });
+        out.push(Arc::new(VirtioDisk {
+            slot,
+            vdev: d.vdev.clone(),
+            host,
+            read_only: d.read_only,
+            state: Mutex::new(DiskState { model, in_flight: Vec::new(), next_tag: 0, line: false }),
+        }));
+    }
+    Ok(out)
+}
+
+/// The disk whose window holds `gpa`, and the offset in it.
+pub fn at(disks: &[Arc<VirtioDisk>], gpa: u64) -> Option<(&Arc<VirtioDisk>, u64)> {
+    disks.iter().find_map(|d| {
+        let base = virtio_mmio_base(d.slot);
+        (base..base + 0x1000).contains(&gpa).then(|| (d, gpa - base))
+    })
+}
+
+impl VirtioDisk {
+    pub fn slot(&self) -> usize {
+        self.slot
+    }
+
+    pub fn mmio_read(&self, offset: u64, size: u8) -> u64 {
+        if offset >= VirtioBlkMmio::WINDOW_LEN {
+            return 0;
+        }
+        self.state.lock().model.read(offset, size)
+    }
+
+    /// A guest write into the window; a queue notify starts the requests
+    /// waiting on the ring.
+    pub fn mmio_write(self: &Arc<Self>, host: &Arc<dyn DiskHost>, offset: u64, size: u8, value: u64) {
+        if offset >= VirtioBlkMmio::WINDOW_LEN {
+            return;
+        }
+        let mut st = self.state.lock();
+        let effect = st.model.write(offset, size, value);
+        let taken = match effect {
+            MmioEffect::Notify => self.take(&mut st, host),
+            MmioEffect::Reset | MmioEffect::None => Vec::new(),
+        };
+        self.update_line(&mut st, &**host);
+        drop(st);
+        // Outside the lock: a request may complete (and lock it) at once.
+        for (tag, req) in taken {
+            self.start(host, tag, req);
+        }
+    }
+
+    /// Takes the waiting requests off the ring and gives each a tag.
+    fn take(&self, st: &mut DiskState, host: &Arc<dyn DiskHost>) -> Vec<(u64, BlkRequest)> {
+        let DiskState { model, in_flight, next_tag, .. } = st;
+        let requests = match model.take_requests(&mut GuestRam(host.memory()), MAX_TAKE) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!("{}: disk {}: {}; the device needs a reset", host.name(), self.vdev, e);
+                return Vec::new();
+            }
+        };
+        requests
+            .into_iter()
+            .map(|r| {
+                let tag = *next_tag;
+                *next_tag += 1;
+                in_flight.push((tag, r.id));
+                (tag, r)
+            })
+            .collect()
+    }
+
+    /// Hands one request to the host disk; its end comes through `finish`.
+    fn start(self: &Arc<Self>, host: &Arc<dyn DiskHost>, tag: u64, req: BlkRequest) {
+        let write = match req.op {
+            BlkOp::Read => false,
+            BlkOp::Write if self.read_only => return self.finish(&**host, tag, BlkStatus::IoErr),
+            BlkOp::Write => true,
+            BlkOp::Flush => {
+                let ok = self.host.flush().is_ok();
+                return self.finish(&**host, tag, if ok { BlkStatus::Ok } else { BlkStatus::IoErr });
+            }
+        };
+        let mut segments = Vec::new();
+        for s in &req.segments {
+            if host.memory().host_segments(s.gpa, u64::from(s.len), &mut segments).is_err() {
+                return self.finish(&**host, tag, BlkStatus::IoErr);
+            }
+        }
+        let segments: Vec<(u64, usize)> = segments.into_iter().map(|(pa, n)| (pa, n as usize)).collect();
+        let client: Arc<dyn IoClient> = Arc::new(Completion { disk: self.clone(), host: host.clone() });
+        // SAFETY: every segment was just checked to be the guest's RAM
+        // (`host_segments`): memory no Rust reference covers, which the
+        // guest may change at will; `client` holds the domain, and with it
+        // that memory, until the host disk says the request is over.
+        let started = unsafe { self.host.submit(write, req.sector, &segments, client, tag) };
+        let status = match started {
+            Ok(()) => return,
+            // Pieces that are not whole sectors: the synchronous path
+            // bounces them (rare; Linux's buffers are sector-aligned).
+            // SAFETY: as above; the call returns when the data has moved.
+            Err(BlockIoError::NotSectorMultiple { .. }) => match unsafe {
+                if write {
+                    self.host.write(req.sector, &segments)
+                } else {
+                    self.host.read(req.sector, &segments)
+                }
+            } {
+                Ok(()) => BlkStatus::Ok,
+                Err(_) => BlkStatus::IoErr,
+            },
+            Err(e) => {
+                warn!("{}: disk {}: {}", host.name(), self.vdev, e);
+                BlkStatus::IoErr
+            }
+        };
+        self.finish(&**host, tag, status);
+    }
+
+    /// Request `tag` is over: its status to the guest, the line raised.
+    fn finish(&self, host: &dyn DiskHost, tag: u64, status: BlkStatus) {
+        let mut st = self.state.lock();
+        let Some(i) = st.in_flight.iter().position(|(t, _)| *t == tag) else { return };
+        let (_, id) = st.in_flight.swap_remove(i);
+        if let Err(e) = st.model.complete(&mut GuestRam(host.memory()), &id, status) {
+            warn!("{}: disk {}: {}; the device needs a reset", host.name(), self.vdev, e);
+        }
+        self.update_line(&mut st, host);
+    }
+
+    fn update_line(&self, st: &mut DiskState, host: &dyn DiskHost) {
+        let level = st.model.irq_level();
+        if level != st.line {
+            st.line = level;
+            host.set_gsi(virtio_mmio_gsi(self.slot), level);
+        }
+    }
+}
+
+/// A request's way back from the host disk; it holds the domain (and so
+/// the memory the device writes) until then.
+struct Completion {
+    disk: Arc<VirtioDisk>,
+    host: Arc<dyn DiskHost>,
+}
+
+impl IoClient for Completion {
+    fn io_done(&self, tag: u64, ok: bool) {
+        self.disk.finish(&*self.host, tag, if ok { BlkStatus::Ok } else { BlkStatus::IoErr });
+    }
+}

@@ -1,0 +1,100 @@
+//! PVH domains' disks: Debian's Linux as a PVH domU finds two virtio-blk
+//! disks through ACPI (virtio-mmio, `LNRO0005`), each a host virtio-blk
+//! disk named by its serial (`phy:`). It hashes both (the hashes must match
+//! the host's images), copies part of the writable one with two writers at
+//! once (several requests in flight, then fsync), and sees the read-only
+//! one refuse a write; the copy is then checked in the image on the host.
+
+use ferrite_qemu_tests::ferrite_tools::modules::ModuleSpec;
+use ferrite_qemu_tests::ferrite_tools::{guest_images, initramfs};
+use ferrite_qemu_tests::{
+    base_qemu, debian_packages, images, linux_vm_timeout, pseudo_random_bytes, test_dir, virtio_disk_args, Vm, BASE_CMDLINE,
+};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+
+const CHECK_MIB: usize = 16;
+const COPY_MIB: usize = 8;
+const COPY_TO_MIB: usize = 64;
+const DISK_MIB: usize = 80;
+
+fn write_file(path: &Path, bytes: &[u8]) {
+    if let Err(e) = std::fs::write(path, bytes) {
+        panic!("cannot write {}: {e}", path.display());
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn pvh_linux_reads_and_writes_virtio_blk_disks() {
+    let name = "pvh_linux_reads_and_writes_virtio_blk_disks";
+    let dir = test_dir(name);
+    if !debian_packages(name, &["linux-image-cloud-amd64", "busybox-static"]) {
+        return;
+    }
+    let root = guest_images::fetch_debian_package("linux-image-cloud-amd64").unwrap();
+    let vmlinux = guest_images::debian_vmlinux("cloud-amd64").unwrap_or_else(|e| panic!("[{name}] {e}"));
+    let modules = initramfs::kernel_modules(&root, &["virtio_mmio", "virtio_blk"]).unwrap_or_else(|e| panic!("[{name}] {e}"));
+    let image = initramfs::busybox_initramfs_with_modules(initramfs::PVH_DISK_INIT_SCRIPT, &modules)
+        .unwrap_or_else(|e| panic!("[{name}] cannot build the initramfs: {e}"));
+    let kernel = dir.join("vmlinux");
+    std::fs::copy(&vmlinux, &kernel).expect("copy the kernel");
+    write_file(&dir.join("initramfs-vdisk.cpio"), &image);
+
+    let data = pseudo_random_bytes(0xd15c, DISK_MIB << 20);
+    let data_path = dir.join("data.img");
+    write_file(&data_path, &data);
+    let ro = pseudo_random_bytes(0x0fee, CHECK_MIB << 20);
+    let ro_path = dir.join("ro.img");
+    write_file(&ro_path, &ro);
+
+    let cfg = format!(
+        "# written by qemu-tests/tests/pvh_disks.rs\nname = \"vdisk\"\ntype = \"pvh\"\nmemory = 192\nvcpus = 2\n\
+         kernel = \"vmlinux\"\nramdisk = \"initramfs-vdisk.cpio\"\n\
+         cmdline = \"console=ttyS0 loglevel=4 ferrite.check_mib={CHECK_MIB} ferrite.copy_mib={COPY_MIB} ferrite.copy_to_mib={COPY_TO_MIB}\"\n\
+         disk = [ 'phy:data,xvda,w', 'phy:rodisk,xvdb,r' ]\non_crash = \"destroy\"\n"
+    );
+    let cfg_path = dir.join("vdisk.cfg");
+    write_file(&cfg_path, cfg.as_bytes());
+    let mut args = virtio_disk_args(&data_path, "data", false);
+    args.extend(virtio_disk_args(&ro_path, "rodisk", false));
+    let q = base_qemu()
+        .memory_mib(1024)
+        .smp(2)
+        .kernel(&images().multiboot)
+        .append(BASE_CMDLINE)
+        .module(ModuleSpec::new(&cfg_path, ""))
+        .module(ModuleSpec::new(&kernel, ""))
+        .module(ModuleSpec::new(dir.join("initramfs-vdisk.cpio"), ""))
+        .extra_args(args);
+    let mut vm = Vm::start_with_timeout(name, &dir, q, linux_vm_timeout());
+    let data_sum = format!(r"^\(vdisk\) FERRITE-VDISK-SHA256 vda {}$", sha256_hex(&data[..CHECK_MIB << 20]));
+    let ro_sum = format!(r"^\(vdisk\) FERRITE-VDISK-SHA256 vdb {}$", sha256_hex(&ro));
+    vm.expect_lines(&[
+        r"domain \d+ \(vdisk\): disk xvda is host disk data \(w\), virtio-blk",
+        r"domain \d+ \(vdisk\): disk xvdb is host disk rodisk \(r\), virtio-blk",
+        r"^\(vdisk\) FERRITE-INIT cpus=2 ",
+        &format!(r"^\(vdisk\) FERRITE-VDISK vda {} vdb {} ro=1$", (DISK_MIB << 20) / 512, (CHECK_MIB << 20) / 512),
+        &data_sum,
+        &ro_sum,
+        &format!(r"^\(vdisk\) FERRITE-VDISK copied {COPY_MIB} MiB$"),
+        r"^\(vdisk\) FERRITE-VDISK vdb refused a write$",
+        r"domain \d+ \(vdisk\) powered off",
+    ]);
+    vm.expect_success();
+    let after = std::fs::read(&data_path).unwrap_or_else(|e| panic!("cannot read {}: {e}", data_path.display()));
+    let copied = &after[COPY_TO_MIB << 20..(COPY_TO_MIB + COPY_MIB) << 20];
+    if copied != &data[..COPY_MIB << 20] {
+        vm.fail("the copy the guest wrote and fsynced is not in the host's image");
+    }
+    if after[..COPY_TO_MIB << 20] != data[..COPY_TO_MIB << 20] {
+        vm.fail("the guest's writes changed bytes outside the copy's target");
+    }
+    let ro_after = std::fs::read(&ro_path).unwrap();
+    if ro_after != ro {
+        vm.fail("the read-only disk changed");
+    }
+}
