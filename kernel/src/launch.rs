@@ -167,12 +167,13 @@ pub fn start_boot_domains(boot: &BootInfo, opts: &Options, caps: virt::Capabilit
             Some(cmdline::MemSize::AllBut(b)) => mm::free_bytes().saturating_sub(b),
             None => (mm::free_bytes() / 2).min(512 << 20),
         };
+        let disks = dom0_disks(&opts.dom0_disks);
         let affinity = if opts.dom0_vcpus_pin { (0..vcpus).map(|i| 1u64 << (i % pcpus.max(1))).collect() } else { Vec::new() };
         let spec = DomainSpec {
             name: String::from("dom0"),
             memory_bytes,
             vcpus,
-            boot: Boot::Pvh { kernel, initrd, cmdline, disks: Vec::new() },
+            boot: Boot::Pvh { kernel, initrd, cmdline, disks: disks.clone().unwrap_or_default() },
             affinity,
             privileged: true,
             // As in Xen, dom0's poweroff or reboot is the host's (`host`).
@@ -180,7 +181,7 @@ pub fn start_boot_domains(boot: &BootInfo, opts: &Options, caps: virt::Capabilit
             on_reboot: Action::Destroy,
             on_crash: Action::Destroy,
         };
-        match domain::Domain::create(spec, caps) {
+        match disks.and_then(|_| domain::Domain::create(spec, caps)) {
             Ok(_) => started += 1,
             Err(e) => error!("dom0 not started: {}", e),
         }
@@ -208,15 +209,28 @@ fn pvh_boot(cfg: &ferrite_config::DomainConfig, files: &dyn Files) -> Result<Boo
     let kernel_file = cfg.kernel.as_deref().ok_or("no kernel given")?;
     let kernel = files.get(kernel_file, "kernel")?;
     let initrd = cfg.ramdisk.as_deref().map(|f| files.get(f, "ramdisk")).transpose()?;
-    Ok(Boot::Pvh { kernel, initrd, cmdline: cfg.cmdline.clone().unwrap_or_default(), disks: pvh_disks(cfg)? })
+    Ok(Boot::Pvh { kernel, initrd, cmdline: cfg.cmdline.clone().unwrap_or_default(), disks: pvh_disks(&cfg.disks)? })
+}
+
+/// dom0's disks from `dom0_disk=` options, each in xl's disk syntax.
+fn dom0_disks(specs: &[String]) -> Result<Vec<crate::vdisk::DiskConfig>, String> {
+    let mut parsed = Vec::new();
+    for s in specs {
+        let (d, warnings) = ferrite_config::DiskSpec::parse(s).map_err(|e| format!("dom0_disk={}: {}", s, e))?;
+        for w in warnings {
+            log::warn!("dom0_disk={}: {}", s, w);
+        }
+        parsed.push(d);
+    }
+    pvh_disks(&parsed)
 }
 
 /// A PVH domain's disks: `phy:` host disks as virtio-blk (`xvdX`, `sdX`
 /// or `hdX` names alike; the guest names them itself, `vdX` in Linux).
-fn pvh_disks(cfg: &ferrite_config::DomainConfig) -> Result<Vec<crate::vdisk::DiskConfig>, String> {
+fn pvh_disks(specs: &[ferrite_config::DiskSpec]) -> Result<Vec<crate::vdisk::DiskConfig>, String> {
     use ferrite_config::{Access, DevType, DiskKind};
     let mut disks = Vec::new();
-    for d in &cfg.disks {
+    for d in specs {
         if d.devtype == DevType::Cdrom {
             return Err(format!("disk {}: PVH domains have no CD-ROMs", d.vdev.name));
         }

@@ -4,6 +4,7 @@
 //! the host's images), copies part of the writable one with two writers at
 //! once (several requests in flight, then fsync), and sees the read-only
 //! one refuse a write; the copy is then checked in the image on the host.
+//! Once as a domU (`disk=` in its config), once as dom0 (`dom0_disk=`).
 
 use ferrite_qemu_tests::ferrite_tools::modules::ModuleSpec;
 use ferrite_qemu_tests::ferrite_tools::{guest_images, initramfs};
@@ -30,8 +31,17 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 #[test]
 fn pvh_linux_reads_and_writes_virtio_blk_disks() {
-    let name = "pvh_linux_reads_and_writes_virtio_blk_disks";
+    disks_under_linux("pvh_linux_reads_and_writes_virtio_blk_disks", false);
+}
+
+#[test]
+fn dom0_gets_virtio_blk_disks_from_the_command_line() {
+    disks_under_linux("dom0_gets_virtio_blk_disks_from_the_command_line", true);
+}
+
+fn disks_under_linux(name: &str, as_dom0: bool) {
     let dir = test_dir(name);
+    let dom = if as_dom0 { "dom0" } else { "vdisk" };
     if !debian_packages(name, &["linux-image-cloud-amd64", "busybox-static"]) {
         return;
     }
@@ -51,38 +61,43 @@ fn pvh_linux_reads_and_writes_virtio_blk_disks() {
     let ro_path = dir.join("ro.img");
     write_file(&ro_path, &ro);
 
-    let cfg = format!(
-        "# written by qemu-tests/tests/pvh_disks.rs\nname = \"vdisk\"\ntype = \"pvh\"\nmemory = 192\nvcpus = 2\n\
-         kernel = \"vmlinux\"\nramdisk = \"initramfs-vdisk.cpio\"\n\
-         cmdline = \"console=ttyS0 loglevel=4 ferrite.check_mib={CHECK_MIB} ferrite.copy_mib={COPY_MIB} ferrite.copy_to_mib={COPY_TO_MIB}\"\n\
-         disk = [ 'phy:data,xvda,w', 'phy:rodisk,xvdb,r' ]\non_crash = \"destroy\"\n"
+    let guest_cmdline = format!(
+        "console=ttyS0 loglevel=4 ferrite.check_mib={CHECK_MIB} ferrite.copy_mib={COPY_MIB} ferrite.copy_to_mib={COPY_TO_MIB}"
     );
-    let cfg_path = dir.join("vdisk.cfg");
-    write_file(&cfg_path, cfg.as_bytes());
     let mut args = virtio_disk_args(&data_path, "data", false);
     args.extend(virtio_disk_args(&ro_path, "rodisk", false));
-    let q = base_qemu()
-        .memory_mib(1024)
-        .smp(2)
-        .kernel(&images().multiboot)
-        .append(BASE_CMDLINE)
-        .module(ModuleSpec::new(&cfg_path, ""))
-        .module(ModuleSpec::new(&kernel, ""))
-        .module(ModuleSpec::new(dir.join("initramfs-vdisk.cpio"), ""))
-        .extra_args(args);
+    let q = base_qemu().memory_mib(1024).smp(2).kernel(&images().multiboot);
+    let q = if as_dom0 {
+        q.append(&format!("{BASE_CMDLINE} dom0_mem=192M dom0_max_vcpus=2 dom0_disk=phy:data,xvda,w dom0_disk=phy:rodisk,xvdb,r"))
+            .module(ModuleSpec::new(&kernel, &guest_cmdline))
+            .module(ModuleSpec::new(dir.join("initramfs-vdisk.cpio"), ""))
+    } else {
+        let cfg = format!(
+            "# written by qemu-tests/tests/pvh_disks.rs\nname = \"vdisk\"\ntype = \"pvh\"\nmemory = 192\nvcpus = 2\n\
+             kernel = \"vmlinux\"\nramdisk = \"initramfs-vdisk.cpio\"\ncmdline = \"{guest_cmdline}\"\n\
+             disk = [ 'phy:data,xvda,w', 'phy:rodisk,xvdb,r' ]\non_crash = \"destroy\"\n"
+        );
+        let cfg_path = dir.join("vdisk.cfg");
+        write_file(&cfg_path, cfg.as_bytes());
+        q.append(BASE_CMDLINE)
+            .module(ModuleSpec::new(&cfg_path, ""))
+            .module(ModuleSpec::new(&kernel, ""))
+            .module(ModuleSpec::new(dir.join("initramfs-vdisk.cpio"), ""))
+    };
+    let q = q.extra_args(args);
     let mut vm = Vm::start_with_timeout(name, &dir, q, linux_vm_timeout());
-    let data_sum = format!(r"^\(vdisk\) FERRITE-VDISK-SHA256 vda {}$", sha256_hex(&data[..CHECK_MIB << 20]));
-    let ro_sum = format!(r"^\(vdisk\) FERRITE-VDISK-SHA256 vdb {}$", sha256_hex(&ro));
+    let data_sum = format!(r"^\({dom}\) FERRITE-VDISK-SHA256 vda {}$", sha256_hex(&data[..CHECK_MIB << 20]));
+    let ro_sum = format!(r"^\({dom}\) FERRITE-VDISK-SHA256 vdb {}$", sha256_hex(&ro));
     vm.expect_lines(&[
-        r"domain \d+ \(vdisk\): disk xvda is host disk data \(w\), virtio-blk",
-        r"domain \d+ \(vdisk\): disk xvdb is host disk rodisk \(r\), virtio-blk",
-        r"^\(vdisk\) FERRITE-INIT cpus=2 ",
-        &format!(r"^\(vdisk\) FERRITE-VDISK vda {} vdb {} ro=1$", (DISK_MIB << 20) / 512, (CHECK_MIB << 20) / 512),
+        &format!(r"domain \d+ \({dom}\): disk xvda is host disk data \(w\), virtio-blk"),
+        &format!(r"domain \d+ \({dom}\): disk xvdb is host disk rodisk \(r\), virtio-blk"),
+        &format!(r"^\({dom}\) FERRITE-INIT cpus=2 "),
+        &format!(r"^\({dom}\) FERRITE-VDISK vda {} vdb {} ro=1$", (DISK_MIB << 20) / 512, (CHECK_MIB << 20) / 512),
         &data_sum,
         &ro_sum,
-        &format!(r"^\(vdisk\) FERRITE-VDISK copied {COPY_MIB} MiB$"),
-        r"^\(vdisk\) FERRITE-VDISK vdb refused a write$",
-        r"domain \d+ \(vdisk\) powered off",
+        &format!(r"^\({dom}\) FERRITE-VDISK copied {COPY_MIB} MiB$"),
+        &format!(r"^\({dom}\) FERRITE-VDISK vdb refused a write$"),
+        &format!(r"domain \d+ \({dom}\) powered off"),
     ]);
     vm.expect_success();
     let after = std::fs::read(&data_path).unwrap_or_else(|e| panic!("cannot read {}: {e}", data_path.display()));

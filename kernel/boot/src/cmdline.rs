@@ -14,6 +14,7 @@
 //! | `dom0_mem=` | comma list of `<size>`, `min:<size>`, `max:<size>` | unset |
 //! | `dom0_max_vcpus=` | `<n>`, `<min>-<max>`, `<min>-` | unset |
 //! | `dom0_vcpus_pin` | boolean | false |
+//! | `dom0_disk=` | a disk in xl's syntax, e.g. `phy:disk0,xvda,w`; repeat for more (Ferrite-specific) | none |
 //! | `loglvl=` | `none|error|warning|info|debug|all` `[/<level>]` | `info` |
 //! | `debug_exit=` | I/O port, `0x..` or decimal, nonzero | unset |
 //! | `selftest=` | boolean | true |
@@ -167,6 +168,9 @@ pub struct Options {
     pub dom0_mem: Option<Dom0Mem>,
     pub dom0_max_vcpus: Option<VcpuRange>,
     pub dom0_vcpus_pin: bool,
+    /// `dom0_disk=`, in order: dom0's virtio-blk disks, each in xl's disk
+    /// syntax (checked when dom0 is built, by the config crate's parser).
+    pub dom0_disks: Vec<String>,
     pub loglvl: LogLevel,
     /// Port of QEMU's isa-debug-exit device: when set, the hypervisor
     /// reports its result there (Ferrite-specific).
@@ -203,6 +207,7 @@ impl Default for Options {
             dom0_mem: None,
             dom0_max_vcpus: None,
             dom0_vcpus_pin: false,
+            dom0_disks: Vec::new(),
             loglvl: LogLevel::Info,
             debug_exit: None,
             selftest: true,
@@ -498,6 +503,13 @@ pub fn parse(s: &str) -> (Options, Vec<Diagnostic>) {
             continue;
         }
 
+        if name == "dom0_disk" {
+            match value {
+                Some(v) if !v.is_empty() => o.dom0_disks.push(v.to_owned()),
+                _ => diags.push(bad("a disk in xl syntax, e.g. phy:disk0,xvda,w")),
+            }
+            continue;
+        }
         if name == "pm_timer" {
             match value {
                 Some("auto") => o.pm_timer = PmTimerChoice::Auto,

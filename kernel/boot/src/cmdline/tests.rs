@@ -338,3 +338,13 @@ fn the_key_is_redacted_from_the_printed_command_line() {
     assert_eq!(redact("xmgmt_key=ff mgmt-key=aa"), "xmgmt_key=ff mgmt-key=<hidden>");
     assert_eq!(redact("console=com1"), "console=com1");
 }
+
+#[test]
+fn dom0_disks_are_collected_in_order() {
+    let (o, diags) = parse("dom0_disk=phy:disk0,xvda,w dom0-disk=phy:disk1,xvdb,r");
+    assert!(diags.is_empty(), "{diags:?}");
+    assert_eq!(o.dom0_disks, ["phy:disk0,xvda,w", "phy:disk1,xvdb,r"]);
+    let (o, diags) = parse("dom0_disk dom0_disk=");
+    assert!(o.dom0_disks.is_empty());
+    assert_eq!(diags.len(), 2);
+}
