@@ -30,8 +30,8 @@ use crate::dma::{DmaSegment, GuestMemoryAccess, SECTOR_SIZE};
 
 /// virtio device ID of a block device.
 pub const DEVICE_ID_BLOCK: u32 = 2;
-/// QueueNumMax of the request queue.
-pub const QUEUE_NUM_MAX: u16 = 256;
+/// QueueNumMax of the request queue (the largest queue size offered).
+pub const QUEUE_SIZE_MAX: u16 = 256;
 /// `seg_max`: data segments per request, leaving room in a chain of
 /// [`MAX_CHAIN`] for the header and the status.
 pub const SEG_MAX: u32 = MAX_CHAIN - 2;
@@ -182,14 +182,19 @@ impl VirtioBlkMmio {
         config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
         config[20..24].copy_from_slice(&(SECTOR_SIZE as u32).to_le_bytes());
         VirtioBlkMmio {
-            transport: Transport::new(DEVICE_ID_BLOCK, features, QUEUE_NUM_MAX),
+            transport: Transport::new(DEVICE_ID_BLOCK, features, QUEUE_SIZE_MAX),
             disk,
             config,
-            in_flight: vec![None; usize::from(QUEUE_NUM_MAX)],
+            in_flight: vec![None; usize::from(QUEUE_SIZE_MAX)],
             in_flight_count: 0,
             more_available: false,
             chain: Vec::with_capacity(MAX_CHAIN as usize),
         }
+    }
+
+    /// The features the driver accepted (meaningful once FEATURES_OK).
+    pub fn negotiated_features(&self) -> u64 {
+        self.transport.negotiated()
     }
 
     pub fn disk(&self) -> &BlkDiskInfo {
