@@ -147,7 +147,10 @@ struct InFlight {
 enum Parsed {
     Backend(BlkRequest),
     /// Finished here: the status byte and the used-ring `len`.
-    Done { status: u8, used_len: u32 },
+    Done {
+        status: u8,
+        used_len: u32,
+    },
 }
 
 /// One virtio-mmio v2 window holding a virtio-blk device.
@@ -341,12 +344,7 @@ impl VirtioBlkMmio {
         if req.generation != self.transport.generation {
             return Ok(());
         }
-        let Some(rec) = self
-            .in_flight
-            .get(usize::from(req.head))
-            .copied()
-            .flatten()
-        else {
+        let Some(rec) = self.in_flight.get(usize::from(req.head)).copied().flatten() else {
             return Ok(());
         };
         self.drop_in_flight(req.head);
@@ -490,7 +488,10 @@ impl VirtioBlkMmio {
                 let in_disk = sector
                     .checked_add(sectors)
                     .is_some_and(|end| end <= self.disk.sectors);
-                if total % SECTOR_SIZE as u64 != 0 || total > u64::from(MAX_REQUEST_BYTES) || !in_disk {
+                if total % SECTOR_SIZE as u64 != 0
+                    || total > u64::from(MAX_REQUEST_BYTES)
+                    || !in_disk
+                {
                     return ioerr;
                 }
                 Parsed::Backend(BlkRequest {
@@ -539,7 +540,10 @@ impl VirtioBlkMmio {
                         break;
                     }
                     let n = (ID_BYTES - written).min(seg.len as usize);
-                    if mem.write(seg.gpa, &self.disk.serial[written..written + n]).is_err() {
+                    if mem
+                        .write(seg.gpa, &self.disk.serial[written..written + n])
+                        .is_err()
+                    {
                         return ioerr;
                     }
                     written += n;

@@ -270,7 +270,9 @@ impl Guest {
     }
 
     fn take(&mut self) -> Vec<BlkRequest> {
-        self.dev.take_requests(&mut self.mem, 1024).expect("no protocol error")
+        self.dev
+            .take_requests(&mut self.mem, 1024)
+            .expect("no protocol error")
     }
 
     fn take_err(&mut self) -> VirtioError {
@@ -406,7 +408,12 @@ fn features_ok_refused_for_unoffered_or_legacy_features() {
         g.wr(STATUS, base);
         g.set_driver_features(bad);
         g.wr(STATUS, base | status::FEATURES_OK);
-        assert_eq!(g.rd(STATUS), base, "FEATURES_OK must not stick for {:#x}", bad);
+        assert_eq!(
+            g.rd(STATUS),
+            base,
+            "FEATURES_OK must not stick for {:#x}",
+            bad
+        );
         g.wr(STATUS, base | status::FEATURES_OK | status::DRIVER_OK);
         // Requests are not processed without FEATURES_OK.
         assert_eq!(g.dev.take_requests(&mut g.mem, 8), Ok(vec![]));
@@ -420,7 +427,10 @@ fn features_ok_refused_for_unoffered_or_legacy_features() {
     g.set_driver_features(feature::VERSION_1 | feature::EVENT_IDX);
     assert_eq!(g.dev.negotiated_features(), feature::VERSION_1);
     // The driver cannot set DEVICE_NEEDS_RESET itself.
-    g.wr(STATUS, base | status::FEATURES_OK | status::DEVICE_NEEDS_RESET);
+    g.wr(
+        STATUS,
+        base | status::FEATURES_OK | status::DEVICE_NEEDS_RESET,
+    );
     assert_eq!(g.rd(STATUS), base | status::FEATURES_OK);
 }
 
@@ -494,7 +504,11 @@ fn write_many_segments_direct() {
     assert_eq!(reqs[0].sector, 100);
     assert_eq!(
         reqs[0].segments,
-        vec![seg(DATA, 512), seg(DATA + 0x1000, 1024), seg(DATA + 0x3000, 2560)]
+        vec![
+            seg(DATA, 512),
+            seg(DATA + 0x1000, 1024),
+            seg(DATA + 0x3000, 2560)
+        ]
     );
     assert_eq!(reqs[0].id.data_len, 4096);
     g.complete(&reqs[0], BlkStatus::Ok);
@@ -506,7 +520,9 @@ fn write_many_segments_direct() {
 fn indirect_requests_up_to_seg_max() {
     let mut g = Guest::new(disk(1 << 20, false));
     let n = SEG_MAX as usize;
-    let data: Vec<Buf> = (0..n).map(|i| w(DATA + 0x1000 * i as u64 / 2, 512)).collect();
+    let data: Vec<Buf> = (0..n)
+        .map(|i| w(DATA + 0x1000 * i as u64 / 2, 512))
+        .collect();
     let head = g.submit(req_type::IN, 1000, &data, true);
     let reqs = g.take();
     assert_eq!(reqs.len(), 1);
@@ -557,7 +573,10 @@ fn framing_is_not_assumed() {
     h[8..].copy_from_slice(&5u64.to_le_bytes());
     g.mem.put(DATA, &h[..10]);
     g.mem.put(DATA + 0x100, &h[10..]);
-    let head = g.build(&[r(DATA, 10), r(DATA + 0x100, 6 + 512), w(STATUS_BYTES, 1)], false);
+    let head = g.build(
+        &[r(DATA, 10), r(DATA + 0x100, 6 + 512), w(STATUS_BYTES, 1)],
+        false,
+    );
     g.make_available(head);
     let reqs = g.take();
     assert_eq!(reqs[0].op, BlkOp::Write);
@@ -654,7 +673,11 @@ fn malformed_requests_end_with_ioerr() {
         (req_type::IN, 0, vec![w(DATA, 512), w(DATA, 0)]),
         (req_type::OUT, 0, vec![r(DATA, 0), r(DATA, 512)]),
         // Larger than the request limit.
-        (req_type::IN, 0, vec![w(DATA, MAX_REQUEST_BYTES), w(DATA, 512)]),
+        (
+            req_type::IN,
+            0,
+            vec![w(DATA, MAX_REQUEST_BYTES), w(DATA, 512)],
+        ),
     ];
     for (kind, sector, data) in cases {
         for indirect in [false, true] {
@@ -664,7 +687,10 @@ fn malformed_requests_end_with_ioerr() {
     // A readable buffer after a writable one (data before the status).
     let mut g = Guest::new(disk(64, false));
     g.mem.put(HDRS, &[0; 16]);
-    let head = g.build(&[r(HDRS, 16), w(DATA, 512), r(DATA, 512), w(STATUS_BYTES, 1)], false);
+    let head = g.build(
+        &[r(HDRS, 16), w(DATA, 512), r(DATA, 512), w(STATUS_BYTES, 1)],
+        false,
+    );
     g.make_available(head);
     assert_eq!(g.take(), vec![]);
     assert_eq!(g.status_of(head), 1);
@@ -820,7 +846,12 @@ fn expect_broken(setup: impl FnOnce(&mut Guest), check: impl FnOnce(&VirtioError
 fn avail_index_jump() {
     expect_broken(
         |g| g.mem.put(AVAIL + 2, &257u16.to_le_bytes()),
-        |e| assert!(matches!(e, VirtioError::AvailIndexJump { avail_idx: 257, .. })),
+        |e| {
+            assert!(matches!(
+                e,
+                VirtioError::AvailIndexJump { avail_idx: 257, .. }
+            ))
+        },
     );
     // Backwards is a jump of nearly 65536.
     expect_broken(
@@ -833,7 +864,15 @@ fn avail_index_jump() {
 fn head_out_of_range() {
     expect_broken(
         |g| g.make_available(256),
-        |e| assert_eq!(*e, VirtioError::HeadOutOfRange { head: 256, size: 256 }),
+        |e| {
+            assert_eq!(
+                *e,
+                VirtioError::HeadOutOfRange {
+                    head: 256,
+                    size: 256
+                }
+            )
+        },
     );
 }
 
@@ -852,7 +891,16 @@ fn next_out_of_range() {
             g.write_desc(TABLES, r(HDRS, 16), DESC_F_NEXT, 2);
             g.make_available(0);
         },
-        |e| assert!(matches!(e, VirtioError::NextOutOfRange { next: 2, table_len: 2, .. })),
+        |e| {
+            assert!(matches!(
+                e,
+                VirtioError::NextOutOfRange {
+                    next: 2,
+                    table_len: 2,
+                    ..
+                }
+            ))
+        },
     );
 }
 
@@ -971,7 +1019,10 @@ fn status_byte_not_in_ram() {
     g.make_available(head);
     let reqs = g.take();
     let e = g.dev.complete(&mut g.mem, &reqs[0].id, BlkStatus::Ok);
-    assert!(matches!(e, Err(VirtioError::NotInGuestRam { gpa: HOLE, .. })));
+    assert!(matches!(
+        e,
+        Err(VirtioError::NotInGuestRam { gpa: HOLE, .. })
+    ));
     g.assert_needs_reset();
     // Finished inside (unsupported type): the error comes from take.
     expect_broken(
@@ -980,7 +1031,15 @@ fn status_byte_not_in_ram() {
             let head = g.build(&[r(HDRS, 16), w(HOLE, 1)], false);
             g.make_available(head);
         },
-        |e| assert!(matches!(e, VirtioError::NotInGuestRam { what: "status byte", .. })),
+        |e| {
+            assert!(matches!(
+                e,
+                VirtioError::NotInGuestRam {
+                    what: "status byte",
+                    ..
+                }
+            ))
+        },
     );
 }
 
@@ -1029,8 +1088,17 @@ fn rings_not_in_ram() {
             // The used ring is only touched on completion.
             if reg == QUEUE_DEVICE_LOW {
                 let reqs = g.take();
-                let e = g.dev.complete(&mut g.mem, &reqs[0].id, BlkStatus::Ok).unwrap_err();
-                assert!(matches!(e, VirtioError::NotInGuestRam { what: "used ring", .. }));
+                let e = g
+                    .dev
+                    .complete(&mut g.mem, &reqs[0].id, BlkStatus::Ok)
+                    .unwrap_err();
+                assert!(matches!(
+                    e,
+                    VirtioError::NotInGuestRam {
+                        what: "used ring",
+                        ..
+                    }
+                ));
                 continue;
             }
         }
@@ -1049,7 +1117,10 @@ fn bad_queue_setup() {
         &[(QUEUE_DRIVER_LOW, 0x1_1001)],
         &[(QUEUE_DEVICE_LOW, 0x1_2002)],
         // The used ring would wrap around the address space.
-        &[(QUEUE_DEVICE_LOW, 0xffff_fffc), (QUEUE_DEVICE_HIGH, 0xffff_ffff)],
+        &[
+            (QUEUE_DEVICE_LOW, 0xffff_fffc),
+            (QUEUE_DEVICE_HIGH, 0xffff_ffff),
+        ],
     ];
     for writes in cases {
         let mut g = Guest::new(disk(64, false));
@@ -1062,7 +1133,10 @@ fn bad_queue_setup() {
         assert!(g.dev.irq_level());
         let e = g.take_err();
         assert!(
-            matches!(e, VirtioError::BadQueueSize { .. } | VirtioError::BadRingAddress { .. }),
+            matches!(
+                e,
+                VirtioError::BadQueueSize { .. } | VirtioError::BadRingAddress { .. }
+            ),
             "{:?}",
             e
         );
@@ -1079,7 +1153,10 @@ fn nothing_happens_before_driver_ok() {
     // Rings set up, requests queued, but DRIVER_OK not yet written.
     g.wr(STATUS, status::ACKNOWLEDGE | status::DRIVER);
     g.set_driver_features(feature::VERSION_1);
-    g.wr(STATUS, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
+    g.wr(
+        STATUS,
+        status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+    );
     g.wr(QUEUE_NUM, 256);
     g.wr(QUEUE_DESC_LOW, DESC as u32);
     g.wr(QUEUE_DRIVER_LOW, AVAIL as u32);
@@ -1131,7 +1208,11 @@ fn fuzz_random_rings_never_panic() {
                     g.mem.put(at, &v[..n]);
                 }
                 50..=54 => {
-                    let bump = if rng.chance(95) { rng.below(4) } else { rng.next() } as u16;
+                    let bump = if rng.chance(95) {
+                        rng.below(4)
+                    } else {
+                        rng.next()
+                    } as u16;
                     g.avail_idx = g.avail_idx.wrapping_add(bump);
                     g.mem.put(AVAIL + 2, &g.avail_idx.to_le_bytes());
                 }
@@ -1161,8 +1242,8 @@ fn fuzz_random_rings_never_panic() {
                 75..=89 if !held.is_empty() => {
                     let i = rng.below(held.len() as u64) as usize;
                     let q = held.swap_remove(i);
-                    let s = [BlkStatus::Ok, BlkStatus::IoErr, BlkStatus::Unsupp]
-                        [rng.below(3) as usize];
+                    let s =
+                        [BlkStatus::Ok, BlkStatus::IoErr, BlkStatus::Unsupp][rng.below(3) as usize];
                     let before = g.mem.writes.len();
                     let _ = g.dev.complete(&mut g.mem, &q.id, s);
                     check_writes(&g.mem.writes[before..], num);
@@ -1177,7 +1258,11 @@ fn fuzz_random_rings_never_panic() {
                     if rng.chance(50) {
                         g.dev.read(off, size);
                     } else if off != STATUS && off != QUEUE_READY || rng.chance(10) {
-                        let v = if rng.chance(50) { rng.below(512) } else { rng.next() };
+                        let v = if rng.chance(50) {
+                            rng.below(512)
+                        } else {
+                            rng.next()
+                        };
                         g.dev.write(off, size, v);
                     }
                 }
@@ -1197,7 +1282,10 @@ fn fuzz_random_rings_never_panic() {
         }
     }
     // The fuzz reached the interesting paths.
-    eprintln!("requests, protocol errors, finished inside, resets: {:?}", stats);
+    eprintln!(
+        "requests, protocol errors, finished inside, resets: {:?}",
+        stats
+    );
     eprintln!("protocol errors: {:?}", kinds);
     assert!(stats[0] > 2000, "requests {:?}", stats);
     assert!(stats[1] > 100, "protocol errors {:?}", stats);
@@ -1214,9 +1302,21 @@ fn fuzz_submit(g: &mut Guest, rng: &mut Rng, sectors: u64) {
         8 => req_type::GET_ID,
         _ => rng.next() as u32,
     };
-    let sector = if rng.chance(90) { rng.below(sectors) } else { rng.next() };
-    let n = if rng.chance(80) { 1 + rng.below(4) } else { rng.below(300) } as usize;
-    let data_write = if rng.chance(90) { kind != req_type::OUT } else { rng.chance(50) };
+    let sector = if rng.chance(90) {
+        rng.below(sectors)
+    } else {
+        rng.next()
+    };
+    let n = if rng.chance(80) {
+        1 + rng.below(4)
+    } else {
+        rng.below(300)
+    } as usize;
+    let data_write = if rng.chance(90) {
+        kind != req_type::OUT
+    } else {
+        rng.chance(50)
+    };
     let data: Vec<Buf> = (0..n)
         .map(|_| Buf {
             gpa: if rng.chance(95) {
@@ -1288,7 +1388,12 @@ fn check_writes(writes: &[(u64, usize)], num: u16) -> usize {
     let mut statuses = 0;
     for &(gpa, len) in writes {
         let in_used = gpa >= USED && gpa + len as u64 <= used_end;
-        assert!(in_used || len <= 20, "write {:#x}+{} outside the used ring", gpa, len);
+        assert!(
+            in_used || len <= 20,
+            "write {:#x}+{} outside the used ring",
+            gpa,
+            len
+        );
         if len == 1 && !in_used {
             statuses += 1;
         }
