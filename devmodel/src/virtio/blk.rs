@@ -16,6 +16,18 @@
 //! device-readable bytes and the status the last device-writable byte,
 //! wherever the descriptors split them.
 //!
+//! ## Use
+//!
+//! The caller forwards the guest's accesses to the window to
+//! [`VirtioBlkMmio::read`] / [`VirtioBlkMmio::write`]; on
+//! [`MmioEffect::Notify`] it calls [`VirtioBlkMmio::take_requests`] (again
+//! while [`VirtioBlkMmio::more_available`]), runs each [`BlkRequest`] on
+//! the backend, then [`VirtioBlkMmio::complete`]s it, in any order. On
+//! [`MmioEffect::Reset`] it may drop the backend work: completions from
+//! before the reset are ignored. After each call it sets the interrupt
+//! line to [`VirtioBlkMmio::irq_level`]. An `Err` means the driver broke
+//! the protocol: log it; the device waits for the driver's reset.
+//!
 //! Offered features: VERSION_1, SEG_MAX, BLK_SIZE, FLUSH, INDIRECT_DESC,
 //! and RO for a read-only disk. No EVENT_IDX (avail.flags NO_INTERRUPT is
 //! honoured), no DISCARD or WRITE_ZEROES, no multiqueue.
@@ -23,9 +35,11 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
-use super::mmio::{MmioEffect, Transport, WINDOW_LEN};
+pub use super::mmio::MmioEffect;
+use super::mmio::{Transport, WINDOW_LEN};
 use super::queue::{Buffer, MAX_CHAIN};
-use super::{feature, interrupt, VirtioError};
+pub use super::VirtioError;
+use super::{feature, interrupt};
 use crate::dma::{DmaSegment, GuestMemoryAccess, SECTOR_SIZE};
 
 /// virtio device ID of a block device.
