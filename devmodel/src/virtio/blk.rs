@@ -16,6 +16,18 @@
 //! device-readable bytes and the status the last device-writable byte,
 //! wherever the descriptors split them.
 //!
+//! ## Use
+//!
+//! The caller forwards the guest's accesses to the window to
+//! [`VirtioBlkMmio::read`] / [`VirtioBlkMmio::write`]; on
+//! [`MmioEffect::Notify`] it calls [`VirtioBlkMmio::take_requests`] (again
+//! while [`VirtioBlkMmio::more_available`]), runs each [`BlkRequest`] on
+//! the backend, then [`VirtioBlkMmio::complete`]s it, in any order. On
+//! [`MmioEffect::Reset`] it may drop the backend work: completions from
+//! before the reset are ignored. After each call it sets the interrupt
+//! line to [`VirtioBlkMmio::irq_level`]. An `Err` means the driver broke
+//! the protocol: log it; the device waits for the driver's reset.
+//!
 //! Offered features: VERSION_1, SEG_MAX, BLK_SIZE, FLUSH, INDIRECT_DESC,
 //! and RO for a read-only disk. No EVENT_IDX (avail.flags NO_INTERRUPT is
 //! honoured), no DISCARD or WRITE_ZEROES, no multiqueue.
@@ -23,15 +35,17 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
-use super::mmio::{MmioEffect, Transport, WINDOW_LEN};
+pub use super::mmio::MmioEffect;
+use super::mmio::{Transport, WINDOW_LEN};
 use super::queue::{Buffer, MAX_CHAIN};
-use super::{feature, interrupt, VirtioError};
+pub use super::VirtioError;
+use super::{feature, interrupt};
 use crate::dma::{DmaSegment, GuestMemoryAccess, SECTOR_SIZE};
 
 /// virtio device ID of a block device.
 pub const DEVICE_ID_BLOCK: u32 = 2;
-/// QueueNumMax of the request queue.
-pub const QUEUE_NUM_MAX: u16 = 256;
+/// QueueNumMax of the request queue (the largest queue size offered).
+pub const QUEUE_SIZE_MAX: u16 = 256;
 /// `seg_max`: data segments per request, leaving room in a chain of
 /// [`MAX_CHAIN`] for the header and the status.
 pub const SEG_MAX: u32 = MAX_CHAIN - 2;
@@ -147,7 +161,10 @@ struct InFlight {
 enum Parsed {
     Backend(BlkRequest),
     /// Finished here: the status byte and the used-ring `len`.
-    Done { status: u8, used_len: u32 },
+    Done {
+        status: u8,
+        used_len: u32,
+    },
 }
 
 /// One virtio-mmio v2 window holding a virtio-blk device.
@@ -182,14 +199,19 @@ impl VirtioBlkMmio {
         config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
         config[20..24].copy_from_slice(&(SECTOR_SIZE as u32).to_le_bytes());
         VirtioBlkMmio {
-            transport: Transport::new(DEVICE_ID_BLOCK, features, QUEUE_NUM_MAX),
+            transport: Transport::new(DEVICE_ID_BLOCK, features, QUEUE_SIZE_MAX),
             disk,
             config,
-            in_flight: vec![None; usize::from(QUEUE_NUM_MAX)],
+            in_flight: vec![None; usize::from(QUEUE_SIZE_MAX)],
             in_flight_count: 0,
             more_available: false,
             chain: Vec::with_capacity(MAX_CHAIN as usize),
         }
+    }
+
+    /// The features the driver accepted (meaningful once FEATURES_OK).
+    pub fn negotiated_features(&self) -> u64 {
+        self.transport.negotiated()
     }
 
     pub fn disk(&self) -> &BlkDiskInfo {
@@ -336,12 +358,7 @@ impl VirtioBlkMmio {
         if req.generation != self.transport.generation {
             return Ok(());
         }
-        let Some(rec) = self
-            .in_flight
-            .get(usize::from(req.head))
-            .copied()
-            .flatten()
-        else {
+        let Some(rec) = self.in_flight.get(usize::from(req.head)).copied().flatten() else {
             return Ok(());
         };
         self.drop_in_flight(req.head);
@@ -485,7 +502,10 @@ impl VirtioBlkMmio {
                 let in_disk = sector
                     .checked_add(sectors)
                     .is_some_and(|end| end <= self.disk.sectors);
-                if total % SECTOR_SIZE as u64 != 0 || total > u64::from(MAX_REQUEST_BYTES) || !in_disk {
+                if total % SECTOR_SIZE as u64 != 0
+                    || total > u64::from(MAX_REQUEST_BYTES)
+                    || !in_disk
+                {
                     return ioerr;
                 }
                 Parsed::Backend(BlkRequest {
@@ -534,7 +554,10 @@ impl VirtioBlkMmio {
                         break;
                     }
                     let n = (ID_BYTES - written).min(seg.len as usize);
-                    if mem.write(seg.gpa, &self.disk.serial[written..written + n]).is_err() {
+                    if mem
+                        .write(seg.gpa, &self.disk.serial[written..written + n])
+                        .is_err()
+                    {
                         return ioerr;
                     }
                     written += n;

@@ -125,8 +125,9 @@ impl Transport {
     /// Enters DEVICE_NEEDS_RESET and tells the driver with a
     /// configuration-change interrupt (§2.1.2).
     pub fn fail(&mut self, e: VirtioError) {
+        // The caller gets the error back and logs it (rate-limited as it
+        // sees fit): a guest can break and reset its device in a loop.
         if self.broken.is_none() {
-            log::warn!("virtio-mmio: device needs reset: {}", e);
             self.broken = Some(e);
         }
         self.status |= status::DEVICE_NEEDS_RESET;
@@ -179,7 +180,9 @@ impl Transport {
             DRIVER_FEATURES_SEL => self.driver_features_sel = v,
             DRIVER_FEATURES if self.status & status::FEATURES_OK == 0 => {
                 match self.driver_features_sel {
-                    0 => self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v),
+                    0 => {
+                        self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v)
+                    }
                     1 => {
                         self.driver_features =
                             (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32)

@@ -63,14 +63,26 @@ pub enum VirtioError {
     /// would wrap around the address space.
     BadRingAddress { ring: &'static str, gpa: u64 },
     /// A ring (or an indirect table) is not in guest RAM.
-    NotInGuestRam { what: &'static str, gpa: u64, len: u64 },
+    NotInGuestRam {
+        what: &'static str,
+        gpa: u64,
+        len: u64,
+    },
     /// avail.idx moved further than the queue size past the device's
     /// position (or backwards).
-    AvailIndexJump { last_seen: u16, avail_idx: u16, size: u16 },
+    AvailIndexJump {
+        last_seen: u16,
+        avail_idx: u16,
+        size: u16,
+    },
     /// An available-ring entry names a descriptor past the table.
     HeadOutOfRange { head: u16, size: u16 },
     /// A descriptor's `next` points past its table.
-    NextOutOfRange { head: u16, next: u16, table_len: u32 },
+    NextOutOfRange {
+        head: u16,
+        next: u16,
+        table_len: u32,
+    },
     /// A chain longer than allowed: a loop, or more buffers than the
     /// device accepts in one request.
     ChainTooLong { head: u16, limit: u32 },
@@ -98,12 +110,20 @@ impl fmt::Display for VirtioError {
                 size, max
             ),
             BadRingAddress { ring, gpa } => {
-                write!(f, "{} at {:#x} is misaligned or wraps the address space", ring, gpa)
+                write!(
+                    f,
+                    "{} at {:#x} is misaligned or wraps the address space",
+                    ring, gpa
+                )
             }
             NotInGuestRam { what, gpa, len } => {
                 write!(f, "{} at {:#x}+{:#x} is not guest RAM", what, gpa, len)
             }
-            AvailIndexJump { last_seen, avail_idx, size } => write!(
+            AvailIndexJump {
+                last_seen,
+                avail_idx,
+                size,
+            } => write!(
                 f,
                 "avail.idx jumped from {} to {}, more than the queue size {}",
                 last_seen, avail_idx, size
@@ -113,7 +133,11 @@ impl fmt::Display for VirtioError {
                 "available ring names descriptor {} in a queue of {}",
                 head, size
             ),
-            NextOutOfRange { head, next, table_len } => write!(
+            NextOutOfRange {
+                head,
+                next,
+                table_len,
+            } => write!(
                 f,
                 "chain at head {}: next {} is past a table of {} descriptors",
                 head, next, table_len
@@ -134,7 +158,11 @@ impl fmt::Display for VirtioError {
                 head
             ),
             NestedIndirect { head } => {
-                write!(f, "chain at head {}: indirect table inside an indirect table", head)
+                write!(
+                    f,
+                    "chain at head {}: indirect table inside an indirect table",
+                    head
+                )
             }
             BadIndirectTable { head, len } => write!(
                 f,

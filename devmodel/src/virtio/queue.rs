@@ -64,7 +64,11 @@ fn not_ram(what: &'static str, gpa: u64, len: usize) -> VirtioError {
     }
 }
 
-fn read_u16(mem: &mut dyn GuestMemoryAccess, what: &'static str, gpa: u64) -> Result<u16, VirtioError> {
+fn read_u16(
+    mem: &mut dyn GuestMemoryAccess,
+    what: &'static str,
+    gpa: u64,
+) -> Result<u16, VirtioError> {
     let mut b = [0u8; 2];
     mem.read(gpa, &mut b).map_err(|_| not_ram(what, gpa, 2))?;
     Ok(u16::from_le_bytes(b))
@@ -199,7 +203,11 @@ impl SplitQueue {
     }
 }
 
-fn read_desc(mem: &mut dyn GuestMemoryAccess, what: &'static str, gpa: u64) -> Result<Descriptor, VirtioError> {
+fn read_desc(
+    mem: &mut dyn GuestMemoryAccess,
+    what: &'static str,
+    gpa: u64,
+) -> Result<Descriptor, VirtioError> {
     let mut b = [0u8; 16];
     mem.read(gpa, &mut b).map_err(|_| not_ram(what, gpa, 16))?;
     let mut addr = [0u8; 8];
