@@ -1,8 +1,11 @@
 //! Ferrite stub domain: the device models of one HVM guest, run as a small
 //! isolated guest of the hypervisor (see `ferrite_abi` for the contract).
 //!
-//! The library holds everything; the binary `ferrite-stubdom` is one line
-//! ([`serve`]: the device models), so other stubs can share the rest.
+//! The library holds everything; the binaries are one line each:
+//! `ferrite-stubdom` ([`serve`]: the device models) and, for tests only,
+//! `ferrite-stubdom-hostile` (`src/hostile/`: a stub that attacks the
+//! hypervisor through every hypercall and shared page, and prints a
+//! verdict for each attempt).
 //!
 //! Start-up: the hypervisor enters `_start` in 64-bit mode (CPL0,
 //! interrupts off, no IDT, identity page tables) with rdi = the start-info
