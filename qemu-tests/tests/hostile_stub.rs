@@ -20,7 +20,7 @@ use ferrite_qemu_tests::{base_qemu, images, linuxboot_rom, test_dir, virtio_disk
 use std::path::{Path, PathBuf};
 
 /// Cases the hostile stub runs (its summary must count exactly these).
-const CASES: usize = 94;
+const CASES: usize = 99;
 /// The console flood: lines the flood stub sends through each console
 /// hypercall (16 calls of 4096 newlines).
 const FLOOD_LINES: usize = 16 * 4096;
@@ -34,7 +34,8 @@ const FLOOD_SHOWN_MAX: usize = 2500;
 const TICK_GAP_MAX_S: f64 = 1.0;
 /// `ticker_long`: 100 ticks, 10 s, longer than the attacks take.
 const TICKS: usize = 100;
-const DISK_SECTORS: usize = 2048;
+/// The hostile guest's disk: room for the largest block request (32 MiB).
+const DISK_BYTES: u64 = 40 << 20;
 
 fn write_file(path: &Path, bytes: &[u8]) {
     if let Err(e) = std::fs::write(path, bytes) {
@@ -95,7 +96,10 @@ fn hostile_stub_hypercalls_and_shared_page_tampering_are_refused() {
     let name = "hostile_stub_hypercalls_and_shared_page_tampering_are_refused";
     let dir = test_dir(name);
     let disk: PathBuf = dir.join("disk0.img");
-    write_file(&disk, &vec![0u8; DISK_SECTORS * 512]);
+    let file = std::fs::File::create(&disk).and_then(|f| f.set_len(DISK_BYTES));
+    if let Err(e) = file {
+        panic!("cannot create {}: {e}", disk.display());
+    }
     let [ticker_cfg, ticker_elf] = ticker_modules(&dir);
     let q = base_qemu()
         .smp(2)
