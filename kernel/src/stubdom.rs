@@ -13,7 +13,6 @@ use crate::mm::guest::GuestMemory;
 use crate::platform::Effects;
 use crate::sched;
 use crate::virt::GuestRegs;
-use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use ferrite_abi::{hypercall as hc, BlockRequest, Errno, PowerAction, BLOCK_FLAG_GUEST, BLOCK_FLUSH, BLOCK_READ, BLOCK_WRITE, DEST_GUEST, DEST_STUB};
@@ -54,10 +53,14 @@ const DATA_READ_MAX: u64 = 64 << 20;
 pub fn hypercall(stub: &Domain, b: &StubBackends, regs: &mut GuestRegs) -> After {
     let args = [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8];
     let result = match regs.rax {
-        hc::CONSOLE_WRITE => read_stub(stub, args[0], args[1], CONSOLE_MAX).map(|bytes| {
-            for line in String::from_utf8_lossy(&bytes).lines() {
-                crate::console::domain_line(&stub.name, line);
+        hc::CONSOLE_WRITE => read_stub(stub, args[0], args[1], CONSOLE_MAX).map(|mut bytes| {
+            // Through the stub's own console budget, as a guest's output:
+            // 4 KiB of newlines a call must not flood the serial console
+            // (and hold its lock) at will. Each call ends its last line.
+            if bytes.last().is_some_and(|&b| b != b'\n') {
+                bytes.push(b'\n');
             }
+            stub.console_bytes(&bytes);
             0
         }),
         hc::GUEST_CONSOLE_WRITE => read_stub(stub, args[0], args[1], CONSOLE_MAX).map(|bytes| {

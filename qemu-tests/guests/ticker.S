@@ -1,14 +1,22 @@
 /* ticker: prints "tick N" for N = 1..TICKS, busy-waiting TICK_MS between
- * lines by polling the ACPI PM timer, then "ticker done" and powers off. */
+ * lines by polling the ACPI PM timer, then "ticker done" and powers off.
+ * TICKS is 20 unless a file including this one sets it first
+ * (ticker_long.S). */
         .include "pvh.inc"
 
+        .ifndef TICKS
         .set TICKS,   20
+        .endif
         .set TICK_MS, 100
 
         .text
 _start:
         ENTER
         movl    $hello, %esi
+        call    puts
+        movl    $TICKS, %eax
+        call    putdec
+        movl    $hello_end, %esi
         call    puts
         movl    $1, %edi
 1:      movl    $(PM_TMR_HZ / 1000 * TICK_MS), %eax
@@ -27,6 +35,7 @@ _start:
         jmp     poweroff
 
         .section .rodata
-hello:  .asciz  "ticker: 20 ticks, 100 ms apart\n"
+hello:  .asciz  "ticker: "
+hello_end: .asciz " ticks, 100 ms apart\n"
 tick:   .asciz  "tick "
 done:   .asciz  "ticker done\n"

@@ -155,6 +155,20 @@ pub fn slot_request(index: usize) -> IoRequest {
     IoRequest::decode(&bytes)
 }
 
+/// Writes `req`'s fields (not the state) into slot `index`: how a stub
+/// would tamper with a request the hypervisor published (the hostile test
+/// stub does; the hypervisor must not believe them).
+pub fn slot_write_fields(index: usize, req: &IoRequest) {
+    let mut bytes = [0u8; IOREQ_SLOT_SIZE];
+    req.encode(&mut bytes);
+    let start = slot_addr(index) + slot::KIND as u64;
+    let fields = &bytes[slot::KIND..slot::DATA + 8];
+    // SAFETY: the fields lie inside the mapped I/O-request page; the
+    // hypervisor reads them only when it writes them (never concurrently
+    // with the stub's own use of its page).
+    unsafe { core::ptr::copy_nonoverlapping(fields.as_ptr(), start as *mut u8, fields.len()) };
+}
+
 /// Writes the answer of slot `index` (before storing DONE with Release).
 pub fn slot_set_data(index: usize, data: u64) {
     let addr = slot_addr(index) + slot::DATA as u64;
@@ -166,10 +180,14 @@ pub fn slot_set_data(index: usize, data: u64) {
 // ---------------------------------------------------------------------------
 // The buffered-write page.
 
-fn bufio_word(offset: usize) -> &'static AtomicU32 {
+/// A 4-byte word of the buffered-write page (`ferrite_abi::bufio`
+/// offsets; PRODUCED, CONSUMED or a range pair).
+pub fn bufio_word(offset: usize) -> &'static AtomicU32 {
+    assert!(offset % 4 == 0 && offset < 4096);
     // SAFETY: the buffered-write page is mapped for the stub's whole life;
-    // PRODUCED and CONSUMED are 4-byte aligned words inside it that both
-    // sides access only atomically.
+    // the offset was just checked to be an aligned word inside it, and the
+    // words the hypervisor reads or writes (PRODUCED, CONSUMED, the range
+    // pairs) are accessed only atomically by both sides.
     unsafe { &*((BUFIO_GPA + offset as u64) as *const AtomicU32) }
 }
 

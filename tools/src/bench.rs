@@ -1043,7 +1043,8 @@ pub fn prebuilt_images(profile: Profile) -> Result<build::HypervisorImages> {
         }
     }
     eprintln!("using the prebuilt images {} and {}", multiboot.display(), stubdom.display());
-    Ok(build::HypervisorImages { multiboot, pvh, stubdom })
+    let stubdom_hostile = stubdom.with_file_name("ferrite-stubdom-hostile");
+    Ok(build::HypervisorImages { multiboot, pvh, stubdom, stubdom_hostile })
 }
 
 /// A console line's leading `[<seconds>.<micros>] ` stamp and the rest.

@@ -23,6 +23,9 @@ pub struct HypervisorImages {
     /// `ferrite-stubdom`: the stub-domain unikernel (ELF64 linked at
     /// `ferrite_abi::IMAGE_BASE`) the hypervisor starts for each HVM guest.
     pub stubdom: PathBuf,
+    /// `ferrite-stubdom-hostile`: a stub domain that attacks the hypervisor
+    /// through every hypercall and shared page (tests only).
+    pub stubdom_hostile: PathBuf,
 }
 
 /// Cargo profile of the hypervisor build.
@@ -90,13 +93,16 @@ pub fn build_hypervisor(profile: Profile) -> Result<HypervisorImages> {
     let pvh = multiboot.with_extension("pvh");
     let stubdom = stubdom_image(profile);
     write_pvh_copy(&multiboot, &pvh)?;
-    if !stubdom.is_file() {
-        bail!("cargo did not produce the stub-domain image {}", stubdom.display());
+    let stubdom_hostile = stubdom.with_file_name("ferrite-stubdom-hostile");
+    for image in [&stubdom, &stubdom_hostile] {
+        if !image.is_file() {
+            bail!("cargo did not produce the stub-domain image {}", image.display());
+        }
     }
     eprintln!("hypervisor image:   {}", multiboot.display());
     eprintln!("PVH-only image:     {}", pvh.display());
     eprintln!("stub-domain image:  {}", stubdom.display());
-    Ok(HypervisorImages { multiboot, pvh, stubdom })
+    Ok(HypervisorImages { multiboot, pvh, stubdom, stubdom_hostile })
 }
 
 /// Where `cargo_build_command` leaves the stub-domain image.

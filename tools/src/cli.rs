@@ -16,7 +16,8 @@ USAGE:
     ferrite build [--debug]
         Build the hypervisor image (target/baremetal/<profile>/ferrite-hv),
         its PVH-only copy (ferrite-hv.pvh) and the stub-domain image
-        (ferrite-stubdom) next to them.
+        (ferrite-stubdom) next to them, with the hostile test stub
+        (ferrite-stubdom-hostile, for tests only).
     ferrite up [--debug] [--smp N] [--mem MiB] [--tcg|--kvm] [--append \"CMDLINE\"]
                [--dom0-vcpus N] [--selftest-only]
                [--module PATH[=ARGS]]... [-- EXTRA QEMU ARGS]

@@ -1,12 +1,20 @@
 //! Ferrite stub domain: the device models of one HVM guest, run as a small
 //! isolated guest of the hypervisor (see `ferrite_abi` for the contract).
 //!
+//! The library holds everything; the binaries are one line each:
+//! `ferrite-stubdom` ([`serve`]: the device models) and, for tests only,
+//! `ferrite-stubdom-hostile` (`src/hostile/`: a stub that attacks the
+//! hypervisor through every hypercall and shared page, and prints a
+//! verdict for each attempt).
+//!
 //! Start-up: the hypervisor enters `_start` in 64-bit mode (CPL0,
 //! interrupts off, no IDT, identity page tables) with rdi = the start-info
-//! address. The entry code below switches to the stub's own stack, enables
-//! SSE (the prebuilt `core` uses it), clears .bss and calls [`stub_main`],
-//! which reads the [`StubConfig`], builds the devices and serves I/O
-//! requests for ever.
+//! address. The entry code ([`entry_point!`], expanded in each binary)
+//! switches to the stub's own stack, enables SSE (the prebuilt `core` uses
+//! it), clears .bss and calls the binary's `stub_main`, which hands the
+//! start-info address to [`start`]: it reads the [`StubConfig`] and runs
+//! the binary's main function ([`serve`]: build the devices and serve I/O
+//! requests for ever).
 //!
 //! Failure model: the stub has no IDT, so any CPU exception is a triple
 //! fault, which the hypervisor turns into destroying the stub and its
@@ -18,7 +26,6 @@
 //! guest window, page tables, heap arena), each block with its reason.
 
 #![no_std]
-#![no_main]
 #![deny(unsafe_code)]
 
 extern crate alloc;
@@ -28,25 +35,31 @@ extern crate ferrite_rt;
 mod block;
 mod devices;
 mod guest_memory;
-mod hypercall;
+pub mod hypercall;
 mod ioreq;
 mod logger;
-mod memory;
+pub mod memory;
 mod strio;
 
 use alloc::string::String;
 use ferrite_abi::StubConfig;
 use log::info;
 
-// The entry point. CR0.MP set, CR0.EM clear, CR4.OSFXSR|OSXMMEXCPT set
-// before any compiled code runs (the hypervisor's entry state is not
-// trusted to have them). The stack lies in the image (`linker.ld`); .bss is
-// zeroed here rather than assuming the loader did. rdi (the start-info
-// address) is kept in r12 across the clearing and handed to `stub_main`.
-#[allow(unsafe_code)] // the entry code
-mod entry {
-    core::arch::global_asm!(
-        r#"
+/// The entry point, for a binary of this crate to expand once with its
+/// main function (`fn(StubConfig) -> !`). CR0.MP set, CR0.EM clear,
+/// CR4.OSFXSR|OSXMMEXCPT set before any compiled code runs (the
+/// hypervisor's entry state is not trusted to have them). The stack lies in
+/// the image (`linker.ld`); .bss is zeroed here rather than assuming the
+/// loader did. rdi (the start-info address) is kept in r12 across the
+/// clearing and handed to `stub_main`. A macro, so the assembly is part of
+/// the binary itself and never left out of the link.
+#[macro_export]
+macro_rules! entry_point {
+    ($main:path) => {
+        #[allow(unsafe_code)] // the entry code
+        mod entry {
+            core::arch::global_asm!(
+                r#"
     .section .text.entry, "ax"
     .global _start
 _start:
@@ -76,14 +89,22 @@ _start:
     ud2
     jmp 1b
     "#,
-        options(att_syntax)
-    );
+                options(att_syntax)
+            );
+        }
+
+        /// The Rust entry, called once from `_start` with the start-info address.
+        #[allow(unsafe_code)] // `no_mangle`: the symbol the entry assembly calls
+        #[no_mangle]
+        extern "C" fn stub_main(start_info: u64) -> ! {
+            $crate::start(start_info, $main)
+        }
+    };
 }
 
-/// The Rust entry, called once from `_start` with the start-info address.
-#[allow(unsafe_code)] // `no_mangle`: the symbol the entry assembly calls
-#[no_mangle]
-extern "C" fn stub_main(start_info: u64) -> ! {
+/// Sets up the heap, the logger and the stack guard, reads the
+/// configuration at `start_info` and runs `main` with it.
+pub fn start(start_info: u64, main: fn(StubConfig) -> !) -> ! {
     memory::init_heap();
     logger::init();
     memory::guard_stack();
@@ -91,6 +112,12 @@ extern "C" fn stub_main(start_info: u64) -> ! {
         Ok(c) => c,
         Err(e) => panic!("bad start info at {:#x}: {}", start_info, e),
     };
+    main(config)
+}
+
+/// The stub domain proper: builds the devices of the guest `config`
+/// describes and serves its I/O requests for ever.
+pub fn serve(config: StubConfig) -> ! {
     info!(
         "stub domain for guest {} ({}): {} vCPU(s), RAM {} MiB below 4 GiB + {} MiB above, {} disk(s)",
         config.guest_id,
