@@ -44,6 +44,8 @@ mod server;
 mod transmission;
 
 #[cfg(test)]
+mod fuzz_tests;
+#[cfg(test)]
 mod tests;
 
 pub use client::ClientHandshake;
