@@ -265,7 +265,7 @@ impl Domain {
         };
         let disks = disks.clone();
         let vdisks = crate::vdisk::build(&disks).map_err(|e| format!("{}: {}", spec.name, e))?;
-        let wanted: Vec<(String, bool)> = disks.iter().map(|d| (d.target.clone(), !d.read_only)).collect();
+        let wanted: Vec<(String, bool)> = disks.iter().map(|d| (d.target(), !d.read_only)).collect();
         crate::hvm::check_disk_sharing(&spec.name, &wanted, None)?;
         // Owned: the load plan borrows it, and `spec` moves into the domain.
         let cmdline = String::from(cmdline.as_str());
@@ -307,7 +307,11 @@ impl Domain {
         }
         for d in &domain.vdisks {
             let d = &disks[d.slot()];
-            info!("domain {} ({}): disk {} is host disk {} ({}), virtio-blk", domain.id, domain.name, d.vdev, d.target, if d.read_only { "r" } else { "w" });
+            let what = match &d.source {
+                crate::vdisk::DiskSource::Host(name) => format!("host disk {}", name),
+                crate::vdisk::DiskSource::Nbd(nbd) => format!("NBD export {}", nbd.name()),
+            };
+            info!("domain {} ({}): disk {} is {} ({}), virtio-blk", domain.id, domain.name, d.vdev, what, if d.read_only { "r" } else { "w" });
         }
         info!(
             "domain {} ({}): {} MiB, {} vCPUs, {:?} kernel entry {:#x}, cmdline \"{}\"",

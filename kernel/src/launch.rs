@@ -7,6 +7,8 @@ use crate::domain::{self, Action, Boot, DomainSpec};
 use crate::hvm;
 use crate::mm;
 use crate::mm::blob::Blob;
+use crate::nbd::NbdDisk;
+use alloc::sync::Arc;
 use crate::arch::percpu;
 use crate::virt;
 use alloc::format;
@@ -31,7 +33,12 @@ pub trait Files {
     /// The file a config names (`kernel=`, `ramdisk=`, `firmware=`, or a
     /// platform file such as the BIOS); `what` names it in errors.
     fn get(&self, file: &str, what: &str) -> Result<Blob, String>;
+    /// The NBD connection behind a `file:` or `nbd:` disk, connected.
+    fn nbd_disk(&self, disk: &ferrite_config::DiskSpec) -> Result<Arc<NbdDisk>, String>;
 }
+
+/// How long boot waits for an `nbd:` disk's server (DHCP included).
+const BOOT_NBD_TIMEOUT_US: u64 = 60_000_000;
 
 /// The boot modules by name, kept for the life of the hypervisor: runtime
 /// creation takes platform files (BIOS, stub image, option ROM) from them.
@@ -56,6 +63,22 @@ impl Files for BootModules {
         boot_module(file)
             .map(Blob::Module)
             .ok_or_else(|| format!("{} '{}' is not among the boot modules (load it as a module named '{}')", what, file, file))
+    }
+
+    /// At boot, before anything is scheduled: connects and waits, polling
+    /// the network itself.
+    fn nbd_disk(&self, disk: &ferrite_config::DiskSpec) -> Result<Arc<NbdDisk>, String> {
+        let target = disk.target.as_deref().unwrap_or("");
+        if disk.kind == ferrite_config::DiskKind::File {
+            return Err(format!(
+                "disk {}: file:{} needs a toolstack to serve it (`ferrite xl create`); at boot, name an NBD export instead (nbd:HOST:PORT/EXPORT)",
+                disk.vdev.name, target
+            ));
+        }
+        let (addr, port, export) = crate::nbd::parse_target(target).map_err(|e| format!("disk {}: {}", disk.vdev.name, e))?;
+        let nbd = crate::nbd::connect(addr, port, &export)?;
+        crate::nbd::wait_ready(core::slice::from_ref(&nbd), BOOT_NBD_TIMEOUT_US).map_err(|e| format!("disk {}: {}", disk.vdev.name, e))?;
+        Ok(nbd)
     }
 }
 
@@ -209,7 +232,7 @@ fn pvh_boot(cfg: &ferrite_config::DomainConfig, files: &dyn Files) -> Result<Boo
     let kernel_file = cfg.kernel.as_deref().ok_or("no kernel given")?;
     let kernel = files.get(kernel_file, "kernel")?;
     let initrd = cfg.ramdisk.as_deref().map(|f| files.get(f, "ramdisk")).transpose()?;
-    Ok(Boot::Pvh { kernel, initrd, cmdline: cfg.cmdline.clone().unwrap_or_default(), disks: pvh_disks(&cfg.disks)? })
+    Ok(Boot::Pvh { kernel, initrd, cmdline: cfg.cmdline.clone().unwrap_or_default(), disks: pvh_disks(&cfg.disks, files)? })
 }
 
 /// dom0's disks from `dom0_disk=` options, each in xl's disk syntax.
@@ -222,23 +245,26 @@ fn dom0_disks(specs: &[String]) -> Result<Vec<crate::vdisk::DiskConfig>, String>
         }
         parsed.push(d);
     }
-    pvh_disks(&parsed)
+    pvh_disks(&parsed, &BootModules)
 }
 
-/// A PVH domain's disks: `phy:` host disks as virtio-blk (`xvdX`, `sdX`
-/// or `hdX` names alike; the guest names them itself, `vdX` in Linux).
-fn pvh_disks(specs: &[ferrite_config::DiskSpec]) -> Result<Vec<crate::vdisk::DiskConfig>, String> {
+/// A PVH domain's disks as virtio-blk (`xvdX`, `sdX` or `hdX` names
+/// alike; the guest names them itself, `vdX` in Linux): `phy:` host disks,
+/// and `file:` and `nbd:` disks on NBD servers.
+fn pvh_disks(specs: &[ferrite_config::DiskSpec], files: &dyn Files) -> Result<Vec<crate::vdisk::DiskConfig>, String> {
     use ferrite_config::{Access, DevType, DiskKind};
+    use crate::vdisk::{DiskConfig, DiskSource};
     let mut disks = Vec::new();
     for d in specs {
         if d.devtype == DevType::Cdrom {
             return Err(format!("disk {}: PVH domains have no CD-ROMs", d.vdev.name));
         }
-        if d.kind == DiskKind::File {
-            return Err(format!("disk {}: file: images are not served yet; give a host disk as phy:NAME", d.vdev.name));
-        }
         let target = d.target.clone().ok_or_else(|| format!("disk {}: no target", d.vdev.name))?;
-        disks.push(crate::vdisk::DiskConfig { target, vdev: d.vdev.name.clone(), read_only: d.access == Access::ReadOnly });
+        let source = match d.kind {
+            DiskKind::File | DiskKind::Nbd => DiskSource::Nbd(files.nbd_disk(d)?),
+            DiskKind::Phy | DiskKind::Unspecified => DiskSource::Host(target),
+        };
+        disks.push(DiskConfig { source, vdev: d.vdev.name.clone(), read_only: d.access == Access::ReadOnly });
     }
     Ok(disks)
 }
@@ -261,6 +287,9 @@ fn hvm_boot(cfg: &ferrite_config::DomainConfig, files: &dyn Files) -> Result<Boo
     for d in &cfg.disks {
         if d.devtype == DevType::Cdrom {
             return Err(format!("disk {}: CD-ROMs are not emulated yet", d.vdev.name));
+        }
+        if matches!(d.kind, ferrite_config::DiskKind::File | ferrite_config::DiskKind::Nbd) {
+            return Err(format!("disk {}: HVM guests get host disks (phy:NAME) only, for now", d.vdev.name));
         }
         if d.vdev.bus != VdevBus::Ide || d.vdev.disk > 3 || d.vdev.partition != 0 {
             return Err(format!("disk {}: HVM guests get IDE disks; use hda, hdb, hdc or hdd", d.vdev.name));

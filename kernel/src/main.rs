@@ -23,6 +23,7 @@ mod launch;
 mod ioreq;
 mod mgmt;
 mod mm;
+mod nbd;
 mod net;
 mod panic;
 mod platform;
@@ -265,6 +266,7 @@ pub extern "C" fn kmain(magic: u32, info_paddr: u32, entry: u32) -> ! {
     // PVH disks' requests complete when a host disk is polled: by idle
     // CPUs while any is in flight, and by CPU 0 between slices.
     sched::register_idle_work(drivers::virtio_blk::poll_all);
+    sched::register_idle_work(nbd::poll_while_busy);
     sched::register_poller(sched::Poller {
         poll: || {
             drivers::virtio_blk::poll_all();

@@ -22,7 +22,7 @@ use crate::mm::blob::{Blob, FrameBuffer};
 use alloc::sync::Arc;
 use ferrite_mgmt::{
     AuthThrottle, DomRef, DomainInfo, DomainState, ErrorCode, ErrorReply, FileHasher, FileMeta, HostInfo, Request, Response, Secret,
-    ServerSession, Trigger, Upload, UptimeInfo, VcpuInfo, VcpuState,
+    ServedDisk, ServerSession, Trigger, Upload, UptimeInfo, VcpuInfo, VcpuState,
 };
 use log::{info, warn};
 use smoltcp::iface::{SocketHandle, SocketSet};
@@ -75,6 +75,11 @@ struct ConnState {
     console: Option<(u32, u64)>,
     /// An `xl create` whose files are arriving.
     create: Option<PendingCreate>,
+    /// An `xl create` whose files are in, waiting for its NBD disks to
+    /// connect before the domain is built (the answer waits too).
+    connecting: Option<(PendingCreate, u64)>,
+    /// The client's address (its `file:` disks are served from there).
+    peer: Option<[u8; 4]>,
 }
 
 /// A config checked and its files being received into host frames.
@@ -82,7 +87,15 @@ struct PendingCreate {
     config: ferrite_config::DomainConfig,
     upload: Upload,
     buffers: Vec<FrameBuffer>,
+    /// The `file:` disks the client serves.
+    served: Vec<ServedDisk>,
+    /// NBD connections for the config's `file:` and `nbd:` disks, by the
+    /// disk's target.
+    nbd: Vec<(String, Arc<crate::nbd::NbdDisk>)>,
 }
+
+/// How long `xl create` waits for its disks' NBD servers.
+const NBD_CONNECT_TIMEOUT_US: u64 = 30_000_000;
 
 /// Host memory an upload must leave free besides the domain's own RAM.
 const CREATE_RESERVE: u64 = 32 << 20;
@@ -102,7 +115,7 @@ impl Service for MgmtService {
         }
     }
 
-    fn poll(&mut self, sockets: &mut SocketSet<'static>, now_us: u64) {
+    fn poll(&mut self, sockets: &mut SocketSet<'static>, _iface: &mut smoltcp::iface::Interface, now_us: u64) {
         for i in 0..self.conns.len() {
             self.poll_conn(i, sockets, now_us);
         }
@@ -165,7 +178,14 @@ impl MgmtService {
                     (fed, ())
                 });
             }
-            while let Some(request) = session.next_request(now_us, &mut self.throttle) {
+            if conn.state.peer.is_none() {
+                if let Some(ep) = sock.remote_endpoint() {
+                    let smoltcp::wire::IpAddress::Ipv4(ip) = ep.addr;
+                    conn.state.peer = Some(ip.octets());
+                }
+            }
+            while conn.state.connecting.is_none() {
+                let Some(request) = session.next_request(now_us, &mut self.throttle) else { break };
                 if let Some(response) = serve(request, &mut conn.state) {
                     session.respond(&response);
                 }
@@ -178,6 +198,9 @@ impl MgmtService {
             session.peer_closed();
         }
         session.check_timeout(now_us);
+        if let Some(response) = creation_progress(&mut conn.state, now_us) {
+            session.respond(&response);
+        }
         // Console output for an attached client, a bounded piece per poll.
         if let Some((dom, pos)) = conn.state.console {
             if session.outgoing().len() < SOCKET_BUFFER {
@@ -284,9 +307,9 @@ fn serve(request: Request, state: &mut ConnState) -> Option<Response> {
             Response::Vcpus(vcpu_list(only))
         }
         Request::VcpuPin { dom, vcpu, pcpus } => with_dom(&dom, &|id| domain::pin_vcpus(id, vcpu, pcpus)),
-        Request::Create { config_name, config_text, files } => {
+        Request::Create { config_name, config_text, files, served } => {
             state.create = None;
-            match begin_create(&config_name, &config_text, files) {
+            match begin_create(&config_name, &config_text, files, served) {
                 Ok(pending) => {
                     state.create = Some(pending);
                     Response::Ok
@@ -311,7 +334,15 @@ fn serve(request: Request, state: &mut ConnState) -> Option<Response> {
             None => error(ErrorCode::BadRequest, "a file chunk with no create under way"),
         },
         Request::CreateCommit => match state.create.take() {
-            Some(pending) => finish_create(pending),
+            Some(mut pending) => match connect_disks(&mut pending, state.peer) {
+                Ok(true) => {
+                    // Answered once the disks are connected.
+                    state.connecting = Some((pending, crate::arch::time::uptime_us() + NBD_CONNECT_TIMEOUT_US));
+                    return None;
+                }
+                Ok(false) => finish_create(pending),
+                Err(e) => error(ErrorCode::BadConfig, format!("{}: {}", pending.config.name, e)),
+            },
             None => error(ErrorCode::BadRequest, "nothing to create: send Create and its files first"),
         },
         Request::ConsoleAttach(dom) => match resolve(&dom) {
@@ -397,7 +428,7 @@ fn host_info() -> HostInfo {
 /// Checks an `xl create`: the config parses, the domain name is free,
 /// every announced file is one the config names, and there is room for
 /// the files besides the domain's memory; then sets up their buffers.
-fn begin_create(config_name: &str, config_text: &str, files: Vec<FileMeta>) -> Result<PendingCreate, Response> {
+fn begin_create(config_name: &str, config_text: &str, files: Vec<FileMeta>, served: Vec<ServedDisk>) -> Result<PendingCreate, Response> {
     let config = match ferrite_config::parse(config_name, config_text.as_bytes()) {
         Ok((cfg, _warnings)) => cfg,
         Err(errors) => {
@@ -429,12 +460,66 @@ fn begin_create(config_name: &str, config_text: &str, files: Vec<FileMeta>) -> R
         buffers.push(buf);
     }
     info!("mgmt: receiving {} for domain '{}' ({} file(s))", config_name, config.name, buffers.len());
-    Ok(PendingCreate { config, upload, buffers })
+    Ok(PendingCreate { config, upload, buffers, served, nbd: Vec::new() })
+}
+
+/// Starts the NBD connections of the config's `file:` disks (on the
+/// client's machine, at the ports it named) and `nbd:` disks; true when
+/// there are some to wait for.
+fn connect_disks(pending: &mut PendingCreate, peer: Option<[u8; 4]>) -> Result<bool, String> {
+    use ferrite_config::DiskKind;
+    for d in &pending.config.disks {
+        let target = d.target.clone().unwrap_or_default();
+        let (addr, port, export) = match d.kind {
+            DiskKind::File => {
+                let served = pending.served.iter().find(|s| s.target == target).ok_or_else(|| {
+                    format!("disk {}: file:{} is not served by the client (its `xl create` serves file: disks over NBD)", d.vdev.name, target)
+                })?;
+                let addr = peer.ok_or("the client's address is unknown")?;
+                (addr, served.port, served.export.clone())
+            }
+            DiskKind::Nbd => crate::nbd::parse_target(&target).map_err(|e| format!("disk {}: {}", d.vdev.name, e))?,
+            DiskKind::Phy | DiskKind::Unspecified => continue,
+        };
+        let nbd = crate::nbd::connect(addr, port, &export)?;
+        pending.nbd.push((target, nbd));
+    }
+    Ok(!pending.nbd.is_empty())
+}
+
+/// An `xl create` waiting for its NBD disks: the answer once they are all
+/// connected (the domain built), one failed, or time ran out.
+fn creation_progress(state: &mut ConnState, now_us: u64) -> Option<Response> {
+    let (pending, deadline) = state.connecting.as_ref()?;
+    let mut waiting = false;
+    let mut failed = None;
+    for (target, nbd) in &pending.nbd {
+        match nbd.export() {
+            Ok(Some(_)) => {}
+            Ok(None) => waiting = true,
+            Err(why) => {
+                failed = Some(format!("{}: disk {}: NBD {}: {}", pending.config.name, target, nbd.name(), why));
+                break;
+            }
+        }
+    }
+    if failed.is_none() && waiting && now_us < *deadline {
+        return None;
+    }
+    let (pending, _) = state.connecting.take()?;
+    if let Some(why) = failed {
+        return Some(error(ErrorCode::BadConfig, why));
+    }
+    if waiting {
+        return Some(error(ErrorCode::BadConfig, format!("{}: an NBD server for its disks did not answer in time", pending.config.name)));
+    }
+    Some(finish_create(pending))
 }
 
 /// The uploaded files by the names the config gives them; the platform
-/// files (BIOS, option ROM) from the boot modules.
-struct Uploaded(Vec<(String, Blob)>);
+/// files (BIOS, option ROM) from the boot modules; the NBD disks
+/// connected for it.
+struct Uploaded(Vec<(String, Blob)>, Vec<(String, Arc<crate::nbd::NbdDisk>)>);
 
 impl Files for Uploaded {
     fn get(&self, file: &str, what: &str) -> Result<Blob, String> {
@@ -443,15 +528,24 @@ impl Files for Uploaded {
             None => launch::BootModules.get(file, what),
         }
     }
+
+    fn nbd_disk(&self, disk: &ferrite_config::DiskSpec) -> Result<Arc<crate::nbd::NbdDisk>, String> {
+        let target = disk.target.as_deref().unwrap_or("");
+        self.1
+            .iter()
+            .find(|(t, _)| t == target)
+            .map(|(_, nbd)| nbd.clone())
+            .ok_or_else(|| format!("disk {}: no NBD connection for '{}'", disk.vdev.name, target))
+    }
 }
 
 fn finish_create(pending: PendingCreate) -> Response {
-    let PendingCreate { config, upload, buffers } = pending;
+    let PendingCreate { config, upload, buffers, nbd, .. } = pending;
     let files = match upload.finish() {
         Ok(f) => f,
         Err(e) => return Response::Error(e),
     };
-    let uploaded = Uploaded(files.into_iter().zip(buffers).map(|(f, b)| (f.name, Blob::Uploaded(Arc::new(b)))).collect());
+    let uploaded = Uploaded(files.into_iter().zip(buffers).map(|(f, b)| (f.name, Blob::Uploaded(Arc::new(b)))).collect(), nbd);
     let spec = match launch::spec_from_config(&config, &uploaded) {
         Ok(s) => s,
         Err(e) => return error(ErrorCode::BadConfig, format!("{}: {}", config.name, e)),

@@ -22,13 +22,15 @@ use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address, Ipv4Cidr};
 use spin::Mutex;
 
-/// A TCP service on the hypervisor's address: it owns sockets in the set
-/// (created in `attach`) and serves them at every poll.
+/// A TCP service or client on the hypervisor's address: it owns sockets
+/// in the set (created in `attach`, or later at a poll) and serves them at
+/// every poll.
 pub trait Service: Send {
     /// Creates the service's sockets.
     fn attach(&mut self, sockets: &mut SocketSet<'static>);
-    /// Moves data between the service's sockets and its sessions.
-    fn poll(&mut self, sockets: &mut SocketSet<'static>, now_us: u64);
+    /// Moves data between the service's sockets and its sessions; `iface`
+    /// is there for connecting out (`tcp::Socket::connect`).
+    fn poll(&mut self, sockets: &mut SocketSet<'static>, iface: &mut Interface, now_us: u64);
     /// Whether a client is connected (the stack is then polled more often).
     fn busy(&self) -> bool;
 }
@@ -105,7 +107,7 @@ pub fn poll() {
     }
     let Stack { services, sockets, iface, device, .. } = stack;
     for s in services.iter_mut() {
-        s.poll(sockets, now_us);
+        s.poll(sockets, iface, now_us);
     }
     // Replies the services queued go out now, not at the next poll.
     iface.poll(now(), device, sockets);

@@ -1,7 +1,9 @@
 //! PVH domains' disks: virtio-blk over virtio-mmio, emulated here
 //! (`ferrite_devmodel::virtio`), each backed by a host disk
 //! (`drivers::virtio_blk`) that moves the data straight between the device
-//! and the guest's frames (no copy).
+//! and the guest's frames (no copy), or by an export on an NBD server
+//! (`nbd`: `file:` images a toolstack serves, `nbd:` targets), whose data
+//! is copied between the guest's frames and the TCP stream.
 //!
 //! Requests run asynchronously. The guest's queue notify takes the new
 //! requests off its ring, checks them, and hands them to the host disk;
@@ -15,6 +17,8 @@
 
 use crate::drivers::virtio_blk::{BlockDevice, BlockIoError, IoClient};
 use crate::mm::guest::GuestMemory;
+use crate::nbd::{NbdBuffer, NbdDisk, NbdOp};
+use ferrite_devmodel::dma::DmaSegment;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -29,14 +33,39 @@ use spin::Mutex;
 /// the largest size the model offers (bounded work per exit).
 const MAX_TAKE: usize = 256;
 
+/// Where a disk's blocks are.
+#[derive(Clone)]
+pub enum DiskSource {
+    /// A host disk by name (`phy:NAME`).
+    Host(String),
+    /// An NBD export, connected before the domain is built.
+    Nbd(Arc<NbdDisk>),
+}
+
 /// A PVH disk as the domain's configuration gives it.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct DiskConfig {
-    /// The host disk (`phy:NAME`).
-    pub target: String,
+    pub source: DiskSource,
     /// The guest's name for it (`xvda`, ...), for messages.
     pub vdev: String,
     pub read_only: bool,
+}
+
+impl DiskConfig {
+    /// What the disk is, for messages and for the sharing check
+    /// (`hvm::check_disk_sharing`): the host disk's name, or `nbd:` and
+    /// the export.
+    pub fn target(&self) -> String {
+        match &self.source {
+            DiskSource::Host(name) => name.clone(),
+            DiskSource::Nbd(d) => alloc::format!("nbd:{}", d.name()),
+        }
+    }
+}
+
+enum Backend {
+    Host(&'static BlockDevice),
+    Nbd(Arc<NbdDisk>),
 }
 
 /// The domain, as its disks see it.
@@ -52,7 +81,7 @@ pub trait DiskHost: Send + Sync {
 pub struct VirtioDisk {
     slot: usize,
     vdev: String,
-    host: &'static BlockDevice,
+    backend: Backend,
     read_only: bool,
     state: Mutex<DiskState>,
 }
@@ -80,28 +109,40 @@ impl GuestMemoryAccess for GuestRam<'_> {
 }
 
 /// Builds a domain's disks from its configuration: each host disk must
-/// exist, and a writable one must be writable on the host. Slot i is the
-/// i-th disk (its window and GSI follow from it).
+/// exist and each NBD export be connected, and a writable disk must be
+/// writable there. Slot i is the i-th disk (its window and GSI follow).
 pub fn build(disks: &[DiskConfig]) -> Result<Vec<Arc<VirtioDisk>>, String> {
     if disks.len() > MAX_VIRTIO_MMIO {
         return Err(alloc::format!("at most {} disks per PVH domain ({} given)", MAX_VIRTIO_MMIO, disks.len()));
     }
     let mut out = Vec::new();
     for (slot, d) in disks.iter().enumerate() {
-        let host = crate::drivers::virtio_blk::find(&d.target).ok_or_else(|| {
-            alloc::format!("disk {}: no host disk named '{}' (QEMU: -device virtio-blk-pci,serial={})", d.vdev, d.target, d.target)
-        })?;
-        if !d.read_only && host.read_only() {
-            return Err(alloc::format!("disk {}: host disk '{}' is read-only; give it access 'r'", d.vdev, d.target));
+        let (backend, sectors, backend_read_only) = match &d.source {
+            DiskSource::Host(name) => {
+                let host = crate::drivers::virtio_blk::find(name).ok_or_else(|| {
+                    alloc::format!("disk {}: no host disk named '{}' (QEMU: -device virtio-blk-pci,serial={})", d.vdev, name, name)
+                })?;
+                (Backend::Host(host), host.sectors(), host.read_only())
+            }
+            DiskSource::Nbd(nbd) => {
+                let export = nbd
+                    .export()
+                    .map_err(|why| alloc::format!("disk {}: NBD {}: {}", d.vdev, nbd.name(), why))?
+                    .ok_or_else(|| alloc::format!("disk {}: NBD {} is not connected yet", d.vdev, nbd.name()))?;
+                (Backend::Nbd(nbd.clone()), export.size / 512, export.flags & ferrite_nbd::flags::READ_ONLY != 0)
+            }
+        };
+        if !d.read_only && backend_read_only {
+            return Err(alloc::format!("disk {}: '{}' is read-only; give it access 'r'", d.vdev, d.target()));
         }
         let mut serial = [0u8; 20];
         let name = d.vdev.as_bytes();
         serial[..name.len().min(20)].copy_from_slice(&name[..name.len().min(20)]);
-        let model = VirtioBlkMmio::new(BlkDiskInfo { sectors: host.sectors(), read_only: d.read_only, serial });
+        let model = VirtioBlkMmio::new(BlkDiskInfo { sectors, read_only: d.read_only, serial });
         out.push(Arc::new(VirtioDisk {
             slot,
             vdev: d.vdev.clone(),
-            host,
+            backend,
             read_only: d.read_only,
             state: Mutex::new(DiskState { model, in_flight: Vec::new(), next_tag: 0, line: false }),
         }));
@@ -152,32 +193,54 @@ impl VirtioDisk {
     /// Takes the waiting requests off the ring and gives each a tag.
     fn take(&self, st: &mut DiskState, host: &Arc<dyn DiskHost>) -> Vec<(u64, BlkRequest)> {
         let DiskState { model, in_flight, next_tag, .. } = st;
-        let requests = match model.take_requests(&mut GuestRam(host.memory()), MAX_TAKE) {
-            Ok(r) => r,
-            Err(e) => {
-                warn!("{}: disk {}: {}; the device needs a reset", host.name(), self.vdev, e);
-                return Vec::new();
-            }
-        };
-        requests
-            .into_iter()
-            .map(|r| {
+        let mut taken = Vec::new();
+        // A ring holds at most MAX_TAKE, so this runs once or twice.
+        loop {
+            let requests = match model.take_requests(&mut GuestRam(host.memory()), MAX_TAKE) {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!("{}: disk {}: {}; the device needs a reset", host.name(), self.vdev, e);
+                    break;
+                }
+            };
+            for r in requests {
                 let tag = *next_tag;
                 *next_tag += 1;
                 in_flight.push((tag, r.id));
-                (tag, r)
-            })
-            .collect()
+                taken.push((tag, r));
+            }
+            if !model.more_available() {
+                break;
+            }
+        }
+        taken
     }
 
-    /// Hands one request to the host disk; its end comes through `finish`.
+    /// Hands one request to the backend; its end comes through `finish`.
     fn start(self: &Arc<Self>, host: &Arc<dyn DiskHost>, tag: u64, req: BlkRequest) {
+        if req.op == BlkOp::Write && self.read_only {
+            return self.finish(&**host, tag, BlkStatus::IoErr);
+        }
+        match &self.backend {
+            Backend::Host(device) => self.start_on_host(device, host, tag, req),
+            Backend::Nbd(nbd) => {
+                let (op, len) = match req.op {
+                    BlkOp::Read => (NbdOp::Read, req.id.data_len),
+                    BlkOp::Write => (NbdOp::Write, req.id.data_len),
+                    BlkOp::Flush => (NbdOp::Flush, 0),
+                };
+                let buffer = Arc::new(GuestBuffer { disk: self.clone(), host: host.clone(), segments: req.segments, tag });
+                nbd.submit(op, req.sector * 512, len, buffer);
+            }
+        }
+    }
+
+    fn start_on_host(self: &Arc<Self>, device: &'static BlockDevice, host: &Arc<dyn DiskHost>, tag: u64, req: BlkRequest) {
         let write = match req.op {
             BlkOp::Read => false,
-            BlkOp::Write if self.read_only => return self.finish(&**host, tag, BlkStatus::IoErr),
             BlkOp::Write => true,
             BlkOp::Flush => {
-                let ok = self.host.flush().is_ok();
+                let ok = device.flush().is_ok();
                 return self.finish(&**host, tag, if ok { BlkStatus::Ok } else { BlkStatus::IoErr });
             }
         };
@@ -193,7 +256,7 @@ impl VirtioDisk {
         // (`host_segments`): memory no Rust reference covers, which the
         // guest may change at will; `client` holds the domain, and with it
         // that memory, until the host disk says the request is over.
-        let started = unsafe { self.host.submit(write, req.sector, &segments, client, tag) };
+        let started = unsafe { device.submit(write, req.sector, &segments, client, tag) };
         let status = match started {
             Ok(()) => return,
             // Pieces that are not whole sectors: the synchronous path
@@ -201,9 +264,9 @@ impl VirtioDisk {
             // SAFETY: as above; the call returns when the data has moved.
             Err(BlockIoError::NotSectorMultiple { .. }) => match unsafe {
                 if write {
-                    self.host.write(req.sector, &segments)
+                    device.write(req.sector, &segments)
                 } else {
-                    self.host.read(req.sector, &segments)
+                    device.read(req.sector, &segments)
                 }
             } {
                 Ok(()) => BlkStatus::Ok,
@@ -247,5 +310,56 @@ struct Completion {
 impl IoClient for Completion {
     fn io_done(&self, tag: u64, ok: bool) {
         self.disk.finish(&*self.host, tag, if ok { BlkStatus::Ok } else { BlkStatus::IoErr });
+    }
+}
+
+/// A request's data in the guest's memory, as an NBD request streams it;
+/// it holds the domain until the request is over.
+struct GuestBuffer {
+    disk: Arc<VirtioDisk>,
+    host: Arc<dyn DiskHost>,
+    segments: Vec<DmaSegment>,
+    tag: u64,
+}
+
+impl GuestBuffer {
+    /// Runs `f(gpa, range in the piece)` over the guest pieces that hold
+    /// bytes `[offset, offset + len)` of the request's data.
+    fn pieces(&self, offset: usize, len: usize, mut f: impl FnMut(u64, core::ops::Range<usize>) -> bool) -> bool {
+        let (mut skip, mut done) = (offset, 0usize);
+        for s in &self.segments {
+            let seg_len = s.len as usize;
+            if skip >= seg_len {
+                skip -= seg_len;
+                continue;
+            }
+            let n = (seg_len - skip).min(len - done);
+            if !f(s.gpa + skip as u64, done..done + n) {
+                return false;
+            }
+            done += n;
+            skip = 0;
+            if done == len {
+                return true;
+            }
+        }
+        done == len
+    }
+}
+
+impl NbdBuffer for GuestBuffer {
+    fn read(&self, offset: usize, buf: &mut [u8]) -> bool {
+        let mem = self.host.memory();
+        let len = buf.len();
+        self.pieces(offset, len, |gpa, r| mem.read(gpa, &mut buf[r]).is_ok())
+    }
+
+    fn write(&self, offset: usize, data: &[u8]) -> bool {
+        let mem = self.host.memory();
+        self.pieces(offset, data.len(), |gpa, r| mem.write(gpa, &data[r]).is_ok())
+    }
+
+    fn done(&self, ok: bool) {
+        self.disk.finish(&*self.host, self.tag, if ok { BlkStatus::Ok } else { BlkStatus::IoErr });
     }
 }

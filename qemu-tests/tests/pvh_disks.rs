@@ -4,7 +4,9 @@
 //! the host's images), copies part of the writable one with two writers at
 //! once (several requests in flight, then fsync), and sees the read-only
 //! one refuse a write; the copy is then checked in the image on the host.
-//! Once as a domU (`disk=` in its config), once as dom0 (`dom0_disk=`).
+//! Once as a domU (`disk=` in its config), once as dom0 (`dom0_disk=`),
+//! and once with the writable disk on an NBD server (QEMU's `qemu-nbd`,
+//! `nbd:10.0.2.2:PORT/data`: the host as QEMU's user network shows it).
 
 use ferrite_qemu_tests::ferrite_tools::modules::ModuleSpec;
 use ferrite_qemu_tests::ferrite_tools::{guest_images, initramfs};
@@ -29,18 +31,73 @@ fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Setup {
+    /// A domU; both disks host virtio-blk devices.
+    DomU,
+    /// dom0, the same disks from `dom0_disk=`.
+    Dom0,
+    /// A domU whose writable disk is an export of `qemu-nbd` on the host.
+    NbdDomU,
+}
+
 #[test]
 fn pvh_linux_reads_and_writes_virtio_blk_disks() {
-    disks_under_linux("pvh_linux_reads_and_writes_virtio_blk_disks", false);
+    disks_under_linux("pvh_linux_reads_and_writes_virtio_blk_disks", Setup::DomU);
 }
 
 #[test]
 fn dom0_gets_virtio_blk_disks_from_the_command_line() {
-    disks_under_linux("dom0_gets_virtio_blk_disks_from_the_command_line", true);
+    disks_under_linux("dom0_gets_virtio_blk_disks_from_the_command_line", Setup::Dom0);
 }
 
-fn disks_under_linux(name: &str, as_dom0: bool) {
+#[test]
+fn a_pvh_disk_on_an_nbd_server() {
+    disks_under_linux("a_pvh_disk_on_an_nbd_server", Setup::NbdDomU);
+}
+
+/// `qemu-nbd` serving `image` as export `data` on a free local port; killed
+/// when dropped.
+struct QemuNbd {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl QemuNbd {
+    fn start(test: &str, image: &Path) -> Option<QemuNbd> {
+        if std::process::Command::new("qemu-nbd").arg("--version").output().is_err() {
+            if ferrite_qemu_tests::guests_required() {
+                panic!("[{test}] qemu-nbd (Debian package qemu-utils) is missing and FERRITE_REQUIRE_GUESTS is set");
+            }
+            eprintln!("[{test}] SKIPPED (passes without running): qemu-nbd is not installed (Debian package qemu-utils)");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = std::process::Command::new("qemu-nbd")
+            .args(["-f", "raw", "-x", "data", "-b", "127.0.0.1", "-p", &port.to_string(), "--persistent", "--cache=writeback"])
+            .arg(image)
+            .spawn()
+            .unwrap_or_else(|e| panic!("[{test}] cannot start qemu-nbd: {e}"));
+        // Wait until it listens (an event, not a fixed time).
+        let start = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(start.elapsed() < std::time::Duration::from_secs(30), "[{test}] qemu-nbd did not start listening");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Some(QemuNbd { child, port })
+    }
+}
+
+impl Drop for QemuNbd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn disks_under_linux(name: &str, setup: Setup) {
     let dir = test_dir(name);
+    let as_dom0 = setup == Setup::Dom0;
     let dom = if as_dom0 { "dom0" } else { "vdisk" };
     if !debian_packages(name, &["linux-image-cloud-amd64", "busybox-static"]) {
         return;
@@ -64,8 +121,19 @@ fn disks_under_linux(name: &str, as_dom0: bool) {
     let guest_cmdline = format!(
         "console=ttyS0 loglevel=4 ferrite.check_mib={CHECK_MIB} ferrite.copy_mib={COPY_MIB} ferrite.copy_to_mib={COPY_TO_MIB}"
     );
-    let mut args = virtio_disk_args(&data_path, "data", false);
-    args.extend(virtio_disk_args(&ro_path, "rodisk", false));
+    let mut args = virtio_disk_args(&ro_path, "rodisk", false);
+    let mut nbd = None;
+    let data_disk = if setup == Setup::NbdDomU {
+        let Some(server) = QemuNbd::start(name, &data_path) else { return };
+        let link = ferrite_qemu_tests::ferrite_tools::xl::link::prepare(&dir, None).expect("network link");
+        args.extend(link.qemu_args);
+        let target = format!("nbd:10.0.2.2:{}/data", server.port);
+        nbd = Some(server);
+        target
+    } else {
+        args.extend(virtio_disk_args(&data_path, "data", false));
+        String::from("phy:data")
+    };
     let q = base_qemu().memory_mib(1024).smp(2).kernel(&images().multiboot);
     let q = if as_dom0 {
         q.append(&format!("{BASE_CMDLINE} dom0_mem=192M dom0_max_vcpus=2 dom0_disk=phy:data,xvda,w dom0_disk=phy:rodisk,xvdb,r"))
@@ -75,7 +143,7 @@ fn disks_under_linux(name: &str, as_dom0: bool) {
         let cfg = format!(
             "# written by qemu-tests/tests/pvh_disks.rs\nname = \"vdisk\"\ntype = \"pvh\"\nmemory = 192\nvcpus = 2\n\
              kernel = \"vmlinux\"\nramdisk = \"initramfs-vdisk.cpio\"\ncmdline = \"{guest_cmdline}\"\n\
-             disk = [ 'phy:data,xvda,w', 'phy:rodisk,xvdb,r' ]\non_crash = \"destroy\"\n"
+             disk = [ '{data_disk},xvda,w', 'phy:rodisk,xvdb,r' ]\non_crash = \"destroy\"\n"
         );
         let cfg_path = dir.join("vdisk.cfg");
         write_file(&cfg_path, cfg.as_bytes());
@@ -89,7 +157,11 @@ fn disks_under_linux(name: &str, as_dom0: bool) {
     let data_sum = format!(r"^\({dom}\) FERRITE-VDISK-SHA256 vda {}$", sha256_hex(&data[..CHECK_MIB << 20]));
     let ro_sum = format!(r"^\({dom}\) FERRITE-VDISK-SHA256 vdb {}$", sha256_hex(&ro));
     vm.expect_lines(&[
-        &format!(r"domain \d+ \({dom}\): disk xvda is host disk data \(w\), virtio-blk"),
+        &if setup == Setup::NbdDomU {
+            format!(r"domain \d+ \({dom}\): disk xvda is NBD export 10\.0\.2\.2:\d+/data \(w\), virtio-blk")
+        } else {
+            format!(r"domain \d+ \({dom}\): disk xvda is host disk data \(w\), virtio-blk")
+        },
         &format!(r"domain \d+ \({dom}\): disk xvdb is host disk rodisk \(r\), virtio-blk"),
         &format!(r"^\({dom}\) FERRITE-INIT cpus=2 "),
         &format!(r"^\({dom}\) FERRITE-VDISK vda {} vdb {} ro=1$", (DISK_MIB << 20) / 512, (CHECK_MIB << 20) / 512),
@@ -100,6 +172,7 @@ fn disks_under_linux(name: &str, as_dom0: bool) {
         &format!(r"domain \d+ \({dom}\) powered off"),
     ]);
     vm.expect_success();
+    drop(nbd);
     let after = std::fs::read(&data_path).unwrap_or_else(|e| panic!("cannot read {}: {e}", data_path.display()));
     let copied = &after[COPY_TO_MIB << 20..(COPY_TO_MIB + COPY_MIB) << 20];
     if copied != &data[..COPY_MIB << 20] {

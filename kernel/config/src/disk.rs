@@ -60,7 +60,7 @@ pub enum DevType {
     Cdrom,
 }
 
-/// What the target names, from a legacy `phy:`/`file:` prefix or
+/// What the target names, from a legacy `phy:`/`file:`/`nbd:` prefix or
 /// `backendtype=phy`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DiskKind {
@@ -70,6 +70,9 @@ pub enum DiskKind {
     Phy,
     /// An image file (`file:`).
     File,
+    /// An export on an NBD server (`nbd:HOST:PORT/EXPORT`; Ferrite is the
+    /// client, not a block script).
+    Nbd,
 }
 
 /// The bus family of a virtual device name (docs/misc/vbd-interface).
@@ -297,7 +300,8 @@ impl DiskSpec {
                                         "raw" | "qcow" | "qcow2" | "vhd" | "qed" => {
                                             set_once(&mut format, "format", p)?
                                         }
-                                        "iscsi" | "nbd" | "enbd" | "drbd" => {
+                                        "nbd" => kind = DiskKind::Nbd,
+                                        "iscsi" | "enbd" | "drbd" => {
                                             set_once(&mut script, "script", &format!("block-{p}"))?
                                         }
                                         _ => break,

@@ -919,3 +919,11 @@ fn fuzz_mutations_no_panic() {
         let _ = parse_size(&s, 1);
     }
 }
+
+#[test]
+fn nbd_targets_are_kept_whole() {
+    let (d, warnings) = DiskSpec::parse("nbd:10.0.2.2:10809/web,xvda,w").unwrap();
+    assert_eq!(d.kind, DiskKind::Nbd);
+    assert_eq!(d.target.as_deref(), Some("10.0.2.2:10809/web"));
+    assert!(d.script.is_none() && warnings.is_empty(), "{warnings:?}");
+}

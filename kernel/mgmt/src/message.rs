@@ -133,6 +133,18 @@ pub struct FileMeta {
     pub sha256: [u8; 32],
 }
 
+/// A `file:` disk of an `xl create` configuration that the client serves
+/// over NBD from its own machine: the hypervisor connects to `port` on the
+/// address the management connection comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServedDisk {
+    /// The disk's target exactly as the configuration writes it (the path
+    /// after `file:`).
+    pub target: String,
+    pub port: u16,
+    pub export: String,
+}
+
 /// Client → server. Each gets exactly one [`Response`], in order, except
 /// [`Request::ConsoleInput`], which gets none.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,7 +177,9 @@ pub enum Request {
     /// `FileChunk`s. → `Ok` when the server accepts the upload (the
     /// configuration parses, the sizes fit), else `Error` and the upload
     /// is dropped.
-    Create { config_name: String, config_text: String, files: Vec<FileMeta> },
+    /// `served`: the configuration's `file:` disks, each on an NBD server
+    /// the client runs.
+    Create { config_name: String, config_text: String, files: Vec<FileMeta>, served: Vec<ServedDisk> },
     /// `data` (at most [`crate::MAX_CHUNK`] bytes) of file `index` at
     /// `offset`; chunks of a file come in order. → `Ok`.
     FileChunk { index: u32, offset: u64, data: Vec<u8> },

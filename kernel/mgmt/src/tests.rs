@@ -30,6 +30,7 @@ pub(crate) fn all_requests() -> Vec<Request> {
             config_name: "web.cfg".into(),
             config_text: "name='web'\n".into(),
             files: vec![FileMeta { name: "vmlinuz".into(), len: 1234, sha256: [9; 32] }],
+            served: vec![ServedDisk { target: "/srv/web.img".into(), port: 40001, export: "xvda".into() }],
         },
         Request::FileChunk { index: 0, offset: 65536, data: vec![1, 2, 3] },
         Request::CreateCommit,

