@@ -119,6 +119,8 @@ pub enum Cmd {
     /// `ferrite xl ...`: the arguments after `xl`, parsed by the binary's
     /// `xl` module.
     Xl(Vec<String>),
+    /// `ferrite nbd-serve FILE ...`.
+    NbdServe(crate::nbd_server::ServeArgs),
     Help,
 }
 
@@ -185,8 +187,9 @@ pub fn parse<I: IntoIterator<Item = S>, S: Into<String>>(argv: I) -> Result<Cmd>
         }
         "stress" => return Ok(Cmd::Stress(crate::stress::parse_args(&args.rest())?)),
         "xl" => return Ok(Cmd::Xl(args.rest())),
+        "nbd-serve" => return Ok(Cmd::NbdServe(crate::nbd_server::parse_args(&args.rest())?)),
         "build" | "up" | "iso" | "test" => {}
-        other => bail!("unknown command {other:?}; expected build, up, iso, test, bench or xl (see `ferrite help`)"),
+        other => bail!("unknown command {other:?}; expected build, up, iso, test, bench, stress, xl or nbd-serve (see `ferrite help`)"),
     }
     while let Some(arg) = args.next() {
         if arg == "--" {
@@ -318,6 +321,15 @@ mod tests {
         assert_eq!(parse(["bench", "sched", "--write"]).unwrap(), Cmd::BenchSched(sched));
         assert!(matches!(parse(["bench", "--write"]).unwrap(), Cmd::Bench(_)));
         assert!(parse(["bench", "sched", "--no-hvm"]).is_err());
+    }
+
+    #[test]
+    fn nbd_serve_is_its_own_command() {
+        let Cmd::NbdServe(a) = parse(["nbd-serve", "d.img", "--once", "--listen", "127.0.0.1:0"]).unwrap() else {
+            panic!("not nbd-serve")
+        };
+        assert_eq!((a.file.to_str(), a.once, a.listen.as_str()), (Some("d.img"), true, "127.0.0.1:0"));
+        assert!(parse(["nbd-serve"]).is_err());
     }
 
     #[test]

@@ -15,6 +15,8 @@
 //! * [`guestasm`]: assembling the tiny PVH test guests in `qemu-tests/guests`;
 //! * [`installed_disk`]: a raw disk image laid out like an installed Debian
 //!   system (MBR, GRUB, ext4 root) for booting Linux from a disk;
+//! * [`nbd_server`]: `ferrite nbd-serve`, an image file served over NBD
+//!   (the toolstack's end of `file:` disks), and its background start;
 //! * [`bench`]: `ferrite bench`, exit round-trip costs under `-icount`;
 //!   [`bench_sched`]: `ferrite bench sched`, IPI and wake-up latencies.
 
@@ -29,6 +31,7 @@ pub mod installed_disk;
 pub mod iso;
 pub mod modules;
 pub mod multiboot;
+pub mod nbd_server;
 pub mod qemu;
 pub mod stress;
 pub mod xl;

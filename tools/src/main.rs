@@ -30,6 +30,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             print!("{}", cli::BENCH_USAGE);
             print!("{}", cli::BENCH_SCHED_USAGE);
             print!("{}", ferrite_tools::stress::USAGE);
+            print!("{}", ferrite_tools::nbd_server::USAGE);
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Build { profile } => {
@@ -49,6 +50,10 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
         }
         Cmd::Stress(args) => Ok(if ferrite_tools::stress::main(&args)? { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
         Cmd::Xl(args) => xl::main(&args),
+        Cmd::NbdServe(args) => {
+            ferrite_tools::nbd_server::main(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
