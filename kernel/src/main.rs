@@ -266,7 +266,7 @@ pub extern "C" fn kmain(magic: u32, info_paddr: u32, entry: u32) -> ! {
     // PVH disks' requests complete when a host disk is polled: by idle
     // CPUs while any is in flight, and by CPU 0 between slices.
     sched::register_idle_work(drivers::virtio_blk::poll_all);
-    sched::register_idle_work(nbd::poll_while_busy);
+    sched::register_idle_work(net::poll_while_transferring);
     sched::register_poller(sched::Poller {
         poll: || {
             drivers::virtio_blk::poll_all();
@@ -282,6 +282,7 @@ pub extern "C" fn kmain(magic: u32, info_paddr: u32, entry: u32) -> ! {
             Some(nic) => {
                 net::init(nic, &opts.mgmt);
                 mgmt::start(&opts.mgmt);
+                nbd::init();
                 sched::register_poller(sched::Poller { poll: net::poll, next_us: net::poll_delay_us });
             }
             None => info!("net: no virtio-net NIC; the management service (ferrite xl) is off"),

@@ -92,6 +92,8 @@ struct PendingCreate {
     /// NBD connections for the config's `file:` and `nbd:` disks, by the
     /// disk's target.
     nbd: Vec<(String, Arc<crate::nbd::NbdDisk>)>,
+    /// When the upload began (for the log line at its end).
+    started_us: u64,
 }
 
 /// How long `xl create` waits for its disks' NBD servers.
@@ -123,6 +125,10 @@ impl Service for MgmtService {
 
     fn busy(&self) -> bool {
         self.conns.iter().any(|c| c.session.is_some())
+    }
+
+    fn transferring(&self) -> bool {
+        self.conns.iter().any(|c| c.state.create.is_some() || c.state.connecting.is_some())
     }
 }
 
@@ -333,8 +339,12 @@ fn serve(request: Request, state: &mut ConnState) -> Option<Response> {
             },
             None => error(ErrorCode::BadRequest, "a file chunk with no create under way"),
         },
-        Request::CreateCommit => match state.create.take() {
-            Some(mut pending) => match connect_disks(&mut pending, state.peer) {
+        Request::CreateCommit => {
+            let Some(mut pending) = state.create.take() else {
+                return Some(error(ErrorCode::BadRequest, "nothing to create: send Create and its files first"));
+            };
+            log_received(&pending);
+            match connect_disks(&mut pending, state.peer) {
                 Ok(true) => {
                     // Answered once the disks are connected.
                     state.connecting = Some((pending, crate::arch::time::uptime_us() + NBD_CONNECT_TIMEOUT_US));
@@ -342,9 +352,8 @@ fn serve(request: Request, state: &mut ConnState) -> Option<Response> {
                 }
                 Ok(false) => finish_create(pending),
                 Err(e) => error(ErrorCode::BadConfig, format!("{}: {}", pending.config.name, e)),
-            },
-            None => error(ErrorCode::BadRequest, "nothing to create: send Create and its files first"),
-        },
+            }
+        }
         Request::ConsoleAttach(dom) => match resolve(&dom) {
             Ok(id) => {
                 let start = domain::console_position(id, CONSOLE_BACKLOG).unwrap_or(0);
@@ -460,7 +469,14 @@ fn begin_create(config_name: &str, config_text: &str, files: Vec<FileMeta>, serv
         buffers.push(buf);
     }
     info!("mgmt: receiving {} for domain '{}' ({} file(s))", config_name, config.name, buffers.len());
-    Ok(PendingCreate { config, upload, buffers, served, nbd: Vec::new() })
+    Ok(PendingCreate { config, upload, buffers, served, nbd: Vec::new(), started_us: crate::arch::time::uptime_us() })
+}
+
+/// Says how much an upload brought and how long it took.
+fn log_received(pending: &PendingCreate) {
+    let bytes: u64 = pending.upload.files().iter().map(|f| f.len).sum();
+    let ms = (crate::arch::time::uptime_us() - pending.started_us) / 1000;
+    info!("mgmt: received {} KiB for domain '{}' in {} ms", bytes >> 10, pending.config.name, ms);
 }
 
 /// Starts the NBD connections of the config's `file:` disks (on the

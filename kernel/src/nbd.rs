@@ -11,7 +11,7 @@
 //! last domain using a disk is gone, the client says goodbye (NBD_CMD_DISC)
 //! and closes; a toolstack's server then exits.
 
-use crate::arch::{percpu, time};
+use crate::arch::time;
 use crate::net::{self, Service};
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
@@ -66,7 +66,8 @@ struct Pending {
 
 enum Status {
     Connecting,
-    Ready(Export),
+    /// The export, and the largest request the server takes.
+    Ready(Export, u32),
     Failed(String),
 }
 
@@ -86,12 +87,21 @@ struct Inner {
     queue: VecDeque<Pending>,
 }
 
-/// Requests not yet told, over every NBD disk: while non-zero, an idle
-/// CPU 0 polls the network without pause.
+/// Requests not yet told, over every NBD disk: while non-zero, idle CPUs
+/// poll the network without pause (`Service::transferring`).
 static OUTSTANDING: AtomicUsize = AtomicUsize::new(0);
 /// Disks waiting for their connection to be set up by the poll.
 static NEW_DISKS: Mutex<Vec<Weak<NbdDisk>>> = Mutex::new(Vec::new());
-static REGISTERED: spin::Once<bool> = spin::Once::new();
+/// The client service is on the network stack (`init`).
+static REGISTERED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Puts the NBD client on the network stack. Call once, after `net::init`
+/// (not from inside the network poll: `net::register` takes its lock).
+pub fn init() {
+    if net::register(Box::new(NbdClients { conns: Vec::new(), next_port: 0 })) {
+        REGISTERED.store(true, Ordering::SeqCst);
+    }
+}
 
 impl NbdDisk {
     /// `HOST:PORT/EXPORT`, for messages.
@@ -104,21 +114,37 @@ impl NbdDisk {
     pub fn export(&self) -> Result<Option<Export>, String> {
         match &self.inner.lock().status {
             Status::Connecting => Ok(None),
-            Status::Ready(e) => Ok(Some(*e)),
+            Status::Ready(e, _) => Ok(Some(*e)),
             Status::Failed(why) => Err(why.clone()),
         }
     }
 
-    /// Queues a request; its end comes through `buffer.done`.
+    /// Queues a request; its end comes through `buffer.done`. One longer
+    /// than the server takes goes as several.
     pub fn submit(&self, op: NbdOp, offset: u64, len: u32, buffer: Arc<dyn NbdBuffer>) {
         let mut inner = self.inner.lock();
-        if let Status::Failed(_) = inner.status {
-            drop(inner);
-            buffer.done(false);
+        let max = match inner.status {
+            Status::Ready(_, max) => max.max(4096),
+            Status::Connecting => ferrite_nbd::MAX_REQUEST_BYTES,
+            Status::Failed(_) => {
+                drop(inner);
+                buffer.done(false);
+                return;
+            }
+        };
+        if len <= max || op == NbdOp::Flush {
+            OUTSTANDING.fetch_add(1, Ordering::SeqCst);
+            inner.queue.push_back(Pending { op, offset, len, buffer });
             return;
         }
-        OUTSTANDING.fetch_add(1, Ordering::SeqCst);
-        inner.queue.push_back(Pending { op, offset, len, buffer });
+        let pieces = len.div_ceil(max);
+        let whole = Arc::new(Split { buffer, left: AtomicUsize::new(pieces as usize), failed: core::sync::atomic::AtomicBool::new(false) });
+        for i in 0..pieces {
+            let start = i * max;
+            let piece = Arc::new(Piece { whole: whole.clone(), base: start as usize });
+            OUTSTANDING.fetch_add(1, Ordering::SeqCst);
+            inner.queue.push_back(Pending { op, offset: offset + u64::from(start), len: max.min(len - start), buffer: piece });
+        }
     }
 
     /// Marks the disk failed and takes every queued request off it.
@@ -129,6 +155,38 @@ impl NbdDisk {
             inner.status = Status::Failed(why);
         }
         inner.queue.drain(..).collect()
+    }
+}
+
+/// A request sent as several: done when every piece is.
+struct Split {
+    buffer: Arc<dyn NbdBuffer>,
+    left: AtomicUsize,
+    failed: core::sync::atomic::AtomicBool,
+}
+
+/// One piece of a split request: its data starts at `base` in the whole's.
+struct Piece {
+    whole: Arc<Split>,
+    base: usize,
+}
+
+impl NbdBuffer for Piece {
+    fn read(&self, offset: usize, buf: &mut [u8]) -> bool {
+        self.whole.buffer.read(self.base + offset, buf)
+    }
+
+    fn write(&self, offset: usize, data: &[u8]) -> bool {
+        self.whole.buffer.write(self.base + offset, data)
+    }
+
+    fn done(&self, ok: bool) {
+        if !ok {
+            self.whole.failed.store(true, Ordering::SeqCst);
+        }
+        if self.whole.left.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.whole.buffer.done(!self.whole.failed.load(Ordering::SeqCst));
+        }
     }
 }
 
@@ -145,8 +203,7 @@ pub fn parse_target(target: &str) -> Result<([u8; 4], u16, String), String> {
 /// Starts connecting to `addr:port` for `export`; the handshake goes on
 /// in the network poll (watch [`NbdDisk::export`]).
 pub fn connect(addr: [u8; 4], port: u16, export: &str) -> Result<Arc<NbdDisk>, String> {
-    let registered = *REGISTERED.call_once(|| net::register(Box::new(NbdClients { conns: Vec::new(), next_port: 0 })));
-    if !registered {
+    if !REGISTERED.load(Ordering::SeqCst) {
         return Err(String::from("the hypervisor has no network (no virtio-net NIC, or mgmt=off), so it cannot reach an NBD server"));
     }
     let addr = Ipv4Address::from(addr);
@@ -183,16 +240,6 @@ pub fn wait_ready(disks: &[Arc<NbdDisk>], timeout_us: u64) -> Result<(), String>
         net::poll();
         core::hint::spin_loop();
     }
-}
-
-/// Idle work: an idle CPU 0 keeps the network moving while NBD requests
-/// wait (other CPUs halt).
-pub fn poll_while_busy() -> bool {
-    if OUTSTANDING.load(Ordering::SeqCst) == 0 || percpu::current_index() != 0 {
-        return false;
-    }
-    net::poll();
-    true
 }
 
 /// The client connections, as a network service.
@@ -255,6 +302,10 @@ impl Service for NbdClients {
 
     fn busy(&self) -> bool {
         !self.conns.is_empty()
+    }
+
+    fn transferring(&self) -> bool {
+        OUTSTANDING.load(Ordering::SeqCst) > 0 || self.conns.iter().any(|c| matches!(c.phase, Phase::Handshake(_)))
     }
 }
 
@@ -336,8 +387,19 @@ impl Conn {
                 hs.poll_output(&mut self.out);
                 flush_out(sock, &mut self.out);
                 if let Some(export) = hs.export() {
-                    info!("nbd {}: connected, {} MiB{}", disk.name, export.size >> 20, if export.flags & ferrite_nbd::flags::READ_ONLY != 0 { ", read-only" } else { "" });
-                    disk.inner.lock().status = Status::Ready(export);
+                    let sizes = hs.block_size().unwrap_or(ferrite_nbd::BlockSize::DEFAULT);
+                    if sizes.min > 512 || export.size % 512 != 0 {
+                        let why = format!("the export needs {}-byte blocks or is not whole 512-byte sectors ({} bytes); Ferrite's disks have 512-byte sectors", sizes.min, export.size);
+                        return self.fail(sock, &disk, why, finished);
+                    }
+                    info!(
+                        "nbd {}: connected in {} ms, {} MiB{}",
+                        disk.name,
+                        (now_us - self.started_us) / 1000,
+                        export.size >> 20,
+                        if export.read_only() { ", read-only" } else { "" }
+                    );
+                    disk.inner.lock().status = Status::Ready(export, sizes.max_request());
                     self.phase = Phase::Transmit;
                     self.last_reply_us = now_us;
                 }

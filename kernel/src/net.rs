@@ -2,9 +2,11 @@
 //! NIC, an IPv4 address from DHCP (or the command line), and the TCP
 //! services registered on it (the management service).
 //!
-//! Everything runs on CPU 0, polled from its scheduling loop between
-//! guest slices and while it idles (`poll`, `poll_delay_us`); no other
-//! CPU touches the stack, so its lock is never contended.
+//! It is polled from CPU 0's scheduling loop between guest slices and
+//! while it idles (`poll`, `poll_delay_us`), and, while a service moves
+//! data (an upload, NBD requests), by any idle CPU without pause
+//! (`poll_while_transferring`): a guest keeping CPU 0 busy must not stall
+//! the transfer. Whoever polls holds the stack's lock; others skip.
 //!
 //! Layering: this module knows nothing of what a service does. A service
 //! implements [`Service`] and registers itself; `net` only hands it the
@@ -33,7 +35,14 @@ pub trait Service: Send {
     fn poll(&mut self, sockets: &mut SocketSet<'static>, iface: &mut Interface, now_us: u64);
     /// Whether a client is connected (the stack is then polled more often).
     fn busy(&self) -> bool;
+    /// Whether data is moving now (idle CPUs then poll without pause).
+    fn transferring(&self) -> bool {
+        false
+    }
 }
+
+/// Some service moves data (`Service::transferring`, as of the last poll).
+static TRANSFERRING: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
 struct Stack {
     device: NetDevice,
@@ -90,7 +99,17 @@ pub fn register(mut service: Box<dyn Service>) -> bool {
     true
 }
 
-/// Moves packets and runs the services. CPU 0 only.
+/// Idle work: while a service moves data, an idle CPU polls the stack
+/// instead of halting.
+pub fn poll_while_transferring() -> bool {
+    if !TRANSFERRING.load(core::sync::atomic::Ordering::Relaxed) {
+        return false;
+    }
+    poll();
+    true
+}
+
+/// Moves packets and runs the services (any CPU; one at a time).
 pub fn poll() {
     let Some(mut guard) = STACK.try_lock() else { return };
     let Some(stack) = guard.as_mut() else { return };
@@ -109,6 +128,7 @@ pub fn poll() {
     for s in services.iter_mut() {
         s.poll(sockets, iface, now_us);
     }
+    TRANSFERRING.store(services.iter().any(|s| s.transferring()), core::sync::atomic::Ordering::Relaxed);
     // Replies the services queued go out now, not at the next poll.
     iface.poll(now(), device, sockets);
 }

@@ -59,6 +59,48 @@ pub fn images() -> &'static HypervisorImages {
     }
 }
 
+/// The `ferrite` command itself (built once), for what runs it as a
+/// separate process: `xl create`'s background NBD servers find it through
+/// `FERRITE_EXE`, which this sets.
+pub fn ferrite_exe() -> &'static Path {
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    EXE.get_or_init(|| {
+        let root = build::workspace_root();
+        let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--release", "-p", "ferrite-tools", "--bin", "ferrite"])
+            .current_dir(&root)
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run cargo to build the ferrite command: {e}"));
+        assert!(status.success(), "building the ferrite command failed");
+        let exe = root.join("target").join("release").join("ferrite");
+        std::env::set_var("FERRITE_EXE", &exe);
+        exe
+    })
+}
+
+/// Debian's cloud kernel (its bzImage, entered through the 64-bit boot
+/// protocol: a sixth of the ELF's size, which `xl create` uploads) and an
+/// initramfs with `virtio_mmio` and `virtio_blk` running
+/// [`ferrite_tools::initramfs::PVH_DISK_INIT_SCRIPT`], written into `dir`
+/// as `vmlinux` and `initramfs-vdisk.cpio`; None (after saying why) when
+/// the packages cannot be had.
+pub fn pvh_disk_guest(test: &str, dir: &Path) -> Option<(PathBuf, PathBuf)> {
+    use ferrite_tools::{guest_images, initramfs};
+    if !debian_packages(test, &["linux-image-cloud-amd64", "busybox-static"]) {
+        return None;
+    }
+    let root = guest_images::fetch_debian_package("linux-image-cloud-amd64").unwrap();
+    let vmlinux = guest_images::find_vmlinuz(&root).unwrap_or_else(|e| panic!("[{test}] {e}"));
+    let modules = initramfs::kernel_modules(&root, &["virtio_mmio", "virtio_blk"]).unwrap_or_else(|e| panic!("[{test}] {e}"));
+    let image = initramfs::busybox_initramfs_with_modules(initramfs::PVH_DISK_INIT_SCRIPT, &modules)
+        .unwrap_or_else(|e| panic!("[{test}] cannot build the initramfs: {e}"));
+    let kernel = dir.join("vmlinux");
+    std::fs::copy(&vmlinux, &kernel).unwrap_or_else(|e| panic!("[{test}] cannot copy the kernel: {e}"));
+    let initrd = dir.join("initramfs-vdisk.cpio");
+    std::fs::write(&initrd, image).unwrap_or_else(|e| panic!("[{test}] cannot write {}: {e}", initrd.display()));
+    Some((kernel, initrd))
+}
+
 /// A fresh, empty artifact directory `target/qemu-tests/<name>`.
 pub fn test_dir(name: &str) -> PathBuf {
     let dir = build::workspace_root().join("target").join("qemu-tests").join(name);

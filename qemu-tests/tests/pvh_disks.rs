@@ -9,9 +9,8 @@
 //! `nbd:10.0.2.2:PORT/data`: the host as QEMU's user network shows it).
 
 use ferrite_qemu_tests::ferrite_tools::modules::ModuleSpec;
-use ferrite_qemu_tests::ferrite_tools::{guest_images, initramfs};
 use ferrite_qemu_tests::{
-    base_qemu, debian_packages, images, linux_vm_timeout, pseudo_random_bytes, test_dir, virtio_disk_args, Vm, BASE_CMDLINE,
+    base_qemu, images, linux_vm_timeout, pseudo_random_bytes, pvh_disk_guest, test_dir, virtio_disk_args, Vm, BASE_CMDLINE,
 };
 use sha2::{Digest, Sha256};
 use std::path::Path;
@@ -95,22 +94,24 @@ impl Drop for QemuNbd {
     }
 }
 
-fn disks_under_linux(name: &str, setup: Setup) {
+/// A booted guest with its two disks, and what the host wrote into them.
+struct Booted {
+    vm: Vm,
+    dom: &'static str,
+    data: Vec<u8>,
+    data_path: std::path::PathBuf,
+    ro: Vec<u8>,
+    ro_path: std::path::PathBuf,
+    nbd: Option<QemuNbd>,
+}
+
+/// Boots Linux with the disks as `setup` says and `ferrite.vdisk_mode=mode`;
+/// None when a package or tool is missing (skipped).
+fn boot(name: &str, setup: Setup, mode: &str) -> Option<Booted> {
     let dir = test_dir(name);
     let as_dom0 = setup == Setup::Dom0;
     let dom = if as_dom0 { "dom0" } else { "vdisk" };
-    if !debian_packages(name, &["linux-image-cloud-amd64", "busybox-static"]) {
-        return;
-    }
-    let root = guest_images::fetch_debian_package("linux-image-cloud-amd64").unwrap();
-    let vmlinux = guest_images::debian_vmlinux("cloud-amd64").unwrap_or_else(|e| panic!("[{name}] {e}"));
-    let modules = initramfs::kernel_modules(&root, &["virtio_mmio", "virtio_blk"]).unwrap_or_else(|e| panic!("[{name}] {e}"));
-    let image = initramfs::busybox_initramfs_with_modules(initramfs::PVH_DISK_INIT_SCRIPT, &modules)
-        .unwrap_or_else(|e| panic!("[{name}] cannot build the initramfs: {e}"));
-    let kernel = dir.join("vmlinux");
-    std::fs::copy(&vmlinux, &kernel).expect("copy the kernel");
-    write_file(&dir.join("initramfs-vdisk.cpio"), &image);
-
+    let (kernel, initrd) = pvh_disk_guest(name, &dir)?;
     let data = pseudo_random_bytes(0xd15c, DISK_MIB << 20);
     let data_path = dir.join("data.img");
     write_file(&data_path, &data);
@@ -119,12 +120,12 @@ fn disks_under_linux(name: &str, setup: Setup) {
     write_file(&ro_path, &ro);
 
     let guest_cmdline = format!(
-        "console=ttyS0 loglevel=4 ferrite.check_mib={CHECK_MIB} ferrite.copy_mib={COPY_MIB} ferrite.copy_to_mib={COPY_TO_MIB}"
+        "console=ttyS0 loglevel=4 ferrite.vdisk_mode={mode} ferrite.check_mib={CHECK_MIB} ferrite.copy_mib={COPY_MIB} ferrite.copy_to_mib={COPY_TO_MIB}"
     );
     let mut args = virtio_disk_args(&ro_path, "rodisk", false);
     let mut nbd = None;
     let data_disk = if setup == Setup::NbdDomU {
-        let Some(server) = QemuNbd::start(name, &data_path) else { return };
+        let server = QemuNbd::start(name, &data_path)?;
         let link = ferrite_qemu_tests::ferrite_tools::xl::link::prepare(&dir, None).expect("network link");
         args.extend(link.qemu_args);
         let target = format!("nbd:10.0.2.2:{}/data", server.port);
@@ -138,7 +139,7 @@ fn disks_under_linux(name: &str, setup: Setup) {
     let q = if as_dom0 {
         q.append(&format!("{BASE_CMDLINE} dom0_mem=192M dom0_max_vcpus=2 dom0_disk=phy:data,xvda,w dom0_disk=phy:rodisk,xvdb,r"))
             .module(ModuleSpec::new(&kernel, &guest_cmdline))
-            .module(ModuleSpec::new(dir.join("initramfs-vdisk.cpio"), ""))
+            .module(ModuleSpec::new(&initrd, ""))
     } else {
         let cfg = format!(
             "# written by qemu-tests/tests/pvh_disks.rs\nname = \"vdisk\"\ntype = \"pvh\"\nmemory = 192\nvcpus = 2\n\
@@ -150,12 +151,10 @@ fn disks_under_linux(name: &str, setup: Setup) {
         q.append(BASE_CMDLINE)
             .module(ModuleSpec::new(&cfg_path, ""))
             .module(ModuleSpec::new(&kernel, ""))
-            .module(ModuleSpec::new(dir.join("initramfs-vdisk.cpio"), ""))
+            .module(ModuleSpec::new(&initrd, ""))
     };
     let q = q.extra_args(args);
     let mut vm = Vm::start_with_timeout(name, &dir, q, linux_vm_timeout());
-    let data_sum = format!(r"^\({dom}\) FERRITE-VDISK-SHA256 vda {}$", sha256_hex(&data[..CHECK_MIB << 20]));
-    let ro_sum = format!(r"^\({dom}\) FERRITE-VDISK-SHA256 vdb {}$", sha256_hex(&ro));
     vm.expect_lines(&[
         &if setup == Setup::NbdDomU {
             format!(r"domain \d+ \({dom}\): disk xvda is NBD export 10\.0\.2\.2:\d+/data \(w\), virtio-blk")
@@ -165,24 +164,70 @@ fn disks_under_linux(name: &str, setup: Setup) {
         &format!(r"domain \d+ \({dom}\): disk xvdb is host disk rodisk \(r\), virtio-blk"),
         &format!(r"^\({dom}\) FERRITE-INIT cpus=2 "),
         &format!(r"^\({dom}\) FERRITE-VDISK vda {} vdb {} ro=1$", (DISK_MIB << 20) / 512, (CHECK_MIB << 20) / 512),
+    ]);
+    Some(Booted { vm, dom, data, data_path, ro, ro_path, nbd })
+}
+
+impl Booted {
+    /// The copy the guest made (and fsynced) is in the host's image, and
+    /// nothing else changed.
+    fn expect_copy_on_host(&mut self) {
+        let after = std::fs::read(&self.data_path).unwrap_or_else(|e| panic!("cannot read {}: {e}", self.data_path.display()));
+        let copied = &after[COPY_TO_MIB << 20..(COPY_TO_MIB + COPY_MIB) << 20];
+        if copied != &self.data[..COPY_MIB << 20] {
+            self.vm.fail("the copy the guest wrote and fsynced is not in the host's image");
+        }
+        if after[..COPY_TO_MIB << 20] != self.data[..COPY_TO_MIB << 20] {
+            self.vm.fail("the guest's writes changed bytes outside the copy's target");
+        }
+        if std::fs::read(&self.ro_path).unwrap() != self.ro {
+            self.vm.fail("the read-only disk changed");
+        }
+    }
+}
+
+fn disks_under_linux(name: &str, setup: Setup) {
+    let Some(mut b) = boot(name, setup, "check") else { return };
+    let dom = b.dom;
+    let data_sum = format!(r"^\({dom}\) FERRITE-VDISK-SHA256 vda {}$", sha256_hex(&b.data[..CHECK_MIB << 20]));
+    let ro_sum = format!(r"^\({dom}\) FERRITE-VDISK-SHA256 vdb {}$", sha256_hex(&b.ro));
+    b.vm.expect_lines(&[
         &data_sum,
         &ro_sum,
         &format!(r"^\({dom}\) FERRITE-VDISK copied {COPY_MIB} MiB$"),
         &format!(r"^\({dom}\) FERRITE-VDISK vdb refused a write$"),
         &format!(r"domain \d+ \({dom}\) powered off"),
     ]);
-    vm.expect_success();
-    drop(nbd);
-    let after = std::fs::read(&data_path).unwrap_or_else(|e| panic!("cannot read {}: {e}", data_path.display()));
-    let copied = &after[COPY_TO_MIB << 20..(COPY_TO_MIB + COPY_MIB) << 20];
-    if copied != &data[..COPY_MIB << 20] {
-        vm.fail("the copy the guest wrote and fsynced is not in the host's image");
-    }
-    if after[..COPY_TO_MIB << 20] != data[..COPY_TO_MIB << 20] {
-        vm.fail("the guest's writes changed bytes outside the copy's target");
-    }
-    let ro_after = std::fs::read(&ro_path).unwrap();
-    if ro_after != ro {
-        vm.fail("the read-only disk changed");
-    }
+    b.vm.expect_success();
+    b.nbd = None;
+    b.expect_copy_on_host();
+}
+
+/// What a guest's fsync acknowledged survives the machine dying right
+/// after: QEMU is killed the moment the guest says it synced, and the
+/// image holds the copy.
+#[test]
+fn what_a_guest_fsynced_survives_killing_the_machine() {
+    let name = "what_a_guest_fsynced_survives_killing_the_machine";
+    let Some(mut b) = boot(name, Setup::DomU, "durable") else { return };
+    b.vm.expect_lines(&[r"^\(vdisk\) FERRITE-VDISK synced$"]);
+    b.vm.kill();
+    b.expect_copy_on_host();
+}
+
+/// An NBD server that dies under a running guest: the guest's reads fail
+/// with I/O errors (no hang), the hypervisor says why, and the guest and
+/// the hypervisor go on to a clean power-off.
+#[test]
+fn a_dead_nbd_server_gives_the_guest_io_errors() {
+    let name = "a_dead_nbd_server_gives_the_guest_io_errors";
+    let Some(mut b) = boot(name, Setup::NbdDomU, "until_error") else { return };
+    b.vm.expect_lines(&[r"^\(vdisk\) FERRITE-VDISK reading until an error$"]);
+    b.nbd = None; // kills qemu-nbd
+    b.vm.expect_lines(&[
+        r"nbd 10\.0\.2\.2:\d+/data: the server closed the connection; its requests fail from now on",
+        r"^\(vdisk\) FERRITE-VDISK read failed after \d+ good reads$",
+        r"domain \d+ \(vdisk\) powered off",
+    ]);
+    b.vm.expect_success();
 }

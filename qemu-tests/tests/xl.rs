@@ -401,3 +401,72 @@ fn a_console_flood_is_rate_limited_and_keeps_out_of_the_log() {
     assert!(!log.contains("flood 1"), "guest output is in the hypervisor's log");
     finish(vm, &target);
 }
+
+/// `xl create` with `file:` disks: the images stay on the developer's
+/// host, each served over NBD by a background `ferrite nbd-serve` the
+/// create starts; the hypervisor connects back to them through QEMU's user
+/// network, and Debian's Linux finds them as virtio-blk disks, hashes
+/// both, copies part of the writable one with fsync and sees the read-only
+/// one refuse. When the domain is gone its servers end by themselves.
+#[test]
+fn xl_create_serves_file_disks_over_nbd() {
+    let name = "xl_create_serves_file_disks_over_nbd";
+    let dir = test_dir(name);
+    let Some((kernel, initrd)) = ferrite_qemu_tests::pvh_disk_guest(name, &dir) else { return };
+    ferrite_qemu_tests::ferrite_exe();
+    let data = ferrite_qemu_tests::pseudo_random_bytes(0xf11e, 80 << 20);
+    std::fs::write(dir.join("data.img"), &data).unwrap();
+    let ro = ferrite_qemu_tests::pseudo_random_bytes(0x0123, 16 << 20);
+    std::fs::write(dir.join("ro.img"), &ro).unwrap();
+    let cfg = dir.join("files.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "name = \"files\"\ntype = \"pvh\"\nmemory = 160\nvcpus = 1\nkernel = \"{}\"\nramdisk = \"{}\"\n\
+             cmdline = \"console=ttyS0 loglevel=4 ferrite.check_mib=16 ferrite.copy_mib=8 ferrite.copy_to_mib=64\"\n\
+             disk = [ 'file:data.img,xvda,w', 'file:ro.img,xvdb,r' ]\n",
+            kernel.file_name().unwrap().to_string_lossy(),
+            initrd.file_name().unwrap().to_string_lossy()
+        ),
+    )
+    .unwrap();
+    // A keeper that halts: one that spins would hold QEMU's single TCG
+    // thread for whole 100 ms turns and starve the transfer's vCPU.
+    let modules = vec![pvh_config_module(&dir, "keeper", "idle", 16), guest_module("idle", &dir)];
+    let (mut vm, target) = boot_with_link_for(name, &dir, modules, ferrite_qemu_tests::linux_vm_timeout());
+    vm.wait_for(r"^\(keeper\) idle ready$", Duration::from_secs(120));
+
+    let (out, err, ok) = xl(&target, &["create", &cfg.display().to_string()]);
+    assert!(ok, "xl create: {err}\n{out}");
+    let ports: Vec<u16> = err
+        .lines()
+        .filter_map(|l| l.split("over NBD (port ").nth(1)?.split(';').next()?.parse().ok())
+        .collect();
+    assert_eq!(ports.len(), 2, "xl create should say which ports serve the two disks:\n{err}");
+    let sum = |bytes: &[u8]| -> String {
+        use sha2::Digest;
+        sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    };
+    vm.expect_lines(&[
+        r"domain \d+ \(files\): disk xvda is NBD export 10\.0\.2\.2:\d+/xvda \(w\), virtio-blk",
+        r"domain \d+ \(files\): disk xvdb is NBD export 10\.0\.2\.2:\d+/xvdb \(r\), virtio-blk",
+        &format!(r"^\(files\) FERRITE-VDISK-SHA256 vda {}$", sum(&data[..16 << 20])),
+        &format!(r"^\(files\) FERRITE-VDISK-SHA256 vdb {}$", sum(&ro)),
+        r"^\(files\) FERRITE-VDISK copied 8 MiB$",
+        r"^\(files\) FERRITE-VDISK vdb refused a write$",
+        r"domain \d+ \(files\) powered off",
+    ]);
+    let after = std::fs::read(dir.join("data.img")).unwrap();
+    assert!(after[64 << 20..72 << 20] == data[..8 << 20], "the guest's fsynced copy is not in the image on the host");
+    // The servers end once the hypervisor lets go of the disks.
+    let start = Instant::now();
+    for port in ports {
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            if start.elapsed() > Duration::from_secs(120) {
+                vm.fail(&format!("the NBD server on port {port} is still running after its domain is gone"));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    finish(vm, &target);
+}

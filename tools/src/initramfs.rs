@@ -674,6 +674,12 @@ poweroff -f
 /// MiB of vda to `ferrite.copy_to_mib` on it with two writers at once
 /// (several requests in flight) and fsync, checks that vdb refuses a
 /// write, and powers off. Each step prints a `FERRITE-VDISK` line.
+///
+/// `ferrite.vdisk_mode=durable` instead makes the copy with fsync, says
+/// `FERRITE-VDISK synced` and waits to be killed (the test then kills the
+/// whole machine and checks the image); `ferrite.vdisk_mode=until_error`
+/// reads vda (uncached) until a read fails, says so and powers off (the
+/// test kills vda's server meanwhile).
 pub const PVH_DISK_INIT_SCRIPT: &str = r#"#!/bin/sh
 export PATH=/bin
 mount -t proc proc /proc
@@ -687,8 +693,10 @@ done
 check_mib=16
 copy_mib=8
 copy_to_mib=64
+mode=check
 for w in $(cat /proc/cmdline); do
     case "$w" in
+        ferrite.vdisk_mode=*) mode="${w#ferrite.vdisk_mode=}" ;;
         ferrite.check_mib=*) check_mib="${w#ferrite.check_mib=}" ;;
         ferrite.copy_mib=*) copy_mib="${w#ferrite.copy_mib=}" ;;
         ferrite.copy_to_mib=*) copy_to_mib="${w#ferrite.copy_to_mib=}" ;;
@@ -703,6 +711,23 @@ if [ ! -b /dev/vda ] || [ ! -b /dev/vdb ]; then
     poweroff -f
 fi
 echo "FERRITE-VDISK vda $(cat /sys/block/vda/size) vdb $(cat /sys/block/vdb/size) ro=$(cat /sys/block/vdb/ro)"
+case "$mode" in
+durable)
+    dd if=/dev/vda of=/dev/vda bs=1M count="$copy_mib" seek="$copy_to_mib" conv=fsync 2>/dev/null
+    echo "FERRITE-VDISK synced"
+    while true; do sleep 10; done
+    ;;
+until_error)
+    echo "FERRITE-VDISK reading until an error"
+    i=0
+    while dd if=/dev/vda of=/dev/null bs=64k count=16 skip=$(( (i % 64) * 16 )) iflag=direct 2>/dev/null; do
+        i=$((i + 1))
+        sleep 0.1
+    done
+    echo "FERRITE-VDISK read failed after $i good reads"
+    poweroff -f
+    ;;
+esac
 for d in vda vdb; do
     sum=$(dd if=/dev/$d bs=1M count="$check_mib" 2>/dev/null | sha256sum)
     echo "FERRITE-VDISK-SHA256 $d ${sum%% *}"

@@ -39,7 +39,8 @@ pub const USAGE: &str = "\
         one) as export NAME (default: the empty name, the default export).
         Prints `nbd-serve: serving FILE as export 'NAME' on ADDR:PORT` once
         listening. --read-only refuses writes (EPERM); --once exits when the
-        first client disconnects (how `xl create`'s background server ends).
+        first client disconnects, or after 120 s if none came (how `xl
+        create`'s background server ends).
         Several clients are served at once otherwise.
 ";
 
@@ -125,6 +126,9 @@ impl Image {
     }
 }
 
+/// How long a `--once` server waits for its client.
+const ONCE_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// `ferrite nbd-serve`.
 pub fn main(args: &ServeArgs) -> Result<()> {
     let image = Arc::new(Image::open(&args.file, args.read_only)?);
@@ -133,8 +137,22 @@ pub fn main(args: &ServeArgs) -> Result<()> {
     println!("{}", ready_line(&args.file, &args.export, addr));
     io::stdout().flush()?;
     let export = Arc::new(args.export.clone());
+    let connected = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if args.once {
+        // Started for one client that may never come (`xl create` failed
+        // before the hypervisor connected): do not linger.
+        let connected = connected.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(ONCE_CONNECT_TIMEOUT);
+            if !connected.load(std::sync::atomic::Ordering::SeqCst) {
+                eprintln!("nbd-serve: no client within {} s; exiting", ONCE_CONNECT_TIMEOUT.as_secs());
+                std::process::exit(1);
+            }
+        });
+    }
     loop {
         let (stream, peer) = listener.accept().context("accept")?;
+        connected.store(true, std::sync::atomic::Ordering::SeqCst);
         eprintln!("nbd-serve: {peer} connected");
         if args.once {
             let result = serve_connection(stream, &image, &export);
@@ -342,7 +360,12 @@ pub struct BackgroundServer {
 /// background with this very `ferrite` binary, and returns its port once
 /// it listens. See [`spawn_background_server_with`].
 pub fn spawn_background_server(file: &Path, read_only: bool, export: &str) -> Result<u16> {
-    let exe = std::env::current_exe().context("cannot find the ferrite binary to start nbd-serve")?;
+    // FERRITE_EXE: the `ferrite` binary to run, for callers that are not
+    // it (the QEMU tests drive `xl` in-process).
+    let exe = match std::env::var_os("FERRITE_EXE") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => std::env::current_exe().context("cannot find the ferrite binary to start nbd-serve")?,
+    };
     Ok(spawn_background_server_with(&exe, file, read_only, export)?.port)
 }
 

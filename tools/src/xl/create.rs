@@ -165,7 +165,7 @@ pub fn upload(client: &mut Client, config: &PreparedConfig, err: &mut dyn Write,
     let files = config.files.iter().map(|f| f.meta.clone()).collect();
     let mut served = Vec::new();
     for d in &config.disks {
-        let port = TEMP_SPAWN(&d.path, d.read_only, &d.vdev)
+        let port = crate::nbd_server::spawn_background_server(&d.path, d.read_only, &d.vdev)
             .with_context(|| format!("cannot serve {} for disk {}", d.path.display(), d.vdev))?;
         let _ = writeln!(err, "serving {} as disk {} over NBD (port {}; it stops when the domain lets go of it)", d.path.display(), d.vdev, port);
         served.push(ServedDisk { target: d.target.clone(), port, export: d.vdev.clone() });
@@ -209,9 +209,4 @@ fn expect_chunk_ok(client: &mut Client) -> Result<()> {
         Response::Error(e) => bail!("the hypervisor refused the upload: {e}"),
         other => Err(client.unexpected(&other)),
     }
-}
-
-#[allow(non_snake_case)]
-fn TEMP_SPAWN(_: &Path, _: bool, _: &str) -> Result<u16> {
-    bail!("serving file: disks over NBD is not built yet")
 }
