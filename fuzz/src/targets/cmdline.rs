@@ -23,6 +23,8 @@ pub const CMDLINE: Target = Target {
             "mgmt=dhcp mgmt_ip=10.0.2.15/24 mgmt_gw=10.0.2.2 mgmt_port=7070 mgmt_key=00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
             "pm_timer=emulated console_timestamps=boot selftest=off loglvl=warning/debug",
             "/boot/ferrite dom0_mem=524288 no-dom0-vcpus-pin unknown=1 =x no-",
+            // The key spelled with `no-`, which `redact` once missed.
+            "console=com1 no-mgmt-key=00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
         ]
         .iter()
         .map(|s| s.as_bytes().to_vec())
