@@ -16,13 +16,16 @@
 //! * [`installed_disk`]: a raw disk image laid out like an installed Debian
 //!   system (MBR, GRUB, ext4 root) for booting Linux from a disk;
 //! * [`bench`]: `ferrite bench`, exit round-trip costs under `-icount`;
-//!   [`bench_sched`]: `ferrite bench sched`, IPI and wake-up latencies.
+//!   [`bench_sched`]: `ferrite bench sched`, IPI and wake-up latencies;
+//! * [`fuzz`]: `ferrite fuzz`, the coverage-instrumented build and run of
+//!   the fuzz driver (`fuzz/`).
 
 pub mod bench;
 pub mod bench_sched;
 pub mod build;
 pub mod cli;
 pub mod deps;
+pub mod fuzz;
 pub mod guestasm;
 pub mod initramfs;
 pub mod installed_disk;

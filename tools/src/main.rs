@@ -30,6 +30,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             print!("{}", cli::BENCH_USAGE);
             print!("{}", cli::BENCH_SCHED_USAGE);
             print!("{}", ferrite_tools::stress::USAGE);
+            print!("{}", ferrite_tools::fuzz::USAGE);
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Build { profile } => {
@@ -49,6 +50,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
         }
         Cmd::Stress(args) => Ok(if ferrite_tools::stress::main(&args)? { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
         Cmd::Xl(args) => xl::main(&args),
+        Cmd::Fuzz(args) => ferrite_tools::fuzz::main(&args),
     }
 }
 
