@@ -201,6 +201,11 @@ impl<'a> BzImage<'a> {
         if self.header.xloadflags & XLF_KERNEL_64 == 0 {
             return Err(LoadError::NotKernel64);
         }
+        if self.kernel.len() as u64 <= ENTRY64_OFFSET {
+            return Err(LoadError::BadSetupHeader(
+                "the protected-mode kernel ends before its 64-bit entry (offset 0x200)",
+            ));
+        }
         Ok(())
     }
 
@@ -434,6 +439,18 @@ mod tests {
     use crate::e820::E820Type;
 
     const ZSTD: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd, 0, 0, 0, 0];
+
+    /// Found by `ferrite fuzz bzimage`: a kernel of at most 0x200 bytes
+    /// was started at an entry past its end.
+    #[test]
+    fn kernel_ending_before_the_64bit_entry_is_refused() {
+        let short = build(0x020f, XLF_KERNEL_64, ZSTD, 0x200);
+        let bz = parse(&short[..5 * 512 + 0x1c0]).unwrap();
+        assert!(matches!(bz.check_64bit(), Err(LoadError::BadSetupHeader(_))));
+        let mut ok = short.clone();
+        ok.push(0);
+        assert_eq!(parse(&ok).unwrap().check_64bit(), Ok(()));
+    }
 
     #[test]
     fn parses_header_fields() {

@@ -121,6 +121,8 @@ pub enum Cmd {
     Xl(Vec<String>),
     /// `ferrite nbd-serve FILE ...`.
     NbdServe(crate::nbd_server::ServeArgs),
+    /// `ferrite fuzz ...`: the arguments after `fuzz`, for the fuzz driver.
+    Fuzz(Vec<String>),
     Help,
 }
 
@@ -188,8 +190,9 @@ pub fn parse<I: IntoIterator<Item = S>, S: Into<String>>(argv: I) -> Result<Cmd>
         "stress" => return Ok(Cmd::Stress(crate::stress::parse_args(&args.rest())?)),
         "xl" => return Ok(Cmd::Xl(args.rest())),
         "nbd-serve" => return Ok(Cmd::NbdServe(crate::nbd_server::parse_args(&args.rest())?)),
+        "fuzz" => return Ok(Cmd::Fuzz(args.rest())),
         "build" | "up" | "iso" | "test" => {}
-        other => bail!("unknown command {other:?}; expected build, up, iso, test, bench, stress, xl or nbd-serve (see `ferrite help`)"),
+        other => bail!("unknown command {other:?}; expected build, up, iso, test, bench, stress, fuzz, xl or nbd-serve (see `ferrite help`)"),
     }
     while let Some(arg) = args.next() {
         if arg == "--" {
@@ -337,5 +340,12 @@ mod tests {
         let expected = Cmd::Xl(["--port", "1", "list", "-l"].map(String::from).to_vec());
         assert_eq!(parse(["xl", "--port", "1", "list", "-l"]).unwrap(), expected);
         assert_eq!(parse(["xl"]).unwrap(), Cmd::Xl(vec![]));
+    }
+
+    #[test]
+    fn fuzz_passes_args_through() {
+        let expected = Cmd::Fuzz(["elf", "--execs", "10"].map(String::from).to_vec());
+        assert_eq!(parse(["fuzz", "elf", "--execs", "10"]).unwrap(), expected);
+        assert_eq!(parse(["fuzz"]).unwrap(), Cmd::Fuzz(vec![]));
     }
 }

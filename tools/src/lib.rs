@@ -18,13 +18,16 @@
 //! * [`nbd_server`]: `ferrite nbd-serve`, an image file served over NBD
 //!   (the toolstack's end of `file:` disks), and its background start;
 //! * [`bench`]: `ferrite bench`, exit round-trip costs under `-icount`;
-//!   [`bench_sched`]: `ferrite bench sched`, IPI and wake-up latencies.
+//!   [`bench_sched`]: `ferrite bench sched`, IPI and wake-up latencies;
+//! * [`fuzz`]: `ferrite fuzz`, the coverage-instrumented build and run of
+//!   the fuzz driver (`fuzz/`).
 
 pub mod bench;
 pub mod bench_sched;
 pub mod build;
 pub mod cli;
 pub mod deps;
+pub mod fuzz;
 pub mod guestasm;
 pub mod initramfs;
 pub mod installed_disk;

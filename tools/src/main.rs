@@ -31,6 +31,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             print!("{}", cli::BENCH_SCHED_USAGE);
             print!("{}", ferrite_tools::stress::USAGE);
             print!("{}", ferrite_tools::nbd_server::USAGE);
+            print!("{}", ferrite_tools::fuzz::USAGE);
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Build { profile } => {
@@ -54,6 +55,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             ferrite_tools::nbd_server::main(&args)?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Fuzz(args) => ferrite_tools::fuzz::main(&args),
     }
 }
 

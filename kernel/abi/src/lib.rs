@@ -240,7 +240,8 @@ impl Errno {
     }
 
     pub fn from_result(value: u64) -> Option<Self> {
-        match -(value as i64) {
+        // Wrapping: i64::MIN (bit 63 alone) has no negation and is no errno.
+        match (value as i64).wrapping_neg() {
             22 => Some(Errno::Inval),
             14 => Some(Errno::Fault),
             30 => Some(Errno::Rofs),
@@ -330,6 +331,8 @@ impl BlockRequest {
         let mut segments = Vec::with_capacity(nsegs as usize);
         for i in 0..nsegs as usize {
             let o = block::HEADER + i * block::SEGMENT;
+            // The whole entry, reserved word included, must be there.
+            bytes.get(o..o + block::SEGMENT)?;
             segments.push((u64_at(o)?, u32_at(o + 8)?));
         }
         Some(BlockRequest { disk: u32_at(0)?, op: u32_at(4)?, lba: u64_at(8)?, count: u32_at(16)?, flags, segments })
@@ -464,6 +467,19 @@ mod tests {
         assert_eq!(BlockRequest::decode(&huge), None);
     }
 
+    /// Found by `ferrite fuzz block-request`: a last segment without its
+    /// reserved word was accepted.
+    #[test]
+    fn block_request_with_a_truncated_last_segment_is_refused() {
+        let req = BlockRequest { disk: 0, op: BLOCK_READ, lba: 0, count: 2, flags: 0, segments: vec![(0x1000, 512), (0x2000, 512)] };
+        let mut bytes = Vec::new();
+        req.encode(&mut bytes);
+        assert_eq!(BlockRequest::decode(&bytes), Some(req));
+        for cut in 1..=4 {
+            assert_eq!(BlockRequest::decode(&bytes[..bytes.len() - cut]), None, "{cut} bytes short");
+        }
+    }
+
     #[test]
     fn config_round_trips() {
         let cfg = StubConfig {
@@ -502,5 +518,9 @@ mod tests {
         for e in [Errno::Inval, Errno::Fault, Errno::Rofs, Errno::Io, Errno::Nosys] {
             assert_eq!(Errno::from_result(e.as_result()), Some(e));
         }
+        // Found by `ferrite fuzz ioreq-slot`: negating i64::MIN overflowed
+        // (a panic in debug builds).
+        assert_eq!(Errno::from_result(1 << 63), None);
+        assert_eq!(Errno::from_result(0), None);
     }
 }

@@ -80,8 +80,7 @@ pub fn parse_key(s: &str) -> Option<[u8; 32]> {
 pub fn redact(cmdline: &str) -> String {
     let mut out = String::with_capacity(cmdline.len());
     let mut rest = cmdline;
-    while let Some(at) = find_key_option(rest) {
-        let value_start = at + "mgmt_key=".len();
+    while let Some(value_start) = find_key_value(rest) {
         out.push_str(&rest[..value_start]);
         out.push_str("<hidden>");
         let value_len = rest[value_start..].find(|c: char| c.is_ascii_whitespace()).unwrap_or(rest.len() - value_start);
@@ -91,16 +90,19 @@ pub fn redact(cmdline: &str) -> String {
     out
 }
 
-/// Where a `mgmt_key=` (or `mgmt-key=`) option starts, at a word start.
-fn find_key_option(s: &str) -> Option<usize> {
+/// Where the value of the first `mgmt_key=` option starts: every spelling
+/// `parse` takes for it (`mgmt-key=`, and either with the `no-` prefix,
+/// which `parse` ignores for this option), at a word start.
+fn find_key_value(s: &str) -> Option<usize> {
     let mut from = 0;
     while from < s.len() {
-        let rel = s[from..].find(['m'])?;
+        let rel = s[from..].find(['m', 'n'])?;
         let at = from + rel;
         let word_start = at == 0 || s.as_bytes()[at - 1].is_ascii_whitespace();
         let tail = &s[at..];
-        if word_start && (tail.starts_with("mgmt_key=") || tail.starts_with("mgmt-key=")) {
-            return Some(at);
+        let name = tail.strip_prefix("no-").unwrap_or(tail);
+        if word_start && (name.starts_with("mgmt_key=") || name.starts_with("mgmt-key=")) {
+            return Some(at + (tail.len() - name.len()) + "mgmt_key=".len());
         }
         from = at + 1;
     }

@@ -337,6 +337,14 @@ fn the_key_is_redacted_from_the_printed_command_line() {
     assert_eq!(redact("mgmt_key=ff"), "mgmt_key=<hidden>");
     assert_eq!(redact("xmgmt_key=ff mgmt-key=aa"), "xmgmt_key=ff mgmt-key=<hidden>");
     assert_eq!(redact("console=com1"), "console=com1");
+    // Found by `ferrite fuzz cmdline`: `parse` takes the key with the
+    // `no-` prefix too, and `redact` printed it.
+    let key = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    for spelling in ["no-mgmt_key=", "no-mgmt-key="] {
+        let line = format!("console=com1 {spelling}{key}");
+        assert!(parse(&line).0.mgmt.key.is_some(), "{line}");
+        assert_eq!(redact(&line), format!("console=com1 {spelling}<hidden>"));
+    }
 }
 
 #[test]
