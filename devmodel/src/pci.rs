@@ -41,6 +41,7 @@ pub const INTERRUPT_PIN: u8 = 0x3d;
 pub const COMMAND_IO: u16 = 1 << 0;
 pub const COMMAND_MEMORY: u16 = 1 << 1;
 pub const COMMAND_BUS_MASTER: u16 = 1 << 2;
+pub const COMMAND_INTX_DISABLE: u16 = 1 << 10;
 
 pub const STATUS_DEVSEL_MEDIUM: u16 = 1 << 9;
 pub const STATUS_FAST_BACK: u16 = 1 << 7;
@@ -557,6 +558,38 @@ impl PciBus {
             irq @ (3..=7 | 9..=12 | 14 | 15) => Some(irq),
             _ => None,
         }
+    }
+
+    /// Where memory BAR `index` of 00:dev.func is decoded: (base, size),
+    /// when the function has memory space enabled and the BAR is a memory
+    /// BAR holding a non-zero address whose range does not wrap.
+    pub fn memory_bar(&self, dev: u8, func: u8, index: usize) -> Option<(u64, u64)> {
+        let c = self.function(dev, func)?;
+        if c.command() & COMMAND_MEMORY == 0 {
+            return None;
+        }
+        let size = match c.bar(index)? {
+            Bar::Io { .. } => return None,
+            Bar::Mem32 { size, .. } => u64::from(size),
+            Bar::Mem64 { size, .. } => size,
+        };
+        let base = c.bar_address(index)?;
+        base.checked_add(size)?;
+        Some((base, size))
+    }
+
+    /// The ISA IRQ the INTx line of 00:dev.func reaches: its interrupt pin
+    /// (A-D) swizzled onto PIRQ A-D as on a PIIX (`(dev + pin - 2) mod 4`,
+    /// what SeaBIOS assumes when it fills in the interrupt line register),
+    /// then the PIIX4's route. None when the function has no pin, sets
+    /// INTx Disable (command bit 10), or the PIRQ is not routed.
+    pub fn intx_irq(&self, dev: u8, func: u8) -> Option<u8> {
+        let c = self.function(dev, func)?;
+        let pin = c.u8_at(INTERRUPT_PIN);
+        if !(1..=4).contains(&pin) || c.command() & COMMAND_INTX_DISABLE != 0 {
+            return None;
+        }
+        self.pirq_route((dev.wrapping_add(pin).wrapping_sub(2)) & 3)
     }
 
     /// PAM register `index` (0–6, config 0x59 + index) of the host bridge:

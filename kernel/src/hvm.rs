@@ -29,9 +29,12 @@ use spin::Mutex;
 pub struct HvmDisk {
     /// The host disk (virtio-blk serial) backing it.
     pub target: String,
-    /// Where the guest sees it: `hda`..`hdd`.
+    /// Where the guest sees it: `hda`..`hdd` for IDE; any vdev for
+    /// virtio-blk (the guest names those itself).
     pub vdev: String,
     pub read_only: bool,
+    /// IDE or virtio-blk on the PCI bus (xl `specification=`).
+    pub model: ferrite_abi::StubDiskModel,
 }
 
 /// Direct Linux boot through fw_cfg (xl's `kernel=`/`ramdisk=`/`cmdline=`
@@ -250,6 +253,7 @@ fn create_stub(
                 vdev: d.vdev.clone(),
                 sectors: s.device.sectors(),
                 read_only: s.read_only || s.device.read_only(),
+                model: d.model,
             })
             .collect(),
         linux,

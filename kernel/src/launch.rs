@@ -269,10 +269,16 @@ fn pvh_disks(specs: &[ferrite_config::DiskSpec], files: &dyn Files) -> Result<Ve
     Ok(disks)
 }
 
+/// virtio-blk disks an HVM guest may have (PCI devices 00:03.0 onwards in
+/// its stub domain).
+const MAX_HVM_VIRTIO_DISKS: usize = 8;
+
 /// An HVM domain's firmware, disks and optional direct-boot kernel. The
 /// stub-domain image always comes from the boot modules.
 fn hvm_boot(cfg: &ferrite_config::DomainConfig, files: &dyn Files) -> Result<Boot, String> {
-    use ferrite_config::{Access, DevType, Firmware, VdevBus};
+    use ferrite_abi::StubDiskModel;
+    use ferrite_config::{Access, DevType, DiskSpecification, DiskTransport, Firmware, VdevBus};
+    let mut virtio_disks = 0usize;
     let bios = match &cfg.firmware {
         None | Some(Firmware::Bios) => files.get(DEFAULT_BIOS_MODULE, "the BIOS")?,
         Some(Firmware::Path(p)) => files.get(p, "the firmware")?,
@@ -291,11 +297,32 @@ fn hvm_boot(cfg: &ferrite_config::DomainConfig, files: &dyn Files) -> Result<Boo
         if matches!(d.kind, ferrite_config::DiskKind::File | ferrite_config::DiskKind::Nbd) {
             return Err(format!("disk {}: HVM guests get host disks (phy:NAME) only, for now", d.vdev.name));
         }
-        if d.vdev.bus != VdevBus::Ide || d.vdev.disk > 3 || d.vdev.partition != 0 {
-            return Err(format!("disk {}: HVM guests get IDE disks; use hda, hdb, hdc or hdd", d.vdev.name));
-        }
+        let model = match (d.specification, d.transport) {
+            (DiskSpecification::Xen, _) => {
+                if d.vdev.bus != VdevBus::Ide || d.vdev.disk > 3 || d.vdev.partition != 0 {
+                    return Err(format!(
+                        "disk {}: HVM guests get IDE disks (hda, hdb, hdc or hdd), or virtio-blk with specification=virtio",
+                        d.vdev.name
+                    ));
+                }
+                StubDiskModel::Ide
+            }
+            (DiskSpecification::Virtio, DiskTransport::Mmio) => {
+                return Err(format!("disk {}: HVM guests get virtio-blk on PCI; use transport=pci (or none)", d.vdev.name));
+            }
+            (DiskSpecification::Virtio, _) => {
+                if d.vdev.bus == VdevBus::Number || d.vdev.partition != 0 {
+                    return Err(format!("disk {}: name a whole disk (e.g. xvda) for a virtio disk", d.vdev.name));
+                }
+                virtio_disks += 1;
+                if virtio_disks > MAX_HVM_VIRTIO_DISKS {
+                    return Err(format!("disk {}: at most {} virtio disks for an HVM guest", d.vdev.name, MAX_HVM_VIRTIO_DISKS));
+                }
+                StubDiskModel::VirtioPci
+            }
+        };
         let target = d.target.clone().ok_or_else(|| format!("disk {}: no target", d.vdev.name))?;
-        disks.push(hvm::HvmDisk { target, vdev: d.vdev.name.clone(), read_only: d.access == Access::ReadOnly });
+        disks.push(hvm::HvmDisk { target, vdev: d.vdev.name.clone(), read_only: d.access == Access::ReadOnly, model });
     }
     let linux = match cfg.kernel.as_deref() {
         Some(k) => Some(hvm::HvmLinux {

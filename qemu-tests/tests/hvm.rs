@@ -2,7 +2,9 @@
 //! domU under Ferrite, with its PC devices (PCI, IDE with bus-master DMA,
 //! fw_cfg, UART, i8042, ...) emulated by the guest's own stub domain, and
 //! boots real code from the emulated IDE disk, which is backed by a QEMU
-//! virtio-blk device driven by the hypervisor.
+//! virtio-blk device driven by the hypervisor, or from a virtio-blk PCI
+//! disk (`specification=virtio`) the stub domain emulates on the same
+//! backing.
 
 use ferrite_qemu_tests::ferrite_tools::guestasm;
 use ferrite_qemu_tests::ferrite_tools::modules::ModuleSpec;
@@ -57,7 +59,17 @@ fn stubdom_module() -> ModuleSpec {
 
 #[test]
 fn seabios_boots_an_mbr_from_the_emulated_ide_disk() {
-    let name = "seabios_boots_an_mbr_from_the_emulated_ide_disk";
+    boot_mbr("seabios_boots_an_mbr_from_the_emulated_ide_disk", "phy:disk0,hda,w");
+}
+
+#[test]
+fn seabios_boots_an_mbr_from_a_virtio_blk_pci_disk() {
+    boot_mbr("seabios_boots_an_mbr_from_a_virtio_blk_pci_disk", "phy:disk0,xvda,w,specification=virtio");
+}
+
+/// SeaBIOS boots `mbr_disk_check.S` from the guest's only disk
+/// (`disk_spec`), which reads sectors through int 13h and writes one.
+fn boot_mbr(name: &str, disk_spec: &str) {
     let dir = test_dir(name);
     let disk = disk_image(&boot_sector(&dir), 2048);
     let disk_path = dir.join("disk0.img");
@@ -66,7 +78,7 @@ fn seabios_boots_an_mbr_from_the_emulated_ide_disk() {
         .smp(ferrite_qemu_tests::HVM_HOST_CPUS)
         .kernel(&images().multiboot)
         .append(BASE_CMDLINE)
-        .module(hvm_config(&dir, "hvm1", &["phy:disk0,hda,w"], ""))
+        .module(hvm_config(&dir, "hvm1", &[disk_spec], ""))
         .module(stubdom_module())
         .module(ModuleSpec::new(seabios_image(), ""))
         .extra_args(virtio_disk_args(&disk_path, "disk0", false));

@@ -12,10 +12,15 @@
 //! | 0x60, 0x64 | i8042 (IRQ 1/12); reset → GUEST_POWER Reset |
 //! | 0x92 | system control port A; fast reset → GUEST_POWER Reset |
 //!
+//! | memory | device |
+//! | --- | --- |
+//! | PCI BAR0 of 00:03.0, 00:04.0, ... (16 KiB each) | virtio-blk over virtio-pci, one function per `specification=virtio` disk; INTx pin A through the PIIX4 PIRQ routes |
+//!
 //! Unclaimed port reads return all ones, unclaimed writes are ignored, and
-//! so are all MMIO accesses (no MMIO device lives in the stub yet): reads
-//! return all ones. Interrupt lines are compared with what the hypervisor
-//! was last told after every access, and changes sent with SET_IRQ.
+//! so are MMIO accesses outside a decoded BAR: reads return all ones.
+//! Interrupt lines (ISA IRQs 0-15; a PCI INTx line is ORed onto the IRQ
+//! its PIRQ is routed to) are compared with what the hypervisor was last
+//! told after every access, and changes sent with SET_IRQ.
 //!
 //! Not modelled here: A20 gating (port 0x92 bit 1 and the i8042 output
 //! port are stored, but guest memory is always addressed with A20 on), PS/2
@@ -28,14 +33,16 @@ use alloc::boxed::Box;
 use alloc::format;
 use alloc::vec;
 use alloc::vec::Vec;
-use ferrite_abi::{PowerAction, StubConfig, GUEST_WINDOW};
-use ferrite_devmodel::dma::{DmaError, GuestMemoryAccess};
+use ferrite_abi::{PowerAction, StubConfig, StubDiskModel, GUEST_WINDOW};
+use ferrite_devmodel::dma::{BlockBackend, DmaError, GuestMemoryAccess, SECTOR_SIZE};
 use ferrite_devmodel::fw_cfg::{self, ExternalBlob, ExternalData, ExternalError, FwCfg, FwCfgBuilder, LinuxBootConfig};
 use ferrite_devmodel::i8042::I8042;
 use ferrite_devmodel::ide::{self, Ide};
 use ferrite_devmodel::pci::PciBus;
 use ferrite_devmodel::port92::Port92;
 use ferrite_devmodel::uart16550::{self, Uart16550};
+use ferrite_devmodel::virtio::blk::{BlkDiskInfo, BlkOp, BlkRequest, BlkStatus};
+use ferrite_devmodel::virtio::{self, Effect, VirtioBlkPci};
 use ferrite_loader::acpi_blob::HVM_PLATFORM;
 use log::{info, warn};
 
@@ -52,8 +59,29 @@ const RCR_RST_CPU: u8 = 1 << 2;
 const I8042_IRQ_KBD: u8 = 1;
 const I8042_IRQ_AUX: u8 = 12;
 
-/// Interrupt lines the stub drives, in the order of `Devices::lines`.
-const LINES: [u8; 5] = [COM1_IRQ, ide::CHANNEL_IRQ[0], ide::CHANNEL_IRQ[1], I8042_IRQ_KBD, I8042_IRQ_AUX];
+/// ISA IRQs the stub may drive (SET_IRQ takes 0-23; PCI INTx reaches
+/// the guest through a PIRQ route, which names an ISA IRQ).
+const ISA_IRQS: usize = 16;
+/// The PCI device number of the first virtio-blk function.
+const FIRST_VIRTIO_SLOT: u8 = 3;
+/// Most virtio-blk functions (the hypervisor allows 8).
+const MAX_VIRTIO_DISKS: usize = 16;
+/// Requests taken from a virtqueue per round (the guest waits for its
+/// notify write until the queue is empty).
+const VIRTIO_BATCH: usize = 32;
+/// Protocol errors logged per virtio disk (a guest can repeat them).
+const VIRTIO_ERRORS_LOGGED: u32 = 8;
+
+/// A `specification=virtio` disk: a virtio-blk PCI function and its host
+/// disk.
+struct VirtioDisk {
+    /// 00:slot.0 on the PCI bus.
+    slot: u8,
+    handle: u32,
+    blk: VirtioBlkPci,
+    backend: StubBlock,
+    errors: u32,
+}
 
 pub struct Devices {
     ram: GuestRam,
@@ -66,8 +94,9 @@ pub struct Devices {
     boot_data: BootData,
     i8042: I8042,
     port92: Port92,
-    /// Levels last sent with SET_IRQ, per `LINES`.
-    lines: [bool; LINES.len()],
+    virtio: Vec<VirtioDisk>,
+    /// Levels last sent with SET_IRQ, per ISA IRQ.
+    lines: [bool; ISA_IRQS],
     /// The hypervisor may hold more console input for the guest.
     input_waiting: bool,
     /// Fault injection (tests only): the access a chosen ATA command makes.
@@ -88,7 +117,15 @@ impl Devices {
     pub fn new(config: &StubConfig) -> Self {
         let ram = GuestRam::from_config(config);
         let mut ide = Ide::new();
+        let mut pci = PciBus::i440fx();
+        let mut virtio = Vec::new();
         for disk in &config.disks {
+            if disk.model == StubDiskModel::VirtioPci {
+                if let Some(v) = attach_virtio(&mut pci, virtio.len(), disk, ram) {
+                    virtio.push(v);
+                }
+                continue;
+            }
             let Some((channel, unit)) = ide_slot(&disk.vdev) else {
                 warn!("disk {} ({}): vdev {:?} is not hda..hdd; not attached", disk.handle, disk.name, disk.vdev);
                 continue;
@@ -139,14 +176,15 @@ impl Devices {
             ram,
             uart: Uart16550::new(),
             debugcon: Vec::new(),
-            pci: PciBus::i440fx(),
+            pci,
             rcr: 0,
             ide,
             fw_cfg,
             boot_data,
             i8042: I8042::new(),
             port92: Port92::new(),
-            lines: [false; LINES.len()],
+            virtio,
+            lines: [false; ISA_IRQS],
             input_waiting: false,
             wild_access,
         }
@@ -324,11 +362,33 @@ impl Devices {
         (matches!(size, 2 | 4) && self.pci.ide_channel_enabled(channel as u8)).then_some(channel)
     }
 
-    pub fn mmio_read(&mut self, _addr: u64, _size: u8) -> u64 {
-        u64::MAX
+    /// The virtio disk whose BAR decodes `addr`, and the offset in it.
+    fn virtio_at(&self, addr: u64) -> Option<(usize, u64)> {
+        self.virtio.iter().enumerate().find_map(|(i, v)| {
+            let (base, size) = self.pci.memory_bar(v.slot, 0, virtio::pci::BAR_INDEX)?;
+            let off = addr.checked_sub(base)?;
+            (off < size).then_some((i, off))
+        })
     }
 
-    pub fn mmio_write(&mut self, _addr: u64, _size: u8, _value: u64) {}
+    pub fn mmio_read(&mut self, addr: u64, size: u8) -> u64 {
+        let v = match self.virtio_at(addr) {
+            Some((i, off)) => self.virtio[i].blk.bar_read(off, size),
+            None => u64::MAX,
+        };
+        self.sync_lines();
+        v
+    }
+
+    pub fn mmio_write(&mut self, addr: u64, size: u8, value: u64) {
+        if let Some((i, off)) = self.virtio_at(addr) {
+            if self.virtio[i].blk.bar_write(off, size, value) == Effect::Notify {
+                let mut mem = self.window();
+                self.virtio[i].serve(&mut mem);
+            }
+        }
+        self.sync_lines();
+    }
 
     /// Before scanning the slots: input for the guest's UART.
     /// Tells the hypervisor which port writes it may queue instead of
@@ -430,19 +490,111 @@ impl Devices {
 
     /// Sends SET_IRQ for every line whose level changed.
     fn sync_lines(&mut self) {
-        let levels = [
-            self.uart.irq_pending(),
-            self.ide.irq_level(0),
-            self.ide.irq_level(1),
-            self.i8042.irq1_level(),
-            self.i8042.irq12_level(),
+        let mut levels = [false; ISA_IRQS];
+        let fixed = [
+            (COM1_IRQ, self.uart.irq_pending()),
+            (ide::CHANNEL_IRQ[0], self.ide.irq_level(0)),
+            (ide::CHANNEL_IRQ[1], self.ide.irq_level(1)),
+            (I8042_IRQ_KBD, self.i8042.irq1_level()),
+            (I8042_IRQ_AUX, self.i8042.irq12_level()),
         ];
-        for (i, &level) in levels.iter().enumerate() {
-            if self.lines[i] != level {
-                self.lines[i] = level;
-                hypercall::set_irq(LINES[i], level);
+        for (irq, level) in fixed {
+            levels[usize::from(irq)] |= level;
+        }
+        // PCI INTx is level-triggered and shareable: ORed onto the IRQ its
+        // PIRQ is routed to now (the guest may change the route).
+        for v in &self.virtio {
+            if v.blk.irq_level() {
+                if let Some(irq) = self.pci.intx_irq(v.slot, 0) {
+                    if let Some(l) = levels.get_mut(usize::from(irq)) {
+                        *l = true;
+                    }
+                }
             }
         }
+        for (irq, &level) in levels.iter().enumerate() {
+            if self.lines[irq] != level {
+                self.lines[irq] = level;
+                hypercall::set_irq(irq as u8, level);
+            }
+        }
+    }
+}
+
+/// Puts a virtio-blk function for `disk` on the bus at 00:(3 + index).0.
+fn attach_virtio(pci: &mut PciBus, index: usize, disk: &ferrite_abi::StubDisk, ram: GuestRam) -> Option<VirtioDisk> {
+    if index >= MAX_VIRTIO_DISKS {
+        warn!("disk {} ({}): more than {} virtio disks; not attached", disk.handle, disk.name, MAX_VIRTIO_DISKS);
+        return None;
+    }
+    let slot = FIRST_VIRTIO_SLOT + index as u8;
+    if !pci.add_function(slot, 0, virtio::pci::config_space()) {
+        warn!("disk {} ({}): PCI slot {} is taken; not attached", disk.handle, disk.name, slot);
+        return None;
+    }
+    let mut serial = [0u8; 20];
+    let name = format!("FRT{:05}", disk.handle);
+    let n = name.len().min(serial.len());
+    serial[..n].copy_from_slice(&name.as_bytes()[..n]);
+    let blk = VirtioBlkPci::new(BlkDiskInfo { sectors: disk.sectors, read_only: disk.read_only, serial });
+    info!(
+        "disk {} ({}): virtio-blk {} at PCI 00:{:02x}.0, {} sectors{}",
+        disk.handle,
+        disk.name,
+        disk.vdev,
+        slot,
+        disk.sectors,
+        if disk.read_only { ", read-only" } else { "" }
+    );
+    Some(VirtioDisk { slot, handle: disk.handle, blk, backend: StubBlock::new(disk, ram), errors: 0 })
+}
+
+impl VirtioDisk {
+    /// The guest notified the queue: takes every waiting request, runs it
+    /// on the host disk (data straight between the host device and guest
+    /// memory, BLOCK_IO with the request's segments) and completes it.
+    fn serve(&mut self, mem: &mut GuestWindow) {
+        loop {
+            let reqs = match self.blk.take_requests(mem, VIRTIO_BATCH) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.protocol_error(&e);
+                    return;
+                }
+            };
+            for req in &reqs {
+                let status = run_request(&mut self.backend, req);
+                if let Err(e) = self.blk.complete(mem, &req.id, status) {
+                    self.protocol_error(&e);
+                    return;
+                }
+            }
+            if !self.blk.more_available() {
+                return;
+            }
+        }
+    }
+
+    fn protocol_error(&mut self, e: &virtio::VirtioError) {
+        if self.errors < VIRTIO_ERRORS_LOGGED {
+            warn!("disk {}: virtio-blk: {}; the device waits for the driver's reset", self.handle, e);
+        }
+        self.errors = self.errors.saturating_add(1);
+    }
+}
+
+/// One request on the host disk.
+fn run_request(backend: &mut StubBlock, req: &BlkRequest) -> BlkStatus {
+    // The model checked the total: whole sectors, inside the disk.
+    let count = req.id.data_len / SECTOR_SIZE as u32;
+    let result = match req.op {
+        BlkOp::Read => backend.read_to_guest(req.sector, count, &req.segments),
+        BlkOp::Write => backend.write_from_guest(req.sector, count, &req.segments),
+        BlkOp::Flush => backend.flush(),
+    };
+    match result {
+        Ok(()) => BlkStatus::Ok,
+        Err(_) => BlkStatus::IoErr,
     }
 }
 

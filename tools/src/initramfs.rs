@@ -604,12 +604,13 @@ mod tests {
 
 /// The init script of the HVM disk test (`ferrite.test` is not used). It
 /// loads the kernel modules listed in `/modules.order` (the IDE driver
-/// and the disk driver, in dependency order), waits for `/dev/sda`, and
+/// and the disk driver, in dependency order), waits for `/dev/sda` (or the
+/// disk `ferrite.disk=` names, e.g. `vda` for virtio-blk), and
 /// prints:
 ///
 /// * `FERRITE-INIT cpus=... mem_kb=... date=... kernel=...` (as the PVH test)
 /// * `FERRITE-ATA configured for <mode>`: the transfer mode libata chose
-///   (from sysfs `xfer_mode`)
+///   (from sysfs `xfer_mode`; `none` without an ATA disk)
 /// * `FERRITE-DISK-SHA256 <hash>` of the disk's first `ferrite.check_mib=` MiB
 /// * then looks for `FERRITE-MARKER-<ferrite.marker=>` at sector
 ///   `ferrite.marker_lba=`: if absent it writes it, syncs, prints
@@ -630,19 +631,21 @@ done
 check_mib=64
 marker=none
 marker_lba=0
+disk=sda
 for w in $(cat /proc/cmdline); do
     case "$w" in
         ferrite.check_mib=*) check_mib="${w#ferrite.check_mib=}" ;;
         ferrite.marker=*) marker="${w#ferrite.marker=}" ;;
         ferrite.marker_lba=*) marker_lba="${w#ferrite.marker_lba=}" ;;
+        ferrite.disk=*) disk="${w#ferrite.disk=}" ;;
     esac
 done
 i=0
-while [ ! -b /dev/sda ] && [ "$i" -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
-if [ ! -b /dev/sda ]; then
+while [ ! -b /dev/$disk ] && [ "$i" -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+if [ ! -b /dev/$disk ]; then
     echo "FERRITE-DISK none"
     ls /sys/bus/pci/devices
-    dmesg | grep -i -E 'pci|ata|scsi|irq|acpi' | tail -60
+    dmesg | grep -i -E 'pci|ata|scsi|irq|acpi|virtio' | tail -60
     poweroff -f
 fi
 # libata's chosen transfer mode (its "configured for" message is debug-level).
@@ -651,15 +654,15 @@ for f in /sys/class/ata_device/*/xfer_mode; do
     [ -r "$f" ] && m=$(cat "$f") && [ -n "$m" ] && [ "$m" != "<unknown>" ] && { mode="$m"; break; }
 done
 echo "FERRITE-ATA configured for $mode"
-sum=$(dd if=/dev/sda bs=1M count="$check_mib" 2>/dev/null | sha256sum)
+sum=$(dd if=/dev/$disk bs=1M count="$check_mib" 2>/dev/null | sha256sum)
 echo "FERRITE-DISK-SHA256 ${sum%% *}"
 want="FERRITE-MARKER-$marker"
-have=$(dd if=/dev/sda bs=512 skip="$marker_lba" count=1 2>/dev/null | head -c ${#want})
+have=$(dd if=/dev/$disk bs=512 skip="$marker_lba" count=1 2>/dev/null | head -c ${#want})
 if [ "$have" = "$want" ]; then
     echo "FERRITE-MARKER found"
     poweroff -f
 fi
-echo -n "$want" | dd of=/dev/sda bs=512 seek="$marker_lba" conv=sync,fsync 2>/dev/null
+echo -n "$want" | dd of=/dev/$disk bs=512 seek="$marker_lba" conv=sync,fsync 2>/dev/null
 sync
 echo "FERRITE-MARKER written"
 reboot -f

@@ -1,5 +1,6 @@
-//! virtio-blk (virtio 1.x §5.2) behind one virtio-mmio window, with one
-//! request queue.
+//! virtio-blk (virtio 1.x §5.2) with one request queue: the
+//! transport-neutral device ([`VirtioBlk`]) and its virtio-mmio front end
+//! ([`VirtioBlkMmio`]); the virtio-pci one is [`super::pci::VirtioBlkPci`].
 //!
 //! The model parses requests and hands the backend only what needs the
 //! disk: reads, writes and flushes, each as guest segments to move data
@@ -18,14 +19,15 @@
 //!
 //! ## Use
 //!
-//! The caller forwards the guest's accesses to the window to
-//! [`VirtioBlkMmio::read`] / [`VirtioBlkMmio::write`]; on
-//! [`MmioEffect::Notify`] it calls [`VirtioBlkMmio::take_requests`] (again
-//! while [`VirtioBlkMmio::more_available`]), runs each [`BlkRequest`] on
-//! the backend, then [`VirtioBlkMmio::complete`]s it, in any order. On
-//! [`MmioEffect::Reset`] it may drop the backend work: completions from
+//! The caller forwards the guest's accesses to the transport's registers
+//! ([`VirtioBlkMmio::read`] / [`VirtioBlkMmio::write`], or the PCI BAR's);
+//! on [`Effect::Notify`] it calls [`VirtioBlk::take_requests`] (again
+//! while [`VirtioBlk::more_available`]), runs each [`BlkRequest`] on
+//! the backend, then [`VirtioBlk::complete`]s it, in any order. On
+//! [`Effect::Reset`] it may drop the backend work: completions from
 //! before the reset are ignored. After each call it sets the interrupt
-//! line to [`VirtioBlkMmio::irq_level`]. An `Err` means the driver broke
+//! line to [`VirtioBlk::irq_level`]. Both front ends dereference to
+//! [`VirtioBlk`]. An `Err` means the driver broke
 //! the protocol: log it; the device waits for the driver's reset.
 //!
 //! Offered features: VERSION_1, SEG_MAX, BLK_SIZE, FLUSH, INDIRECT_DESC,
@@ -35,8 +37,9 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
+use super::common::{Effect, VirtioState};
 pub use super::mmio::MmioEffect;
-use super::mmio::{Transport, WINDOW_LEN};
+use super::mmio::WINDOW_LEN;
 use super::queue::{Buffer, MAX_CHAIN};
 pub use super::VirtioError;
 use super::{feature, interrupt};
@@ -80,7 +83,7 @@ const S_UNSUPP: u8 = 2;
 const HEADER_LEN: u64 = 16;
 /// `struct virtio_blk_config` up to `unused1`, the fields this device can
 /// offer.
-const CONFIG_LEN: usize = 60;
+pub(crate) const CONFIG_LEN: usize = 60;
 
 /// The disk as the guest sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,7 +125,7 @@ impl BlkStatus {
     }
 }
 
-/// Names a request taken from the queue, for [`VirtioBlkMmio::complete`].
+/// Names a request taken from the queue, for [`VirtioBlk::complete`].
 /// The model keeps its own record of the head; these fields are for the
 /// caller's information and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,10 +170,10 @@ enum Parsed {
     },
 }
 
-/// One virtio-mmio v2 window holding a virtio-blk device.
+/// A virtio-blk device, whatever its transport.
 #[derive(Debug, Clone)]
-pub struct VirtioBlkMmio {
-    transport: Transport,
+pub struct VirtioBlk {
+    transport: VirtioState,
     disk: BlkDiskInfo,
     config: [u8; CONFIG_LEN],
     /// Indexed by head; only heads of the current generation.
@@ -182,10 +185,10 @@ pub struct VirtioBlkMmio {
     chain: Vec<Buffer>,
 }
 
-impl VirtioBlkMmio {
-    pub const WINDOW_LEN: u64 = WINDOW_LEN;
-
-    pub fn new(disk: BlkDiskInfo) -> Self {
+impl VirtioBlk {
+    /// The device; `queue_num_at_reset` is what the transport's queue
+    /// size register holds after a reset (0 for mmio, the maximum for pci).
+    fn with_transport(disk: BlkDiskInfo, queue_num_at_reset: u32) -> Self {
         let mut features = feature::VERSION_1
             | feature::INDIRECT_DESC
             | blk_feature::SEG_MAX
@@ -198,8 +201,8 @@ impl VirtioBlkMmio {
         config[0..8].copy_from_slice(&disk.sectors.to_le_bytes());
         config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
         config[20..24].copy_from_slice(&(SECTOR_SIZE as u32).to_le_bytes());
-        VirtioBlkMmio {
-            transport: Transport::new(DEVICE_ID_BLOCK, features, QUEUE_SIZE_MAX),
+        VirtioBlk {
+            transport: VirtioState::new(DEVICE_ID_BLOCK, features, QUEUE_SIZE_MAX, queue_num_at_reset),
             disk,
             config,
             in_flight: vec![None; usize::from(QUEUE_SIZE_MAX)],
@@ -218,24 +221,29 @@ impl VirtioBlkMmio {
         &self.disk
     }
 
-    /// Guest MMIO read at `offset` in the window, `size` 1/2/4/8 bytes.
-    pub fn read(&mut self, offset: u64, size: u8) -> u64 {
-        self.transport.read(offset, size, &self.config)
+    /// The transport-neutral state, for the register front ends.
+    pub(crate) fn state(&self) -> &VirtioState {
+        &self.transport
     }
 
-    /// Guest MMIO write. QueueNotify returns [`MmioEffect::Notify`]; a
-    /// Status write of 0 (or disabling the queue) returns
-    /// [`MmioEffect::Reset`] and forgets every request in flight.
-    pub fn write(&mut self, offset: u64, size: u8, value: u64) -> MmioEffect {
-        let effect = self.transport.write(offset, size, value);
-        if effect == MmioEffect::Reset {
+    /// The device configuration space (`struct virtio_blk_config`).
+    pub(crate) fn config(&self) -> &[u8] {
+        &self.config
+    }
+
+    /// Applies a front end's register write: a reset forgets every
+    /// request in flight.
+    pub(crate) fn register_write(&mut self, f: impl FnOnce(&mut VirtioState) -> Effect) -> Effect {
+        let effect = f(&mut self.transport);
+        if effect == Effect::Reset {
             self.forget_in_flight();
         }
         effect
     }
 
-    /// The interrupt line's level: InterruptStatus != 0 (level-triggered,
-    /// lowered by InterruptACK).
+    /// The interrupt line's level: the interrupt status is not 0
+    /// (level-triggered; lowered by InterruptACK on mmio, by reading the
+    /// ISR on pci).
     pub fn irq_level(&self) -> bool {
         self.transport.interrupt_status != 0
     }
@@ -572,5 +580,60 @@ impl VirtioBlkMmio {
                 used_len: 1,
             },
         }
+    }
+}
+
+/// One virtio-mmio v2 window holding a virtio-blk device. Dereferences to
+/// [`VirtioBlk`] for the requests and the interrupt line.
+#[derive(Debug, Clone)]
+pub struct VirtioBlkMmio {
+    blk: VirtioBlk,
+}
+
+impl VirtioBlkMmio {
+    pub const WINDOW_LEN: u64 = WINDOW_LEN;
+
+    pub fn new(disk: BlkDiskInfo) -> Self {
+        VirtioBlkMmio {
+            blk: VirtioBlk::with_transport(disk, 0),
+        }
+    }
+
+    /// Guest MMIO read at `offset` in the window, `size` 1/2/4/8 bytes.
+    pub fn read(&mut self, offset: u64, size: u8) -> u64 {
+        super::mmio::read(self.blk.state(), offset, size, self.blk.config())
+    }
+
+    /// Guest MMIO write. QueueNotify returns [`MmioEffect::Notify`]; a
+    /// Status write of 0 (or disabling the queue) returns
+    /// [`MmioEffect::Reset`] and forgets every request in flight.
+    pub fn write(&mut self, offset: u64, size: u8, value: u64) -> MmioEffect {
+        self.blk
+            .register_write(|s| super::mmio::write(s, offset, size, value))
+    }
+}
+
+impl core::ops::Deref for VirtioBlkMmio {
+    type Target = VirtioBlk;
+    fn deref(&self) -> &VirtioBlk {
+        &self.blk
+    }
+}
+
+impl core::ops::DerefMut for VirtioBlkMmio {
+    fn deref_mut(&mut self) -> &mut VirtioBlk {
+        &mut self.blk
+    }
+}
+
+impl VirtioBlk {
+    /// For the virtio-pci front end.
+    pub(crate) fn new_pci(disk: BlkDiskInfo) -> Self {
+        VirtioBlk::with_transport(disk, u32::from(QUEUE_SIZE_MAX))
+    }
+
+    /// Reads and clears the interrupt status (virtio-pci's ISR).
+    pub(crate) fn take_interrupt_status(&mut self) -> u32 {
+        core::mem::take(&mut self.transport.interrupt_status)
     }
 }

@@ -1,6 +1,8 @@
-//! Virtio devices over virtio-mmio version 2 (modern, virtio 1.x), for
-//! PVH domains: the register file ([`mmio`]), the split virtqueue
-//! ([`queue`]) and the block device on top of them ([`blk`]).
+//! Virtio devices (modern, virtio 1.x): the split virtqueue ([`queue`]),
+//! the transport-neutral device state ([`common`]), the block device on
+//! top of them ([`blk`]), and two register front ends: virtio-mmio
+//! version 2 ([`mmio`], PVH domains' disks in the hypervisor) and
+//! virtio-pci ([`pci`], HVM guests' disks in the stub domain).
 //!
 //! As everywhere in this crate, the model is pure logic: the caller decodes
 //! a guest access to the MMIO window and calls `read`/`write`, reads guest
@@ -16,15 +18,22 @@
 use core::fmt;
 
 pub mod blk;
+pub mod common;
 pub mod mmio;
+pub mod pci;
 pub mod queue;
+#[cfg(test)]
+mod pci_tests;
 #[cfg(test)]
 mod tests;
 
 pub use blk::{
-    BlkDiskInfo, BlkOp, BlkRequest, BlkRequestId, BlkStatus, VirtioBlkMmio, MAX_REQUEST_BYTES,
+    BlkDiskInfo, BlkOp, BlkRequest, BlkRequestId, BlkStatus, VirtioBlk, VirtioBlkMmio,
+    MAX_REQUEST_BYTES,
 };
+pub use common::Effect;
 pub use mmio::MmioEffect;
+pub use pci::VirtioBlkPci;
 
 /// Device status bits (virtio 1.x §2.1).
 pub mod status {

@@ -25,14 +25,14 @@ const DATA: u64 = 0x20_0000;
 /// Not guest RAM.
 const HOLE: u64 = 0x4000_0000;
 
-struct Ram {
-    bytes: Vec<u8>,
+pub(super) struct Ram {
+    pub(super) bytes: Vec<u8>,
     /// (gpa, len) of every write, for the fuzz checks.
     writes: Vec<(u64, usize)>,
 }
 
 impl Ram {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Ram {
             bytes: vec![0; RAM_SIZE],
             writes: Vec::new(),
@@ -49,16 +49,16 @@ impl Ram {
         }
         Ok(gpa as usize..end as usize)
     }
-    fn put(&mut self, gpa: u64, d: &[u8]) {
+    pub(super) fn put(&mut self, gpa: u64, d: &[u8]) {
         self.bytes[gpa as usize..gpa as usize + d.len()].copy_from_slice(d);
     }
-    fn get(&self, gpa: u64, len: usize) -> &[u8] {
+    pub(super) fn get(&self, gpa: u64, len: usize) -> &[u8] {
         &self.bytes[gpa as usize..gpa as usize + len]
     }
-    fn u16(&self, gpa: u64) -> u16 {
+    pub(super) fn u16(&self, gpa: u64) -> u16 {
         u16::from_le_bytes(self.get(gpa, 2).try_into().unwrap())
     }
-    fn u32(&self, gpa: u64) -> u32 {
+    pub(super) fn u32(&self, gpa: u64) -> u32 {
         u32::from_le_bytes(self.get(gpa, 4).try_into().unwrap())
     }
 }

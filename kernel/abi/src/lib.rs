@@ -360,6 +360,16 @@ impl BlockRequest {
 // ---------------------------------------------------------------------------
 // The stub's configuration, written by the hypervisor at START_INFO_GPA.
 
+/// How the served guest sees a disk.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum StubDiskModel {
+    /// Emulated IDE at the channel/unit its vdev names (`hda`..`hdd`).
+    #[default]
+    Ide,
+    /// virtio-blk on the guest's PCI bus (xl `specification=virtio`).
+    VirtioPci,
+}
+
 /// A disk of the served guest.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct StubDisk {
@@ -367,10 +377,12 @@ pub struct StubDisk {
     pub handle: u32,
     /// The backing device's name (the `phy:` target).
     pub name: String,
-    /// Guest-side position: "hda".."hdd" (IDE channel/unit).
+    /// Guest-side name: "hda".."hdd" (IDE channel/unit) for IDE; the
+    /// config's vdev (for the log) for virtio-blk.
     pub vdev: String,
     pub sectors: u64,
     pub read_only: bool,
+    pub model: StubDiskModel,
 }
 
 /// A blob the stub can read with DATA_READ but does not hold (kernel,
@@ -488,7 +500,17 @@ mod tests {
             vcpus: 1,
             ram_below_4g: 256 << 20,
             ram_above_4g: 0,
-            disks: vec![StubDisk { handle: 0, name: "disk0".into(), vdev: "hda".into(), sectors: 2048, read_only: false }],
+            disks: vec![
+                StubDisk { handle: 0, name: "disk0".into(), vdev: "hda".into(), sectors: 2048, read_only: false, model: StubDiskModel::Ide },
+                StubDisk {
+                    handle: 1,
+                    name: "disk1".into(),
+                    vdev: "xvda".into(),
+                    sectors: 4096,
+                    read_only: true,
+                    model: StubDiskModel::VirtioPci,
+                },
+            ],
             linux: None,
             boot_order: String::new(),
             pm1a_evt: 0xB000,

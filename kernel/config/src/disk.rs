@@ -9,7 +9,10 @@
 //!   `qcow:`, `qcow2:`, `vhd:`, `qed:` (format), `tap:`, `tap2:`, `aio:`,
 //!   `tapdisk:`, `ioemu:` (ignored);
 //! * `key=value` parameters `target=`, `format=`, `vdev=`, `access=`,
-//!   `devtype=`, `backend=`, `backendtype=`, `script=`, and the flags
+//!   `devtype=`, `backend=`, `backendtype=`, `script=`,
+//!   `specification=xen|virtio` and `transport=pci|mmio` (Xen 4.18+: the
+//!   device the guest sees; for Ferrite's HVM guests `virtio` is a
+//!   virtio-blk PCI device instead of emulated IDE), and the flags
 //!   `cdrom`, `direct-io-safe`, `discard`, `no-discard`, mixed freely
 //!   with positional ones. `target=` takes the whole rest of the string
 //!   (commas included), so it must come last.
@@ -73,6 +76,27 @@ pub enum DiskKind {
     /// An export on an NBD server (`nbd:HOST:PORT/EXPORT`; Ferrite is the
     /// client, not a block script).
     Nbd,
+}
+
+/// `specification=`: the kind of device the guest sees (xl 4.18+).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DiskSpecification {
+    /// `xen` (the default): for an HVM guest the emulated device its vdev
+    /// names (IDE for `hdX`); PVH domains always get virtio-blk.
+    #[default]
+    Xen,
+    /// `virtio`: a virtio-blk device (for an HVM guest, on its PCI bus).
+    Virtio,
+}
+
+/// `transport=`: how a `specification=virtio` disk reaches the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DiskTransport {
+    /// Not given: the domain type's own (PCI for HVM, MMIO for PVH).
+    #[default]
+    Default,
+    Mmio,
+    Pci,
 }
 
 /// The bus family of a virtual device name (docs/misc/vbd-interface).
@@ -222,6 +246,10 @@ pub struct DiskSpec {
     pub backend: Option<String>,
     /// `script=` (or a legacy `iscsi:`/`nbd:`/... prefix).
     pub script: Option<String>,
+    /// `specification=`.
+    pub specification: DiskSpecification,
+    /// `transport=` (only with `specification=virtio`).
+    pub transport: DiskTransport,
 }
 
 /// Warnings from parsing one disk; the caller attaches file/line/key.
@@ -247,6 +275,8 @@ impl DiskSpec {
         let mut backend: Option<String> = None;
         let mut backendtype: Option<String> = None;
         let mut script: Option<String> = None;
+        let mut specification: Option<String> = None;
+        let mut transport: Option<String> = None;
         let mut kind = DiskKind::Unspecified;
         let mut npos = 0usize; // next positional slot: 0 target, 1 format, 2 vdev, 3 access
         let mut rest = spec;
@@ -274,8 +304,10 @@ impl DiskSpec {
                     "backend" => set_once(&mut backend, "backend", v)?,
                     "backendtype" => set_once(&mut backendtype, "backendtype", v)?,
                     "script" => set_once(&mut script, "script", v)?,
+                    "specification" => set_once(&mut specification, "specification", v)?,
+                    "transport" => set_once(&mut transport, "transport", v)?,
                     k @ ("colo-host" | "colo-port" | "colo-export" | "active-disk"
-                    | "hidden-disk" | "specification" | "transport") => warnings.push(format!(
+                    | "hidden-disk") => warnings.push(format!(
                         "disk parameter '{k}' is not supported by Ferrite; ignored"
                     )),
                     k => return Err(format!("unknown disk parameter {}", Shown(k))),
@@ -414,6 +446,35 @@ impl DiskSpec {
                 ))
             }
         }
+        let specification = match specification.as_deref() {
+            None | Some("") | Some("xen") => DiskSpecification::Xen,
+            Some("virtio") => DiskSpecification::Virtio,
+            Some(x) => {
+                return Err(format!(
+                    "unknown disk specification {} (expected xen or virtio)",
+                    Shown(x)
+                ))
+            }
+        };
+        let transport = match transport.as_deref() {
+            None | Some("") => DiskTransport::Default,
+            Some("mmio") => DiskTransport::Mmio,
+            Some("pci") => DiskTransport::Pci,
+            Some(x) => {
+                return Err(format!(
+                    "unknown disk transport {} (expected pci or mmio)",
+                    Shown(x)
+                ))
+            }
+        };
+        if transport != DiskTransport::Default && specification != DiskSpecification::Virtio {
+            return Err(String::from(
+                "transport= applies only to specification=virtio disks",
+            ));
+        }
+        if specification == DiskSpecification::Virtio && devtype == DevType::Cdrom {
+            return Err(String::from("a virtio disk cannot be a CD-ROM"));
+        }
         let target = target.filter(|t| !t.is_empty());
         if target.is_none() && devtype != DevType::Cdrom {
             return Err(String::from("no target (backing device or file) given"));
@@ -433,6 +494,8 @@ impl DiskSpec {
                 kind,
                 backend: backend.filter(|b| !b.is_empty()),
                 script: script.filter(|s| !s.is_empty()),
+                specification,
+                transport,
             },
             warnings,
         ))
@@ -470,8 +533,14 @@ pub struct DiskClaim {
 /// `claims` hold: as Xen's block hotplug scripts decide, a disk written by
 /// one domain is used by no other, and read-only users may share it.
 /// Returns the claim in the way.
-pub fn disk_sharing_conflict<'a>(claims: &'a [DiskClaim], target: &str, writable: bool) -> Option<&'a DiskClaim> {
-    claims.iter().find(|c| c.target == target && (c.writable || writable))
+pub fn disk_sharing_conflict<'a>(
+    claims: &'a [DiskClaim],
+    target: &str,
+    writable: bool,
+) -> Option<&'a DiskClaim> {
+    claims
+        .iter()
+        .find(|c| c.target == target && (c.writable || writable))
 }
 
 #[cfg(test)]
@@ -479,15 +548,28 @@ mod sharing_tests {
     use super::*;
 
     fn claim(target: &str, domain: u32, writable: bool) -> DiskClaim {
-        DiskClaim { target: target.into(), domain, writable }
+        DiskClaim {
+            target: target.into(),
+            domain,
+            writable,
+        }
     }
 
     #[test]
     fn writers_are_exclusive_and_readers_share() {
         let claims = [claim("disk0", 1, true), claim("disk1", 2, false)];
-        assert_eq!(disk_sharing_conflict(&claims, "disk0", true), Some(&claims[0]));
-        assert_eq!(disk_sharing_conflict(&claims, "disk0", false), Some(&claims[0]));
-        assert_eq!(disk_sharing_conflict(&claims, "disk1", true), Some(&claims[1]));
+        assert_eq!(
+            disk_sharing_conflict(&claims, "disk0", true),
+            Some(&claims[0])
+        );
+        assert_eq!(
+            disk_sharing_conflict(&claims, "disk0", false),
+            Some(&claims[0])
+        );
+        assert_eq!(
+            disk_sharing_conflict(&claims, "disk1", true),
+            Some(&claims[1])
+        );
         assert_eq!(disk_sharing_conflict(&claims, "disk1", false), None);
         assert_eq!(disk_sharing_conflict(&claims, "disk2", true), None);
         assert_eq!(disk_sharing_conflict(&[], "disk0", true), None);

@@ -32,7 +32,10 @@ mod tests;
 
 pub use cpus::{CpuAffinity, CpuSet};
 pub use diag::{Diagnostic, Severity};
-pub use disk::{Access, DevType, DiskFormat, DiskKind, DiskSpec, Vdev, VdevBus};
+pub use disk::{
+    Access, DevType, DiskFormat, DiskKind, DiskSpec, DiskSpecification, DiskTransport, Vdev,
+    VdevBus,
+};
 pub use domain::{
     parse, Action, BootDevice, DomainConfig, Firmware, GuestType, Serial, DEFAULT_MEMORY_MIB,
     MAX_MEMORY_MIB, MAX_NAME_LEN, MAX_VCPUS,

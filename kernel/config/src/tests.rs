@@ -927,3 +927,52 @@ fn nbd_targets_are_kept_whole() {
     assert_eq!(d.target.as_deref(), Some("10.0.2.2:10809/web"));
     assert!(d.script.is_none() && warnings.is_empty(), "{warnings:?}");
 }
+
+#[test]
+fn virtio_specification_and_transport() {
+    use crate::disk::{DiskSpecification, DiskTransport};
+    let (d, w) = DiskSpec::parse("phy:disk0,xvda,w,specification=virtio").unwrap();
+    assert_eq!(d.specification, DiskSpecification::Virtio);
+    assert_eq!(d.transport, DiskTransport::Default);
+    assert_eq!(d.vdev.name, "xvda");
+    assert!(w.is_empty(), "{w:?}");
+    let (d, _) =
+        DiskSpec::parse("vdev=hda,access=rw,specification=virtio,transport=pci,target=disk1")
+            .unwrap();
+    assert_eq!(
+        (d.specification, d.transport),
+        (DiskSpecification::Virtio, DiskTransport::Pci)
+    );
+    assert_eq!(d.target.as_deref(), Some("disk1"));
+    let (d, _) = DiskSpec::parse("disk0,raw,xvdb,r,specification=virtio,transport=mmio").unwrap();
+    assert_eq!(d.transport, DiskTransport::Mmio);
+    let (d, _) = DiskSpec::parse("phy:disk0,hda,w").unwrap();
+    assert_eq!(
+        (d.specification, d.transport),
+        (DiskSpecification::Xen, DiskTransport::Default)
+    );
+    let (d, _) = DiskSpec::parse("phy:disk0,hda,w,specification=xen").unwrap();
+    assert_eq!(d.specification, DiskSpecification::Xen);
+    for (bad, why) in [
+        (
+            "phy:disk0,xvda,w,specification=scsi",
+            "unknown disk specification",
+        ),
+        (
+            "phy:disk0,xvda,w,specification=virtio,transport=ccw",
+            "unknown disk transport",
+        ),
+        (
+            "phy:disk0,xvda,w,transport=pci",
+            "only to specification=virtio",
+        ),
+        (
+            "phy:disk0,xvda,w,specification=virtio,specification=xen",
+            "more than once",
+        ),
+        ("phy:disk0,hdc:cdrom,r,specification=virtio", "CD-ROM"),
+    ] {
+        let e = DiskSpec::parse(bad).unwrap_err();
+        assert!(e.contains(why), "{bad}: {e}");
+    }
+}

@@ -1,0 +1,323 @@
+//! The virtio-pci transport (virtio 1.x §4.1), modern only: PCI device
+//! 0x1AF4:0x1042 (virtio-blk), revision 1, with the four vendor-specific
+//! capabilities Linux's `virtio_pci_modern` and SeaBIOS look for, all in
+//! one 32-bit memory BAR ([`BAR_INDEX`], [`BAR_SIZE`] bytes), one region
+//! per page:
+//!
+//! | BAR offset | region | capability |
+//! | --- | --- | --- |
+//! | 0x0000 | common configuration (`struct virtio_pci_common_cfg`) | type 1 |
+//! | 0x1000 | ISR status (one byte, read to clear) | type 3 |
+//! | 0x2000 | device configuration (`struct virtio_blk_config`) | type 4 |
+//! | 0x3000 | notifications (queue 0 at +0; `notify_off_multiplier` 4) | type 2 |
+//!
+//! No MSI-X: the device raises INTx (pin A), level-triggered, while the
+//! ISR is not 0; `config_msix_vector` and `queue_msix_vector` read
+//! VIRTIO_MSI_NO_VECTOR and ignore writes, so a driver uses INTx. No
+//! VIRTIO_PCI_CAP_PCI_CFG window either (drivers use the BAR).
+//!
+//! Every access is the guest's and hostile: registers answer only at
+//! their own offset and natural size (64-bit queue addresses also as two
+//! 32-bit halves); anything else reads 0 and is ignored on write, as are
+//! accesses past a region. Queue registers answer only for queue 0 and
+//! are frozen while it is enabled; a notification for another queue, or
+//! before the queue is set up, does nothing.
+//!
+//! The PCI configuration space itself ([`config_space`]) is a
+//! [`ConfigSpace`] on the stub's [`PciBus`](crate::pci::PciBus); the
+//! caller decodes the BAR from it and hands BAR-relative accesses here.
+
+use super::blk::{BlkDiskInfo, VirtioBlk, DEVICE_ID_BLOCK};
+use super::common::{read_config, set_high, set_low, Effect, VirtioState};
+use crate::pci::{self, Bar, ConfigSpace};
+
+/// Red Hat / Qumranet, the virtio PCI vendor.
+pub const VENDOR_VIRTIO: u16 = 0x1af4;
+/// Modern device IDs are 0x1040 + the virtio device ID.
+pub const DEVICE_ID_MODERN_BASE: u16 = 0x1040;
+pub const DEVICE_VIRTIO_BLK: u16 = DEVICE_ID_MODERN_BASE + DEVICE_ID_BLOCK as u16;
+/// Mass storage, "other" (QEMU says SCSI; drivers match the IDs).
+pub const CLASS_STORAGE_OTHER: u32 = 0x01_80_00;
+/// The BAR holding every region.
+pub const BAR_INDEX: usize = 0;
+pub const BAR_SIZE: u32 = 0x4000;
+
+pub const COMMON_OFFSET: u64 = 0x0000;
+/// `sizeof(struct virtio_pci_common_cfg)` of virtio 1.1 (up to
+/// `queue_device`).
+pub const COMMON_LEN: u64 = 0x38;
+pub const ISR_OFFSET: u64 = 0x1000;
+pub const ISR_LEN: u64 = 1;
+pub const DEVICE_OFFSET: u64 = 0x2000;
+pub const NOTIFY_OFFSET: u64 = 0x3000;
+/// One queue: its notify address is the region's start.
+pub const NOTIFY_LEN: u64 = 4;
+pub const NOTIFY_OFF_MULTIPLIER: u32 = 4;
+
+/// Capability IDs and virtio capability types (§4.1.4).
+pub const CAP_ID_VENDOR: u8 = 0x09;
+pub const CAP_COMMON_CFG: u8 = 1;
+pub const CAP_NOTIFY_CFG: u8 = 2;
+pub const CAP_ISR_CFG: u8 = 3;
+pub const CAP_DEVICE_CFG: u8 = 4;
+/// Where the capability list starts in configuration space.
+pub const CAP_LIST_START: u8 = 0x40;
+/// PCI status bit: a capability list is present.
+pub const STATUS_CAP_LIST: u16 = 1 << 4;
+pub const CAPABILITIES_POINTER: u8 = 0x34;
+
+/// `struct virtio_pci_common_cfg` offsets.
+pub mod common_cfg {
+    pub const DEVICE_FEATURE_SELECT: u64 = 0x00;
+    pub const DEVICE_FEATURE: u64 = 0x04;
+    pub const DRIVER_FEATURE_SELECT: u64 = 0x08;
+    pub const DRIVER_FEATURE: u64 = 0x0c;
+    pub const CONFIG_MSIX_VECTOR: u64 = 0x10;
+    pub const NUM_QUEUES: u64 = 0x12;
+    pub const DEVICE_STATUS: u64 = 0x14;
+    pub const CONFIG_GENERATION: u64 = 0x15;
+    pub const QUEUE_SELECT: u64 = 0x16;
+    pub const QUEUE_SIZE: u64 = 0x18;
+    pub const QUEUE_MSIX_VECTOR: u64 = 0x1a;
+    pub const QUEUE_ENABLE: u64 = 0x1c;
+    pub const QUEUE_NOTIFY_OFF: u64 = 0x1e;
+    pub const QUEUE_DESC: u64 = 0x20;
+    pub const QUEUE_DRIVER: u64 = 0x28;
+    pub const QUEUE_DEVICE: u64 = 0x30;
+}
+
+/// VIRTIO_MSI_NO_VECTOR.
+pub const NO_VECTOR: u16 = 0xffff;
+
+/// The virtio-blk function's configuration space: identity, the memory
+/// BAR, interrupt pin A, and the capability list. Command bits the guest
+/// may set: memory space, bus master, INTx disable.
+pub fn config_space() -> ConfigSpace {
+    let mut c = ConfigSpace::new(VENDOR_VIRTIO, DEVICE_VIRTIO_BLK, CLASS_STORAGE_OTHER, 0x01, 0x00);
+    let command = pci::COMMAND_MEMORY | pci::COMMAND_BUS_MASTER | pci::COMMAND_INTX_DISABLE;
+    let [lo, hi] = command.to_le_bytes();
+    c.set_wmask(pci::COMMAND, lo);
+    c.set_wmask(pci::COMMAND + 1, hi);
+    c.set_u16(pci::STATUS, STATUS_CAP_LIST);
+    // Subsystem vendor and ID, as QEMU sets them.
+    c.set_u16(0x2c, VENDOR_VIRTIO);
+    c.set_u16(0x2e, 0x1100);
+    c.set_bar(
+        BAR_INDEX,
+        Bar::Mem32 {
+            size: BAR_SIZE,
+            prefetchable: false,
+        },
+    );
+    c.set_u8(pci::INTERRUPT_PIN, 1);
+    c.set_u8(CAPABILITIES_POINTER, CAP_LIST_START);
+    let caps: [(u8, u64, u64); 4] = [
+        (CAP_COMMON_CFG, COMMON_OFFSET, COMMON_LEN),
+        (CAP_ISR_CFG, ISR_OFFSET, ISR_LEN),
+        (CAP_DEVICE_CFG, DEVICE_OFFSET, super::blk::CONFIG_LEN as u64),
+        (CAP_NOTIFY_CFG, NOTIFY_OFFSET, NOTIFY_LEN),
+    ];
+    let mut at = CAP_LIST_START;
+    for (i, &(kind, offset, len)) in caps.iter().enumerate() {
+        let cap_len: u8 = if kind == CAP_NOTIFY_CFG { 20 } else { 16 };
+        let next = if i + 1 == caps.len() { 0 } else { at + cap_len };
+        c.set_u8(at, CAP_ID_VENDOR);
+        c.set_u8(at + 1, next);
+        c.set_u8(at + 2, cap_len);
+        c.set_u8(at + 3, kind);
+        c.set_u8(at + 4, BAR_INDEX as u8);
+        c.set_u8(at + 5, 0); // id
+        c.set_u32(at + 8, offset as u32);
+        c.set_u32(at + 12, len as u32);
+        if kind == CAP_NOTIFY_CFG {
+            c.set_u32(at + 16, NOTIFY_OFF_MULTIPLIER);
+        }
+        at = next;
+    }
+    c
+}
+
+/// A virtio-blk device behind the virtio-pci transport. Dereferences to
+/// [`VirtioBlk`] for the requests and the interrupt status.
+#[derive(Debug, Clone)]
+pub struct VirtioBlkPci {
+    blk: VirtioBlk,
+}
+
+impl VirtioBlkPci {
+    pub fn new(disk: BlkDiskInfo) -> Self {
+        VirtioBlkPci {
+            blk: VirtioBlk::new_pci(disk),
+        }
+    }
+
+    /// A guest read of `size` bytes at `offset` in the BAR.
+    pub fn bar_read(&mut self, offset: u64, size: u8) -> u64 {
+        match region(offset, size) {
+            Some((Region::Common, off)) => common_read(self.blk.state(), off, size),
+            Some((Region::Isr, 0)) if size == 1 => {
+                // Reading the ISR acknowledges it and lowers INTx.
+                u64::from(self.blk.take_interrupt_status() as u8)
+            }
+            Some((Region::Device, off)) => read_config(self.blk.config(), off, size),
+            _ => 0,
+        }
+    }
+
+    /// A guest write of `size` bytes at `offset` in the BAR. A notify of
+    /// queue 0 returns [`Effect::Notify`]; a reset [`Effect::Reset`] (and
+    /// forgets every request in flight).
+    pub fn bar_write(&mut self, offset: u64, size: u8, value: u64) -> Effect {
+        match region(offset, size) {
+            Some((Region::Common, off)) => self.blk.register_write(|s| common_write(s, off, size, value)),
+            Some((Region::Notify, 0)) if matches!(size, 2 | 4) && value as u16 == 0 => Effect::Notify,
+            _ => Effect::None,
+        }
+    }
+}
+
+impl core::ops::Deref for VirtioBlkPci {
+    type Target = VirtioBlk;
+    fn deref(&self) -> &VirtioBlk {
+        &self.blk
+    }
+}
+
+impl core::ops::DerefMut for VirtioBlkPci {
+    fn deref_mut(&mut self) -> &mut VirtioBlk {
+        &mut self.blk
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Region {
+    Common,
+    Isr,
+    Device,
+    Notify,
+}
+
+/// The region an access of `size` bytes at BAR `offset` falls entirely
+/// in, and the offset inside it. Sizes other than 1, 2, 4 and 8, and
+/// accesses that straddle a region's end, are nobody's.
+fn region(offset: u64, size: u8) -> Option<(Region, u64)> {
+    if !matches!(size, 1 | 2 | 4 | 8) {
+        return None;
+    }
+    let regions = [
+        (Region::Common, COMMON_OFFSET, COMMON_LEN),
+        (Region::Isr, ISR_OFFSET, ISR_LEN),
+        (Region::Device, DEVICE_OFFSET, super::blk::CONFIG_LEN as u64),
+        (Region::Notify, NOTIFY_OFFSET, NOTIFY_LEN),
+    ];
+    let end = offset.checked_add(u64::from(size))?;
+    regions
+        .iter()
+        .find(|&&(_, start, len)| offset >= start && end <= start + len)
+        .map(|&(r, start, _)| (r, offset - start))
+}
+
+/// Whether an access is the natural one for a register of `width` bytes
+/// at `reg`.
+fn at(off: u64, size: u8, reg: u64, width: u8) -> bool {
+    off == reg && size == width
+}
+
+fn common_read(s: &VirtioState, off: u64, size: u8) -> u64 {
+    use common_cfg::*;
+    let q0 = s.queue_selected();
+    let q = &s.queue;
+    match (off, size) {
+        (DEVICE_FEATURE_SELECT, 4) => u64::from(s.device_features_sel),
+        (DEVICE_FEATURE, 4) => u64::from(s.device_features_word()),
+        (DRIVER_FEATURE_SELECT, 4) => u64::from(s.driver_features_sel),
+        (DRIVER_FEATURE, 4) => match s.driver_features_sel {
+            0 => s.driver_features & 0xffff_ffff,
+            1 => s.driver_features >> 32,
+            _ => 0,
+        },
+        (CONFIG_MSIX_VECTOR, 2) | (QUEUE_MSIX_VECTOR, 2) => u64::from(NO_VECTOR),
+        (NUM_QUEUES, 2) => 1,
+        (DEVICE_STATUS, 1) => u64::from(s.status as u8),
+        (CONFIG_GENERATION, 1) => 0,
+        (QUEUE_SELECT, 2) => u64::from(s.queue_sel as u16),
+        // A queue that does not exist has size 0 (§4.1.4.3.2).
+        (QUEUE_SIZE, 2) if q0 => u64::from(q.num as u16),
+        (QUEUE_ENABLE, 2) if q0 => u64::from(q.ready),
+        (QUEUE_NOTIFY_OFF, 2) => 0,
+        _ if q0 => match queue_address(off, size) {
+            Some((reg, part)) => {
+                let full = match reg {
+                    QUEUE_DESC => q.desc_gpa,
+                    QUEUE_DRIVER => q.avail_gpa,
+                    _ => q.used_gpa,
+                };
+                match part {
+                    Part::Whole => full,
+                    Part::Low => full & 0xffff_ffff,
+                    Part::High => full >> 32,
+                }
+            }
+            None => 0,
+        },
+        _ => 0,
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Part {
+    Whole,
+    Low,
+    High,
+}
+
+/// A 64-bit queue address register accessed whole or as a 32-bit half.
+fn queue_address(off: u64, size: u8) -> Option<(u64, Part)> {
+    use common_cfg::*;
+    [QUEUE_DESC, QUEUE_DRIVER, QUEUE_DEVICE].into_iter().find_map(|reg| {
+        if at(off, size, reg, 8) {
+            Some((reg, Part::Whole))
+        } else if at(off, size, reg, 4) {
+            Some((reg, Part::Low))
+        } else if at(off, size, reg + 4, 4) {
+            Some((reg, Part::High))
+        } else {
+            None
+        }
+    })
+}
+
+fn common_write(s: &mut VirtioState, off: u64, size: u8, value: u64) -> Effect {
+    use common_cfg::*;
+    let v = value as u32;
+    match (off, size) {
+        (DEVICE_FEATURE_SELECT, 4) => s.device_features_sel = v,
+        (DRIVER_FEATURE_SELECT, 4) => s.driver_features_sel = v,
+        (DRIVER_FEATURE, 4) => s.write_driver_features(v),
+        (DEVICE_STATUS, 1) => return s.write_status(v & 0xff),
+        (QUEUE_SELECT, 2) => s.queue_sel = v & 0xffff,
+        // The driver may lower the size; enabling checks it.
+        (QUEUE_SIZE, 2) if s.queue_writable() => s.queue.num = v & 0xffff,
+        // Only 1 may be written (§4.1.4.3.2); the device is reset through
+        // device_status.
+        (QUEUE_ENABLE, 2) if v & 0xffff == 1 => return s.write_queue_ready(1),
+        _ if s.queue_writable() => {
+            if let Some((reg, part)) = queue_address(off, size) {
+                let q = &mut s.queue;
+                let field = match reg {
+                    QUEUE_DESC => &mut q.desc_gpa,
+                    QUEUE_DRIVER => &mut q.avail_gpa,
+                    _ => &mut q.used_gpa,
+                };
+                match part {
+                    Part::Whole => *field = value,
+                    Part::Low => set_low(field, v),
+                    Part::High => set_high(field, v),
+                }
+            }
+        }
+        // Read-only, MSI-X vectors (none), and everything else.
+        _ => {}
+    }
+    Effect::None
+}
