@@ -80,7 +80,7 @@ pub fn ferrite_exe() -> &'static Path {
 
 /// Debian's cloud kernel (its bzImage, entered through the 64-bit boot
 /// protocol: a sixth of the ELF's size, which `xl create` uploads) and an
-/// initramfs with `virtio_mmio` and `virtio_blk` running
+/// initramfs with `virtio_mmio`, `virtio_blk` and `ext4` running
 /// [`ferrite_tools::initramfs::PVH_DISK_INIT_SCRIPT`], written into `dir`
 /// as `vmlinux` and `initramfs-vdisk.cpio`; None (after saying why) when
 /// the packages cannot be had.
@@ -91,7 +91,13 @@ pub fn pvh_disk_guest(test: &str, dir: &Path) -> Option<(PathBuf, PathBuf)> {
     }
     let root = guest_images::fetch_debian_package("linux-image-cloud-amd64").unwrap();
     let vmlinux = guest_images::find_vmlinuz(&root).unwrap_or_else(|e| panic!("[{test}] {e}"));
-    let modules = initramfs::kernel_modules(&root, &["virtio_mmio", "virtio_blk"]).unwrap_or_else(|e| panic!("[{test}] {e}"));
+    let builtin = std::fs::read_dir(root.join("lib/modules"))
+        .ok()
+        .and_then(|mut d| d.next())
+        .and_then(|e| std::fs::read_to_string(e.ok()?.path().join("modules.builtin")).ok())
+        .unwrap_or_default();
+    let wanted = ferrite_tools::installed_disk::loadable_modules(&["virtio_mmio", "virtio_blk", "ext4"], &builtin);
+    let modules = initramfs::kernel_modules(&root, &wanted).unwrap_or_else(|e| panic!("[{test}] {e}"));
     let image = initramfs::busybox_initramfs_with_modules(initramfs::PVH_DISK_INIT_SCRIPT, &modules)
         .unwrap_or_else(|e| panic!("[{test}] cannot build the initramfs: {e}"));
     let kernel = dir.join("vmlinux");

@@ -1,14 +1,16 @@
 //! PVH domains' disks: Debian's Linux as a PVH domU finds two virtio-blk
 //! disks through ACPI (virtio-mmio, `LNRO0005`), each a host virtio-blk
-//! disk named by its serial (`phy:`). It hashes both (the hashes must match
-//! the host's images), copies part of the writable one with two writers at
-//! once (several requests in flight, then fsync), and sees the read-only
-//! one refuse a write; the copy is then checked in the image on the host.
+//! disk named by its serial (`phy:`). It mounts the writable one's ext4
+//! file system, hashes a 64 MiB file on it (the hash must match the
+//! host's), writes part of it back as a new file, and sees the read-only
+//! one refuse a write; the new file is then read from the image on the
+//! host.
 //! Once as a domU (`disk=` in its config), once as dom0 (`dom0_disk=`),
 //! and once with the writable disk on an NBD server (QEMU's `qemu-nbd`,
 //! `nbd:10.0.2.2:PORT/data`: the host as QEMU's user network shows it).
 
 use ferrite_qemu_tests::ferrite_tools::modules::ModuleSpec;
+use ferrite_qemu_tests::ferrite_tools::installed_disk;
 use ferrite_qemu_tests::{
     base_qemu, images, linux_vm_timeout, pseudo_random_bytes, pvh_disk_guest, test_dir, virtio_disk_args, Vm, BASE_CMDLINE,
 };
@@ -19,6 +21,10 @@ const CHECK_MIB: usize = 16;
 const COPY_MIB: usize = 8;
 const COPY_TO_MIB: usize = 64;
 const DISK_MIB: usize = 80;
+/// The ext4 tests: a file system this big holding a `data.bin` of
+/// `EXT4_FILE_MIB`.
+const EXT4_DISK_MIB: usize = 112;
+const EXT4_FILE_MIB: usize = 64;
 
 fn write_file(path: &Path, bytes: &[u8]) {
     if let Err(e) = std::fs::write(path, bytes) {
@@ -112,9 +118,21 @@ fn boot(name: &str, setup: Setup, mode: &str) -> Option<Booted> {
     let as_dom0 = setup == Setup::Dom0;
     let dom = if as_dom0 { "dom0" } else { "vdisk" };
     let (kernel, initrd) = pvh_disk_guest(name, &dir)?;
-    let data = pseudo_random_bytes(0xd15c, DISK_MIB << 20);
+    let ext4 = mode == "ext4";
+    let disk_mib = if ext4 { EXT4_DISK_MIB } else { DISK_MIB };
     let data_path = dir.join("data.img");
-    write_file(&data_path, &data);
+    let data = if ext4 {
+        let data = pseudo_random_bytes(0xe474, EXT4_FILE_MIB << 20);
+        let staging = dir.join("ext4-root");
+        std::fs::create_dir_all(&staging).unwrap();
+        write_file(&staging.join("data.bin"), &data);
+        installed_disk::make_ext4_image(&data_path, (disk_mib as u64) << 20, &staging).unwrap_or_else(|e| panic!("[{name}] {e}"));
+        data
+    } else {
+        let data = pseudo_random_bytes(0xd15c, disk_mib << 20);
+        write_file(&data_path, &data);
+        data
+    };
     let ro = pseudo_random_bytes(0x0fee, CHECK_MIB << 20);
     let ro_path = dir.join("ro.img");
     write_file(&ro_path, &ro);
@@ -163,7 +181,7 @@ fn boot(name: &str, setup: Setup, mode: &str) -> Option<Booted> {
         },
         &format!(r"domain \d+ \({dom}\): disk xvdb is host disk rodisk \(r\), virtio-blk"),
         &format!(r"^\({dom}\) FERRITE-INIT cpus=2 "),
-        &format!(r"^\({dom}\) FERRITE-VDISK vda {} vdb {} ro=1$", (DISK_MIB << 20) / 512, (CHECK_MIB << 20) / 512),
+        &format!(r"^\({dom}\) FERRITE-VDISK vda {} vdb {} ro=1$", (disk_mib << 20) / 512, (CHECK_MIB << 20) / 512),
     ]);
     Some(Booted { vm, dom, data, data_path, ro, ro_path, nbd })
 }
@@ -186,18 +204,38 @@ impl Booted {
     }
 }
 
+/// As a domU or dom0: an ext4 file system on vda (mounted; its 64 MiB
+/// `data.bin` hashed, 8 MiB of it written back as `written.bin`), the
+/// read-only vdb hashed and refusing a write. On an NBD server: the raw
+/// hashes and a copy with two writers at once.
 fn disks_under_linux(name: &str, setup: Setup) {
-    let Some(mut b) = boot(name, setup, "check") else { return };
+    let ext4 = setup != Setup::NbdDomU;
+    let Some(mut b) = boot(name, setup, if ext4 { "ext4" } else { "check" }) else { return };
     let dom = b.dom;
-    let data_sum = format!(r"^\({dom}\) FERRITE-VDISK-SHA256 vda {}$", sha256_hex(&b.data[..CHECK_MIB << 20]));
     let ro_sum = format!(r"^\({dom}\) FERRITE-VDISK-SHA256 vdb {}$", sha256_hex(&b.ro));
-    b.vm.expect_lines(&[
-        &data_sum,
-        &ro_sum,
-        &format!(r"^\({dom}\) FERRITE-VDISK copied {COPY_MIB} MiB$"),
-        &format!(r"^\({dom}\) FERRITE-VDISK vdb refused a write$"),
-        &format!(r"domain \d+ \({dom}\) powered off"),
-    ]);
+    let refused = format!(r"^\({dom}\) FERRITE-VDISK vdb refused a write$");
+    let off = format!(r"domain \d+ \({dom}\) powered off");
+    if ext4 {
+        let file_sum = format!(r"^\({dom}\) FERRITE-VDISK-EXT4 data.bin {}$", sha256_hex(&b.data));
+        let wrote = format!(r"^\({dom}\) FERRITE-VDISK ext4 wrote written.bin$");
+        b.vm.expect_lines(&[&file_sum, &wrote, &ro_sum, &refused, &off]);
+        b.vm.expect_success();
+        let written = installed_disk::read_file_from_ext4(&b.data_path, "/written.bin").unwrap_or_else(|e| b.vm.fail(&e));
+        if written != b.data[..COPY_MIB << 20] {
+            b.vm.fail("written.bin on the host's image is not what the guest wrote");
+        }
+        let kept = installed_disk::read_file_from_ext4(&b.data_path, "/data.bin").unwrap_or_else(|e| b.vm.fail(&e));
+        if kept != b.data {
+            b.vm.fail("data.bin changed on the host's image");
+        }
+        if std::fs::read(&b.ro_path).unwrap() != b.ro {
+            b.vm.fail("the read-only disk changed");
+        }
+        return;
+    }
+    let data_sum = format!(r"^\({dom}\) FERRITE-VDISK-SHA256 vda {}$", sha256_hex(&b.data[..CHECK_MIB << 20]));
+    let copied = format!(r"^\({dom}\) FERRITE-VDISK copied {COPY_MIB} MiB$");
+    b.vm.expect_lines(&[&data_sum, &ro_sum, &copied, &refused, &off]);
     b.vm.expect_success();
     b.nbd = None;
     b.expect_copy_on_host();

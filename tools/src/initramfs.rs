@@ -678,7 +678,10 @@ poweroff -f
 /// (several requests in flight) and fsync, checks that vdb refuses a
 /// write, and powers off. Each step prints a `FERRITE-VDISK` line.
 ///
-/// `ferrite.vdisk_mode=durable` instead makes the copy with fsync, says
+/// `ferrite.vdisk_mode=ext4` instead mounts vda as ext4, hashes
+/// `/data.bin`, writes its first `ferrite.copy_mib` MiB to `/written.bin`
+/// (fsync, unmount), then checks vdb as above and powers off.
+/// `ferrite.vdisk_mode=durable` makes the copy with fsync, says
 /// `FERRITE-VDISK synced` and waits to be killed (the test then kills the
 /// whole machine and checks the image); `ferrite.vdisk_mode=until_error`
 /// reads vda (uncached) until a read fails, says so and powers off (the
@@ -715,6 +718,27 @@ if [ ! -b /dev/vda ] || [ ! -b /dev/vdb ]; then
 fi
 echo "FERRITE-VDISK vda $(cat /sys/block/vda/size) vdb $(cat /sys/block/vdb/size) ro=$(cat /sys/block/vdb/ro)"
 case "$mode" in
+ext4)
+    mkdir -p /mnt
+    if ! mount -t ext4 /dev/vda /mnt; then
+        echo "FERRITE-VDISK ext4 mount failed"
+        poweroff -f
+    fi
+    sum=$(sha256sum /mnt/data.bin)
+    echo "FERRITE-VDISK-EXT4 data.bin ${sum%% *}"
+    dd if=/mnt/data.bin of=/mnt/written.bin bs=1M count="$copy_mib" conv=fsync 2>/dev/null
+    sync
+    umount /mnt
+    echo "FERRITE-VDISK ext4 wrote written.bin"
+    sum=$(dd if=/dev/vdb bs=1M count="$check_mib" 2>/dev/null | sha256sum)
+    echo "FERRITE-VDISK-SHA256 vdb ${sum%% *}"
+    if echo x | dd of=/dev/vdb bs=512 count=1 conv=fsync 2>/dev/null; then
+        echo "FERRITE-VDISK vdb accepted a write"
+    else
+        echo "FERRITE-VDISK vdb refused a write"
+    fi
+    poweroff -f
+    ;;
 durable)
     dd if=/dev/vda of=/dev/vda bs=1M count="$copy_mib" seek="$copy_to_mib" conv=fsync 2>/dev/null
     echo "FERRITE-VDISK synced"

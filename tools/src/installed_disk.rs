@@ -776,6 +776,47 @@ fn give_files_to_root(debugfs: &Path, image: &Path, staging: &Path) -> Result<()
 /// out (the disk stays untouched), its journal replayed with `e2fsck -E
 /// journal_only` (a guest that did not unmount may have the file only
 /// there), and the file read with `debugfs`.
+/// Makes `image` a `bytes`-long ext4 file system holding the files under
+/// `staging` (owned by root), with the same features on every host.
+pub fn make_ext4_image(image: &Path, bytes: u64, staging: &Path) -> Result<(), String> {
+    let mke2fs = find_tool(&MKE2FS)?;
+    let debugfs = find_tool(&DEBUGFS)?;
+    let f = fs::File::create(image).map_err(|e| format!("cannot create {}: {e}", image.display()))?;
+    f.set_len(bytes).map_err(|e| format!("cannot size {}: {e}", image.display()))?;
+    drop(f);
+    let conf_path = image.with_extension("mke2fs.conf");
+    write_file(&conf_path, MKE2FS_CONF.as_bytes(), 0o644)?;
+    let mut mkfs = Command::new(&mke2fs);
+    mkfs.env("MKE2FS_CONFIG", &conf_path).args(["-q", "-F", "-t", "ext4", "-E", "root_owner=0:0", "-d"]).arg(staging).arg(image);
+    let made = run(&mut mkfs, &format!("mke2fs -t ext4 -d {} {}", staging.display(), image.display()));
+    let _ = fs::remove_file(&conf_path);
+    made?;
+    give_files_to_root(&debugfs, image, staging)
+}
+
+/// The bytes of `path` in the ext4 file system `image` (a copy of it has
+/// its journal replayed first, so what a guest wrote and synced is seen).
+pub fn read_file_from_ext4(image: &Path, path: &str) -> Result<Vec<u8>, String> {
+    let debugfs = find_tool(&DEBUGFS)?;
+    let e2fsck = find_tool(&E2FSCK)?;
+    let copy = image.with_extension(format!("replayed-{}.ext4", std::process::id()));
+    let result = (|| {
+        fs::copy(image, &copy).map_err(|e| format!("cannot copy {}: {e}", image.display()))?;
+        let replay = Command::new(&e2fsck).args(["-y", "-E", "journal_only"]).arg(&copy).output().map_err(|e| format!("cannot run e2fsck: {e}"))?;
+        if !matches!(replay.status.code(), Some(0 | 1)) {
+            return Err(format!("e2fsck -E journal_only on {} failed ({}): {}", image.display(), replay.status, String::from_utf8_lossy(&replay.stderr).trim()));
+        }
+        let out = run(Command::new(&debugfs).arg("-R").arg(format!("cat {path}")).arg(&copy), &format!("debugfs -R 'cat {path}' {}", image.display()))?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if let Some(problem) = stderr.lines().find(|l| !l.starts_with("debugfs ") && !l.trim().is_empty()) {
+            return Err(format!("cannot read {path} from {}: {problem}", image.display()));
+        }
+        Ok(out.stdout)
+    })();
+    let _ = fs::remove_file(&copy);
+    result
+}
+
 pub fn read_file_from_root(disk: &Path, path: &str) -> Result<String, String> {
     let debugfs = find_tool(&DEBUGFS)?;
     let e2fsck = find_tool(&E2FSCK)?;
