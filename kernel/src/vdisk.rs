@@ -93,6 +93,22 @@ struct DiskState {
     next_tag: u64,
     /// The interrupt line's level as last driven.
     line: bool,
+    /// Guest protocol errors logged so far (a guest that breaks and resets
+    /// its device in a loop must not flood the log).
+    errors_logged: u32,
+}
+
+/// Protocol errors logged per disk; the rest are counted silently.
+const MAX_ERRORS_LOGGED: u32 = 8;
+
+impl DiskState {
+    fn log_guest_error(&mut self, host: &dyn DiskHost, vdev: &str, e: &dyn core::fmt::Display) {
+        if self.errors_logged < MAX_ERRORS_LOGGED {
+            self.errors_logged += 1;
+            let more = if self.errors_logged == MAX_ERRORS_LOGGED { " (further errors on this disk are not logged)" } else { "" };
+            warn!("{}: disk {}: {}; the device needs a reset{}", host.name(), vdev, e, more);
+        }
+    }
 }
 
 /// The guest's RAM as the device model reaches it (every address
@@ -144,7 +160,7 @@ pub fn build(disks: &[DiskConfig]) -> Result<Vec<Arc<VirtioDisk>>, String> {
             vdev: d.vdev.clone(),
             backend,
             read_only: d.read_only,
-            state: Mutex::new(DiskState { model, in_flight: Vec::new(), next_tag: 0, line: false }),
+            state: Mutex::new(DiskState { model, in_flight: Vec::new(), next_tag: 0, line: false, errors_logged: 0 }),
         }));
     }
     Ok(out)
@@ -192,24 +208,23 @@ impl VirtioDisk {
 
     /// Takes the waiting requests off the ring and gives each a tag.
     fn take(&self, st: &mut DiskState, host: &Arc<dyn DiskHost>) -> Vec<(u64, BlkRequest)> {
-        let DiskState { model, in_flight, next_tag, .. } = st;
         let mut taken = Vec::new();
         // A ring holds at most MAX_TAKE, so this runs once or twice.
         loop {
-            let requests = match model.take_requests(&mut GuestRam(host.memory()), MAX_TAKE) {
+            let requests = match st.model.take_requests(&mut GuestRam(host.memory()), MAX_TAKE) {
                 Ok(r) => r,
                 Err(e) => {
-                    warn!("{}: disk {}: {}; the device needs a reset", host.name(), self.vdev, e);
+                    st.log_guest_error(&**host, &self.vdev, &e);
                     break;
                 }
             };
             for r in requests {
-                let tag = *next_tag;
-                *next_tag += 1;
-                in_flight.push((tag, r.id));
+                let tag = st.next_tag;
+                st.next_tag += 1;
+                st.in_flight.push((tag, r.id));
                 taken.push((tag, r));
             }
-            if !model.more_available() {
+            if !st.model.more_available() {
                 break;
             }
         }
@@ -286,7 +301,7 @@ impl VirtioDisk {
         let Some(i) = st.in_flight.iter().position(|(t, _)| *t == tag) else { return };
         let (_, id) = st.in_flight.swap_remove(i);
         if let Err(e) = st.model.complete(&mut GuestRam(host.memory()), &id, status) {
-            warn!("{}: disk {}: {}; the device needs a reset", host.name(), self.vdev, e);
+            st.log_guest_error(host, &self.vdev, &e);
         }
         self.update_line(&mut st, host);
     }
