@@ -173,66 +173,105 @@ impl MgmtService {
         let sock = sockets.get_mut::<tcp::Socket>(handle);
         let conn = &mut self.conns[i];
         let Some(session) = conn.session.as_mut() else { return };
+        if conn.state.peer.is_none() {
+            if let Some(ep) = sock.remote_endpoint() {
+                let smoltcp::wire::IpAddress::Ipv4(ip) = ep.addr;
+                conn.state.peer = Some(ip.octets());
+            }
+        }
+        drive(session, &mut conn.state, &mut TcpPipe(sock), now_us, &mut self.throttle);
+    }
+}
 
-        // In: only what the session takes (it bounds its own buffer); a
-        // few rounds, so an upload's chunks do not wait a poll each.
-        for _ in 0..4 {
-            let mut fed = 0;
-            if sock.can_recv() {
-                let _ = sock.recv(|data| {
-                    fed = session.feed(data);
-                    (fed, ())
-                });
-            }
-            if conn.state.peer.is_none() {
-                if let Some(ep) = sock.remote_endpoint() {
-                    let smoltcp::wire::IpAddress::Ipv4(ip) = ep.addr;
-                    conn.state.peer = Some(ip.octets());
-                }
-            }
-            while conn.state.connecting.is_none() {
-                let Some(request) = session.next_request(now_us, &mut self.throttle) else { break };
-                if let Some(response) = serve(request, &mut conn.state) {
-                    session.respond(&response);
-                }
-            }
-            if fed == 0 {
-                break;
+/// A management connection's byte stream, whatever carries it (TCP on the
+/// host NIC today).
+trait Pipe {
+    /// Offers received bytes to `take`, which returns how many it used;
+    /// returns that.
+    fn recv(&mut self, take: &mut dyn FnMut(&[u8]) -> usize) -> usize;
+    /// Sends what fits; returns how much.
+    fn send(&mut self, data: &[u8]) -> usize;
+    /// The peer will send nothing more.
+    fn peer_done(&self) -> bool;
+    fn close(&mut self);
+}
+
+struct TcpPipe<'a, 'b>(&'a mut tcp::Socket<'b>);
+
+impl Pipe for TcpPipe<'_, '_> {
+    fn recv(&mut self, take: &mut dyn FnMut(&[u8]) -> usize) -> usize {
+        if !self.0.can_recv() {
+            return 0;
+        }
+        self.0.recv(|data| {
+            let n = take(data);
+            (n, n)
+        })
+        .unwrap_or(0)
+    }
+
+    fn send(&mut self, data: &[u8]) -> usize {
+        if data.is_empty() || !self.0.can_send() {
+            return 0;
+        }
+        self.0.send_slice(data).unwrap_or(0)
+    }
+
+    fn peer_done(&self) -> bool {
+        !self.0.may_recv()
+    }
+
+    fn close(&mut self) {
+        self.0.close();
+    }
+}
+
+/// One round of a session over its pipe: requests in and answered, an
+/// attached console's output, replies out.
+fn drive(session: &mut ServerSession, state: &mut ConnState, pipe: &mut dyn Pipe, now_us: u64, throttle: &mut AuthThrottle) {
+    // In: only what the session takes (it bounds its own buffer); a few
+    // rounds, so an upload's chunks do not wait a poll each.
+    for _ in 0..4 {
+        let fed = pipe.recv(&mut |data| session.feed(data));
+        while state.connecting.is_none() {
+            let Some(request) = session.next_request(now_us, throttle) else { break };
+            if let Some(response) = serve(request, state) {
+                session.respond(&response);
             }
         }
-        if !sock.may_recv() && !session.is_closed() {
-            session.peer_closed();
+        if fed == 0 {
+            break;
         }
-        session.check_timeout(now_us);
-        if let Some(response) = creation_progress(&mut conn.state, now_us) {
-            session.respond(&response);
-        }
-        // Console output for an attached client, a bounded piece per poll.
-        if let Some((dom, pos)) = conn.state.console {
-            if session.outgoing().len() < SOCKET_BUFFER {
-                match domain::console_output(dom, pos, CONSOLE_CHUNK) {
-                    Some((bytes, next)) => {
-                        conn.state.console = Some((dom, next));
-                        if !bytes.is_empty() {
-                            session.respond(&Response::ConsoleOutput(bytes));
-                        }
+    }
+    if pipe.peer_done() && !session.is_closed() {
+        session.peer_closed();
+    }
+    session.check_timeout(now_us);
+    if let Some(response) = creation_progress(state, now_us) {
+        session.respond(&response);
+    }
+    // Console output for an attached client, a bounded piece per poll.
+    if let Some((dom, pos)) = state.console {
+        if session.outgoing().len() < SOCKET_BUFFER {
+            match domain::console_output(dom, pos, CONSOLE_CHUNK) {
+                Some((bytes, next)) => {
+                    state.console = Some((dom, next));
+                    if !bytes.is_empty() {
+                        session.respond(&Response::ConsoleOutput(bytes));
                     }
-                    None => {
-                        conn.state.console = None;
-                        session.respond(&error(ErrorCode::NoSuchDomain, format!("domain {} is gone", dom)));
-                    }
+                }
+                None => {
+                    state.console = None;
+                    session.respond(&error(ErrorCode::NoSuchDomain, format!("domain {} is gone", dom)));
                 }
             }
         }
-        // Out.
-        if !session.outgoing().is_empty() && sock.can_send() {
-            if let Ok(n) = sock.send_slice(session.outgoing()) {
-                session.advance_outgoing(n);
-            }
-        }
-        if session.is_closed() && session.outgoing().is_empty() {
-            sock.close();
-        }
+    }
+    // Out.
+    let n = pipe.send(session.outgoing());
+    session.advance_outgoing(n);
+    if session.is_closed() && session.outgoing().is_empty() {
+        pipe.close();
     }
 }
 
