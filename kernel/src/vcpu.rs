@@ -3,7 +3,7 @@
 
 use crate::mm::guest::GuestMemory;
 use crate::virt::{GuestRegs, VcpuOps, VmExit};
-use ferrite_x86::{CpuMode, MmioBus, PagingRegs, Regs};
+use ferrite_x86::{CpuMode, MmioBus, MmioKind, PagingRegs, Regs};
 use alloc::format;
 use alloc::string::String;
 use ferrite_abi::{IoRequest, DIR_READ, DIR_WRITE, FLAG_DATA_IS_GPA, FLAG_DOWN, KIND_MMIO, KIND_PIO};
@@ -813,8 +813,25 @@ fn emulate_mmio<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, gpa: u64)
     let mut regs = to_x86(vcpu.regs());
     let mut rflags = vcpu.regs().rflags;
     platform.mmio_instruction_begin();
-    op.execute(&mut regs, &mut rflags, &mut Bus { platform: &mut *platform, gpa })
-        .map_err(|e| format!("MMIO instruction at rip {:#x} on {:#x} not supported: {:?}", rip, gpa, e))?;
+    // MOVD/MOVQ between an XMM register and device memory (SSE2, the one
+    // 8-byte data move 32-bit code has): the low `size` bytes move; a load
+    // zeroes the rest of the XMM register, as the SDM says.
+    let mut xmm_load = None;
+    match op.kind {
+        MmioKind::WriteXmm { xmm, size } => {
+            let mut low = [0u8; 8];
+            low.copy_from_slice(&vcpu.xmm(xmm)[..8]);
+            let value = u64::from_le_bytes(low) & (u64::MAX >> (64 - 8 * u32::from(size)));
+            Bus { platform: &mut *platform, gpa }.write(size, value);
+        }
+        MmioKind::ReadXmm { xmm, size } => {
+            let value = Bus { platform: &mut *platform, gpa }.read(size) & (u64::MAX >> (64 - 8 * u32::from(size)));
+            xmm_load = Some((xmm, value));
+        }
+        _ => op
+            .execute(&mut regs, &mut rflags, &mut Bus { platform: &mut *platform, gpa })
+            .map_err(|e| format!("MMIO instruction at rip {:#x} on {:#x} not supported: {:?}", rip, gpa, e))?,
+    }
     if platform.waiting_for_io() {
         // An access went to a remote device model: the instruction runs
         // again once it is answered, the answered accesses replayed
@@ -822,6 +839,11 @@ fn emulate_mmio<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, gpa: u64)
         return Ok(());
     }
     platform.mmio_instruction_done();
+    if let Some((xmm, value)) = xmm_load {
+        let mut reg = [0u8; 16];
+        reg[..8].copy_from_slice(&value.to_le_bytes());
+        vcpu.set_xmm(xmm, reg);
+    }
     let r = vcpu.regs_mut();
     from_x86(&regs, r);
     r.rflags = rflags;

@@ -200,6 +200,10 @@ pub trait VcpuOps {
     /// The vCPU's own IA32_TSC_AUX (what its RDTSCP/RDPID return).
     fn tsc_aux(&self) -> u64;
     fn set_tsc_aux(&mut self, value: u64);
+    /// The guest's XMM register `index` (0-15), as `svm_run` keeps it
+    /// between entries.
+    fn xmm(&self, index: u8) -> [u8; 16];
+    fn set_xmm(&mut self, index: u8, value: [u8; 16]);
     /// The guest's IA32_PAT (kept where the CPU applies it to the guest).
     fn guest_pat(&self) -> u64;
     /// Sets it; the caller has checked every byte is a memory type.

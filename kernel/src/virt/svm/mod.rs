@@ -777,6 +777,14 @@ impl VcpuOps for SvmVcpu {
         }
     }
 
+    fn xmm(&self, index: u8) -> [u8; 16] {
+        self.sse.xmm[usize::from(index & 15)]
+    }
+
+    fn set_xmm(&mut self, index: u8, value: [u8; 16]) {
+        self.sse.xmm[usize::from(index & 15)] = value;
+    }
+
     fn interruptible(&self) -> bool {
         self.regs.rflags & (1 << 9) != 0 && !self.in_interrupt_shadow() && !self.event_pending()
     }

@@ -1,0 +1,144 @@
+//! Hostile guests, attack by attack (issue 10, "Tests to add → Hostile
+//! guests"): CPU state leaking between domains on one host CPU, odd-size
+//! interrupt-controller accesses, IPI and timer storms, reboot loops and
+//! string I/O edge cases. The guests are tiny assembly programs in
+//! `qemu-tests/guests/` (`ferrite_tools::guestasm`); each prints what it
+//! saw and these tests check it against the architecture.
+
+use ferrite_qemu_tests::{base_qemu, guest_module, images, pvh_config_module, test_dir, Vm, BASE_CMDLINE};
+
+/// Fails unless the console holds `(<domain>) <prefix>ok <what>` for each
+/// of `wants`, and no `FAIL`.
+fn expect_oks(vm: &mut Vm, domain: &str, prefix: &str, wants: &[&str]) {
+    let text = vm.console_text();
+    if let Some(l) = text.lines().find(|l| l.contains("FAIL")) {
+        vm.fail(&format!("a check failed: {l}"));
+    }
+    for w in wants {
+        if !text.contains(&format!("({domain}) {prefix}ok {w}\n")) {
+            vm.fail(&format!("({domain}) did not print {prefix:?}ok {w:?}"));
+        }
+    }
+}
+
+/// 1-, 2-, 8-byte, misaligned and page-straddling accesses to the xAPIC
+/// page and the I/O APIC window (`guests/odd_apic.S`): the hypervisor
+/// survives them all, reads return the bytes addressed of the 32-bit
+/// register (0 between registers), narrow or misaligned writes are ignored
+/// (the LAPIC as on KVM; IOREGSEL takes any size, IOWIN needs 4 bytes or
+/// more), and an 8-byte write counts its low 32 bits.
+#[test]
+fn odd_size_lapic_and_ioapic_accesses_are_survived_and_sane() {
+    let name = "odd_size_lapic_and_ioapic_accesses_are_survived_and_sane";
+    let dir = test_dir(name);
+    let q = base_qemu()
+        .kernel(&images().multiboot)
+        .append(BASE_CMDLINE)
+        .module(pvh_config_module(&dir, "odd", "odd_apic", 16))
+        .module(guest_module("odd_apic", &dir));
+    let mut vm = Vm::start(name, &dir, q);
+    vm.expect_lines(&[r"^\(odd\) odd: done$", r"domain \d+ \(odd\) powered off", "no domains left running"]);
+    expect_oks(
+        &mut vm,
+        "odd",
+        "odd: ",
+        &[
+            "lapic version readable",
+            "lapic 1-byte read",
+            "lapic 2-byte read",
+            "lapic 1-byte read at +2",
+            "lapic misaligned 4-byte read",
+            "lapic 8-byte read low half",
+            "lapic 8-byte read high half",
+            "lapic read straddling the page end",
+            "lapic read between registers",
+            "lapic 4-byte TPR write",
+            "lapic 1-byte TPR write ignored",
+            "lapic 2-byte TPR write ignored",
+            "lapic misaligned TPR write ignored",
+            "lapic 1-byte write at TPR+3 ignored",
+            "lapic 8-byte TPR write takes the low half",
+            "lapic version write ignored",
+            "lapic narrow ICR writes ignored",
+            "lapic self-IPI offset reads 0",
+            "lapic 8-byte write at the page end",
+            "ioapic 1-byte IOREGSEL write",
+            "ioapic version (4-byte read)",
+            "ioapic 1-byte IOWIN read",
+            "ioapic 2-byte IOWIN read",
+            "ioapic 8-byte IOWIN read low half",
+            "ioapic 8-byte IOWIN read high half",
+            "ioapic misaligned IOWIN read",
+            "ioapic read beyond IOWIN",
+            "ioapic read straddling the page end",
+            "ioapic write at IOREGSEL+1 ignored",
+            "ioapic 8-byte IOREGSEL write takes the low byte",
+            "ioapic 2-byte IOWIN write ignored",
+            "ioapic 1-byte IOWIN write ignored",
+            "ioapic misaligned IOWIN write ignored",
+            "ioapic 8-byte IOWIN write takes the low half",
+            "ioapic redirection entry restored",
+        ],
+    );
+    vm.expect_success();
+}
+
+/// Two domains on one host CPU (`-smp 1`; `guests/state_leak.S`): the
+/// writer sets IA32_TSC_AUX, DR0-3, DR7, XMM0-7, MXCSR and the x87 control word to distinctive values and keeps them
+/// for 500 ms; the reader, which writes none of them, sees the
+/// architectural reset values at its start and the same values at every
+/// one of its checks over 500 ms of sharing the CPU (TSC_AUX through RDMSR
+/// and RDTSCP), never one of the writer's. The CPU offers RDTSCP, XSAVE
+/// and AVX (`+rdtscp,+xsave,+xsaveopt,+avx`: QEMU 7.2's `qemu64,+xsave`
+/// without `+xsaveopt` hangs the first CR4.OSXSAVE write inside QEMU
+/// itself). The YMM upper halves are not checked: VEX instructions got
+/// #UD and an XRSTOR of AVX state #GP in the guest, although CPUID offers
+/// AVX and its XSETBV to XCR0 = 7 succeeded (`CHECK_YMM` in the guest;
+/// SECURITY.md, "Not covered yet"). RDPID cannot be checked: QEMU 7.2's TCG does not implement it,
+/// so it is not offered.
+#[test]
+fn cpu_state_does_not_leak_between_domains_on_one_host_cpu() {
+    let name = "cpu_state_does_not_leak_between_domains_on_one_host_cpu";
+    let dir = test_dir(name);
+    let q = base_qemu()
+        .smp(1)
+        .cpu("qemu64,+svm,+npt,+rdtscp,+xsave,+xsaveopt,+avx")
+        .kernel(&images().multiboot)
+        .append(BASE_CMDLINE)
+        .module(pvh_config_module(&dir, "writer", "state_leak_writer", 16))
+        .module(pvh_config_module(&dir, "reader", "state_leak", 16))
+        .module(guest_module("state_leak_writer", &dir))
+        .module(guest_module("state_leak", &dir));
+    let mut vm = Vm::start(name, &dir, q);
+    vm.expect_lines(&["no domains left running"]);
+    let text = vm.console_text();
+    if let Some(l) = text.lines().find(|l| l.contains("FAIL")) {
+        vm.fail(&format!("a check failed: {l}"));
+    }
+    for d in ["writer", "reader"] {
+        for want in ["leak: avx", "leak: rdtscp", "leak: done"] {
+            if !text.lines().any(|l| l == format!("({d}) {want}")) {
+                vm.fail(&format!("({d}) did not print {want:?}"));
+            }
+        }
+    }
+    let re = regex::Regex::new(r"(?m)^\(writer\) leak: writer kept its values over (\d+) checks$").unwrap();
+    let Some(w) = re.captures(&text) else { vm.fail("the writer did not report keeping its values") };
+    let writer_checks: u64 = w[1].parse().unwrap();
+    if !text.contains("(reader) leak: reader start values are the reset values\n") {
+        vm.fail("the reader's start values were not the reset values");
+    }
+    let re = regex::Regex::new(r"(?m)^\(reader\) leak: reader saw (\d+) checks, (\d+) changed, (\d+) writer values$").unwrap();
+    let Some(r) = re.captures(&text) else { vm.fail("no reader summary") };
+    let (checks, changed, marks): (u64, u64, u64) = (r[1].parse().unwrap(), r[2].parse().unwrap(), r[3].parse().unwrap());
+    eprintln!("[{name}] writer: {writer_checks} checks; reader: {checks} checks, {changed} changed, {marks} writer values");
+    if changed != 0 || marks != 0 {
+        vm.fail(&format!("the reader saw its state change {changed} times and {marks} writer values"));
+    }
+    // The two really shared the CPU: each ran checks through the other's
+    // half second (a 10 ms slice each way makes dozens of switches).
+    if checks < 10 || writer_checks < 10 {
+        vm.fail(&format!("too few checks to have shared the CPU: reader {checks}, writer {writer_checks}"));
+    }
+    vm.expect_success();
+}
