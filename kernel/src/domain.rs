@@ -247,6 +247,23 @@ pub(crate) fn allow_msr(msrpm: u64, msr: u32) {
     }
 }
 
+/// Domains being rebuilt after a reboot (`on_reboot`/`on_poweroff`/
+/// `on_crash` = restart): the old id, the name, and whether a destroy came
+/// meanwhile.
+static RESTARTING: Mutex<Vec<(u32, String, bool)>> = Mutex::new(Vec::new());
+
+/// A destroy by name for a domain that is being restarted: it is destroyed
+/// once rebuilt (every rebuild of that name in progress). False when no
+/// domain of that name is restarting.
+pub(crate) fn cancel_restart(name: &str) -> bool {
+    let mut found = false;
+    for entry in RESTARTING.lock().iter_mut().filter(|(_, n, _)| n == name) {
+        entry.2 = true;
+        found = true;
+    }
+    found
+}
+
 impl Domain {
     /// Builds and starts a domain from `spec`.
     pub fn create(spec: DomainSpec, caps: Capabilities) -> Result<Arc<Domain>, String> {
@@ -515,7 +532,20 @@ impl Domain {
         // not be concluded in between.
         if restart {
             if let Some(caps) = crate::virt_caps() {
-                match Domain::create(self.spec.clone(), caps) {
+                // While it is rebuilt the domain is in no list: a destroy
+                // by name meanwhile is remembered here and carried out.
+                RESTARTING.lock().push((self.id, self.name.clone(), false));
+                let created = Domain::create(self.spec.clone(), caps);
+                let cancelled = {
+                    let mut r = RESTARTING.lock();
+                    let i = r.iter().position(|(id, _, _)| *id == self.id);
+                    i.map(|i| r.swap_remove(i).2).unwrap_or(false)
+                };
+                match created {
+                    Ok(d) if cancelled => {
+                        info!("domain {} ({}) restarted as domain {}, which was destroyed meanwhile", self.id, self.name, d.id);
+                        d.shut_down(DomainState::Destroyed);
+                    }
                     Ok(d) => info!("domain {} ({}) restarted as domain {}", self.id, self.name, d.id),
                     Err(e) => error!("restarting {}: {}", self.name, e),
                 }

@@ -319,6 +319,10 @@ fn serve(request: Request, state: &mut ConnState) -> Option<Response> {
             }
             Response::Log(String::from_utf8_lossy(&text).into_owned())
         }
+        Request::Destroy(DomRef::Name(name)) if resolve(&DomRef::Name(name.clone())).is_err() && domain::cancel_restart(&name) => {
+            // Between its reboot and its rebuild: destroyed once rebuilt.
+            Response::Ok
+        }
         Request::Destroy(dom) => with_dom(&dom, &|id| {
             if id == 0 && domain::is_privileged(id) {
                 return Err(AdminError::Refused(String::from("dom0 cannot be destroyed; shut the host down instead (xl shutdown -a, then dom0)")));

@@ -470,3 +470,77 @@ fn xl_create_serves_file_disks_over_nbd() {
     }
     finish(vm, &target);
 }
+
+/// A guest that resets itself as soon as it starts, with
+/// `on_reboot='restart'` (`guests/reboot_loop.S`): Ferrite rebuilds it 50
+/// times while a ticker keeps running, and once it is destroyed the host
+/// has exactly the memory it had before it was created.
+#[test]
+fn a_reboot_loop_leaks_nothing_and_stalls_no_one() {
+    const RESTARTS: usize = 50;
+    let name = "a_reboot_loop_leaks_nothing_and_stalls_no_one";
+    let dir = test_dir(name);
+    let modules = vec![
+        pvh_config_module(&dir, "keeper", "idle", 16),
+        pvh_config_module(&dir, "ticker", "ticker_long", 16),
+        guest_module("idle", &dir),
+        guest_module("ticker_long", &dir),
+        guest_module("reboot_loop", &dir),
+    ];
+    let (mut vm, target) = boot_with_link(name, &dir, modules);
+    vm.wait_for(r"^\(keeper\) idle ready$", Duration::from_secs(120));
+    let measure = |target: &Target| {
+        let (out, err, ok) = xl(target, &["info"]);
+        assert!(ok, "xl info: {err}");
+        let field = |key: &str| -> u64 {
+            out.lines()
+                .find_map(|l| l.strip_prefix(key).map(|v| v.trim_start_matches([' ', ':']).trim().parse::<u64>().unwrap()))
+                .unwrap_or_else(|| panic!("no {key} in xl info:\n{out}"))
+        };
+        (field("free_bytes"), field("heap_used_bytes"))
+    };
+    let cfg = dir.join("loop.cfg");
+    std::fs::write(&cfg, "name = \"loop\"\ntype = \"pvh\"\nkernel = \"reboot_loop.elf\"\nmemory = 16\non_reboot = \"restart\"\n").unwrap();
+    // Warm up once: the first domains size the hypervisor's tables for good.
+    let (out, err, ok) = xl(&target, &["create", &cfg.display().to_string()]);
+    assert!(ok, "xl create: {err}\n{out}");
+    vm.expect_lines(&[r"domain \d+ \(loop\) restarted as domain \d+"]);
+    let (_, err, ok) = xl(&target, &["destroy", "loop"]);
+    assert!(ok, "xl destroy: {err}");
+    vm.expect_lines(&[r"domain \d+ \(loop\) (destroyed|restarted as domain \d+, which was destroyed meanwhile)"]);
+    let start = Instant::now();
+    while xl(&target, &["list"]).0.contains("loop ") {
+        assert!(start.elapsed() < Duration::from_secs(60), "the destroyed domain is still listed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let before = measure(&target);
+
+    let (out, err, ok) = xl(&target, &["create", &cfg.display().to_string()]);
+    assert!(ok, "xl create: {err}\n{out}");
+    // Each restart its own line, in order.
+    vm.expect_lines(&[r"domain \d+ \(loop\) restarted as domain \d+"; RESTARTS]);
+    // The ticker (100 ticks, 100 ms apart) ticks on through the loop.
+    vm.expect_lines(&[r"^\(ticker\) tick \d+$"]);
+    // The host still answers, and the looping domain is there to destroy
+    // (if it is being rebuilt just then, it is destroyed once rebuilt).
+    let (_, err, ok) = xl(&target, &["destroy", "loop"]);
+    assert!(ok, "xl destroy: {err}");
+    vm.expect_lines(&[r"domain \d+ \(loop\) (destroyed|restarted as domain \d+, which was destroyed meanwhile)"]);
+    let start = Instant::now();
+    while xl(&target, &["list"]).0.contains("loop ") {
+        assert!(start.elapsed() < Duration::from_secs(60), "the destroyed domain is still listed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after = measure(&target);
+    if after != before {
+        vm.fail(&format!("host memory changed over {RESTARTS} restarts: free {} -> {} bytes, heap used {} -> {} bytes", before.0, after.0, before.1, after.1));
+    }
+    vm.expect_lines(&[r"^\(ticker\) ticker done$", r"domain \d+ \(ticker\) powered off"]);
+    let text = vm.console_text();
+    for bad in ["panic", "crashed"] {
+        if text.contains(bad) {
+            vm.fail(&format!("the console says {bad:?}"));
+        }
+    }
+    finish(vm, &target);
+}
