@@ -48,6 +48,13 @@ use crate::clock::{mul_div, ticks_to_ns_ceil};
 use crate::Clock;
 
 /// Default xAPIC MMIO base.
+/// The shortest period a periodic timer fires at (as KVM's
+/// `min_timer_period_us`): a count of 1 would otherwise make the vCPU exit
+/// for its timer at every entry, before running a single instruction, and
+/// its interrupt (waiting for the next instruction boundary) would never
+/// be taken. Linux's periodic tick is milliseconds long.
+pub const MIN_PERIODIC_NS: u64 = 100_000;
+
 pub const DEFAULT_APIC_BASE: u64 = 0xfee0_0000;
 /// IA32_APIC_BASE bits.
 pub const APIC_BASE_BSP: u64 = 1 << 8;
@@ -644,6 +651,12 @@ impl Lapic {
         )
     }
 
+    /// A periodic timer's period: the count's length, but never under
+    /// [`MIN_PERIODIC_NS`].
+    fn period_ns(&self) -> u64 {
+        self.ticks_ns(u64::from(self.timer_initial)).max(MIN_PERIODIC_NS)
+    }
+
     fn elapsed_ticks(&self, now: u64) -> u64 {
         let ns = now.saturating_sub(self.timer_start_ns);
         mul_div(ns, self.cfg.timer_hz, 1_000_000_000) / self.divisor()
@@ -653,6 +666,8 @@ impl Lapic {
         self.timer_start_ns = now;
         self.timer_deadline_ns = if self.timer_initial == 0 {
             None
+        } else if self.timer_mode() == TimerMode::Periodic {
+            Some(now.saturating_add(self.period_ns()))
         } else {
             Some(now.saturating_add(self.ticks_ns(u64::from(self.timer_initial))))
         };
@@ -710,7 +725,7 @@ impl Lapic {
         }
         match self.timer_mode() {
             TimerMode::Periodic if self.timer_initial != 0 => {
-                let period = self.ticks_ns(u64::from(self.timer_initial)).max(1);
+                let period = self.period_ns();
                 let behind = now.saturating_sub(deadline) / period + 1;
                 let next = deadline.saturating_add(behind.saturating_mul(period));
                 // Keep the counter phase consistent with the new deadline.

@@ -277,27 +277,34 @@ fn one_shot_and_periodic_timer() {
     assert_eq!(l.next_timer_deadline_ns(), None);
     c.set(5000);
     assert_eq!(r(&mut l, reg::TIMER_CURRENT, &c), 0);
-    // Periodic, divide by 2: 500 ticks = 1000 ns.
+    // Periodic, divide by 2: 50,000 ticks = 100,000 ns.
     w(&mut l, reg::TIMER_DIVIDE, 0x0, &c);
     w(&mut l, reg::LVT_TIMER, 0x200ef, &c);
-    w(&mut l, reg::TIMER_INITIAL, 500, &c);
-    assert_eq!(l.next_timer_deadline_ns(), Some(6000));
-    assert!(l.tick(6000));
-    assert_eq!(l.next_timer_deadline_ns(), Some(7000));
+    w(&mut l, reg::TIMER_INITIAL, 50_000, &c);
+    assert_eq!(l.next_timer_deadline_ns(), Some(105_000));
+    assert!(l.tick(105_000));
+    assert_eq!(l.next_timer_deadline_ns(), Some(205_000));
     // Missing several periods coalesces.
-    assert!(l.tick(10_500));
-    assert_eq!(l.next_timer_deadline_ns(), Some(11_000));
-    c.set(10_750);
-    assert_eq!(r(&mut l, reg::TIMER_CURRENT, &c), 500 - 375);
+    assert!(l.tick(555_000));
+    assert_eq!(l.next_timer_deadline_ns(), Some(605_000));
+    c.set(580_000);
+    assert_eq!(r(&mut l, reg::TIMER_CURRENT, &c), 50_000 - 37_500);
     // Masked: fires but no IRR.
     l.ack(0xef);
     l.eoi();
     w(&mut l, reg::LVT_TIMER, 0x300ef, &c);
-    assert!(l.tick(11_000));
+    assert!(l.tick(605_000));
     assert!(!l.irr_bit(0xef));
     // Writing 0 stops it.
     w(&mut l, reg::TIMER_INITIAL, 0, &c);
     assert_eq!(l.next_timer_deadline_ns(), None);
+    // A periodic count of 1 fires no faster than MIN_PERIODIC_NS (else
+    // the vCPU would exit for it at every entry and never run).
+    c.set(1_000_000);
+    w(&mut l, reg::TIMER_INITIAL, 1, &c);
+    assert_eq!(l.next_timer_deadline_ns(), Some(1_000_000 + crate::lapic::MIN_PERIODIC_NS));
+    assert!(l.tick(1_000_000 + crate::lapic::MIN_PERIODIC_NS + 5));
+    assert_eq!(l.next_timer_deadline_ns(), Some(1_000_000 + 2 * crate::lapic::MIN_PERIODIC_NS));
 }
 
 #[test]
