@@ -246,7 +246,7 @@ impl Guest {
     }
 
     fn kick(&mut self) {
-        assert_eq!(self.wr(QUEUE_NOTIFY, 0), MmioEffect::Notify);
+        assert_eq!(self.wr(QUEUE_NOTIFY, 0), MmioEffect::Notify(0));
     }
 
     /// Submits a virtio-blk request: header, data, status; returns the head.
