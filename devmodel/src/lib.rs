@@ -27,7 +27,7 @@
 //! | [`port92`] | System Control Port A (fast A20, fast reset) |
 //! | [`fw_cfg`] | QEMU firmware configuration (I/O ports + DMA), Linux direct boot, ACPI linker/loader |
 //! | [`ide`] | PIIX4 IDE: two ATA channels, PIO and bus-master DMA |
-//! | [`virtio`] | virtio-mmio v2 transport, split virtqueue, virtio-blk (PVH disks) |
+//! | [`virtio`] | virtio-mmio v2 and virtio-pci transports (N queues), split virtqueue, virtio-blk (disks), virtio-vsock (dom0 ↔ management service) |
 
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]

@@ -195,7 +195,7 @@ impl VirtioDisk {
         let mut st = self.state.lock();
         let effect = st.model.write(offset, size, value);
         let taken = match effect {
-            MmioEffect::Notify => self.take(&mut st, host),
+            MmioEffect::Notify(_) => self.take(&mut st, host),
             MmioEffect::Reset | MmioEffect::None => Vec::new(),
         };
         self.update_line(&mut st, &**host);

@@ -382,7 +382,7 @@ impl Devices {
 
     pub fn mmio_write(&mut self, addr: u64, size: u8, value: u64) {
         if let Some((i, off)) = self.virtio_at(addr) {
-            if self.virtio[i].blk.bar_write(off, size, value) == Effect::Notify {
+            if self.virtio[i].blk.bar_write(off, size, value) == Effect::Notify(0) {
                 let mut mem = self.window();
                 self.virtio[i].serve(&mut mem);
             }

@@ -21,7 +21,7 @@
 //!
 //! The caller forwards the guest's accesses to the transport's registers
 //! ([`VirtioBlkMmio::read`] / [`VirtioBlkMmio::write`], or the PCI BAR's);
-//! on [`Effect::Notify`] it calls [`VirtioBlk::take_requests`] (again
+//! on [`Effect::Notify`] (queue 0, the only one) it calls [`VirtioBlk::take_requests`] (again
 //! while [`VirtioBlk::more_available`]), runs each [`BlkRequest`] on
 //! the backend, then [`VirtioBlk::complete`]s it, in any order. On
 //! [`Effect::Reset`] it may drop the backend work: completions from
@@ -202,7 +202,7 @@ impl VirtioBlk {
         config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
         config[20..24].copy_from_slice(&(SECTOR_SIZE as u32).to_le_bytes());
         VirtioBlk {
-            transport: VirtioState::new(DEVICE_ID_BLOCK, features, QUEUE_SIZE_MAX, queue_num_at_reset),
+            transport: VirtioState::new(DEVICE_ID_BLOCK, features, 1, QUEUE_SIZE_MAX, queue_num_at_reset),
             disk,
             config,
             in_flight: vec![None; usize::from(QUEUE_SIZE_MAX)],
@@ -280,7 +280,7 @@ impl VirtioBlk {
         if let Some(e) = self.transport.unreported.take() {
             return Err(e);
         }
-        if !self.transport.live() || max == 0 {
+        if !self.transport.queue_live(0) || max == 0 {
             return Ok(Vec::new());
         }
         let mut out = Vec::new();
@@ -303,7 +303,7 @@ impl VirtioBlk {
         max: usize,
         out: &mut Vec<BlkRequest>,
     ) -> Result<(), VirtioError> {
-        let pending = usize::from(self.transport.queue.available(mem)?);
+        let pending = usize::from(self.transport.queues[0].available(mem)?);
         let n = pending.min(max);
         self.more_available = pending > n;
         let indirect_ok = self.transport.negotiated() & feature::INDIRECT_DESC != 0;
@@ -322,12 +322,11 @@ impl VirtioBlk {
         out: &mut Vec<BlkRequest>,
     ) -> Result<(), VirtioError> {
         for _ in 0..n {
-            let head = self.transport.queue.pop_head(mem)?;
+            let head = self.transport.queues[0].pop_head(mem)?;
             if self.in_flight[usize::from(head)].is_some() {
                 return Err(VirtioError::HeadInFlight { head });
             }
-            self.transport
-                .queue
+            self.transport.queues[0]
                 .walk_chain(mem, head, indirect_ok, chain)?;
             let (status_gpa, parsed) = self.parse(mem, head, chain)?;
             match parsed {
@@ -370,7 +369,7 @@ impl VirtioBlk {
             return Ok(());
         };
         self.drop_in_flight(req.head);
-        if self.transport.broken.is_some() || !self.transport.queue.ready {
+        if self.transport.broken.is_some() || !self.transport.queues[0].ready {
             return Ok(());
         }
         let used_len = if status == BlkStatus::Ok {
@@ -399,7 +398,7 @@ impl VirtioBlk {
                 gpa: status_gpa,
                 len: 1,
             })?;
-        if self.transport.queue.push_used(mem, head, used_len)? {
+        if self.transport.queues[0].push_used(mem, head, used_len)? {
             self.transport.interrupt_status |= interrupt::USED_BUFFER;
         }
         Ok(())
@@ -604,7 +603,7 @@ impl VirtioBlkMmio {
         super::mmio::read(self.blk.state(), offset, size, self.blk.config())
     }
 
-    /// Guest MMIO write. QueueNotify returns [`MmioEffect::Notify`]; a
+    /// Guest MMIO write. QueueNotify of queue 0 returns [`MmioEffect::Notify`]`(0)`; a
     /// Status write of 0 (or disabling the queue) returns
     /// [`MmioEffect::Reset`] and forgets every request in flight.
     pub fn write(&mut self, offset: u64, size: u8, value: u64) -> MmioEffect {

@@ -1,9 +1,13 @@
-//! The transport-neutral state of a virtio device with one virtqueue:
-//! feature negotiation, device status, the queue's configuration, the
+//! The transport-neutral state of a virtio device with one or more
+//! virtqueues: feature negotiation, device status, each queue's
+//! configuration (QueueSel picks the one the queue registers address), the
 //! interrupt status, reset and DEVICE_NEEDS_RESET. The register front ends
 //! ([`super::mmio`], [`super::pci`]) decode guest accesses into calls
-//! here; the device logic ([`super::blk`]) reads the queue and raises
-//! interrupts through it.
+//! here; the device logic ([`super::blk`], [`super::vsock`]) reads its
+//! queues and raises interrupts through it.
+
+use alloc::vec;
+use alloc::vec::Vec;
 
 use super::queue::SplitQueue;
 use super::{feature, interrupt, status, VirtioError};
@@ -12,9 +16,10 @@ use super::{feature, interrupt, status, VirtioError};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Effect {
     None,
-    /// The driver notified the request queue: call `take_requests`.
-    Notify,
-    /// The device was reset (status 0) or its queue disabled: every
+    /// The driver notified the queue with this index (always below the
+    /// device's queue count; 0 for virtio-blk's request queue).
+    Notify(u16),
+    /// The device was reset (status 0) or a queue disabled: every
     /// request taken before is forgotten and its completion will be
     /// ignored; the backend may drop the work.
     Reset,
@@ -25,6 +30,7 @@ pub enum Effect {
 pub struct VirtioState {
     device_id: u32,
     device_features: u64,
+    /// QueueNumMax of every queue.
     pub(crate) queue_num_max: u16,
     /// QueueNum after a reset: 0 for virtio-mmio (the driver must write
     /// it), QueueNumMax for virtio-pci (`queue_size` reads the maximum
@@ -33,8 +39,11 @@ pub struct VirtioState {
     pub(crate) device_features_sel: u32,
     pub(crate) driver_features_sel: u32,
     pub(crate) driver_features: u64,
+    /// QueueSel as written: may name a queue that does not exist.
     pub(crate) queue_sel: u32,
-    pub(crate) queue: SplitQueue,
+    /// The device's virtqueues, indexed as the driver numbers them; the
+    /// count is fixed at creation (at least 1).
+    pub(crate) queues: Vec<SplitQueue>,
     pub(crate) interrupt_status: u32,
     pub(crate) status: u32,
     /// Bumped by every reset or queue disable: requests taken before carry
@@ -48,7 +57,14 @@ pub struct VirtioState {
 }
 
 impl VirtioState {
-    pub fn new(device_id: u32, device_features: u64, queue_num_max: u16, queue_num_at_reset: u32) -> Self {
+    /// A device with `num_queues` virtqueues (at least 1 is made).
+    pub fn new(
+        device_id: u32,
+        device_features: u64,
+        num_queues: u16,
+        queue_num_max: u16,
+        queue_num_at_reset: u32,
+    ) -> Self {
         let mut queue = SplitQueue::default();
         queue.num = queue_num_at_reset;
         VirtioState {
@@ -60,7 +76,7 @@ impl VirtioState {
             driver_features_sel: 0,
             driver_features: 0,
             queue_sel: 0,
-            queue,
+            queues: vec![queue; usize::from(num_queues.max(1))],
             interrupt_status: 0,
             status: 0,
             generation: 0,
@@ -79,6 +95,7 @@ impl VirtioState {
             ..VirtioState::new(
                 self.device_id,
                 self.device_features,
+                self.num_queues(),
                 self.queue_num_max,
                 self.queue_num_at_reset,
             )
@@ -90,14 +107,32 @@ impl VirtioState {
         self.driver_features & self.device_features
     }
 
-    /// The queue may be processed: the driver finished initialisation and
-    /// nothing is broken.
-    pub fn live(&self) -> bool {
+    /// How many virtqueues the device has.
+    pub fn num_queues(&self) -> u16 {
+        self.queues.len() as u16
+    }
+
+    /// Queue `index`, if the device has it.
+    pub fn queue(&self, index: u16) -> Option<&SplitQueue> {
+        self.queues.get(usize::from(index))
+    }
+
+    pub(crate) fn queue_mut(&mut self, index: u16) -> Option<&mut SplitQueue> {
+        self.queues.get_mut(usize::from(index))
+    }
+
+    /// The driver finished initialisation and nothing is broken.
+    pub fn device_live(&self) -> bool {
         let want = status::FEATURES_OK | status::DRIVER_OK;
         self.status & want == want
             && self.status & (status::FAILED | status::DEVICE_NEEDS_RESET) == 0
-            && self.queue.ready
             && self.broken.is_none()
+    }
+
+    /// Queue `index` may be processed: the device is live and the queue
+    /// exists and is enabled.
+    pub fn queue_live(&self, index: u16) -> bool {
+        self.device_live() && self.queue(index).is_some_and(|q| q.ready)
     }
 
     /// Enters DEVICE_NEEDS_RESET and tells the driver with a
@@ -112,15 +147,30 @@ impl VirtioState {
         self.interrupt_status |= interrupt::CONFIG_CHANGE;
     }
 
-    /// The selected queue exists (only queue 0 does).
-    pub(crate) fn queue_selected(&self) -> bool {
-        self.queue_sel == 0
+    /// The queue QueueSel names, if it exists (reads of a missing queue's
+    /// registers return 0, writes are ignored).
+    pub(crate) fn selected(&self) -> Option<&SplitQueue> {
+        usize::try_from(self.queue_sel)
+            .ok()
+            .and_then(|i| self.queues.get(i))
     }
 
-    /// The selected queue's layout may be written: it exists and is not
-    /// enabled (§4.1.4.3.2, §4.2.2.3).
-    pub(crate) fn queue_writable(&self) -> bool {
-        self.queue_selected() && !self.queue.ready
+    /// The selected queue if its layout may be written: it exists and is
+    /// not enabled (§4.1.4.3.2, §4.2.2.3).
+    pub(crate) fn selected_writable(&mut self) -> Option<&mut SplitQueue> {
+        usize::try_from(self.queue_sel)
+            .ok()
+            .and_then(|i| self.queues.get_mut(i))
+            .filter(|q| !q.ready)
+    }
+
+    /// A notification naming queue `index`: [`Effect::Notify`] for a queue
+    /// the device has, nothing otherwise.
+    pub(crate) fn notify(&self, index: u32) -> Effect {
+        match u16::try_from(index) {
+            Ok(i) if i < self.num_queues() => Effect::Notify(i),
+            _ => Effect::None,
+        }
     }
 
     /// The 32 feature bits DeviceFeaturesSel selects (0 past 64 bits).
@@ -145,23 +195,28 @@ impl VirtioState {
         }
     }
 
-    /// QueueReady / queue_enable. Enabling checks the queue's
-    /// configuration (a bad one breaks the device); disabling forgets the
-    /// requests in flight.
+    /// QueueReady / queue_enable of the selected queue. Enabling checks
+    /// the queue's configuration (a bad one breaks the device); disabling
+    /// forgets the requests in flight (of every queue: the generation is
+    /// the device's).
     pub(crate) fn write_queue_ready(&mut self, v: u32) -> Effect {
-        if !self.queue_selected() {
+        let max = self.queue_num_max;
+        let Some(q) = usize::try_from(self.queue_sel)
+            .ok()
+            .and_then(|i| self.queues.get_mut(i))
+        else {
             return Effect::None;
-        }
-        match (v & 1 != 0, self.queue.ready) {
+        };
+        match (v & 1 != 0, q.ready) {
             (true, false) => {
-                if let Err(e) = self.queue.enable(self.queue_num_max) {
+                if let Err(e) = q.enable(max) {
                     self.fail(e);
                     self.unreported = Some(e);
                 }
                 Effect::None
             }
             (false, true) => {
-                self.queue.ready = false;
+                q.ready = false;
                 self.generation = self.generation.wrapping_add(1);
                 Effect::Reset
             }

@@ -1,5 +1,9 @@
-//! The virtio-mmio version 2 register file (virtio 1.x §4.2.2) with one
-//! virtqueue: a register front end over [`VirtioState`].
+//! The virtio-mmio version 2 register file (virtio 1.x §4.2.2): a register
+//! front end over [`VirtioState`], for a device with any number of
+//! virtqueues. QueueSel picks the queue the queue registers address (one
+//! that does not exist reads 0 and ignores writes); QueueNotify names the
+//! queue notified ([`Effect::Notify`], nothing for a queue that does not
+//! exist).
 //!
 //! Control registers (below 0x100) are 32 bits wide: other sizes or
 //! misaligned offsets read 0 and writes are ignored. The device-specific
@@ -57,15 +61,15 @@ pub(crate) fn read(s: &VirtioState, offset: u64, size: u8, config: &[u8]) -> u64
     if size != 4 || offset % 4 != 0 {
         return 0;
     }
-    let q0 = s.queue_selected();
+    let q = s.selected();
     let value: u32 = match offset {
         MAGIC_VALUE => MAGIC,
         VERSION => 2,
         DEVICE_ID => s.device_id(),
         VENDOR_ID => FERRITE_VENDOR_ID,
         DEVICE_FEATURES => s.device_features_word(),
-        QUEUE_NUM_MAX if q0 => u32::from(s.queue_num_max),
-        QUEUE_READY if q0 => u32::from(s.queue.ready),
+        QUEUE_NUM_MAX if q.is_some() => u32::from(s.queue_num_max),
+        QUEUE_READY => q.map_or(0, |q| u32::from(q.ready)),
         INTERRUPT_STATUS => s.interrupt_status,
         STATUS => s.status,
         // No shared memory regions: their length and base read as -1.
@@ -84,23 +88,30 @@ pub(crate) fn write(s: &mut VirtioState, offset: u64, size: u8, value: u64) -> E
         return Effect::None;
     }
     let v = value as u32;
-    // Queue layout registers are frozen while the queue is ready (§4.2.2.3).
-    let q_writable = s.queue_writable();
-    let q = &mut s.queue;
     match offset {
         DEVICE_FEATURES_SEL => s.device_features_sel = v,
         DRIVER_FEATURES_SEL => s.driver_features_sel = v,
         DRIVER_FEATURES => s.write_driver_features(v),
         QUEUE_SEL => s.queue_sel = v,
-        QUEUE_NUM if q_writable => q.num = v,
-        QUEUE_DESC_LOW if q_writable => set_low(&mut q.desc_gpa, v),
-        QUEUE_DESC_HIGH if q_writable => set_high(&mut q.desc_gpa, v),
-        QUEUE_DRIVER_LOW if q_writable => set_low(&mut q.avail_gpa, v),
-        QUEUE_DRIVER_HIGH if q_writable => set_high(&mut q.avail_gpa, v),
-        QUEUE_DEVICE_LOW if q_writable => set_low(&mut q.used_gpa, v),
-        QUEUE_DEVICE_HIGH if q_writable => set_high(&mut q.used_gpa, v),
+        QUEUE_NUM | QUEUE_DESC_LOW | QUEUE_DESC_HIGH | QUEUE_DRIVER_LOW | QUEUE_DRIVER_HIGH
+        | QUEUE_DEVICE_LOW | QUEUE_DEVICE_HIGH => {
+            // Queue layout registers exist only for a queue the device
+            // has, and are frozen while it is ready (§4.2.2.3).
+            if let Some(q) = s.selected_writable() {
+                match offset {
+                    QUEUE_NUM => q.num = v,
+                    QUEUE_DESC_LOW => set_low(&mut q.desc_gpa, v),
+                    QUEUE_DESC_HIGH => set_high(&mut q.desc_gpa, v),
+                    QUEUE_DRIVER_LOW => set_low(&mut q.avail_gpa, v),
+                    QUEUE_DRIVER_HIGH => set_high(&mut q.avail_gpa, v),
+                    QUEUE_DEVICE_LOW => set_low(&mut q.used_gpa, v),
+                    _ => set_high(&mut q.used_gpa, v),
+                }
+            }
+        }
         QUEUE_READY => return s.write_queue_ready(v),
-        QUEUE_NOTIFY if v == 0 => return Effect::Notify,
+        // Without VIRTIO_F_NOTIFICATION_DATA the value is the queue index.
+        QUEUE_NOTIFY => return s.notify(v),
         INTERRUPT_ACK => s.interrupt_status &= !v,
         STATUS => return s.write_status(v),
         _ => {}

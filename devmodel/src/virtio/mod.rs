@@ -1,7 +1,8 @@
 //! Virtio devices (modern, virtio 1.x): the split virtqueue ([`queue`]),
-//! the transport-neutral device state ([`common`]), the block device on
-//! top of them ([`blk`]), and two register front ends: virtio-mmio
-//! version 2 ([`mmio`], PVH domains' disks in the hypervisor) and
+//! the transport-neutral device state with any number of queues
+//! ([`common`]), the devices on top of them (the block device [`blk`],
+//! the socket device [`vsock`]), and two register front ends: virtio-mmio
+//! version 2 ([`mmio`], PVH domains' devices in the hypervisor) and
 //! virtio-pci ([`pci`], HVM guests' disks in the stub domain).
 //!
 //! As everywhere in this crate, the model is pure logic: the caller decodes
@@ -22,10 +23,13 @@ pub mod common;
 pub mod mmio;
 pub mod pci;
 pub mod queue;
+pub mod vsock;
 #[cfg(test)]
 mod pci_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod vsock_tests;
 
 pub use blk::{
     BlkDiskInfo, BlkOp, BlkRequest, BlkRequestId, BlkStatus, VirtioBlk, VirtioBlkMmio,
@@ -34,6 +38,7 @@ pub use blk::{
 pub use common::Effect;
 pub use mmio::MmioEffect;
 pub use pci::VirtioBlkPci;
+pub use vsock::{ConnId, ConnState, VirtioVsock, VirtioVsockMmio, VsockEvent};
 
 /// Device status bits (virtio 1.x §2.1).
 pub mod status {

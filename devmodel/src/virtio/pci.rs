@@ -9,7 +9,7 @@
 //! | 0x0000 | common configuration (`struct virtio_pci_common_cfg`) | type 1 |
 //! | 0x1000 | ISR status (one byte, read to clear) | type 3 |
 //! | 0x2000 | device configuration (`struct virtio_blk_config`) | type 4 |
-//! | 0x3000 | notifications (queue 0 at +0; `notify_off_multiplier` 4) | type 2 |
+//! | 0x3000 | notifications (queue n at +4n; `notify_off_multiplier` 4) | type 2 |
 //!
 //! No MSI-X: the device raises INTx (pin A), level-triggered, while the
 //! ISR is not 0; `config_msix_vector` and `queue_msix_vector` read
@@ -19,9 +19,14 @@
 //! Every access is the guest's and hostile: registers answer only at
 //! their own offset and natural size (64-bit queue addresses also as two
 //! 32-bit halves); anything else reads 0 and is ignored on write, as are
-//! accesses past a region. Queue registers answer only for queue 0 and
-//! are frozen while it is enabled; a notification for another queue, or
-//! before the queue is set up, does nothing.
+//! accesses past a region. Queue registers answer only for a queue the
+//! device has (queue_select past them: size 0, writes ignored) and are
+//! frozen while it is enabled. Queue n is notified by writing n (16 or 32
+//! bits) at its own notify address; any other notify write does nothing,
+//! and a notify before the queue is set up finds nothing to take.
+//!
+//! The register logic serves any device with any number of queues
+//! ([`PciLayout`]); [`VirtioBlkPci`] is the one device using it today.
 //!
 //! The PCI configuration space itself ([`config_space`]) is a
 //! [`ConfigSpace`] on the stub's [`PciBus`](crate::pci::PciBus); the
@@ -50,7 +55,7 @@ pub const ISR_OFFSET: u64 = 0x1000;
 pub const ISR_LEN: u64 = 1;
 pub const DEVICE_OFFSET: u64 = 0x2000;
 pub const NOTIFY_OFFSET: u64 = 0x3000;
-/// One queue: its notify address is the region's start.
+/// virtio-blk's notify region: one queue, notified at the region's start.
 pub const NOTIFY_LEN: u64 = 4;
 pub const NOTIFY_OFF_MULTIPLIER: u32 = 4;
 
@@ -89,11 +94,42 @@ pub mod common_cfg {
 /// VIRTIO_MSI_NO_VECTOR.
 pub const NO_VECTOR: u16 = 0xffff;
 
+/// The shape of a virtio-pci device's BAR: how long its device
+/// configuration is and how many queues it notifies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PciLayout {
+    /// Bytes of the device-specific configuration (at most 0x1000).
+    pub device_config_len: u64,
+    /// Virtqueues: the notify region holds one 4-byte address per queue
+    /// (at most 0x400).
+    pub num_queues: u16,
+}
+
+impl PciLayout {
+    /// virtio-blk: `struct virtio_blk_config`, one queue.
+    pub const BLK: PciLayout = PciLayout {
+        device_config_len: super::blk::CONFIG_LEN as u64,
+        num_queues: 1,
+    };
+
+    /// Bytes of the notify region.
+    pub fn notify_len(&self) -> u64 {
+        u64::from(NOTIFY_OFF_MULTIPLIER) * u64::from(self.num_queues)
+    }
+}
+
 /// The virtio-blk function's configuration space: identity, the memory
 /// BAR, interrupt pin A, and the capability list. Command bits the guest
 /// may set: memory space, bus master, INTx disable.
 pub fn config_space() -> ConfigSpace {
-    let mut c = ConfigSpace::new(VENDOR_VIRTIO, DEVICE_VIRTIO_BLK, CLASS_STORAGE_OTHER, 0x01, 0x00);
+    config_space_for(DEVICE_VIRTIO_BLK, CLASS_STORAGE_OTHER, PciLayout::BLK)
+}
+
+/// The configuration space of a virtio-pci function with PCI device ID
+/// `device_id` (0x1040 + the virtio device ID), class code `class`, and
+/// the BAR regions `layout` describes.
+pub fn config_space_for(device_id: u16, class: u32, layout: PciLayout) -> ConfigSpace {
+    let mut c = ConfigSpace::new(VENDOR_VIRTIO, device_id, class, 0x01, 0x00);
     let command = pci::COMMAND_MEMORY | pci::COMMAND_BUS_MASTER | pci::COMMAND_INTX_DISABLE;
     let [lo, hi] = command.to_le_bytes();
     c.set_wmask(pci::COMMAND, lo);
@@ -114,8 +150,8 @@ pub fn config_space() -> ConfigSpace {
     let caps: [(u8, u64, u64); 4] = [
         (CAP_COMMON_CFG, COMMON_OFFSET, COMMON_LEN),
         (CAP_ISR_CFG, ISR_OFFSET, ISR_LEN),
-        (CAP_DEVICE_CFG, DEVICE_OFFSET, super::blk::CONFIG_LEN as u64),
-        (CAP_NOTIFY_CFG, NOTIFY_OFFSET, NOTIFY_LEN),
+        (CAP_DEVICE_CFG, DEVICE_OFFSET, layout.device_config_len),
+        (CAP_NOTIFY_CFG, NOTIFY_OFFSET, layout.notify_len()),
     ];
     let mut at = CAP_LIST_START;
     for (i, &(kind, offset, len)) in caps.iter().enumerate() {
@@ -153,7 +189,7 @@ impl VirtioBlkPci {
 
     /// A guest read of `size` bytes at `offset` in the BAR.
     pub fn bar_read(&mut self, offset: u64, size: u8) -> u64 {
-        match region(offset, size) {
+        match region(offset, size, PciLayout::BLK) {
             Some((Region::Common, off)) => common_read(self.blk.state(), off, size),
             Some((Region::Isr, 0)) if size == 1 => {
                 // Reading the ISR acknowledges it and lowers INTx.
@@ -165,12 +201,12 @@ impl VirtioBlkPci {
     }
 
     /// A guest write of `size` bytes at `offset` in the BAR. A notify of
-    /// queue 0 returns [`Effect::Notify`]; a reset [`Effect::Reset`] (and
-    /// forgets every request in flight).
+    /// queue 0 returns [`Effect::Notify`]`(0)`; a reset [`Effect::Reset`]
+    /// (and forgets every request in flight).
     pub fn bar_write(&mut self, offset: u64, size: u8, value: u64) -> Effect {
-        match region(offset, size) {
+        match region(offset, size, PciLayout::BLK) {
             Some((Region::Common, off)) => self.blk.register_write(|s| common_write(s, off, size, value)),
-            Some((Region::Notify, 0)) if matches!(size, 2 | 4) && value as u16 == 0 => Effect::Notify,
+            Some((Region::Notify, off)) => notify_write(self.blk.state(), off, size, value),
             _ => Effect::None,
         }
     }
@@ -200,21 +236,36 @@ enum Region {
 /// The region an access of `size` bytes at BAR `offset` falls entirely
 /// in, and the offset inside it. Sizes other than 1, 2, 4 and 8, and
 /// accesses that straddle a region's end, are nobody's.
-fn region(offset: u64, size: u8) -> Option<(Region, u64)> {
+fn region(offset: u64, size: u8, layout: PciLayout) -> Option<(Region, u64)> {
     if !matches!(size, 1 | 2 | 4 | 8) {
         return None;
     }
     let regions = [
         (Region::Common, COMMON_OFFSET, COMMON_LEN),
         (Region::Isr, ISR_OFFSET, ISR_LEN),
-        (Region::Device, DEVICE_OFFSET, super::blk::CONFIG_LEN as u64),
-        (Region::Notify, NOTIFY_OFFSET, NOTIFY_LEN),
+        (Region::Device, DEVICE_OFFSET, layout.device_config_len),
+        (Region::Notify, NOTIFY_OFFSET, layout.notify_len()),
     ];
     let end = offset.checked_add(u64::from(size))?;
     regions
         .iter()
         .find(|&&(_, start, len)| offset >= start && end <= start + len)
         .map(|&(r, start, _)| (r, offset - start))
+}
+
+/// A write at `off` in the notify region: queue n's address is 4n, and
+/// the value written (16 or 32 bits) must be n, as Linux's `vp_notify`
+/// writes it.
+fn notify_write(s: &VirtioState, off: u64, size: u8, value: u64) -> Effect {
+    let multiplier = u64::from(NOTIFY_OFF_MULTIPLIER);
+    if !matches!(size, 2 | 4) || off % multiplier != 0 {
+        return Effect::None;
+    }
+    let queue = off / multiplier;
+    if u64::from(value as u16) != queue {
+        return Effect::None;
+    }
+    s.notify(queue as u32)
 }
 
 /// Whether an access is the natural one for a register of `width` bytes
@@ -225,8 +276,7 @@ fn at(off: u64, size: u8, reg: u64, width: u8) -> bool {
 
 fn common_read(s: &VirtioState, off: u64, size: u8) -> u64 {
     use common_cfg::*;
-    let q0 = s.queue_selected();
-    let q = &s.queue;
+    let sel = s.selected();
     match (off, size) {
         (DEVICE_FEATURE_SELECT, 4) => u64::from(s.device_features_sel),
         (DEVICE_FEATURE, 4) => u64::from(s.device_features_word()),
@@ -237,16 +287,17 @@ fn common_read(s: &VirtioState, off: u64, size: u8) -> u64 {
             _ => 0,
         },
         (CONFIG_MSIX_VECTOR, 2) | (QUEUE_MSIX_VECTOR, 2) => u64::from(NO_VECTOR),
-        (NUM_QUEUES, 2) => 1,
+        (NUM_QUEUES, 2) => u64::from(s.num_queues()),
         (DEVICE_STATUS, 1) => u64::from(s.status as u8),
         (CONFIG_GENERATION, 1) => 0,
         (QUEUE_SELECT, 2) => u64::from(s.queue_sel as u16),
         // A queue that does not exist has size 0 (§4.1.4.3.2).
-        (QUEUE_SIZE, 2) if q0 => u64::from(q.num as u16),
-        (QUEUE_ENABLE, 2) if q0 => u64::from(q.ready),
-        (QUEUE_NOTIFY_OFF, 2) => 0,
-        _ if q0 => match queue_address(off, size) {
-            Some((reg, part)) => {
+        (QUEUE_SIZE, 2) => sel.map_or(0, |q| u64::from(q.num as u16)),
+        (QUEUE_ENABLE, 2) => sel.map_or(0, |q| u64::from(q.ready)),
+        // Queue n is notified at n × the multiplier.
+        (QUEUE_NOTIFY_OFF, 2) => sel.map_or(0, |_| u64::from(s.queue_sel as u16)),
+        _ => match (sel, queue_address(off, size)) {
+            (Some(q), Some((reg, part))) => {
                 let full = match reg {
                     QUEUE_DESC => q.desc_gpa,
                     QUEUE_DRIVER => q.avail_gpa,
@@ -258,9 +309,8 @@ fn common_read(s: &VirtioState, off: u64, size: u8) -> u64 {
                     Part::High => full >> 32,
                 }
             }
-            None => 0,
+            _ => 0,
         },
-        _ => 0,
     }
 }
 
@@ -297,13 +347,18 @@ fn common_write(s: &mut VirtioState, off: u64, size: u8, value: u64) -> Effect {
         (DEVICE_STATUS, 1) => return s.write_status(v & 0xff),
         (QUEUE_SELECT, 2) => s.queue_sel = v & 0xffff,
         // The driver may lower the size; enabling checks it.
-        (QUEUE_SIZE, 2) if s.queue_writable() => s.queue.num = v & 0xffff,
+        (QUEUE_SIZE, 2) => {
+            if let Some(q) = s.selected_writable() {
+                q.num = v & 0xffff;
+            }
+        }
         // Only 1 may be written (§4.1.4.3.2); the device is reset through
         // device_status.
         (QUEUE_ENABLE, 2) if v & 0xffff == 1 => return s.write_queue_ready(1),
-        _ if s.queue_writable() => {
-            if let Some((reg, part)) = queue_address(off, size) {
-                let q = &mut s.queue;
+        // Queue addresses; read-only registers, MSI-X vectors (none) and
+        // everything else are ignored.
+        _ => {
+            if let (Some((reg, part)), Some(q)) = (queue_address(off, size), s.selected_writable()) {
                 let field = match reg {
                     QUEUE_DESC => &mut q.desc_gpa,
                     QUEUE_DRIVER => &mut q.avail_gpa,
@@ -316,8 +371,6 @@ fn common_write(s: &mut VirtioState, off: u64, size: u8, value: u64) -> Effect {
                 }
             }
         }
-        // Read-only, MSI-X vectors (none), and everything else.
-        _ => {}
     }
     Effect::None
 }

@@ -313,7 +313,7 @@ fn a_read_request_end_to_end() {
     let data = [(DATA, 512u32), (DATA + 0x1000, 1024)];
     d.queue_request(req_type::IN, 100, &data, 128);
     // Linux's vp_notify: a 16-bit write of the queue index.
-    assert_eq!(d.wr(NOTIFY_OFFSET, 2, 0), Effect::Notify);
+    assert_eq!(d.wr(NOTIFY_OFFSET, 2, 0), Effect::Notify(0));
     let reqs = d.dev.take_requests(&mut d.mem, 16).unwrap();
     assert_eq!(reqs.len(), 1);
     assert_eq!(reqs[0].sector, 100);
@@ -350,7 +350,7 @@ fn a_read_request_end_to_end() {
 fn hostile_register_accesses_are_contained() {
     let mut d = Driver::new(disk(16, false));
     // Notify before anything is set up: nothing to take.
-    assert_eq!(d.wr(NOTIFY_OFFSET, 2, 0), Effect::Notify);
+    assert_eq!(d.wr(NOTIFY_OFFSET, 2, 0), Effect::Notify(0));
     assert_eq!(d.dev.take_requests(&mut d.mem, 16), Ok(vec![]));
     d.init(8);
     // Odd sizes, misaligned and straddling accesses read 0, change nothing.
@@ -411,7 +411,7 @@ fn hostile_register_accesses_are_contained() {
     assert_eq!(d.rd(CONFIG_MSIX_VECTOR, 2), u64::from(NO_VECTOR));
     // The device still works.
     d.queue_request(req_type::IN, 15, &[(DATA, 512)], 8);
-    assert_eq!(d.wr(NOTIFY_OFFSET, 4, 0), Effect::Notify);
+    assert_eq!(d.wr(NOTIFY_OFFSET, 4, 0), Effect::Notify(0));
     let reqs = d.dev.take_requests(&mut d.mem, 16).unwrap();
     assert_eq!(reqs.len(), 1);
 
@@ -451,7 +451,7 @@ fn fuzz_bar_accesses_never_panic() {
                 d.rd(off, size);
             } else {
                 let v = if rng.chance(50) { rng.below(4) } else { rng.next() };
-                if d.wr(off, size, v) == Effect::Notify {
+                if d.wr(off, size, v) == Effect::Notify(0) {
                     // Rings in the fake RAM may be garbage: errors are fine.
                     if let Ok(reqs) = d.dev.take_requests(&mut d.mem, 8) {
                         for r in reqs {

@@ -28,7 +28,7 @@ const HOLE: u64 = 0x4000_0000;
 pub(super) struct Ram {
     pub(super) bytes: Vec<u8>,
     /// (gpa, len) of every write, for the fuzz checks.
-    writes: Vec<(u64, usize)>,
+    pub(super) writes: Vec<(u64, usize)>,
 }
 
 impl Ram {
@@ -246,7 +246,7 @@ impl Guest {
     }
 
     fn kick(&mut self) {
-        assert_eq!(self.wr(QUEUE_NOTIFY, 0), MmioEffect::Notify);
+        assert_eq!(self.wr(QUEUE_NOTIFY, 0), MmioEffect::Notify(0));
     }
 
     /// Submits a virtio-blk request: header, data, status; returns the head.
