@@ -424,8 +424,9 @@ fn read_only_users_share_a_disk() {
 /// `fs rep outsb` to the stub's UART prints the bytes at FS:SI, plain
 /// `rep outsb` those at DS:SI (`guests/bootsector/string_io.S`): without
 /// decode assists the hypervisor reads the segment from the instruction's
-/// prefixes (before, it always used ES). Also: the guest's control
-/// characters reach the console in caret notation.
+/// prefixes (before, it always used ES). With DF=1 it walks backwards, as
+/// hardware does. Also: the guest's control characters reach the console
+/// in caret notation.
 #[test]
 fn string_output_reads_from_the_segment_the_instruction_names() {
     let name = "string_output_reads_from_the_segment_the_instruction_names";
@@ -434,7 +435,7 @@ fn string_output_reads_from_the_segment_the_instruction_names() {
     let path = dir.join("disk0.img");
     write_file(&path, &image);
     let mut vm = start(name, &dir, &["phy:disk0,hda,w"], virtio_disk_args(&path, "disk0", false));
-    vm.expect_lines(&[r"^\(hvm1\) .*ds: ok$", r"^\(hvm1\) fs: ok$", r"domain \d+ \(hvm1\) powered off"]);
+    vm.expect_lines(&[r"^\(hvm1\) .*ds: ok$", r"^\(hvm1\) fs: ok$", r"^\(hvm1\) df: ok$", r"domain \d+ \(hvm1\) powered off"]);
     let text = vm.console_text();
     if text.contains("WRONG") {
         vm.fail("OUTS read from ES");

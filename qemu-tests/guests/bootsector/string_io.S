@@ -5,7 +5,10 @@
  * the CPU does not report the segment, so the hypervisor must read the
  * instruction's prefixes (it used ES before). Prints on COM1, through the
  * stub domain's UART, "ds: ok" and "fs: ok" (ES holds "es: WRONG", DS:0
- * the interrupt vector table), then powers off.
+ * the interrupt vector table), then "df: ok" with DF=1 (`std; rep
+ * outsb` walks backwards from the last byte of a reversed message: a
+ * hypervisor that ignored DF would print "\n" and then bytes past it),
+ * then powers off.
  */
     .code16
     .set COM1, 0x3f8
@@ -48,6 +51,12 @@ _start:
     xorw %si, %si
     movw $len_fs, %cx
     fs rep outsb
+    /* DF=1: from the last byte of "\nko :fd" down to its first. */
+    movw $msg_rev + len_rev - 1, %si
+    movw $len_rev, %cx
+    std
+    rep outsb
+    cld
     /* Power off: S5 through PM1a control. */
     movw $PM1A_CNT, %dx
     movw $(5 << 10) | (1 << 13), %ax
@@ -61,6 +70,8 @@ msg_es: .ascii "es: WRONG\n"
     .set len_es, . - msg_es
 msg_fs: .ascii "fs: ok\n"
     .set len_fs, . - msg_fs
+msg_rev: .ascii "\nko :fd"
+    .set len_rev, . - msg_rev
 
     .org 510
     .byte 0x55, 0xaa
