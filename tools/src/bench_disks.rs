@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub const USAGE: &str = "\
-    ferrite bench disks [--write] [--no-build] [--no-pvh] [--no-nbd] [--no-hvm] [--no-bare]
+    ferrite bench disks [--write] [--no-build] [--no-pvh] [--no-nbd] [--no-hvm] [--no-bare] [--null-disks]
         Boot Debian's Linux under -icount shift=0,sleep=off on every disk
         path (PVH virtio-blk on a host disk, PVH virtio-blk on qemu-nbd, HVM
         IDE DMA and HVM virtio-blk in the stub domain, and bare QEMU as the
@@ -44,6 +44,9 @@ pub const USAGE: &str = "\
         beside a dd from /dev/zero to /dev/null and a rep movsl copy in the
         same guest. Takes several minutes per scenario. --write updates its
         section of BENCHMARKS.md; --no-build uses target/baremetal as it is.
+        --null-disks backs the host disks with QEMU's null-co driver (no
+        host file I/O; not the NBD export), to see how much of a figure is
+        the wait for QEMU's I/O thread.
 ";
 
 pub const BEGIN_MARKER: &str = "<!-- ferrite bench disks: begin generated results -->";
@@ -76,10 +79,12 @@ pub struct Args {
     pub nbd: bool,
     pub hvm: bool,
     pub bare: bool,
+    /// Back the host disks with QEMU's `null-co` driver (`--null-disks`).
+    pub null: bool,
 }
 
 pub fn parse_args(args: &[String]) -> Result<Args> {
-    let mut a = Args { write: false, prebuilt: false, pvh: true, nbd: true, hvm: true, bare: true };
+    let mut a = Args { write: false, prebuilt: false, pvh: true, nbd: true, hvm: true, bare: true, null: false };
     for w in args {
         match w.as_str() {
             "--write" => a.write = true,
@@ -88,6 +93,7 @@ pub fn parse_args(args: &[String]) -> Result<Args> {
             "--no-nbd" => a.nbd = false,
             "--no-hvm" => a.hvm = false,
             "--no-bare" => a.bare = false,
+            "--null-disks" => a.null = true,
             other => bail!("unknown option {other:?} for `ferrite bench disks` (see `ferrite help`)"),
         }
     }
@@ -150,7 +156,7 @@ for round in $(seq 1 __ROUNDS__); do
 for d in $disks; do
     [ -b /dev/$d ] || continue
     q=/sys/block/$d/queue
-    echo "DISKBENCH-QUEUE $d max_segments=$(cat $q/max_segments) max_segment_size=$(cat $q/max_segment_size) max_sectors_kb=$(cat $q/max_sectors_kb) nr_requests=$(cat $q/nr_requests)"
+    [ "$round" = 1 ] && echo "DISKBENCH-QUEUE $d max_segments=$(cat $q/max_segments) max_segment_size=$(cat $q/max_segment_size) max_sectors_kb=$(cat $q/max_sectors_kb) nr_requests=$(cat $q/nr_requests)"
     for s in __SEQ__; do
         label=${s%%:*}; rest=${s#*:}; bs=${rest%%:*}; mib=${rest#*:}
         n=$(( (mib << 20) / bs ))
@@ -278,9 +284,12 @@ impl Report {
     pub fn zero_per_mib(&self, label: &str) -> Option<f64> {
         self.per_mib("-", &format!("zero_{label}"), &format!("zero_open_{label}"))
     }
-    /// Requests the guest's driver completed during `name` on `disk`.
+    /// Requests the guest's driver completed during the best round of
+    /// `name` on `disk` (its `DISKBENCH-IOS` line follows the round's).
     pub fn driver_requests(&self, disk: &str, name: &str) -> Option<u64> {
-        self.ios.iter().find(|i| i.0 == disk && i.1 == name).map(|i| i.2 + i.3)
+        let rounds = self.lines.iter().filter(|l| l.disk == disk && l.name == name);
+        let best = rounds.enumerate().min_by_key(|(_, l)| l.ticks)?.0;
+        self.ios.iter().filter(|i| i.0 == disk && i.1 == name).nth(best).map(|i| i.2 + i.3)
     }
     /// Random 4 KiB reads: instructions per request (best round).
     pub fn rand_per_request(&self, disk: &str) -> Option<f64> {
@@ -391,11 +400,21 @@ fn disk_image(path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn drive_args(path: &Path, id: &str) -> Vec<String> {
-    let file = path.display().to_string().replace(',', ",,");
+/// The `-drive` option for image `path` (or, with `null`, QEMU's `null-co`
+/// driver of the same size: reads give zeros, writes are dropped, and no
+/// host file I/O happens) attached as `if`.
+fn drive_spec(path: &Path, null: bool, attach: &str) -> String {
+    if null {
+        format!("driver=null-co,size={},read-zeroes=on,{attach}", DISK_MIB << 20)
+    } else {
+        format!("file={},format=raw,{attach}", path.display().to_string().replace(',', ",,"))
+    }
+}
+
+fn drive_args(path: &Path, id: &str, null: bool) -> Vec<String> {
     vec![
         "-drive".into(),
-        format!("file={file},if=none,id={id},format=raw"),
+        drive_spec(path, null, &format!("if=none,id={id}")),
         "-device".into(),
         format!("virtio-blk-pci,drive={id},serial={id}"),
     ]
@@ -481,7 +500,7 @@ pub struct Run {
     pub wall: Duration,
 }
 
-fn run_scenario(s: Scenario, images: &build::HypervisorImages, guest: &Guest, dir: &Path) -> Result<Run> {
+fn run_scenario(s: Scenario, images: &build::HypervisorImages, guest: &Guest, dir: &Path, null: bool) -> Result<Run> {
     let sdir = dir.join(s.key());
     std::fs::create_dir_all(&sdir)?;
     let copy = |from: &Path, name: &str| -> Result<PathBuf> {
@@ -503,7 +522,7 @@ fn run_scenario(s: Scenario, images: &build::HypervisorImages, guest: &Guest, di
                 _nbd = Some(server);
                 (target, link.qemu_args)
             } else {
-                ("phy:bench".to_string(), drive_args(&disk, "bench"))
+                ("phy:bench".to_string(), drive_args(&disk, "bench", null))
             };
             let cfg = sdir.join("disks.cfg");
             std::fs::write(&cfg, pvh_config(s, &target))?;
@@ -522,18 +541,18 @@ fn run_scenario(s: Scenario, images: &build::HypervisorImages, guest: &Guest, di
             if !rom.is_file() {
                 bail!("{} is missing: sudo apt-get install qemu-system-data", rom.display());
             }
-            let mut extra = drive_args(&ide, "ide0");
-            extra.extend(drive_args(&vblk, "vblk0"));
+            let mut extra = drive_args(&ide, "ide0", null);
+            extra.extend(drive_args(&vblk, "vblk0", null));
             ferrite_qemu(&images.multiboot, &[&cfg, &kernel, &initrd, &images.stubdom, &bios, &rom], extra)
         }
         Scenario::Bare => {
             let (vblk, ide) = (sdir.join("vblk0.img"), sdir.join("ide0.img"));
             disk_image(&vblk)?;
             disk_image(&ide)?;
-            let mut extra = drive_args(&vblk, "vblk0");
+            let mut extra = drive_args(&vblk, "vblk0", null);
             extra.extend([
                 "-drive".to_string(),
-                format!("file={},format=raw,if=ide", ide.display().to_string().replace(',', ",,")),
+                drive_spec(&ide, null, "if=ide"),
                 "-icount".to_string(),
                 ICOUNT.to_string(),
             ]);
@@ -727,7 +746,10 @@ pub fn main(args: &Args) -> Result<()> {
     crate::deps::require(&[crate::deps::QEMU])?;
     let images =
         if args.prebuilt { bench::prebuilt_images(Profile::Release)? } else { build::build_hypervisor(Profile::Release)? };
-    let dir = build::workspace_root().join("target").join("bench").join("disks");
+    if args.null && args.write {
+        bail!("--null-disks is an experiment beside the real figures; it does not --write");
+    }
+    let dir = build::workspace_root().join("target").join("bench").join(if args.null { "disks-null" } else { "disks" });
     std::fs::create_dir_all(&dir)?;
     let guest = guest_files(&dir)?;
     let mut runs = Vec::new();
@@ -737,7 +759,7 @@ pub fn main(args: &Args) -> Result<()> {
         if !on {
             continue;
         }
-        match run_scenario(s, &images, &guest, &dir) {
+        match run_scenario(s, &images, &guest, &dir, args.null) {
             Ok(run) => {
                 eprintln!("{}: done (wall {:.0?})", s.key(), run.wall);
                 print!("{}", text(std::slice::from_ref(&run)));
