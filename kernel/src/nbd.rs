@@ -135,6 +135,8 @@ impl NbdDisk {
         if len <= max || op == NbdOp::Flush {
             OUTSTANDING.fetch_add(1, Ordering::SeqCst);
             inner.queue.push_back(Pending { op, offset, len, buffer });
+            drop(inner);
+            net::transfer_queued();
             return;
         }
         let pieces = len.div_ceil(max);
@@ -145,6 +147,8 @@ impl NbdDisk {
             OUTSTANDING.fetch_add(1, Ordering::SeqCst);
             inner.queue.push_back(Pending { op, offset: offset + u64::from(start), len: max.min(len - start), buffer: piece });
         }
+        drop(inner);
+        net::transfer_queued();
     }
 
     /// Marks the disk failed and takes every queued request off it.

@@ -109,6 +109,13 @@ pub fn poll_while_transferring() -> bool {
     true
 }
 
+/// A service has queued data to move: idle CPUs poll the stack from now
+/// on (the next poll recomputes the flag), rather than halting until CPU
+/// 0's next poller run (up to `ACTIVE_POLL_US` later).
+pub fn transfer_queued() {
+    TRANSFERRING.store(true, core::sync::atomic::Ordering::Relaxed);
+}
+
 /// Moves packets and runs the services (any CPU; one at a time).
 pub fn poll() {
     let Some(mut guard) = STACK.try_lock() else { return };

@@ -55,6 +55,7 @@ USAGE:
 /// `ferrite help` for `bench` (kept apart from [`USAGE`] to keep edits small).
 pub const BENCH_USAGE: &str = crate::bench::USAGE;
 pub const BENCH_SCHED_USAGE: &str = crate::bench_sched::USAGE;
+pub const BENCH_DISKS_USAGE: &str = crate::bench_disks::USAGE;
 
 /// Which accelerator the user asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -115,6 +116,8 @@ pub enum Cmd {
     Bench(crate::bench::BenchArgs),
     /// `ferrite bench sched ...`.
     BenchSched(crate::bench_sched::Args),
+    /// `ferrite bench disks ...`.
+    BenchDisks(crate::bench_disks::Args),
     Stress(crate::stress::StressArgs),
     /// `ferrite xl ...`: the arguments after `xl`, parsed by the binary's
     /// `xl` module.
@@ -184,6 +187,9 @@ pub fn parse<I: IntoIterator<Item = S>, S: Into<String>>(argv: I) -> Result<Cmd>
             let rest = args.rest();
             if rest.first().map(String::as_str) == Some("sched") {
                 return Ok(Cmd::BenchSched(crate::bench_sched::parse_args(&rest[1..])?));
+            }
+            if rest.first().map(String::as_str) == Some("disks") {
+                return Ok(Cmd::BenchDisks(crate::bench_disks::parse_args(&rest[1..])?));
             }
             return Ok(Cmd::Bench(crate::bench::parse_args(&rest)?));
         }
@@ -324,6 +330,7 @@ mod tests {
         assert_eq!(parse(["bench", "sched", "--write"]).unwrap(), Cmd::BenchSched(sched));
         assert!(matches!(parse(["bench", "--write"]).unwrap(), Cmd::Bench(_)));
         assert!(parse(["bench", "sched", "--no-hvm"]).is_err());
+        assert!(matches!(parse(["bench", "disks", "--no-nbd"]).unwrap(), Cmd::BenchDisks(a) if !a.nbd && a.pvh));
     }
 
     #[test]

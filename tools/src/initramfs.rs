@@ -837,6 +837,16 @@ pub fn kernel_modules(root: &Path, wanted: &[&str]) -> Result<Vec<(String, Vec<u
 /// A busybox initramfs with `init_script` as `/init` plus kernel modules
 /// under `/modules` and their load order in `/modules.order`.
 pub fn busybox_initramfs_with_modules(init_script: &str, modules: &[(String, Vec<u8>)]) -> Result<Vec<u8>, String> {
+    busybox_initramfs_with_modules_and_programs(init_script, modules, &[])
+}
+
+/// [`busybox_initramfs_with_modules`] plus `programs`, (name, contents)
+/// written as `bin/<name>` with mode 0755.
+pub fn busybox_initramfs_with_modules_and_programs(
+    init_script: &str,
+    modules: &[(String, Vec<u8>)],
+    programs: &[(&str, &[u8])],
+) -> Result<Vec<u8>, String> {
     let path = debian_busybox()?;
     let busybox = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let mut w = busybox_tree(&busybox)?;
@@ -848,6 +858,9 @@ pub fn busybox_initramfs_with_modules(init_script: &str, modules: &[(String, Vec
         order.push('\n');
     }
     w.file("modules.order", 0o644, order.as_bytes())?;
+    for (name, bytes) in programs {
+        w.file(&format!("bin/{name}"), 0o755, bytes)?;
+    }
     w.file("init", 0o755, init_script.as_bytes())?;
     Ok(w.finish())
 }

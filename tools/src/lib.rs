@@ -19,10 +19,12 @@
 //!   (the toolstack's end of `file:` disks), and its background start;
 //! * [`bench`]: `ferrite bench`, exit round-trip costs under `-icount`;
 //!   [`bench_sched`]: `ferrite bench sched`, IPI and wake-up latencies;
+//!   [`bench_disks`]: `ferrite bench disks`, disk requests on every path;
 //! * [`fuzz`]: `ferrite fuzz`, the coverage-instrumented build and run of
 //!   the fuzz driver (`fuzz/`).
 
 pub mod bench;
+pub mod bench_disks;
 pub mod bench_sched;
 pub mod build;
 pub mod cli;

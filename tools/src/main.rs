@@ -29,6 +29,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             print!("{}", cli::USAGE);
             print!("{}", cli::BENCH_USAGE);
             print!("{}", cli::BENCH_SCHED_USAGE);
+            print!("{}", cli::BENCH_DISKS_USAGE);
             print!("{}", ferrite_tools::stress::USAGE);
             print!("{}", ferrite_tools::nbd_server::USAGE);
             print!("{}", ferrite_tools::fuzz::USAGE);
@@ -47,6 +48,10 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
         }
         Cmd::BenchSched(args) => {
             ferrite_tools::bench_sched::main(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::BenchDisks(args) => {
+            ferrite_tools::bench_disks::main(&args)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Stress(args) => Ok(if ferrite_tools::stress::main(&args)? { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
