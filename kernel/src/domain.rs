@@ -95,6 +95,9 @@ pub struct Domain {
     pub(crate) role: Role,
     /// PVH: virtio-blk disks (`vdisk`), slot i at virtio-mmio window i.
     pub(crate) vdisks: Vec<Arc<crate::vdisk::VirtioDisk>>,
+    /// dom0: its channel to the management service, in the virtio-mmio
+    /// slot after its disks (`vsock`).
+    pub(crate) vsock: spin::Once<Arc<crate::vsock::VsockDevice>>,
     /// HVM: the PIC's INTR output as of its last change, so vCPU 0 can
     /// check it on every entry without taking the device lock.
     pic_output: core::sync::atomic::AtomicBool,
@@ -292,6 +295,12 @@ impl Domain {
         for d in &vdisks {
             layout.virtio_mmio[d.slot()] = true;
         }
+        // dom0 reaches the management service over vsock, with no network.
+        let vsock = (spec.privileged && vdisks.len() < ferrite_loader::acpi::MAX_VIRTIO_MMIO)
+            .then(|| crate::vsock::VsockDevice::new(vdisks.len()));
+        if let Some(v) = &vsock {
+            layout.virtio_mmio[v.slot()] = true;
+        }
         let opts = ferrite_loader::layout::LoadOptions {
             start_info_flags: if spec.privileged { 0b11 } else { 0 },
             platform: layout,
@@ -321,6 +330,11 @@ impl Domain {
         if let Err(e) = crate::hvm::check_disk_sharing(&domain.name, &wanted, Some(domain.id)) {
             domain.shut_down(DomainState::Crashed(e.clone()));
             return Err(e);
+        }
+        if let Some(v) = vsock {
+            let host: Arc<dyn crate::vdisk::DiskHost> = domain.clone();
+            v.register(Arc::downgrade(&host));
+            domain.vsock.call_once(|| v);
         }
         for d in &domain.vdisks {
             let d = &disks[d.slot()];
@@ -378,6 +392,7 @@ impl Domain {
             devices: Mutex::new(devices),
             role,
             vdisks,
+            vsock: spin::Once::new(),
             pic_output: core::sync::atomic::AtomicBool::new(false),
             ports,
             tsc_offset: core::sync::atomic::AtomicU64::new(0u64.wrapping_sub(crate::arch::cpu::rdtsc())),
@@ -1140,6 +1155,7 @@ impl Platform for VcpuPlatform<'_> {
         self.lapic_page(gpa).is_some()
             || (platform::IOAPIC_BASE..platform::IOAPIC_BASE + 0x1000).contains(&gpa)
             || crate::vdisk::at(&self.domain.vdisks, gpa).is_some()
+            || self.domain.vsock.get().is_some_and(|v| v.offset(gpa).is_some())
             // HVM: everything that is not RAM is some device's (or ROM).
             || (matches!(self.domain.role, Role::Hvm { .. }) && !self.domain.mem.contains(gpa, 1))
     }
@@ -1150,6 +1166,9 @@ impl Platform for VcpuPlatform<'_> {
         }
         if let Some((disk, off)) = crate::vdisk::at(&self.domain.vdisks, gpa) {
             return disk.mmio_read(off, size);
+        }
+        if let Some((v, off)) = self.domain.vsock.get().and_then(|v| Some((v, v.offset(gpa)?))) {
+            return v.mmio_read(off, size);
         }
         if !(platform::IOAPIC_BASE..platform::IOAPIC_BASE + 0x1000).contains(&gpa) {
             return self.remote_mmio(gpa, size, false, 0);
@@ -1169,6 +1188,10 @@ impl Platform for VcpuPlatform<'_> {
                 let host: Arc<dyn crate::vdisk::DiskHost> = domain;
                 disk.mmio_write(&host, off, size, value);
             }
+            return;
+        }
+        if let Some((v, off)) = self.domain.vsock.get().and_then(|v| Some((v, v.offset(gpa)?))) {
+            v.mmio_write(self.domain, off, size, value);
             return;
         }
         if !(platform::IOAPIC_BASE..platform::IOAPIC_BASE + 0x1000).contains(&gpa) {

@@ -33,6 +33,7 @@ mod stubdom;
 mod vcpu;
 mod vdisk;
 mod virt;
+mod vsock;
 
 use alloc::vec::Vec;
 use arch::{apic, cpu, fpu, gdt, idt, percpu, smp, time};
@@ -278,6 +279,7 @@ pub extern "C" fn kmain(magic: u32, info_paddr: u32, entry: u32) -> ! {
         opts.mgmt.key = Some(key);
     }
     if opts.mgmt.enabled {
+        mgmt::start_vsock(&opts.mgmt);
         match drivers::virtio_net::probe(pci_config, &pci_functions) {
             Some(nic) => {
                 net::init(nic, &opts.mgmt);
@@ -285,7 +287,7 @@ pub extern "C" fn kmain(magic: u32, info_paddr: u32, entry: u32) -> ! {
                 nbd::init();
                 sched::register_poller(sched::Poller { poll: net::poll, next_us: net::poll_delay_us });
             }
-            None => info!("net: no virtio-net NIC; the management service (ferrite xl) is off"),
+            None => info!("net: no virtio-net NIC; ferrite xl reaches the hypervisor from dom0 only (vsock)"),
         }
     }
 

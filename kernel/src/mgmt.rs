@@ -24,6 +24,7 @@ use ferrite_mgmt::{
     AuthThrottle, DomRef, DomainInfo, DomainState, ErrorCode, ErrorReply, FileHasher, FileMeta, HostInfo, Request, Response, Secret,
     ServedDisk, ServerSession, Trigger, Upload, UptimeInfo, VcpuInfo, VcpuState,
 };
+use ferrite_devmodel::virtio::vsock::{ConnId, ConnState as VsockConnState, VirtioVsock, VsockEvent};
 use log::{info, warn};
 use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
@@ -137,14 +138,7 @@ impl MgmtService {
     /// the key (it is hashed in) and never repeated (the counter).
     fn nonce(&mut self) -> [u8; 32] {
         self.nonces += 1;
-        let mut seed = Vec::with_capacity(64);
-        if let Some(s) = &self.secret {
-            seed.extend_from_slice(s.as_bytes());
-        }
-        seed.extend_from_slice(&cpu::rdtsc().to_le_bytes());
-        seed.extend_from_slice(&self.nonces.to_le_bytes());
-        seed.extend_from_slice(&time::uptime_ns().to_le_bytes());
-        FileHasher::digest(&seed)
+        fresh_nonce(self.secret.as_ref(), self.nonces)
     }
 
     fn poll_conn(&mut self, i: usize, sockets: &mut SocketSet<'static>, now_us: u64) {
@@ -183,8 +177,107 @@ impl MgmtService {
     }
 }
 
+/// A fresh challenge for a new client: unpredictable to anyone without the
+/// key (it is hashed in) and never repeated (`counter`).
+fn fresh_nonce(secret: Option<&Secret>, counter: u64) -> [u8; 32] {
+    let mut seed = Vec::with_capacity(64);
+    if let Some(s) = secret {
+        seed.extend_from_slice(s.as_bytes());
+    }
+    seed.extend_from_slice(&cpu::rdtsc().to_le_bytes());
+    seed.extend_from_slice(&counter.to_le_bytes());
+    seed.extend_from_slice(&time::uptime_ns().to_le_bytes());
+    FileHasher::digest(&seed)
+}
+
+/// Sessions over dom0's vsock (`vsock`): the same protocol and login as
+/// on TCP, polled on CPU 0 whether or not the host has a NIC.
+struct VsockSessions {
+    secret: Option<Secret>,
+    conns: Vec<VsockConn>,
+    throttle: AuthThrottle,
+    nonces: u64,
+}
+
+struct VsockConn {
+    id: ConnId,
+    session: ServerSession,
+    state: ConnState,
+}
+
+static VSOCK: spin::Mutex<Option<VsockSessions>> = spin::Mutex::new(None);
+
+/// Serves dom0's vsock connections (call once at boot, with the key).
+pub fn start_vsock(opts: &MgmtOptions) {
+    let secret = opts.key.map(Secret::from_bytes);
+    *VSOCK.lock() = Some(VsockSessions { secret, conns: Vec::new(), throttle: AuthThrottle::new(), nonces: 0 });
+    crate::sched::register_poller(crate::sched::Poller { poll: poll_vsock, next_us: || crate::vsock::busy().then_some(500) });
+}
+
+fn poll_vsock() {
+    let Some(mut guard) = VSOCK.try_lock() else { return };
+    let Some(svc) = guard.as_mut() else { return };
+    let now_us = time::uptime_us();
+    crate::vsock::serve(|model, events| {
+        for ev in events {
+            match ev {
+                VsockEvent::Incoming { conn, .. } => {
+                    if svc.conns.len() < CONNECTIONS && model.accept(conn) {
+                        svc.nonces += 1;
+                        // Without a key no proof can succeed: a random one stands in.
+                        let nonce = fresh_nonce(svc.secret.as_ref(), svc.nonces);
+                        let secret = svc.secret.clone().unwrap_or_else(|| Secret::from_bytes(fresh_nonce(None, svc.nonces)));
+                        svc.conns.push(VsockConn { id: conn, session: ServerSession::new(secret, nonce, now_us), state: ConnState::default() });
+                    } else {
+                        model.refuse(conn);
+                    }
+                }
+                VsockEvent::Readable { .. } | VsockEvent::Closed { .. } => {}
+            }
+        }
+        let VsockSessions { conns, throttle, .. } = svc;
+        for c in conns.iter_mut() {
+            drive(&mut c.session, &mut c.state, &mut VsockPipe { model: &mut *model, conn: c.id }, now_us, throttle);
+        }
+        conns.retain(|c| {
+            let over = model.state(c.id).is_none_or(|s| s == VsockConnState::Closed);
+            if over {
+                model.abort(c.id);
+            }
+            !over
+        });
+    });
+}
+
+/// A vsock connection as a session's pipe.
+struct VsockPipe<'a> {
+    model: &'a mut VirtioVsock,
+    conn: ConnId,
+}
+
+impl Pipe for VsockPipe<'_> {
+    fn recv(&mut self, take: &mut dyn FnMut(&[u8]) -> usize) -> usize {
+        self.model.recv_with(self.conn, |data| take(data))
+    }
+
+    fn send(&mut self, data: &[u8]) -> usize {
+        if data.is_empty() {
+            return 0;
+        }
+        self.model.send(self.conn, data)
+    }
+
+    fn peer_done(&self) -> bool {
+        !self.model.may_recv(self.conn)
+    }
+
+    fn close(&mut self) {
+        self.model.close(self.conn);
+    }
+}
+
 /// A management connection's byte stream, whatever carries it (TCP on the
-/// host NIC today).
+/// host NIC, or dom0's vsock).
 trait Pipe {
     /// Offers received bytes to `take`, which returns how many it used;
     /// returns that.

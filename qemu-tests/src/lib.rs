@@ -78,6 +78,37 @@ pub fn ferrite_exe() -> &'static Path {
     })
 }
 
+/// The `ferrite` command linked statically (glibc, `+crt-static`), built
+/// once into `target/static`: it runs inside a guest's busybox initramfs.
+pub fn ferrite_static_exe() -> &'static Path {
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    EXE.get_or_init(|| {
+        let root = build::workspace_root();
+        let target_dir = root.join("target").join("static");
+        let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--release", "-p", "ferrite-tools", "--bin", "ferrite", "--target", "x86_64-unknown-linux-gnu", "--target-dir"])
+            .arg(&target_dir)
+            .env("RUSTFLAGS", "-C target-feature=+crt-static")
+            .current_dir(&root)
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run cargo to build the static ferrite command: {e}"));
+        assert!(status.success(), "building the static ferrite command failed");
+        target_dir.join("x86_64-unknown-linux-gnu").join("release").join("ferrite")
+    })
+}
+
+/// Modules of Debian's kernel package at `root` that are not built in,
+/// with what they depend on (see `installed_disk::loadable_modules`).
+pub fn debian_modules(test: &str, root: &Path, wanted: &[&str]) -> Vec<(String, Vec<u8>)> {
+    let builtin = std::fs::read_dir(root.join("lib/modules"))
+        .ok()
+        .and_then(|mut d| d.next())
+        .and_then(|e| std::fs::read_to_string(e.ok()?.path().join("modules.builtin")).ok())
+        .unwrap_or_default();
+    let wanted = ferrite_tools::installed_disk::loadable_modules(wanted, &builtin);
+    ferrite_tools::initramfs::kernel_modules(root, &wanted).unwrap_or_else(|e| panic!("[{test}] {e}"))
+}
+
 /// Debian's cloud kernel (its bzImage, entered through the 64-bit boot
 /// protocol: a sixth of the ELF's size, which `xl create` uploads) and an
 /// initramfs with `virtio_mmio`, `virtio_blk` and `ext4` running
@@ -91,13 +122,7 @@ pub fn pvh_disk_guest(test: &str, dir: &Path) -> Option<(PathBuf, PathBuf)> {
     }
     let root = guest_images::fetch_debian_package("linux-image-cloud-amd64").unwrap();
     let vmlinux = guest_images::find_vmlinuz(&root).unwrap_or_else(|e| panic!("[{test}] {e}"));
-    let builtin = std::fs::read_dir(root.join("lib/modules"))
-        .ok()
-        .and_then(|mut d| d.next())
-        .and_then(|e| std::fs::read_to_string(e.ok()?.path().join("modules.builtin")).ok())
-        .unwrap_or_default();
-    let wanted = ferrite_tools::installed_disk::loadable_modules(&["virtio_mmio", "virtio_blk", "ext4"], &builtin);
-    let modules = initramfs::kernel_modules(&root, &wanted).unwrap_or_else(|e| panic!("[{test}] {e}"));
+    let modules = debian_modules(test, &root, &["virtio_mmio", "virtio_blk", "ext4"]);
     let image = initramfs::busybox_initramfs_with_modules(initramfs::PVH_DISK_INIT_SCRIPT, &modules)
         .unwrap_or_else(|e| panic!("[{test}] cannot build the initramfs: {e}"));
     let kernel = dir.join("vmlinux");

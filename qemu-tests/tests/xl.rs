@@ -544,3 +544,48 @@ fn a_reboot_loop_leaks_nothing_and_stalls_no_one() {
     }
     finish(vm, &target);
 }
+
+/// `ferrite xl` inside a Linux dom0 reaches the hypervisor over vsock,
+/// with no network at all (Ferrite has no NIC here): dom0 gets a
+/// virtio-vsock device in its DSDT, Linux's `vmw_vsock_virtio_transport`
+/// drives it, and the static `ferrite` command in dom0's initramfs logs in
+/// with the key and lists the domains.
+#[test]
+fn xl_in_dom0_reaches_the_hypervisor_over_vsock() {
+    let name = "xl_in_dom0_reaches_the_hypervisor_over_vsock";
+    let dir = test_dir(name);
+    if !ferrite_qemu_tests::debian_packages(name, &["linux-image-cloud-amd64", "busybox-static"]) {
+        return;
+    }
+    let root = ferrite_tools::guest_images::fetch_debian_package("linux-image-cloud-amd64").unwrap();
+    let vmlinuz = ferrite_tools::guest_images::find_vmlinuz(&root).unwrap();
+    let modules = ferrite_qemu_tests::debian_modules(name, &root, &["virtio_mmio", "vmw_vsock_virtio_transport"]);
+    let exe = std::fs::read(ferrite_qemu_tests::ferrite_static_exe()).expect("the static ferrite command");
+    let link = link::prepare(&dir, None).expect("management key");
+    let session = xl::read_session_file(&link.session_file).expect("session file");
+    let key = format!("{}\n", session.secret.to_hex());
+    // `bin` is in the busybox tree already.
+    let files: Vec<(&str, u32, &[u8])> =
+        vec![("etc/", 0o755, &[]), ("etc/ferrite/", 0o755, &[]), ("etc/ferrite/xl.key", 0o600, key.as_bytes()), ("bin/ferrite", 0o755, &exe)];
+    let image = ferrite_tools::initramfs::busybox_initramfs_with(ferrite_tools::initramfs::DOM0_XL_INIT_SCRIPT, &modules, &files)
+        .unwrap_or_else(|e| panic!("[{name}] {e}"));
+    let initrd = dir.join("dom0-xl.cpio");
+    std::fs::write(&initrd, image).unwrap();
+    let q = base_qemu()
+        .memory_mib(1024)
+        .smp(2)
+        .kernel(&images().multiboot)
+        .append(&format!("{BASE_CMDLINE} dom0_mem=256M"))
+        .module(ferrite_tools::modules::ModuleSpec::new(&vmlinuz, "console=ttyS0 loglevel=4"))
+        .module(ferrite_tools::modules::ModuleSpec::new(&initrd, ""))
+        .module(link.key_module.clone());
+    let mut vm = Vm::start_with_timeout(name, &dir, q, ferrite_qemu_tests::linux_vm_timeout());
+    vm.expect_lines(&[
+        r"^\(dom0\) FERRITE-XL-BEGIN$",
+        r"^\(dom0\) Name\s+ID\s+Mem\s+VCPUs\s+State\s+Time\(s\)",
+        r"^\(dom0\) dom0\s+0\s+256\s+2\s",
+        r"^\(dom0\) nr_cpus\s+: 2$",
+        r"^\(dom0\) FERRITE-XL-END",
+        r"domain 0 \(dom0\) powered off",
+    ]);
+}

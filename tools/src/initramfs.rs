@@ -773,6 +773,28 @@ fi
 poweroff -f
 "#;
 
+/// `/init` for a Linux dom0 that manages its Ferrite with `ferrite xl`
+/// over vsock (the modules in `/modules`, the `ferrite` command in
+/// `/bin`, the key in `/etc/ferrite/xl.key`): prints `xl list` and the
+/// `nr_cpus` line of `xl info` between marker lines, then powers off.
+pub const DOM0_XL_INIT_SCRIPT: &str = r#"#!/bin/sh
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+echo "FERRITE-INIT cpus=$(grep -c '^processor' /proc/cpuinfo)"
+for m in $(cat /modules.order); do
+    insmod "/modules/$m" || echo "FERRITE-MODULE-FAIL $m"
+done
+i=0
+while [ ! -e /dev/vsock ] && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+echo "FERRITE-XL-BEGIN"
+ferrite xl list 2>&1
+ferrite xl info 2>&1 | grep nr_cpus
+echo "FERRITE-XL-END $?"
+poweroff -f
+"#;
+
 /// The `depends=` list in a kernel module's `.modinfo`.
 pub fn module_depends(ko: &[u8]) -> Vec<String> {
     let key = b"depends=";
@@ -837,7 +859,7 @@ pub fn kernel_modules(root: &Path, wanted: &[&str]) -> Result<Vec<(String, Vec<u
 /// A busybox initramfs with `init_script` as `/init` plus kernel modules
 /// under `/modules` and their load order in `/modules.order`.
 pub fn busybox_initramfs_with_modules(init_script: &str, modules: &[(String, Vec<u8>)]) -> Result<Vec<u8>, String> {
-    busybox_initramfs_with_modules_and_programs(init_script, modules, &[])
+    busybox_initramfs_with(init_script, modules, &[])
 }
 
 /// [`busybox_initramfs_with_modules`] plus `programs`, (name, contents)
@@ -847,9 +869,28 @@ pub fn busybox_initramfs_with_modules_and_programs(
     modules: &[(String, Vec<u8>)],
     programs: &[(&str, &[u8])],
 ) -> Result<Vec<u8>, String> {
+    let paths: Vec<String> = programs.iter().map(|(name, _)| format!("bin/{name}")).collect();
+    let files: Vec<(&str, u32, &[u8])> = paths.iter().zip(programs).map(|(p, (_, bytes))| (p.as_str(), 0o755, *bytes)).collect();
+    busybox_initramfs_with(init_script, modules, &files)
+}
+
+/// [`busybox_initramfs_with_modules`] plus `files`: (path without the
+/// leading `/`, permissions, contents), in folders that must exist
+/// (`bin`, `etc`) or that the list creates first (a path ending in `/`).
+pub fn busybox_initramfs_with(init_script: &str, modules: &[(String, Vec<u8>)], files: &[(&str, u32, &[u8])]) -> Result<Vec<u8>, String> {
     let path = debian_busybox()?;
     let busybox = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let mut w = busybox_tree(&busybox)?;
+    for (path, perm, data) in files {
+        match path.strip_suffix('/') {
+            Some(dir) => {
+                w.dir(dir, *perm)?;
+            }
+            None => {
+                w.file(path, *perm, data)?;
+            }
+        }
+    }
     w.dir("modules", 0o755)?;
     let mut order = String::new();
     for (name, bytes) in modules {
@@ -858,9 +899,6 @@ pub fn busybox_initramfs_with_modules_and_programs(
         order.push('\n');
     }
     w.file("modules.order", 0o644, order.as_bytes())?;
-    for (name, bytes) in programs {
-        w.file(&format!("bin/{name}"), 0o755, bytes)?;
-    }
     w.file("init", 0o755, init_script.as_bytes())?;
     Ok(w.finish())
 }

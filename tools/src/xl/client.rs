@@ -11,12 +11,61 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
+/// The host's context ID, for `--host vsock` (dom0's channel).
+const VSOCK_HOST_CID: u32 = 2;
+
+/// The connection: TCP to the hypervisor's NIC, or dom0's vsock.
+pub enum Stream {
+    Tcp(TcpStream),
+    Vsock(vsock::VsockStream),
+}
+
+impl Stream {
+    fn try_clone(&self) -> std::io::Result<Stream> {
+        Ok(match self {
+            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
+            Stream::Vsock(s) => Stream::Vsock(s.try_clone()?),
+        })
+    }
+
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_read_timeout(timeout),
+            Stream::Vsock(s) => s.set_read_timeout(timeout),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Vsock(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Vsock(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.flush(),
+            Stream::Vsock(s) => s.flush(),
+        }
+    }
+}
+
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an answer may take (a `create` builds a whole domain).
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub struct Client {
-    stream: TcpStream,
+    stream: Stream,
     reader: FrameReader,
     /// Bytes read from the socket that the reader has not taken yet.
     pending: Vec<u8>,
@@ -26,6 +75,18 @@ pub struct Client {
 impl Client {
     /// Connects and logs in.
     pub fn connect(target: &Target) -> Result<Client> {
+        if target.host == super::target::VSOCK_HOST {
+            // dom0: the hypervisor's vsock device, no network needed.
+            let addr = format!("vsock {}:{}", VSOCK_HOST_CID, target.port);
+            let stream = vsock::VsockStream::connect_with_cid_port(VSOCK_HOST_CID, u32::from(target.port)).map_err(|e| {
+                anyhow!("cannot reach the Ferrite management service over vsock: {e}; is this dom0 of a Ferrite, with the vsock modules loaded (modprobe vmw_vsock_virtio_transport)?")
+            })?;
+            let stream = Stream::Vsock(stream);
+            stream.set_read_timeout(Some(ANSWER_TIMEOUT)).context("cannot set a socket timeout")?;
+            let mut client = Client { stream, reader: FrameReader::new(), pending: Vec::new(), addr };
+            client.log_in(target)?;
+            return Ok(client);
+        }
         let addr = target.addr();
         let unreachable = |e: &dyn std::fmt::Display| {
             anyhow!(
@@ -53,7 +114,7 @@ impl Client {
         };
         let _ = stream.set_nodelay(true);
         stream.set_read_timeout(Some(ANSWER_TIMEOUT)).context("cannot set a socket timeout")?;
-        let mut client = Client { stream, reader: FrameReader::new(), pending: Vec::new(), addr };
+        let mut client = Client { stream: Stream::Tcp(stream), reader: FrameReader::new(), pending: Vec::new(), addr };
         client.log_in(target)?;
         Ok(client)
     }
@@ -124,7 +185,7 @@ impl Client {
     }
 
     /// A second handle on the socket, for a thread that only writes.
-    pub fn writer(&self) -> Result<TcpStream> {
+    pub fn writer(&self) -> Result<Stream> {
         self.stream.try_clone().context("cannot duplicate the connection")
     }
 

@@ -11,7 +11,7 @@ use super::client::Client;
 use anyhow::{bail, Context, Result};
 use ferrite_mgmt::{encode_request, DomRef, Request, Response};
 use std::io::{Read, Write};
-use std::net::TcpStream;
+
 use std::process::{Command, Stdio};
 
 /// Ctrl-]: detaches, as in xl.
@@ -50,7 +50,7 @@ impl Drop for RawTerminal {
 /// Sends what is typed: bytes before Ctrl-] as input, then the detach.
 /// End of input (a pipe, not a terminal) stops the forwarding but not the
 /// attachment, as with xl.
-fn forward_input(mut input: Box<dyn Read + Send>, mut conn: TcpStream) {
+fn forward_input(mut input: Box<dyn Read + Send>, mut conn: super::client::Stream) {
     let mut buf = [0u8; 1024];
     loop {
         let n = match input.read(&mut buf) {

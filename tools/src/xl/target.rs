@@ -13,6 +13,9 @@ pub const ENV_KEY_FILE: &str = "FERRITE_XL_KEY_FILE";
 /// The key used when nothing else names one (a Ferrite installed on a host).
 pub const SYSTEM_KEY_FILE: &str = "/etc/ferrite/xl.key";
 pub const DEFAULT_HOST: &str = "127.0.0.1";
+/// The host name meaning dom0's vsock channel to the hypervisor (the
+/// default inside a Ferrite dom0, which has `/dev/vsock`).
+pub const VSOCK_HOST: &str = "vsock";
 
 /// `<workspace>/target/ferrite-up/xl-session`: written by `ferrite up` for
 /// the Ferrite it boots, so `ferrite xl` finds it with no options.
@@ -158,7 +161,7 @@ pub fn resolve(
         .clone()
         .or_else(|| env(ENV_HOST).filter(|h| !h.is_empty()))
         .or_else(|| session.as_ref().map(|s| s.host.clone()))
-        .unwrap_or_else(|| DEFAULT_HOST.to_string());
+        .unwrap_or_else(|| if Path::new("/dev/vsock").exists() { VSOCK_HOST } else { DEFAULT_HOST }.to_string());
     let port = match (opts.port, env(ENV_PORT).filter(|p| !p.is_empty())) {
         (Some(p), _) => p,
         (None, Some(p)) => p.trim().parse().map_err(|_| anyhow::anyhow!("{ENV_PORT}={p:?} is not a port number"))?,

@@ -1,0 +1,142 @@
+//! dom0's channel to the hypervisor: a virtio-vsock device (virtio-mmio,
+//! in dom0's DSDT like its disks, `ferrite_devmodel::virtio::vsock`) whose
+//! stream connections to host port [`MGMT_PORT`] the management service
+//! serves (`mgmt::poll_vsock`). Only dom0 gets one, so `ferrite xl` in
+//! dom0 needs no network at all.
+//!
+//! The guest's notifies take its packets in (on its vCPU); the service,
+//! polled on CPU 0, reads and writes the connections and moves the replies
+//! into the guest's receive buffers. What the device needs of its domain
+//! is `vdisk::DiskHost` (memory and interrupt lines).
+
+use crate::vdisk::DiskHost;
+use alloc::sync::{Arc, Weak};
+use alloc::vec::Vec;
+use ferrite_devmodel::dma::{DmaError, GuestMemoryAccess};
+use ferrite_devmodel::virtio::vsock::{VirtioVsock, VirtioVsockMmio, VsockEvent};
+use ferrite_devmodel::virtio::Effect;
+use ferrite_loader::acpi::{virtio_mmio_base, virtio_mmio_gsi};
+use log::warn;
+use spin::Mutex;
+
+/// dom0's context ID (the first a guest may have).
+pub const DOM0_CID: u64 = 3;
+/// The host port `ferrite xl` connects to, as on TCP.
+pub const MGMT_PORT: u32 = 7070;
+
+pub struct VsockDevice {
+    slot: usize,
+    state: Mutex<State>,
+}
+
+struct State {
+    model: VirtioVsockMmio,
+    /// What the guest did that the service has not seen yet.
+    events: Vec<VsockEvent>,
+    line: bool,
+    errors_logged: u32,
+}
+
+/// dom0's device and dom0 itself, weakly (they go when dom0 does).
+type Dom0Device = (Weak<VsockDevice>, Weak<dyn DiskHost>);
+
+/// The domain that has the device (dom0), for the service.
+static DOM0: Mutex<Option<Dom0Device>> = Mutex::new(None);
+
+struct GuestRam<'a>(&'a crate::mm::guest::GuestMemory);
+
+impl GuestMemoryAccess for GuestRam<'_> {
+    fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), DmaError> {
+        self.0.read(gpa, buf).map_err(|_| DmaError::OutOfRange { gpa, len: buf.len() as u64 })
+    }
+    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), DmaError> {
+        self.0.write(gpa, data).map_err(|_| DmaError::OutOfRange { gpa, len: data.len() as u64 })
+    }
+}
+
+impl VsockDevice {
+    /// A device at virtio-mmio slot `slot`.
+    pub fn new(slot: usize) -> Arc<VsockDevice> {
+        let model = VirtioVsockMmio::new(DOM0_CID, &[MGMT_PORT]);
+        Arc::new(VsockDevice { slot, state: Mutex::new(State { model, events: Vec::new(), line: false, errors_logged: 0 }) })
+    }
+
+    pub fn slot(&self) -> usize {
+        self.slot
+    }
+
+    /// Makes this dom0's device, the one the service serves.
+    pub fn register(self: &Arc<Self>, host: Weak<dyn DiskHost>) {
+        *DOM0.lock() = Some((Arc::downgrade(self), host));
+    }
+
+    /// The offset in this device's window, if `gpa` is in it.
+    pub fn offset(&self, gpa: u64) -> Option<u64> {
+        let base = virtio_mmio_base(self.slot);
+        (base..base + 0x1000).contains(&gpa).then(|| gpa - base)
+    }
+
+    pub fn mmio_read(&self, offset: u64, size: u8) -> u64 {
+        if offset >= VirtioVsockMmio::WINDOW_LEN {
+            return 0;
+        }
+        self.state.lock().model.read(offset, size)
+    }
+
+    /// A guest write into the window; a notify takes the guest's packets
+    /// in (and refills its receive side).
+    pub fn mmio_write(&self, host: &dyn DiskHost, offset: u64, size: u8, value: u64) {
+        if offset >= VirtioVsockMmio::WINDOW_LEN {
+            return;
+        }
+        let mut st = self.state.lock();
+        if let Effect::Notify(_) = st.model.write(offset, size, value) {
+            let State { model, events, .. } = &mut *st;
+            let result = model.process(&mut GuestRam(host.memory()), events);
+            if let Err(e) = result {
+                st.log_guest_error(host, &e);
+            }
+        }
+        self.update_line(&mut st, host);
+    }
+
+    fn update_line(&self, st: &mut State, host: &dyn DiskHost) {
+        let level = st.model.irq_level();
+        if level != st.line {
+            st.line = level;
+            host.set_gsi(virtio_mmio_gsi(self.slot), level);
+        }
+    }
+}
+
+impl State {
+    fn log_guest_error(&mut self, host: &dyn DiskHost, e: &dyn core::fmt::Display) {
+        if self.errors_logged < 8 {
+            self.errors_logged += 1;
+            warn!("{}: vsock: {}; the device needs a reset", host.name(), e);
+        }
+    }
+}
+
+/// Runs `f` on dom0's device with the events since the last call, then
+/// moves what `f` sent into dom0's receive buffers. Nothing when dom0 has
+/// no device (or is gone).
+pub fn serve(f: impl FnOnce(&mut VirtioVsock, Vec<VsockEvent>)) {
+    let Some((dev, host)) = DOM0.lock().as_ref().and_then(|(d, h)| Some((d.upgrade()?, h.upgrade()?))) else { return };
+    let mut st = dev.state.lock();
+    let events = core::mem::take(&mut st.events);
+    f(&mut st.model, events);
+    let flushed = st.model.flush(&mut GuestRam(host.memory()));
+    if let Err(e) = flushed {
+        st.log_guest_error(&*host, &e);
+    }
+    dev.update_line(&mut st, &*host);
+}
+
+/// Whether dom0 has a device with anything open (the service then polls
+/// it often).
+pub fn busy() -> bool {
+    let Some(dev) = DOM0.lock().as_ref().and_then(|(d, _)| d.upgrade()) else { return false };
+    let st = dev.state.lock();
+    !st.events.is_empty() || st.model.connections() > 0
+}
