@@ -549,7 +549,8 @@ fn a_reboot_loop_leaks_nothing_and_stalls_no_one() {
 /// with no network at all (Ferrite has no NIC here): dom0 gets a
 /// virtio-vsock device in its DSDT, Linux's `vmw_vsock_virtio_transport`
 /// drives it, and the static `ferrite` command in dom0's initramfs logs in
-/// with the key and lists the domains.
+/// with the key, lists the domains, creates one from a config and kernel
+/// in dom0's files (uploaded over vsock) and sees it listed and running.
 #[test]
 fn xl_in_dom0_reaches_the_hypervisor_over_vsock() {
     let name = "xl_in_dom0_reaches_the_hypervisor_over_vsock";
@@ -564,9 +565,17 @@ fn xl_in_dom0_reaches_the_hypervisor_over_vsock() {
     let link = link::prepare(&dir, None).expect("management key");
     let session = xl::read_session_file(&link.session_file).expect("session file");
     let key = format!("{}\n", session.secret.to_hex());
+    let guest = std::fs::read(guest_module("console_button", &dir).path).unwrap();
+    let cfg = "name = \"made\"\ntype = \"pvh\"\nkernel = \"console_button.elf\"\nmemory = 16\n";
     // `bin` is in the busybox tree already.
-    let files: Vec<(&str, u32, &[u8])> =
-        vec![("etc/", 0o755, &[]), ("etc/ferrite/", 0o755, &[]), ("etc/ferrite/xl.key", 0o600, key.as_bytes()), ("bin/ferrite", 0o755, &exe)];
+    let files: Vec<(&str, u32, &[u8])> = vec![
+        ("etc/", 0o755, &[]),
+        ("etc/ferrite/", 0o755, &[]),
+        ("etc/ferrite/xl.key", 0o600, key.as_bytes()),
+        ("etc/ferrite/made.cfg", 0o644, cfg.as_bytes()),
+        ("etc/ferrite/console_button.elf", 0o644, &guest),
+        ("bin/ferrite", 0o755, &exe),
+    ];
     let image = ferrite_tools::initramfs::busybox_initramfs_with(ferrite_tools::initramfs::DOM0_XL_INIT_SCRIPT, &modules, &files)
         .unwrap_or_else(|e| panic!("[{name}] {e}"));
     let initrd = dir.join("dom0-xl.cpio");
@@ -586,6 +595,11 @@ fn xl_in_dom0_reaches_the_hypervisor_over_vsock() {
         r"^\(dom0\) dom0\s+0\s+256\s+2\s",
         r"^\(dom0\) nr_cpus\s+: 2$",
         r"^\(dom0\) FERRITE-XL-END",
+        r"^\(dom0\) FERRITE-XL-CREATE 0$",
+        r"^\(dom0\) made\s+\d+\s+16\s+1\s",
         r"domain 0 \(dom0\) powered off",
     ]);
+    if !vm.console_text().contains("(made) console_button ready") {
+        vm.fail("the domain created from dom0 did not start");
+    }
 }

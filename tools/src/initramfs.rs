@@ -776,7 +776,9 @@ poweroff -f
 /// `/init` for a Linux dom0 that manages its Ferrite with `ferrite xl`
 /// over vsock (the modules in `/modules`, the `ferrite` command in
 /// `/bin`, the key in `/etc/ferrite/xl.key`): prints `xl list` and the
-/// `nr_cpus` line of `xl info` between marker lines, then powers off.
+/// `nr_cpus` line of `xl info` between marker lines; with
+/// `/etc/ferrite/made.cfg`, creates that domain and lists again; then
+/// powers off.
 pub const DOM0_XL_INIT_SCRIPT: &str = r#"#!/bin/sh
 export PATH=/bin
 mount -t proc proc /proc
@@ -792,6 +794,11 @@ echo "FERRITE-XL-BEGIN"
 ferrite xl list 2>&1
 ferrite xl info 2>&1 | grep nr_cpus
 echo "FERRITE-XL-END $?"
+if [ -f /etc/ferrite/made.cfg ]; then
+    ferrite xl create /etc/ferrite/made.cfg 2>&1
+    echo "FERRITE-XL-CREATE $?"
+    ferrite xl list 2>&1
+fi
 poweroff -f
 "#;
 
