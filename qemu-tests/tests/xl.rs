@@ -59,6 +59,19 @@ fn xl(target: &Target, args: &[&str]) -> (String, String, bool) {
     xl_with_input(target, args, None, Captured::default())
 }
 
+/// Free host memory and the hypervisor's heap in use, in bytes, as
+/// `xl info` reports them.
+fn host_memory(target: &Target) -> (u64, u64) {
+    let (out, err, ok) = xl(target, &["info"]);
+    assert!(ok, "xl info: {err}");
+    let field = |key: &str| -> u64 {
+        out.lines()
+            .find_map(|l| l.strip_prefix(key).map(|v| v.trim_start_matches([' ', ':']).trim().parse::<u64>().unwrap()))
+            .unwrap_or_else(|| panic!("no {key} in xl info:\n{out}"))
+    };
+    (field("free_bytes"), field("heap_used_bytes"))
+}
+
 /// Two domains of `guests/console_button.S`: `guest`, which the test
 /// manages, and `keeper`, which keeps Ferrite running (with `debug_exit=`
 /// it ends when its last domain does) until the test destroys it last.
@@ -322,16 +335,6 @@ fn create_destroy_cycles_leak_no_host_memory() {
     std::fs::write(&pvh, "name = \"cycle\"\ntype = \"pvh\"\nkernel = \"console_button.elf\"\nmemory = 16\n").unwrap();
     let hvm = dir.join("cycle-hvm.cfg");
     std::fs::write(&hvm, "name = \"cycle\"\ntype = \"hvm\"\nmemory = 32\nboot = \"c\"\n").unwrap();
-    let measure = |target: &Target| {
-        let (out, err, ok) = xl(target, &["info"]);
-        assert!(ok, "xl info: {err}");
-        let field = |key: &str| -> u64 {
-            out.lines()
-                .find_map(|l| l.strip_prefix(key).map(|v| v.trim_start_matches([' ', ':']).trim().parse::<u64>().unwrap()))
-                .unwrap_or_else(|| panic!("no {key} in xl info:\n{out}"))
-        };
-        (field("free_bytes"), field("heap_used_bytes"))
-    };
     let cycle = |i: usize| {
         let cfg = if i % 2 == 0 { &pvh } else { &hvm };
         let (out, err, ok) = xl(&target, &["create", &cfg.display().to_string()]);
@@ -343,12 +346,12 @@ fn create_destroy_cycles_leak_no_host_memory() {
     for i in 0..4 {
         cycle(i);
     }
-    let before = measure(&target);
+    let before = host_memory(&target);
     let start = Instant::now();
     for i in 0..cycles {
         cycle(i);
     }
-    let after = measure(&target);
+    let after = host_memory(&target);
     eprintln!("{cycles} cycles in {:.1} s; free bytes {} -> {}, heap used {} -> {}", start.elapsed().as_secs_f64(), before.0, after.0, before.1, after.1);
     if after != before {
         vm.fail(&format!("host memory leaked over {cycles} create/destroy cycles: free {} -> {} bytes, heap used {} -> {} bytes", before.0, after.0, before.1, after.1));
@@ -471,6 +474,19 @@ fn xl_create_serves_file_disks_over_nbd() {
     finish(vm, &target);
 }
 
+/// Destroys `name` (if it is being rebuilt just then, once rebuilt) and
+/// waits until it is no longer listed.
+fn destroy_and_wait(vm: &mut Vm, target: &Target, name: &str) {
+    let (_, err, ok) = xl(target, &["destroy", name]);
+    assert!(ok, "xl destroy {name}: {err}");
+    vm.expect_lines(&[&format!(r"domain \d+ \({name}\) (destroyed|restarted as domain \d+, which was destroyed meanwhile)")]);
+    let start = Instant::now();
+    while xl(target, &["list"]).0.contains(&format!("{name} ")) {
+        assert!(start.elapsed() < Duration::from_secs(60), "the destroyed domain {name} is still listed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A guest that resets itself as soon as it starts, with
 /// `on_reboot='restart'` (`guests/reboot_loop.S`): Ferrite rebuilds it 50
 /// times while a ticker keeps running, and once it is destroyed the host
@@ -489,31 +505,14 @@ fn a_reboot_loop_leaks_nothing_and_stalls_no_one() {
     ];
     let (mut vm, target) = boot_with_link(name, &dir, modules);
     vm.wait_for(r"^\(keeper\) idle ready$", Duration::from_secs(120));
-    let measure = |target: &Target| {
-        let (out, err, ok) = xl(target, &["info"]);
-        assert!(ok, "xl info: {err}");
-        let field = |key: &str| -> u64 {
-            out.lines()
-                .find_map(|l| l.strip_prefix(key).map(|v| v.trim_start_matches([' ', ':']).trim().parse::<u64>().unwrap()))
-                .unwrap_or_else(|| panic!("no {key} in xl info:\n{out}"))
-        };
-        (field("free_bytes"), field("heap_used_bytes"))
-    };
     let cfg = dir.join("loop.cfg");
     std::fs::write(&cfg, "name = \"loop\"\ntype = \"pvh\"\nkernel = \"reboot_loop.elf\"\nmemory = 16\non_reboot = \"restart\"\n").unwrap();
     // Warm up once: the first domains size the hypervisor's tables for good.
     let (out, err, ok) = xl(&target, &["create", &cfg.display().to_string()]);
     assert!(ok, "xl create: {err}\n{out}");
     vm.expect_lines(&[r"domain \d+ \(loop\) restarted as domain \d+"]);
-    let (_, err, ok) = xl(&target, &["destroy", "loop"]);
-    assert!(ok, "xl destroy: {err}");
-    vm.expect_lines(&[r"domain \d+ \(loop\) (destroyed|restarted as domain \d+, which was destroyed meanwhile)"]);
-    let start = Instant::now();
-    while xl(&target, &["list"]).0.contains("loop ") {
-        assert!(start.elapsed() < Duration::from_secs(60), "the destroyed domain is still listed");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let before = measure(&target);
+    destroy_and_wait(&mut vm, &target, "loop");
+    let before = host_memory(&target);
 
     let (out, err, ok) = xl(&target, &["create", &cfg.display().to_string()]);
     assert!(ok, "xl create: {err}\n{out}");
@@ -521,17 +520,9 @@ fn a_reboot_loop_leaks_nothing_and_stalls_no_one() {
     vm.expect_lines(&[r"domain \d+ \(loop\) restarted as domain \d+"; RESTARTS]);
     // The ticker (100 ticks, 100 ms apart) ticks on through the loop.
     vm.expect_lines(&[r"^\(ticker\) tick \d+$"]);
-    // The host still answers, and the looping domain is there to destroy
-    // (if it is being rebuilt just then, it is destroyed once rebuilt).
-    let (_, err, ok) = xl(&target, &["destroy", "loop"]);
-    assert!(ok, "xl destroy: {err}");
-    vm.expect_lines(&[r"domain \d+ \(loop\) (destroyed|restarted as domain \d+, which was destroyed meanwhile)"]);
-    let start = Instant::now();
-    while xl(&target, &["list"]).0.contains("loop ") {
-        assert!(start.elapsed() < Duration::from_secs(60), "the destroyed domain is still listed");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let after = measure(&target);
+    // The host still answers, and the looping domain is there to destroy.
+    destroy_and_wait(&mut vm, &target, "loop");
+    let after = host_memory(&target);
     if after != before {
         vm.fail(&format!("host memory changed over {RESTARTS} restarts: free {} -> {} bytes, heap used {} -> {} bytes", before.0, after.0, before.1, after.1));
     }
