@@ -42,7 +42,9 @@ USAGE:
         The management service is found through the flags, else
         FERRITE_XL_HOST / FERRITE_XL_PORT / FERRITE_XL_KEY_FILE, else the
         session file target/ferrite-up/xl-session that `ferrite up` writes,
-        else 127.0.0.1:7070 with the key in /etc/ferrite/xl.key (64 hex digits).
+        else 127.0.0.1:7070 (in a Ferrite dom0, where /dev/vsock exists: the
+        hypervisor over vsock, as --host vsock) with the key in
+        /etc/ferrite/xl.key (64 hex digits).
 
 SUBCOMMANDS (as in xl; DOM is a domain name or id):
     list [-l] [DOM]                 domains (-l: as JSON)
@@ -271,7 +273,7 @@ pub fn main(args: &[String]) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let env = |k: &str| std::env::var(k).ok();
-    let target = target::resolve(&parsed.connect, &env, &session_file_path(), Path::new(target::SYSTEM_KEY_FILE))?;
+    let target = target::resolve(&parsed.connect, &env, &session_file_path(), Path::new(target::SYSTEM_KEY_FILE), target::default_host())?;
     let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
     let mut io = Io {
         input_is_terminal: std::io::stdin().is_terminal(),

@@ -147,13 +147,25 @@ pub fn generate_secret() -> Result<Secret> {
     random_bytes().map(Secret::from_bytes)
 }
 
+/// The host when nothing names one: dom0's vsock channel on a machine with
+/// `/dev/vsock` (a Ferrite dom0), else [`DEFAULT_HOST`].
+pub fn default_host() -> &'static str {
+    if Path::new("/dev/vsock").exists() {
+        VSOCK_HOST
+    } else {
+        DEFAULT_HOST
+    }
+}
+
 /// Picks host, port and key, each from the first place that has it (see
-/// the module comment). `env` looks up environment variables.
+/// the module comment), else `default_host`. `env` looks up environment
+/// variables.
 pub fn resolve(
     opts: &ConnectOpts,
     env: &dyn Fn(&str) -> Option<String>,
     session_path: &Path,
     system_key: &Path,
+    default_host: &str,
 ) -> Result<Target> {
     let session = if session_path.exists() { Some(read_session_file(session_path)?) } else { None };
     let host = opts
@@ -161,7 +173,7 @@ pub fn resolve(
         .clone()
         .or_else(|| env(ENV_HOST).filter(|h| !h.is_empty()))
         .or_else(|| session.as_ref().map(|s| s.host.clone()))
-        .unwrap_or_else(|| if Path::new("/dev/vsock").exists() { VSOCK_HOST } else { DEFAULT_HOST }.to_string());
+        .unwrap_or_else(|| default_host.to_string());
     let port = match (opts.port, env(ENV_PORT).filter(|p| !p.is_empty())) {
         (Some(p), _) => p,
         (None, Some(p)) => p.trim().parse().map_err(|_| anyhow::anyhow!("{ENV_PORT}={p:?} is not a port number"))?,

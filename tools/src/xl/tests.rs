@@ -258,15 +258,15 @@ fn target_comes_from_flags_env_session_then_system_key() {
     std::fs::write(&key_file, format!("{}\n", Secret::from_bytes([1; 32]).to_hex())).unwrap();
     let no_env = |_: &str| None;
     // Nothing anywhere: a clear error.
-    let e = target::resolve(&ConnectOpts::default(), &no_env, &session, &system).unwrap_err().to_string();
+    let e = target::resolve(&ConnectOpts::default(), &no_env, &session, &system, target::DEFAULT_HOST).unwrap_err().to_string();
     assert!(e.starts_with("no key to log in with"), "{e}");
     // The system key, on the default address.
     std::fs::write(&system, Secret::from_bytes([2; 32]).to_hex()).unwrap();
-    let t = target::resolve(&ConnectOpts::default(), &no_env, &session, &system).unwrap();
+    let t = target::resolve(&ConnectOpts::default(), &no_env, &session, &system, target::DEFAULT_HOST).unwrap();
     assert_eq!((t.host.as_str(), t.port, t.secret.as_bytes()[0]), ("127.0.0.1", DEFAULT_PORT, 2));
     // The session file wins over it.
     write_session_file(&session, "10.1.1.1", 5555, &Secret::from_bytes([3; 32])).unwrap();
-    let t = target::resolve(&ConnectOpts::default(), &no_env, &session, &system).unwrap();
+    let t = target::resolve(&ConnectOpts::default(), &no_env, &session, &system, target::DEFAULT_HOST).unwrap();
     assert_eq!((t.host.as_str(), t.port, t.secret.as_bytes()[0]), ("10.1.1.1", 5555, 3));
     // The environment over the session file.
     let key_path = key_file.display().to_string();
@@ -276,15 +276,15 @@ fn target_comes_from_flags_env_session_then_system_key() {
         target::ENV_KEY_FILE => Some(key_path.clone()),
         _ => None,
     };
-    let t = target::resolve(&ConnectOpts::default(), &env, &session, &system).unwrap();
+    let t = target::resolve(&ConnectOpts::default(), &env, &session, &system, target::DEFAULT_HOST).unwrap();
     assert_eq!((t.host.as_str(), t.port, t.secret.as_bytes()[0]), ("envhost", 6000, 1));
     // Flags over everything.
     std::fs::write(&system, Secret::from_bytes([4; 32]).to_hex()).unwrap();
     let flags = ConnectOpts { host: Some("flaghost".into()), port: Some(1), key_file: Some(system.clone()) };
-    let t = target::resolve(&flags, &env, &session, &system).unwrap();
+    let t = target::resolve(&flags, &env, &session, &system, target::DEFAULT_HOST).unwrap();
     assert_eq!((t.host.as_str(), t.port, t.secret.as_bytes()[0]), ("flaghost", 1, 4));
     let bad_port = |k: &str| (k == target::ENV_PORT).then(|| "http".to_string());
-    assert!(target::resolve(&ConnectOpts::default(), &bad_port, &session, &system).is_err());
+    assert!(target::resolve(&ConnectOpts::default(), &bad_port, &session, &system, target::DEFAULT_HOST).is_err());
     let _ = std::fs::remove_dir_all(&dir);
 }
 
