@@ -16,13 +16,12 @@
 //! memory and interrupt lines), so it does not depend on `domain`.
 
 use crate::drivers::virtio_blk::{BlockDevice, BlockIoError, IoClient};
-use crate::mm::guest::GuestMemory;
+use crate::mm::guest::{GuestMemory, GuestRam};
 use crate::nbd::{NbdBuffer, NbdDisk, NbdOp};
 use ferrite_devmodel::dma::DmaSegment;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use ferrite_devmodel::dma::{DmaError, GuestMemoryAccess};
 use ferrite_devmodel::virtio::blk::{BlkDiskInfo, BlkOp, BlkRequest, BlkRequestId, BlkStatus, VirtioBlkMmio};
 use ferrite_devmodel::virtio::MmioEffect;
 use ferrite_loader::acpi::{virtio_mmio_base, virtio_mmio_gsi, MAX_VIRTIO_MMIO};
@@ -93,34 +92,26 @@ struct DiskState {
     next_tag: u64,
     /// The interrupt line's level as last driven.
     line: bool,
-    /// Guest protocol errors logged so far (a guest that breaks and resets
-    /// its device in a loop must not flood the log).
-    errors_logged: u32,
+    errors: GuestErrorLog,
 }
 
-/// Protocol errors logged per disk; the rest are counted silently.
-const MAX_ERRORS_LOGGED: u32 = 8;
+/// A guest's virtio protocol errors on one device, logged the first
+/// [`GuestErrorLog::MAX`] times: a guest that breaks and resets its device
+/// in a loop must not flood the log.
+#[derive(Default)]
+pub(crate) struct GuestErrorLog(u32);
 
-impl DiskState {
-    fn log_guest_error(&mut self, host: &dyn DiskHost, vdev: &str, e: &dyn core::fmt::Display) {
-        if self.errors_logged < MAX_ERRORS_LOGGED {
-            self.errors_logged += 1;
-            let more = if self.errors_logged == MAX_ERRORS_LOGGED { " (further errors on this disk are not logged)" } else { "" };
-            warn!("{}: disk {}: {}; the device needs a reset{}", host.name(), vdev, e, more);
+impl GuestErrorLog {
+    const MAX: u32 = 8;
+
+    /// Logs `e` on `device` (e.g. "disk xvda") of domain `domain`, unless
+    /// the budget is spent.
+    pub(crate) fn log(&mut self, domain: &str, device: &dyn core::fmt::Display, e: &dyn core::fmt::Display) {
+        if self.0 < Self::MAX {
+            self.0 += 1;
+            let more = if self.0 == Self::MAX { " (further errors on this device are not logged)" } else { "" };
+            warn!("{}: {}: {}; the device needs a reset{}", domain, device, e, more);
         }
-    }
-}
-
-/// The guest's RAM as the device model reaches it (every address
-/// checked by `GuestMemory`).
-struct GuestRam<'a>(&'a GuestMemory);
-
-impl GuestMemoryAccess for GuestRam<'_> {
-    fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), DmaError> {
-        self.0.read(gpa, buf).map_err(|_| DmaError::OutOfRange { gpa, len: buf.len() as u64 })
-    }
-    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), DmaError> {
-        self.0.write(gpa, data).map_err(|_| DmaError::OutOfRange { gpa, len: data.len() as u64 })
     }
 }
 
@@ -160,7 +151,7 @@ pub fn build(disks: &[DiskConfig]) -> Result<Vec<Arc<VirtioDisk>>, String> {
             vdev: d.vdev.clone(),
             backend,
             read_only: d.read_only,
-            state: Mutex::new(DiskState { model, in_flight: Vec::new(), next_tag: 0, line: false, errors_logged: 0 }),
+            state: Mutex::new(DiskState { model, in_flight: Vec::new(), next_tag: 0, line: false, errors: GuestErrorLog::default() }),
         }));
     }
     Ok(out)
@@ -214,7 +205,7 @@ impl VirtioDisk {
             let requests = match st.model.take_requests(&mut GuestRam(host.memory()), MAX_TAKE) {
                 Ok(r) => r,
                 Err(e) => {
-                    st.log_guest_error(&**host, &self.vdev, &e);
+                    st.errors.log(host.name(), &format_args!("disk {}", self.vdev), &e);
                     break;
                 }
             };
@@ -301,7 +292,7 @@ impl VirtioDisk {
         let Some(i) = st.in_flight.iter().position(|(t, _)| *t == tag) else { return };
         let (_, id) = st.in_flight.swap_remove(i);
         if let Err(e) = st.model.complete(&mut GuestRam(host.memory()), &id, status) {
-            st.log_guest_error(host, &self.vdev, &e);
+            st.errors.log(host.name(), &format_args!("disk {}", self.vdev), &e);
         }
         self.update_line(&mut st, host);
     }

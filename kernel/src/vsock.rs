@@ -9,14 +9,13 @@
 //! into the guest's receive buffers. What the device needs of its domain
 //! is `vdisk::DiskHost` (memory and interrupt lines).
 
-use crate::vdisk::DiskHost;
+use crate::mm::guest::GuestRam;
+use crate::vdisk::{DiskHost, GuestErrorLog};
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
-use ferrite_devmodel::dma::{DmaError, GuestMemoryAccess};
 use ferrite_devmodel::virtio::vsock::{VirtioVsock, VirtioVsockMmio, VsockEvent};
 use ferrite_devmodel::virtio::Effect;
 use ferrite_loader::acpi::{virtio_mmio_base, virtio_mmio_gsi};
-use log::warn;
 use spin::Mutex;
 
 /// dom0's context ID (the first a guest may have).
@@ -34,7 +33,7 @@ struct State {
     /// What the guest did that the service has not seen yet.
     events: Vec<VsockEvent>,
     line: bool,
-    errors_logged: u32,
+    errors: GuestErrorLog,
 }
 
 /// dom0's device and dom0 itself, weakly (they go when dom0 does).
@@ -43,22 +42,11 @@ type Dom0Device = (Weak<VsockDevice>, Weak<dyn DiskHost>);
 /// The domain that has the device (dom0), for the service.
 static DOM0: Mutex<Option<Dom0Device>> = Mutex::new(None);
 
-struct GuestRam<'a>(&'a crate::mm::guest::GuestMemory);
-
-impl GuestMemoryAccess for GuestRam<'_> {
-    fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), DmaError> {
-        self.0.read(gpa, buf).map_err(|_| DmaError::OutOfRange { gpa, len: buf.len() as u64 })
-    }
-    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), DmaError> {
-        self.0.write(gpa, data).map_err(|_| DmaError::OutOfRange { gpa, len: data.len() as u64 })
-    }
-}
-
 impl VsockDevice {
     /// A device at virtio-mmio slot `slot`.
     pub fn new(slot: usize) -> Arc<VsockDevice> {
         let model = VirtioVsockMmio::new(DOM0_CID, &[MGMT_PORT]);
-        Arc::new(VsockDevice { slot, state: Mutex::new(State { model, events: Vec::new(), line: false, errors_logged: 0 }) })
+        Arc::new(VsockDevice { slot, state: Mutex::new(State { model, events: Vec::new(), line: false, errors: GuestErrorLog::default() }) })
     }
 
     pub fn slot(&self) -> usize {
@@ -94,7 +82,7 @@ impl VsockDevice {
             let State { model, events, .. } = &mut *st;
             let result = model.process(&mut GuestRam(host.memory()), events);
             if let Err(e) = result {
-                st.log_guest_error(host, &e);
+                st.errors.log(host.name(), &"vsock", &e);
             }
         }
         self.update_line(&mut st, host);
@@ -109,15 +97,6 @@ impl VsockDevice {
     }
 }
 
-impl State {
-    fn log_guest_error(&mut self, host: &dyn DiskHost, e: &dyn core::fmt::Display) {
-        if self.errors_logged < 8 {
-            self.errors_logged += 1;
-            warn!("{}: vsock: {}; the device needs a reset", host.name(), e);
-        }
-    }
-}
-
 /// Runs `f` on dom0's device with the events since the last call, then
 /// moves what `f` sent into dom0's receive buffers. Nothing when dom0 has
 /// no device (or is gone).
@@ -128,7 +107,7 @@ pub fn serve(f: impl FnOnce(&mut VirtioVsock, Vec<VsockEvent>)) {
     f(&mut st.model, events);
     let flushed = st.model.flush(&mut GuestRam(host.memory()));
     if let Err(e) = flushed {
-        st.log_guest_error(&*host, &e);
+        st.errors.log(host.name(), &"vsock", &e);
     }
     dev.update_line(&mut st, &*host);
 }

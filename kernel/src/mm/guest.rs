@@ -6,6 +6,7 @@ use super::paging::{PageTables, SIZE_2M, USER, WRITABLE};
 use super::{alloc_contiguous, free_contiguous};
 use alloc::vec::Vec;
 use core::fmt;
+use ferrite_devmodel::dma::{DmaError, GuestMemoryAccess};
 
 /// One host-contiguous piece of guest RAM.
 struct Chunk {
@@ -239,5 +240,18 @@ impl Drop for GuestMemory {
         for c in &self.chunks {
             free_contiguous(c.hpa, (c.len / 4096) as usize);
         }
+    }
+}
+
+/// A guest's RAM as a device model reaches it (`ferrite_devmodel`'s
+/// `GuestMemoryAccess`; every address checked by [`GuestMemory`]).
+pub struct GuestRam<'a>(pub &'a GuestMemory);
+
+impl GuestMemoryAccess for GuestRam<'_> {
+    fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), DmaError> {
+        self.0.read(gpa, buf).map_err(|_| DmaError::OutOfRange { gpa, len: buf.len() as u64 })
+    }
+    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), DmaError> {
+        self.0.write(gpa, data).map_err(|_| DmaError::OutOfRange { gpa, len: data.len() as u64 })
     }
 }
