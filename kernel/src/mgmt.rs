@@ -134,13 +134,6 @@ impl Service for MgmtService {
 }
 
 impl MgmtService {
-    /// A fresh challenge for a new client: unpredictable to anyone without
-    /// the key (it is hashed in) and never repeated (the counter).
-    fn nonce(&mut self) -> [u8; 32] {
-        self.nonces += 1;
-        fresh_nonce(self.secret.as_ref(), self.nonces)
-    }
-
     fn poll_conn(&mut self, i: usize, sockets: &mut SocketSet<'static>, now_us: u64) {
         let port = self.port;
         let handle = self.conns[i].handle;
@@ -159,10 +152,7 @@ impl MgmtService {
             }
         }
         if self.conns[i].session.is_none() {
-            // Without a key no proof can succeed: a random one stands in.
-            let secret = self.secret.clone().unwrap_or_else(|| Secret::from_bytes(self.nonce()));
-            let nonce = self.nonce();
-            self.conns[i].session = Some(ServerSession::new(secret, nonce, now_us));
+            self.conns[i].session = Some(new_session(self.secret.as_ref(), &mut self.nonces, now_us));
         }
         let sock = sockets.get_mut::<tcp::Socket>(handle);
         let conn = &mut self.conns[i];
@@ -188,6 +178,15 @@ fn fresh_nonce(secret: Option<&Secret>, counter: u64) -> [u8; 32] {
     seed.extend_from_slice(&counter.to_le_bytes());
     seed.extend_from_slice(&time::uptime_ns().to_le_bytes());
     FileHasher::digest(&seed)
+}
+
+/// A new client's session, its challenge fresh (`counter` counts them).
+fn new_session(secret: Option<&Secret>, counter: &mut u64, now_us: u64) -> ServerSession {
+    *counter += 1;
+    // Without a key no proof can succeed: a random one stands in.
+    let key = secret.cloned().unwrap_or_else(|| Secret::from_bytes(fresh_nonce(None, *counter)));
+    *counter += 1;
+    ServerSession::new(key, fresh_nonce(secret, *counter), now_us)
 }
 
 /// Sessions over dom0's vsock (`vsock`): the same protocol and login as
@@ -223,11 +222,8 @@ fn poll_vsock() {
             match ev {
                 VsockEvent::Incoming { conn, .. } => {
                     if svc.conns.len() < CONNECTIONS && model.accept(conn) {
-                        svc.nonces += 1;
-                        // Without a key no proof can succeed: a random one stands in.
-                        let nonce = fresh_nonce(svc.secret.as_ref(), svc.nonces);
-                        let secret = svc.secret.clone().unwrap_or_else(|| Secret::from_bytes(fresh_nonce(None, svc.nonces)));
-                        svc.conns.push(VsockConn { id: conn, session: ServerSession::new(secret, nonce, now_us), state: ConnState::default() });
+                        let session = new_session(svc.secret.as_ref(), &mut svc.nonces, now_us);
+                        svc.conns.push(VsockConn { id: conn, session, state: ConnState::default() });
                     } else {
                         model.refuse(conn);
                     }
