@@ -717,6 +717,17 @@ if [ ! -b /dev/vda ] || [ ! -b /dev/vdb ]; then
     poweroff -f
 fi
 echo "FERRITE-VDISK vda $(cat /sys/block/vda/size) vdb $(cat /sys/block/vdb/size) ro=$(cat /sys/block/vdb/ro)"
+hash_disk() {
+    sum=$(dd if=/dev/$1 bs=1M count="$check_mib" 2>/dev/null | sha256sum)
+    echo "FERRITE-VDISK-SHA256 $1 ${sum%% *}"
+}
+try_vdb_write() {
+    if echo x | dd of=/dev/vdb bs=512 count=1 conv=fsync 2>/dev/null; then
+        echo "FERRITE-VDISK vdb accepted a write"
+    else
+        echo "FERRITE-VDISK vdb refused a write"
+    fi
+}
 case "$mode" in
 ext4)
     mkdir -p /mnt
@@ -730,13 +741,8 @@ ext4)
     sync
     umount /mnt
     echo "FERRITE-VDISK ext4 wrote written.bin"
-    sum=$(dd if=/dev/vdb bs=1M count="$check_mib" 2>/dev/null | sha256sum)
-    echo "FERRITE-VDISK-SHA256 vdb ${sum%% *}"
-    if echo x | dd of=/dev/vdb bs=512 count=1 conv=fsync 2>/dev/null; then
-        echo "FERRITE-VDISK vdb accepted a write"
-    else
-        echo "FERRITE-VDISK vdb refused a write"
-    fi
+    hash_disk vdb
+    try_vdb_write
     poweroff -f
     ;;
 durable)
@@ -755,21 +761,15 @@ until_error)
     poweroff -f
     ;;
 esac
-for d in vda vdb; do
-    sum=$(dd if=/dev/$d bs=1M count="$check_mib" 2>/dev/null | sha256sum)
-    echo "FERRITE-VDISK-SHA256 $d ${sum%% *}"
-done
+hash_disk vda
+hash_disk vdb
 half=$((copy_mib / 2))
 dd if=/dev/vda of=/dev/vda bs=64k count=$((half * 16)) seek=$((copy_to_mib * 16)) conv=fsync 2>/dev/null &
 dd if=/dev/vda of=/dev/vda bs=1M count=$half skip=$half seek=$((copy_to_mib + half)) conv=fsync 2>/dev/null &
 wait
 sync
 echo "FERRITE-VDISK copied $copy_mib MiB"
-if echo x | dd of=/dev/vdb bs=512 count=1 conv=fsync 2>/dev/null; then
-    echo "FERRITE-VDISK vdb accepted a write"
-else
-    echo "FERRITE-VDISK vdb refused a write"
-fi
+try_vdb_write
 poweroff -f
 "#;
 
