@@ -86,9 +86,9 @@ fn boot_mbr(name: &str, disk_spec: &str) {
     let ok = format!(r"^\(hvm1\) mbr: ok sectors={:08x} sum={:08x}$", CHECK_SECTORS, expected_sum(&disk));
     // (No line is expected for the boot sector's "mbr: started": SeaBIOS's
     // serial console flushes the end of "Booting from Hard Disk...\n"
-    // lazily, from its timer interrupt, so it can land inside that line, and
-    // this boot sector has no room left to wait for it. "mbr: ok" says the
-    // boot sector ran.)
+    // lazily, from its timer interrupt, so it can land inside that line.
+    // The boot sector halts for two interrupts before "mbr: ok", its last
+    // two free bytes, so that line comes after the flush.)
     vm.expect_lines(&[r"domain \d+ \(hvm1\): HVM, 64 MiB", &ok, r"domain \d+ \(hvm1\) powered off"]);
     vm.expect_success();
     // The sector the boot code wrote through int 13h is on the host disk.
