@@ -1,7 +1,7 @@
 //! Virtio devices (modern, virtio 1.x): the split virtqueue ([`queue`]),
 //! the transport-neutral device state with any number of queues
 //! ([`common`]), the devices on top of them (the block device [`blk`],
-//! the socket device [`vsock`]), and two register front ends: virtio-mmio
+//! the socket device [`vsock`], the network card [`net`]), and two register front ends: virtio-mmio
 //! version 2 ([`mmio`], PVH domains' devices in the hypervisor) and
 //! virtio-pci ([`pci`], HVM guests' disks in the stub domain).
 //!
@@ -21,9 +21,12 @@ use core::fmt;
 pub mod blk;
 pub mod common;
 pub mod mmio;
+pub mod net;
 pub mod pci;
 pub mod queue;
 pub mod vsock;
+#[cfg(test)]
+mod net_tests;
 #[cfg(test)]
 mod pci_tests;
 #[cfg(test)]
@@ -37,6 +40,7 @@ pub use blk::{
 };
 pub use common::Effect;
 pub use mmio::MmioEffect;
+pub use net::{NetStats, RxOutcome, TxFrame, VirtioNet, VirtioNetMmio};
 pub use pci::VirtioBlkPci;
 pub use vsock::{ConnId, ConnState, VirtioVsock, VirtioVsockMmio, VsockEvent};
 

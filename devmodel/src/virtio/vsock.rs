@@ -61,7 +61,7 @@ use alloc::vec::Vec;
 
 use super::common::{Effect, VirtioState};
 use super::mmio::WINDOW_LEN;
-use super::queue::{Buffer, MAX_CHAIN};
+use super::queue::{gather, scatter, Buffer, MAX_CHAIN};
 use super::{feature, interrupt, VirtioError};
 use crate::dma::GuestMemoryAccess;
 
@@ -1014,58 +1014,6 @@ impl VirtioVsock {
         c.last_fwd_sent = c.fwd_cnt;
         Some((h, payload))
     }
-}
-
-/// Reads `out.len()` bytes of a chain's buffers from byte `skip` on.
-fn gather(mem: &mut dyn GuestMemoryAccess, chain: &[Buffer], skip: u64, out: &mut [u8]) -> bool {
-    let mut skip = skip;
-    let mut done = 0usize;
-    for b in chain {
-        if done == out.len() {
-            break;
-        }
-        let len = u64::from(b.len);
-        if skip >= len {
-            skip -= len;
-            continue;
-        }
-        let n = ((len - skip) as usize).min(out.len() - done);
-        let Some(gpa) = b.gpa.checked_add(skip) else { return false };
-        if mem.read(gpa, &mut out[done..done + n]).is_err() {
-            return false;
-        }
-        done += n;
-        skip = 0;
-    }
-    done == out.len()
-}
-
-/// Writes `data` into a chain's buffers from byte `skip` on (the caller
-/// checked that they hold it).
-fn scatter(mem: &mut dyn GuestMemoryAccess, chain: &[Buffer], skip: u64, data: &[u8]) -> Result<(), VirtioError> {
-    let mut skip = skip;
-    let mut done = 0usize;
-    for b in chain {
-        if done == data.len() {
-            break;
-        }
-        let len = u64::from(b.len);
-        if skip >= len {
-            skip -= len;
-            continue;
-        }
-        let n = ((len - skip) as usize).min(data.len() - done);
-        let not_ram = VirtioError::NotInGuestRam {
-            what: "rx buffer",
-            gpa: b.gpa,
-            len,
-        };
-        let gpa = b.gpa.checked_add(skip).ok_or(not_ram)?;
-        mem.write(gpa, &data[done..done + n]).map_err(|_| not_ram)?;
-        done += n;
-        skip = 0;
-    }
-    Ok(())
 }
 
 /// One virtio-mmio v2 window holding a virtio-vsock device. Dereferences
