@@ -55,7 +55,7 @@ pub enum DomainState {
 pub enum Boot {
     /// A kernel entered directly (PVH note or bzImage 64-bit protocol),
     /// with virtio-blk disks.
-    Pvh { kernel: Blob, initrd: Option<Blob>, cmdline: String, disks: Vec<crate::vdisk::DiskConfig> },
+    Pvh { kernel: Blob, initrd: Option<Blob>, cmdline: String, disks: Vec<crate::vdisk::DiskConfig>, vifs: Vec<crate::vnet::VifConfig> },
     /// Firmware from the reset vector, devices from a stub domain.
     Hvm(HvmBoot),
     /// A stub domain (built together with its guest, never on its own).
@@ -98,6 +98,9 @@ pub struct Domain {
     /// dom0: its channel to the management service, in the virtio-mmio
     /// slot after its disks (`vsock`).
     pub(crate) vsock: spin::Once<Arc<crate::vsock::VsockDevice>>,
+    /// PVH: virtio-net NICs (`vnet`), in the slots after the disks and
+    /// the vsock device, each a port on its bridge while the domain runs.
+    pub(crate) vnets: spin::Once<Vec<Arc<crate::vnet::NetDevice>>>,
     /// HVM: the PIC's INTR output as of its last change, so vCPU 0 can
     /// check it on every entry without taking the device lock.
     pic_output: core::sync::atomic::AtomicBool,
@@ -280,7 +283,7 @@ impl Domain {
     /// Builds a PVH domain from `spec`: memory, kernel, vCPUs. vCPU 0 starts
     /// at the PVH entry; the others wait for INIT/SIPI from the guest.
     fn create_pvh(spec: DomainSpec, caps: Capabilities) -> Result<Arc<Domain>, String> {
-        let Boot::Pvh { kernel, initrd, cmdline, disks } = &spec.boot else {
+        let Boot::Pvh { kernel, initrd, cmdline, disks, vifs } = &spec.boot else {
             return Err(format!("{}: not a PVH domain", spec.name));
         };
         let disks = disks.clone();
@@ -300,6 +303,20 @@ impl Domain {
             .then(|| crate::vsock::VsockDevice::new(vdisks.len()));
         if let Some(v) = &vsock {
             layout.virtio_mmio[v.slot()] = true;
+        }
+        let first_nic = vdisks.len() + usize::from(vsock.is_some());
+        if first_nic + vifs.len() > ferrite_loader::acpi::MAX_VIRTIO_MMIO {
+            return Err(format!(
+                "{}: {} disks and {} vifs are more than the {} virtio devices a PVH domain can have",
+                spec.name,
+                vdisks.len(),
+                vifs.len(),
+                ferrite_loader::acpi::MAX_VIRTIO_MMIO
+            ));
+        }
+        let vnets: Vec<_> = vifs.iter().enumerate().map(|(i, v)| crate::vnet::NetDevice::new(first_nic + i, v.clone())).collect();
+        for n in &vnets {
+            layout.virtio_mmio[n.slot()] = true;
         }
         let opts = ferrite_loader::layout::LoadOptions {
             start_info_flags: if spec.privileged { 0b11 } else { 0 },
@@ -336,6 +353,17 @@ impl Domain {
             v.register(Arc::downgrade(&host));
             domain.vsock.call_once(|| v);
         }
+        let host: Arc<dyn crate::vdisk::DiskHost> = domain.clone();
+        for n in &vnets {
+            if let Err(e) = n.attach(Arc::downgrade(&host)) {
+                let e = format!("{}: vif {}: {}", domain.name, n.config().mac, e);
+                domain.vnets.call_once(|| vnets.clone());
+                domain.shut_down(DomainState::Crashed(e.clone()));
+                return Err(e);
+            }
+            info!("domain {} ({}): vif {} on bridge {}, virtio-net", domain.id, domain.name, n.config().mac, n.config().bridge);
+        }
+        domain.vnets.call_once(|| vnets);
         for d in &domain.vdisks {
             let d = &disks[d.slot()];
             let what = match &d.source {
@@ -393,6 +421,7 @@ impl Domain {
             role,
             vdisks,
             vsock: spin::Once::new(),
+            vnets: spin::Once::new(),
             pic_output: core::sync::atomic::AtomicBool::new(false),
             ports,
             tsc_offset: core::sync::atomic::AtomicU64::new(0u64.wrapping_sub(crate::arch::cpu::rdtsc())),
@@ -537,6 +566,9 @@ impl Domain {
         DOMAINS.lock().retain(|d| d.id != self.id);
         // Before a restart claims them again.
         crate::hvm::release_disks(self.id);
+        for n in self.vnets.get().into_iter().flatten() {
+            n.detach();
+        }
         let restart = match &state {
             DomainState::PoweredOff => self.spec.on_poweroff,
             DomainState::Rebooting => self.spec.on_reboot,
@@ -981,6 +1013,11 @@ impl VcpuPlatform<'_> {
         (gpa >= base && gpa < base + 0x1000).then(|| gpa - base)
     }
 
+    /// The NIC whose window `gpa` is in, and the offset there.
+    fn vnet_at(&self, gpa: u64) -> Option<(&Arc<crate::vnet::NetDevice>, u64)> {
+        self.domain.vnets.get()?.iter().find_map(|n| Some((n, n.offset(gpa)?)))
+    }
+
     /// A guest access wrote the LAPIC (`write`): done under its lock, with
     /// the task priority read back for the CPU's copy (CR8).
     fn write_lapic<T>(&mut self, write: impl FnOnce(&mut Lapic) -> T) -> T {
@@ -1156,6 +1193,7 @@ impl Platform for VcpuPlatform<'_> {
             || (platform::IOAPIC_BASE..platform::IOAPIC_BASE + 0x1000).contains(&gpa)
             || crate::vdisk::at(&self.domain.vdisks, gpa).is_some()
             || self.domain.vsock.get().is_some_and(|v| v.offset(gpa).is_some())
+            || self.vnet_at(gpa).is_some()
             // HVM: everything that is not RAM is some device's (or ROM).
             || (matches!(self.domain.role, Role::Hvm { .. }) && !self.domain.mem.contains(gpa, 1))
     }
@@ -1169,6 +1207,9 @@ impl Platform for VcpuPlatform<'_> {
         }
         if let Some((v, off)) = self.domain.vsock.get().and_then(|v| Some((v, v.offset(gpa)?))) {
             return v.mmio_read(off, size);
+        }
+        if let Some((n, off)) = self.vnet_at(gpa) {
+            return n.mmio_read(off, size);
         }
         if !(platform::IOAPIC_BASE..platform::IOAPIC_BASE + 0x1000).contains(&gpa) {
             return self.remote_mmio(gpa, size, false, 0);
@@ -1192,6 +1233,10 @@ impl Platform for VcpuPlatform<'_> {
         }
         if let Some((v, off)) = self.domain.vsock.get().and_then(|v| Some((v, v.offset(gpa)?))) {
             v.mmio_write(self.domain, off, size, value);
+            return;
+        }
+        if let Some((n, off)) = self.vnet_at(gpa) {
+            n.mmio_write(self.domain, off, size, value);
             return;
         }
         if !(platform::IOAPIC_BASE..platform::IOAPIC_BASE + 0x1000).contains(&gpa) {

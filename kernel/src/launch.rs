@@ -196,7 +196,7 @@ pub fn start_boot_domains(boot: &BootInfo, opts: &Options, caps: virt::Capabilit
             name: String::from("dom0"),
             memory_bytes,
             vcpus,
-            boot: Boot::Pvh { kernel, initrd, cmdline, disks: disks.clone().unwrap_or_default() },
+            boot: Boot::Pvh { kernel, initrd, cmdline, disks: disks.clone().unwrap_or_default(), vifs: Vec::new() },
             affinity,
             privileged: true,
             // As in Xen, dom0's poweroff or reboot is the host's (`host`).
@@ -232,8 +232,31 @@ fn pvh_boot(cfg: &ferrite_config::DomainConfig, files: &dyn Files) -> Result<Boo
     let kernel_file = cfg.kernel.as_deref().ok_or("no kernel given")?;
     let kernel = files.get(kernel_file, "kernel")?;
     let initrd = cfg.ramdisk.as_deref().map(|f| files.get(f, "ramdisk")).transpose()?;
-    Ok(Boot::Pvh { kernel, initrd, cmdline: cfg.cmdline.clone().unwrap_or_default(), disks: pvh_disks(&cfg.disks, files)? })
+    Ok(Boot::Pvh {
+        kernel,
+        initrd,
+        cmdline: cfg.cmdline.clone().unwrap_or_default(),
+        disks: pvh_disks(&cfg.disks, files)?,
+        vifs: pvh_vifs(cfg),
+    })
 }
+
+/// A PVH domU's NICs: `mac=` or xl's stable generated address, on
+/// `bridge=` or xl's default bridge `xenbr0`. (`model=` has no meaning for
+/// PVH: its NICs are virtio-net.)
+fn pvh_vifs(cfg: &ferrite_config::DomainConfig) -> Vec<crate::vnet::VifConfig> {
+    cfg.vifs
+        .iter()
+        .enumerate()
+        .map(|(i, v)| crate::vnet::VifConfig {
+            mac: v.mac_or_generated(&cfg.name, i),
+            bridge: String::from(v.bridge().unwrap_or(DEFAULT_BRIDGE)),
+        })
+        .collect()
+}
+
+/// xl's default bridge name.
+const DEFAULT_BRIDGE: &str = "xenbr0";
 
 /// dom0's disks from `dom0_disk=` options, each in xl's disk syntax.
 fn dom0_disks(specs: &[String]) -> Result<Vec<crate::vdisk::DiskConfig>, String> {

@@ -13,6 +13,7 @@ extern crate alloc;
 extern crate ferrite_rt;
 
 mod acpi;
+mod bridge;
 mod arch;
 mod console;
 mod domain;
@@ -32,6 +33,7 @@ mod selftest;
 mod stubdom;
 mod vcpu;
 mod vdisk;
+mod vnet;
 mod virt;
 mod vsock;
 

@@ -976,3 +976,15 @@ fn virtio_specification_and_transport() {
         assert!(e.contains(why), "{bad}: {e}");
     }
 }
+
+#[test]
+fn generated_macs_are_stable_xen_prefixed_and_distinct() {
+    let a0 = MacAddr::generated("web", 0);
+    assert_eq!(a0, MacAddr::generated("web", 0));
+    assert_eq!(&a0.0[..3], &[0x00, 0x16, 0x3e]);
+    assert_eq!(a0.0[3] & 0x80, 0);
+    assert_ne!(a0, MacAddr::generated("web", 1));
+    assert_ne!(a0, MacAddr::generated("db", 0));
+    // Unicast and usable as written.
+    assert_eq!(MacAddr::parse(&a0.to_string()), Ok(a0));
+}

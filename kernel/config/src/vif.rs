@@ -48,6 +48,22 @@ impl MacAddr {
     }
 }
 
+impl MacAddr {
+    /// The address xl would make up for vif `index` of domain `domain`,
+    /// under Xen's `00:16:3e` prefix, but stable: the same name and index
+    /// give the same address on every boot (FNV-1a of both). The fourth
+    /// byte's top bit is clear, as in Xen's generated addresses.
+    pub fn generated(domain: &str, index: usize) -> MacAddr {
+        let mut h: u32 = 0x811c_9dc5;
+        for b in domain.bytes().chain([0u8]).chain((index as u32).to_le_bytes()) {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+        let [x, y, z, _] = h.to_be_bytes();
+        MacAddr([0x00, 0x16, 0x3e, x & 0x7f, y, z])
+    }
+}
+
 impl fmt::Display for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let m = self.0;
@@ -91,6 +107,12 @@ pub struct VifSpec {
 impl VifSpec {
     pub fn get(&self, key: &str) -> Option<&str> {
         self.params.get(key).map(String::as_str)
+    }
+
+    /// `mac=`, or the stable generated address of vif `index` of
+    /// `domain` ([`MacAddr::generated`]).
+    pub fn mac_or_generated(&self, domain: &str, index: usize) -> MacAddr {
+        self.mac.unwrap_or_else(|| MacAddr::generated(domain, index))
     }
 
     pub fn bridge(&self) -> Option<&str> {

@@ -156,6 +156,25 @@ impl GuestMemory {
         Ok(())
     }
 
+    /// Copies `len` bytes from `src`'s RAM at `src_gpa` into this guest's
+    /// RAM at `gpa`: one guest's frame straight into another's buffer.
+    /// Both ranges are checked; `src` may be this guest (memmove).
+    pub fn copy_from_guest(&self, gpa: u64, src: &GuestMemory, src_gpa: u64, len: u64) -> Result<(), GuestMemError> {
+        self.check(gpa, len)?;
+        src.check(src_gpa, len)?;
+        let mut done = 0u64;
+        while done < len {
+            let (to, n) = self.host_range(gpa + done, len - done).ok_or(GuestMemError::OutOfRange { gpa, len })?;
+            let (from, m) = src.host_range(src_gpa + done, n).ok_or(GuestMemError::OutOfRange { gpa: src_gpa, len })?;
+            // SAFETY: `check` and `host_range` confirm both pieces lie inside
+            // chunks owned by their guests; `copy` allows overlap (a guest
+            // sending to itself).
+            unsafe { core::ptr::copy(from as *const u8, to as *mut u8, m as usize) };
+            done += m;
+        }
+        Ok(())
+    }
+
     /// Fills `[gpa, gpa+len)` with `byte`.
     pub fn fill(&self, gpa: u64, len: u64, byte: u8) -> Result<(), GuestMemError> {
         self.check(gpa, len)?;

@@ -1,0 +1,255 @@
+//! The bridges of `vif = [ 'bridge=NAME' ]`: one virtual Ethernet switch
+//! per name (`ferrite_switch` decides; this module moves the bytes), made
+//! when its first port joins and gone with its last. A port is a guest's
+//! NIC (`vnet`) or the bridge's uplink; whatever it is, it receives frames
+//! through the [`Endpoint`] trait, so this module knows nothing of
+//! domains or devices.
+//!
+//! A frame is moved on the sending vCPU: the switch's decision is taken
+//! under the bridge's lock, the lock is dropped, and each destination
+//! copies the frame straight from the sender's memory into its own
+//! receive buffer (one copy). No lock of this module is held while an
+//! endpoint runs, so two guests sending to each other at once cannot
+//! deadlock.
+
+use crate::mm::guest::GuestMemory;
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::sync::{Arc, Weak};
+use alloc::vec::Vec;
+use ferrite_devmodel::virtio::queue::Buffer;
+use ferrite_switch::{Decision, PortCounters, PortId, PortKind, Switch, ETH_HLEN};
+use spin::Mutex;
+
+/// A frame on its way: still in the sender's guest memory, or in a host
+/// buffer (from the uplink).
+pub enum Frame<'a> {
+    Guest { mem: &'a GuestMemory, pieces: &'a [Buffer], len: u32 },
+    Host(&'a [u8]),
+}
+
+impl Frame<'_> {
+    pub fn bytes(&self) -> usize {
+        match self {
+            Frame::Guest { len, .. } => *len as usize,
+            Frame::Host(b) => b.len(),
+        }
+    }
+
+    /// The first bytes (up to the Ethernet header); fewer when the frame
+    /// is shorter or unreadable.
+    fn header(&self, out: &mut [u8; ETH_HLEN]) -> usize {
+        match self {
+            Frame::Host(b) => {
+                let n = b.len().min(ETH_HLEN);
+                out[..n].copy_from_slice(&b[..n]);
+                n
+            }
+            Frame::Guest { mem, pieces, .. } => {
+                let mut done = 0;
+                for p in pieces.iter() {
+                    let n = (p.len as usize).min(ETH_HLEN - done);
+                    if n == 0 || mem.read(p.gpa, &mut out[done..done + n]).is_err() {
+                        break;
+                    }
+                    done += n;
+                }
+                done
+            }
+        }
+    }
+
+    /// Copies the frame into `dst`'s memory at the pieces `to` (which hold
+    /// at least `len()` bytes). False if a piece on either side is not RAM
+    /// or `to` is too short.
+    pub fn copy_to(&self, dst: &GuestMemory, to: &[Buffer]) -> bool {
+        let mut cur = Cursor { pieces: to, index: 0, offset: 0 };
+        match self {
+            Frame::Guest { mem, pieces, len } => {
+                let mut left = u64::from(*len);
+                for p in pieces.iter() {
+                    let n = u64::from(p.len).min(left);
+                    let mut done = 0;
+                    while done < n {
+                        let Some((d, k)) = cur.take(n - done) else { return false };
+                        let Some(src) = p.gpa.checked_add(done) else { return false };
+                        if dst.copy_from_guest(d, mem, src, k).is_err() {
+                            return false;
+                        }
+                        done += k;
+                    }
+                    left -= n;
+                }
+                left == 0
+            }
+            Frame::Host(bytes) => {
+                let mut done = 0usize;
+                while done < bytes.len() {
+                    let Some((d, k)) = cur.take((bytes.len() - done) as u64) else { return false };
+                    if dst.write(d, &bytes[done..done + k as usize]).is_err() {
+                        return false;
+                    }
+                    done += k as usize;
+                }
+                true
+            }
+        }
+    }
+}
+
+/// A position in a list of guest buffers.
+struct Cursor<'a> {
+    pieces: &'a [Buffer],
+    index: usize,
+    offset: u64,
+}
+
+impl Cursor<'_> {
+    /// The next at most `max` bytes: where they go and how many.
+    fn take(&mut self, max: u64) -> Option<(u64, u64)> {
+        loop {
+            let p = self.pieces.get(self.index)?;
+            let len = u64::from(p.len);
+            if self.offset >= len {
+                self.index += 1;
+                self.offset = 0;
+                continue;
+            }
+            let n = max.min(len - self.offset);
+            let gpa = p.gpa.checked_add(self.offset)?;
+            self.offset += n;
+            return Some((gpa, n));
+        }
+    }
+}
+
+/// Something a bridge delivers frames to.
+pub trait Endpoint: Send + Sync {
+    /// Puts `frame` into the port's receive side; false when it was
+    /// dropped there (no free buffer, device not ready).
+    fn deliver(&self, frame: &Frame) -> bool;
+}
+
+struct BridgeState {
+    switch: Switch,
+    endpoints: BTreeMap<PortId, Weak<dyn Endpoint>>,
+}
+
+pub struct Bridge {
+    name: String,
+    state: Mutex<BridgeState>,
+}
+
+static BRIDGES: Mutex<BTreeMap<String, Arc<Bridge>>> = Mutex::new(BTreeMap::new());
+
+fn now_ms() -> u64 {
+    crate::arch::time::now_ns() / 1_000_000
+}
+
+/// A port on a bridge, for as long as this handle lives.
+pub struct Port {
+    bridge: Arc<Bridge>,
+    id: PortId,
+}
+
+impl Port {
+    /// Joins bridge `name` (made if it does not exist yet) as `kind`,
+    /// delivering to `endpoint`. Refused (with the reason) for a MAC
+    /// already on the bridge, a second uplink, or a full bridge.
+    pub fn join(name: &str, kind: PortKind, endpoint: Weak<dyn Endpoint>) -> Result<Port, String> {
+        let mut bridges = BRIDGES.lock();
+        let bridge = bridges
+            .entry(String::from(name))
+            .or_insert_with(|| {
+                Arc::new(Bridge {
+                    name: String::from(name),
+                    state: Mutex::new(BridgeState { switch: Switch::new(), endpoints: BTreeMap::new() }),
+                })
+            })
+            .clone();
+        let mut st = bridge.state.lock();
+        let id = st.switch.add_port(kind, now_ms()).map_err(|e| alloc::format!("bridge {}: {}", name, e))?;
+        st.endpoints.insert(id, endpoint);
+        drop(st);
+        Ok(Port { bridge, id })
+    }
+
+    pub fn bridge_name(&self) -> &str {
+        &self.bridge.name
+    }
+
+    pub fn counters(&self) -> PortCounters {
+        self.bridge.state.lock().switch.counters(self.id).unwrap_or_default()
+    }
+
+    /// Sends a frame from this port: to its owner, to every other port
+    /// (broadcast, multicast), to the uplink, or nowhere (dropped and
+    /// counted by the switch).
+    pub fn send(&self, frame: &Frame) {
+        let mut header = [0u8; ETH_HLEN];
+        let hlen = frame.header(&mut header);
+        let mut targets: Vec<(PortId, Arc<dyn Endpoint>)> = Vec::new();
+        {
+            let mut st = self.bridge.state.lock();
+            let decision = st.switch.ingress(self.id, &header[..hlen], frame.bytes(), now_ms());
+            let ids: Vec<PortId> = match decision {
+                Decision::Drop(_) => return,
+                Decision::Unicast(to) => alloc::vec![to],
+                Decision::Flood => {
+                    let mut out = Vec::new();
+                    st.switch.flood_targets(self.id, &mut out);
+                    out
+                }
+            };
+            for id in ids {
+                if let Some(ep) = st.endpoints.get(&id).and_then(Weak::upgrade) {
+                    targets.push((id, ep));
+                }
+            }
+        }
+        if targets.is_empty() {
+            return;
+        }
+        let results: Vec<(PortId, bool)> = targets.iter().map(|(id, ep)| (*id, ep.deliver(frame))).collect();
+        let mut st = self.bridge.state.lock();
+        for (id, ok) in results {
+            if ok {
+                st.switch.delivered(id, frame.bytes());
+            } else {
+                st.switch.undelivered(id);
+            }
+        }
+    }
+}
+
+impl Drop for Port {
+    fn drop(&mut self) {
+        let mut bridges = BRIDGES.lock();
+        let empty = {
+            let mut st = self.bridge.state.lock();
+            st.switch.remove_port(self.id);
+            st.endpoints.remove(&self.id);
+            st.switch.port_count() == 0
+        };
+        if empty {
+            bridges.remove(&self.bridge.name);
+        }
+    }
+}
+
+/// Every bridge's ports, for `xl network-list` and the debug keys: (bridge,
+/// port kind, counters).
+pub fn snapshot() -> Vec<(String, PortKind, PortCounters)> {
+    let bridges = BRIDGES.lock();
+    let mut out = Vec::new();
+    for b in bridges.values() {
+        let st = b.state.lock();
+        out.extend(st.switch.ports().map(|(_, kind, c)| (b.name.clone(), kind, c)));
+    }
+    out
+}
+
+/// How many ports all bridges have (the leak checks).
+pub fn port_count() -> usize {
+    BRIDGES.lock().values().map(|b| b.state.lock().switch.port_count()).sum()
+}

@@ -1,0 +1,195 @@
+//! PVH domains' NICs: one virtio-net device per `vif`
+//! (`ferrite_devmodel::virtio::net`) in the next virtio-mmio slot after the
+//! domain's disks (and dom0's vsock), each a port on its bridge
+//! (`bridge`).
+//!
+//! The guest's transmit notify moves its frames on its own vCPU: the
+//! model hands over each frame as guest-physical pieces, the bridge copies
+//! it straight into the receivers' buffers, and only then are the transmit
+//! buffers given back. A frame for this NIC is written into its next
+//! receive buffer by whoever sends it; with no free buffer it is dropped
+//! and counted, as a real NIC does with a full ring.
+//!
+//! What the device needs of its domain is `vdisk::DiskHost` (memory and
+//! interrupt lines).
+
+use crate::bridge::{Endpoint, Frame, Port};
+use crate::mm::guest::GuestRam;
+use crate::vdisk::{DiskHost, GuestErrorLog};
+use alloc::string::String;
+use alloc::sync::{Arc, Weak};
+use alloc::vec::Vec;
+use ferrite_config::MacAddr;
+use ferrite_devmodel::virtio::net::{NetStats, RxOutcome, TxFrame, VirtioNetMmio, QUEUE_TX};
+use ferrite_devmodel::virtio::Effect;
+use ferrite_loader::acpi::{virtio_mmio_base, virtio_mmio_gsi};
+use ferrite_switch::{PortCounters, PortKind};
+use spin::{Mutex, Once};
+
+/// Frames taken per round of a transmit notify, and rounds at most: a
+/// whole ring of the largest size the model offers (bounded work per
+/// exit; the guest notifies again for more).
+const TX_BATCH: usize = 64;
+const TX_ROUNDS: usize = 4;
+
+/// A vif as the domain's configuration gives it.
+#[derive(Clone, Debug)]
+pub struct VifConfig {
+    pub mac: MacAddr,
+    pub bridge: String,
+}
+
+pub struct NetDevice {
+    slot: usize,
+    config: VifConfig,
+    state: Mutex<State>,
+    /// The domain, once built.
+    host: Once<Weak<dyn DiskHost>>,
+    /// The bridge port, from `attach` to `detach`.
+    port: Mutex<Option<Port>>,
+}
+
+struct State {
+    model: VirtioNetMmio,
+    line: bool,
+    errors: GuestErrorLog,
+}
+
+impl NetDevice {
+    /// A NIC at virtio-mmio slot `slot`.
+    pub fn new(slot: usize, config: VifConfig) -> Arc<NetDevice> {
+        let model = VirtioNetMmio::new(config.mac.0);
+        Arc::new(NetDevice {
+            slot,
+            config,
+            state: Mutex::new(State { model, line: false, errors: GuestErrorLog::default() }),
+            host: Once::new(),
+            port: Mutex::new(None),
+        })
+    }
+
+    pub fn slot(&self) -> usize {
+        self.slot
+    }
+
+    pub fn config(&self) -> &VifConfig {
+        &self.config
+    }
+
+    /// Joins the NIC's bridge on behalf of `host` (its domain). Refused
+    /// when its MAC is already on that bridge.
+    pub fn attach(self: &Arc<Self>, host: Weak<dyn DiskHost>) -> Result<(), String> {
+        self.host.call_once(|| host);
+        let me: Arc<dyn Endpoint> = self.clone();
+        let port = Port::join(&self.config.bridge, PortKind::Vif { mac: self.config.mac.0 }, Arc::downgrade(&me))?;
+        *self.port.lock() = Some(port);
+        Ok(())
+    }
+
+    /// Leaves the bridge (the domain stopped); frames for it go nowhere.
+    pub fn detach(&self) {
+        self.port.lock().take();
+    }
+
+    /// The device's and the bridge port's counters.
+    pub fn stats(&self) -> (NetStats, Option<PortCounters>) {
+        let model = *self.state.lock().model.stats();
+        (model, self.port.lock().as_ref().map(Port::counters))
+    }
+
+    /// The offset in this device's window, if `gpa` is in it.
+    pub fn offset(&self, gpa: u64) -> Option<u64> {
+        let base = virtio_mmio_base(self.slot);
+        (base..base + 0x1000).contains(&gpa).then(|| gpa - base)
+    }
+
+    pub fn mmio_read(&self, offset: u64, size: u8) -> u64 {
+        if offset >= VirtioNetMmio::WINDOW_LEN {
+            return 0;
+        }
+        self.state.lock().model.read(offset, size)
+    }
+
+    /// A guest write into the window; a transmit notify sends the frames.
+    pub fn mmio_write(&self, host: &dyn DiskHost, offset: u64, size: u8, value: u64) {
+        if offset >= VirtioNetMmio::WINDOW_LEN {
+            return;
+        }
+        let effect = {
+            let mut st = self.state.lock();
+            let effect = st.model.write(offset, size, value);
+            self.update_line(&mut st, host);
+            effect
+        };
+        if effect == Effect::Notify(QUEUE_TX) {
+            self.transmit(host);
+        }
+    }
+
+    /// Sends what the guest queued: a batch at a time, with the device's
+    /// lock dropped while the bridge delivers (the receivers lock their
+    /// own devices).
+    fn transmit(&self, host: &dyn DiskHost) {
+        let mem = host.memory();
+        let mut frames: Vec<TxFrame> = Vec::with_capacity(TX_BATCH);
+        for _ in 0..TX_ROUNDS {
+            frames.clear();
+            {
+                let mut st = self.state.lock();
+                if let Err(e) = st.model.take_tx(&mut GuestRam(mem), TX_BATCH, &mut frames) {
+                    st.errors.log(host.name(), &self.what(), &e);
+                }
+                self.update_line(&mut st, host);
+            }
+            if frames.is_empty() {
+                return;
+            }
+            {
+                let port = self.port.lock();
+                if let Some(port) = port.as_ref() {
+                    for f in &frames {
+                        port.send(&Frame::Guest { mem, pieces: &f.pieces, len: f.len });
+                    }
+                }
+            }
+            let mut st = self.state.lock();
+            if let Err(e) = st.model.complete_tx(&mut GuestRam(mem), &frames) {
+                st.errors.log(host.name(), &self.what(), &e);
+            }
+            self.update_line(&mut st, host);
+            if frames.len() < TX_BATCH {
+                return;
+            }
+        }
+    }
+
+    fn what(&self) -> String {
+        alloc::format!("vif {}", self.config.mac)
+    }
+
+    fn update_line(&self, st: &mut State, host: &dyn DiskHost) {
+        let level = st.model.irq_level();
+        if level != st.line {
+            st.line = level;
+            host.set_gsi(virtio_mmio_gsi(self.slot), level);
+        }
+    }
+}
+
+impl Endpoint for NetDevice {
+    fn deliver(&self, frame: &Frame) -> bool {
+        let Some(host) = self.host.get().and_then(Weak::upgrade) else { return false };
+        let mem = host.memory();
+        let mut st = self.state.lock();
+        let result = st.model.receive(&mut GuestRam(mem), frame.bytes() as u32, |to| frame.copy_to(mem, to));
+        let delivered = match result {
+            Ok(outcome) => outcome == RxOutcome::Delivered,
+            Err(e) => {
+                st.errors.log(host.name(), &self.what(), &e);
+                false
+            }
+        };
+        self.update_line(&mut st, &*host);
+        delivered
+    }
+}
