@@ -59,6 +59,34 @@ impl Frame<'_> {
         }
     }
 
+    /// Copies the frame into `buf` (exactly `bytes()` long); false if a
+    /// piece is not RAM.
+    pub fn copy_into(&self, buf: &mut [u8]) -> bool {
+        match self {
+            Frame::Host(b) => {
+                if b.len() != buf.len() {
+                    return false;
+                }
+                buf.copy_from_slice(b);
+                true
+            }
+            Frame::Guest { mem, pieces, len } => {
+                if *len as usize != buf.len() {
+                    return false;
+                }
+                let mut done = 0usize;
+                for p in pieces.iter() {
+                    let n = (p.len as usize).min(buf.len() - done);
+                    if n > 0 && mem.read(p.gpa, &mut buf[done..done + n]).is_err() {
+                        return false;
+                    }
+                    done += n;
+                }
+                done == buf.len()
+            }
+        }
+    }
+
     /// Copies the frame into `dst`'s memory at the pieces `to` (which hold
     /// at least `len()` bytes). False if a piece on either side is not RAM
     /// or `to` is too short.
@@ -233,23 +261,7 @@ impl Drop for Port {
         };
         if empty {
             bridges.remove(&self.bridge.name);
+            log::info!("bridge {}: no ports left; removed", self.bridge.name);
         }
     }
-}
-
-/// Every bridge's ports, for `xl network-list` and the debug keys: (bridge,
-/// port kind, counters).
-pub fn snapshot() -> Vec<(String, PortKind, PortCounters)> {
-    let bridges = BRIDGES.lock();
-    let mut out = Vec::new();
-    for b in bridges.values() {
-        let st = b.state.lock();
-        out.extend(st.switch.ports().map(|(_, kind, c)| (b.name.clone(), kind, c)));
-    }
-    out
-}
-
-/// How many ports all bridges have (the leak checks).
-pub fn port_count() -> usize {
-    BRIDGES.lock().values().map(|b| b.state.lock().switch.port_count()).sum()
 }

@@ -567,7 +567,7 @@ impl Domain {
         // Before a restart claims them again.
         crate::hvm::release_disks(self.id);
         for n in self.vnets.get().into_iter().flatten() {
-            n.detach();
+            n.detach(&self.name);
         }
         let restart = match &state {
             DomainState::PoweredOff => self.spec.on_poweroff,

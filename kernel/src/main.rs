@@ -32,6 +32,7 @@ mod sched;
 mod selftest;
 mod stubdom;
 mod vcpu;
+mod uplink;
 mod vdisk;
 mod vnet;
 mod virt;
@@ -282,13 +283,21 @@ pub extern "C" fn kmain(magic: u32, info_paddr: u32, entry: u32) -> ! {
     }
     if opts.mgmt.enabled {
         mgmt::start_vsock(&opts.mgmt);
+    }
+    if opts.mgmt.enabled || opts.uplink.is_some() {
         match drivers::virtio_net::probe(pci_config, &pci_functions) {
             Some(nic) => {
                 net::init(nic, &opts.mgmt);
-                mgmt::start(&opts.mgmt);
+                if opts.mgmt.enabled {
+                    mgmt::start(&opts.mgmt);
+                }
                 nbd::init();
                 sched::register_poller(sched::Poller { poll: net::poll, next_us: net::poll_delay_us });
+                if let Some(bridge) = &opts.uplink {
+                    uplink::start(bridge);
+                }
             }
+            None if opts.uplink.is_some() => error!("net: no virtio-net NIC, so no uplink for bridge {}", opts.uplink.as_deref().unwrap_or("")),
             None => info!("net: no virtio-net NIC; ferrite xl reaches the hypervisor from dom0 only (vsock)"),
         }
     }

@@ -41,6 +41,15 @@ pub trait Service: Send {
     }
 }
 
+/// Frames for the outside that arrived while the stack was busy: sent at
+/// the next poll. Bounded; more are dropped (counted in `UPLINK_DROPS`).
+static UPLINK_QUEUE: Mutex<alloc::collections::VecDeque<Vec<u8>>> = Mutex::new(alloc::collections::VecDeque::new());
+const UPLINK_QUEUE_MAX: usize = 128;
+static UPLINK_DROPS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+/// Frames moved to or from the outside since the last poll: while there
+/// are, idle CPUs keep polling.
+static UPLINK_MOVED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
 /// Some service moves data (`Service::transferring`, as of the last poll).
 static TRANSFERRING: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
@@ -90,6 +99,64 @@ pub fn init(device: NetDevice, opts: &MgmtOptions) {
     *STACK.lock() = Some(Stack { device, iface, sockets, dhcp, services: Vec::new() });
 }
 
+/// Sends received frames that are not the hypervisor's to `divert` (a
+/// bridge's uplink); false when there is no NIC.
+pub fn set_divert(divert: fn(&[u8])) -> bool {
+    let mut guard = STACK.lock();
+    let Some(stack) = guard.as_mut() else { return false };
+    stack.device.divert = Some(divert);
+    true
+}
+
+/// The NIC's MAC address, if there is a NIC.
+pub fn mac() -> Option<[u8; 6]> {
+    STACK.lock().as_ref().map(|s| s.device.mac)
+}
+
+/// Sends a frame of `len` bytes that `fill` writes out of the NIC (a
+/// bridge's frame for the outside): at once when the stack is free, else
+/// copied and queued for the next poll. False when it was dropped.
+pub fn send_raw(len: usize, fill: impl FnOnce(&mut [u8]) -> bool) -> bool {
+    UPLINK_MOVED.store(true, core::sync::atomic::Ordering::Relaxed);
+    if let Some(mut guard) = STACK.try_lock() {
+        if UPLINK_QUEUE.lock().is_empty() {
+            return guard.as_mut().is_some_and(|s| s.device.send_raw(len, fill));
+        }
+    }
+    // The stack is busy (possibly on this very path, when a frame from
+    // the outside is flooded back out), or older frames wait: keep order.
+    let mut frame = alloc::vec![0u8; len];
+    if !fill(&mut frame) {
+        return false;
+    }
+    let mut queue = UPLINK_QUEUE.lock();
+    if queue.len() >= UPLINK_QUEUE_MAX {
+        UPLINK_DROPS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+        return false;
+    }
+    queue.push_back(frame);
+    transfer_queued();
+    true
+}
+
+/// Frames came from the wire for a bridge: idle CPUs keep polling.
+pub fn note_uplink_traffic() {
+    UPLINK_MOVED.store(true, core::sync::atomic::Ordering::Relaxed);
+    TRANSFERRING.store(true, core::sync::atomic::Ordering::Relaxed);
+}
+
+fn flush_uplink_queue(device: &NetDevice) {
+    loop {
+        let Some(frame) = UPLINK_QUEUE.lock().pop_front() else { return };
+        if !device.send_raw(frame.len(), |buf| {
+            buf.copy_from_slice(&frame);
+            true
+        }) {
+            UPLINK_DROPS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 /// Adds a service; false when there is no network.
 pub fn register(mut service: Box<dyn Service>) -> bool {
     let mut guard = STACK.lock();
@@ -135,7 +202,9 @@ pub fn poll() {
     for s in services.iter_mut() {
         s.poll(sockets, iface, now_us);
     }
-    TRANSFERRING.store(services.iter().any(|s| s.transferring()), core::sync::atomic::Ordering::Relaxed);
+    flush_uplink_queue(device);
+    let uplink = UPLINK_MOVED.swap(false, core::sync::atomic::Ordering::Relaxed);
+    TRANSFERRING.store(uplink || services.iter().any(|s| s.transferring()), core::sync::atomic::Ordering::Relaxed);
     // Replies the services queued go out now, not at the next poll.
     iface.poll(now(), device, sockets);
 }

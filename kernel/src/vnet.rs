@@ -20,10 +20,10 @@ use alloc::string::String;
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
 use ferrite_config::MacAddr;
-use ferrite_devmodel::virtio::net::{NetStats, RxOutcome, TxFrame, VirtioNetMmio, QUEUE_TX};
+use ferrite_devmodel::virtio::net::{RxOutcome, TxFrame, VirtioNetMmio, QUEUE_TX};
 use ferrite_devmodel::virtio::Effect;
 use ferrite_loader::acpi::{virtio_mmio_base, virtio_mmio_gsi};
-use ferrite_switch::{PortCounters, PortKind};
+use ferrite_switch::PortKind;
 use spin::{Mutex, Once};
 
 /// Frames taken per round of a transmit notify, and rounds at most: a
@@ -87,14 +87,24 @@ impl NetDevice {
     }
 
     /// Leaves the bridge (the domain stopped); frames for it go nowhere.
-    pub fn detach(&self) {
-        self.port.lock().take();
-    }
-
-    /// The device's and the bridge port's counters.
-    pub fn stats(&self) -> (NetStats, Option<PortCounters>) {
-        let model = *self.state.lock().model.stats();
-        (model, self.port.lock().as_ref().map(Port::counters))
+    /// Logs what went through the NIC.
+    pub fn detach(&self, domain: &str) {
+        let Some(port) = self.port.lock().take() else { return };
+        let (nic, c) = (*self.state.lock().model.stats(), port.counters());
+        log::info!(
+            "{}: vif {} left bridge {}: sent {} frames ({} bytes), received {} ({} bytes); dropped: {} sent ({} spoofed), {} malformed, {} for lack of receive buffers",
+            domain,
+            self.config.mac,
+            port.bridge_name(),
+            c.tx_packets,
+            c.tx_bytes,
+            c.rx_packets,
+            c.rx_bytes,
+            c.tx_dropped,
+            c.tx_spoofed,
+            nic.tx_malformed,
+            c.rx_dropped
+        );
     }
 
     /// The offset in this device's window, if `gpa` is in it.

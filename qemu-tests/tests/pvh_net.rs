@@ -8,11 +8,17 @@
 //! print its SHA-256), then changes its MAC and finds it can no longer
 //! reach neta (the switch drops spoofed frames), and with its own MAC back
 //! it can again. netc never reaches neta: bridges are apart.
+//!
+//! And a guest on a bridge with the host NIC as its uplink (`uplink=`)
+//! fetches a file from a TCP server on the developer's host through QEMU's
+//! user network, but cannot reach the hypervisor's management service.
 
 use ferrite_qemu_tests::ferrite_tools::initramfs;
+use sha2::Digest;
 use ferrite_qemu_tests::ferrite_tools::modules::ModuleSpec;
 use ferrite_qemu_tests::{base_qemu, debian_modules, debian_packages, images, linux_vm_timeout, test_dir, Vm, BASE_CMDLINE};
-use std::path::Path;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 
 /// `/init` of the network guests: loads the modules, configures eth0 from
 /// `ferrite.ip=`, and plays `ferrite.net_role=`:
@@ -36,6 +42,7 @@ for w in $(cat /proc/cmdline); do
     case "$w" in
         ferrite.net_role=*) role="${w#ferrite.net_role=}" ;;
         ferrite.ip=*) ip="${w#ferrite.ip=}" ;;
+        ferrite.port=*) port="${w#ferrite.port=}" ;;
     esac
 done
 i=0
@@ -91,6 +98,16 @@ isolated)
     echo "FERRITE-NET other-bridge ping received $(pings 3)"
     poweroff -f
     ;;
+uplink)
+    ip route add default via 10.0.2.2
+    echo "FERRITE-NET-SHA256 outside $(wget -q -O - "http://10.0.2.2:$port/blob" | sha256sum | cut -d' ' -f1)"
+    if nc -w 5 10.0.2.15 7070 </dev/null >/dev/null 2>&1; then
+        echo "FERRITE-NET management service reachable"
+    else
+        echo "FERRITE-NET management service unreachable"
+    fi
+    poweroff -f
+    ;;
 esac
 echo "FERRITE-NET unknown role $role"
 poweroff -f
@@ -104,10 +121,14 @@ fn write_file(path: &Path, bytes: &[u8]) {
 
 /// A domU config module: `name` with `role` and `ip` on `vif`.
 fn net_config(dir: &Path, name: &str, memory: u32, role: &str, ip: &str, vif: &str) -> ModuleSpec {
+    net_config_with(dir, name, memory, &format!("ferrite.net_role={role} ferrite.ip={ip}"), vif)
+}
+
+fn net_config_with(dir: &Path, name: &str, memory: u32, args: &str, vif: &str) -> ModuleSpec {
     let cfg = format!(
         "# written by qemu-tests/tests/pvh_net.rs\nname = \"{name}\"\ntype = \"pvh\"\nmemory = {memory}\nvcpus = 1\n\
          kernel = \"vmlinux\"\nramdisk = \"initramfs-net.cpio\"\n\
-         cmdline = \"console=ttyS0 loglevel=4 ferrite.net_role={role} ferrite.ip={ip}\"\n\
+         cmdline = \"console=ttyS0 loglevel=4 {args}\"\n\
          vif = [ '{vif}' ]\non_crash = \"destroy\"\n"
     );
     let path = dir.join(format!("{name}.cfg"));
@@ -115,14 +136,13 @@ fn net_config(dir: &Path, name: &str, memory: u32, role: &str, ip: &str, vif: &s
     ModuleSpec::new(&path, "")
 }
 
-#[test]
-fn pvh_guests_talk_over_a_bridge_and_nothing_else() {
-    let name = "pvh_guests_talk_over_a_bridge_and_nothing_else";
+/// Debian's kernel and the network initramfs in `dir` (`vmlinux`,
+/// `initramfs-net.cpio`); None when the packages cannot be had.
+fn net_guest(name: &str, dir: &Path) -> Option<(PathBuf, PathBuf)> {
     if !debian_packages(name, &["linux-image-cloud-amd64", "busybox-static"]) {
-        return;
+        return None;
     }
     use ferrite_qemu_tests::ferrite_tools::guest_images;
-    let dir = test_dir(name);
     let root = guest_images::fetch_debian_package("linux-image-cloud-amd64").unwrap();
     let vmlinux = guest_images::find_vmlinuz(&root).unwrap_or_else(|e| panic!("[{name}] {e}"));
     let modules = debian_modules(name, &root, &["virtio_mmio", "virtio_net"]);
@@ -132,6 +152,14 @@ fn pvh_guests_talk_over_a_bridge_and_nothing_else() {
     std::fs::copy(&vmlinux, &kernel).unwrap_or_else(|e| panic!("[{name}] cannot copy the kernel: {e}"));
     let initrd = dir.join("initramfs-net.cpio");
     write_file(&initrd, &image);
+    Some((kernel, initrd))
+}
+
+#[test]
+fn pvh_guests_talk_over_a_bridge_and_nothing_else() {
+    let name = "pvh_guests_talk_over_a_bridge_and_nothing_else";
+    let dir = test_dir(name);
+    let Some((kernel, initrd)) = net_guest(name, &dir) else { return };
 
     let q = base_qemu()
         .memory_mib(1024)
@@ -170,5 +198,69 @@ fn pvh_guests_talk_over_a_bridge_and_nothing_else() {
     vm.wait_for(r"^\(netb\) FERRITE-NET own-mac ping received 3$", vm.remaining());
     vm.wait_for(r"^\(netb\) FERRITE-NET client done$", vm.remaining());
     vm.wait_for(r"^\(neta\) FERRITE-NET server done$", vm.remaining());
+    // The switch counted netb's spoofed frames, and each bridge went with
+    // its last port: nothing stale is left.
+    vm.wait_for(
+        &format!(r"netb: vif {netb_mac} left bridge bridge0: sent [1-9]\d* frames \(\d+ bytes\), received [1-9]\d* \(\d+ bytes\); dropped: [1-9]\d* sent \([1-9]\d* spoofed\)"),
+        vm.remaining(),
+    );
+    vm.wait_for(r"bridge bridge1: no ports left; removed", vm.remaining());
+    vm.wait_for(r"bridge bridge0: no ports left; removed", vm.remaining());
+    vm.expect_success();
+}
+
+/// A one-request-at-a-time HTTP/1.0 server on the host's loopback serving
+/// `body` for any path; returns its port.
+fn serve_http_once(body: Vec<u8>) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let head = format!("HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n", body.len());
+            let _ = conn.write_all(head.as_bytes()).and_then(|_| conn.write_all(&body));
+        }
+    });
+    port
+}
+
+#[test]
+fn a_guest_reaches_the_developers_host_through_the_uplink_but_not_the_hypervisor() {
+    let name = "a_guest_reaches_the_developers_host_through_the_uplink_but_not_the_hypervisor";
+    let dir = test_dir(name);
+    let Some((kernel, initrd)) = net_guest(name, &dir) else { return };
+    let blob = ferrite_qemu_tests::pseudo_random_bytes(0x0a71, 8 << 20);
+    let want: String = sha2::Sha256::digest(&blob).iter().map(|b| format!("{b:02x}")).collect();
+    let port = serve_http_once(blob);
+    let link = ferrite_qemu_tests::ferrite_tools::xl::link::prepare(&dir, None).expect("network link");
+    let q = base_qemu()
+        .memory_mib(512)
+        .smp(2)
+        .kernel(&images().multiboot)
+        .append(&format!("{BASE_CMDLINE} uplink=bridge0"))
+        .module(link.key_module.clone())
+        .module(net_config_with(&dir, "netu", 160, &format!("ferrite.net_role=uplink ferrite.ip=10.0.2.20 ferrite.port={port}"), "bridge=bridge0"))
+        .module(ModuleSpec::new(&kernel, ""))
+        .module(ModuleSpec::new(&initrd, ""))
+        .extra_args(link.qemu_args.clone());
+    let mut vm = Vm::start_with_timeout(name, &dir, q, linux_vm_timeout());
+    vm.expect_lines(&[
+        r"net: the host NIC \(52:54:00:12:34:56\) is the uplink of bridge bridge0",
+        r"domain \d+ \(netu\): vif 00:16:3e:[0-9a-f:]{8} on bridge bridge0, virtio-net",
+        r"^\(netu\) FERRITE-NET eth0 00:16:3e:[0-9a-f:]{8} 10\.0\.2\.20$",
+    ]);
+    let got = vm.expect_lines(&[r"^\(netu\) FERRITE-NET-SHA256 outside [0-9a-f]{64}$"]);
+    if !got[0].ends_with(&want) {
+        vm.fail(&format!("the guest fetched {}, the host served {want}", got[0]));
+    }
+    vm.expect_lines(&[r"^\(netu\) FERRITE-NET management service unreachable$"]);
     vm.expect_success();
 }

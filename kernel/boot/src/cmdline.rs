@@ -15,6 +15,7 @@
 //! | `dom0_max_vcpus=` | `<n>`, `<min>-<max>`, `<min>-` | unset |
 //! | `dom0_vcpus_pin` | boolean | false |
 //! | `dom0_disk=` | a disk in xl's syntax, e.g. `phy:disk0,xvda,w`; repeat for more (Ferrite-specific) | none |
+//! | `uplink=` | a bridge name: the host NIC joins that bridge, so its guests reach the outside (Ferrite-specific) | none |
 //! | `loglvl=` | `none|error|warning|info|debug|all` `[/<level>]` | `info` |
 //! | `debug_exit=` | I/O port, `0x..` or decimal, nonzero | unset |
 //! | `selftest=` | boolean | true |
@@ -171,6 +172,9 @@ pub struct Options {
     /// `dom0_disk=`, in order: dom0's virtio-blk disks, each in xl's disk
     /// syntax (checked when dom0 is built, by the config crate's parser).
     pub dom0_disks: Vec<String>,
+    /// `uplink=BRIDGE`: the bridge the host NIC joins (as `brconfig
+    /// bridge0 add wm0` does in a NetBSD dom0).
+    pub uplink: Option<String>,
     pub loglvl: LogLevel,
     /// Port of QEMU's isa-debug-exit device: when set, the hypervisor
     /// reports its result there (Ferrite-specific).
@@ -208,6 +212,7 @@ impl Default for Options {
             dom0_max_vcpus: None,
             dom0_vcpus_pin: false,
             dom0_disks: Vec::new(),
+            uplink: None,
             loglvl: LogLevel::Info,
             debug_exit: None,
             selftest: true,
@@ -507,6 +512,15 @@ pub fn parse(s: &str) -> (Options, Vec<Diagnostic>) {
             match value {
                 Some(v) if !v.is_empty() => o.dom0_disks.push(v.to_owned()),
                 _ => diags.push(bad("a disk in xl syntax, e.g. phy:disk0,xvda,w")),
+            }
+            continue;
+        }
+        if name == "uplink" {
+            match value {
+                Some(v) if !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) => {
+                    o.uplink = Some(v.to_owned())
+                }
+                _ => diags.push(bad("a bridge name, e.g. bridge0")),
             }
             continue;
         }

@@ -1,7 +1,10 @@
 //! The host NIC: QEMU's `virtio-net-pci`, driven with `virtio-drivers`
-//! and offered to smoltcp as a `phy::Device`. It carries only the
-//! hypervisor's own traffic (the management service); guests' networking
-//! does not go through it.
+//! and offered to smoltcp as a `phy::Device`. It carries the hypervisor's
+//! own traffic (the management service) and, when a bridge has it as its
+//! uplink, the guests' frames to and from the outside: a received frame
+//! not addressed to the hypervisor's MAC goes to the `divert` hook only
+//! (broadcast and multicast to both), so guests' traffic never reaches the
+//! hypervisor's own stack.
 //!
 //! Polled, not interrupt-driven: the management service needs no more
 //! than the scheduler's polling gives it (see `net`).
@@ -34,7 +37,14 @@ pub struct NetDevice {
     nic: RefCell<Nic>,
     pub mac: [u8; 6],
     pub pci: pci::PciAddress,
+    /// Where received frames for other addresses go (the uplink), if
+    /// anywhere.
+    pub divert: Option<fn(&[u8])>,
 }
+
+/// Frames looked at per `receive` call: diverted ones are consumed here,
+/// so the loop needs a bound.
+const RX_PER_CALL: usize = 16;
 
 /// Finds the first virtio-net function and brings it up; logs why not.
 pub fn probe(config: ConfigAccess, functions: &[PciFunction]) -> Option<NetDevice> {
@@ -57,7 +67,23 @@ pub fn probe(config: ConfigAccess, functions: &[PciFunction]) -> Option<NetDevic
 fn bring_up(config: ConfigAccess, f: &PciFunction) -> Result<NetDevice, String> {
     let transport = virtio::pci_transport(config, f.address)?;
     let nic = Nic::new(transport, BUFFER_LEN).map_err(|e| format!("virtio-net set-up: {}", e))?;
-    Ok(NetDevice { mac: nic.mac_address(), nic: RefCell::new(nic), pci: f.address })
+    Ok(NetDevice { mac: nic.mac_address(), nic: RefCell::new(nic), pci: f.address, divert: None })
+}
+
+impl NetDevice {
+    /// Sends a frame of `len` bytes that `fill` writes (the uplink's
+    /// frames); false when the NIC has no room or `fill` fails.
+    pub fn send_raw(&self, len: usize, fill: impl FnOnce(&mut [u8]) -> bool) -> bool {
+        let mut nic = self.nic.borrow_mut();
+        if !nic.can_send() || len > MTU + 14 + 4 {
+            return false;
+        }
+        let mut tx = nic.new_tx_buffer(len);
+        if !fill(tx.packet_mut()) {
+            return false;
+        }
+        nic.send(tx).is_ok()
+    }
 }
 
 impl phy::Device for NetDevice {
@@ -65,13 +91,31 @@ impl phy::Device for NetDevice {
     type TxToken<'a> = NetTxToken<'a>;
 
     fn receive(&mut self, _timestamp: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
-        let mut nic = self.nic.borrow_mut();
-        if !nic.can_recv() || !nic.can_send() {
-            return None;
+        for _ in 0..RX_PER_CALL {
+            let mut nic = self.nic.borrow_mut();
+            if !nic.can_recv() || !nic.can_send() {
+                return None;
+            }
+            let buffer = nic.receive().ok()?;
+            drop(nic);
+            let packet = buffer.packet();
+            let Some(divert) = self.divert else {
+                return Some((NetRxToken { nic: &self.nic, buffer }, NetTxToken { nic: &self.nic }));
+            };
+            let dst = packet.get(..6).unwrap_or(&[]);
+            let ours = dst == self.mac;
+            let group = dst.first().is_some_and(|b| b & 1 != 0);
+            if !ours {
+                divert(packet);
+            }
+            if ours || group {
+                return Some((NetRxToken { nic: &self.nic, buffer }, NetTxToken { nic: &self.nic }));
+            }
+            if let Err(e) = self.nic.borrow_mut().recycle_rx_buffer(buffer) {
+                error!("net: cannot give a receive buffer back to the NIC: {}", e);
+            }
         }
-        let buffer = nic.receive().ok()?;
-        drop(nic);
-        Some((NetRxToken { nic: &self.nic, buffer }, NetTxToken { nic: &self.nic }))
+        None
     }
 
     fn transmit(&mut self, _timestamp: Instant) -> Option<Self::TxToken<'_>> {

@@ -356,3 +356,15 @@ fn dom0_disks_are_collected_in_order() {
     assert!(o.dom0_disks.is_empty());
     assert_eq!(diags.len(), 2);
 }
+
+#[test]
+fn uplink_names_a_bridge() {
+    let (o, diags) = parse("uplink=bridge0");
+    assert!(diags.is_empty(), "{diags:?}");
+    assert_eq!(o.uplink.as_deref(), Some("bridge0"));
+    for bad in ["uplink", "uplink=", "uplink=a,b", "uplink=br\u{1b}0"] {
+        let (o, diags) = parse(bad);
+        assert_eq!(o.uplink, None, "{bad}");
+        assert_eq!(diags.len(), 1, "{bad}: {diags:?}");
+    }
+}
