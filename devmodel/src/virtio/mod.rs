@@ -41,7 +41,7 @@ pub use blk::{
 pub use common::Effect;
 pub use mmio::MmioEffect;
 pub use net::{NetStats, RxOutcome, TxFrame, VirtioNet, VirtioNetMmio};
-pub use pci::VirtioBlkPci;
+pub use pci::{VirtioBlkPci, VirtioNetPci};
 pub use vsock::{ConnId, ConnState, VirtioVsock, VirtioVsockMmio, VsockEvent};
 
 /// Device status bits (virtio 1.x §2.1).

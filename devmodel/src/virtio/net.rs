@@ -313,8 +313,28 @@ impl VirtioNet {
         Ok(if used == 0 { RxOutcome::NoBuffer } else { RxOutcome::Delivered })
     }
 
-    fn register_write(&mut self, f: impl FnOnce(&mut VirtioState) -> Effect) -> Effect {
+    pub(crate) fn register_write(&mut self, f: impl FnOnce(&mut VirtioState) -> Effect) -> Effect {
         f(&mut self.transport)
+    }
+
+    /// The transport-neutral state, for the register front ends.
+    pub(crate) fn state(&self) -> &VirtioState {
+        &self.transport
+    }
+
+    /// The device configuration space (`mac`, `status`).
+    pub(crate) fn config(&self) -> &[u8] {
+        &self.config
+    }
+
+    /// Reads and clears the interrupt status (virtio-pci's ISR).
+    pub(crate) fn take_interrupt_status(&mut self) -> u32 {
+        core::mem::take(&mut self.transport.interrupt_status)
+    }
+
+    /// For the virtio-pci front end (QueueNum starts at the maximum).
+    pub(crate) fn new_pci(mac: [u8; 6]) -> Self {
+        VirtioNet::with_transport(mac, u32::from(QUEUE_SIZE_MAX))
     }
 }
 

@@ -26,13 +26,14 @@
 //! and a notify before the queue is set up finds nothing to take.
 //!
 //! The register logic serves any device with any number of queues
-//! ([`PciLayout`]); [`VirtioBlkPci`] is the one device using it today.
+//! ([`PciLayout`]): [`VirtioBlkPci`] and [`VirtioNetPci`] use it.
 //!
 //! The PCI configuration space itself ([`config_space`]) is a
 //! [`ConfigSpace`] on the stub's [`PciBus`](crate::pci::PciBus); the
 //! caller decodes the BAR from it and hands BAR-relative accesses here.
 
 use super::blk::{BlkDiskInfo, VirtioBlk, DEVICE_ID_BLOCK};
+use super::net::{VirtioNet, DEVICE_ID_NET};
 use super::common::{read_config, set_high, set_low, Effect, VirtioState};
 use crate::pci::{self, Bar, ConfigSpace};
 
@@ -41,6 +42,9 @@ pub const VENDOR_VIRTIO: u16 = 0x1af4;
 /// Modern device IDs are 0x1040 + the virtio device ID.
 pub const DEVICE_ID_MODERN_BASE: u16 = 0x1040;
 pub const DEVICE_VIRTIO_BLK: u16 = DEVICE_ID_MODERN_BASE + DEVICE_ID_BLOCK as u16;
+pub const DEVICE_VIRTIO_NET: u16 = DEVICE_ID_MODERN_BASE + DEVICE_ID_NET as u16;
+/// Network controller, Ethernet.
+pub const CLASS_ETHERNET: u32 = 0x02_00_00;
 /// Mass storage, "other" (QEMU says SCSI; drivers match the IDs).
 pub const CLASS_STORAGE_OTHER: u32 = 0x01_80_00;
 /// The BAR holding every region.
@@ -110,6 +114,12 @@ impl PciLayout {
     pub const BLK: PciLayout = PciLayout {
         device_config_len: super::blk::CONFIG_LEN as u64,
         num_queues: 1,
+    };
+
+    /// virtio-net: `mac` and `status`, receive and transmit queues.
+    pub const NET: PciLayout = PciLayout {
+        device_config_len: 8,
+        num_queues: 2,
     };
 
     /// Bytes of the notify region.
@@ -222,6 +232,57 @@ impl core::ops::Deref for VirtioBlkPci {
 impl core::ops::DerefMut for VirtioBlkPci {
     fn deref_mut(&mut self) -> &mut VirtioBlk {
         &mut self.blk
+    }
+}
+
+/// The virtio-net function's configuration space.
+pub fn net_config_space() -> ConfigSpace {
+    config_space_for(DEVICE_VIRTIO_NET, CLASS_ETHERNET, PciLayout::NET)
+}
+
+/// A virtio-net device behind the virtio-pci transport (HVM guests'
+/// `model=virtio-net` vifs). Dereferences to [`VirtioNet`].
+#[derive(Debug, Clone)]
+pub struct VirtioNetPci {
+    net: VirtioNet,
+}
+
+impl VirtioNetPci {
+    pub fn new(mac: [u8; 6]) -> Self {
+        VirtioNetPci { net: VirtioNet::new_pci(mac) }
+    }
+
+    /// A guest read of `size` bytes at `offset` in the BAR.
+    pub fn bar_read(&mut self, offset: u64, size: u8) -> u64 {
+        match region(offset, size, PciLayout::NET) {
+            Some((Region::Common, off)) => common_read(self.net.state(), off, size),
+            Some((Region::Isr, 0)) if size == 1 => u64::from(self.net.take_interrupt_status() as u8),
+            Some((Region::Device, off)) => read_config(self.net.config(), off, size),
+            _ => 0,
+        }
+    }
+
+    /// A guest write of `size` bytes at `offset` in the BAR: a notify
+    /// returns [`Effect::Notify`] with the queue.
+    pub fn bar_write(&mut self, offset: u64, size: u8, value: u64) -> Effect {
+        match region(offset, size, PciLayout::NET) {
+            Some((Region::Common, off)) => self.net.register_write(|s| common_write(s, off, size, value)),
+            Some((Region::Notify, off)) => notify_write(self.net.state(), off, size, value),
+            _ => Effect::None,
+        }
+    }
+}
+
+impl core::ops::Deref for VirtioNetPci {
+    type Target = VirtioNet;
+    fn deref(&self) -> &VirtioNet {
+        &self.net
+    }
+}
+
+impl core::ops::DerefMut for VirtioNetPci {
+    fn deref_mut(&mut self) -> &mut VirtioNet {
+        &mut self.net
     }
 }
 

@@ -468,3 +468,19 @@ fn fuzz_bar_accesses_never_panic() {
         }
     }
 }
+
+#[test]
+fn virtio_net_pci_has_two_queues_and_its_mac_in_the_device_region() {
+    let c = super::pci::net_config_space();
+    assert_eq!((c.vendor_id(), c.device_id()), (0x1af4, 0x1041));
+    assert_eq!(c.u32_at(0x08) >> 8, super::pci::CLASS_ETHERNET);
+    let mac = [0x00, 0x16, 0x3e, 0xaa, 0xbb, 0xcc];
+    let mut dev = super::pci::VirtioNetPci::new(mac);
+    let got: Vec<u8> = (0..6).map(|i| dev.bar_read(super::pci::DEVICE_OFFSET + i, 1) as u8).collect();
+    assert_eq!(got, mac);
+    assert_eq!(dev.bar_read(super::pci::COMMON_OFFSET + super::pci::common_cfg::NUM_QUEUES, 2), 2);
+    // Queue 1 (transmit) is notified at its own address with its index.
+    let notify1 = super::pci::NOTIFY_OFFSET + u64::from(super::pci::NOTIFY_OFF_MULTIPLIER);
+    assert_eq!(dev.bar_write(notify1, 2, 1), Effect::Notify(1));
+    assert_eq!(dev.bar_write(notify1, 2, 0), Effect::None);
+}
