@@ -569,6 +569,11 @@ impl Domain {
         for n in self.vnets.get().into_iter().flatten() {
             n.detach(&self.name);
         }
+        if let Role::Stub(b) = &self.role {
+            for n in &b.nics {
+                n.detach(&b.guest.name);
+            }
+        }
         let restart = match &state {
             DomainState::PoweredOff => self.spec.on_poweroff,
             DomainState::Rebooting => self.spec.on_reboot,

@@ -53,6 +53,8 @@ pub struct HvmBoot {
     pub bios: Blob,
     pub stub_image: Blob,
     pub disks: Vec<HvmDisk>,
+    /// NICs: each a port on its bridge, emulated by the stub domain.
+    pub nics: Vec<(crate::vnet::VifConfig, ferrite_abi::StubNicModel)>,
     pub linux: Option<HvmLinux>,
     pub boot_order: String,
     /// Test builds of the stub: make its IDE model crash on this command.
@@ -235,6 +237,12 @@ fn create_stub(
         cmdline: l.cmdline.clone(),
         option_rom: source(&l.option_rom),
     });
+    let nics: Vec<_> = h
+        .nics
+        .iter()
+        .enumerate()
+        .map(|(i, (vif, model))| crate::hvmnet::StubNic::new(i as u32, vif.clone(), *model, ioreq.clone()))
+        .collect();
     let layout = crate::platform::guest_layout();
     let config = StubConfig {
         guest_id: guest.id,
@@ -256,6 +264,7 @@ fn create_stub(
                 model: d.model,
             })
             .collect(),
+        nics: nics.iter().map(|n| n.abi()).collect(),
         linux,
         boot_order: h.boot_order.clone(),
         pm1a_evt: layout.pm1a_evt,
@@ -280,7 +289,17 @@ fn create_stub(
         on_reboot: Action::Destroy,
         on_crash: Action::Destroy,
     };
-    let backends = StubBackends { guest: guest.clone(), ioreq, disks, data };
+    let backends = StubBackends { guest: guest.clone(), ioreq, disks, data, nics: nics.clone() };
     let devices = Devices::new_pvh(layout);
-    Domain::build(spec, mem, devices, Role::Stub(backends), Vec::new(), stub_entry(entry.rip, entry.cr3, entry.rdi), caps)
+    let stub = Domain::build(spec, mem, devices, Role::Stub(backends), Vec::new(), stub_entry(entry.rip, entry.cr3, entry.rdi), caps)?;
+    let host: Arc<dyn crate::vdisk::DiskHost> = stub.clone();
+    for n in &nics {
+        if let Err(e) = n.attach(Arc::downgrade(&host)) {
+            let e = format!("{}: vif {}: {}", guest.name, n.config().mac, e);
+            stub.shut_down(crate::domain::DomainState::Crashed(e.clone()));
+            return Err(e);
+        }
+        info!("domain {} ({}): vif {} on bridge {}, {} in {}", guest.id, guest.name, n.config().mac, n.config().bridge, n.model_name(), stub.name);
+    }
+    Ok(stub)
 }

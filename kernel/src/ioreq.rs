@@ -30,6 +30,8 @@ pub struct IoreqServer {
     stub_vcpu: Mutex<Option<Arc<dyn Runnable>>>,
     /// Console input arrived for the guest since the stub last looked.
     input: AtomicBool,
+    /// Frames arrived in a NIC's receive ring since the stub last looked.
+    net: AtomicBool,
 }
 
 impl IoreqServer {
@@ -41,6 +43,7 @@ impl IoreqServer {
             bufio_lock: Mutex::new(()),
             stub_vcpu: Mutex::new(None),
             input: AtomicBool::new(false),
+            net: AtomicBool::new(false),
         })
     }
 
@@ -121,6 +124,12 @@ impl IoreqServer {
         self.notify();
     }
 
+    /// Frames arrived in a NIC's receive ring: tell the stub.
+    pub fn notify_net(&self) {
+        self.net.store(true, Ordering::SeqCst);
+        self.notify();
+    }
+
     /// Whether vCPU `vcpu`'s request has been answered.
     pub fn is_done(&self, vcpu: u32) -> bool {
         self.page.load_u32(Self::offset(vcpu) + slot::STATE) == STATE_DONE
@@ -144,6 +153,9 @@ impl IoreqServer {
         let ready = (0..slots).any(|i| self.page.load_u32(i * IOREQ_SLOT_SIZE + slot::STATE) == STATE_READY)
             || self.bufio.load_u32(bufio::CONSUMED) != self.produced.load(Ordering::SeqCst);
         let input = self.input.swap(false, Ordering::SeqCst);
-        (if ready { ferrite_abi::WAIT_REQUESTS } else { 0 }) | (if input { ferrite_abi::WAIT_INPUT } else { 0 })
+        let net = self.net.swap(false, Ordering::SeqCst);
+        (if ready { ferrite_abi::WAIT_REQUESTS } else { 0 })
+            | (if input { ferrite_abi::WAIT_INPUT } else { 0 })
+            | (if net { ferrite_abi::WAIT_NET } else { 0 })
     }
 }

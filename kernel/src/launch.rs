@@ -255,6 +255,32 @@ fn pvh_vifs(cfg: &ferrite_config::DomainConfig) -> Vec<crate::vnet::VifConfig> {
         .collect()
 }
 
+/// An HVM guest's NICs: `model=e1000` (the default: Debian's generic
+/// kernel drives it) or `model=virtio-net`, emulated by its stub domain.
+/// xl's own default, `rtl8139`, is not emulated, and is refused with what
+/// to use instead.
+fn hvm_nics(cfg: &ferrite_config::DomainConfig) -> Result<Vec<(crate::vnet::VifConfig, ferrite_abi::StubNicModel)>, String> {
+    use ferrite_abi::StubNicModel;
+    if cfg.vifs.len() > ferrite_abi::MAX_NICS {
+        return Err(format!("at most {} vifs for an HVM guest ({} given)", ferrite_abi::MAX_NICS, cfg.vifs.len()));
+    }
+    let vifs = pvh_vifs(cfg);
+    cfg.vifs
+        .iter()
+        .zip(vifs)
+        .map(|(v, vif)| {
+            let model = match v.model() {
+                None | Some("e1000") => StubNicModel::E1000,
+                Some("virtio-net") | Some("virtio") => StubNicModel::VirtioPci,
+                Some(other) => {
+                    return Err(format!("vif {}: model={} is not emulated; use model=e1000 or model=virtio-net", vif.mac, other))
+                }
+            };
+            Ok((vif, model))
+        })
+        .collect()
+}
+
 /// xl's default bridge name.
 const DEFAULT_BRIDGE: &str = "xenbr0";
 
@@ -370,6 +396,7 @@ fn hvm_boot(cfg: &ferrite_config::DomainConfig, files: &dyn Files) -> Result<Boo
         bios,
         stub_image,
         disks,
+        nics: hvm_nics(cfg)?,
         linux,
         boot_order,
         fault_inject_ata_command: cfg.device_model_fault_inject,

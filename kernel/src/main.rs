@@ -20,6 +20,7 @@ mod domain;
 mod drivers;
 mod host;
 mod hvm;
+mod hvmnet;
 mod launch;
 mod ioreq;
 mod mgmt;

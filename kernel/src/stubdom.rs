@@ -34,6 +34,8 @@ pub struct StubBackends {
     pub disks: Vec<StubDisk>,
     /// Boot files (kernel, initrd, option ROM) by handle.
     pub data: Vec<crate::mm::blob::Blob>,
+    /// The guest's NICs by handle.
+    pub nics: Vec<Arc<crate::hvmnet::StubNic>>,
 }
 
 /// What the stub's vCPU does after a hypercall.
@@ -86,6 +88,7 @@ pub fn hypercall(stub: &Domain, b: &StubBackends, regs: &mut GuestRegs) -> After
         hc::SET_IRQ => set_irq(b, args[0], args[1]),
         hc::BLOCK_IO => block_io(stub, b, args[0], args[1]),
         hc::DATA_READ => data_read(stub, b, args),
+        hc::NET_SEND => net_send(stub, b, args),
         hc::GUEST_POWER => match PowerAction::from_code(args[0]) {
             Some(action) => {
                 let state = match action {
@@ -211,4 +214,36 @@ fn data_read(stub: &Domain, b: &StubBackends, args: [u64; 5]) -> Result<u64, Err
     };
     mem.write(dest, &data[offset as usize..end as usize]).map_err(|_| Errno::Fault)?;
     Ok(len)
+}
+
+/// NET_SEND: a frame of the guest's NIC, as pieces of the guest's RAM or
+/// the stub's. The list's shape is checked here; the pieces themselves
+/// when the bridge copies them (a piece outside RAM drops the frame).
+fn net_send(stub: &Domain, b: &StubBackends, args: [u64; 5]) -> Result<u64, Errno> {
+    use ferrite_abi::{net_piece, NET_MAX_PIECES};
+    use ferrite_devmodel::virtio::queue::Buffer;
+    let [handle, list, count, where_, _] = args;
+    let nic = b.nics.get(handle as usize).ok_or(Errno::Inval)?;
+    if count == 0 || count > NET_MAX_PIECES as u64 {
+        return Err(Errno::Inval);
+    }
+    let mem = match where_ {
+        DEST_GUEST => &b.guest.mem,
+        DEST_STUB => &stub.mem,
+        _ => return Err(Errno::Inval),
+    };
+    let bytes = read_stub(stub, list, count * net_piece::SIZE as u64, (NET_MAX_PIECES * net_piece::SIZE) as u64)?;
+    let mut pieces = Vec::with_capacity(count as usize);
+    let mut len: u64 = 0;
+    for p in bytes.chunks_exact(net_piece::SIZE) {
+        let gpa = u64::from_le_bytes(p[net_piece::ADDR..net_piece::ADDR + 8].try_into().map_err(|_| Errno::Inval)?);
+        let l = u32::from_le_bytes(p[net_piece::LEN..net_piece::LEN + 4].try_into().map_err(|_| Errno::Inval)?);
+        len += u64::from(l);
+        pieces.push(Buffer { gpa, len: l, writable: false });
+    }
+    if !(14..=ferrite_devmodel::virtio::net::MAX_FRAME as u64).contains(&len) {
+        return Err(Errno::Inval);
+    }
+    nic.send(&crate::bridge::Frame::Guest { mem, pieces: &pieces, len: len as u32 });
+    Ok(0)
 }

@@ -16,7 +16,9 @@
 use ferrite_qemu_tests::ferrite_tools::initramfs;
 use sha2::Digest;
 use ferrite_qemu_tests::ferrite_tools::modules::ModuleSpec;
-use ferrite_qemu_tests::{base_qemu, debian_modules, debian_packages, images, linux_vm_timeout, test_dir, Vm, BASE_CMDLINE};
+use ferrite_qemu_tests::{
+    base_qemu, debian_modules, debian_packages, images, linux_vm_timeout, linuxboot_rom, seabios_image, test_dir, Vm, BASE_CMDLINE,
+};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -38,11 +40,15 @@ for m in $(cat /modules.order); do
 done
 role=none
 ip=
+mib=64
+clients=1
 for w in $(cat /proc/cmdline); do
     case "$w" in
         ferrite.net_role=*) role="${w#ferrite.net_role=}" ;;
         ferrite.ip=*) ip="${w#ferrite.ip=}" ;;
         ferrite.port=*) port="${w#ferrite.port=}" ;;
+        ferrite.mib=*) mib="${w#ferrite.mib=}" ;;
+        ferrite.clients=*) clients="${w#ferrite.clients=}" ;;
     esac
 done
 i=0
@@ -64,14 +70,14 @@ pings() {
 case "$role" in
 server)
     mkdir -p /www/cgi-bin
-    dd if=/dev/urandom of=/www/data bs=1M count=64 2>/dev/null
+    dd if=/dev/urandom of=/www/data bs=1M count="$mib" 2>/dev/null
     echo "FERRITE-NET-SHA256 served $(sha256sum /www/data | cut -d' ' -f1)"
-    printf '#!/bin/sh\ntouch /tmp/done\necho "Content-Type: text/plain"\necho\necho bye\n' > /www/cgi-bin/done
+    printf '#!/bin/sh\necho done >> /tmp/done\necho "Content-Type: text/plain"\necho\necho bye\n' > /www/cgi-bin/done
     chmod +x /www/cgi-bin/done
     touch /www/ready
     httpd -p 80 -h /www
     echo "FERRITE-NET serving"
-    while [ ! -e /tmp/done ]; do sleep 0.2; done
+    while [ "$(cat /tmp/done 2>/dev/null | wc -l)" -lt "$clients" ]; do sleep 0.2; done
     echo "FERRITE-NET server done"
     poweroff -f
     ;;
@@ -145,7 +151,9 @@ fn net_guest(name: &str, dir: &Path) -> Option<(PathBuf, PathBuf)> {
     use ferrite_qemu_tests::ferrite_tools::guest_images;
     let root = guest_images::fetch_debian_package("linux-image-cloud-amd64").unwrap();
     let vmlinux = guest_images::find_vmlinuz(&root).unwrap_or_else(|e| panic!("[{name}] {e}"));
-    let modules = debian_modules(name, &root, &["virtio_mmio", "virtio_net"]);
+    // PVH guests find their NIC through virtio_mmio, HVM guests through
+    // virtio_pci; each loads all and uses what it has.
+    let modules = debian_modules(name, &root, &["virtio_mmio", "virtio_pci", "virtio_net"]);
     let image = initramfs::busybox_initramfs_with_modules(NET_INIT_SCRIPT, &modules)
         .unwrap_or_else(|e| panic!("[{name}] cannot build the initramfs: {e}"));
     let kernel = dir.join("vmlinux");
@@ -153,6 +161,69 @@ fn net_guest(name: &str, dir: &Path) -> Option<(PathBuf, PathBuf)> {
     let initrd = dir.join("initramfs-net.cpio");
     write_file(&initrd, &image);
     Some((kernel, initrd))
+}
+
+/// An HVM domU config module: Linux booted directly by SeaBIOS, with one
+/// NIC of `model` on bridge0.
+fn hvm_net_config(dir: &Path, name: &str, args: &str, model: &str) -> ModuleSpec {
+    let cfg = format!(
+        "# written by qemu-tests/tests/pvh_net.rs\nname = \"{name}\"\ntype = \"hvm\"\nmemory = 192\nvcpus = 1\n\
+         kernel = \"vmlinux\"\nramdisk = \"initramfs-net.cpio\"\n\
+         cmdline = \"console=ttyS0 loglevel=4 {args}\"\n\
+         vif = [ 'model={model}, bridge=bridge0' ]\non_crash = \"destroy\"\n"
+    );
+    let path = dir.join(format!("{name}.cfg"));
+    write_file(&path, cfg.as_bytes());
+    ModuleSpec::new(&path, "")
+}
+
+/// HVM guests, one per NIC model, each ping a PVH guest on the same
+/// bridge and fetch a file from it over TCP.
+fn hvm_guests_reach_a_pvh_guest(name: &str, models: &[&str]) {
+    let dir = test_dir(name);
+    let Some((kernel, initrd)) = net_guest(name, &dir) else { return };
+    let mut q = base_qemu()
+        .memory_mib(1024)
+        .smp(2)
+        .kernel(&images().multiboot)
+        .append(BASE_CMDLINE)
+        .module(net_config_with(
+            &dir,
+            "neta",
+            160,
+            &format!("ferrite.net_role=server ferrite.ip=10.0.0.1 ferrite.mib=8 ferrite.clients={}", models.len()),
+            "mac=00:16:3e:00:00:0a, bridge=bridge0",
+        ));
+    for (i, model) in models.iter().enumerate() {
+        let guest = format!("hvm{}", model.replace('-', ""));
+        q = q.module(hvm_net_config(&dir, &guest, &format!("ferrite.net_role=client ferrite.ip=10.0.0.{}", 11 + i), model));
+    }
+    let q = q
+        .module(ModuleSpec::new(&kernel, ""))
+        .module(ModuleSpec::new(&initrd, ""))
+        .module(ModuleSpec::new(PathBuf::from(&images().stubdom), ""))
+        .module(ModuleSpec::new(seabios_image(), ""))
+        .module(ModuleSpec::new(linuxboot_rom(), ""));
+    let mut vm = Vm::start_with_timeout(name, &dir, q, linux_vm_timeout() * 2);
+    let served = vm.wait_for(r"^\(neta\) FERRITE-NET-SHA256 served [0-9a-f]{64}$", vm.remaining());
+    let served = served.rsplit(' ').next().unwrap().to_string();
+    for model in models {
+        let guest = format!("hvm{}", model.replace('-', ""));
+        vm.wait_for(&format!(r"domain \d+ \({guest}\): vif 00:16:3e:[0-9a-f:]{{8}} on bridge bridge0, {model} in {guest}-dm"), vm.remaining());
+        vm.wait_for(&format!(r"^\({guest}\) FERRITE-NET ping received 3$"), vm.remaining());
+        let fetched = vm.wait_for(&format!(r"^\({guest}\) FERRITE-NET-SHA256 fetched [0-9a-f]{{64}}$"), vm.remaining());
+        if !fetched.ends_with(&served) {
+            vm.fail(&format!("{guest} fetched {fetched}; neta served {served}"));
+        }
+        vm.wait_for(&format!(r"^\({guest}\) FERRITE-NET client done$"), vm.remaining());
+    }
+    vm.wait_for(r"^\(neta\) FERRITE-NET server done$", vm.remaining());
+    vm.expect_success();
+}
+
+#[test]
+fn an_hvm_guest_with_virtio_net_reaches_a_pvh_guest() {
+    hvm_guests_reach_a_pvh_guest("an_hvm_guest_with_virtio_net_reaches_a_pvh_guest", &["virtio-net"]);
 }
 
 #[test]

@@ -15,6 +15,7 @@
 //! | memory | device |
 //! | --- | --- |
 //! | PCI BAR0 of 00:03.0, 00:04.0, ... (16 KiB each) | virtio-blk over virtio-pci, one function per `specification=virtio` disk; INTx pin A through the PIIX4 PIRQ routes |
+//! | PCI BAR0 of the functions after the disks | the NICs (`nic`): virtio-net over virtio-pci, INTx pin A |
 //!
 //! Unclaimed port reads return all ones, unclaimed writes are ignored, and
 //! so are MMIO accesses outside a decoded BAR: reads return all ones.
@@ -95,6 +96,7 @@ pub struct Devices {
     i8042: I8042,
     port92: Port92,
     virtio: Vec<VirtioDisk>,
+    nics: Vec<crate::nic::Nic>,
     /// Levels last sent with SET_IRQ, per ISA IRQ.
     lines: [bool; ISA_IRQS],
     /// The hypervisor may hold more console input for the guest.
@@ -144,6 +146,13 @@ impl Devices {
                 Err(e) => warn!("disk {} ({}): cannot attach as {}: {:?}", disk.handle, disk.name, disk.vdev, e),
             }
         }
+        let mut nics = Vec::new();
+        for (i, nic) in config.nics.iter().enumerate().take(ferrite_abi::MAX_NICS) {
+            let slot = FIRST_VIRTIO_SLOT as usize + virtio.len() + i;
+            if let Some(n) = u8::try_from(slot).ok().filter(|&s| s < 32).and_then(|s| crate::nic::attach(&mut pci, s, nic)) {
+                nics.push(n);
+            }
+        }
         let mut wild_access = None;
         match (config.fault_inject_ata_command, config.fault_inject_wild_access) {
             (Some(cmd), false) => {
@@ -184,6 +193,7 @@ impl Devices {
             i8042: I8042::new(),
             port92: Port92::new(),
             virtio,
+            nics,
             lines: [false; ISA_IRQS],
             input_waiting: false,
             wild_access,
@@ -371,10 +381,22 @@ impl Devices {
         })
     }
 
+    /// The NIC whose memory BAR decodes `addr`, and the offset in it.
+    fn nic_at(&self, addr: u64) -> Option<(usize, u64)> {
+        self.nics.iter().enumerate().find_map(|(i, n)| {
+            let (base, size) = self.pci.memory_bar(n.slot, 0, n.bar_index())?;
+            let off = addr.checked_sub(base)?;
+            (off < size).then_some((i, off))
+        })
+    }
+
     pub fn mmio_read(&mut self, addr: u64, size: u8) -> u64 {
-        let v = match self.virtio_at(addr) {
-            Some((i, off)) => self.virtio[i].blk.bar_read(off, size),
-            None => u64::MAX,
+        let v = if let Some((i, off)) = self.virtio_at(addr) {
+            self.virtio[i].blk.bar_read(off, size)
+        } else if let Some((i, off)) = self.nic_at(addr) {
+            self.nics[i].mmio_read(off, size)
+        } else {
+            u64::MAX
         };
         self.sync_lines();
         v
@@ -386,6 +408,18 @@ impl Devices {
                 let mut mem = self.window();
                 self.virtio[i].serve(&mut mem);
             }
+        } else if let Some((i, off)) = self.nic_at(addr) {
+            let mem = self.window();
+            self.nics[i].mmio_write(mem, off, size, value);
+        }
+        self.sync_lines();
+    }
+
+    /// The bridge put frames in the NICs' receive rings.
+    pub fn net_arrived(&mut self) {
+        let mem = self.window();
+        for n in &mut self.nics {
+            n.receive_pending(mem);
         }
         self.sync_lines();
     }
@@ -503,9 +537,10 @@ impl Devices {
         }
         // PCI INTx is level-triggered and shareable: ORed onto the IRQ its
         // PIRQ is routed to now (the guest may change the route).
-        for v in &self.virtio {
-            if v.blk.irq_level() {
-                if let Some(irq) = self.pci.intx_irq(v.slot, 0) {
+        let intx = self.virtio.iter().map(|v| (v.slot, v.blk.irq_level())).chain(self.nics.iter().map(|n| (n.slot, n.irq_level())));
+        for (slot, level) in intx {
+            if level {
+                if let Some(irq) = self.pci.intx_irq(slot, 0) {
                     if let Some(l) = levels.get_mut(usize::from(irq)) {
                         *l = true;
                     }

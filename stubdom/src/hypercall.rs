@@ -124,6 +124,22 @@ pub fn data_read_to_guest(handle: u32, offset: u64, gpa: u64, len: u64) -> Resul
     checked(nr::DATA_READ, [u64::from(handle), offset, gpa, len, DEST_GUEST]).map(|_| ())
 }
 
+/// NIC `handle` sends a frame made of `pieces` (address, length): in the
+/// guest's RAM (guest-physical) when `in_guest`, else in the stub's.
+pub fn net_send(handle: u32, pieces: &[(u64, u32)], in_guest: bool) -> Result<(), Errno> {
+    let mut list = [0u8; ferrite_abi::NET_MAX_PIECES * ferrite_abi::net_piece::SIZE];
+    if pieces.is_empty() || pieces.len() > ferrite_abi::NET_MAX_PIECES {
+        return Err(Errno::Inval);
+    }
+    for (i, &(a, l)) in pieces.iter().enumerate() {
+        let at = i * ferrite_abi::net_piece::SIZE;
+        list[at + ferrite_abi::net_piece::ADDR..at + ferrite_abi::net_piece::ADDR + 8].copy_from_slice(&a.to_le_bytes());
+        list[at + ferrite_abi::net_piece::LEN..at + ferrite_abi::net_piece::LEN + 4].copy_from_slice(&l.to_le_bytes());
+    }
+    let dest = if in_guest { DEST_GUEST } else { DEST_STUB };
+    checked(nr::NET_SEND, [u64::from(handle), addr(list.as_ptr()), pieces.len() as u64, dest, 0]).map(|_| ())
+}
+
 /// The guest asked to be reset or powered off.
 pub fn guest_power(action: PowerAction) {
     if let Err(e) = checked(nr::GUEST_POWER, [action as u64, 0, 0, 0, 0]) {

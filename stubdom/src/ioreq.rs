@@ -29,6 +29,9 @@ pub fn serve(config: &StubConfig, devices: &mut Devices) -> ! {
         if work & ferrite_abi::WAIT_INPUT != 0 {
             devices.input_arrived();
         }
+        if work & ferrite_abi::WAIT_NET != 0 {
+            devices.net_arrived();
+        }
         apply_buffered_writes(devices);
         let mut answered = false;
         for index in 0..slots {

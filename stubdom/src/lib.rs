@@ -39,6 +39,7 @@ pub mod hypercall;
 mod ioreq;
 mod logger;
 pub mod memory;
+mod nic;
 mod strio;
 
 use alloc::string::String;

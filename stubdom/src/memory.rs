@@ -268,3 +268,45 @@ pub fn wild_write(addr: u64) {
     // nothing the stub relies on changed; the caller then panics.
     unsafe { core::ptr::write_volatile(addr as *mut u32, 0xDEAD_BEEF) };
 }
+
+/// The counters of NIC `handle`'s receive ring (`ferrite_abi::net_rx`):
+/// PRODUCED (the hypervisor's) and CONSUMED (ours).
+fn net_rx_word(handle: u32, offset: u64) -> &'static AtomicU32 {
+    let ring = ferrite_abi::NET_RX_GPA + u64::from(handle % ferrite_abi::MAX_NICS as u32) * ferrite_abi::NET_RX_RING_BYTES;
+    // SAFETY: the rings lie in the stub's own RAM, above the image
+    // (linker.ld asserts it), identity mapped; the words are 4-byte
+    // aligned and shared with the hypervisor, so they are accessed
+    // atomically.
+    unsafe { &*((ring + offset) as *const AtomicU32) }
+}
+
+pub fn net_rx_produced(handle: u32) -> u32 {
+    net_rx_word(handle, ferrite_abi::net_rx::PRODUCED).load(Ordering::Acquire)
+}
+
+pub fn net_rx_consumed(handle: u32) -> u32 {
+    net_rx_word(handle, ferrite_abi::net_rx::CONSUMED).load(Ordering::Relaxed)
+}
+
+pub fn set_net_rx_consumed(handle: u32, n: u32) {
+    net_rx_word(handle, ferrite_abi::net_rx::CONSUMED).store(n, Ordering::Release);
+}
+
+/// Copies frame number `n` of NIC `handle`'s receive ring into `buf`;
+/// returns its length (0 if the hypervisor wrote a length that does not
+/// fit a slot: the frame is skipped).
+pub fn net_rx_frame(handle: u32, n: u32, buf: &mut [u8; ferrite_abi::net_rx::MAX_FRAME as usize]) -> usize {
+    use ferrite_abi::net_rx;
+    let ring = ferrite_abi::NET_RX_GPA + u64::from(handle % ferrite_abi::MAX_NICS as u32) * ferrite_abi::NET_RX_RING_BYTES;
+    let slot = ring + net_rx::SLOTS_OFFSET + u64::from(n % net_rx::SLOTS) * net_rx::SLOT_BYTES;
+    // SAFETY: the slot lies inside the ring (above), in stub RAM; the
+    // hypervisor finished writing it before publishing PRODUCED (read
+    // with Acquire by the caller).
+    let len = unsafe { core::ptr::read_volatile((slot + net_rx::SLOT_LEN) as *const u32) } as usize;
+    if len > buf.len() {
+        return 0;
+    }
+    // SAFETY: as above; `len` fits the slot and `buf`.
+    unsafe { core::ptr::copy_nonoverlapping((slot + net_rx::SLOT_FRAME) as *const u8, buf.as_mut_ptr(), len) };
+    len
+}

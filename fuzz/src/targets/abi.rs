@@ -77,6 +77,7 @@ fn sample_config(linux: bool) -> StubConfig {
         ram_below_4g: 512 << 20,
         ram_above_4g: 0,
         disks: vec![StubDisk { handle: 0, name: "disk0".into(), vdev: "hda".into(), sectors: 2048, read_only: false, model: Default::default() }, StubDisk { handle: 1, name: "disk1".into(), vdev: "xvdb".into(), sectors: 4096, read_only: true, model: ferrite_abi::StubDiskModel::VirtioPci }],
+        nics: vec![ferrite_abi::StubNic { handle: 0, mac: [0, 0x16, 0x3e, 0, 0, 1], model: Default::default() }],
         linux: linux.then(|| DirectLinuxBoot {
             kernel: DataSource { handle: 0, len: 1 << 20 },
             initrd: Some(DataSource { handle: 1, len: 4096 }),

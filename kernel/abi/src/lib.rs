@@ -36,6 +36,46 @@ pub const IOREQ_GPA: u64 = STUB_RAM_BYTES;
 /// The buffered-write page: port writes that need no answer, queued by
 /// the hypervisor without stopping the guest (see [`bufio`]).
 pub const BUFIO_GPA: u64 = IOREQ_GPA + 0x1000;
+/// Receive rings of the guest's NICs, in the stub's RAM: NIC `handle`'s
+/// ring is [`NET_RX_RING_BYTES`] at `NET_RX_GPA + handle * NET_RX_RING_BYTES`
+/// (see [`net_rx`]). The stub image must end below it.
+pub const NET_RX_GPA: u64 = 0x30_0000;
+pub const NET_RX_RING_BYTES: u64 = 0x1_0000;
+/// NICs a guest may have (the rings fill the stub's last MiB).
+pub const MAX_NICS: usize = 16;
+
+/// A NIC's receive ring: frames the hypervisor's bridge delivers for the
+/// guest, written by the hypervisor and taken by the stub, which hands
+/// them to its NIC model. The hypervisor writes a slot (length, then the
+/// frame), then bumps PRODUCED; the stub reads slots up to PRODUCED, then
+/// bumps CONSUMED. Both count frames, wrapping; slot = count % SLOTS.
+/// A full ring drops the frame (the hypervisor counts it).
+pub mod net_rx {
+    /// u32, written by the hypervisor.
+    pub const PRODUCED: u64 = 0;
+    /// u32, written by the stub.
+    pub const CONSUMED: u64 = 4;
+    /// The first slot.
+    pub const SLOTS_OFFSET: u64 = 0x1000;
+    pub const SLOT_BYTES: u64 = 2048;
+    pub const SLOTS: u32 = ((super::NET_RX_RING_BYTES - SLOTS_OFFSET) / SLOT_BYTES) as u32;
+    /// In a slot: the frame's length (u32), then the frame.
+    pub const SLOT_LEN: u64 = 0;
+    pub const SLOT_FRAME: u64 = 4;
+    /// The longest frame a slot holds.
+    pub const MAX_FRAME: u64 = SLOT_BYTES - SLOT_FRAME;
+}
+
+/// NET_SEND: one piece of a frame (in a list the stub passes).
+pub mod net_piece {
+    pub const SIZE: usize = 16;
+    /// u64 address, u32 length, u32 reserved (0).
+    pub const ADDR: usize = 0;
+    pub const LEN: usize = 8;
+}
+/// Pieces of one frame at most.
+pub const NET_MAX_PIECES: usize = 64;
+
 /// The served guest's RAM appears at `GUEST_WINDOW + guest-physical`.
 pub const GUEST_WINDOW: u64 = 0x80_0000_0000;
 /// The largest guest-physical address the window covers.
@@ -207,11 +247,18 @@ pub mod hypercall {
     /// Output of the guest's console (UART) — `len` bytes at stub address
     /// `arg0`, shown with the guest's name.
     pub const GUEST_CONSOLE_WRITE: u64 = 0x108;
+    /// NIC `arg0` sends a frame of `arg2` pieces listed at stub address
+    /// `arg1` (each [`crate::net_piece`]); the pieces are guest-physical
+    /// addresses of the served guest if `arg3` is [`crate::DEST_GUEST`],
+    /// else stub addresses. Returns 0 (also when the bridge drops it).
+    pub const NET_SEND: u64 = 0x109;
 }
 
 /// WAIT result bits: some slot is READY; console input is waiting.
 pub const WAIT_REQUESTS: u64 = 1 << 0;
 pub const WAIT_INPUT: u64 = 1 << 1;
+/// ... frames wait in a NIC's receive ring.
+pub const WAIT_NET: u64 = 1 << 2;
 /// WAIT argument: slots were moved to DONE since the last call.
 pub const WAIT_FLAG_ANSWERED: u64 = 1 << 0;
 
@@ -385,6 +432,25 @@ pub struct StubDisk {
     pub model: StubDiskModel,
 }
 
+/// How the served guest sees a NIC.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum StubNicModel {
+    /// An Intel 82540EM (xl `model=e1000`, the default).
+    #[default]
+    E1000,
+    /// virtio-net on the guest's PCI bus (xl `model=virtio-net`).
+    VirtioPci,
+}
+
+/// A NIC of the served guest.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StubNic {
+    /// Handle for NET_SEND, and its receive ring's index.
+    pub handle: u32,
+    pub mac: [u8; 6],
+    pub model: StubNicModel,
+}
+
 /// A blob the stub can read with DATA_READ but does not hold (kernel,
 /// initrd, option ROM).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -412,6 +478,8 @@ pub struct StubConfig {
     pub ram_below_4g: u64,
     pub ram_above_4g: u64,
     pub disks: Vec<StubDisk>,
+    /// NICs, at most [`MAX_NICS`].
+    pub nics: Vec<StubNic>,
     pub linux: Option<DirectLinuxBoot>,
     /// SeaBIOS boot order (fw_cfg `bootorder`), may be empty.
     pub boot_order: String,
@@ -511,6 +579,10 @@ mod tests {
                     model: StubDiskModel::VirtioPci,
                 },
             ],
+            nics: vec![
+                StubNic { handle: 0, mac: [0, 0x16, 0x3e, 1, 2, 3], model: StubNicModel::E1000 },
+                StubNic { handle: 1, mac: [0, 0x16, 0x3e, 1, 2, 4], model: StubNicModel::VirtioPci },
+            ],
             linux: None,
             boot_order: String::new(),
             pm1a_evt: 0xB000,
@@ -525,6 +597,13 @@ mod tests {
         let wild = StubConfig { fault_inject_ata_command: Some(0xEC), fault_inject_wild_access: true, ..cfg.clone() };
         assert_eq!(StubConfig::from_bytes(&wild.to_bytes().unwrap()).unwrap(), wild);
         assert!(StubConfig::from_bytes(&[0xFF; 3]).is_err());
+    }
+
+    #[test]
+    fn net_rx_rings_fit_the_stubs_last_mib() {
+        assert!(net_rx::SLOTS >= 16);
+        assert!(net_rx::MAX_FRAME >= 1518);
+        assert_eq!(NET_RX_GPA + MAX_NICS as u64 * NET_RX_RING_BYTES, STUB_RAM_BYTES);
     }
 
     #[test]
