@@ -42,6 +42,7 @@ role=none
 ip=
 mib=64
 clients=1
+wait_flood=0
 for w in $(cat /proc/cmdline); do
     case "$w" in
         ferrite.net_role=*) role="${w#ferrite.net_role=}" ;;
@@ -49,6 +50,7 @@ for w in $(cat /proc/cmdline); do
         ferrite.port=*) port="${w#ferrite.port=}" ;;
         ferrite.mib=*) mib="${w#ferrite.mib=}" ;;
         ferrite.clients=*) clients="${w#ferrite.clients=}" ;;
+        ferrite.wait_flood=*) wait_flood="${w#ferrite.wait_flood=}" ;;
     esac
 done
 i=0
@@ -73,17 +75,26 @@ server)
     dd if=/dev/urandom of=/www/data bs=1M count="$mib" 2>/dev/null
     echo "FERRITE-NET-SHA256 served $(sha256sum /www/data | cut -d' ' -f1)"
     printf '#!/bin/sh\necho done >> /tmp/done\necho "Content-Type: text/plain"\necho\necho bye\n' > /www/cgi-bin/done
+    printf '#!/bin/sh\ntouch /www/flooding\necho "Content-Type: text/plain"\necho\necho ok\n' > /www/cgi-bin/flooding
+    chmod +x /www/cgi-bin/flooding
     chmod +x /www/cgi-bin/done
     touch /www/ready
     httpd -p 80 -h /www
     echo "FERRITE-NET serving"
     while [ "$(cat /tmp/done 2>/dev/null | wc -l)" -lt "$clients" ]; do sleep 0.2; done
     echo "FERRITE-NET server done"
+    rm -f /www/ready
+    sleep 1
     poweroff -f
     ;;
 client)
     i=0
     until wget -q -O /dev/null "http://$server/ready" 2>/dev/null || [ "$i" -ge 600 ]; do sleep 1; i=$((i + 1)); done
+    if [ "$wait_flood" = 1 ]; then
+        i=0
+        until wget -q -O /dev/null "http://$server/flooding" 2>/dev/null || [ "$i" -ge 600 ]; do sleep 1; i=$((i + 1)); done
+        echo "FERRITE-NET fetching during a flood"
+    fi
     echo "FERRITE-NET ping received $(pings 3)"
     echo "FERRITE-NET-SHA256 fetched $(wget -q -O - "http://$server/data" | sha256sum | cut -d' ' -f1)"
     ip link set eth0 down
@@ -98,6 +109,27 @@ client)
     echo "FERRITE-NET own-mac ping received $(pings 3)"
     wget -q -O /dev/null "http://$server/cgi-bin/done"
     echo "FERRITE-NET client done"
+    poweroff -f
+    ;;
+flooder)
+    # Minimum-size frames to the server's MAC as fast as pktgen can send
+    # them, in bursts, until the server is gone.
+    i=0
+    until wget -q -O /dev/null "http://$server/ready" 2>/dev/null || [ "$i" -ge 600 ]; do sleep 1; i=$((i + 1)); done
+    ping -c 1 -W 2 "$server" >/dev/null 2>&1
+    victim=$(ip neigh show "$server" | grep -o '..:..:..:..:..:..' | head -1)
+    echo "add_device eth0" > /proc/net/pktgen/kpktgend_0
+    for setting in "count 50000" "pkt_size 60" "delay 0" "clone_skb 0" "dst $server" "dst_mac $victim"; do
+        echo "$setting" > /proc/net/pktgen/eth0
+    done
+    wget -q -O /dev/null "http://$server/cgi-bin/flooding"
+    echo "FERRITE-NET flooding $victim"
+    sent=0
+    while wget -q -O /dev/null "http://$server/ready" 2>/dev/null; do
+        echo start > /proc/net/pktgen/pgctrl
+        sent=$((sent + $(grep -o 'pkts-sofar: [0-9]*' /proc/net/pktgen/eth0 | cut -d' ' -f2)))
+    done
+    echo "FERRITE-NET flooder sent $sent"
     poweroff -f
     ;;
 isolated)
@@ -153,7 +185,7 @@ fn net_guest(name: &str, dir: &Path) -> Option<(PathBuf, PathBuf)> {
     let vmlinux = guest_images::find_vmlinuz(&root).unwrap_or_else(|e| panic!("[{name}] {e}"));
     // PVH guests find their NIC through virtio_mmio, HVM guests through
     // virtio_pci; each loads all and uses what it has.
-    let modules = debian_modules(name, &root, &["virtio_mmio", "virtio_pci", "virtio_net"]);
+    let modules = debian_modules(name, &root, &["virtio_mmio", "virtio_pci", "virtio_net", "pktgen"]);
     let image = initramfs::busybox_initramfs_with_modules(NET_INIT_SCRIPT, &modules)
         .unwrap_or_else(|e| panic!("[{name}] cannot build the initramfs: {e}"));
     let kernel = dir.join("vmlinux");
@@ -333,5 +365,40 @@ fn a_guest_reaches_the_developers_host_through_the_uplink_but_not_the_hypervisor
         vm.fail(&format!("the guest fetched {}, the host served {want}", got[0]));
     }
     vm.expect_lines(&[r"^\(netu\) FERRITE-NET management service unreachable$"]);
+    vm.expect_success();
+}
+
+#[test]
+fn a_flooding_guest_does_not_stop_a_transfer_between_two_others() {
+    let name = "a_flooding_guest_does_not_stop_a_transfer_between_two_others";
+    let dir = test_dir(name);
+    let Some((kernel, initrd)) = net_guest(name, &dir) else { return };
+    let q = base_qemu()
+        .memory_mib(1024)
+        .smp(2)
+        .kernel(&images().multiboot)
+        .append(BASE_CMDLINE)
+        .module(net_config_with(&dir, "neta", 192, "ferrite.net_role=server ferrite.ip=10.0.0.1 ferrite.mib=16", "mac=00:16:3e:00:00:0a, bridge=bridge0"))
+        .module(net_config_with(&dir, "netb", 128, "ferrite.net_role=client ferrite.ip=10.0.0.2 ferrite.wait_flood=1", "bridge=bridge0"))
+        .module(net_config_with(&dir, "netf", 128, "ferrite.net_role=flooder ferrite.ip=10.0.0.9", "bridge=bridge0"))
+        .module(ModuleSpec::new(&kernel, ""))
+        .module(ModuleSpec::new(&initrd, ""));
+    let mut vm = Vm::start_with_timeout(name, &dir, q, linux_vm_timeout() * 2);
+    let served = vm.wait_for(r"^\(neta\) FERRITE-NET-SHA256 served [0-9a-f]{64}$", vm.remaining());
+    let served = served.rsplit(' ').next().unwrap().to_string();
+    vm.wait_for(r"^\(netf\) FERRITE-NET flooding 00:16:3e:00:00:0a$", vm.remaining());
+    vm.wait_for(r"^\(netb\) FERRITE-NET fetching during a flood$", vm.remaining());
+    let fetched = vm.wait_for(r"^\(netb\) FERRITE-NET-SHA256 fetched [0-9a-f]{64}$", vm.remaining());
+    if !fetched.ends_with(&served) {
+        vm.fail(&format!("netb fetched {fetched}; neta served {served}"));
+    }
+    vm.wait_for(r"^\(netb\) FERRITE-NET client done$", vm.remaining());
+    vm.wait_for(r"^\(neta\) FERRITE-NET server done$", vm.remaining());
+    // The flood really ran all along: at least one whole burst.
+    let sent = vm.wait_for(r"^\(netf\) FERRITE-NET flooder sent \d+$", vm.remaining());
+    let sent: u64 = sent.rsplit(' ').next().unwrap().parse().unwrap();
+    if sent < 50_000 {
+        vm.fail(&format!("the flooder sent only {sent} frames"));
+    }
     vm.expect_success();
 }
