@@ -250,6 +250,35 @@ impl Port {
     }
 }
 
+/// A NIC's place on its bridge: empty until it joins, empty again once
+/// it leaves (its domain stopped).
+#[derive(Default)]
+pub struct Plug(Mutex<Option<Port>>);
+
+impl Plug {
+    /// Joins bridge `bridge` as the vif with address `mac`, delivering to
+    /// `endpoint`.
+    pub fn join(&self, bridge: &str, mac: ferrite_switch::Mac, endpoint: Weak<dyn Endpoint>) -> Result<(), String> {
+        let port = Port::join(bridge, PortKind::Vif { mac }, endpoint)?;
+        *self.0.lock() = Some(port);
+        Ok(())
+    }
+
+    /// Leaves the bridge: its name and the port's last counters, if it
+    /// was on one.
+    pub fn leave(&self) -> Option<(String, PortCounters)> {
+        let port = self.0.lock().take()?;
+        Some((String::from(port.bridge_name()), port.counters()))
+    }
+
+    /// Sends `frame` from this NIC (nothing when it is not on a bridge).
+    pub fn send(&self, frame: &Frame) {
+        if let Some(port) = self.0.lock().as_ref() {
+            port.send(frame);
+        }
+    }
+}
+
 impl Drop for Port {
     fn drop(&mut self) {
         let mut bridges = BRIDGES.lock();

@@ -14,7 +14,7 @@
 //! back from it, and a value that makes the ring look over-full only
 //! drops its own guest's frames.
 
-use crate::bridge::{Endpoint, Frame, Port};
+use crate::bridge::{Endpoint, Frame, Plug};
 use crate::ioreq::IoreqServer;
 use crate::vdisk::DiskHost;
 use crate::vnet::VifConfig;
@@ -23,7 +23,6 @@ use alloc::sync::{Arc, Weak};
 use core::sync::atomic::{AtomicU64, Ordering};
 use ferrite_abi::{net_rx, StubNicModel, NET_RX_GPA, NET_RX_RING_BYTES};
 use ferrite_devmodel::virtio::queue::Buffer;
-use ferrite_switch::PortKind;
 use spin::{Mutex, Once};
 
 pub struct StubNic {
@@ -37,7 +36,7 @@ pub struct StubNic {
     produced: Mutex<u32>,
     /// Frames dropped because the ring was full.
     ring_full: AtomicU64,
-    port: Mutex<Option<Port>>,
+    plug: Plug,
 }
 
 impl StubNic {
@@ -50,7 +49,7 @@ impl StubNic {
             ioreq,
             produced: Mutex::new(0),
             ring_full: AtomicU64::new(0),
-            port: Mutex::new(None),
+            plug: Plug::default(),
         })
     }
 
@@ -73,21 +72,18 @@ impl StubNic {
     pub fn attach(self: &Arc<Self>, stub: Weak<dyn DiskHost>) -> Result<(), String> {
         self.stub.call_once(|| stub);
         let me: Arc<dyn Endpoint> = self.clone();
-        let port = Port::join(&self.config.bridge, PortKind::Vif { mac: self.config.mac.0 }, Arc::downgrade(&me))?;
-        *self.port.lock() = Some(port);
-        Ok(())
+        self.plug.join(&self.config.bridge, self.config.mac.0, Arc::downgrade(&me))
     }
 
     /// Leaves the bridge; logs what went through the NIC.
     pub fn detach(&self, domain: &str) {
-        let Some(port) = self.port.lock().take() else { return };
-        let c = port.counters();
+        let Some((bridge, c)) = self.plug.leave() else { return };
         log::info!(
             "{}: vif {} ({}) left bridge {}: sent {} frames ({} bytes), received {} ({} bytes); dropped: {} sent ({} spoofed), {} with its receive ring full",
             domain,
             self.config.mac,
             self.model_name(),
-            port.bridge_name(),
+            bridge,
             c.tx_packets,
             c.tx_bytes,
             c.rx_packets,
@@ -100,9 +96,7 @@ impl StubNic {
 
     /// A frame the guest sent (NET_SEND, already checked in shape).
     pub fn send(&self, frame: &Frame) {
-        if let Some(port) = self.port.lock().as_ref() {
-            port.send(frame);
-        }
+        self.plug.send(frame);
     }
 }
 

@@ -13,7 +13,7 @@
 //! What the device needs of its domain is `vdisk::DiskHost` (memory and
 //! interrupt lines).
 
-use crate::bridge::{Endpoint, Frame, Port};
+use crate::bridge::{Endpoint, Frame, Plug};
 use crate::mm::guest::GuestRam;
 use crate::vdisk::{DiskHost, GuestErrorLog};
 use alloc::string::String;
@@ -23,7 +23,6 @@ use ferrite_config::MacAddr;
 use ferrite_devmodel::virtio::net::{RxOutcome, TxFrame, VirtioNetMmio, QUEUE_TX};
 use ferrite_devmodel::virtio::Effect;
 use ferrite_loader::acpi::{virtio_mmio_base, virtio_mmio_gsi};
-use ferrite_switch::PortKind;
 use spin::{Mutex, Once};
 
 /// Frames taken per round of a transmit notify, and rounds at most: a
@@ -46,7 +45,7 @@ pub struct NetDevice {
     /// The domain, once built.
     host: Once<Weak<dyn DiskHost>>,
     /// The bridge port, from `attach` to `detach`.
-    port: Mutex<Option<Port>>,
+    plug: Plug,
 }
 
 struct State {
@@ -64,7 +63,7 @@ impl NetDevice {
             config,
             state: Mutex::new(State { model, line: false, errors: GuestErrorLog::default() }),
             host: Once::new(),
-            port: Mutex::new(None),
+            plug: Plug::default(),
         })
     }
 
@@ -81,21 +80,19 @@ impl NetDevice {
     pub fn attach(self: &Arc<Self>, host: Weak<dyn DiskHost>) -> Result<(), String> {
         self.host.call_once(|| host);
         let me: Arc<dyn Endpoint> = self.clone();
-        let port = Port::join(&self.config.bridge, PortKind::Vif { mac: self.config.mac.0 }, Arc::downgrade(&me))?;
-        *self.port.lock() = Some(port);
-        Ok(())
+        self.plug.join(&self.config.bridge, self.config.mac.0, Arc::downgrade(&me))
     }
 
     /// Leaves the bridge (the domain stopped); frames for it go nowhere.
     /// Logs what went through the NIC.
     pub fn detach(&self, domain: &str) {
-        let Some(port) = self.port.lock().take() else { return };
-        let (nic, c) = (*self.state.lock().model.stats(), port.counters());
+        let Some((bridge, c)) = self.plug.leave() else { return };
+        let nic = *self.state.lock().model.stats();
         log::info!(
             "{}: vif {} left bridge {}: sent {} frames ({} bytes), received {} ({} bytes); dropped: {} sent ({} spoofed), {} malformed, {} for lack of receive buffers",
             domain,
             self.config.mac,
-            port.bridge_name(),
+            bridge,
             c.tx_packets,
             c.tx_bytes,
             c.rx_packets,
@@ -154,13 +151,8 @@ impl NetDevice {
             if frames.is_empty() {
                 return;
             }
-            {
-                let port = self.port.lock();
-                if let Some(port) = port.as_ref() {
-                    for f in &frames {
-                        port.send(&Frame::Guest { mem, pieces: &f.pieces, len: f.len });
-                    }
-                }
+            for f in &frames {
+                self.plug.send(&Frame::Guest { mem, pieces: &f.pieces, len: f.len });
             }
             let mut st = self.state.lock();
             if let Err(e) = st.model.complete_tx(&mut GuestRam(mem), &frames) {

@@ -174,6 +174,26 @@ fn net_config_with(dir: &Path, name: &str, memory: u32, args: &str, vif: &str) -
     ModuleSpec::new(&path, "")
 }
 
+/// QEMU for the network tests: 1 GiB, two CPUs, Ferrite with the tests'
+/// command line.
+fn net_qemu() -> ferrite_qemu_tests::ferrite_tools::qemu::QemuCommand {
+    base_qemu().memory_mib(1024).smp(2).kernel(&images().multiboot).append(BASE_CMDLINE)
+}
+
+/// The SHA-256 at the end of the first console line matching `pattern`.
+fn hash_line(vm: &mut Vm, pattern: &str) -> String {
+    let line = vm.wait_for(pattern, vm.remaining());
+    line.rsplit(' ').next().unwrap_or_default().to_string()
+}
+
+/// Waits for `guest`'s hash of the file it fetched; it must be `served`.
+fn expect_fetched(vm: &mut Vm, guest: &str, served: &str) {
+    let fetched = hash_line(vm, &format!(r"^\({guest}\) FERRITE-NET-SHA256 fetched [0-9a-f]{{64}}$"));
+    if fetched != served {
+        vm.fail(&format!("{guest} fetched a file with SHA-256 {fetched}; neta served {served}"));
+    }
+}
+
 /// Debian's kernel and the network initramfs in `dir` (`vmlinux`,
 /// `initramfs-net.cpio`); None when the packages cannot be had.
 fn net_guest(name: &str, dir: &Path) -> Option<(PathBuf, PathBuf)> {
@@ -214,11 +234,7 @@ fn hvm_net_config(dir: &Path, name: &str, args: &str, model: &str) -> ModuleSpec
 fn hvm_guests_reach_a_pvh_guest(name: &str, models: &[&str]) {
     let dir = test_dir(name);
     let Some((kernel, initrd)) = net_guest(name, &dir) else { return };
-    let mut q = base_qemu()
-        .memory_mib(1024)
-        .smp(2)
-        .kernel(&images().multiboot)
-        .append(BASE_CMDLINE)
+    let mut q = net_qemu()
         .module(net_config_with(
             &dir,
             "neta",
@@ -237,16 +253,12 @@ fn hvm_guests_reach_a_pvh_guest(name: &str, models: &[&str]) {
         .module(ModuleSpec::new(seabios_image(), ""))
         .module(ModuleSpec::new(linuxboot_rom(), ""));
     let mut vm = Vm::start_with_timeout(name, &dir, q, linux_vm_timeout() * 2);
-    let served = vm.wait_for(r"^\(neta\) FERRITE-NET-SHA256 served [0-9a-f]{64}$", vm.remaining());
-    let served = served.rsplit(' ').next().unwrap().to_string();
+    let served = hash_line(&mut vm, r"^\(neta\) FERRITE-NET-SHA256 served [0-9a-f]{64}$");
     for model in models {
         let guest = format!("hvm{}", model.replace('-', ""));
         vm.wait_for(&format!(r"domain \d+ \({guest}\): vif 00:16:3e:[0-9a-f:]{{8}} on bridge bridge0, {model} in {guest}-dm"), vm.remaining());
         vm.wait_for(&format!(r"^\({guest}\) FERRITE-NET ping received 3$"), vm.remaining());
-        let fetched = vm.wait_for(&format!(r"^\({guest}\) FERRITE-NET-SHA256 fetched [0-9a-f]{{64}}$"), vm.remaining());
-        if !fetched.ends_with(&served) {
-            vm.fail(&format!("{guest} fetched {fetched}; neta served {served}"));
-        }
+        expect_fetched(&mut vm, &guest, &served);
         vm.wait_for(&format!(r"^\({guest}\) FERRITE-NET client done$"), vm.remaining());
     }
     vm.wait_for(r"^\(neta\) FERRITE-NET server done$", vm.remaining());
@@ -264,11 +276,7 @@ fn pvh_guests_talk_over_a_bridge_and_nothing_else() {
     let dir = test_dir(name);
     let Some((kernel, initrd)) = net_guest(name, &dir) else { return };
 
-    let q = base_qemu()
-        .memory_mib(1024)
-        .smp(2)
-        .kernel(&images().multiboot)
-        .append(BASE_CMDLINE)
+    let q = net_qemu()
         .module(net_config(&dir, "neta", 256, "server", "10.0.0.1", "mac=00:16:3e:00:00:0a, bridge=bridge0"))
         // netb's MAC is generated from its name.
         .module(net_config(&dir, "netb", 160, "client", "10.0.0.2", "bridge=bridge0"))
@@ -289,14 +297,9 @@ fn pvh_guests_talk_over_a_bridge_and_nothing_else() {
     vm.wait_for(&format!(r"^\(netb\) FERRITE-NET eth0 {netb_mac} 10\.0\.0\.2$"), limit);
     vm.wait_for(r"^\(netc\) FERRITE-NET eth0 00:16:3e:00:00:0c 10\.0\.0\.3$", limit);
     vm.wait_for(r"^\(netc\) FERRITE-NET other-bridge ping received 0$", vm.remaining());
-    let served = vm.wait_for(r"^\(neta\) FERRITE-NET-SHA256 served [0-9a-f]{64}$", vm.remaining());
-    let served = served.rsplit(' ').next().unwrap().to_string();
+    let served = hash_line(&mut vm, r"^\(neta\) FERRITE-NET-SHA256 served [0-9a-f]{64}$");
     vm.wait_for(r"^\(netb\) FERRITE-NET ping received 3$", vm.remaining());
-    let fetched = vm.wait_for(r"^\(netb\) FERRITE-NET-SHA256 fetched [0-9a-f]{64}$", vm.remaining());
-    let fetched = fetched.rsplit(' ').next().unwrap().to_string();
-    if fetched != served {
-        vm.fail(&format!("netb fetched a file with SHA-256 {fetched}; neta served {served}"));
-    }
+    expect_fetched(&mut vm, "netb", &served);
     vm.wait_for(r"^\(netb\) FERRITE-NET spoofed ping received 0$", vm.remaining());
     vm.wait_for(r"^\(netb\) FERRITE-NET own-mac ping received 3$", vm.remaining());
     vm.wait_for(r"^\(netb\) FERRITE-NET client done$", vm.remaining());
@@ -373,25 +376,17 @@ fn a_flooding_guest_does_not_stop_a_transfer_between_two_others() {
     let name = "a_flooding_guest_does_not_stop_a_transfer_between_two_others";
     let dir = test_dir(name);
     let Some((kernel, initrd)) = net_guest(name, &dir) else { return };
-    let q = base_qemu()
-        .memory_mib(1024)
-        .smp(2)
-        .kernel(&images().multiboot)
-        .append(BASE_CMDLINE)
+    let q = net_qemu()
         .module(net_config_with(&dir, "neta", 192, "ferrite.net_role=server ferrite.ip=10.0.0.1 ferrite.mib=16", "mac=00:16:3e:00:00:0a, bridge=bridge0"))
         .module(net_config_with(&dir, "netb", 128, "ferrite.net_role=client ferrite.ip=10.0.0.2 ferrite.wait_flood=1", "bridge=bridge0"))
         .module(net_config_with(&dir, "netf", 128, "ferrite.net_role=flooder ferrite.ip=10.0.0.9", "bridge=bridge0"))
         .module(ModuleSpec::new(&kernel, ""))
         .module(ModuleSpec::new(&initrd, ""));
     let mut vm = Vm::start_with_timeout(name, &dir, q, linux_vm_timeout() * 2);
-    let served = vm.wait_for(r"^\(neta\) FERRITE-NET-SHA256 served [0-9a-f]{64}$", vm.remaining());
-    let served = served.rsplit(' ').next().unwrap().to_string();
+    let served = hash_line(&mut vm, r"^\(neta\) FERRITE-NET-SHA256 served [0-9a-f]{64}$");
     vm.wait_for(r"^\(netf\) FERRITE-NET flooding 00:16:3e:00:00:0a$", vm.remaining());
     vm.wait_for(r"^\(netb\) FERRITE-NET fetching during a flood$", vm.remaining());
-    let fetched = vm.wait_for(r"^\(netb\) FERRITE-NET-SHA256 fetched [0-9a-f]{64}$", vm.remaining());
-    if !fetched.ends_with(&served) {
-        vm.fail(&format!("netb fetched {fetched}; neta served {served}"));
-    }
+    expect_fetched(&mut vm, "netb", &served);
     vm.wait_for(r"^\(netb\) FERRITE-NET client done$", vm.remaining());
     vm.wait_for(r"^\(neta\) FERRITE-NET server done$", vm.remaining());
     // The flood really ran all along: at least one whole burst.
