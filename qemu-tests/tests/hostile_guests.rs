@@ -5,7 +5,12 @@
 //! `qemu-tests/guests/` (`ferrite_tools::guestasm`); each prints what it
 //! saw and these tests check it against the architecture.
 
-use ferrite_qemu_tests::{base_qemu, guest_module, images, pvh_config_module, test_dir, Vm, BASE_CMDLINE};
+use ferrite_qemu_tests::ferrite_tools::guestasm;
+use ferrite_qemu_tests::ferrite_tools::modules::ModuleSpec;
+use ferrite_qemu_tests::{
+    base_qemu, guest_module, images, pseudo_random_bytes, pvh_config_module, seabios_image, test_dir, virtio_disk_args, Vm,
+    BASE_CMDLINE, HVM_HOST_CPUS,
+};
 
 /// Fails unless the console holds `(<domain>) <prefix>ok <what>` for each
 /// of `wants`, and no `FAIL`.
@@ -180,5 +185,77 @@ fn an_interrupt_storm_does_not_delay_another_domains_timer() {
     eprintln!("[{name}] worst {worst_us:.1} us, average {:.1} us", l.average() / tpns / 1000.0);
     if worst_us > 2000.0 {
         vm.fail(&format!("a timer interrupt came {worst_us:.0} us late beside the storm (bound: 2000 us)"));
+    }
+}
+
+/// String I/O edge cases through the stub domain, from an HVM guest in
+/// paged protected mode (`guests/bootsector/strio_edges.S`, an MBR that
+/// loads 15 more sectors): IDE `rep insw`/`rep outsw` whose first word
+/// straddles two virtual pages mapped to frames that are not adjacent
+/// (each byte in its own page, never the physically adjacent frame; the
+/// written sector checked in the disk image here), `rep insb` with
+/// ECX = 0x10000000 running into an unmapped page (#PF there, with EDI
+/// and ECX showing the progress, as hardware leaves them; and at once
+/// downwards), buffers in the BIOS ROM, the LAPIC page, the PCI hole and
+/// beyond RAM (each completes, the ROM and LAPIC unchanged), and ring 3
+/// with IOPL 3 (a user buffer works; a supervisor-only one is a #PF with
+/// the user bit in the error code).
+#[test]
+fn string_io_edge_cases_through_the_stub_domain() {
+    const SECTOR: usize = 512;
+    const WRITE_LBA: usize = 300;
+    let name = "string_io_edge_cases_through_the_stub_domain";
+    let dir = test_dir(name);
+    let boot = guestasm::assemble_boot_image(
+        &guestasm::guests_dir().join("bootsector/strio_edges.S"),
+        &dir.join("strio_edges.bin"),
+    )
+    .unwrap_or_else(|e| panic!("cannot assemble strio_edges: {e:#}"));
+    let mut image = pseudo_random_bytes(11, 2048 * SECTOR);
+    image[..boot.len()].copy_from_slice(&boot);
+    let path = dir.join("disk0.img");
+    std::fs::write(&path, &image).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    let cfg = dir.join("hvm1.cfg");
+    std::fs::write(
+        &cfg,
+        "name = \"hvm1\"\ntype = \"hvm\"\nmemory = 64\nvcpus = 1\ndisk = [ 'phy:disk0,hda,w' ]\non_crash = \"destroy\"\n",
+    )
+    .unwrap_or_else(|e| panic!("cannot write {}: {e}", cfg.display()));
+    let q = base_qemu()
+        .smp(HVM_HOST_CPUS)
+        .kernel(&images().multiboot)
+        .append(BASE_CMDLINE)
+        .module(ModuleSpec::new(cfg, ""))
+        .module(ModuleSpec::new(images().stubdom.clone(), ""))
+        .module(ModuleSpec::new(seabios_image(), ""))
+        .extra_args(virtio_disk_args(&path, "disk0", false));
+    let mut vm = Vm::start(name, &dir, q);
+    vm.expect_lines(&[r"^\(hvm1\) .*strio: start$", r"^\(hvm1\) strio: done$", r"domain \d+ \(hvm1\) powered off"]);
+    let text = vm.console_text();
+    for l in text.lines().filter(|l| l.contains("strio: outs from the ROM")) {
+        eprintln!("[{name}] {l}");
+    }
+    expect_oks(
+        &mut vm,
+        "hvm1",
+        "strio: ",
+        &["ins straddle", "outs straddle", "huge count faults", "rom and mmio", "ring 3"],
+    );
+    if !text.contains("(hvm1) strio: ring 3 user page ok\n") {
+        vm.fail("ring 3's rep outsb from a user page did not print");
+    }
+    if text.contains("crashed") {
+        vm.fail("a domain crashed");
+    }
+    // The straddling OUTS wrote byte i = 3i + 0x5A, through two frames
+    // that are not adjacent, to sector 300; nothing else changed.
+    let after = std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let mut want = image.clone();
+    for (i, b) in want[WRITE_LBA * SECTOR..(WRITE_LBA + 1) * SECTOR].iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(3).wrapping_add(0x5A);
+    }
+    if after != want {
+        let first = after.iter().zip(&want).position(|(a, b)| a != b);
+        vm.fail(&format!("the disk image is not what the straddling rep outsw wrote: first difference at byte {first:?}"));
     }
 }
