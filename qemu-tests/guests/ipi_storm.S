@@ -12,8 +12,6 @@
         .include "pvh.inc"
 
         .set X2APIC_ICR,       0x830
-        .set ICR_INIT,         (5 << 8) | (1 << 14)
-        .set ICR_SIPI,         (6 << 8)
         .set VEC_TO_BSP,       0x42
         .set VEC_TO_AP,        0x43
         .set TRAMPOLINE,       0x8000           /* SIPI vector 0x08 */
@@ -26,17 +24,7 @@ _start:
         GATE    VEC_TO_BSP, bsp_isr
         GATE    VEC_TO_AP, ap_isr
         X2APIC_ON
-        movl    $ap_trampoline, %esi
-        movl    $TRAMPOLINE, %edi
-        movl    $(ap_trampoline_end - ap_trampoline), %ecx
-        rep movsb
-        movl    $X2APIC_ICR, %ecx
-        movl    $ICR_INIT, %eax
-        movl    $1, %edx
-        wrmsr
-        movl    $ICR_SIPI | (TRAMPOLINE >> 12), %eax
-        movl    $1, %edx
-        wrmsr
+        START_AP TRAMPOLINE
         movl    $200, %ebx                      /* 200 x 1 ms */
 1:      cmpl    $0, ap_ready
         jne     2f
@@ -127,22 +115,8 @@ ap_main:
 2:      hlt
         jmp     2b
 
-/* Real-mode start-up code, copied to TRAMPOLINE and entered there with
- * CS = TRAMPOLINE >> 4, IP = 0: loads the flat GDT and jumps to ap_main
- * in 32-bit protected mode. */
-        .code16
-ap_trampoline:
-        cli
-        lgdtl   %cs:ap_gdt_ptr - ap_trampoline
-        movl    %cr0, %eax
-        orl     $1, %eax
-        movl    %eax, %cr0
-        ljmpl   $0x08, $ap_main
-ap_gdt_ptr:
-        .word   3 * 8 - 1
-        .long   flat_gdt
-ap_trampoline_end:
-        .code32
+/* vCPU 1's real-mode start-up code, copied to TRAMPOLINE. */
+        AP_TRAMPOLINE ap_main
 
         .section .rodata
 msg_head:       .asciz "ipistorm: vcpu0 received "
