@@ -120,16 +120,26 @@ impl Bochs {
 
 impl Drop for Bochs {
     fn drop(&mut self) {
-        // bochs-bin is script's child: stop it by its id, then script.
+        // bochs-bin is script's child, and may live on after a SIGTERM (and
+        // after script): TERM it, then KILL it, by its id, until script,
+        // which ends with its child, has ended.
         let pid = self.script.id().to_string();
-        if let Ok(out) = Command::new("ps").args(["-o", "pid=", "--ppid", &pid]).output() {
-            for child in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                let _ = Command::new("kill").arg(child).status();
+        let children: Vec<String> = Command::new("ps")
+            .args(["-o", "pid=", "--ppid", &pid])
+            .output()
+            .map(|out| String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect())
+            .unwrap_or_default();
+        for signal in ["-TERM", "-KILL"] {
+            for child in &children {
+                let _ = Command::new("kill").arg(signal).arg(child).stderr(Stdio::null()).status();
             }
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline && matches!(self.script.try_wait(), Ok(None)) {
-            std::thread::sleep(Duration::from_millis(100));
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline && matches!(self.script.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if !matches!(self.script.try_wait(), Ok(None)) {
+                return;
+            }
         }
         let _ = self.script.kill();
         let _ = self.script.wait();
