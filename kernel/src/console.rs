@@ -72,9 +72,52 @@ impl LogRing {
 struct Console {
     uart: Uart,
     ring: LogRing,
+    /// The focused domain's line shown as it is typed and not ended yet:
+    /// the name to show again if other output breaks into it.
+    partial: Option<DomainName>,
+    /// Other output ended that line on the terminal (with a newline); the
+    /// domain's next bytes start a new one, prefix first.
+    broken: bool,
 }
 
-static CONSOLE: Mutex<Console> = Mutex::new(Console { uart: Uart::new(COM1), ring: LogRing::new(RING_SIZE) });
+/// A domain name kept without allocating (names are at most
+/// `ferrite_config::MAX_NAME_LEN` bytes; a longer one is cut).
+#[derive(Clone, Copy)]
+struct DomainName {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl DomainName {
+    fn new(name: &str) -> Self {
+        let mut end = name.len().min(64);
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut buf = [0; 64];
+        buf[..end].copy_from_slice(&name.as_bytes()[..end]);
+        DomainName { buf, len: end }
+    }
+
+    fn as_str(&self) -> &str {
+        core::str::from_utf8(&self.buf[..self.len]).unwrap_or("?")
+    }
+}
+
+impl Console {
+    /// Before other output (a hypervisor line, another domain's line):
+    /// ends the focused domain's unfinished line on the terminal, so the
+    /// two never share a line.
+    fn break_partial(&mut self) {
+        if self.partial.is_some() && !self.broken {
+            self.uart.write_bytes(b"\n");
+            self.broken = true;
+        }
+    }
+}
+
+static CONSOLE: Mutex<Console> =
+    Mutex::new(Console { uart: Uart::new(COM1), ring: LogRing::new(RING_SIZE), partial: None, broken: false });
 static UART_ENABLED: AtomicBool = AtomicBool::new(true);
 
 /// `console_timestamps=boot`: lines start with the time since boot.
@@ -106,7 +149,17 @@ pub fn write_str(s: &str) {
     let mut c = CONSOLE.lock();
     c.ring.push(s.as_bytes());
     if UART_ENABLED.load(Ordering::Relaxed) {
+        c.break_partial();
         c.uart.write_bytes(s.as_bytes());
+    }
+}
+
+/// Writes to the serial line only (not the log ring), on a line of its own.
+fn write_serial(bytes: &[u8]) {
+    if UART_ENABLED.load(Ordering::Relaxed) {
+        let mut c = CONSOLE.lock();
+        c.break_partial();
+        c.uart.write_bytes(bytes);
     }
 }
 
@@ -191,9 +244,7 @@ pub fn init_logger(level: log::LevelFilter) {
 pub fn print_fmt(args: fmt::Arguments) {
     let mut line = LineBuf { buf: [0; 512], len: 0 };
     let _ = line.write_fmt(args);
-    if let Ok(text) = core::str::from_utf8(&line.buf[..line.len]) {
-        write_guest_str(text);
-    }
+    write_serial(&line.buf[..line.len]);
 }
 
 /// Like [`print_fmt`], but the text goes to the serial line only, not into
@@ -202,9 +253,7 @@ pub fn print_fmt(args: fmt::Arguments) {
 pub fn print_fmt_unlogged(args: fmt::Arguments) {
     let mut line = LineBuf { buf: [0; 512], len: 0 };
     let _ = line.write_fmt(args);
-    if UART_ENABLED.load(Ordering::Relaxed) {
-        CONSOLE.lock().uart.write_bytes(&line.buf[..line.len]);
-    }
+    write_serial(&line.buf[..line.len]);
 }
 
 /// Where console input goes: 0 = the hypervisor, else domain id + 1.
@@ -297,7 +346,8 @@ pub fn domain_line(name: &str, text: &str) {
     // hypervisor's (`dmesg`), which no guest can flood out of view. Each
     // domain keeps its own history.
     if UART_ENABLED.load(Ordering::Relaxed) {
-        let c = CONSOLE.lock();
+        let mut c = CONSOLE.lock();
+        c.break_partial();
         for piece in [head, &text, "\n"] {
             c.uart.write_bytes(piece.as_bytes());
         }
@@ -305,10 +355,31 @@ pub fn domain_line(name: &str, text: &str) {
 }
 
 /// Output of the focused domain, shown as it comes (serial only, as
-/// `domain_line`).
+/// `domain_line`), after [`domain_line_start`]. If other output broke
+/// into its line meanwhile, the rest goes on a new line with the prefix
+/// again; a newline ends the line.
 pub fn write_guest_str(s: &str) {
-    if UART_ENABLED.load(Ordering::Relaxed) {
-        CONSOLE.lock().uart.write_bytes(s.as_bytes());
+    if !UART_ENABLED.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut c = CONSOLE.lock();
+    if let Some(name) = c.partial {
+        if c.broken {
+            c.broken = false;
+            if s == "\n" {
+                // Other output already ended the line on the terminal.
+                c.partial = None;
+                return;
+            }
+            let mut head = LineBuf { buf: [0; 512], len: 0 };
+            write_timestamp(&mut head);
+            let _ = write!(head, "({}) ", name.as_str());
+            c.uart.write_bytes(&head.buf[..head.len]);
+        }
+    }
+    c.uart.write_bytes(s.as_bytes());
+    if s.ends_with('\n') {
+        c.partial = None;
     }
 }
 
@@ -339,12 +410,21 @@ fn printable(text: &str) -> alloc::borrow::Cow<'_, str> {
     alloc::borrow::Cow::Owned(out)
 }
 
-/// The start of a domain line shown as it is typed (the focused domain).
+/// The start of a domain line shown as it is typed (the focused domain):
+/// its prefix, on the serial line only (guest lines stay out of the log
+/// ring, prefixes included: a flood of them would push the hypervisor's
+/// own lines out).
 pub fn domain_line_start(name: &str) {
+    if !UART_ENABLED.load(Ordering::Relaxed) {
+        return;
+    }
     let mut line = LineBuf { buf: [0; 512], len: 0 };
     write_timestamp(&mut line);
     let _ = write!(line, "({}) ", name);
-    if let Ok(text) = core::str::from_utf8(&line.buf[..line.len]) {
-        write_str(text);
-    }
+    let mut c = CONSOLE.lock();
+    // Another domain's unfinished line (focus moved) ends here.
+    c.break_partial();
+    c.uart.write_bytes(&line.buf[..line.len]);
+    c.partial = Some(DomainName::new(name));
+    c.broken = false;
 }

@@ -27,8 +27,6 @@
         .set X2APIC_ICR,       0x830
         .set X2APIC_LVT_TMR,   0x832
         .set MSR_TSC_DEADLINE, 0x6E0
-        .set ICR_INIT,         (5 << 8) | (1 << 14)
-        .set ICR_SIPI,         (6 << 8)
         .set VEC_TIMER,        0x40
         .set VEC_PING,         0x50             /* to vCPU 1 */
         .set TRAMPOLINE,       0x8000           /* SIPI vector 0x08 */
@@ -100,17 +98,7 @@ reset_stats:
 /* start_ap: INIT and SIPI to APIC ID 1 with the trampoline at 0x8000;
  * waits (sleeping, so a shared host CPU can run it) until it is up. */
 start_ap:
-        movl    $ap_trampoline, %esi
-        movl    $TRAMPOLINE, %edi
-        movl    $(ap_trampoline_end - ap_trampoline), %ecx
-        rep movsb
-        movl    $X2APIC_ICR, %ecx
-        movl    $ICR_INIT, %eax
-        movl    $1, %edx
-        wrmsr
-        movl    $ICR_SIPI | (TRAMPOLINE >> 12), %eax
-        movl    $1, %edx
-        wrmsr
+        START_AP TRAMPOLINE
         movl    $200, %ebx                      /* 200 x 1 ms */
 1:      cmpl    $0, ap_ready
         jne     2f
@@ -268,22 +256,8 @@ ap_main:
         je      1b
         jmp     2b
 
-/* Real-mode start-up code, copied to TRAMPOLINE and entered there with
- * CS = TRAMPOLINE >> 4, IP = 0: loads the flat GDT and jumps to ap_main
- * in 32-bit protected mode. */
-        .code16
-ap_trampoline:
-        cli
-        lgdtl   %cs:ap_gdt_ptr - ap_trampoline
-        movl    %cr0, %eax
-        orl     $1, %eax
-        movl    %eax, %cr0
-        ljmpl   $0x08, $ap_main
-ap_gdt_ptr:
-        .word   3 * 8 - 1
-        .long   flat_gdt
-ap_trampoline_end:
-        .code32
+/* vCPU 1's real-mode start-up code, copied to TRAMPOLINE. */
+        AP_TRAMPOLINE ap_main
 
         .section .rodata
 msg_bench:      .asciz "BENCH "

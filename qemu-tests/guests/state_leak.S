@@ -21,10 +21,11 @@
         .ifndef WRITER
         .set WRITER, 0
         .endif
-        /* The YMM upper halves are not checked yet (CHECK_YMM 0): in a
-         * guest under QEMU 7.2's nested SVM, VEX instructions got #UD and
-         * an XRSTOR of AVX state #GP, although CPUID offers AVX and
-         * XSETBV to XCR0 = 7 succeeded (SECURITY.md, "Not covered yet"). */
+        /* The YMM upper halves are not checked yet (CHECK_YMM 0): QEMU
+         * 7.2's TCG does not intercept a guest's XSETBV, so Ferrite never
+         * learns XCR0 = 7 and loads XCR0 = 1 at the next VMRUN: VEX
+         * instructions get #UD and an XRSTOR of AVX state #GP
+         * (SECURITY.md, "Not covered yet"). */
         .set CHECK_YMM, 0
         .set MSR_TSC_AUX, 0xC0000103
         .set MARK,        0x5EC2E700

@@ -9,7 +9,11 @@
 
 use ferrite_qemu_tests::ferrite_tools::guestasm;
 use ferrite_qemu_tests::ferrite_tools::qemu::RunOutcome;
+use ferrite_qemu_tests::regex;
 use ferrite_qemu_tests::{base_qemu, guest_module, images, pvh_config_module, test_dir, Vm, BASE_CMDLINE};
+use std::time::Duration;
+
+mod common;
 
 /// The ticker's lines, as the hypervisor console shows them.
 const TICK: &str = r"^\(ticker\) tick \d+$";
@@ -231,4 +235,128 @@ fn debug_traps_arrive_and_debug_registers_stay_private() {
         }
     }
     vm.expect_success();
+}
+
+/// A domU flooding its console without console focus (no dom0, so input
+/// goes to the hypervisor; `guests/console_flood_forever.S`: one OUT per
+/// byte, 100 short lines, 1000 empty ones and 1500 bytes with no newline,
+/// for ever) beside a ticker and a domain that crashes half a second in
+/// (`guests/late_crash.S`): the ticker's lines all appear at their pace,
+/// the crash is reported on the console as it happens, the flood stays
+/// within its line budget and its drops are reported, and the hypervisor's
+/// log ring (replayed with the `d` key once the flooder is paused) still
+/// holds the crash reason and its own boot lines, and none of the flood.
+#[test]
+fn a_console_flood_without_focus_keeps_other_output_and_crash_reasons() {
+    console_flood_beside_ticker("a_console_flood_without_focus_keeps_other_output_and_crash_reasons", false);
+}
+
+/// The same flood from dom0, which has console focus (its bytes go to the
+/// console as they come, until a line is over its budget): the same
+/// guarantees hold.
+#[test]
+fn a_console_flood_with_focus_keeps_other_output_and_crash_reasons() {
+    console_flood_beside_ticker("a_console_flood_with_focus_keeps_other_output_and_crash_reasons", true);
+}
+
+/// Ctrl-a, three times: console input to the next domain or the hypervisor.
+const SWITCH_INPUT: &str = "\u{1}\u{1}\u{1}";
+
+fn console_flood_beside_ticker(name: &str, focus: bool) {
+    let dir = test_dir(name);
+    // With focus, the flooder is dom0 (module 0, the dom0 kernel), which
+    // has console input; without, a domU and no dom0.
+    let (flooder, first) = if focus {
+        ("dom0", guest_module("console_flood_forever", &dir))
+    } else {
+        ("flood", pvh_config_module(&dir, "flood", "console_flood_forever", 16))
+    };
+    let mut q = base_qemu()
+        .smp(2)
+        .kernel(&images().multiboot)
+        .append(&format!("{BASE_CMDLINE} console_timestamps=boot"))
+        .module(first)
+        .module(pvh_config_module(&dir, "ticker", "ticker", 16))
+        .module(pvh_config_module(&dir, "late", "late_crash", 16));
+    if !focus {
+        q = q.module(guest_module("console_flood_forever", &dir));
+    }
+    let q = q.module(guest_module("ticker", &dir)).module(guest_module("late_crash", &dir));
+    let (mut vm, mut input) = Vm::start_interactive(name, &dir, q, ferrite_qemu_tests::vm_timeout());
+    let rip = fault_rip(&vm, "late_crash");
+    let crash = format!(r"ERROR: domain \d+ \(late\) crashed: vcpu 0: triple fault \(shutdown\) at rip {rip} ");
+    vm.wait_for(&crash, vm.remaining());
+    vm.wait_for(r"\(ticker\) ticker done$", vm.remaining());
+    let report = vm.wait_for(&format!(r"domain \d+ \({flooder}\): \d+ console lines not shown"), vm.remaining());
+    let id: u32 = regex::Regex::new(r"domain (\d+) \(").unwrap().captures(&report).unwrap()[1].parse().unwrap();
+    let mut keys = String::new();
+    if focus {
+        // Input goes to dom0: switch it to the hypervisor (the other
+        // domains are gone, so the next stop after dom0 is Ferrite).
+        keys.push_str(SWITCH_INPUT);
+    }
+    // Pause the flooder, so its lines cannot land inside the replay.
+    keys.push_str(&format!("{id}p"));
+    if let Err(e) = input.type_slowly(&keys, Duration::from_millis(50)) {
+        vm.fail(&format!("cannot type: {e}"));
+    }
+    if focus {
+        vm.wait_for(r"\*\*\* input to Ferrite", Duration::from_secs(30));
+    }
+    vm.wait_for(&format!(r"domain {id} \({flooder}\) paused"), Duration::from_secs(30));
+    if let Err(e) = input.type_slowly("d", Duration::from_millis(50)) {
+        vm.fail(&format!("cannot type: {e}"));
+    }
+    vm.wait_for(r"----- end of log ring -----", Duration::from_secs(60));
+    let text = vm.console_text();
+    vm.kill();
+
+    // The other domains' output, at its pace.
+    let (ticks, worst) = common::ticks(&text, "ticker");
+    eprintln!("[{name}] {} ticks, worst gap {worst:.3} s", ticks.len());
+    if ticks.len() != 20 {
+        vm.fail(&format!("the ticker printed {} ticks, not 20", ticks.len()));
+    }
+    if worst > 1.0 {
+        vm.fail(&format!("the ticker's ticks were up to {worst:.3} s apart beside the flood (at most 1 s)"));
+    }
+    if !text.contains("(late) late: crashing in 500 ms") {
+        vm.fail("the crashing domain's own line is missing");
+    }
+    // The flood's drops, counted and reported.
+    let marker = format!("({flooder}): ");
+    let dropped: u64 = text
+        .lines()
+        .filter_map(|l| l.split_once(marker.as_str()).and_then(|(_, t)| t.split(' ').next()).and_then(|n| n.parse::<u64>().ok()))
+        .sum();
+    let flood = common::domain_lines(&text, flooder);
+    let span = flood.last().map_or(0.0, |l| l.0) - flood.first().map_or(0.0, |l| l.0);
+    eprintln!("[{name}] flood lines shown {} over {span:.2} s, dropped and reported {dropped}", flood.len());
+    if dropped == 0 {
+        vm.fail("no flood line was reported dropped");
+    }
+    // The budget: a burst of 500 lines, then 200 a second.
+    let budget = 500.0 + 200.0 * (span + 1.0);
+    if flood.len() as f64 > budget {
+        vm.fail(&format!("{} flood lines shown in {span:.2} s: over the budget of {budget:.0}", flood.len()));
+    }
+    // The log ring: the hypervisor's lines and the crash reason, no flood.
+    let Some((_, ring)) = text.rsplit_once("----- log ring (") else { vm.fail("no log ring replay") };
+    let ring = ring.split("----- end of log ring -----").next().unwrap_or("");
+    let crash_re = regex::Regex::new(&crash).unwrap();
+    if !crash_re.is_match(ring) {
+        vm.fail("the log ring lost the crash reason of (late)");
+    }
+    if !ring.contains("boot complete") {
+        vm.fail("the log ring lost the hypervisor's boot lines");
+    }
+    // No flood text, and no line of the flooder's either (a focused
+    // domain's line prefixes once went there: a flood of them wiped it).
+    let flood_text = regex::Regex::new(&format!(r"(?m)\({flooder}\) f \d|^(\[[ 0-9.]+\] )?\({flooder}\) ")).unwrap();
+    if let Some(m) = flood_text.find(ring) {
+        vm.fail(&format!("the flood's output is in the hypervisor's log ring: {:?}", m.as_str()));
+    }
+    if ring.contains("xxxxxxxx") {
+        vm.fail("the flood's output is in the hypervisor's log ring");
+    }
 }

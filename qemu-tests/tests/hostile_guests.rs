@@ -5,7 +5,12 @@
 //! `qemu-tests/guests/` (`ferrite_tools::guestasm`); each prints what it
 //! saw and these tests check it against the architecture.
 
-use ferrite_qemu_tests::{base_qemu, guest_module, images, pvh_config_module, test_dir, Vm, BASE_CMDLINE};
+use ferrite_qemu_tests::ferrite_tools::guestasm;
+use ferrite_qemu_tests::ferrite_tools::modules::ModuleSpec;
+use ferrite_qemu_tests::{
+    base_qemu, guest_module, images, pseudo_random_bytes, pvh_config_module, pvh_smp_config_module, seabios_image, test_dir, virtio_disk_args, Vm,
+    BASE_CMDLINE, HVM_HOST_CPUS,
+};
 
 /// Fails unless the console holds `(<domain>) <prefix>ok <what>` for each
 /// of `wants`, and no `FAIL`.
@@ -91,10 +96,11 @@ fn odd_size_lapic_and_ioapic_accesses_are_survived_and_sane() {
 /// and RDTSCP), never one of the writer's. The CPU offers RDTSCP, XSAVE
 /// and AVX (`+rdtscp,+xsave,+xsaveopt,+avx`: QEMU 7.2's `qemu64,+xsave`
 /// without `+xsaveopt` hangs the first CR4.OSXSAVE write inside QEMU
-/// itself). The YMM upper halves are not checked: VEX instructions got
-/// #UD and an XRSTOR of AVX state #GP in the guest, although CPUID offers
-/// AVX and its XSETBV to XCR0 = 7 succeeded (`CHECK_YMM` in the guest;
-/// SECURITY.md, "Not covered yet"). RDPID cannot be checked: QEMU 7.2's TCG does not implement it,
+/// itself). The YMM upper halves are not checked: QEMU 7.2 does not
+/// intercept the guest's XSETBV, so its XCR0 = 7 is lost at the next
+/// VMRUN and VEX instructions get #UD (`CHECK_YMM` in the guest;
+/// `a_guest_with_avx_enabled_runs_vex_instructions`; SECURITY.md, "Not
+/// covered yet"). RDPID cannot be checked: QEMU 7.2's TCG does not implement it,
 /// so it is not offered.
 #[test]
 fn cpu_state_does_not_leak_between_domains_on_one_host_cpu() {
@@ -158,21 +164,63 @@ fn cpu_state_does_not_leak_between_domains_on_one_host_cpu() {
 fn an_interrupt_storm_does_not_delay_another_domains_timer() {
     let name = "an_interrupt_storm_does_not_delay_another_domains_timer";
     let dir = test_dir(name);
+    let storm = pvh_config_module(&dir, "storm", "irq_storm", 16);
+    storm_beside_timer_latency(name, &dir, storm, "irq_storm", r"^\(storm\) storm: \d+ ipis, \d+ timer interrupts$");
+}
+
+/// Two vCPUs of one guest sending each other fixed IPIs as fast as they
+/// can (`guests/ipi_storm.S`: 20,000 ICR writes each, with IF=1) do not
+/// delay another domain's timer interrupts on the same host CPU beyond
+/// the bound above (2 ms); both storming vCPUs take IPIs and finish.
+#[test]
+fn an_ipi_storm_between_two_vcpus_does_not_delay_another_domains_timer() {
+    let name = "an_ipi_storm_between_two_vcpus_does_not_delay_another_domains_timer";
+    let dir = test_dir(name);
+    let storm = pvh_smp_config_module(&dir, "storm", "ipi_storm", 16, 2);
+    let line = storm_beside_timer_latency(
+        name,
+        &dir,
+        storm,
+        "ipi_storm",
+        r"^\(storm\) ipistorm: vcpu0 received \d+, vcpu1 received \d+ of 20000 each$",
+    );
+    let re = regex::Regex::new(r"vcpu0 received (\d+), vcpu1 received (\d+)").unwrap();
+    let c = re.captures(&line).unwrap();
+    let (to0, to1): (u64, u64) = (c[1].parse().unwrap(), c[2].parse().unwrap());
+    assert!(to0 > 0 && to1 > 0 && to0 <= 20_000 && to1 <= 20_000, "IPIs received: {to0} and {to1} of 20000 each");
+}
+
+/// Boots `storm` (the config of domain `storm`, running guest `guest`)
+/// beside `guests/timer_latency.S` on one host CPU under `-icount`; the
+/// latency domain's 50 timer wake-ups may be at worst 2 ms late. Returns
+/// the storm's summary line (matching `storm_line`).
+fn storm_beside_timer_latency(name: &str, dir: &std::path::Path, storm: ModuleSpec, guest: &str, storm_line: &str) -> String {
     let q = base_qemu()
         .kernel(&images().multiboot)
         .append(BASE_CMDLINE)
-        .module(pvh_config_module(&dir, "storm", "irq_storm", 16))
-        .module(pvh_config_module(&dir, "latency", "timer_latency", 16))
-        .module(guest_module("irq_storm", &dir))
-        .module(guest_module("timer_latency", &dir))
+        .module(storm)
+        .module(pvh_config_module(dir, "latency", "timer_latency", 16))
+        .module(guest_module(guest, dir))
+        .module(guest_module("timer_latency", dir))
         .extra_args(["-icount", ferrite_qemu_tests::ferrite_tools::bench::ICOUNT]);
-    let mut vm = Vm::start(name, &dir, q);
-    let lines = vm.expect_lines(&[r"^\(latency\) latency: timer wake-up avg \d+ us max \d+ us over 50$"]);
-    eprintln!("[{name}] {}", lines[0]);
-    let storm = vm.expect_lines(&[r"^\(storm\) storm: \d+ ipis, \d+ timer interrupts$", "no domains left running"]);
-    eprintln!("[{name}] {}", storm[0]);
+    let mut vm = Vm::start(name, dir, q);
+    // The two finish in either order.
+    vm.expect_lines(&["no domains left running"]);
     vm.expect_success();
-    let report = ferrite_qemu_tests::ferrite_tools::bench_sched::parse(&vm.console_text());
+    let text = vm.console_text();
+    if let Some(l) = text.lines().find(|l| l.contains("FAIL") || l.contains("crashed")) {
+        vm.fail(&format!("a domain failed: {l}"));
+    }
+    let mut found = Vec::new();
+    for pattern in [r"^\(latency\) latency: timer wake-up avg \d+ us max \d+ us over 50$", storm_line] {
+        let re = regex::Regex::new(pattern).unwrap();
+        match text.lines().find(|l| re.is_match(l)) {
+            Some(l) => found.push(l.to_string()),
+            None => vm.fail(&format!("no console line matches /{pattern}/")),
+        }
+    }
+    eprintln!("[{name}] {}\n[{name}] {}", found[0], found[1]);
+    let report = ferrite_qemu_tests::ferrite_tools::bench_sched::parse(&text);
     let (Some(tpns), Some(l)) = (report.ticks_per_ns, report.latencies.iter().find(|l| l.name == "timer_wakeup")) else {
         vm.fail("no BENCH-TSC or BENCH timer_wakeup line");
     };
@@ -181,4 +229,102 @@ fn an_interrupt_storm_does_not_delay_another_domains_timer() {
     if worst_us > 2000.0 {
         vm.fail(&format!("a timer interrupt came {worst_us:.0} us late beside the storm (bound: 2000 us)"));
     }
+    found.swap_remove(1)
+}
+
+/// String I/O edge cases through the stub domain, from an HVM guest in
+/// paged protected mode (`guests/bootsector/strio_edges.S`, an MBR that
+/// loads 15 more sectors): IDE `rep insw`/`rep outsw` whose first word
+/// straddles two virtual pages mapped to frames that are not adjacent
+/// (each byte in its own page, never the physically adjacent frame; the
+/// written sector checked in the disk image here), `rep insb` with
+/// ECX = 0x10000000 running into an unmapped page (#PF there, with EDI
+/// and ECX showing the progress, as hardware leaves them; and at once
+/// downwards), buffers in the BIOS ROM, the LAPIC page, the PCI hole and
+/// beyond RAM (each completes, the ROM and LAPIC unchanged), and ring 3
+/// with IOPL 3 (a user buffer works; a supervisor-only one is a #PF with
+/// the user bit in the error code).
+#[test]
+fn string_io_edge_cases_through_the_stub_domain() {
+    const SECTOR: usize = 512;
+    const WRITE_LBA: usize = 300;
+    let name = "string_io_edge_cases_through_the_stub_domain";
+    let dir = test_dir(name);
+    let boot = guestasm::assemble_boot_image(
+        &guestasm::guests_dir().join("bootsector/strio_edges.S"),
+        &dir.join("strio_edges.bin"),
+    )
+    .unwrap_or_else(|e| panic!("cannot assemble strio_edges: {e:#}"));
+    let mut image = pseudo_random_bytes(11, 2048 * SECTOR);
+    image[..boot.len()].copy_from_slice(&boot);
+    let path = dir.join("disk0.img");
+    std::fs::write(&path, &image).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    let cfg = dir.join("hvm1.cfg");
+    std::fs::write(
+        &cfg,
+        "name = \"hvm1\"\ntype = \"hvm\"\nmemory = 64\nvcpus = 1\ndisk = [ 'phy:disk0,hda,w' ]\non_crash = \"destroy\"\n",
+    )
+    .unwrap_or_else(|e| panic!("cannot write {}: {e}", cfg.display()));
+    let q = base_qemu()
+        .smp(HVM_HOST_CPUS)
+        .kernel(&images().multiboot)
+        .append(BASE_CMDLINE)
+        .module(ModuleSpec::new(cfg, ""))
+        .module(ModuleSpec::new(images().stubdom.clone(), ""))
+        .module(ModuleSpec::new(seabios_image(), ""))
+        .extra_args(virtio_disk_args(&path, "disk0", false));
+    let mut vm = Vm::start(name, &dir, q);
+    vm.expect_lines(&[r"^\(hvm1\) .*strio: start$", r"^\(hvm1\) strio: done$", r"domain \d+ \(hvm1\) powered off"]);
+    let text = vm.console_text();
+    for l in text.lines().filter(|l| l.contains("strio: outs from the ROM")) {
+        eprintln!("[{name}] {l}");
+    }
+    expect_oks(
+        &mut vm,
+        "hvm1",
+        "strio: ",
+        &["ins straddle", "outs straddle", "huge count faults", "rom and mmio", "ring 3"],
+    );
+    if !text.contains("(hvm1) strio: ring 3 user page ok\n") {
+        vm.fail("ring 3's rep outsb from a user page did not print");
+    }
+    if text.contains("crashed") {
+        vm.fail("a domain crashed");
+    }
+    // The straddling OUTS wrote byte i = 3i + 0x5A, through two frames
+    // that are not adjacent, to sector 300; nothing else changed.
+    let after = std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let mut want = image.clone();
+    for (i, b) in want[WRITE_LBA * SECTOR..(WRITE_LBA + 1) * SECTOR].iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(3).wrapping_add(0x5A);
+    }
+    if after != want {
+        let first = after.iter().zip(&want).position(|(a, b)| a != b);
+        vm.fail(&format!("the disk image is not what the straddling rep outsw wrote: first difference at byte {first:?}"));
+    }
+}
+
+/// A guest that enables AVX (CR4.OSXSAVE, XCR0 = 7) can run VEX
+/// instructions (`guests/avx_probe.S`: `vxorps` on YMM0). Ignored: QEMU
+/// 7.2's TCG does not implement SVM's XSETBV intercept, so the guest's
+/// XSETBV takes effect without an exit, Ferrite never learns the guest's
+/// XCR0, and its next VMRUN loads the one it knows (1): the guest then
+/// reads XCR0 = 1 and gets #UD (SECURITY.md, "Not covered yet", has the
+/// evidence). The same guest runs VEX under bare QEMU. Run it on a
+/// platform that intercepts XSETBV (hardware, or a QEMU whose translator
+/// checks `SVM_EXIT_XSETBV`).
+#[test]
+#[ignore = "QEMU 7.2's TCG lacks the SVM XSETBV intercept (SECURITY.md)"]
+fn a_guest_with_avx_enabled_runs_vex_instructions() {
+    let name = "a_guest_with_avx_enabled_runs_vex_instructions";
+    let dir = test_dir(name);
+    let q = base_qemu()
+        .cpu("qemu64,+svm,+npt,+rdtscp,+xsave,+xsaveopt,+avx")
+        .kernel(&images().multiboot)
+        .append(BASE_CMDLINE)
+        .module(pvh_config_module(&dir, "avx", "avx_probe", 16))
+        .module(guest_module("avx_probe", &dir));
+    let mut vm = Vm::start(name, &dir, q);
+    vm.expect_lines(&[r"^\(avx\) avx: cpuid", r"^\(avx\) avx: vex ok$", r"domain \d+ \(avx\) powered off"]);
+    vm.expect_success();
 }

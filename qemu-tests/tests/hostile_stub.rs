@@ -19,8 +19,11 @@ use ferrite_qemu_tests::regex::Regex;
 use ferrite_qemu_tests::{base_qemu, images, linuxboot_rom, test_dir, virtio_disk_args, Vm, BASE_CMDLINE};
 use std::path::{Path, PathBuf};
 
+mod common;
+use common::domain_lines;
+
 /// Cases the hostile stub runs (its summary must count exactly these).
-const CASES: usize = 99;
+const CASES: usize = 100;
 /// The console flood: lines the flood stub sends through each console
 /// hypercall (16 calls of 4096 newlines).
 const FLOOD_LINES: usize = 16 * 4096;
@@ -73,22 +76,6 @@ fn ticker_modules(dir: &Path) -> [ModuleSpec; 2] {
     );
     let elf = guestasm::build_guest("ticker_long", dir).unwrap_or_else(|e| panic!("cannot assemble the ticker guest: {e:#}"));
     [ModuleSpec::new(cfg, ""), ModuleSpec::new(elf, "")]
-}
-
-/// A console line's boot timestamp (`console_timestamps=boot`) and text.
-fn split_timestamp(line: &str) -> Option<(f64, &str)> {
-    let rest = line.strip_prefix('[')?;
-    let (time, text) = rest.split_once("] ")?;
-    Some((time.trim().parse().ok()?, text))
-}
-
-/// Every line of `text` from domain `name`, with its timestamp.
-fn domain_lines<'a>(text: &'a str, name: &str) -> Vec<(f64, &'a str)> {
-    let prefix = format!("({name}) ");
-    text.lines()
-        .filter_map(split_timestamp)
-        .filter_map(|(t, l)| l.strip_prefix(prefix.as_str()).map(|rest| (t, rest)))
-        .collect()
 }
 
 #[test]
@@ -152,11 +139,10 @@ fn hostile_stub_hypercalls_and_shared_page_tampering_are_refused() {
     }
 
     // The ticker kept its pace while the stubs attacked.
-    let ticks: Vec<f64> = domain_lines(&text, "ticker").into_iter().filter(|(_, l)| l.starts_with("tick ")).map(|(t, _)| t).collect();
+    let (ticks, worst) = common::ticks(&text, "ticker");
     if ticks.len() != TICKS {
         vm.fail(&format!("the ticker printed {} ticks, not {TICKS}", ticks.len()));
     }
-    let worst = ticks.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
     if worst > TICK_GAP_MAX_S {
         vm.fail(&format!("the ticker's ticks were up to {worst:.3} s apart (at most {TICK_GAP_MAX_S} s)"));
     }
@@ -171,6 +157,19 @@ fn hostile_stub_hypercalls_and_shared_page_tampering_are_refused() {
     );
     if during == 0 {
         vm.fail("the ticker ended before the hostile stub began: its pace shows nothing");
+    }
+    // The flush storm (its verdict comes at its end) began while the
+    // ticker ran: the verdict before it is its start.
+    let hostile: Vec<&(f64, &str)> = verdicts.iter().filter(|(_, l)| l.starts_with("HOSTILE ")).collect();
+    match hostile.iter().position(|(_, l)| l.starts_with("HOSTILE block-flush-storm ")) {
+        Some(i) if i > 0 => {
+            let (start, end) = (hostile[i - 1].0, hostile[i].0);
+            eprintln!("flush storm {start:.3}..{end:.3} s");
+            if start >= ticks[TICKS - 1] {
+                vm.fail("the flush storm began after the ticker ended: its pace shows nothing");
+            }
+        }
+        _ => vm.fail("no flush storm verdict after another"),
     }
     vm.expect_success();
 }

@@ -26,6 +26,8 @@ const HYPERVISOR_ADDRESS: u64 = 0xFFFF_8000_0000_0000;
 /// The guest's BIOS ROM (top of 4 GiB) and the PCI hole: not guest RAM.
 const GUEST_ROM: u64 = 0xFFFF_F000;
 const PCI_HOLE: u64 = 0xC000_0000;
+/// BLOCK_IO flushes in the flush storm.
+const FLUSH_STORM: u32 = 2000;
 /// WAIT calls `next_request` makes before giving up.
 const WAIT_TRIES: u32 = 100_000;
 
@@ -174,6 +176,26 @@ fn block_io(t: &mut Tally, config: &StubConfig, b: u64) {
     } else {
         t.verdict("block-largest-request", false, format_args!("the disk has {} sectors, fewer than one request may move", sectors));
     }
+
+    // A storm of flushes, each waiting for the host disk's own flush (the
+    // disk is read-only to the guest, not to QEMU, so the flush reaches
+    // the image file). Legal; every one must answer 0 or EIO, and the
+    // ticker must keep its pace meanwhile.
+    let mut flush = Vec::new();
+    BlockRequest { op: BLOCK_FLUSH, ..read(0, 0, vec![]) }.encode(&mut flush);
+    let (mut ok, mut io, mut other) = (0u32, 0u32, 0u32);
+    for _ in 0..FLUSH_STORM {
+        match hypercall::raw(nr::BLOCK_IO, [flush.as_ptr() as u64, flush.len() as u64, 0, 0, 0]) {
+            0 => ok += 1,
+            r if r == Errno::Io.as_result() => io += 1,
+            _ => other += 1,
+        }
+    }
+    t.verdict(
+        "block-flush-storm",
+        other == 0,
+        format_args!("{} flushes: {} ok, {} EIO, {} other", FLUSH_STORM, ok, io, other),
+    );
 }
 
 fn data_read(t: &mut Tally, config: &StubConfig, buf: &mut [u8]) {
