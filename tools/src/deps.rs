@@ -22,6 +22,11 @@ pub const MFORMAT: Tool = Tool { program: "mformat", package: "mtools", why: "ma
 pub const LZ4: Tool = Tool { program: "lz4", package: "lz4", why: "unpacks Debian's cloud kernel for PVH boot" };
 pub const XZ: Tool = Tool { program: "xz", package: "xz-utils", why: "unpacks Debian's generic kernel for PVH boot" };
 pub const AS: Tool = Tool { program: "as", package: "binutils", why: "assembles the small test guests" };
+pub const BOCHS: Tool = Tool {
+    program: "bochs-bin",
+    package: "bochs",
+    why: "runs the exception-loop tests QEMU cannot (hostile_bochs; also bochsbios vgabios bochs-term)",
+};
 
 /// GRUB's BIOS platform files; without them grub-mkrescue makes an ISO
 /// that does not boot under SeaBIOS.
@@ -31,7 +36,7 @@ pub const GRUB_PC_PACKAGE: &str = "grub-pc-bin";
 /// Everything `ferrite iso` needs.
 pub const ISO_TOOLS: [Tool; 3] = [GRUB_MKRESCUE, XORRISO, MFORMAT];
 /// Everything `ferrite test` needs.
-pub const TEST_TOOLS: [Tool; 7] = [QEMU, GRUB_MKRESCUE, XORRISO, MFORMAT, LZ4, XZ, AS];
+pub const TEST_TOOLS: [Tool; 8] = [QEMU, GRUB_MKRESCUE, XORRISO, MFORMAT, LZ4, XZ, AS, BOCHS];
 
 /// Looks `program` up in `PATH` like a shell would (a regular file with an
 /// execute bit).
@@ -130,10 +135,10 @@ mod tests {
     #[test]
     fn names_packages_once_in_order() {
         let m = check_with(&TEST_TOOLS, |p| p == "xorriso", false);
-        assert_eq!(m.packages, ["qemu-system-x86", "grub-common", "mtools", "lz4", "xz-utils", "binutils", "grub-pc-bin"]);
+        assert_eq!(m.packages, ["qemu-system-x86", "grub-common", "mtools", "lz4", "xz-utils", "binutils", "bochs", "grub-pc-bin"]);
         assert_eq!(
             m.apt_line(),
-            "sudo apt-get install -y qemu-system-x86 grub-common mtools lz4 xz-utils binutils grub-pc-bin"
+            "sudo apt-get install -y qemu-system-x86 grub-common mtools lz4 xz-utils binutils bochs grub-pc-bin"
         );
         let msg = m.message();
         assert!(msg.contains("`qemu-system-x86_64` not found"), "{msg}");
