@@ -159,7 +159,8 @@ impl E1000 {
             self.tdh = (self.tdh + 1) % n;
             done += 1;
         }
-        if self.tdh == self.tdt {
+        // The queue went empty (not merely: is empty).
+        if done > 0 && self.tdh == self.tdt {
             cause |= ICR_TXQE;
         }
         self.raise(cause);
