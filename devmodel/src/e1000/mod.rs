@@ -61,12 +61,18 @@ use alloc::vec::Vec;
 
 use crate::dma::GuestMemoryAccess;
 use crate::pci::{self, Bar, ConfigSpace};
+use eeprom::Microwire;
 
+mod eeprom;
+pub mod phy;
+mod regs;
 pub mod rx;
 pub mod tx;
 #[cfg(test)]
 mod tests;
 
+pub use eeprom::{eeprom_image, EEPROM_CHECKSUM_WORD, EEPROM_SUM, EEPROM_WORDS};
+pub use regs::*;
 pub use rx::RxOutcome;
 
 pub const VENDOR_ID: u16 = 0x8086;
@@ -89,9 +95,9 @@ pub const ETH_ZLEN: usize = 60;
 pub const MAX_FRAME: usize = 1518;
 /// Longest frame received with RCTL.LPE (16 KiB with the FCS).
 pub const MAX_JUMBO_FRAME: usize = 16384 - 4;
-/// The 802.1Q tag protocol identifier. Linux writes VET = 0 on the 82540
-/// (the register is kept), so tags are matched and inserted with 0x8100,
-/// the only value the 82540 documents.
+/// The 802.1Q tag protocol identifier. Tags are matched and inserted
+/// with this value whatever VET holds (the register is kept): Linux
+/// writes VET = 0 while it initialises the 82540 and 0x8100 only later.
 pub const ETH_P_8021Q: u16 = 0x8100;
 
 /// The function's configuration space: identity, BAR0 (128 KiB, 32-bit,
@@ -112,266 +118,6 @@ pub fn config_space() -> ConfigSpace {
     c.set_bar(1, Bar::Io { size: IO_BAR_SIZE });
     c.set_u8(pci::INTERRUPT_PIN, 1);
     c
-}
-
-/// Register offsets in BAR0.
-pub mod reg {
-    pub const CTRL: u32 = 0x0000;
-    pub const STATUS: u32 = 0x0008;
-    pub const EECD: u32 = 0x0010;
-    pub const EERD: u32 = 0x0014;
-    pub const CTRL_EXT: u32 = 0x0018;
-    pub const MDIC: u32 = 0x0020;
-    pub const FCAL: u32 = 0x0028;
-    pub const FCAH: u32 = 0x002c;
-    pub const FCT: u32 = 0x0030;
-    pub const VET: u32 = 0x0038;
-    pub const ICR: u32 = 0x00c0;
-    pub const ITR: u32 = 0x00c4;
-    pub const ICS: u32 = 0x00c8;
-    pub const IMS: u32 = 0x00d0;
-    pub const IMC: u32 = 0x00d8;
-    pub const RCTL: u32 = 0x0100;
-    pub const FCTTV: u32 = 0x0170;
-    pub const TXCW: u32 = 0x0178;
-    pub const RXCW: u32 = 0x0180;
-    pub const TCTL: u32 = 0x0400;
-    pub const TIPG: u32 = 0x0410;
-    pub const AIT: u32 = 0x0458;
-    pub const LEDCTL: u32 = 0x0e00;
-    pub const PBA: u32 = 0x1000;
-    pub const FCRTL: u32 = 0x2160;
-    pub const FCRTH: u32 = 0x2168;
-    pub const RDBAL: u32 = 0x2800;
-    pub const RDBAH: u32 = 0x2804;
-    pub const RDLEN: u32 = 0x2808;
-    pub const RDH: u32 = 0x2810;
-    pub const RDT: u32 = 0x2818;
-    pub const RDTR: u32 = 0x2820;
-    pub const RXDCTL: u32 = 0x2828;
-    pub const RADV: u32 = 0x282c;
-    pub const RSRPD: u32 = 0x2c00;
-    pub const TDBAL: u32 = 0x3800;
-    pub const TDBAH: u32 = 0x3804;
-    pub const TDLEN: u32 = 0x3808;
-    pub const TDH: u32 = 0x3810;
-    pub const TDT: u32 = 0x3818;
-    pub const TIDV: u32 = 0x3820;
-    pub const TXDCTL: u32 = 0x3828;
-    pub const TADV: u32 = 0x382c;
-    pub const TSPMT: u32 = 0x3830;
-    /// Statistics: 64 dwords from here, all read-to-clear.
-    pub const STATS: u32 = 0x4000;
-    pub const STATS_END: u32 = 0x4100;
-    pub const MPC: u32 = 0x4010;
-    pub const PRC64: u32 = 0x405c;
-    pub const GPRC: u32 = 0x4074;
-    pub const BPRC: u32 = 0x4078;
-    pub const MPRC: u32 = 0x407c;
-    pub const GPTC: u32 = 0x4080;
-    pub const GORCL: u32 = 0x4088;
-    pub const GORCH: u32 = 0x408c;
-    pub const GOTCL: u32 = 0x4090;
-    pub const GOTCH: u32 = 0x4094;
-    pub const RNBC: u32 = 0x40a0;
-    pub const RUC: u32 = 0x40a4;
-    pub const ROC: u32 = 0x40ac;
-    pub const TORL: u32 = 0x40c0;
-    pub const TORH: u32 = 0x40c4;
-    pub const TOTL: u32 = 0x40c8;
-    pub const TOTH: u32 = 0x40cc;
-    pub const TPR: u32 = 0x40d0;
-    pub const TPT: u32 = 0x40d4;
-    pub const PTC64: u32 = 0x40d8;
-    pub const MPTC: u32 = 0x40f0;
-    pub const BPTC: u32 = 0x40f4;
-    pub const TSCTC: u32 = 0x40f8;
-    pub const RXCSUM: u32 = 0x5000;
-    /// Multicast table array: 128 dwords.
-    pub const MTA: u32 = 0x5200;
-    /// Receive addresses: 16 (RAL, RAH) pairs.
-    pub const RA: u32 = 0x5400;
-    /// VLAN filter table array: 128 dwords.
-    pub const VFTA: u32 = 0x5600;
-    pub const WUC: u32 = 0x5800;
-    pub const WUFC: u32 = 0x5808;
-    pub const WUS: u32 = 0x5810;
-    pub const MANC: u32 = 0x5820;
-    pub const SWSM: u32 = 0x5b50;
-    pub const FWSM: u32 = 0x5b54;
-}
-
-pub const CTRL_FD: u32 = 1 << 0;
-pub const CTRL_SLU: u32 = 1 << 6;
-pub const CTRL_SPD_1000: u32 = 2 << 8;
-pub const CTRL_SWDPIN0: u32 = 1 << 18;
-pub const CTRL_SWDPIN2: u32 = 1 << 20;
-pub const CTRL_RST: u32 = 1 << 26;
-pub const CTRL_VME: u32 = 1 << 30;
-pub const CTRL_PHY_RST: u32 = 1 << 31;
-
-pub const STATUS_FD: u32 = 1 << 0;
-pub const STATUS_LU: u32 = 1 << 1;
-pub const STATUS_SPEED_1000: u32 = 2 << 6;
-/// Auto-speed detection value: 1000 Mb/s.
-pub const STATUS_ASDV_1000: u32 = 2 << 8;
-
-pub const EECD_SK: u32 = 1 << 0;
-pub const EECD_CS: u32 = 1 << 1;
-pub const EECD_DI: u32 = 1 << 2;
-pub const EECD_DO: u32 = 1 << 3;
-pub const EECD_FWE: u32 = 3 << 4;
-pub const EECD_REQ: u32 = 1 << 6;
-pub const EECD_GNT: u32 = 1 << 7;
-pub const EECD_PRES: u32 = 1 << 8;
-
-pub const EERD_START: u32 = 1 << 0;
-pub const EERD_DONE: u32 = 1 << 4;
-
-pub const MDIC_REG_SHIFT: u32 = 16;
-pub const MDIC_PHY_SHIFT: u32 = 21;
-pub const MDIC_OP_WRITE: u32 = 1 << 26;
-pub const MDIC_OP_READ: u32 = 2 << 26;
-pub const MDIC_READY: u32 = 1 << 28;
-pub const MDIC_INT_EN: u32 = 1 << 29;
-pub const MDIC_ERROR: u32 = 1 << 30;
-
-/// Interrupt causes (ICR, ICS, IMS, IMC).
-pub const ICR_TXDW: u32 = 1 << 0;
-pub const ICR_TXQE: u32 = 1 << 1;
-pub const ICR_LSC: u32 = 1 << 2;
-pub const ICR_RXSEQ: u32 = 1 << 3;
-pub const ICR_RXDMT0: u32 = 1 << 4;
-pub const ICR_RXO: u32 = 1 << 6;
-pub const ICR_RXT0: u32 = 1 << 7;
-pub const ICR_MDAC: u32 = 1 << 9;
-/// The causes the 82540 has (bits 0-16); others do not stick.
-const ICR_VALID: u32 = 0x0001_ffff;
-
-pub const RCTL_EN: u32 = 1 << 1;
-pub const RCTL_SBP: u32 = 1 << 2;
-pub const RCTL_UPE: u32 = 1 << 3;
-pub const RCTL_MPE: u32 = 1 << 4;
-pub const RCTL_LPE: u32 = 1 << 5;
-pub const RCTL_RDMTS_SHIFT: u32 = 8;
-pub const RCTL_MO_SHIFT: u32 = 12;
-pub const RCTL_BAM: u32 = 1 << 15;
-pub const RCTL_BSIZE_SHIFT: u32 = 16;
-pub const RCTL_VFE: u32 = 1 << 18;
-pub const RCTL_BSEX: u32 = 1 << 25;
-pub const RCTL_SECRC: u32 = 1 << 26;
-
-pub const TCTL_EN: u32 = 1 << 1;
-pub const TCTL_PSP: u32 = 1 << 3;
-
-pub const RAH_AV: u32 = 1 << 31;
-
-/// PHY registers (MII and the M88E1011's own).
-pub mod phy {
-    pub const CTRL: usize = 0;
-    pub const STATUS: usize = 1;
-    pub const ID1: usize = 2;
-    pub const ID2: usize = 3;
-    pub const AUTONEG_ADV: usize = 4;
-    pub const LP_ABILITY: usize = 5;
-    pub const AUTONEG_EXP: usize = 6;
-    pub const CTRL_1000T: usize = 9;
-    pub const STATUS_1000T: usize = 10;
-    pub const EXT_STATUS: usize = 15;
-    pub const M88_SPEC_CTRL: usize = 0x10;
-    pub const M88_SPEC_STATUS: usize = 0x11;
-    pub const M88_EXT_SPEC_CTRL: usize = 0x14;
-    pub const M88_RX_ERR_CNTR: usize = 0x15;
-
-    pub const CTRL_RESTART_AUTONEG: u16 = 1 << 9;
-    pub const CTRL_RESET: u16 = 1 << 15;
-    pub const STATUS_LINK: u16 = 1 << 2;
-    pub const STATUS_AUTONEG_COMPLETE: u16 = 1 << 5;
-    /// M88E1011 (PHY_ID1 << 16 | PHY_ID2), revision 0.
-    pub const M88E1011_ID: u32 = 0x0141_0c20;
-    /// The PHY's address on the MDIO bus.
-    pub const ADDRESS: u32 = 1;
-}
-
-/// EEPROM words (64 of them: the 82540's Microwire part).
-pub const EEPROM_WORDS: usize = 64;
-pub const EEPROM_CHECKSUM_WORD: usize = 0x3f;
-/// The 64 words sum to this.
-pub const EEPROM_SUM: u16 = 0xbaba;
-/// Microwire READ opcode (3 bits: start bit and 10).
-const EEPROM_READ_OPCODE: u32 = 0b110;
-
-/// The EEPROM image QEMU's e1000 ships (SDM tables 5-2 and 5-3), with
-/// the MAC address, device and subsystem IDs and checksum filled in by
-/// [`eeprom_image`].
-const EEPROM_TEMPLATE: [u16; EEPROM_WORDS] = [
-    0x0000, 0x0000, 0x0000, 0x0000, 0xffff, 0x0000, 0x0000, 0x0000, //
-    0x3000, 0x1000, 0x6403, 0x0000, 0x8086, 0x0000, 0x8086, 0x3040, //
-    0x0008, 0x2000, 0x7e14, 0x0048, 0x1000, 0x00d8, 0x0000, 0x2700, //
-    0x6cc9, 0x3150, 0x0722, 0x040b, 0x0984, 0x0000, 0xc000, 0x0706, //
-    0x1008, 0x0000, 0x0f04, 0x7fff, 0x4d01, 0xffff, 0xffff, 0xffff, //
-    0xffff, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff, //
-    0x0100, 0x4000, 0x121c, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff, //
-    0xffff, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff, 0x0000, //
-];
-
-/// The EEPROM contents for a card with address `mac`: MAC in words 0-2
-/// (low byte first), subsystem ID (word 0x0B) and device ID (0x0D) as in
-/// the configuration space, checksum word 0x3F making the sum 0xBABA.
-pub fn eeprom_image(mac: [u8; 6]) -> [u16; EEPROM_WORDS] {
-    let mut e = EEPROM_TEMPLATE;
-    for i in 0..3 {
-        e[i] = u16::from_le_bytes([mac[2 * i], mac[2 * i + 1]]);
-    }
-    e[0x0b] = SUBSYSTEM_ID;
-    e[0x0d] = DEVICE_ID;
-    let sum = e[..EEPROM_CHECKSUM_WORD].iter().fold(0u16, |a, &w| a.wrapping_add(w));
-    e[EEPROM_CHECKSUM_WORD] = EEPROM_SUM.wrapping_sub(sum);
-    e
-}
-
-/// PHY register values after a PHY reset: 1000 Mb/s full duplex with
-/// autonegotiation on and (there being no wire) already complete.
-fn phy_defaults() -> [u16; 32] {
-    let mut p = [0u16; 32];
-    p[phy::CTRL] = 0x1140; // autoneg enable, full duplex, 1000 Mb/s
-    // Extended capabilities, link, autoneg ability and complete,
-    // preamble suppression, extended status, 10/100 half/full.
-    p[phy::STATUS] = 0x796d;
-    p[phy::ID1] = (phy::M88E1011_ID >> 16) as u16;
-    p[phy::ID2] = phy::M88E1011_ID as u16;
-    // Selector CSMA/CD, 10/100 half/full, pause, asymmetric pause.
-    p[phy::AUTONEG_ADV] = 0x0de1;
-    // Partner: 10/100 half/full, acknowledged.
-    p[phy::LP_ABILITY] = 0x41e0;
-    // The partner is autonegotiation-able.
-    p[phy::AUTONEG_EXP] = 0x0001;
-    // Advertise 1000 full; manual master, as QEMU's PHY.
-    p[phy::CTRL_1000T] = 0x0e00;
-    // Partner 1000 half/full, local and remote receivers OK.
-    p[phy::STATUS_1000T] = 0x3c00;
-    p[phy::EXT_STATUS] = 0x3000;
-    p[phy::M88_SPEC_CTRL] = 0x0360;
-    // 1000 Mb/s, full duplex, resolved, link up.
-    p[phy::M88_SPEC_STATUS] = 0xac00;
-    p[phy::M88_EXT_SPEC_CTRL] = 0x0d60;
-    p
-}
-
-/// PHY registers the driver cannot change.
-fn phy_read_only(r: usize) -> bool {
-    matches!(
-        r,
-        phy::STATUS
-            | phy::ID1
-            | phy::ID2
-            | phy::LP_ABILITY
-            | phy::AUTONEG_EXP
-            | phy::STATUS_1000T
-            | phy::EXT_STATUS
-            | phy::M88_SPEC_STATUS
-            | phy::M88_RX_ERR_CNTR
-    )
 }
 
 /// Registers that are plain storage here: (offset, writable bits, value
@@ -446,20 +192,6 @@ pub struct E1000Stats {
     pub rx_bad_buffers: u64,
 }
 
-/// The Microwire EEPROM's serial interface, as the driver bit-bangs it
-/// through EECD.
-#[derive(Debug, Clone, Copy, Default)]
-struct Microwire {
-    /// SK, CS, DI, FWE, REQ as last written.
-    latched: u32,
-    /// Bits shifted in since CS rose.
-    val_in: u32,
-    bits_in: u32,
-    /// The stream position DO presents (word × 16 + bit, MSB first).
-    bit_out: u32,
-    reading: bool,
-}
-
 /// One Intel 82540EM.
 #[derive(Debug, Clone)]
 pub struct E1000 {
@@ -510,7 +242,7 @@ impl E1000 {
         let mut d = E1000 {
             mac,
             eeprom: eeprom_image(mac),
-            phy: phy_defaults(),
+            phy: phy::defaults(),
             link_up: true,
             dma_enabled: true,
             ctrl: 0,
@@ -581,16 +313,6 @@ impl E1000 {
         self.raise(ICR_LSC);
     }
 
-    fn apply_link_to_phy(&mut self) {
-        if self.link_up {
-            self.phy[phy::STATUS] |= phy::STATUS_LINK | phy::STATUS_AUTONEG_COMPLETE;
-            self.phy[phy::M88_SPEC_STATUS] |= 0x0400;
-        } else {
-            self.phy[phy::STATUS] &= !(phy::STATUS_LINK | phy::STATUS_AUTONEG_COMPLETE);
-            self.phy[phy::M88_SPEC_STATUS] &= !0x0400;
-        }
-    }
-
     /// The guest has receive buffers posted and receive enabled: a frame
     /// of ordinary size would be delivered now.
     pub fn rx_buffers_available(&self) -> bool {
@@ -603,8 +325,8 @@ impl E1000 {
 
     /// CTRL.RST (and power-on): every MAC register back to its reset
     /// value, the EEPROM's address reloaded into RAL0/RAH0, a packet
-    /// being assembled dropped. The PHY keeps its state (it has its own
-    /// reset) and so does the host-side [`E1000Stats`].
+    /// being assembled dropped. The PHY keeps its state (CTRL.PHY_RST
+    /// resets it) and so does the host-side [`E1000Stats`].
     fn reset_mac(&mut self) {
         self.ctrl = CTRL_RESET_VALUE;
         self.eecd = Microwire::default();
@@ -878,111 +600,6 @@ impl E1000 {
             _ => 5,
         };
         self.stat_inc(first + 4 * bucket);
-    }
-
-    // ---- EEPROM ----
-
-    fn eecd_read(&self) -> u32 {
-        let mut v = EECD_PRES | EECD_GNT | self.eecd.latched;
-        let e = &self.eecd;
-        // DO idles high; while reading it presents the addressed word,
-        // most significant bit first.
-        let word = self.eeprom[((e.bit_out >> 4) as usize) % EEPROM_WORDS];
-        if !e.reading || (word >> (15 - (e.bit_out & 15))) & 1 != 0 {
-            v |= EECD_DO;
-        }
-        v
-    }
-
-    fn eecd_write(&mut self, v: u32) {
-        let old = self.eecd.latched;
-        let e = &mut self.eecd;
-        e.latched = v & (EECD_SK | EECD_CS | EECD_DI | EECD_FWE | EECD_REQ);
-        if v & EECD_CS == 0 {
-            return;
-        }
-        if (v ^ old) & EECD_CS != 0 {
-            // Chip select rises: a new command starts.
-            e.val_in = 0;
-            e.bits_in = 0;
-            e.bit_out = 0;
-            e.reading = false;
-        }
-        if (v ^ old) & EECD_SK == 0 {
-            return;
-        }
-        if v & EECD_SK == 0 {
-            // Falling clock: the next output bit.
-            e.bit_out = e.bit_out.wrapping_add(1);
-            return;
-        }
-        // Rising clock: shift DI in. After the 3-bit opcode and 6-bit
-        // address, a READ streams words out from that address on.
-        e.val_in = (e.val_in << 1) | u32::from(v & EECD_DI != 0);
-        e.bits_in = e.bits_in.saturating_add(1);
-        if e.bits_in == 9 && !e.reading {
-            e.reading = (e.val_in >> 6) & 7 == EEPROM_READ_OPCODE;
-            // The falling edge that ends this cycle moves to bit 0.
-            e.bit_out = ((e.val_in & 0x3f) << 4).wrapping_sub(1);
-        }
-    }
-
-    fn eerd_read(&self) -> u32 {
-        if self.eerd & EERD_START == 0 {
-            return self.eerd;
-        }
-        let r = self.eerd & !EERD_START;
-        let addr = ((r >> 8) & 0xff) as usize;
-        match self.eeprom.get(addr) {
-            Some(&w) => (u32::from(w) << 16) | EERD_DONE | (r & 0xff00),
-            None => EERD_DONE | (r & 0xff00),
-        }
-    }
-
-    // ---- PHY ----
-
-    fn reset_phy(&mut self) {
-        self.phy = phy_defaults();
-        self.apply_link_to_phy();
-    }
-
-    fn mdic_write(&mut self, v: u32) {
-        let data = (v & 0xffff) as u16;
-        let r = ((v >> MDIC_REG_SHIFT) & 0x1f) as usize;
-        let addr = (v >> MDIC_PHY_SHIFT) & 0x1f;
-        let op = v & (3 << 26);
-        let mut result = v;
-        if addr != phy::ADDRESS {
-            // Nothing else on the bus answers.
-            result |= MDIC_ERROR;
-        } else if op == MDIC_OP_READ {
-            result = (v & !0xffff) | u32::from(self.phy[r]);
-        } else if op == MDIC_OP_WRITE {
-            self.phy_write(r, data);
-        } else {
-            result |= MDIC_ERROR;
-        }
-        self.mdic = result | MDIC_READY;
-        if v & MDIC_INT_EN != 0 {
-            self.raise(ICR_MDAC);
-        }
-    }
-
-    fn phy_write(&mut self, r: usize, data: u16) {
-        if phy_read_only(r) {
-            return;
-        }
-        if r == phy::CTRL {
-            if data & phy::CTRL_RESET != 0 {
-                self.reset_phy();
-            }
-            // Reset and restart are self-clearing; bits 5:0 reserved.
-            // Autonegotiation completes at once: there is no wire.
-            self.phy[phy::CTRL] = data & !(phy::CTRL_RESET | phy::CTRL_RESTART_AUTONEG | 0x3f);
-            self.apply_link_to_phy();
-            return;
-        }
-        self.phy[r] = data;
     }
 
     // ---- rings ----

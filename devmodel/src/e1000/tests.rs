@@ -499,6 +499,16 @@ fn linux_bring_up() {
     assert_eq!(g.phy_read(phy::STATUS_1000T) & 0x0c00, 0x0c00);
     g.phy_write(phy::ID1, 0);
     assert_eq!(g.phy_read(phy::ID1), 0x0141, "read-only");
+    // A software reset keeps what the driver configured; CTRL.PHY_RST
+    // (a hardware reset) does not.
+    assert_eq!(g.phy_read(phy::M88_SPEC_CTRL), 0x0360 | 0x60);
+    g.phy_write(phy::CTRL, 0x1140 | phy::CTRL_RESET);
+    assert_eq!(g.phy_read(phy::M88_SPEC_CTRL), 0x0360 | 0x60);
+    let ctrl = g.rd(reg::CTRL);
+    g.wr(reg::CTRL, ctrl | CTRL_PHY_RST);
+    g.wr(reg::CTRL, ctrl);
+    assert_eq!(g.phy_read(phy::M88_SPEC_CTRL), 0x0360);
+    assert_ne!(g.phy_read(phy::STATUS) & phy::STATUS_LINK, 0);
     let v = g.mdic(2 << MDIC_PHY_SHIFT | MDIC_OP_READ);
     assert_ne!(v & MDIC_ERROR, 0);
     g.mdic(1 << MDIC_PHY_SHIFT | MDIC_OP_READ | MDIC_INT_EN);
