@@ -53,8 +53,9 @@
 //! (64 KiB for TSO, 1518 bytes otherwise), or without EOP within a ring's
 //! worth of descriptors is dropped and counted; a receive buffer outside
 //! RAM gets the frame's descriptor marked with RXE. One call does at most
-//! one ring's worth of descriptors, and memory is allocated only when the
-//! device is created.
+//! one ring's worth of descriptors (a TSO packet becomes at most 4096
+//! segments: MSS below [`tx::MIN_TSO_MSS`] is refused), and memory is
+//! allocated only when the device is created.
 
 use alloc::vec;
 use alloc::vec::Vec;

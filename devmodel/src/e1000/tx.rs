@@ -22,6 +22,11 @@ use crate::dma::GuestMemoryAccess;
 /// GSO packets for the e1000 stay below 64 KiB.
 pub const TX_BUF_MAX: usize = 64 * 1024;
 
+/// Smallest MSS segmented. No real TCP uses less, and it bounds what one
+/// packet can turn into: at most 4096 segments, each at most 255 header
+/// bytes over 16 of payload (Linux sends at least 48).
+pub const MIN_TSO_MSS: usize = 16;
+
 /// DCMD bits (the top byte of a descriptor's second dword).
 pub const CMD_EOP: u8 = 1 << 0;
 pub const CMD_IFCS: u8 = 1 << 1;
@@ -284,7 +289,7 @@ impl E1000 {
         let popts = self.tx.popts;
         let hdr = usize::from(c.hdr_len);
         let mss = usize::from(c.mss);
-        if hdr < ETH_HLEN || hdr > buf.len() || mss == 0 || hdr + mss > MAX_FRAME {
+        if hdr < ETH_HLEN || hdr > buf.len() || mss < MIN_TSO_MSS || hdr + mss > MAX_FRAME {
             self.counters.tx_oversize_or_malformed += 1;
             return;
         }
