@@ -520,6 +520,11 @@ fn linux_bring_up() {
     assert_eq!(g.rd(reg::STATUS) & STATUS_LU, 0);
     assert_eq!(g.phy_read(phy::STATUS) & phy::STATUS_LINK, 0);
     assert_eq!(g.dev.receive(&mut g.mem, &frame_to_us(64)), RxOutcome::NotReady);
+    let a = g.buf(0, &frame_to_us(64));
+    g.send(&[legacy(a, 64, CMD_EOP | CMD_RS)]);
+    assert!(g.take_sent().is_empty(), "lost on the dead wire");
+    assert_eq!(g.mem.get(TX_RING + 12, 1)[0], STA_DD);
+    assert_eq!(g.rd(reg::ICR), ICR_TXDW | ICR_TXQE);
     g.dev.set_link_up(true);
     assert_eq!(g.rd(reg::ICR), ICR_LSC);
     assert_ne!(g.phy_read(phy::STATUS) & phy::STATUS_LINK, 0);

@@ -341,10 +341,15 @@ impl E1000 {
     }
 
     /// Hands one frame to the embedder: the 802.1Q tag inserted after the
-    /// addresses if asked, padded to 60 bytes if TCTL.PSP, counted.
+    /// addresses if asked, padded to 60 bytes if TCTL.PSP, counted. With
+    /// the link down the frame is lost, as on a dead wire; its
+    /// descriptors still complete so the driver does not stall.
     fn emit(&mut self, frame: &mut Vec<u8>, vlan: Option<u16>, out: &mut dyn FnMut(&[u8])) {
         if frame.len() < ETH_HLEN {
             self.counters.tx_oversize_or_malformed += 1;
+            return;
+        }
+        if !self.link_up {
             return;
         }
         if let Some(tci) = vlan {
