@@ -26,6 +26,7 @@
 //! | [`i8042`] | PS/2 keyboard controller with keyboard and mouse |
 //! | [`port92`] | System Control Port A (fast A20, fast reset) |
 //! | [`fw_cfg`] | QEMU firmware configuration (I/O ports + DMA), Linux direct boot, ACPI linker/loader |
+//! | [`e1000`] | Intel 82540EM Gigabit Ethernet (e1000): registers, EEPROM, PHY, descriptor rings with checksum offload and TSO |
 //! | [`ide`] | PIIX4 IDE: two ATA channels, PIO and bus-master DMA |
 //! | [`virtio`] | virtio-mmio v2 and virtio-pci transports (N queues), split virtqueue, virtio-blk (disks), virtio-vsock (dom0 ↔ management service) |
 
@@ -38,6 +39,7 @@ pub mod console_limit;
 pub mod acpi_pm;
 pub mod clock;
 pub mod dma;
+pub mod e1000;
 pub mod fw_cfg;
 pub mod ide;
 pub mod ioapic;
