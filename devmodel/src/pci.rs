@@ -578,6 +578,26 @@ impl PciBus {
         Some((base, size))
     }
 
+    /// Where I/O BAR `index` of 00:dev.func is decoded: (base port,
+    /// ports), when the function has I/O space enabled and the BAR is an
+    /// I/O BAR holding a non-zero port whose range stays below 64 Ki.
+    pub fn io_bar(&self, dev: u8, func: u8, index: usize) -> Option<(u16, u16)> {
+        let c = self.function(dev, func)?;
+        if c.command() & COMMAND_IO == 0 {
+            return None;
+        }
+        let Bar::Io { size } = c.bar(index)? else { return None };
+        let base = u16::try_from(c.bar_address(index)?).ok().filter(|&b| b != 0)?;
+        let size = u16::try_from(size).ok()?;
+        base.checked_add(size)?;
+        Some((base, size))
+    }
+
+    /// Whether 00:dev.func may master the bus (command bit 2).
+    pub fn bus_master(&self, dev: u8, func: u8) -> bool {
+        self.function(dev, func).is_some_and(|c| c.command() & COMMAND_BUS_MASTER != 0)
+    }
+
     /// The ISA IRQ the INTx line of 00:dev.func reaches: its interrupt pin
     /// (A-D) swizzled onto PIRQ A-D as on a PIIX (`(dev + pin - 2) mod 4`,
     /// what SeaBIOS assumes when it fills in the interrupt line register),

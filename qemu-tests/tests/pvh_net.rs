@@ -197,30 +197,38 @@ fn expect_fetched(vm: &mut Vm, guest: &str, served: &str) {
 /// Debian's kernel and the network initramfs in `dir` (`vmlinux`,
 /// `initramfs-net.cpio`); None when the packages cannot be had.
 fn net_guest(name: &str, dir: &Path) -> Option<(PathBuf, PathBuf)> {
-    if !debian_packages(name, &["linux-image-cloud-amd64", "busybox-static"]) {
+    // PVH guests find their NIC through virtio_mmio, HVM guests through
+    // virtio_pci; each loads all and uses what it has.
+    net_guest_from(name, dir, "linux-image-cloud-amd64", &["virtio_mmio", "virtio_pci", "virtio_net", "pktgen"], "")
+}
+
+/// `package`'s kernel and an initramfs with `modules` (and what they
+/// depend on) and the network init, written into `dir` with `suffix`.
+fn net_guest_from(name: &str, dir: &Path, package: &str, modules: &[&str], suffix: &str) -> Option<(PathBuf, PathBuf)> {
+    if !debian_packages(name, &[package, "busybox-static"]) {
         return None;
     }
     use ferrite_qemu_tests::ferrite_tools::guest_images;
-    let root = guest_images::fetch_debian_package("linux-image-cloud-amd64").unwrap();
+    let root = guest_images::fetch_debian_package(package).unwrap();
     let vmlinux = guest_images::find_vmlinuz(&root).unwrap_or_else(|e| panic!("[{name}] {e}"));
-    // PVH guests find their NIC through virtio_mmio, HVM guests through
-    // virtio_pci; each loads all and uses what it has.
-    let modules = debian_modules(name, &root, &["virtio_mmio", "virtio_pci", "virtio_net", "pktgen"]);
+    let modules = debian_modules(name, &root, modules);
     let image = initramfs::busybox_initramfs_with_modules(NET_INIT_SCRIPT, &modules)
         .unwrap_or_else(|e| panic!("[{name}] cannot build the initramfs: {e}"));
-    let kernel = dir.join("vmlinux");
+    let kernel = dir.join(format!("vmlinux{suffix}"));
     std::fs::copy(&vmlinux, &kernel).unwrap_or_else(|e| panic!("[{name}] cannot copy the kernel: {e}"));
-    let initrd = dir.join("initramfs-net.cpio");
+    let initrd = dir.join(format!("initramfs-net{suffix}.cpio"));
     write_file(&initrd, &image);
     Some((kernel, initrd))
 }
 
 /// An HVM domU config module: Linux booted directly by SeaBIOS, with one
-/// NIC of `model` on bridge0.
+/// NIC of `model` on bridge0. The e1000 guest runs Debian's generic kernel
+/// (the cloud kernel has no e1000 driver).
 fn hvm_net_config(dir: &Path, name: &str, args: &str, model: &str) -> ModuleSpec {
+    let suffix = if model == "e1000" { "-generic" } else { "" };
     let cfg = format!(
         "# written by qemu-tests/tests/pvh_net.rs\nname = \"{name}\"\ntype = \"hvm\"\nmemory = 192\nvcpus = 1\n\
-         kernel = \"vmlinux\"\nramdisk = \"initramfs-net.cpio\"\n\
+         kernel = \"vmlinux{suffix}\"\nramdisk = \"initramfs-net{suffix}.cpio\"\n\
          cmdline = \"console=ttyS0 loglevel=4 {args}\"\n\
          vif = [ 'model={model}, bridge=bridge0' ]\non_crash = \"destroy\"\n"
     );
@@ -234,6 +242,12 @@ fn hvm_net_config(dir: &Path, name: &str, args: &str, model: &str) -> ModuleSpec
 fn hvm_guests_reach_a_pvh_guest(name: &str, models: &[&str]) {
     let dir = test_dir(name);
     let Some((kernel, initrd)) = net_guest(name, &dir) else { return };
+    let generic = if models.contains(&"e1000") {
+        let Some(files) = net_guest_from(name, &dir, "linux-image-amd64", &["e1000"], "-generic") else { return };
+        Some(files)
+    } else {
+        None
+    };
     let mut q = net_qemu()
         .module(net_config_with(
             &dir,
@@ -245,6 +259,9 @@ fn hvm_guests_reach_a_pvh_guest(name: &str, models: &[&str]) {
     for (i, model) in models.iter().enumerate() {
         let guest = format!("hvm{}", model.replace('-', ""));
         q = q.module(hvm_net_config(&dir, &guest, &format!("ferrite.net_role=client ferrite.ip=10.0.0.{}", 11 + i), model));
+    }
+    for (k, i) in generic.iter() {
+        q = q.module(ModuleSpec::new(k, "")).module(ModuleSpec::new(i, ""));
     }
     let q = q
         .module(ModuleSpec::new(&kernel, ""))
@@ -266,8 +283,8 @@ fn hvm_guests_reach_a_pvh_guest(name: &str, models: &[&str]) {
 }
 
 #[test]
-fn an_hvm_guest_with_virtio_net_reaches_a_pvh_guest() {
-    hvm_guests_reach_a_pvh_guest("an_hvm_guest_with_virtio_net_reaches_a_pvh_guest", &["virtio-net"]);
+fn hvm_guests_with_e1000_and_virtio_net_reach_a_pvh_guest() {
+    hvm_guests_reach_a_pvh_guest("hvm_guests_with_e1000_and_virtio_net_reach_a_pvh_guest", &["virtio-net", "e1000"]);
 }
 
 #[test]

@@ -15,7 +15,7 @@
 //! | memory | device |
 //! | --- | --- |
 //! | PCI BAR0 of 00:03.0, 00:04.0, ... (16 KiB each) | virtio-blk over virtio-pci, one function per `specification=virtio` disk; INTx pin A through the PIIX4 PIRQ routes |
-//! | PCI BAR0 of the functions after the disks | the NICs (`nic`): virtio-net over virtio-pci, INTx pin A |
+//! | PCI BAR0 of the functions after the disks (and BAR1, I/O, of an e1000) | the NICs (`nic`): virtio-net over virtio-pci or e1000, INTx pin A |
 //!
 //! Unclaimed port reads return all ones, unclaimed writes are ignored, and
 //! so are MMIO accesses outside a decoded BAR: reads return all ones.
@@ -261,6 +261,8 @@ impl Devices {
                     self.ide.io_read(port, size).unwrap_or(u32::MAX)
                 } else if let Some(off) = self.ide_bm_offset(port) {
                     self.ide.bm_read(off, size)
+                } else if let Some((i, off)) = self.nic_port(port) {
+                    self.nic(i).io_read(off, size)
                 } else {
                     u32::MAX
                 }
@@ -313,6 +315,8 @@ impl Devices {
                     self.ide.io_write(port, size, value, &mut mem);
                 } else if let Some(off) = self.ide_bm_offset(port) {
                     self.ide.bm_write(off, size, value, &mut mem);
+                } else if let Some((i, off)) = self.nic_port(port) {
+                    self.nic(i).io_write(mem, off, size, value);
                 }
             }
         }
@@ -381,6 +385,23 @@ impl Devices {
         })
     }
 
+    /// The NIC whose I/O BAR decodes `port`, and the offset in it.
+    fn nic_port(&self, port: u16) -> Option<(usize, u64)> {
+        self.nics.iter().enumerate().find_map(|(i, n)| {
+            let (base, size) = self.pci.io_bar(n.slot, 0, n.io_bar_index()?)?;
+            let off = port.checked_sub(base)?;
+            (off < size).then_some((i, u64::from(off)))
+        })
+    }
+
+    /// NIC `i`, told whether it may master the bus now.
+    fn nic(&mut self, i: usize) -> &mut crate::nic::Nic {
+        let on = self.pci.bus_master(self.nics[i].slot, 0);
+        let n = &mut self.nics[i];
+        n.set_bus_master(on);
+        n
+    }
+
     /// The NIC whose memory BAR decodes `addr`, and the offset in it.
     fn nic_at(&self, addr: u64) -> Option<(usize, u64)> {
         self.nics.iter().enumerate().find_map(|(i, n)| {
@@ -394,7 +415,7 @@ impl Devices {
         let v = if let Some((i, off)) = self.virtio_at(addr) {
             self.virtio[i].blk.bar_read(off, size)
         } else if let Some((i, off)) = self.nic_at(addr) {
-            self.nics[i].mmio_read(off, size)
+            self.nic(i).mmio_read(off, size)
         } else {
             u64::MAX
         };
@@ -410,7 +431,7 @@ impl Devices {
             }
         } else if let Some((i, off)) = self.nic_at(addr) {
             let mem = self.window();
-            self.nics[i].mmio_write(mem, off, size, value);
+            self.nic(i).mmio_write(mem, off, size, value);
         }
         self.sync_lines();
     }
@@ -418,8 +439,8 @@ impl Devices {
     /// The bridge put frames in the NICs' receive rings.
     pub fn net_arrived(&mut self) {
         let mem = self.window();
-        for n in &mut self.nics {
-            n.receive_pending(mem);
+        for i in 0..self.nics.len() {
+            self.nic(i).receive_pending(mem);
         }
         self.sync_lines();
     }

@@ -6,8 +6,10 @@
 //! - `model=virtio-net`: virtio-net over virtio-pci. A frame the guest
 //!   sends is handed over as the pieces of the guest's own buffers (the
 //!   hypervisor copies them once, into the receivers).
-//! - `model=e1000`: not emulated yet by this stub (the NIC is left out,
-//!   with a warning).
+//! - `model=e1000`: an Intel 82540EM (`ferrite_devmodel::e1000`), BAR0
+//!   registers and BAR1 I/O window. The model assembles each frame (it
+//!   inserts checksums and cuts TSO segments), so a frame is sent from the
+//!   stub's memory.
 //!
 //! A frame the guest has no buffer for stays in the ring until it posts
 //! one (its receive-queue notify), so nothing is lost between the ring
@@ -18,6 +20,7 @@ use crate::{hypercall, memory};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use ferrite_abi::{net_rx, StubNic, StubNicModel};
+use ferrite_devmodel::e1000::{self, E1000};
 use ferrite_devmodel::pci::PciBus;
 use ferrite_devmodel::virtio::net::{RxOutcome, TxFrame, QUEUE_RX, QUEUE_TX};
 use ferrite_devmodel::virtio::queue::scatter;
@@ -31,11 +34,16 @@ const TX_ROUNDS: usize = 8;
 /// Protocol errors logged per NIC (a guest can repeat them).
 const ERRORS_LOGGED: u32 = 8;
 
+enum Model {
+    Virtio(VirtioNetPci),
+    E1000(Box<E1000>),
+}
+
 pub struct Nic {
     /// 00:slot.0 on the PCI bus.
     pub slot: u8,
     handle: u32,
-    dev: VirtioNetPci,
+    model: Model,
     errors: u32,
     /// One frame from the ring, on its way to the guest.
     frame: Box<[u8; net_rx::MAX_FRAME as usize]>,
@@ -46,19 +54,19 @@ pub struct Nic {
 pub fn attach(pci: &mut PciBus, slot: u8, nic: &StubNic) -> Option<Nic> {
     let m = nic.mac;
     let mac = alloc::format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5]);
-    if nic.model != StubNicModel::VirtioPci {
-        warn!("NIC {} ({}): model {:?} is not emulated by this stub; not attached", nic.handle, mac, nic.model);
-        return None;
-    }
-    if !pci.add_function(slot, 0, virtio::pci::net_config_space()) {
+    let (config, model, name) = match nic.model {
+        StubNicModel::VirtioPci => (virtio::pci::net_config_space(), Model::Virtio(VirtioNetPci::new(nic.mac)), "virtio-net"),
+        StubNicModel::E1000 => (e1000::config_space(), Model::E1000(Box::new(E1000::new(nic.mac))), "e1000"),
+    };
+    if !pci.add_function(slot, 0, config) {
         warn!("NIC {} ({}): PCI slot {} is taken; not attached", nic.handle, mac, slot);
         return None;
     }
-    info!("NIC {}: virtio-net {} at PCI 00:{:02x}.0", nic.handle, mac, slot);
+    info!("NIC {}: {} {} at PCI 00:{:02x}.0", nic.handle, name, mac, slot);
     Some(Nic {
         slot,
         handle: nic.handle,
-        dev: VirtioNetPci::new(nic.mac),
+        model,
         errors: 0,
         frame: Box::new([0; net_rx::MAX_FRAME as usize]),
         frames: Vec::with_capacity(TX_BATCH),
@@ -68,31 +76,76 @@ pub fn attach(pci: &mut PciBus, slot: u8, nic: &StubNic) -> Option<Nic> {
 impl Nic {
     /// The BAR its registers are in.
     pub fn bar_index(&self) -> usize {
-        virtio::pci::BAR_INDEX
-    }
-
-    pub fn irq_level(&self) -> bool {
-        self.dev.irq_level()
-    }
-
-    pub fn mmio_read(&mut self, offset: u64, size: u8) -> u64 {
-        self.dev.bar_read(offset, size)
-    }
-
-    pub fn mmio_write(&mut self, mem: GuestWindow, offset: u64, size: u8, value: u64) {
-        match self.dev.bar_write(offset, size, value) {
-            Effect::Notify(QUEUE_TX) => self.transmit(mem),
-            Effect::Notify(QUEUE_RX) => self.receive_pending(mem),
-            _ => {}
+        match self.model {
+            Model::Virtio(_) => virtio::pci::BAR_INDEX,
+            Model::E1000(_) => 0,
         }
     }
 
-    fn transmit(&mut self, mut mem: GuestWindow) {
+    /// The I/O BAR it has, if any (the e1000's IOADDR/IODATA window).
+    pub fn io_bar_index(&self) -> Option<usize> {
+        matches!(self.model, Model::E1000(_)).then_some(1)
+    }
+
+    pub fn irq_level(&self) -> bool {
+        match &self.model {
+            Model::Virtio(d) => d.irq_level(),
+            Model::E1000(d) => d.irq_level(),
+        }
+    }
+
+    /// Bus mastering as the guest set it in the function's command
+    /// register (the e1000 does no DMA without it).
+    pub fn set_bus_master(&mut self, on: bool) {
+        if let Model::E1000(d) = &mut self.model {
+            d.set_dma_enabled(on);
+        }
+    }
+
+    pub fn mmio_read(&mut self, offset: u64, size: u8) -> u64 {
+        match &mut self.model {
+            Model::Virtio(d) => d.bar_read(offset, size),
+            Model::E1000(d) => d.mmio_read(offset, size),
+        }
+    }
+
+    pub fn mmio_write(&mut self, mut mem: GuestWindow, offset: u64, size: u8, value: u64) {
+        let handle = self.handle;
+        match &mut self.model {
+            Model::Virtio(d) => match d.bar_write(offset, size, value) {
+                Effect::Notify(QUEUE_TX) => self.transmit_virtio(mem),
+                Effect::Notify(QUEUE_RX) => self.receive_pending(mem),
+                _ => {}
+            },
+            Model::E1000(d) => {
+                d.mmio_write(&mut mem, offset, size, value, &mut |frame| send_from_stub(handle, frame));
+                self.receive_pending(mem);
+            }
+        }
+    }
+
+    pub fn io_read(&mut self, offset: u64, size: u8) -> u32 {
+        match &mut self.model {
+            Model::E1000(d) => d.io_read(offset, size),
+            Model::Virtio(_) => u32::MAX,
+        }
+    }
+
+    pub fn io_write(&mut self, mut mem: GuestWindow, offset: u64, size: u8, value: u32) {
+        let handle = self.handle;
+        if let Model::E1000(d) = &mut self.model {
+            d.io_write(&mut mem, offset, size, value, &mut |frame| send_from_stub(handle, frame));
+            self.receive_pending(mem);
+        }
+    }
+
+    fn transmit_virtio(&mut self, mut mem: GuestWindow) {
+        let Model::Virtio(dev) = &mut self.model else { return };
         let mut frames = core::mem::take(&mut self.frames);
         for _ in 0..TX_ROUNDS {
             frames.clear();
-            if let Err(e) = self.dev.take_tx(&mut mem, TX_BATCH, &mut frames) {
-                self.protocol_error(&e);
+            if let Err(e) = dev.take_tx(&mut mem, TX_BATCH, &mut frames) {
+                protocol_error(self.handle, &mut self.errors, &e);
                 break;
             }
             for f in &frames {
@@ -101,8 +154,8 @@ impl Nic {
                     warn!("NIC {}: NET_SEND: {:?}", self.handle, e);
                 }
             }
-            if let Err(e) = self.dev.complete_tx(&mut mem, &frames) {
-                self.protocol_error(&e);
+            if let Err(e) = dev.complete_tx(&mut mem, &frames) {
+                protocol_error(self.handle, &mut self.errors, &e);
                 break;
             }
             if frames.len() < TX_BATCH {
@@ -123,26 +176,43 @@ impl Nic {
             }
             let len = memory::net_rx_frame(self.handle, consumed, &mut self.frame);
             let frame = &self.frame[..len];
-            let mut into = mem;
-            let outcome = match len {
-                0 => Ok(RxOutcome::NotReady),
-                _ => self.dev.receive(&mut mem, len as u32, |pieces| scatter(&mut into, pieces, 0, frame).is_ok()),
+            // Whether the frame waits in the ring for a buffer the guest
+            // has not posted yet.
+            let keep = match &mut self.model {
+                _ if len == 0 => false,
+                Model::Virtio(d) => {
+                    let mut into = mem;
+                    match d.receive(&mut mem, len as u32, |pieces| scatter(&mut into, pieces, 0, frame).is_ok()) {
+                        Ok(RxOutcome::NoBuffer) => d.live(),
+                        Ok(_) => false,
+                        Err(e) => {
+                            protocol_error(self.handle, &mut self.errors, &e);
+                            false
+                        }
+                    }
+                }
+                Model::E1000(d) => d.receive(&mut mem, frame) == e1000::RxOutcome::NoBuffer && !d.rx_buffers_available(),
             };
-            match outcome {
-                // Kept for when the guest posts a buffer.
-                Ok(RxOutcome::NoBuffer) if len > 0 && self.dev.live() => break,
-                Ok(_) => {}
-                Err(e) => self.protocol_error(&e),
+            if keep {
+                break;
             }
             consumed = consumed.wrapping_add(1);
         }
         memory::set_net_rx_consumed(self.handle, consumed);
     }
 
-    fn protocol_error(&mut self, e: &virtio::VirtioError) {
-        if self.errors < ERRORS_LOGGED {
-            warn!("NIC {}: virtio-net: {}; the device waits for the driver's reset", self.handle, e);
-        }
-        self.errors = self.errors.saturating_add(1);
+}
+
+fn protocol_error(handle: u32, errors: &mut u32, e: &virtio::VirtioError) {
+    if *errors < ERRORS_LOGGED {
+        warn!("NIC {}: virtio-net: {}; the device waits for the driver's reset", handle, e);
+    }
+    *errors = errors.saturating_add(1);
+}
+
+/// A frame the e1000 model assembled in the stub's memory.
+fn send_from_stub(handle: u32, frame: &[u8]) {
+    if let Err(e) = hypercall::net_send(handle, &[(frame.as_ptr() as u64, frame.len() as u32)], false) {
+        warn!("NIC {}: NET_SEND: {:?}", handle, e);
     }
 }
