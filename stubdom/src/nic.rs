@@ -35,7 +35,7 @@ const TX_ROUNDS: usize = 8;
 const ERRORS_LOGGED: u32 = 8;
 
 enum Model {
-    Virtio(VirtioNetPci),
+    Virtio(Box<VirtioNetPci>),
     E1000(Box<E1000>),
 }
 
@@ -55,7 +55,7 @@ pub fn attach(pci: &mut PciBus, slot: u8, nic: &StubNic) -> Option<Nic> {
     let m = nic.mac;
     let mac = alloc::format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5]);
     let (config, model, name) = match nic.model {
-        StubNicModel::VirtioPci => (virtio::pci::net_config_space(), Model::Virtio(VirtioNetPci::new(nic.mac)), "virtio-net"),
+        StubNicModel::VirtioPci => (virtio::pci::net_config_space(), Model::Virtio(Box::new(VirtioNetPci::new(nic.mac))), "virtio-net"),
         StubNicModel::E1000 => (e1000::config_space(), Model::E1000(Box::new(E1000::new(nic.mac))), "e1000"),
     };
     if !pci.add_function(slot, 0, config) {
