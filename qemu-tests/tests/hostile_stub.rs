@@ -23,7 +23,7 @@ mod common;
 use common::domain_lines;
 
 /// Cases the hostile stub runs (its summary must count exactly these).
-const CASES: usize = 100;
+const CASES: usize = 122;
 /// The console flood: lines the flood stub sends through each console
 /// hypercall (16 calls of 4096 newlines).
 const FLOOD_LINES: usize = 16 * 4096;
@@ -93,8 +93,10 @@ fn hostile_stub_hypercalls_and_shared_page_tampering_are_refused() {
         .kernel(&images().multiboot)
         .append(&format!("{BASE_CMDLINE} console_timestamps=boot"))
         // Its boot files give DATA_READ a source to read past.
-        .module(ioloop_config(&dir, "hostile", "disk = [ 'phy:disk0,hda,r' ]\nkernel = \"ticker_long.elf\"\n"))
-        .module(ioloop_config(&dir, "flood", ""))
+        .module(ioloop_config(&dir, "hostile", "disk = [ 'phy:disk0,hda,r' ]\nvif = [ 'bridge=hostilebr' ]\nkernel = \"ticker_long.elf\"\n"))
+        // On the hostile stub's bridge: its storm fills this one's receive
+        // ring, which its (flooding) stub never empties.
+        .module(ioloop_config(&dir, "flood", "vif = [ 'bridge=hostilebr' ]\n"))
         .module(ticker_cfg)
         .module(ModuleSpec::new(PathBuf::from(&images().stubdom_hostile), ""))
         .module(ioloop_rom(&dir))

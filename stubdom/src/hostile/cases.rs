@@ -8,9 +8,9 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 use ferrite_abi::{
-    block, bufio, hypercall as nr, BlockRequest, Errno, IoRequest, StubConfig, BLOCK_FLAG_GUEST, BLOCK_FLUSH, BLOCK_MAX_SECTORS,
+    block, bufio, hypercall as nr, net_piece, BlockRequest, Errno, IoRequest, StubConfig, BLOCK_FLAG_GUEST, BLOCK_FLUSH, BLOCK_MAX_SECTORS,
     BLOCK_MAX_SEGMENTS, BLOCK_READ, BLOCK_WRITE, BUFIO_ENTRIES, BUFIO_RANGES, DEST_GUEST, DEST_STUB, GUEST_WINDOW, IOREQ_GPA,
-    IOREQ_SLOTS, KIND_PIO, STATE_DONE, STATE_FREE, STATE_READY, STUB_RAM_BYTES,
+    IOREQ_SLOTS, KIND_PIO, NET_MAX_PIECES, STATE_DONE, STATE_FREE, STATE_READY, STUB_RAM_BYTES,
 };
 use ferrite_stubdom::{hypercall, memory};
 
@@ -28,6 +28,8 @@ const GUEST_ROM: u64 = 0xFFFF_F000;
 const PCI_HOLE: u64 = 0xC000_0000;
 /// BLOCK_IO flushes in the flush storm.
 const FLUSH_STORM: u32 = 2000;
+/// NET_SEND broadcasts in the storm.
+const NET_STORM: u32 = 20_000;
 /// WAIT calls `next_request` makes before giving up.
 const WAIT_TRIES: u32 = 100_000;
 
@@ -39,6 +41,7 @@ pub fn run_all(config: &StubConfig) -> Tally {
     irq_power_and_numbers(&mut t);
     block_io(&mut t, config, b);
     data_read(&mut t, config, &mut buf);
+    net_send(&mut t, config, &mut buf);
     request_page(&mut t);
     buffered_ring(&mut t);
     t
@@ -87,7 +90,7 @@ fn irq_power_and_numbers(t: &mut Tally) {
     for (case, number) in [
         ("hypercall-0", 0),
         ("hypercall-0xff", 0xFF),
-        ("hypercall-0x109", 0x109),
+        ("hypercall-0x10a", 0x10A),
         ("hypercall-2^32+console-write", (1 << 32) | nr::CONSOLE_WRITE),
         ("hypercall-2^63+wait", (1 << 63) | nr::WAIT),
         ("hypercall-max", u64::MAX),
@@ -230,6 +233,78 @@ fn data_read(t: &mut Tally, config: &StubConfig, buf: &mut [u8]) {
     buf[..4].fill(0);
     let r = hypercall::raw(nr::DATA_READ, [h, 0, b, 16, DEST_STUB]);
     t.verdict("data-read-control", r == 16 && buf[..4] == b"\x7fELF"[..], format_args!("ok {:#x}, first bytes {:02x?}", r, &buf[..4]));
+}
+
+/// `count` NET_SEND pieces, each (address, length), written at the start
+/// of `buf`; returns the list's address.
+fn pieces(buf: &mut [u8], list: &[(u64, u32)]) -> u64 {
+    for (i, &(a, l)) in list.iter().enumerate() {
+        let at = i * net_piece::SIZE;
+        buf[at..at + 8].copy_from_slice(&a.to_le_bytes());
+        buf[at + 8..at + 12].copy_from_slice(&l.to_le_bytes());
+        buf[at + 12..at + 16].fill(0);
+    }
+    buf.as_ptr() as u64
+}
+
+fn net_send(t: &mut Tally, config: &StubConfig, buf: &mut [u8]) {
+    if config.nics.is_empty() {
+        t.verdict("net-send", false, format_args!("the guest has no NIC to attack through"));
+        return;
+    }
+    // A broadcast frame in the stub's memory, after the piece lists.
+    let frame_at = buf.as_ptr() as u64 + 0x8000;
+    buf[0x8000..0x8006].fill(0xFF);
+    buf[0x8006..0x800C].copy_from_slice(&config.nics[0].mac);
+    buf[0x800C..0x800E].copy_from_slice(&[0x08, 0x06]);
+    let guest_top = config.ram_below_4g;
+    let ok = pieces(buf, &[(frame_at, 60)]);
+    t.call("net-send-bad-handle", nr::NET_SEND, [1, ok, 1, DEST_STUB, 0], INVAL);
+    t.call("net-send-handle-2^32", nr::NET_SEND, [1 << 32, ok, 1, DEST_STUB, 0], INVAL);
+    t.call("net-send-no-pieces", nr::NET_SEND, [0, ok, 0, DEST_STUB, 0], INVAL);
+    t.call("net-send-65-pieces", nr::NET_SEND, [0, ok, NET_MAX_PIECES as u64 + 1, DEST_STUB, 0], INVAL);
+    t.call("net-send-pieces-max", nr::NET_SEND, [0, ok, u64::MAX, DEST_STUB, 0], INVAL);
+    t.call("net-send-dest-kind-2", nr::NET_SEND, [0, ok, 1, 2, 0], INVAL);
+    t.call("net-send-list-past-stub-ram", nr::NET_SEND, [0, STUB_RAM_BYTES - 8, 1, DEST_STUB, 0], FAULT);
+    t.call("net-send-list-hypervisor-address", nr::NET_SEND, [0, HYPERVISOR_ADDRESS, 1, DEST_STUB, 0], FAULT);
+    t.call("net-send-list-guest-window", nr::NET_SEND, [0, GUEST_WINDOW, 1, DEST_STUB, 0], FAULT);
+    let runt = pieces(buf, &[(frame_at, 13)]);
+    t.call("net-send-runt", nr::NET_SEND, [0, runt, 1, DEST_STUB, 0], INVAL);
+    let oversize = pieces(buf, &[(frame_at, 1519)]);
+    t.call("net-send-oversize", nr::NET_SEND, [0, oversize, 1, DEST_STUB, 0], INVAL);
+    let huge: Vec<(u64, u32)> = (0..NET_MAX_PIECES).map(|_| (frame_at, u32::MAX)).collect();
+    let huge = pieces(buf, &huge);
+    t.call("net-send-lengths-sum-huge", nr::NET_SEND, [0, huge, NET_MAX_PIECES as u64, DEST_STUB, 0], INVAL);
+    // Well-formed lists whose pieces are not the stub's or the guest's
+    // memory: accepted, and the frame goes nowhere (nothing is read).
+    for (case, addr, dest) in [
+        ("net-send-piece-past-stub-ram", STUB_RAM_BYTES - 8, DEST_STUB),
+        ("net-send-piece-ioreq-page", IOREQ_GPA, DEST_STUB),
+        ("net-send-piece-hypervisor-address", HYPERVISOR_ADDRESS, DEST_STUB),
+        ("net-send-piece-address-wraps", u64::MAX - 3, DEST_STUB),
+        ("net-send-piece-past-guest-ram", guest_top - 4, DEST_GUEST),
+        ("net-send-piece-guest-bios-rom", GUEST_ROM, DEST_GUEST),
+        ("net-send-piece-pci-hole", PCI_HOLE, DEST_GUEST),
+    ] {
+        let list = pieces(buf, &[(addr, 60)]);
+        t.call(case, nr::NET_SEND, [0, list, 1, dest, 0], Want::Ok);
+    }
+    // A frame in 60 one-byte pieces, then a storm of broadcasts (the
+    // bridge's flood budget holds them; the ticker must keep its pace).
+    let bytes: Vec<(u64, u32)> = (0..60).map(|i| (frame_at + i, 1)).collect();
+    let bytes = pieces(buf, &bytes);
+    t.call("net-send-one-byte-pieces", nr::NET_SEND, [0, bytes, 60, DEST_STUB, 0], Want::Ok);
+    let ok = pieces(buf, &[(frame_at, 60)]);
+    let mut bad = 0u32;
+    for _ in 0..NET_STORM {
+        bad += u32::from(hypercall::raw(nr::NET_SEND, [0, ok, 1, DEST_STUB, 0]) != 0);
+    }
+    t.verdict("net-send-broadcast-storm", bad == 0, format_args!("{} broadcasts, {} not ok", NET_STORM, bad));
+    // The receive ring's counters are the stub's to lie about: a CONSUMED
+    // far ahead of PRODUCED only makes its own ring look full.
+    memory::set_net_rx_consumed(0, memory::net_rx_produced(0).wrapping_add(0x8000_0000));
+    let r = hypercall::raw(nr::NET_SEND, [0, ok, 1, DEST_STUB, 0]);
+    t.verdict("net-rx-consumed-lie", r == 0, format_args!("NET_SEND after the lie: {:#x}", r));
 }
 
 // ---------------------------------------------------------------------------
