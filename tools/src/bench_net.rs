@@ -237,6 +237,37 @@ pub struct Report {
     pub problems: Vec<String>,
     /// `NETBENCH-ETH0` and `-READY` lines.
     pub info: Vec<String>,
+    /// The hypervisor's count for the sender's NIC when it left the bridge
+    /// (the whole run, loopback aside).
+    pub sender_vif: Option<VifStats>,
+}
+
+/// `netb: vif MAC ... left bridge B: sent N frames (B bytes), received M (C
+/// bytes); ...`, the hypervisor's line when a NIC goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VifStats {
+    pub sent_frames: u64,
+    pub sent_bytes: u64,
+    pub received_frames: u64,
+    pub received_bytes: u64,
+}
+
+/// The numbers of a `<guest>: vif ... left bridge ...: sent ...` line.
+pub fn parse_vif_line(line: &str, guest: &str) -> Option<VifStats> {
+    let rest = &line[line.find(&format!("{guest}: vif "))?..];
+    let rest = &rest[rest.find(": sent ")? + 7..];
+    let nums: Vec<u64> = rest
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|w| !w.is_empty())
+        .take(4)
+        .map(|w| w.parse().ok())
+        .collect::<Option<_>>()?;
+    match nums[..] {
+        [sent_frames, sent_bytes, received_frames, received_bytes] => {
+            Some(VifStats { sent_frames, sent_bytes, received_frames, received_bytes })
+        }
+        _ => None,
+    }
 }
 
 /// Finds the `NETBENCH` lines in a console log (after any `(domain) ` or
@@ -244,6 +275,9 @@ pub struct Report {
 pub fn parse(text: &str) -> Report {
     let mut r = Report::default();
     for l in text.lines() {
+        if l.contains("left bridge") {
+            r.sender_vif = parse_vif_line(l, SENDER).or(r.sender_vif);
+        }
         let Some(pos) = l.find("NETBENCH") else { continue };
         let rest = &l[pos..];
         if rest.starts_with("NETBENCH-DONE") {
@@ -390,6 +424,8 @@ pub fn sender_args(ip: &str, peer: &str, port: u16, ping: bool, stop: bool, gw: 
     s
 }
 
+/// The sending guest's name.
+pub const SENDER: &str = "netb";
 const SINK_ARGS: &str = "ferrite.net_role=sink ferrite.ip=10.0.0.1";
 const SINK_VIF: &str = "mac=00:16:3e:00:00:0a, bridge=bridge0";
 
@@ -472,14 +508,14 @@ fn run_scenario(s: Scenario, images: &build::HypervisorImages, guest: &Guest, di
         Scenario::Pvh => {
             let a = cfg("neta", guest_config("neta", "pvh", SINK_ARGS, SINK_VIF))?;
             let args = sender_args("10.0.0.2", "10.0.0.1", SINK_PORT, true, true, None);
-            let b = cfg("netb", guest_config("netb", "pvh", &args, "mac=00:16:3e:00:00:0b, bridge=bridge0"))?;
+            let b = cfg(SENDER, guest_config(SENDER, "pvh", &args, "mac=00:16:3e:00:00:0b, bridge=bridge0"))?;
             ferrite_qemu(&images.multiboot, &[&a, &b, &kernel, &initrd], Vec::new())
         }
         Scenario::Uplink => {
             let sink = HostSink::start()?;
             let args = sender_args("10.0.2.20", "10.0.2.2", sink.port, false, false, Some("10.0.2.2"));
             host_sink = Some(sink);
-            let b = cfg("netb", guest_config("netb", "pvh", &args, "mac=00:16:3e:00:00:0b, bridge=bridge0"))?;
+            let b = cfg(SENDER, guest_config(SENDER, "pvh", &args, "mac=00:16:3e:00:00:0b, bridge=bridge0"))?;
             let link = crate::xl::link::prepare(&sdir, None)?;
             ferrite_qemu(&images.multiboot, &[link.key_module.path.as_path(), &b, &kernel, &initrd], link.qemu_args)
                 .append("uplink=bridge0")
@@ -487,7 +523,7 @@ fn run_scenario(s: Scenario, images: &build::HypervisorImages, guest: &Guest, di
         Scenario::Hvm => {
             let a = cfg("neta", guest_config("neta", "pvh", SINK_ARGS, SINK_VIF))?;
             let args = sender_args("10.0.0.2", "10.0.0.1", SINK_PORT, true, true, None);
-            let b = cfg("netb", guest_config("netb", "hvm", &args, "model=virtio-net, bridge=bridge0"))?;
+            let b = cfg(SENDER, guest_config(SENDER, "hvm", &args, "model=virtio-net, bridge=bridge0"))?;
             let bios = bench::seabios_image()?;
             let rom = PathBuf::from("/usr/share/qemu/linuxboot_dma.bin");
             if !rom.is_file() {
@@ -542,8 +578,7 @@ pub fn table(r: &Report) -> String {
 pub fn ping_line(r: &Report) -> Option<String> {
     let rtt = r.ping_rtt()?;
     let mut s = format!(
-        "Ping round trip ({} `ping -A -c {PINGS}` less `ping -A -c 1`, over {}, TSC): **{}** instructions",
-        ROUNDS,
+        "Ping round trip (TSC around `ping -A -c {PINGS}` less `ping -A -c 1`, over {}; best of {ROUNDS}): **{}** instructions",
         PINGS - 1,
         best_worst(Some(rtt), r.worst_ping_rtt())
     );
@@ -572,6 +607,21 @@ pub fn target_line(r: &Report) -> String {
         }
         _ => "Issue 13's target: not measured".into(),
     }
+}
+
+/// What the hypervisor counted on the sender's NIC.
+pub fn wire_line(r: &Report) -> Option<String> {
+    let v = r.sender_vif?;
+    (v.sent_frames > 0).then(|| {
+        format!(
+            "the sender's NIC, whole run (all rounds, loopback aside): sent {} frames of {} bytes on average, received {} \
+             (one per {:.1} sent)",
+            n0(Some(v.sent_frames as f64)),
+            n0(Some(v.sent_bytes as f64 / v.sent_frames as f64)),
+            n0(Some(v.received_frames as f64)),
+            v.sent_frames as f64 / v.received_frames.max(1) as f64
+        )
+    })
 }
 
 fn baseline_line(r: &Report) -> String {
@@ -619,6 +669,9 @@ pub fn markdown(runs: &[Run], commit: &str, date: &str, qemu: &str) -> String {
             let _ = writeln!(s, "{}.\n", target_line(&run.report));
         }
         let _ = writeln!(s, "Baselines in the same guest: {}.\n", baseline_line(&run.report));
+        if let Some(w) = wire_line(&run.report) {
+            let _ = writeln!(s, "On the wire: {w}.\n");
+        }
         if let Some(b) = run.host_bytes {
             let _ = writeln!(s, "The host's sink received {} bytes.\n", n0(Some(b as f64)));
         }
@@ -648,6 +701,9 @@ pub fn text(runs: &[Run]) -> String {
             let _ = writeln!(s, "{}", target_line(&run.report));
         }
         let _ = writeln!(s, "baselines: {}", baseline_line(&run.report));
+        if let Some(w) = wire_line(&run.report) {
+            let _ = writeln!(s, "on the wire: {w}");
+        }
         if let Some(b) = run.host_bytes {
             let _ = writeln!(s, "host sink received {b} bytes");
         }
@@ -723,6 +779,8 @@ mod tests {
 (netb) NETBENCH-FAIL peer send_4k disktool: socket, connect, bind, write or read failed
 (neta) NETBENCH-SINK-DONE
 (netb) NETBENCH-DONE
+(ferrite) neta: vif 00:16:3e:00:00:0a left bridge bridge0: sent 29087 frames (1929842 bytes), received 148353 (211127990 bytes); dropped: 0 sent
+(ferrite) netb: vif 00:16:3e:0d:bf:37 (virtio-net) left bridge bridge0: sent 148351 frames (211127858 bytes), received 36725 (2433950 bytes); dropped: 0 sent
 ";
 
     #[test]
@@ -751,6 +809,11 @@ mod tests {
         let p = ping_line(&r).unwrap();
         assert!(p.contains("**100,000** instructions"), "{p}");
         assert!(p.contains("= 79,000 / 100,000 / 210,000 instructions"), "{p}");
+        let v = VifStats { sent_frames: 148351, sent_bytes: 211127858, received_frames: 36725, received_bytes: 2433950 };
+        assert_eq!(r.sender_vif, Some(v));
+        let w = wire_line(&r).unwrap();
+        assert!(w.contains("sent 148,351 frames of 1,423 bytes on average, received 36,725 (one per 4.0 sent)"), "{w}");
+        assert_eq!(parse_vif_line("(ferrite) netb: vif 00:16:3e:00:00:0b left bridge bridge0: sent 3 frames", "netb"), None);
     }
 
     #[test]
