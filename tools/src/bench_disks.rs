@@ -370,8 +370,9 @@ fn guest_files(dir: &Path) -> Result<Guest> {
     Ok(Guest { vmlinuz, initrd })
 }
 
-/// `qemu-tests/guests/userspace/disktool.S` as a static Linux program.
-fn assemble_disktool(dir: &Path) -> Result<Vec<u8>> {
+/// `qemu-tests/guests/userspace/disktool.S` as a static Linux program
+/// (also `ferrite bench net`'s).
+pub(crate) fn assemble_disktool(dir: &Path) -> Result<Vec<u8>> {
     let src = crate::guestasm::guests_dir().join("userspace").join("disktool.S");
     let obj = dir.join("disktool.o");
     let out = dir.join("disktool");
@@ -421,7 +422,7 @@ fn drive_args(path: &Path, id: &str, null: bool) -> Vec<String> {
 }
 
 /// Ferrite on one host CPU, icount, with `modules`.
-fn ferrite_qemu(hv: &Path, modules: &[&Path], extra: Vec<String>) -> QemuCommand {
+pub(crate) fn ferrite_qemu(hv: &Path, modules: &[&Path], extra: Vec<String>) -> QemuCommand {
     let mut q = QemuCommand::new()
         .machine("q35")
         .memory_mib(1024)
@@ -582,7 +583,7 @@ fn run_scenario(s: Scenario, images: &build::HypervisorImages, guest: &Guest, di
     Ok(Run { scenario: s, report, command, wall })
 }
 
-fn n0(v: Option<f64>) -> String {
+pub(crate) fn n0(v: Option<f64>) -> String {
     match v {
         Some(v) => {
             let s = format!("{:.0}", v);
@@ -599,14 +600,14 @@ fn n0(v: Option<f64>) -> String {
     }
 }
 
-fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+pub(crate) fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
         _ => "–".into(),
     }
 }
 
-fn size_name(label: &str) -> &'static str {
+pub(crate) fn size_name(label: &str) -> &'static str {
     match label {
         "4k" => "4 KiB",
         "64k" => "64 KiB",
@@ -616,7 +617,7 @@ fn size_name(label: &str) -> &'static str {
 }
 
 /// "best (worst)".
-fn best_worst(best: Option<f64>, worst: Option<f64>) -> String {
+pub(crate) fn best_worst(best: Option<f64>, worst: Option<f64>) -> String {
     match (best, worst) {
         (Some(b), Some(w)) if n0(Some(w)) != n0(Some(b)) => format!("{} ({})", n0(Some(b)), n0(Some(w))),
         _ => n0(best),
@@ -732,11 +733,18 @@ pub fn text(runs: &[Run]) -> String {
 }
 
 pub fn splice(doc: &str, section: &str) -> String {
-    match (doc.find(BEGIN_MARKER), doc.find(END_MARKER)) {
+    splice_between(doc, section, BEGIN_MARKER, END_MARKER)
+}
+
+/// `doc` with the text from `begin` through `end` (and the newline after
+/// it) replaced by `section`, or `section` appended when the markers are
+/// missing.
+pub(crate) fn splice_between(doc: &str, section: &str, begin: &str, end: &str) -> String {
+    match (doc.find(begin), doc.find(end)) {
         (Some(b), Some(e)) if e > b => {
-            let end = e + END_MARKER.len();
-            let end = if doc[end..].starts_with('\n') { end + 1 } else { end };
-            format!("{}{}{}", &doc[..b], section, &doc[end..])
+            let stop = e + end.len();
+            let stop = if doc[stop..].starts_with('\n') { stop + 1 } else { stop };
+            format!("{}{}{}", &doc[..b], section, &doc[stop..])
         }
         _ => format!("{}\n\n{}", doc.trim_end(), section),
     }

@@ -20,11 +20,13 @@
 //! * [`bench`]: `ferrite bench`, exit round-trip costs under `-icount`;
 //!   [`bench_sched`]: `ferrite bench sched`, IPI and wake-up latencies;
 //!   [`bench_disks`]: `ferrite bench disks`, disk requests on every path;
+//!   [`bench_net`]: `ferrite bench net`, TCP and ping over the bridges;
 //! * [`fuzz`]: `ferrite fuzz`, the coverage-instrumented build and run of
 //!   the fuzz driver (`fuzz/`).
 
 pub mod bench;
 pub mod bench_disks;
+pub mod bench_net;
 pub mod bench_sched;
 pub mod build;
 pub mod cli;
