@@ -551,7 +551,7 @@ fn xl_in_dom0_reaches_the_hypervisor_over_vsock() {
     }
     let root = ferrite_tools::guest_images::fetch_debian_package("linux-image-cloud-amd64").unwrap();
     let vmlinuz = ferrite_tools::guest_images::find_vmlinuz(&root).unwrap();
-    let modules = ferrite_qemu_tests::debian_modules(name, &root, &["virtio_mmio", "vmw_vsock_virtio_transport"]);
+    let modules = ferrite_qemu_tests::debian_modules(name, &root, &ferrite_tools::initramfs::DOM0_XL_MODULES);
     let exe = std::fs::read(ferrite_qemu_tests::ferrite_static_exe()).expect("the static ferrite command");
     let link = link::prepare(&dir, None).expect("management key");
     let session = xl::read_session_file(&link.session_file).expect("session file");

@@ -300,6 +300,13 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mkdir -p /tmp
+# Modules the initramfs carries (the `ferrite up` demo dom0: virtio-mmio
+# and vsock, for `ferrite xl`).
+if [ -f /modules.order ]; then
+    for m in $(cat /modules.order); do
+        insmod "/modules/$m" || echo "FERRITE-MODULE-FAIL $m"
+    done
+fi
 cpus=$(grep -c '^processor' /proc/cpuinfo)
 mem_kb=$(grep '^MemTotal:' /proc/meminfo | { read -r _ kb _; echo "$kb"; })
 echo "FERRITE-INIT cpus=$cpus mem_kb=$mem_kb date=$(date +%s) kernel=$(uname -r)"
@@ -862,6 +869,47 @@ pub fn kernel_modules(root: &Path, wanted: &[&str]) -> Result<Vec<(String, Vec<u
     }
     Ok(out)
 }
+
+/// The modules `wanted` that Debian's kernel package at `root` has as
+/// loadable modules (its `modules.builtin` lists the built-in ones), with
+/// what they depend on, in load order (see [`kernel_modules`]).
+pub fn debian_kernel_modules(root: &Path, wanted: &[&str]) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let builtin = std::fs::read_dir(root.join("lib/modules"))
+        .ok()
+        .and_then(|mut d| d.next())
+        .and_then(|e| std::fs::read_to_string(e.ok()?.path().join("modules.builtin")).ok())
+        .unwrap_or_default();
+    let wanted = crate::installed_disk::loadable_modules(wanted, &builtin);
+    kernel_modules(root, &wanted)
+}
+
+/// What the `ferrite up` demo dom0 needs to run `ferrite xl` over vsock:
+/// Linux's virtio-mmio and vsock transport modules (loaded by
+/// [`TEST_INIT_SCRIPT`] from `/modules`), with the static `ferrite`
+/// command as `/bin/ferrite` and the management key in
+/// `/etc/ferrite/xl.key` (mode 0600), plus `extra` files in
+/// `/etc/ferrite`: (name, contents).
+pub fn demo_dom0_initramfs(
+    kernel_root: &Path,
+    ferrite: &[u8],
+    key_hex: &str,
+    extra: &[(&str, &[u8])],
+) -> Result<Vec<u8>, String> {
+    let modules = debian_kernel_modules(kernel_root, &DOM0_XL_MODULES)?;
+    let key = format!("{}\n", key_hex.trim());
+    let paths: Vec<String> = extra.iter().map(|(name, _)| format!("etc/ferrite/{name}")).collect();
+    let mut files: Vec<(&str, u32, &[u8])> = vec![
+        ("etc/", 0o755, &[]),
+        ("etc/ferrite/", 0o755, &[]),
+        ("etc/ferrite/xl.key", 0o600, key.as_bytes()),
+        ("bin/ferrite", 0o755, ferrite),
+    ];
+    files.extend(paths.iter().zip(extra).map(|(p, (_, data))| (p.as_str(), 0o644, *data)));
+    busybox_initramfs_with(TEST_INIT_SCRIPT, &modules, &files)
+}
+
+/// The kernel modules a dom0 needs for `ferrite xl` over vsock.
+pub const DOM0_XL_MODULES: [&str; 2] = ["virtio_mmio", "vmw_vsock_virtio_transport"];
 
 /// A busybox initramfs with `init_script` as `/init` plus kernel modules
 /// under `/modules` and their load order in `/modules.order`.
