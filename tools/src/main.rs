@@ -209,7 +209,7 @@ fn linux_demo(link: &xl::link::UpLink) -> std::result::Result<Vec<ModuleSpec>, S
     let vmlinux = guest_images::debian_vmlinux("cloud-amd64")?;
     let dir = build::workspace_root().join("target").join("ferrite-up");
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let image = initramfs::busybox_initramfs(initramfs::TEST_INIT_SCRIPT)?;
+    let image = initramfs::demo_domu_initramfs(&guest_images::fetch_debian_package(KERNEL_PKG)?)?;
     let (dom0_image, with) = match demo_dom0_image(KERNEL_PKG, link) {
         Ok(i) => (i, ", with /bin/ferrite and /etc/ferrite/xl.key"),
         Err(e) => {
