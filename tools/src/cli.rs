@@ -56,6 +56,7 @@ USAGE:
 pub const BENCH_USAGE: &str = crate::bench::USAGE;
 pub const BENCH_SCHED_USAGE: &str = crate::bench_sched::USAGE;
 pub const BENCH_DISKS_USAGE: &str = crate::bench_disks::USAGE;
+pub const BENCH_XL_USAGE: &str = crate::bench_xl::USAGE;
 
 /// Which accelerator the user asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -118,6 +119,8 @@ pub enum Cmd {
     BenchSched(crate::bench_sched::Args),
     /// `ferrite bench disks ...`.
     BenchDisks(crate::bench_disks::Args),
+    /// `ferrite bench xl ...`.
+    BenchXl(crate::bench_xl::Args),
     Stress(crate::stress::StressArgs),
     /// `ferrite xl ...`: the arguments after `xl`, parsed by the binary's
     /// `xl` module.
@@ -190,6 +193,9 @@ pub fn parse<I: IntoIterator<Item = S>, S: Into<String>>(argv: I) -> Result<Cmd>
             }
             if rest.first().map(String::as_str) == Some("disks") {
                 return Ok(Cmd::BenchDisks(crate::bench_disks::parse_args(&rest[1..])?));
+            }
+            if rest.first().map(String::as_str) == Some("xl") {
+                return Ok(Cmd::BenchXl(crate::bench_xl::parse_args(&rest[1..])?));
             }
             return Ok(Cmd::Bench(crate::bench::parse_args(&rest)?));
         }
@@ -331,6 +337,8 @@ mod tests {
         assert!(matches!(parse(["bench", "--write"]).unwrap(), Cmd::Bench(_)));
         assert!(parse(["bench", "sched", "--no-hvm"]).is_err());
         assert!(matches!(parse(["bench", "disks", "--no-nbd"]).unwrap(), Cmd::BenchDisks(a) if !a.nbd && a.pvh));
+        assert_eq!(parse(["bench", "xl", "--write"]).unwrap(), Cmd::BenchXl(crate::bench_xl::Args { write: true, prebuilt: false }));
+        assert!(parse(["bench", "xl", "--no-hvm"]).is_err());
     }
 
     #[test]

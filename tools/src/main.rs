@@ -30,6 +30,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             print!("{}", cli::BENCH_USAGE);
             print!("{}", cli::BENCH_SCHED_USAGE);
             print!("{}", cli::BENCH_DISKS_USAGE);
+            print!("{}", cli::BENCH_XL_USAGE);
             print!("{}", ferrite_tools::stress::USAGE);
             print!("{}", ferrite_tools::nbd_server::USAGE);
             print!("{}", ferrite_tools::fuzz::USAGE);
@@ -52,6 +53,10 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
         }
         Cmd::BenchDisks(args) => {
             ferrite_tools::bench_disks::main(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::BenchXl(args) => {
+            ferrite_tools::bench_xl::main(&args)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Stress(args) => Ok(if ferrite_tools::stress::main(&args)? { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
