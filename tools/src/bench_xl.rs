@@ -394,6 +394,13 @@ pub fn run(hv: &Path, dir: &Path) -> Result<Results> {
     let session = xl::read_session_file(&link.session_file)?;
     let target = Target { host: session.host, port: session.port, secret: session.secret, key_source: "bench".into() };
     let console = dir.join("console.log");
+    // The last run's console must not answer this run's waits.
+    match std::fs::remove_file(&console) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("cannot remove {}", console.display()));
+        }
+        _ => {}
+    }
     let q = QemuCommand::new()
         .machine("q35")
         .memory_mib(512)
