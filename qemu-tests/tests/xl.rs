@@ -6,57 +6,14 @@
 
 use ferrite_mgmt::ClientHandshake;
 use ferrite_qemu_tests::{base_qemu, guest_module, images, pvh_config_module, test_dir, Vm, BASE_CMDLINE};
-use ferrite_tools::xl::{self, link, Io, Target};
+use ferrite_tools::xl::{self, link, Captured, Target};
 use std::io::{Read, Write};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Output written by a command: shared, so a test can watch it while the
-/// command runs in another thread.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
 /// Runs `ferrite xl ARGS` in-process; returns (stdout, stderr, ok).
-fn xl_with_input(target: &Target, args: &[&str], input: Option<Box<dyn Read + Send>>, out: Captured) -> (String, String, bool) {
-    let argv: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    let parsed = xl::parse_args(&argv).unwrap_or_else(|e| panic!("xl {args:?}: {e:#}"));
-    let (mut o, mut e) = (out.clone(), Captured::default());
-    let mut io = Io {
-        out: &mut o,
-        err: &mut e,
-        input,
-        input_is_terminal: false,
-        err_is_terminal: false,
-        shutdown_timeout: Duration::from_secs(60),
-        poll_interval: Duration::from_millis(200),
-    };
-    let result = xl::run(parsed.cmd, target, &mut io);
-    let mut err = e.text();
-    if let Err(why) = &result {
-        err.push_str(&format!("{why:#}"));
-    }
-    (out.text(), err, result.is_ok())
-}
-
 fn xl(target: &Target, args: &[&str]) -> (String, String, bool) {
-    xl_with_input(target, args, None, Captured::default())
+    xl::run_captured(target, args, None, Captured::default())
 }
 
 /// Free host memory and the hypervisor's heap in use, in bytes, as
@@ -157,7 +114,7 @@ fn xl_manages_a_running_pvh_domain_from_the_host() {
     let out = Captured::default();
     let console = {
         let (target, out) = (target.clone(), out.clone());
-        std::thread::spawn(move || xl_with_input(&target, &["console", "guest"], Some(input), out))
+        std::thread::spawn(move || xl::run_captured(&target, &["console", "guest"], Some(input), out))
     };
     let start = Instant::now();
     while !out.text().contains("echo: hello ferrite") {

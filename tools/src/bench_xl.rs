@@ -34,13 +34,13 @@ use crate::build::{self, Profile};
 use crate::guestasm;
 use crate::modules::ModuleSpec;
 use crate::qemu::QemuCommand;
-use crate::xl::{self, link, Io, Target};
+use crate::xl::{self, link, Captured, Target};
 use anyhow::{bail, Context, Result};
 use std::fmt::Write as _;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub const USAGE: &str = "\
@@ -257,44 +257,14 @@ impl Results {
     }
 }
 
-/// Output a command writes: shared, so the bench can watch it while the
-/// command runs in another thread.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().map_err(|_| std::io::Error::other("poisoned"))?.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        self.0.lock().map(|b| String::from_utf8_lossy(&b).replace('\r', "")).unwrap_or_default()
-    }
-}
-
 /// Runs `ferrite xl ARGS` with the client code; its output, or an error
 /// with what it printed.
 fn xl(target: &Target, args: &[&str], input: Option<Box<dyn Read + Send>>, out: Captured) -> Result<String> {
-    let argv: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    let parsed = xl::parse_args(&argv)?;
-    let (mut o, mut e) = (out.clone(), Captured::default());
-    let mut io = Io {
-        out: &mut o,
-        err: &mut e,
-        input,
-        input_is_terminal: false,
-        err_is_terminal: false,
-        shutdown_timeout: Duration::from_secs(60),
-        poll_interval: Duration::from_millis(200),
-    };
-    xl::run(parsed.cmd, target, &mut io).with_context(|| format!("xl {}: {}", args.join(" "), e.text()))?;
-    Ok(out.text())
+    let (out, err, ok) = xl::run_captured(target, args, input, out);
+    if !ok {
+        bail!("xl {}: {err}", args.join(" "));
+    }
+    Ok(out)
 }
 
 /// Ctrl-]: `xl console`'s detach key.
@@ -469,7 +439,7 @@ pub fn run(hv: &Path, dir: &Path) -> Result<Results> {
     let joined = console.join().map_err(|_| anyhow::anyhow!("the xl console thread panicked"))?;
     attached_done?;
     joined?;
-    let client = out.text();
+    let client = out.text().replace('\r', "");
     std::fs::write(dir.join("xl-console.txt"), &client)?;
     // What came after the attach's backlog.
     let fresh = client.rsplit("xlbench detached done").next().unwrap_or("");
