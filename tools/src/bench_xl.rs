@@ -212,7 +212,7 @@ impl Results {
             ("xl create: commit to domain built", self.built_median(), Self::range(self.creates.iter().map(|c| c.0 as f64)), self.creates.len()),
             ("xl create: commit to the guest's first instruction", self.first_insn_median(), Self::range(self.creates.iter().map(|c| c.1 as f64)), self.creates.len()),
             (
-                "the same, less zeroing the guest's 16 MiB (`rep stosb`: one instruction a byte under icount)",
+                "the same, less zeroing its 16 MiB (`rep stosb`, 1 a byte)",
                 self.first_insn_median().map(|m| m - GUEST_RAM_BYTES as f64),
                 "".into(),
                 self.creates.len(),
