@@ -95,6 +95,8 @@ struct PendingCreate {
     nbd: Vec<(String, Arc<crate::nbd::NbdDisk>)>,
     /// When the upload began (for the log line at its end).
     started_us: u64,
+    /// The TSC when its `CreateCommit` arrived (`ferrite bench xl`).
+    commit_tsc: u64,
 }
 
 /// How long `xl create` waits for its disks' NBD servers.
@@ -321,11 +323,17 @@ fn drive(session: &mut ServerSession, state: &mut ConnState, pipe: &mut dyn Pipe
     // In: only what the session takes (it bounds its own buffer); a few
     // rounds, so an upload's chunks do not wait a poll each.
     for _ in 0..4 {
+        let arrival_tsc = cpu::rdtsc();
         let fed = pipe.recv(&mut |data| session.feed(data));
         while state.connecting.is_none() {
             let Some(request) = session.next_request(now_us, throttle) else { break };
+            let list = matches!(request, Request::List);
             if let Some(response) = serve(request, state) {
                 session.respond(&response);
+            }
+            if list {
+                // For `ferrite bench xl` (loglvl=debug).
+                log::debug!("mgmt: timing: list answered {} TSC ticks after its bytes were read", cpu::rdtsc().wrapping_sub(arrival_tsc));
             }
         }
         if fed == 0 {
@@ -475,6 +483,7 @@ fn serve(request: Request, state: &mut ConnState) -> Option<Response> {
             let Some(mut pending) = state.create.take() else {
                 return Some(error(ErrorCode::BadRequest, "nothing to create: send Create and its files first"));
             };
+            pending.commit_tsc = cpu::rdtsc();
             log_received(&pending);
             match connect_disks(&mut pending, state.peer) {
                 Ok(true) => {
@@ -601,7 +610,7 @@ fn begin_create(config_name: &str, config_text: &str, files: Vec<FileMeta>, serv
         buffers.push(buf);
     }
     info!("mgmt: receiving {} for domain '{}' ({} file(s))", config_name, config.name, buffers.len());
-    Ok(PendingCreate { config, upload, buffers, served, nbd: Vec::new(), started_us: crate::arch::time::uptime_us() })
+    Ok(PendingCreate { config, upload, buffers, served, nbd: Vec::new(), started_us: crate::arch::time::uptime_us(), commit_tsc: 0 })
 }
 
 /// Says how much an upload brought and how long it took.
@@ -688,7 +697,7 @@ impl Files for Uploaded {
 }
 
 fn finish_create(pending: PendingCreate) -> Response {
-    let PendingCreate { config, upload, buffers, nbd, .. } = pending;
+    let PendingCreate { config, upload, buffers, nbd, commit_tsc, .. } = pending;
     let files = match upload.finish() {
         Ok(f) => f,
         Err(e) => return Response::Error(e),
@@ -702,7 +711,16 @@ fn finish_create(pending: PendingCreate) -> Response {
         return error(ErrorCode::Internal, "this host cannot run guests (no usable virtualization)");
     };
     match domain::Domain::create(spec, caps) {
-        Ok(d) => Response::Created { id: d.id },
+        Ok(d) => {
+            // For `ferrite bench xl` (loglvl=debug): the domain's TSC read
+            // 0 at host TSC -offset, so its first instruction's TSC plus
+            // the second figure is that instruction's distance from the
+            // commit.
+            let built = cpu::rdtsc().wrapping_sub(commit_tsc);
+            let tsc_zero = 0u64.wrapping_sub(d.tsc_offset()).wrapping_sub(commit_tsc);
+            log::debug!("mgmt: timing: domain {} built {} TSC ticks after its create commit; its TSC is 0 at +{}", d.id, built, tsc_zero);
+            Response::Created { id: d.id }
+        }
         Err(e) => error(ErrorCode::Internal, e),
     }
 }

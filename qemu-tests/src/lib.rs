@@ -82,31 +82,13 @@ pub fn ferrite_exe() -> &'static Path {
 /// once into `target/static`: it runs inside a guest's busybox initramfs.
 pub fn ferrite_static_exe() -> &'static Path {
     static EXE: OnceLock<PathBuf> = OnceLock::new();
-    EXE.get_or_init(|| {
-        let root = build::workspace_root();
-        let target_dir = root.join("target").join("static");
-        let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--release", "-p", "ferrite-tools", "--bin", "ferrite", "--target", "x86_64-unknown-linux-gnu", "--target-dir"])
-            .arg(&target_dir)
-            .env("RUSTFLAGS", "-C target-feature=+crt-static")
-            .current_dir(&root)
-            .status()
-            .unwrap_or_else(|e| panic!("cannot run cargo to build the static ferrite command: {e}"));
-        assert!(status.success(), "building the static ferrite command failed");
-        target_dir.join("x86_64-unknown-linux-gnu").join("release").join("ferrite")
-    })
+    EXE.get_or_init(|| build::build_static_ferrite().unwrap_or_else(|e| panic!("{e:#}")))
 }
 
 /// Modules of Debian's kernel package at `root` that are not built in,
-/// with what they depend on (see `installed_disk::loadable_modules`).
+/// with what they depend on (`initramfs::debian_kernel_modules`).
 pub fn debian_modules(test: &str, root: &Path, wanted: &[&str]) -> Vec<(String, Vec<u8>)> {
-    let builtin = std::fs::read_dir(root.join("lib/modules"))
-        .ok()
-        .and_then(|mut d| d.next())
-        .and_then(|e| std::fs::read_to_string(e.ok()?.path().join("modules.builtin")).ok())
-        .unwrap_or_default();
-    let wanted = ferrite_tools::installed_disk::loadable_modules(wanted, &builtin);
-    ferrite_tools::initramfs::kernel_modules(root, &wanted).unwrap_or_else(|e| panic!("[{test}] {e}"))
+    ferrite_tools::initramfs::debian_kernel_modules(root, wanted).unwrap_or_else(|e| panic!("[{test}] {e}"))
 }
 
 /// Debian's cloud kernel (its bzImage, entered through the 64-bit boot

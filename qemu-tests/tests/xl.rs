@@ -6,57 +6,14 @@
 
 use ferrite_mgmt::ClientHandshake;
 use ferrite_qemu_tests::{base_qemu, guest_module, images, pvh_config_module, test_dir, Vm, BASE_CMDLINE};
-use ferrite_tools::xl::{self, link, Io, Target};
+use ferrite_tools::xl::{self, link, Captured, Target};
 use std::io::{Read, Write};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Output written by a command: shared, so a test can watch it while the
-/// command runs in another thread.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
 /// Runs `ferrite xl ARGS` in-process; returns (stdout, stderr, ok).
-fn xl_with_input(target: &Target, args: &[&str], input: Option<Box<dyn Read + Send>>, out: Captured) -> (String, String, bool) {
-    let argv: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    let parsed = xl::parse_args(&argv).unwrap_or_else(|e| panic!("xl {args:?}: {e:#}"));
-    let (mut o, mut e) = (out.clone(), Captured::default());
-    let mut io = Io {
-        out: &mut o,
-        err: &mut e,
-        input,
-        input_is_terminal: false,
-        err_is_terminal: false,
-        shutdown_timeout: Duration::from_secs(60),
-        poll_interval: Duration::from_millis(200),
-    };
-    let result = xl::run(parsed.cmd, target, &mut io);
-    let mut err = e.text();
-    if let Err(why) = &result {
-        err.push_str(&format!("{why:#}"));
-    }
-    (out.text(), err, result.is_ok())
-}
-
 fn xl(target: &Target, args: &[&str]) -> (String, String, bool) {
-    xl_with_input(target, args, None, Captured::default())
+    xl::run_captured(target, args, None, Captured::default())
 }
 
 /// Free host memory and the hypervisor's heap in use, in bytes, as
@@ -157,7 +114,7 @@ fn xl_manages_a_running_pvh_domain_from_the_host() {
     let out = Captured::default();
     let console = {
         let (target, out) = (target.clone(), out.clone());
-        std::thread::spawn(move || xl_with_input(&target, &["console", "guest"], Some(input), out))
+        std::thread::spawn(move || xl::run_captured(&target, &["console", "guest"], Some(input), out))
     };
     let start = Instant::now();
     while !out.text().contains("echo: hello ferrite") {
@@ -551,7 +508,7 @@ fn xl_in_dom0_reaches_the_hypervisor_over_vsock() {
     }
     let root = ferrite_tools::guest_images::fetch_debian_package("linux-image-cloud-amd64").unwrap();
     let vmlinuz = ferrite_tools::guest_images::find_vmlinuz(&root).unwrap();
-    let modules = ferrite_qemu_tests::debian_modules(name, &root, &["virtio_mmio", "vmw_vsock_virtio_transport"]);
+    let modules = ferrite_qemu_tests::debian_modules(name, &root, &ferrite_tools::initramfs::DOM0_XL_MODULES);
     let exe = std::fs::read(ferrite_qemu_tests::ferrite_static_exe()).expect("the static ferrite command");
     let link = link::prepare(&dir, None).expect("management key");
     let session = xl::read_session_file(&link.session_file).expect("session file");
@@ -593,4 +550,78 @@ fn xl_in_dom0_reaches_the_hypervisor_over_vsock() {
     if !vm.console_text().contains("(made) console_button ready") {
         vm.fail("the domain created from dom0 did not start");
     }
+}
+
+/// The `ferrite up` demo's dom0 (`initramfs::demo_dom0_initramfs`: the
+/// test init's busybox shell, the static `ferrite` command, the vsock and
+/// power-button modules, the key in `/etc/ferrite/xl.key`), with the NIC
+/// `up` gives Ferrite: typed into dom0's shell, `ferrite xl list` and
+/// `ferrite xl create` work over vsock; from the host, `xl shutdown -w`
+/// stops the created domain, and `xl shutdown 0` presses dom0's power
+/// button, which its init answers by powering off, and the machine with it.
+#[test]
+fn the_up_demo_dom0_runs_xl_in_its_shell() {
+    let name = "the_up_demo_dom0_runs_xl_in_its_shell";
+    let dir = test_dir(name);
+    if !ferrite_qemu_tests::debian_packages(name, &["linux-image-cloud-amd64", "busybox-static"]) {
+        return;
+    }
+    let root = ferrite_tools::guest_images::fetch_debian_package("linux-image-cloud-amd64").unwrap();
+    let vmlinux = ferrite_tools::guest_images::debian_vmlinux("cloud-amd64").unwrap();
+    let exe = std::fs::read(ferrite_qemu_tests::ferrite_static_exe()).expect("the static ferrite command");
+    let link = link::prepare(&dir, None).expect("management link");
+    let session = xl::read_session_file(&link.session_file).expect("session file");
+    let guest = std::fs::read(guest_module("console_button", &dir).path).unwrap();
+    let cfg = "name = \"made\"\ntype = \"pvh\"\nkernel = \"console_button.elf\"\nmemory = 16\n";
+    let image = ferrite_tools::initramfs::demo_dom0_initramfs(
+        &root,
+        &exe,
+        &session.secret.to_hex(),
+        &[("made.cfg", cfg.as_bytes()), ("console_button.elf", &guest)],
+    )
+    .unwrap_or_else(|e| panic!("[{name}] {e}"));
+    let initrd = dir.join("dom0-initramfs.cpio");
+    std::fs::write(&initrd, image).unwrap();
+    let q = base_qemu()
+        .memory_mib(1024)
+        .smp(2)
+        .kernel(&images().multiboot)
+        .append(&format!("{BASE_CMDLINE} dom0_mem=256M dom0_max_vcpus=1"))
+        .module(ferrite_tools::modules::ModuleSpec::new(&vmlinux, ferrite_tools::initramfs::test_linux_cmdline("shell")))
+        .module(ferrite_tools::modules::ModuleSpec::new(&initrd, ""))
+        .module(link.key_module.clone())
+        .extra_args(&link.qemu_args);
+    let (mut vm, mut input) = Vm::start_interactive(name, &dir, q, ferrite_qemu_tests::linux_vm_timeout());
+    vm.expect_lines(&[r"net: address 10\.0\.2\.15/24 by DHCP", r"^\(dom0\) FERRITE-SHELL", "built-in shell"]);
+    let target = Target { host: session.host, port: session.port, secret: session.secret, key_source: "test".into() };
+    let mut typed = |vm: &mut Vm, text: &str| {
+        if let Err(e) = input.type_slowly(text, Duration::from_millis(20)) {
+            vm.fail(&format!("cannot write {text:?} to QEMU's stdin: {e}"));
+        }
+    };
+    // Each command ends with a marker only the shell's output has (its echo
+    // of the typed line shows `$((...))`).
+    typed(&mut vm, "ferrite xl list; echo XL-$((1000 + 1))-END\n");
+    vm.expect_lines(&[r"^\(dom0\) Name\s+ID\s+Mem\s+VCPUs\s+State\s+Time\(s\)", r"^\(dom0\) dom0\s+0\s+256\s+1\s", r"^\(dom0\) XL-1001-END"]);
+    typed(&mut vm, "ferrite xl create /etc/ferrite/made.cfg; echo XL-$((1000 + 2))-END $?\n");
+    // Not anchored: a line may start after dom0's prompt, which has no
+    // newline.
+    vm.expect_lines(&[r"\(made\) console_button ready$"]);
+    let (out, err, ok) = xl(&target, &["list", "made"]);
+    assert!(ok && out.lines().any(|l| l.starts_with("made ")), "xl list from the host: {err}\n{out}");
+    let (_, err, ok) = xl(&target, &["shutdown", "-w", "made"]);
+    assert!(ok, "xl shutdown -w made: {err}");
+    vm.expect_lines(&[r"\(made\) power button pressed$", r"domain \d+ \(made\) powered off"]);
+    let (_, err, ok) = xl(&target, &["shutdown", "0"]);
+    assert!(ok, "xl shutdown 0: {err}");
+    vm.expect_lines(&[
+        r"FERRITE-POWER-BUTTON: powering off",
+        r"domain 0 \(dom0\) powered off",
+        r"host: dom0 powered off; powering off the machine",
+    ]);
+    let text = vm.console_text();
+    if text.contains("FERRITE-MODULE-FAIL") {
+        vm.fail("a module in the demo dom0's initramfs did not load");
+    }
+    vm.expect_success();
 }

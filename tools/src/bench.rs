@@ -1590,6 +1590,19 @@ fn ferrite_sentence(l: &LinuxResult) -> String {
     }
 }
 
+/// Replaces the section from `begin` to `end` (markers included) in
+/// `doc` with `section`, or appends `section` after a blank line.
+pub(crate) fn splice_between(doc: &str, begin: &str, end: &str, section: &str) -> String {
+    match (doc.find(begin), doc.find(end)) {
+        (Some(b), Some(e)) if e > b => {
+            let e = e + end.len();
+            let e = if doc[e..].starts_with('\n') { e + 1 } else { e };
+            format!("{}{}{}", &doc[..b], section, &doc[e..])
+        }
+        _ => format!("{}\n\n{}", doc.trim_end(), section),
+    }
+}
+
 /// Replaces the generated section of `doc` (or appends one).
 pub fn splice(doc: &str, section: &str) -> String {
     match (doc.find(BEGIN_MARKER), doc.find(END_MARKER)) {

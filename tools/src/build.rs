@@ -105,6 +105,44 @@ pub fn build_hypervisor(profile: Profile) -> Result<HypervisorImages> {
     Ok(HypervisorImages { multiboot, pvh, stubdom, stubdom_hostile })
 }
 
+/// `<workspace>/target/static`: the `ferrite` command linked statically,
+/// in its own target directory (other RUSTFLAGS than the host tools').
+pub fn static_target_dir() -> PathBuf {
+    workspace_root().join("target").join("static")
+}
+
+/// The `cargo build` command for the static `ferrite` command (glibc,
+/// `+crt-static`), which a busybox initramfs without a C library can run.
+pub fn static_ferrite_command() -> Command {
+    let mut cmd = Command::new(cargo_program());
+    cmd.current_dir(workspace_root())
+        .args(["build", "--release", "-p", "ferrite-tools", "--bin", "ferrite", "--target", "x86_64-unknown-linux-gnu"])
+        .arg("--target-dir")
+        .arg(static_target_dir())
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env("RUSTFLAGS", "-C target-feature=+crt-static");
+    cmd
+}
+
+/// Builds the static `ferrite` command (for dom0's initramfs: `ferrite xl`
+/// over vsock) and returns its path. Progress goes to stderr; cargo's own
+/// output is inherited.
+pub fn build_static_ferrite() -> Result<PathBuf> {
+    eprintln!("building the static ferrite command for dom0 (release, +crt-static)...");
+    let status = static_ferrite_command()
+        .status()
+        .with_context(|| format!("cannot run {} (is Rust installed and on PATH?)", cargo_program().display()))?;
+    if !status.success() {
+        bail!("building the static ferrite command failed ({status}); see cargo's messages above");
+    }
+    let exe = static_target_dir().join("x86_64-unknown-linux-gnu").join("release").join("ferrite");
+    if !exe.is_file() {
+        bail!("cargo did not produce the static ferrite command {}", exe.display());
+    }
+    eprintln!("static ferrite:     {}", exe.display());
+    Ok(exe)
+}
+
 /// Where `cargo_build_command` leaves the stub-domain image.
 pub fn stubdom_image(profile: Profile) -> PathBuf {
     baremetal_target_dir().join(profile.dir()).join("ferrite-stubdom")

@@ -57,6 +57,7 @@ pub const BENCH_USAGE: &str = crate::bench::USAGE;
 pub const BENCH_SCHED_USAGE: &str = crate::bench_sched::USAGE;
 pub const BENCH_DISKS_USAGE: &str = crate::bench_disks::USAGE;
 pub const BENCH_NET_USAGE: &str = crate::bench_net::USAGE;
+pub const BENCH_XL_USAGE: &str = crate::bench_xl::USAGE;
 
 /// Which accelerator the user asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -121,6 +122,8 @@ pub enum Cmd {
     BenchDisks(crate::bench_disks::Args),
     /// `ferrite bench net ...`.
     BenchNet(crate::bench_net::Args),
+    /// `ferrite bench xl ...`.
+    BenchXl(crate::bench_xl::Args),
     Stress(crate::stress::StressArgs),
     /// `ferrite xl ...`: the arguments after `xl`, parsed by the binary's
     /// `xl` module.
@@ -196,6 +199,9 @@ pub fn parse<I: IntoIterator<Item = S>, S: Into<String>>(argv: I) -> Result<Cmd>
             }
             if rest.first().map(String::as_str) == Some("net") {
                 return Ok(Cmd::BenchNet(crate::bench_net::parse_args(&rest[1..])?));
+            }
+            if rest.first().map(String::as_str) == Some("xl") {
+                return Ok(Cmd::BenchXl(crate::bench_xl::parse_args(&rest[1..])?));
             }
             return Ok(Cmd::Bench(crate::bench::parse_args(&rest)?));
         }
@@ -338,6 +344,8 @@ mod tests {
         assert!(parse(["bench", "sched", "--no-hvm"]).is_err());
         assert!(matches!(parse(["bench", "disks", "--no-nbd"]).unwrap(), Cmd::BenchDisks(a) if !a.nbd && a.pvh));
         assert!(matches!(parse(["bench", "net", "--no-hvm"]).unwrap(), Cmd::BenchNet(a) if !a.hvm && a.pvh));
+        assert_eq!(parse(["bench", "xl", "--write"]).unwrap(), Cmd::BenchXl(crate::bench_xl::Args { write: true, prebuilt: false }));
+        assert!(parse(["bench", "xl", "--no-hvm"]).is_err());
     }
 
     #[test]

@@ -300,6 +300,13 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mkdir -p /tmp
+# Modules the initramfs carries (the `ferrite up` demo dom0: virtio-mmio
+# and vsock, for `ferrite xl`).
+if [ -f /modules.order ]; then
+    for m in $(cat /modules.order); do
+        insmod "/modules/$m" || echo "FERRITE-MODULE-FAIL $m"
+    done
+fi
 cpus=$(grep -c '^processor' /proc/cpuinfo)
 mem_kb=$(grep '^MemTotal:' /proc/meminfo | { read -r _ kb _; echo "$kb"; })
 echo "FERRITE-INIT cpus=$cpus mem_kb=$mem_kb date=$(date +%s) kernel=$(uname -r)"
@@ -334,6 +341,13 @@ case "$action" in
         reboot -f
         ;;
     shell)
+        # The ACPI power button (`xl shutdown`) powers off, as acpid
+        # would, when the initramfs brought Linux's button and evdev.
+        for e in /sys/class/input/event*; do
+            [ "$(cat "$e/device/name" 2>/dev/null)" = "Power Button" ] || continue
+            ( dd if="/dev/input/${e##*/}" of=/dev/null bs=24 count=1 2>/dev/null
+              echo "FERRITE-POWER-BUTTON: powering off"; poweroff -f ) &
+        done
         echo "FERRITE-SHELL: busybox sh on the console; 'poweroff -f' (or exit) powers dom0 off"
         setsid cttyhack sh
         echo "FERRITE-POWEROFF"
@@ -861,6 +875,59 @@ pub fn kernel_modules(root: &Path, wanted: &[&str]) -> Result<Vec<(String, Vec<u
         visit(w, &index, &mut out, &mut seen)?;
     }
     Ok(out)
+}
+
+/// The modules `wanted` that Debian's kernel package at `root` has as
+/// loadable modules (its `modules.builtin` lists the built-in ones), with
+/// what they depend on, in load order (see [`kernel_modules`]).
+pub fn debian_kernel_modules(root: &Path, wanted: &[&str]) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let builtin = std::fs::read_dir(root.join("lib/modules"))
+        .ok()
+        .and_then(|mut d| d.next())
+        .and_then(|e| std::fs::read_to_string(e.ok()?.path().join("modules.builtin")).ok())
+        .unwrap_or_default();
+    let wanted = crate::installed_disk::loadable_modules(wanted, &builtin);
+    kernel_modules(root, &wanted)
+}
+
+/// What the `ferrite up` demo dom0 needs to run `ferrite xl` over vsock:
+/// Linux's virtio-mmio and vsock transport modules and the power-button
+/// ones (loaded by [`TEST_INIT_SCRIPT`] from `/modules`), with the static
+/// `ferrite` command as `/bin/ferrite` and the management key in
+/// `/etc/ferrite/xl.key` (mode 0600), plus `extra` files in
+/// `/etc/ferrite`: (name, contents).
+pub fn demo_dom0_initramfs(
+    kernel_root: &Path,
+    ferrite: &[u8],
+    key_hex: &str,
+    extra: &[(&str, &[u8])],
+) -> Result<Vec<u8>, String> {
+    let wanted: Vec<&str> = DOM0_XL_MODULES.iter().chain(&POWER_BUTTON_MODULES).copied().collect();
+    let modules = debian_kernel_modules(kernel_root, &wanted)?;
+    let key = format!("{}\n", key_hex.trim());
+    let paths: Vec<String> = extra.iter().map(|(name, _)| format!("etc/ferrite/{name}")).collect();
+    let mut files: Vec<(&str, u32, &[u8])> = vec![
+        ("etc/", 0o755, &[]),
+        ("etc/ferrite/", 0o755, &[]),
+        ("etc/ferrite/xl.key", 0o600, key.as_bytes()),
+        ("bin/ferrite", 0o755, ferrite),
+    ];
+    files.extend(paths.iter().zip(extra).map(|(p, (_, data))| (p.as_str(), 0o644, *data)));
+    busybox_initramfs_with(TEST_INIT_SCRIPT, &modules, &files)
+}
+
+/// The kernel modules a dom0 needs for `ferrite xl` over vsock.
+pub const DOM0_XL_MODULES: [&str; 2] = ["virtio_mmio", "vmw_vsock_virtio_transport"];
+
+/// Linux's ACPI power button and the input events [`TEST_INIT_SCRIPT`]'s
+/// shell mode waits on, to power off when it is pressed (`xl shutdown`).
+pub const POWER_BUTTON_MODULES: [&str; 2] = ["button", "evdev"];
+
+/// The `ferrite up` demo domU's initramfs: [`TEST_INIT_SCRIPT`] with the
+/// power-button modules, nothing else (no key: a domU has no business
+/// with the management service).
+pub fn demo_domu_initramfs(kernel_root: &Path) -> Result<Vec<u8>, String> {
+    busybox_initramfs_with(TEST_INIT_SCRIPT, &debian_kernel_modules(kernel_root, &POWER_BUTTON_MODULES)?, &[])
 }
 
 /// A busybox initramfs with `init_script` as `/init` plus kernel modules

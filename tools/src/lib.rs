@@ -28,6 +28,7 @@ pub mod bench;
 pub mod bench_disks;
 pub mod bench_net;
 pub mod bench_sched;
+pub mod bench_xl;
 pub mod build;
 pub mod cli;
 pub mod deps;

@@ -31,6 +31,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             print!("{}", cli::BENCH_SCHED_USAGE);
             print!("{}", cli::BENCH_DISKS_USAGE);
             print!("{}", cli::BENCH_NET_USAGE);
+            print!("{}", cli::BENCH_XL_USAGE);
             print!("{}", ferrite_tools::stress::USAGE);
             print!("{}", ferrite_tools::nbd_server::USAGE);
             print!("{}", ferrite_tools::fuzz::USAGE);
@@ -57,6 +58,10 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
         }
         Cmd::BenchNet(args) => {
             ferrite_tools::bench_net::main(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::BenchXl(args) => {
+            ferrite_tools::bench_xl::main(&args)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Stress(args) => Ok(if ferrite_tools::stress::main(&args)? { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
@@ -94,12 +99,15 @@ fn up(args: UpArgs) -> Result<ExitCode> {
     if let Some(n) = args.dom0_vcpus {
         append.push(format!("dom0_max_vcpus={n}"));
     }
+    // The management service: a NIC with the port forwarded, and a key
+    // (which the demo dom0 carries too, for `ferrite xl` over vsock).
+    let link = xl::link::prepare(&build::workspace_root().join("target").join("ferrite-up"), Some(ferrite_mgmt::DEFAULT_PORT))?;
     if !modules.is_empty() {
         eprintln!("demo: your --module files (no Linux demo)");
     } else if args.selftest_only {
         eprintln!("demo: the built-in self-test guest only (--selftest-only)");
     } else {
-        match linux_demo() {
+        match linux_demo(&link) {
             Ok(demo) => {
                 eprintln!(
                     "demo: Debian Linux as PVH dom0 (dom0_mem=256M, {} vCPU(s)) running Ferrite's test init, then a \
@@ -130,8 +138,6 @@ fn up(args: UpArgs) -> Result<ExitCode> {
             }
         }
     }
-    // The management service: a NIC with the port forwarded, and a key.
-    let link = xl::link::prepare(&build::workspace_root().join("target").join("ferrite-up"), Some(ferrite_mgmt::DEFAULT_PORT))?;
     qemu_extra.extend(link.qemu_args.iter().cloned());
     modules.push(link.key_module.clone());
     let mut q = QemuCommand::new()
@@ -168,6 +174,10 @@ fn up(args: UpArgs) -> Result<ExitCode> {
     Err(err).context("cannot start qemu-system-x86_64 (sudo apt-get install qemu-system-x86)")
 }
 
+/// The HVM demo guest's xl config.
+const HVM_DEMO_CONFIG: &str = "# the ferrite up demo's HVM guest\nname = \"hvmdemo\"\ntype = \"hvm\"\nmemory = 64\nvcpus = 1\n\
+                               disk = [ 'phy:hvmdemo,hda,w' ]\n";
+
 /// The HVM demo guest: an xl config, the stub-domain image and SeaBIOS
 /// as boot modules, and a virtio-blk disk (QEMU arguments) holding the
 /// test MBR.
@@ -180,9 +190,7 @@ fn hvm_demo(images: &build::HypervisorImages) -> std::result::Result<(Vec<Module
     let disk = dir.join("hvmdemo-disk.img");
     std::fs::write(&disk, guestasm::mbr_test_disk(&mbr, 2048)).map_err(|e| format!("cannot write {}: {e}", disk.display()))?;
     let cfg = dir.join("hvmdemo.cfg");
-    let text = "# the ferrite up demo's HVM guest\nname = \"hvmdemo\"\ntype = \"hvm\"\nmemory = 64\nvcpus = 1\n\
-                disk = [ 'phy:hvmdemo,hda,w' ]\n";
-    std::fs::write(&cfg, text).map_err(|e| format!("cannot write {}: {e}", cfg.display()))?;
+    std::fs::write(&cfg, HVM_DEMO_CONFIG).map_err(|e| format!("cannot write {}: {e}", cfg.display()))?;
     let file = disk.display().to_string().replace(',', ",,");
     let qemu_args = vec![
         "-drive".to_string(),
@@ -195,8 +203,12 @@ fn hvm_demo(images: &build::HypervisorImages) -> std::result::Result<(Vec<Module
 
 /// The Linux dom0 demo's boot modules: Debian's cloud kernel (vmlinux,
 /// command line `ferrite.test=shell`) and a busybox initramfs running the
-/// test init script, which ends in a shell on the console.
-fn linux_demo() -> std::result::Result<Vec<ModuleSpec>, String> {
+/// test init script, which ends in a shell on the console. dom0's
+/// initramfs also carries the static `ferrite` command, the vsock modules
+/// and the management key of `link`, so `ferrite xl` works in its shell;
+/// the domU config it writes for `xl create` gets an initramfs without
+/// them (a domU has no way to the service, and no business with the key).
+fn linux_demo(link: &xl::link::UpLink) -> std::result::Result<Vec<ModuleSpec>, String> {
     const KERNEL_PKG: &str = "linux-image-cloud-amd64";
     const BUSYBOX_PKG: &str = "busybox-static";
     for pkg in [KERNEL_PKG, BUSYBOX_PKG] {
@@ -205,14 +217,23 @@ fn linux_demo() -> std::result::Result<Vec<ModuleSpec>, String> {
         guest_images::fetch_debian_package(pkg)?;
     }
     let vmlinux = guest_images::debian_vmlinux("cloud-amd64")?;
-    let image = initramfs::busybox_initramfs(initramfs::TEST_INIT_SCRIPT)?;
     let dir = build::workspace_root().join("target").join("ferrite-up");
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let image = initramfs::demo_domu_initramfs(&guest_images::fetch_debian_package(KERNEL_PKG)?)?;
+    let (dom0_image, with) = match demo_dom0_image(KERNEL_PKG, link) {
+        Ok(i) => (i, ", with /bin/ferrite and /etc/ferrite/xl.key"),
+        Err(e) => {
+            eprintln!("demo: dom0 gets no ferrite command ({e}); `ferrite xl` works from the host only");
+            (image.clone(), "")
+        }
+    };
+    let dom0_cpio = dir.join("dom0-initramfs.cpio");
+    std::fs::write(&dom0_cpio, &dom0_image).map_err(|e| format!("cannot write {}: {e}", dom0_cpio.display()))?;
+    eprintln!("dom0 kernel: {}\ndom0 initramfs: {} ({} KiB{with})", vmlinux.display(), dom0_cpio.display(), dom0_image.len() / 1024);
+    // A domU to start at runtime (`ferrite xl create`): the same Linux,
+    // the plain initramfs, with a shell on its console.
     let cpio = dir.join("initramfs.cpio");
     std::fs::write(&cpio, &image).map_err(|e| format!("cannot write {}: {e}", cpio.display()))?;
-    eprintln!("dom0 kernel: {}\ndom0 initramfs: {} ({} KiB)", vmlinux.display(), cpio.display(), image.len() / 1024);
-    // A domU to start at runtime (`ferrite xl create`): the same Linux and
-    // initramfs, with a shell on its console.
     let domu = dir.join("domu.cfg");
     let text = format!(
         "# A PVH domU for `ferrite xl create` (written by `ferrite up`)\nname = \"domu\"\ntype = \"pvh\"\n\
@@ -222,7 +243,21 @@ fn linux_demo() -> std::result::Result<Vec<ModuleSpec>, String> {
         initramfs::test_linux_cmdline("shell")
     );
     std::fs::write(&domu, text).map_err(|e| format!("cannot write {}: {e}", domu.display()))?;
-    Ok(vec![ModuleSpec::new(vmlinux, initramfs::test_linux_cmdline("shell")), ModuleSpec::new(cpio, "")])
+    Ok(vec![ModuleSpec::new(vmlinux, initramfs::test_linux_cmdline("shell")), ModuleSpec::new(dom0_cpio, "")])
+}
+
+/// The demo dom0's initramfs: the test init and busybox, the static
+/// `ferrite` command (built now), the vsock modules from `kernel_pkg`, the
+/// key `link` made, and `/etc/ferrite/hvmdemo.cfg` (the HVM demo's config:
+/// its files are boot modules, so `ferrite xl create` from dom0 needs
+/// nothing uploaded).
+fn demo_dom0_image(kernel_pkg: &str, link: &xl::link::UpLink) -> std::result::Result<Vec<u8>, String> {
+    let exe = build::build_static_ferrite().map_err(|e| format!("{e:#}"))?;
+    let ferrite = std::fs::read(&exe).map_err(|e| format!("cannot read {}: {e}", exe.display()))?;
+    let key_path = &link.key_module.path;
+    let key = std::fs::read_to_string(key_path).map_err(|e| format!("cannot read {}: {e}", key_path.display()))?;
+    let kernel_root = guest_images::fetch_debian_package(kernel_pkg)?;
+    initramfs::demo_dom0_initramfs(&kernel_root, &ferrite, &key, &[("hvmdemo.cfg", HVM_DEMO_CONFIG.as_bytes())])
 }
 
 fn make_iso(args: IsoArgs) -> Result<ExitCode> {

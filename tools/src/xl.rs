@@ -265,6 +265,55 @@ pub struct Io<'a> {
     pub poll_interval: Duration,
 }
 
+/// Output a command writes, shared, so a caller can watch it while the
+/// command runs in another thread (`run_captured`).
+#[derive(Clone, Default)]
+pub struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().map_err(|_| std::io::Error::other("captured output poisoned"))?.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    /// What was written so far.
+    pub fn text(&self) -> String {
+        self.0.lock().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+    }
+}
+
+/// Runs `ferrite xl ARGS` in this process against `target`, not on a
+/// terminal (for the tests and `ferrite bench xl`): its output goes to
+/// `out`, `console` reads `input`. Returns (output, errors, success).
+pub fn run_captured(target: &Target, args: &[&str], input: Option<Box<dyn Read + Send>>, out: Captured) -> (String, String, bool) {
+    let argv: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let parsed = match parse_args(&argv) {
+        Ok(p) => p,
+        Err(e) => return (String::new(), format!("{e:#}"), false),
+    };
+    let (mut o, mut e) = (out.clone(), Captured::default());
+    let mut io = Io {
+        out: &mut o,
+        err: &mut e,
+        input,
+        input_is_terminal: false,
+        err_is_terminal: false,
+        shutdown_timeout: Duration::from_secs(60),
+        poll_interval: Duration::from_millis(200),
+    };
+    let result = run(parsed.cmd, target, &mut io);
+    let mut err = e.text();
+    if let Err(why) = &result {
+        err.push_str(&format!("{why:#}"));
+    }
+    (out.text(), err, result.is_ok())
+}
+
 /// `ferrite xl ARGS`.
 pub fn main(args: &[String]) -> Result<ExitCode> {
     let parsed = parse_args(args)?;

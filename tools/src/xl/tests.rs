@@ -434,3 +434,16 @@ fn console_forwards_both_ways_until_ctrl_bracket() {
         "cannot attach to the console of 7: no such domain: domain '7' does not exist"
     );
 }
+
+#[test]
+fn run_captured_gives_output_errors_and_success() {
+    let fake = FakeService::start(Secret::from_bytes(KEY));
+    let t = target_for(fake.addr, KEY);
+    let (out, err, ok) = run_captured(&t, &["list", "web"], None, Captured::default());
+    assert!(ok && err.is_empty(), "{err}");
+    assert!(out.contains("\nweb ") && !out.contains("db "), "{out}");
+    let (_, err, ok) = run_captured(&t, &["destroy", "nope"], None, Captured::default());
+    assert!(!ok && err.contains("'nope' does not exist"), "{err}");
+    let (out, err, ok) = run_captured(&t, &["frobnicate"], None, Captured::default());
+    assert!(!ok && out.is_empty() && err.contains("frobnicate"), "{err}");
+}
