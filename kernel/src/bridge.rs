@@ -151,6 +151,18 @@ impl Cursor<'_> {
     }
 }
 
+/// A NIC as `xl network-list` shows it.
+pub struct VifStats {
+    pub mac: [u8; 6],
+    pub bridge: String,
+    pub model: &'static str,
+    /// On its bridge now (false once its domain stopped).
+    pub connected: bool,
+    /// The bridge port's counters (zero once it left the bridge); its
+    /// `rx_dropped` counts the frames the NIC had no room for.
+    pub port: PortCounters,
+}
+
 /// Something a bridge delivers frames to.
 pub trait Endpoint: Send + Sync {
     /// Puts `frame` into the port's receive side; false when it was
@@ -268,6 +280,13 @@ impl Plug {
     /// was on one.
     pub fn leave(&self) -> Option<(String, PortCounters)> {
         let port = self.0.lock().take()?;
+        Some((String::from(port.bridge_name()), port.counters()))
+    }
+
+    /// Its bridge and counters now, if it is on one.
+    pub fn counters(&self) -> Option<(String, PortCounters)> {
+        let port = self.0.lock();
+        let port = port.as_ref()?;
         Some((String::from(port.bridge_name()), port.counters()))
     }
 

@@ -94,6 +94,18 @@ impl StubNic {
         );
     }
 
+    /// What `xl network-list` shows.
+    pub fn stats(&self) -> crate::bridge::VifStats {
+        let now = self.plug.counters();
+        crate::bridge::VifStats {
+            mac: self.config.mac.0,
+            bridge: self.config.bridge.clone(),
+            model: self.model_name(),
+            connected: now.is_some(),
+            port: now.map(|(_, c)| c).unwrap_or_default(),
+        }
+    }
+
     /// A frame the guest sent (NET_SEND, already checked in shape).
     pub fn send(&self, frame: &Frame) {
         self.plug.send(frame);

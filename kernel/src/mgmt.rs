@@ -22,7 +22,7 @@ use crate::mm::blob::{Blob, FrameBuffer};
 use alloc::sync::Arc;
 use ferrite_mgmt::{
     AuthThrottle, DomRef, DomainInfo, DomainState, ErrorCode, ErrorReply, FileHasher, FileMeta, HostInfo, Request, Response, Secret,
-    ServedDisk, ServerSession, Trigger, Upload, UptimeInfo, VcpuInfo, VcpuState,
+    ServedDisk, ServerSession, Trigger, Upload, UptimeInfo, VcpuInfo, VcpuState, VifInfo,
 };
 use ferrite_devmodel::virtio::vsock::{ConnId, ConnState as VsockConnState, VirtioVsock, VsockEvent};
 use log::{info, warn};
@@ -452,6 +452,31 @@ fn serve(request: Request, state: &mut ConnState) -> Option<Response> {
             };
             Response::Vcpus(vcpu_list(only))
         }
+        Request::NetworkList(dom) => match resolve(&dom) {
+            Ok(id) => match domain::network_list(id) {
+                Some(vifs) => Response::Vifs(
+                    vifs.into_iter()
+                        .enumerate()
+                        .map(|(i, v)| VifInfo {
+                            index: i as u32,
+                            mac: v.mac,
+                            bridge: v.bridge,
+                            model: String::from(v.model),
+                            connected: v.connected,
+                            tx_packets: v.port.tx_packets,
+                            tx_bytes: v.port.tx_bytes,
+                            rx_packets: v.port.rx_packets,
+                            rx_bytes: v.port.rx_bytes,
+                            tx_dropped: v.port.tx_dropped,
+                            tx_spoofed: v.port.tx_spoofed,
+                            rx_dropped: v.port.rx_dropped,
+                        })
+                        .collect(),
+                ),
+                None => error(ErrorCode::NoSuchDomain, format!("no domain {}", dom)),
+            },
+            Err(e) => e,
+        },
         Request::VcpuPin { dom, vcpu, pcpus } => with_dom(&dom, &|id| domain::pin_vcpus(id, vcpu, pcpus)),
         Request::Create { config_name, config_text, files, served } => {
             state.create = None;

@@ -104,6 +104,18 @@ impl NetDevice {
         );
     }
 
+    /// What `xl network-list` shows.
+    pub fn stats(&self) -> crate::bridge::VifStats {
+        let now = self.plug.counters();
+        crate::bridge::VifStats {
+            mac: self.config.mac.0,
+            bridge: self.config.bridge.clone(),
+            model: "virtio-net",
+            connected: now.is_some(),
+            port: now.map(|(_, c)| c).unwrap_or_default(),
+        }
+    }
+
     /// The offset in this device's window, if `gpa` is in it.
     pub fn offset(&self, gpa: u64) -> Option<u64> {
         let base = virtio_mmio_base(self.slot);

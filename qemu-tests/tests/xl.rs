@@ -33,8 +33,13 @@ fn host_memory(target: &Target) -> (u64, u64) {
 /// manages, and `keeper`, which keeps Ferrite running (with `debug_exit=`
 /// it ends when its last domain does) until the test destroys it last.
 fn guests(dir: &std::path::Path) -> Vec<ferrite_tools::modules::ModuleSpec> {
+    let guest = pvh_config_module(dir, "guest", "console_button", 16);
+    // A NIC its (assembly) guest never drives: `xl network-list` shows it.
+    let cfg = dir.join("guest.cfg");
+    let text = std::fs::read_to_string(&cfg).unwrap() + "vif = [ 'mac=00:16:3e:00:00:42, bridge=xlbr' ]\n";
+    std::fs::write(&cfg, text).unwrap();
     vec![
-        pvh_config_module(dir, "guest", "console_button", 16),
+        guest,
         pvh_config_module(dir, "keeper", "console_button", 16),
         guest_module("console_button", dir),
     ]
@@ -97,6 +102,11 @@ fn xl_manages_a_running_pvh_domain_from_the_host() {
     assert!(!out.contains(&target.secret.to_hex()), "the key is in the log");
     let (out, _, ok) = xl(&target, &["vcpu-list", "guest"]);
     assert!(ok && out.lines().any(|l| l.starts_with("guest ")), "xl vcpu-list:\n{out}");
+    let (out, err, ok) = xl(&target, &["network-list", "guest", "keeper"]);
+    assert!(ok, "xl network-list: {err}");
+    let rows: Vec<Vec<&str>> = out.lines().skip(1).map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows.len(), 1, "one NIC (the guest's; the keeper has none):\n{out}");
+    assert_eq!(&rows[0][..6], &["guest", "0", "00:16:3e:00:00:42", "xlbr", "virtio-net", "up"], "xl network-list:\n{out}");
 
     let (_, err, ok) = xl(&target, &["pause", "guest"]);
     assert!(ok, "pause: {err}");

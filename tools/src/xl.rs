@@ -70,6 +70,8 @@ SUBCOMMANDS (as in xl; DOM is a domain name or id):
     pause DOM / unpause DOM
     vcpu-list [DOM...]              vCPUs, where they run and their affinity
     vcpu-pin DOM VCPU|all CPUS      pin vCPUs to host CPUs (CPUS: 0-1,3 or all)
+    network-list DOM...             the domains' NICs: MAC, bridge, model and
+                                    packet counters
 ";
 
 /// A parsed `ferrite xl` command line.
@@ -94,6 +96,7 @@ pub enum XlCmd {
     Unpause(DomRef),
     VcpuList(Vec<DomRef>),
     VcpuPin { dom: DomRef, vcpu: Option<u32>, pcpus: u64 },
+    NetworkList(Vec<DomRef>),
     Create { console: bool, config: PathBuf, overrides: Vec<String> },
     Console(DomRef),
 }
@@ -225,6 +228,11 @@ pub fn parse_args(args: &[String]) -> Result<XlArgs> {
             XlCmd::Shutdown { wait: f.contains(&'w'), all, dom: rest.first().map(dom) }
         }
         "vcpu-list" => XlCmd::VcpuList(flags(sub, args, &[])?.1.iter().map(dom).collect()),
+        "network-list" => {
+            let (_, rest) = flags(sub, args, &[])?;
+            count(sub, &rest, 1, usize::MAX, "one or more domains")?;
+            XlCmd::NetworkList(rest.iter().map(dom).collect())
+        }
         "vcpu-pin" => {
             let (_, rest) = flags(sub, args, &[])?;
             count(sub, &rest, 3, 4, "DOM VCPU|all CPUS")?;
@@ -425,6 +433,17 @@ pub fn run(cmd: XlCmd, target: &Target, io: &mut Io<'_>) -> Result<()> {
             out.write_all(format::vcpu_list(&vcpus, host_cpus).as_bytes())?;
         }
         XlCmd::VcpuPin { dom, vcpu, pcpus } => client.call_ok(&Request::VcpuPin { dom, vcpu, pcpus })?,
+        XlCmd::NetworkList(doms) => {
+            let mut rows = Vec::new();
+            for d in doms {
+                let name = d.to_string();
+                match client.call(&Request::NetworkList(d))? {
+                    Response::Vifs(v) => rows.extend(v.into_iter().map(|v| (name.clone(), v))),
+                    other => return Err(client.unexpected(&other)),
+                }
+            }
+            out.write_all(format::network_list(&rows).as_bytes())?;
+        }
         XlCmd::Console(d) => {
             let input = io.input.take().ok_or_else(|| anyhow!("no console input"))?;
             console::attach(&mut client, d, input, io.input_is_terminal, io.out, io.err)?;

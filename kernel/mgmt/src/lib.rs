@@ -58,7 +58,7 @@ pub use frame::{decode, encode_frame, FrameError, FrameReader};
 pub use handshake::{ClientHandshake, HandshakeError};
 pub use message::{
     encode_request, encode_response, Challenge, ClientMessage, DomRef, DomainInfo, DomainState, ErrorCode, ErrorReply,
-    FileMeta, Hello, HostInfo, Proof, Request, Response, ServedDisk, ServerMessage, Trigger, UptimeInfo, VcpuInfo, VcpuState, Welcome,
+    FileMeta, Hello, HostInfo, Proof, Request, Response, ServedDisk, ServerMessage, Trigger, UptimeInfo, VcpuInfo, VcpuState, VifInfo, Welcome,
 };
 pub use secret::{Secret, SecretError};
 pub use session::{ServerSession, SessionState};

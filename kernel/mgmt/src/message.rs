@@ -199,6 +199,8 @@ pub enum Request {
     /// `xl trigger`: an event from the virtual platform's outside, on
     /// vCPU `vcpu` where the kind targets one. → `Ok`.
     Trigger { dom: DomRef, trigger: Trigger, vcpu: u32 },
+    /// The domain's virtual NICs and their counters. → [`Response::Vifs`].
+    NetworkList(DomRef),
 }
 
 /// What `xl trigger` sends (xl's names).
@@ -226,6 +228,30 @@ pub enum Response {
     Created { id: u32 },
     ConsoleOutput(Vec<u8>),
     Error(ErrorReply),
+    Vifs(Vec<VifInfo>),
+}
+
+/// One line of `xl network-list`: a NIC, its bridge and its counters, from
+/// the guest's side (`rx` is what reached the guest).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VifInfo {
+    /// The vif's index in the domain's `vif = [...]`.
+    pub index: u32,
+    pub mac: [u8; 6],
+    pub bridge: String,
+    /// `virtio-net`, `e1000`.
+    pub model: String,
+    /// Whether it is on its bridge (false once the domain has stopped).
+    pub connected: bool,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    /// Frames it sent that the bridge dropped, and of those spoofed.
+    pub tx_dropped: u64,
+    pub tx_spoofed: u64,
+    /// Frames for it dropped for lack of room (its ring or buffers).
+    pub rx_dropped: u64,
 }
 
 /// One line of `xl list`.

@@ -38,6 +38,7 @@ pub(crate) fn all_requests() -> Vec<Request> {
         Request::ConsoleInput(b"ls\r".to_vec()),
         Request::ConsoleDetach,
         Request::Trigger { dom: dom(), trigger: Trigger::Nmi, vcpu: 1 },
+        Request::NetworkList(dom()),
     ]
 }
 
@@ -77,6 +78,20 @@ pub(crate) fn all_responses() -> Vec<Response> {
         Response::Created { id: 5 },
         Response::ConsoleOutput(b"login: ".to_vec()),
         Response::Error(ErrorReply::new(ErrorCode::NoSuchDomain, "domain 'x' does not exist")),
+        Response::Vifs(vec![VifInfo {
+            index: 0,
+            mac: [0, 0x16, 0x3e, 1, 2, 3],
+            bridge: "bridge0".into(),
+            model: "virtio-net".into(),
+            connected: true,
+            tx_packets: 1,
+            tx_bytes: 60,
+            rx_packets: 2,
+            rx_bytes: 120,
+            tx_dropped: 3,
+            tx_spoofed: 1,
+            rx_dropped: 4,
+        }]),
     ]
 }
 

@@ -101,6 +101,21 @@ pub fn vcpu_summaries(only: Option<u32>) -> Vec<VcpuSummary> {
     out
 }
 
+/// Domain `id`'s NICs in `vif = [...]` order: a PVH domain's own, an HVM
+/// domain's through its stub domain. None if there is no such domain.
+pub fn network_list(id: u32) -> Option<Vec<crate::bridge::VifStats>> {
+    let d = get(id)?;
+    let mut out: Vec<_> = d.vnets.get().into_iter().flatten().map(|n| n.stats()).collect();
+    if let Role::Hvm { stub, .. } = &d.role {
+        if let Some(stub) = stub.lock().upgrade() {
+            if let Role::Stub(b) = &stub.role {
+                out.extend(b.nics.iter().map(|n| n.stats()));
+            }
+        }
+    }
+    Some(out)
+}
+
 /// The id of the domain with this id or name.
 pub fn lookup(id: Option<u32>, name: &str) -> Option<u32> {
     let doms = DOMAINS.lock();

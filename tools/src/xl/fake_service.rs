@@ -5,7 +5,7 @@
 
 use ferrite_mgmt::{
     AuthThrottle, DomRef, DomainInfo, DomainState, ErrorCode, ErrorReply, FileMeta, HostInfo, Request, Response,
-    Secret, ServerSession, Upload, UptimeInfo, VcpuInfo, VcpuState,
+    Secret, ServerSession, Upload, UptimeInfo, VcpuInfo, VcpuState, VifInfo,
 };
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -22,6 +22,8 @@ pub struct FakeState {
     pub host: HostInfo,
     pub log: String,
     pub vcpus: Vec<VcpuInfo>,
+    /// NICs by domain id.
+    pub vifs: Vec<(u32, VifInfo)>,
     /// Domains that ignore `Shutdown`.
     pub stubborn: Vec<u32>,
     /// Domains asked to shut down: gone after the next `List`.
@@ -66,6 +68,23 @@ impl FakeState {
                 time_ns: 1_500_000_000,
                 affinity: 0b0110,
             }],
+            vifs: vec![(
+                1,
+                VifInfo {
+                    index: 0,
+                    mac: [0x00, 0x16, 0x3e, 0x0d, 0xbf, 0x37],
+                    bridge: "bridge0".into(),
+                    model: "virtio-net".into(),
+                    connected: true,
+                    tx_packets: 1017,
+                    tx_bytes: 67792,
+                    rx_packets: 46803,
+                    rx_bytes: 70198534,
+                    tx_dropped: 9,
+                    tx_spoofed: 9,
+                    rx_dropped: 0,
+                },
+            )],
             stubborn: Vec::new(),
             shutting_down: Vec::new(),
             requests: Vec::new(),
@@ -217,6 +236,13 @@ fn handle(st: &mut FakeState, request: Request, pending: &mut Option<PendingCrea
             let vcpus = st.vcpus.iter().filter(|v| d.as_ref().is_none_or(|d| d.matches(v.dom_id, &v.dom_name)));
             vec![Response::Vcpus(vcpus.cloned().collect())]
         }
+        Request::NetworkList(d) => match st.find(&d) {
+            Ok(i) => {
+                let vifs = st.vifs.iter().filter(|(id, _)| *id == st.domains[i].id).map(|(_, v)| v.clone()).collect();
+                vec![Response::Vifs(vifs)]
+            }
+            Err(e) => vec![Response::Error(e)],
+        },
         Request::VcpuPin { dom, .. } => match st.find(&dom) {
             Ok(_) => ok,
             Err(e) => vec![Response::Error(e)],

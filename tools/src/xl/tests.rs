@@ -93,6 +93,8 @@ fn parses_xl_arguments() {
         cmd(&["vcpu-list", "a", "b"]).unwrap(),
         XlCmd::VcpuList(vec![DomRef::Name("a".into()), DomRef::Name("b".into())])
     );
+    assert_eq!(cmd(&["network-list", "web", "3"]).unwrap(), XlCmd::NetworkList(vec![DomRef::Name("web".into()), DomRef::Id(3)]));
+    assert!(cmd(&["network-list"]).is_err());
     assert_eq!(cmd(&["reboot", "-F", "web"]).unwrap(), XlCmd::Reboot { force: true, dom: DomRef::Name("web".into()) });
     assert_eq!(cmd(&["reboot", "2"]).unwrap(), XlCmd::Reboot { force: false, dom: DomRef::Id(2) });
     assert_eq!(
@@ -312,6 +314,13 @@ fn commands_against_the_fake_service() {
         vcpus.ends_with("web                                  1     0    2   -b-       1.5  1-2 / all\n"),
         "{vcpus}"
     );
+    let nics = run_ok(&t, XlCmd::NetworkList(vec![DomRef::Name("web".into()), DomRef::Id(2)]));
+    assert_eq!(
+        nics,
+        "Name             Idx Mac Addr.          Bridge      Model       Link    TX pkts     TX bytes   RX pkts     RX bytes    TX drop  RX drop\n\
+         web              0   00:16:3e:0d:bf:37  bridge0     virtio-net  up         1017        67792     46803     70198534      9(9s)        0\n"
+    );
+    assert_eq!(run_err(&t, XlCmd::NetworkList(vec![DomRef::Name("nope".into())])), "no such domain: domain 'nope' does not exist");
     run_ok(&t, XlCmd::VcpuPin { dom: DomRef::Name("web".into()), vcpu: Some(0), pcpus: 1 });
     run_ok(&t, XlCmd::Pause(DomRef::Id(1)));
     run_ok(&t, XlCmd::Destroy(DomRef::Name("db".into())));
