@@ -284,7 +284,9 @@ fn xl_creates_a_pvh_domain_from_files_on_the_host() {
 
 /// 200 `xl create` / `xl destroy` cycles, PVH and HVM (with its stub
 /// domain) in turn: free host memory and the hypervisor's heap come back
-/// to exactly where they were.
+/// to exactly where they were. Each has a NIC with the same MAC on the
+/// same bridge, so a switch port left behind by a destroy would make the
+/// next create fail (a MAC already on the bridge is refused).
 #[test]
 fn create_destroy_cycles_leak_no_host_memory() {
     let cycles = 200;
@@ -299,9 +301,10 @@ fn create_destroy_cycles_leak_no_host_memory() {
     // About a minute on an idle machine; room for a loaded one.
     let (mut vm, target) = boot_with_link_for(name, &dir, modules, Duration::from_secs(600));
     let pvh = dir.join("cycle-pvh.cfg");
-    std::fs::write(&pvh, "name = \"cycle\"\ntype = \"pvh\"\nkernel = \"console_button.elf\"\nmemory = 16\n").unwrap();
+    let vif = "vif = [ 'mac=00:16:3e:00:00:99, bridge=cyclebr' ]\n";
+    std::fs::write(&pvh, format!("name = \"cycle\"\ntype = \"pvh\"\nkernel = \"console_button.elf\"\nmemory = 16\n{vif}")).unwrap();
     let hvm = dir.join("cycle-hvm.cfg");
-    std::fs::write(&hvm, "name = \"cycle\"\ntype = \"hvm\"\nmemory = 32\nboot = \"c\"\n").unwrap();
+    std::fs::write(&hvm, format!("name = \"cycle\"\ntype = \"hvm\"\nmemory = 32\nboot = \"c\"\n{vif}")).unwrap();
     let cycle = |i: usize| {
         let cfg = if i % 2 == 0 { &pvh } else { &hvm };
         let (out, err, ok) = xl(&target, &["create", &cfg.display().to_string()]);
