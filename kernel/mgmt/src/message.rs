@@ -135,7 +135,11 @@ pub struct FileMeta {
 
 /// A `file:` disk of an `xl create` configuration that the client serves
 /// over NBD from its own machine: the hypervisor connects to `port` on the
-/// address the management connection comes from.
+/// address the management connection comes from; or, with `vsock_token`
+/// (a client in dom0, talking over vsock), the server connects to the
+/// hypervisor's vsock port for NBD and names the disk with this token in
+/// its attach hello (`ferrite_nbd::encode_attach_hello`), and `port` is
+/// unused.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServedDisk {
     /// The disk's target exactly as the configuration writes it (the path
@@ -143,6 +147,9 @@ pub struct ServedDisk {
     pub target: String,
     pub port: u16,
     pub export: String,
+    /// 128 random bits, single-use: the server that says them is the
+    /// disk's. Last, so the fields before keep their places on the wire.
+    pub vsock_token: Option<[u8; 16]>,
 }
 
 /// Client → server. Each gets exactly one [`Response`], in order, except

@@ -30,7 +30,10 @@ pub(crate) fn all_requests() -> Vec<Request> {
             config_name: "web.cfg".into(),
             config_text: "name='web'\n".into(),
             files: vec![FileMeta { name: "vmlinuz".into(), len: 1234, sha256: [9; 32] }],
-            served: vec![ServedDisk { target: "/srv/web.img".into(), port: 40001, export: "xvda".into() }],
+            served: vec![
+                ServedDisk { target: "/srv/web.img".into(), port: 40001, export: "xvda".into(), vsock_token: None },
+                ServedDisk { target: "/srv/db.img".into(), port: 0, export: "xvdb".into(), vsock_token: Some([0x5a; 16]) },
+            ],
         },
         Request::FileChunk { index: 0, offset: 65536, data: vec![1, 2, 3] },
         Request::CreateCommit,
@@ -193,6 +196,14 @@ fn wire_layout_is_stable() {
     assert_eq!(all_requests().len(), REQUEST_VARIANTS as usize);
     // An error code from a newer peer still decodes.
     assert_eq!(decode::<ErrorCode>(&[99]).unwrap(), ErrorCode::Unknown);
+    // ServedDisk: target, port, export where they always were; the vsock
+    // token after them.
+    let tcp = ServedDisk { target: "a".into(), port: 300, export: "x".into(), vsock_token: None };
+    assert_eq!(postcard::to_allocvec(&tcp).unwrap(), [1, b'a', 0xac, 0x02, 1, b'x', 0]);
+    let vsock = ServedDisk { vsock_token: Some([7; 16]), ..tcp };
+    let mut expected = vec![1, b'a', 0xac, 0x02, 1, b'x', 1];
+    expected.extend_from_slice(&[7; 16]);
+    assert_eq!(postcard::to_allocvec(&vsock).unwrap(), expected);
 }
 
 #[test]

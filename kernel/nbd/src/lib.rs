@@ -15,6 +15,9 @@
 //!   [`decode_request`], [`encode_simple_reply`], [`decode_simple_reply`],
 //!   and the checks a server makes before it carries a request out
 //!   ([`check_request`]).
+//! - The attach hello ([`encode_attach_hello`], [`decode_attach_hello`]):
+//!   what a server that connects to its client (dom0's `file:` disks over
+//!   vsock) sends before the handshake, naming the disk by a token.
 //!
 //! Both handshakes are driven the same way: the caller sends what
 //! `poll_output` hands out and feeds what it receives to `feed`, which
@@ -38,6 +41,7 @@
 
 extern crate alloc;
 
+mod attach;
 mod client;
 mod error;
 mod server;
@@ -48,6 +52,9 @@ mod fuzz_tests;
 #[cfg(test)]
 mod tests;
 
+pub use attach::{
+    decode_attach_hello, encode_attach_hello, AttachError, ATTACH_HELLO_BYTES, ATTACH_MAGIC, ATTACH_TOKEN_BYTES,
+};
 pub use client::ClientHandshake;
 pub use error::NbdError;
 pub use server::ServerHandshake;

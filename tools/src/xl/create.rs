@@ -168,7 +168,7 @@ pub fn upload(client: &mut Client, config: &PreparedConfig, err: &mut dyn Write,
         let port = crate::nbd_server::spawn_background_server(&d.path, d.read_only, &d.vdev)
             .with_context(|| format!("cannot serve {} for disk {}", d.path.display(), d.vdev))?;
         let _ = writeln!(err, "serving {} as disk {} over NBD (port {}; it stops when the domain lets go of it)", d.path.display(), d.vdev, port);
-        served.push(ServedDisk { target: d.target.clone(), port, export: d.vdev.clone() });
+        served.push(ServedDisk { target: d.target.clone(), port, export: d.vdev.clone(), vsock_token: None });
     }
     let create = Request::Create { config_name: config.name.clone(), config_text: config.text.clone(), files, served };
     client.call_ok(&create).context("the hypervisor refused the configuration")?;
