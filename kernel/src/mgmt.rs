@@ -81,6 +81,9 @@ struct ConnState {
     connecting: Option<(PendingCreate, u64)>,
     /// The client's address (its `file:` disks are served from there).
     peer: Option<[u8; 4]>,
+    /// The client is in dom0, on its vsock: its `file:` disks' servers
+    /// attach over vsock.
+    dom0_vsock: bool,
 }
 
 /// A config checked and its files being received into host frames.
@@ -219,13 +222,17 @@ fn poll_vsock() {
     let Some(mut guard) = VSOCK.try_lock() else { return };
     let Some(svc) = guard.as_mut() else { return };
     let now_us = time::uptime_us();
-    crate::vsock::serve(|model, events| {
+    let mut completions = None;
+    let served = crate::vsock::serve(|model, events| {
         for ev in events {
             match ev {
+                VsockEvent::Incoming { conn, host_port, .. } if host_port == crate::vsock::NBD_PORT => {
+                    crate::nbd::vsock_incoming(model, conn, now_us);
+                }
                 VsockEvent::Incoming { conn, .. } => {
                     if svc.conns.len() < CONNECTIONS && model.accept(conn) {
                         let session = new_session(svc.secret.as_ref(), &mut svc.nonces, now_us);
-                        svc.conns.push(VsockConn { id: conn, session, state: ConnState::default() });
+                        svc.conns.push(VsockConn { id: conn, session, state: ConnState { dom0_vsock: true, ..ConnState::default() } });
                     } else {
                         model.refuse(conn);
                     }
@@ -244,7 +251,17 @@ fn poll_vsock() {
             }
             !over
         });
+        // After the sessions: a create may have just registered a disk.
+        completions = Some(crate::nbd::poll_vsock(model, now_us));
     });
+    drop(guard);
+    if !served && crate::nbd::vsock_busy() {
+        completions = Some(crate::nbd::vsock_gone());
+    }
+    // Told with no vsock or service lock held.
+    if let Some(c) = completions {
+        c.run();
+    }
 }
 
 /// A vsock connection as a session's pipe.
@@ -510,7 +527,7 @@ fn serve(request: Request, state: &mut ConnState) -> Option<Response> {
             };
             pending.commit_tsc = cpu::rdtsc();
             log_received(&pending);
-            match connect_disks(&mut pending, state.peer) {
+            match connect_disks(&mut pending, state.peer, state.dom0_vsock) {
                 Ok(true) => {
                     // Answered once the disks are connected.
                     state.connecting = Some((pending, crate::arch::time::uptime_us() + NBD_CONNECT_TIMEOUT_US));
@@ -646,9 +663,11 @@ fn log_received(pending: &PendingCreate) {
 }
 
 /// Starts the NBD connections of the config's `file:` disks (on the
-/// client's machine, at the ports it named) and `nbd:` disks; true when
-/// there are some to wait for.
-fn connect_disks(pending: &mut PendingCreate, peer: Option<[u8; 4]>) -> Result<bool, String> {
+/// client's machine, at the ports it named; or, for a client in dom0
+/// (`dom0_vsock`), waiting for its servers to attach over vsock with the
+/// tokens it named) and `nbd:` disks; true when there are some to wait
+/// for.
+fn connect_disks(pending: &mut PendingCreate, peer: Option<[u8; 4]>, dom0_vsock: bool) -> Result<bool, String> {
     use ferrite_config::DiskKind;
     for d in &pending.config.disks {
         let target = d.target.clone().unwrap_or_default();
@@ -657,7 +676,21 @@ fn connect_disks(pending: &mut PendingCreate, peer: Option<[u8; 4]>) -> Result<b
                 let served = pending.served.iter().find(|s| s.target == target).ok_or_else(|| {
                     format!("disk {}: file:{} is not served by the client (its `xl create` serves file: disks over NBD)", d.vdev.name, target)
                 })?;
-                let addr = peer.ok_or("the client's address is unknown")?;
+                match (served.vsock_token, dom0_vsock) {
+                    (Some(token), true) => {
+                        let nbd = crate::nbd::connect_vsock(token, &served.export, &served.export)
+                            .map_err(|e| format!("disk {}: {}", d.vdev.name, e))?;
+                        pending.nbd.push((target, nbd));
+                        continue;
+                    }
+                    (Some(_), false) => {
+                        return Err(format!("disk {}: served over vsock, which only a client in dom0 has", d.vdev.name));
+                    }
+                    (None, _) => {}
+                }
+                let addr = peer.ok_or_else(|| {
+                    format!("disk {}: served over TCP, but the client's address is unknown (a client in dom0 serves over vsock)", d.vdev.name)
+                })?;
                 (addr, served.port, served.export.clone())
             }
             DiskKind::Nbd => crate::nbd::parse_target(&target).map_err(|e| format!("disk {}: {}", d.vdev.name, e))?,

@@ -10,6 +10,14 @@
 //! ends in an error for the guest and a log line, never a hang. When the
 //! last domain using a disk is gone, the client says goodbye (NBD_CMD_DISC)
 //! and closes; a toolstack's server then exits.
+//!
+//! `file:` disks an `xl create` in dom0 serves come the other way, since
+//! dom0 may have no IP network: its `ferrite nbd-serve --vsock` connects
+//! to the hypervisor on dom0's vsock ([`crate::vsock::NBD_PORT`]), names
+//! the disk with the token the create carried (`ferrite_nbd`'s attach
+//! hello), and the hypervisor is the NBD client on that stream from then
+//! on. The protocol code is the same for both ([`Transport`]); vsock
+//! connections are driven from the vsock poll (`mgmt::poll_vsock`).
 
 use crate::arch::time;
 use crate::net::{self, Service};
@@ -21,7 +29,8 @@ use alloc::sync::{Arc, Weak};
 use alloc::vec;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicUsize, Ordering};
-use ferrite_nbd::{decode_simple_reply, encode_request, ClientHandshake, Command, Export};
+use ferrite_devmodel::virtio::vsock::{ConnId, ConnState, VirtioVsock};
+use ferrite_nbd::{decode_attach_hello, decode_simple_reply, encode_request, ClientHandshake, Command, Export, ATTACH_HELLO_BYTES, ATTACH_TOKEN_BYTES};
 use log::{info, warn};
 use smoltcp::iface::{Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
@@ -71,12 +80,20 @@ enum Status {
     Failed(String),
 }
 
+/// Where a disk's server is.
+enum Endpoint {
+    /// The hypervisor connects to it over TCP.
+    Tcp(Ipv4Address, u16),
+    /// dom0's server connects over vsock, naming it by the token it is
+    /// registered under (`connect_vsock`).
+    Vsock,
+}
+
 /// A disk on an NBD server, shared by the domains that use it and the
 /// connection that serves it.
 pub struct NbdDisk {
     name: String,
-    addr: Ipv4Address,
-    port: u16,
+    endpoint: Endpoint,
     export: String,
     inner: Mutex<Inner>,
 }
@@ -213,8 +230,7 @@ pub fn connect(addr: [u8; 4], port: u16, export: &str) -> Result<Arc<NbdDisk>, S
     let addr = Ipv4Address::from(addr);
     let disk = Arc::new(NbdDisk {
         name: format!("{}:{}/{}", addr, port, export),
-        addr,
-        port,
+        endpoint: Endpoint::Tcp(addr, port),
         export: String::from(export),
         inner: Mutex::new(Inner { status: Status::Connecting, queue: VecDeque::new() }),
     });
@@ -246,22 +262,130 @@ pub fn wait_ready(disks: &[Arc<NbdDisk>], timeout_us: u64) -> Result<(), String>
     }
 }
 
+/// The byte stream under one NBD connection: a TCP socket on the
+/// hypervisor's stack, or a vsock connection from dom0 (like `mgmt`'s
+/// `Pipe`).
+trait Transport {
+    /// Offers received bytes to `take`, which returns how many it used;
+    /// returns that.
+    fn recv(&mut self, take: &mut dyn FnMut(&[u8]) -> usize) -> usize;
+    /// Offers room for bytes to `fill`, which returns how many it wrote
+    /// there; returns that (all of them are sent).
+    fn send(&mut self, fill: &mut dyn FnMut(&mut [u8]) -> usize) -> usize;
+    /// The server is gone or will send no more (a connection still being
+    /// set up is not).
+    fn closed(&self) -> bool;
+    /// Closes in order: what was sent still goes out.
+    fn close(&mut self);
+    /// Ends the connection at once.
+    fn abort(&mut self);
+}
+
+struct TcpTransport<'a>(&'a mut tcp::Socket<'static>);
+
+impl Transport for TcpTransport<'_> {
+    fn recv(&mut self, take: &mut dyn FnMut(&[u8]) -> usize) -> usize {
+        if !self.0.can_recv() {
+            return 0;
+        }
+        self.0
+            .recv(|src| {
+                let n = take(src).min(src.len());
+                (n, n)
+            })
+            .unwrap_or(0)
+    }
+
+    fn send(&mut self, fill: &mut dyn FnMut(&mut [u8]) -> usize) -> usize {
+        if !self.0.can_send() {
+            return 0;
+        }
+        self.0
+            .send(|dst| {
+                let n = fill(dst).min(dst.len());
+                (n, n)
+            })
+            .unwrap_or(0)
+    }
+
+    fn closed(&self) -> bool {
+        !self.0.is_open() || (!self.0.may_recv() && self.0.state() != tcp::State::SynSent)
+    }
+
+    fn close(&mut self) {
+        self.0.close();
+    }
+
+    fn abort(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A connection from dom0's server on its vsock device.
+struct VsockTransport<'a> {
+    model: &'a mut VirtioVsock,
+    id: ConnId,
+    /// Where a write's payload is gathered before it is queued.
+    scratch: &'a mut Vec<u8>,
+}
+
+impl Transport for VsockTransport<'_> {
+    fn recv(&mut self, take: &mut dyn FnMut(&[u8]) -> usize) -> usize {
+        self.model.recv_with(self.id, |data| take(data))
+    }
+
+    fn send(&mut self, fill: &mut dyn FnMut(&mut [u8]) -> usize) -> usize {
+        let room = self.model.send_capacity(self.id);
+        if room == 0 {
+            return 0;
+        }
+        self.scratch.resize(room, 0);
+        let n = fill(&mut self.scratch[..room]).min(room);
+        self.model.send(self.id, &self.scratch[..n])
+    }
+
+    fn closed(&self) -> bool {
+        self.model.state(self.id) != Some(ConnState::Established) || !self.model.may_recv(self.id)
+    }
+
+    fn close(&mut self) {
+        self.model.close(self.id);
+    }
+
+    fn abort(&mut self) {
+        self.model.abort(self.id);
+    }
+}
+
+/// Requests that ended, to be told to their guests once no NBD or vsock
+/// lock is held.
+pub struct Completions(Vec<(Arc<dyn NbdBuffer>, bool)>);
+
+impl Completions {
+    /// Tells each request's guest.
+    pub fn run(self) {
+        for (buffer, ok) in self.0 {
+            OUTSTANDING.fetch_sub(1, Ordering::SeqCst);
+            buffer.done(ok);
+        }
+    }
+}
+
 /// The client connections, as a network service.
 struct NbdClients {
-    conns: Vec<Conn>,
+    conns: Vec<(SocketHandle, Conn)>,
     next_port: u16,
 }
 
 enum Phase {
     Handshake(Box<ClientHandshake>),
     Transmit,
-    /// Goodbye sent (or not possible): closing the socket.
+    /// Goodbye sent (or not possible): closing the connection.
     Closing,
 }
 
 struct Conn {
     disk: Weak<NbdDisk>,
-    handle: SocketHandle,
     phase: Phase,
     started_us: u64,
     /// Received bytes not yet used (handshake replies, reply headers).
@@ -287,21 +411,18 @@ impl Service for NbdClients {
                 self.open(&d, disk.clone(), sockets, iface, now_us);
             }
         }
-        let mut finished: Vec<(Arc<dyn NbdBuffer>, bool)> = Vec::new();
-        for c in self.conns.iter_mut() {
-            c.poll(sockets, now_us, &mut finished);
+        let mut finished = Vec::new();
+        for (handle, c) in self.conns.iter_mut() {
+            c.poll(&mut TcpTransport(sockets.get_mut::<tcp::Socket>(*handle)), now_us, &mut finished);
         }
-        self.conns.retain(|c| {
-            let gone = matches!(c.phase, Phase::Closing) && !sockets.get::<tcp::Socket>(c.handle).is_open();
+        self.conns.retain(|(handle, c)| {
+            let gone = matches!(c.phase, Phase::Closing) && !sockets.get::<tcp::Socket>(*handle).is_open();
             if gone {
-                sockets.remove(c.handle);
+                sockets.remove(*handle);
             }
             !gone
         });
-        for (buffer, ok) in finished {
-            OUTSTANDING.fetch_sub(1, Ordering::SeqCst);
-            buffer.done(ok);
-        }
+        Completions(finished).run();
     }
 
     fn busy(&self) -> bool {
@@ -309,12 +430,13 @@ impl Service for NbdClients {
     }
 
     fn transferring(&self) -> bool {
-        OUTSTANDING.load(Ordering::SeqCst) > 0 || self.conns.iter().any(|c| matches!(c.phase, Phase::Handshake(_)))
+        OUTSTANDING.load(Ordering::SeqCst) > 0 || self.conns.iter().any(|(_, c)| matches!(c.phase, Phase::Handshake(_)))
     }
 }
 
 impl NbdClients {
     fn open(&mut self, disk: &NbdDisk, weak: Weak<NbdDisk>, sockets: &mut SocketSet<'static>, iface: &mut Interface, now_us: u64) {
+        let Endpoint::Tcp(addr, port) = disk.endpoint else { return };
         let rx = tcp::SocketBuffer::new(vec![0u8; SOCKET_BUFFER]);
         let tx = tcp::SocketBuffer::new(vec![0u8; SOCKET_BUFFER]);
         let mut socket = tcp::Socket::new(rx, tx);
@@ -322,18 +444,22 @@ impl NbdClients {
         socket.set_nagle_enabled(false);
         self.next_port = self.next_port.wrapping_add(1);
         let local_port = 49152 + (self.next_port % 16384);
-        if let Err(e) = socket.connect(iface.context(), (IpAddress::Ipv4(disk.addr), disk.port), local_port) {
-            for p in disk.fail(format!("cannot connect: {}", e)) {
-                OUTSTANDING.fetch_sub(1, Ordering::SeqCst);
-                p.buffer.done(false);
-            }
+        if let Err(e) = socket.connect(iface.context(), (IpAddress::Ipv4(addr), port), local_port) {
+            let failed = disk.fail(format!("cannot connect: {}", e));
+            Completions(failed.into_iter().map(|p| (p.buffer, false)).collect()).run();
             return;
         }
         info!("nbd {}: connecting", disk.name);
         let handle = sockets.add(socket);
-        self.conns.push(Conn {
+        self.conns.push((handle, Conn::new(disk, weak, now_us)));
+    }
+}
+
+impl Conn {
+    /// A connection to `disk`'s server, its handshake to come.
+    fn new(disk: &NbdDisk, weak: Weak<NbdDisk>, now_us: u64) -> Conn {
+        Conn {
             disk: weak,
-            handle,
             phase: Phase::Handshake(Box::new(ClientHandshake::new(&disk.export))),
             started_us: now_us,
             rx: Vec::new(),
@@ -343,13 +469,10 @@ impl NbdClients {
             in_flight: Vec::new(),
             next_cookie: 1,
             last_reply_us: now_us,
-        });
+        }
     }
-}
 
-impl Conn {
-    fn poll(&mut self, sockets: &mut SocketSet<'static>, now_us: u64, finished: &mut Vec<(Arc<dyn NbdBuffer>, bool)>) {
-        let sock = sockets.get_mut::<tcp::Socket>(self.handle);
+    fn poll(&mut self, sock: &mut dyn Transport, now_us: u64, finished: &mut Vec<(Arc<dyn NbdBuffer>, bool)>) {
         let Some(disk) = self.disk.upgrade() else {
             // Nobody uses the disk any more: goodbye, then close.
             if matches!(self.phase, Phase::Transmit) && self.sending.is_none() {
@@ -366,8 +489,7 @@ impl Conn {
         if matches!(self.phase, Phase::Closing) {
             return;
         }
-        let closed = !sock.is_open() || (!sock.may_recv() && sock.state() != tcp::State::SynSent);
-        if closed {
+        if sock.closed() {
             let why = if matches!(self.phase, Phase::Handshake(_)) { "the server refused or closed the connection" } else { "the server closed the connection" };
             return self.fail(sock, &disk, String::from(why), finished);
         }
@@ -376,12 +498,11 @@ impl Conn {
                 if now_us > self.started_us + CONNECT_TIMEOUT_US {
                     return self.fail(sock, &disk, String::from("no answer to the handshake in time"), finished);
                 }
-                if sock.can_recv() {
-                    let _ = sock.recv(|data| {
-                        self.rx.extend_from_slice(data);
-                        (data.len(), ())
-                    });
-                }
+                let rx = &mut self.rx;
+                sock.recv(&mut |data| {
+                    rx.extend_from_slice(data);
+                    data.len()
+                });
                 match hs.feed(&self.rx) {
                     Ok(n) => {
                         self.rx.drain(..n);
@@ -418,7 +539,7 @@ impl Conn {
     }
 
     /// Sends what waits and takes in replies.
-    fn transmit(&mut self, sock: &mut tcp::Socket, disk: &NbdDisk, now_us: u64, finished: &mut Vec<(Arc<dyn NbdBuffer>, bool)>) -> Result<(), String> {
+    fn transmit(&mut self, sock: &mut dyn Transport, disk: &NbdDisk, now_us: u64, finished: &mut Vec<(Arc<dyn NbdBuffer>, bool)>) -> Result<(), String> {
         // Out: headers, then a write's payload, then the next request.
         loop {
             flush_out(sock, &mut self.out);
@@ -429,18 +550,16 @@ impl Conn {
                 let Some((_, p)) = self.in_flight.iter().find(|(c, _)| *c == cookie) else { return Err(String::from("lost a write in flight")) };
                 let (len, buffer) = (p.len as usize, p.buffer.clone());
                 let mut ok = true;
-                let n = sock
-                    .send(|dst| {
-                        let n = dst.len().min(len - sent);
-                        // A guest whose memory is gone still sends its
-                        // bytes (zeros): the stream must stay in step.
-                        if !buffer.read(sent, &mut dst[..n]) {
-                            dst[..n].fill(0);
-                            ok = false;
-                        }
-                        (n, n)
-                    })
-                    .unwrap_or(0);
+                let n = sock.send(&mut |dst| {
+                    let n = dst.len().min(len - sent);
+                    // A guest whose memory is gone still sends its
+                    // bytes (zeros): the stream must stay in step.
+                    if !buffer.read(sent, &mut dst[..n]) {
+                        dst[..n].fill(0);
+                        ok = false;
+                    }
+                    n
+                });
                 if !ok {
                     warn!("nbd {}: a write's data is no longer in guest memory", disk.name);
                 }
@@ -478,13 +597,11 @@ impl Conn {
                 let Some(i) = self.in_flight.iter().position(|(c, _)| *c == cookie) else { return Err(String::from("lost a read in flight")) };
                 let (len, buffer) = (self.in_flight[i].1.len as usize, self.in_flight[i].1.buffer.clone());
                 let mut still_ok = ok;
-                let n = sock
-                    .recv(|src| {
-                        let n = src.len().min(len - got);
-                        still_ok &= buffer.write(got, &src[..n]);
-                        (n, n)
-                    })
-                    .unwrap_or(0);
+                let n = sock.recv(&mut |src| {
+                    let n = src.len().min(len - got);
+                    still_ok &= buffer.write(got, &src[..n]);
+                    n
+                });
                 if got + n < len {
                     self.receiving = Some((cookie, got + n, still_ok));
                     if n == 0 {
@@ -501,13 +618,11 @@ impl Conn {
             if self.rx.len() < 16 {
                 let want = 16 - self.rx.len();
                 let rx = &mut self.rx;
-                let n = sock
-                    .recv(|src| {
-                        let n = src.len().min(want);
-                        rx.extend_from_slice(&src[..n]);
-                        (n, n)
-                    })
-                    .unwrap_or(0);
+                let n = sock.recv(&mut |src| {
+                    let n = src.len().min(want);
+                    rx.extend_from_slice(&src[..n]);
+                    n
+                });
                 if n == 0 {
                     break;
                 }
@@ -540,7 +655,7 @@ impl Conn {
         Ok(())
     }
 
-    fn fail(&mut self, sock: &mut tcp::Socket, disk: &NbdDisk, why: String, finished: &mut Vec<(Arc<dyn NbdBuffer>, bool)>) {
+    fn fail(&mut self, sock: &mut dyn Transport, disk: &NbdDisk, why: String, finished: &mut Vec<(Arc<dyn NbdBuffer>, bool)>) {
         sock.abort();
         self.phase = Phase::Closing;
         self.fail_all(Some(disk.fail(why)), finished);
@@ -559,12 +674,179 @@ impl Conn {
     }
 }
 
-/// Sends as much of `out` as the socket takes.
-fn flush_out(sock: &mut tcp::Socket, out: &mut Vec<u8>) {
-    if out.is_empty() || !sock.can_send() {
+/// Sends as much of `out` as the connection takes.
+fn flush_out(sock: &mut dyn Transport, out: &mut Vec<u8>) {
+    if out.is_empty() {
         return;
     }
-    if let Ok(n) = sock.send_slice(out) {
-        out.drain(..n);
+    let src = &out[..];
+    let n = sock.send(&mut |dst| {
+        let n = dst.len().min(src.len());
+        dst[..n].copy_from_slice(&src[..n]);
+        n
+    });
+    out.drain(..n);
+}
+
+// ------------------------------------------------------------ dom0's vsock
+
+/// Connections from dom0's servers at once, attached or not (each served
+/// disk needs one).
+const VSOCK_CONNS: usize = 8;
+/// dom0 disks waiting for their server at once.
+const VSOCK_WAITING: usize = 8;
+/// A connection that has not named a disk waiting for it this long after
+/// it came is closed.
+const ATTACH_TIMEOUT_US: u64 = 30_000_000;
+
+type Token = [u8; ATTACH_TOKEN_BYTES];
+
+/// dom0 disks whose server has not attached yet, by token. An entry goes
+/// when a server claims it (tokens are single-use) or its disk is dropped.
+static VSOCK_WAITING_DISKS: Mutex<Vec<(Token, Weak<NbdDisk>)>> = Mutex::new(Vec::new());
+/// dom0's connections to [`crate::vsock::NBD_PORT`].
+static VSOCK_NBD: Mutex<Vec<VsockConn>> = Mutex::new(Vec::new());
+
+struct VsockConn {
+    id: ConnId,
+    came_us: u64,
+    /// The attach hello so far.
+    hello: Vec<u8>,
+    /// The NBD client, once the hello named a waiting disk.
+    conn: Option<Conn>,
+    /// Ended (closed or aborted, its id released).
+    over: bool,
+}
+
+/// A disk that dom0's `ferrite nbd-serve --vsock` will serve, attaching
+/// with `token` (from the `xl create` that names it); its export is
+/// negotiated once the server has attached (watch [`NbdDisk::export`]).
+pub fn connect_vsock(token: [u8; ATTACH_TOKEN_BYTES], export: &str, label: &str) -> Result<Arc<NbdDisk>, String> {
+    if !crate::vsock::present() {
+        return Err(String::from("dom0 has no vsock device for its NBD servers"));
     }
+    if token == [0; ATTACH_TOKEN_BYTES] {
+        return Err(String::from("the all-zero token names no disk"));
+    }
+    let mut waiting = VSOCK_WAITING_DISKS.lock();
+    waiting.retain(|(_, d)| d.strong_count() > 0);
+    if waiting.iter().any(|(t, _)| *t == token) {
+        return Err(String::from("another disk is waiting for its server with the same token"));
+    }
+    if waiting.len() >= VSOCK_WAITING {
+        return Err(format!("{} disks already wait for their dom0 servers", VSOCK_WAITING));
+    }
+    let disk = Arc::new(NbdDisk {
+        name: format!("vsock:dom0/{}", label),
+        endpoint: Endpoint::Vsock,
+        export: String::from(export),
+        inner: Mutex::new(Inner { status: Status::Connecting, queue: VecDeque::new() }),
+    });
+    waiting.push((token, Arc::downgrade(&disk)));
+    Ok(disk)
+}
+
+/// dom0 connects to the NBD port: taken while there is room (its hello
+/// comes next), else refused.
+pub fn vsock_incoming(model: &mut VirtioVsock, conn: ConnId, now_us: u64) {
+    let mut conns = VSOCK_NBD.lock();
+    if conns.len() < VSOCK_CONNS && model.accept(conn) {
+        conns.push(VsockConn { id: conn, came_us: now_us, hello: Vec::new(), conn: None, over: false });
+    } else {
+        warn!("nbd: dom0 opened more than {} vsock NBD connections; refused", VSOCK_CONNS);
+        model.refuse(conn);
+    }
+}
+
+/// Whether some dom0 NBD connection is open.
+pub fn vsock_busy() -> bool {
+    !VSOCK_NBD.lock().is_empty()
+}
+
+enum Claim {
+    /// The disk waiting for the token (now taken off the waiting list).
+    Disk(Arc<NbdDisk>, Weak<NbdDisk>),
+    /// The token's disk is gone (its create failed or timed out).
+    Gone,
+    /// No disk waits for the token (its create may not have come yet).
+    Unknown,
+}
+
+fn claim(token: &Token) -> Claim {
+    let mut waiting = VSOCK_WAITING_DISKS.lock();
+    let Some(i) = waiting.iter().position(|(t, _)| t == token) else { return Claim::Unknown };
+    let (_, weak) = waiting.swap_remove(i);
+    match weak.upgrade() {
+        Some(d) => Claim::Disk(d, weak),
+        None => Claim::Gone,
+    }
+}
+
+/// Drives dom0's NBD connections on its vsock device (from the vsock
+/// poll, with the device's state held): attach hellos, then the NBD
+/// client. Run the returned completions once the device is let go of.
+pub fn poll_vsock(model: &mut VirtioVsock, now_us: u64) -> Completions {
+    let mut finished = Vec::new();
+    let mut scratch = Vec::new();
+    let mut conns = VSOCK_NBD.lock();
+    for c in conns.iter_mut() {
+        let mut t = VsockTransport { model: &mut *model, id: c.id, scratch: &mut scratch };
+        if let Some(conn) = c.conn.as_mut() {
+            conn.poll(&mut t, now_us, &mut finished);
+            c.over = matches!(conn.phase, Phase::Closing);
+            continue;
+        }
+        if t.closed() {
+            info!("nbd: a dom0 server left before naming its disk");
+            t.abort();
+            c.over = true;
+            continue;
+        }
+        let want = ATTACH_HELLO_BYTES - c.hello.len();
+        let hello = &mut c.hello;
+        t.recv(&mut |src| {
+            let n = src.len().min(want);
+            hello.extend_from_slice(&src[..n]);
+            n
+        });
+        match decode_attach_hello(&c.hello) {
+            Err(e) => {
+                warn!("nbd: dom0's vsock NBD connection: {}; closed", e);
+                t.abort();
+                c.over = true;
+            }
+            Ok(Some(token)) => match claim(&token) {
+                Claim::Disk(disk, weak) => {
+                    info!("nbd {}: dom0's server attached", disk.name);
+                    c.conn = Some(Conn::new(&disk, weak, now_us));
+                }
+                Claim::Gone => {
+                    info!("nbd: a dom0 server named a disk whose domain was not created; closed");
+                    t.abort();
+                    c.over = true;
+                }
+                Claim::Unknown => {}
+            },
+            Ok(None) => {}
+        }
+        if c.conn.is_none() && !c.over && now_us > c.came_us + ATTACH_TIMEOUT_US {
+            warn!("nbd: a dom0 server named no disk waiting for it within {} s; closed", ATTACH_TIMEOUT_US / 1_000_000);
+            t.abort();
+            c.over = true;
+        }
+    }
+    conns.retain(|c| !c.over);
+    Completions(finished)
+}
+
+/// dom0's vsock device is gone: its NBD connections with it (their
+/// requests fail).
+pub fn vsock_gone() -> Completions {
+    let mut finished = Vec::new();
+    for c in VSOCK_NBD.lock().drain(..) {
+        let Some(mut conn) = c.conn else { continue };
+        let queued = conn.disk.upgrade().map(|d| d.fail(String::from("dom0's vsock device is gone")));
+        conn.fail_all(queued, &mut finished);
+    }
+    Completions(finished)
 }

@@ -1,8 +1,9 @@
 //! dom0's channel to the hypervisor: a virtio-vsock device (virtio-mmio,
 //! in dom0's DSDT like its disks, `ferrite_devmodel::virtio::vsock`) whose
 //! stream connections to host port [`MGMT_PORT`] the management service
-//! serves (`mgmt::poll_vsock`). Only dom0 gets one, so `ferrite xl` in
-//! dom0 needs no network at all.
+//! serves (`mgmt::poll_vsock`), and to [`NBD_PORT`] the NBD client
+//! (`nbd::poll_vsock`: `file:` disks an `xl create` in dom0 serves). Only
+//! dom0 gets one, so `ferrite xl` in dom0 needs no network at all.
 //!
 //! The guest's notifies take its packets in (on its vCPU); the service,
 //! polled on CPU 0, reads and writes the connections and moves the replies
@@ -22,6 +23,9 @@ use spin::Mutex;
 pub const DOM0_CID: u64 = 3;
 /// The host port `ferrite xl` connects to, as on TCP.
 pub const MGMT_PORT: u32 = 7070;
+/// The host port dom0's `ferrite nbd-serve --vsock` connects to, to serve
+/// a `file:` disk (`nbd`: the hypervisor is the NBD client on it).
+pub const NBD_PORT: u32 = 7071;
 
 pub struct VsockDevice {
     slot: usize,
@@ -45,7 +49,7 @@ static DOM0: Mutex<Option<Dom0Device>> = Mutex::new(None);
 impl VsockDevice {
     /// A device at virtio-mmio slot `slot`.
     pub fn new(slot: usize) -> Arc<VsockDevice> {
-        let model = VirtioVsockMmio::new(DOM0_CID, &[MGMT_PORT]);
+        let model = VirtioVsockMmio::new(DOM0_CID, &[MGMT_PORT, NBD_PORT]);
         Arc::new(VsockDevice { slot, state: Mutex::new(State { model, events: Vec::new(), line: false, errors: GuestErrorLog::default() }) })
     }
 
@@ -97,11 +101,16 @@ impl VsockDevice {
     }
 }
 
+/// Whether dom0 has a device (and is there).
+pub fn present() -> bool {
+    DOM0.lock().as_ref().is_some_and(|(d, h)| d.strong_count() > 0 && h.strong_count() > 0)
+}
+
 /// Runs `f` on dom0's device with the events since the last call, then
-/// moves what `f` sent into dom0's receive buffers. Nothing when dom0 has
-/// no device (or is gone).
-pub fn serve(f: impl FnOnce(&mut VirtioVsock, Vec<VsockEvent>)) {
-    let Some((dev, host)) = DOM0.lock().as_ref().and_then(|(d, h)| Some((d.upgrade()?, h.upgrade()?))) else { return };
+/// moves what `f` sent into dom0's receive buffers. Nothing (false) when
+/// dom0 has no device (or is gone).
+pub fn serve(f: impl FnOnce(&mut VirtioVsock, Vec<VsockEvent>)) -> bool {
+    let Some((dev, host)) = DOM0.lock().as_ref().and_then(|(d, h)| Some((d.upgrade()?, h.upgrade()?))) else { return false };
     let mut st = dev.state.lock();
     let events = core::mem::take(&mut st.events);
     f(&mut st.model, events);
@@ -110,6 +119,7 @@ pub fn serve(f: impl FnOnce(&mut VirtioVsock, Vec<VsockEvent>)) {
         st.errors.log(host.name(), &"vsock", &e);
     }
     dev.update_line(&mut st, &*host);
+    true
 }
 
 /// Whether dom0 has a device with anything open (the service then polls
