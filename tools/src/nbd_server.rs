@@ -17,6 +17,13 @@
 //! xl's background helpers: it outlives the `xl create` that started it and
 //! exits when its one client (the hypervisor) disconnects, which it does
 //! when the domain is destroyed.
+//!
+//! In a Ferrite dom0, which may have no IP network, the server connects
+//! instead (`--vsock`): to the hypervisor's vsock NBD port, where it sends
+//! `ferrite-nbd`'s attach hello with the token `xl create` gave it (in the
+//! environment, [`TOKEN_ENV`], so no other user of dom0 can read it from
+//! the process list) and then serves NBD on that stream as on TCP
+//! ([`spawn_background_vsock_server`]).
 
 use anyhow::{bail, Context, Result};
 use ferrite_nbd::{
@@ -33,7 +40,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub const USAGE: &str = "\
-    ferrite nbd-serve FILE [--listen ADDR:PORT] [--export NAME] [--read-only] [--once]
+    ferrite nbd-serve FILE [--listen ADDR:PORT | --vsock] [--export NAME] [--read-only] [--once]
         Serve the raw image FILE over NBD (fixed newstyle; READ, WRITE, FLUSH,
         FUA, TRIM) on ADDR:PORT (default 127.0.0.1:10809; port 0 picks a free
         one) as export NAME (default: the empty name, the default export).
@@ -42,7 +49,17 @@ pub const USAGE: &str = "\
         first client disconnects, or after 120 s if none came (how `xl
         create`'s background server ends).
         Several clients are served at once otherwise.
+        --vsock (in a Ferrite dom0): connect to the hypervisor over vsock
+        (CID 2, port 7071) instead of listening, say the token in
+        $FERRITE_NBD_TOKEN (32 hex digits; what `xl create` does), and
+        serve that one connection.
 ";
+
+/// The environment variable that hands `--vsock` its attach token.
+pub const TOKEN_ENV: &str = "FERRITE_NBD_TOKEN";
+/// The hypervisor's vsock address for dom0's NBD servers.
+pub const VSOCK_HOST_CID: u32 = 2;
+pub const VSOCK_NBD_PORT: u32 = 7071;
 
 /// The address `nbd-serve` listens on without `--listen`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:10809";
@@ -57,6 +74,8 @@ pub struct ServeArgs {
     pub export: String,
     pub read_only: bool,
     pub once: bool,
+    /// Connect to the hypervisor over vsock rather than listen.
+    pub vsock: bool,
 }
 
 /// Parses the arguments after `nbd-serve`.
@@ -66,6 +85,8 @@ pub fn parse_args(args: &[String]) -> Result<ServeArgs> {
     let mut export = String::new();
     let mut read_only = false;
     let mut once = false;
+    let mut vsock = false;
+    let mut listen_given = false;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -75,7 +96,11 @@ pub fn parse_args(args: &[String]) -> Result<ServeArgs> {
         let mut value =
             |name: &str| inline.clone().or_else(|| it.next().cloned()).with_context(|| format!("{name} needs a value"));
         match flag {
-            "--listen" => listen = value("--listen")?,
+            "--listen" => {
+                listen = value("--listen")?;
+                listen_given = true;
+            }
+            "--vsock" => vsock = true,
             "--export" => export = value("--export")?,
             "--read-only" => read_only = true,
             "--once" => once = true,
@@ -83,6 +108,9 @@ pub fn parse_args(args: &[String]) -> Result<ServeArgs> {
             _ if file.is_none() => file = Some(PathBuf::from(arg)),
             _ => bail!("`ferrite nbd-serve` serves one FILE; unexpected {arg:?}"),
         }
+    }
+    if vsock && listen_given {
+        bail!("--vsock connects to the hypervisor; it listens nowhere, so --listen does not go with it");
     }
     if export.len() > ferrite_nbd::MAX_NAME_BYTES || export.contains('\0') {
         bail!("--export: an NBD export name is at most 4096 bytes, without NUL");
@@ -93,7 +121,26 @@ pub fn parse_args(args: &[String]) -> Result<ServeArgs> {
         export,
         read_only,
         once,
+        vsock,
     })
+}
+
+/// Parses an attach token: 32 hex digits.
+pub fn parse_token(text: &str) -> Result<[u8; ferrite_nbd::ATTACH_TOKEN_BYTES]> {
+    let text = text.trim();
+    let mut token = [0u8; ferrite_nbd::ATTACH_TOKEN_BYTES];
+    if text.len() != 2 * token.len() || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("an attach token is {} hex digits", 2 * token.len());
+    }
+    for (i, byte) in token.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16)?;
+    }
+    Ok(token)
+}
+
+/// A token as [`parse_token`] reads it.
+pub fn token_hex(token: &[u8; ferrite_nbd::ATTACH_TOKEN_BYTES]) -> String {
+    token.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// One image as an export.
@@ -132,6 +179,9 @@ const ONCE_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 /// `ferrite nbd-serve`.
 pub fn main(args: &ServeArgs) -> Result<()> {
     let image = Arc::new(Image::open(&args.file, args.read_only)?);
+    if args.vsock {
+        return main_vsock(args, &image);
+    }
     let listener = TcpListener::bind(&args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
     println!("{}", ready_line(&args.file, &args.export, addr));
@@ -167,6 +217,24 @@ pub fn main(args: &ServeArgs) -> Result<()> {
     }
 }
 
+/// `--vsock`: one connection, made to the hypervisor.
+fn main_vsock(args: &ServeArgs, image: &Image) -> Result<()> {
+    let token = std::env::var(TOKEN_ENV).with_context(|| format!("--vsock needs the attach token in ${TOKEN_ENV}"))?;
+    let token = parse_token(&token).with_context(|| format!("${TOKEN_ENV}"))?;
+    let stream = vsock::VsockStream::connect_with_cid_port(VSOCK_HOST_CID, VSOCK_NBD_PORT)
+        .with_context(|| format!("cannot reach the hypervisor's NBD port over vsock ({VSOCK_HOST_CID}:{VSOCK_NBD_PORT})"))?;
+    let mut writer = stream.try_clone()?;
+    writer.write_all(&ferrite_nbd::encode_attach_hello(&token))?;
+    println!("{READY_PREFIX}{} as export '{}' over vsock {VSOCK_HOST_CID}:{VSOCK_NBD_PORT}", args.file.display(), args.export);
+    io::stdout().flush()?;
+    let result = serve_stream(stream, writer, image, &args.export);
+    match &result {
+        Ok(()) => eprintln!("nbd-serve: the hypervisor disconnected"),
+        Err(e) => eprintln!("nbd-serve: {e:#}"),
+    }
+    result
+}
+
 fn ready_line(file: &Path, export: &str, addr: SocketAddr) -> String {
     format!("{READY_PREFIX}{} as export '{export}' on {addr}", file.display())
 }
@@ -184,12 +252,18 @@ fn report(peer: SocketAddr, result: &Result<()>) {
 /// violation or a broken connection.
 pub fn serve_connection(stream: TcpStream, image: &Image, export_name: &str) -> Result<()> {
     stream.set_nodelay(true).ok();
-    let mut writer = BufWriter::with_capacity(256 << 10, stream.try_clone()?);
+    let writer = stream.try_clone()?;
+    serve_stream(stream, writer, image, export_name)
+}
+
+/// [`serve_connection`] on any byte stream (`reader` and `writer` its two
+/// directions).
+pub fn serve_stream<R: Read, W: Write>(mut reader: R, writer: W, image: &Image, export_name: &str) -> Result<()> {
+    let mut writer = BufWriter::with_capacity(256 << 10, writer);
     let mut handshake = ServerHandshake::single(export_name, image.export);
     let mut received: Vec<u8> = Vec::new();
     let mut out = Vec::new();
     let mut chunk = [0u8; 4096];
-    let mut reader = stream;
     loop {
         handshake.poll_output(&mut out);
         writer.write_all(&out)?;
@@ -349,7 +423,8 @@ fn io_errno(e: &io::Error) -> u32 {
 /// A background server [`spawn_background_server_with`] started.
 #[derive(Debug, Clone)]
 pub struct BackgroundServer {
-    /// The loopback port it listens on.
+    /// The loopback port it listens on (0 for one that connected over
+    /// vsock).
     pub port: u16,
     pub pid: u32,
     /// Where its output goes.
@@ -360,13 +435,29 @@ pub struct BackgroundServer {
 /// background with this very `ferrite` binary, and returns its port once
 /// it listens. See [`spawn_background_server_with`].
 pub fn spawn_background_server(file: &Path, read_only: bool, export: &str) -> Result<u16> {
+    Ok(spawn_background_server_with(&ferrite_exe()?, file, read_only, export, None)?.port)
+}
+
+/// Starts `ferrite nbd-serve FILE --once --vsock` in the background (in a
+/// Ferrite dom0) with a fresh random attach token, which it returns once
+/// the server has connected to the hypervisor and sent its hello; the
+/// hypervisor holds the connection until a create names the token.
+pub fn spawn_background_vsock_server(file: &Path, read_only: bool, export: &str) -> Result<[u8; ferrite_nbd::ATTACH_TOKEN_BYTES]> {
+    let random = crate::xl::target::random_bytes()?;
+    let mut token = [0u8; ferrite_nbd::ATTACH_TOKEN_BYTES];
+    token.copy_from_slice(&random[..ferrite_nbd::ATTACH_TOKEN_BYTES]);
+    spawn_background_server_with(&ferrite_exe()?, file, read_only, export, Some(&token))?;
+    Ok(token)
+}
+
+/// The `ferrite` binary to run for a background server.
+fn ferrite_exe() -> Result<PathBuf> {
     // FERRITE_EXE: the `ferrite` binary to run, for callers that are not
     // it (the QEMU tests drive `xl` in-process).
-    let exe = match std::env::var_os("FERRITE_EXE") {
-        Some(p) => std::path::PathBuf::from(p),
-        None => std::env::current_exe().context("cannot find the ferrite binary to start nbd-serve")?,
-    };
-    Ok(spawn_background_server_with(&exe, file, read_only, export)?.port)
+    match std::env::var_os("FERRITE_EXE") {
+        Some(p) => Ok(std::path::PathBuf::from(p)),
+        None => std::env::current_exe().context("cannot find the ferrite binary to start nbd-serve"),
+    }
 }
 
 /// Starts `EXE nbd-serve FILE --once --listen 127.0.0.1:0 --export EXPORT
@@ -375,12 +466,15 @@ pub fn spawn_background_server(file: &Path, read_only: bool, export: &str) -> Re
 /// `<cache>/nbd-serve/<file name>.log` (`$FERRITE_CACHE`, else
 /// `~/.cache/ferrite`; the system temporary folder if neither is set).
 /// Waits up to 10 s for it to print its port. It exits by itself when its
-/// client disconnects.
+/// client disconnects. With `vsock_token`, it runs `--vsock` instead of
+/// listening, the token in its environment, and is waited for until it
+/// has connected.
 pub fn spawn_background_server_with(
     exe: &Path,
     file: &Path,
     read_only: bool,
     export: &str,
+    vsock_token: Option<&[u8; ferrite_nbd::ATTACH_TOKEN_BYTES]>,
 ) -> Result<BackgroundServer> {
     use std::os::unix::process::CommandExt;
     let file = std::fs::canonicalize(file).with_context(|| format!("cannot find the disk image {}", file.display()))?;
@@ -395,7 +489,15 @@ pub fn spawn_background_server_with(
         .with_context(|| format!("cannot open {}", log.display()))?;
     let start = log_file.seek(SeekFrom::End(0))?;
     let mut cmd = Process::new(exe);
-    cmd.arg("nbd-serve").arg(&file).args(["--once", "--listen", "127.0.0.1:0", "--export", export]);
+    cmd.arg("nbd-serve").arg(&file).args(["--once", "--export", export]);
+    match vsock_token {
+        Some(token) => {
+            cmd.arg("--vsock").env(TOKEN_ENV, token_hex(token));
+        }
+        None => {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+    }
     if read_only {
         cmd.arg("--read-only");
     }
@@ -410,17 +512,20 @@ pub fn spawn_background_server_with(
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let text = read_from(&log, start).unwrap_or_default();
+        if vsock_token.is_some() && ready_over_vsock(&text) {
+            return Ok(BackgroundServer { port: 0, pid, log });
+        }
         if let Some(port) = ready_port(&text) {
             // Not waited for: it outlives this process (init reaps it).
             return Ok(BackgroundServer { port, pid, log });
         }
         if let Some(status) = child.try_wait()? {
-            bail!("nbd-serve for {} exited ({status}) before listening:\n{}", file.display(), text.trim_end());
+            bail!("nbd-serve for {} exited ({status}) before serving:\n{}", file.display(), text.trim_end());
         }
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("nbd-serve for {} did not start listening within 10 s (log: {})", file.display(), log.display());
+            bail!("nbd-serve for {} did not start serving within 10 s (log: {})", file.display(), log.display());
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -432,6 +537,12 @@ fn read_from(path: &Path, offset: u64) -> io::Result<String> {
     let mut s = String::new();
     f.read_to_string(&mut s)?;
     Ok(s)
+}
+
+/// Whether `nbd-serve --vsock` has said it connected.
+fn ready_over_vsock(text: &str) -> bool {
+    let Some(end) = text.rfind('\n') else { return false };
+    text[..end].lines().any(|l| l.starts_with(READY_PREFIX) && l.contains(" over vsock "))
 }
 
 /// The port in the line `nbd-serve` prints once listening.
@@ -455,7 +566,13 @@ pub struct Client {
 impl Client {
     /// Connects and negotiates `export_name`.
     pub fn connect(addr: SocketAddr, export_name: &str) -> Result<Client> {
-        let mut stream = TcpStream::connect(addr).with_context(|| format!("cannot connect to {addr}"))?;
+        let stream = TcpStream::connect(addr).with_context(|| format!("cannot connect to {addr}"))?;
+        Client::over(stream, export_name)
+    }
+
+    /// Negotiates `export_name` on a connection already made (the server
+    /// speaks first).
+    pub fn over(mut stream: TcpStream, export_name: &str) -> Result<Client> {
         stream.set_nodelay(true).ok();
         let mut handshake = ferrite_nbd::ClientHandshake::new(export_name);
         let mut received = Vec::new();

@@ -39,7 +39,7 @@ fn background_server_serves_once_and_exits() {
     std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
     let exe = Path::new(env!("CARGO_BIN_EXE_ferrite"));
 
-    let server = spawn_background_server_with(exe, &image, false, "xvda").unwrap();
+    let server = spawn_background_server_with(exe, &image, false, "xvda", None).unwrap();
     assert_ne!(server.port, 0);
     assert!(server.log.starts_with(dir.join("cache").join("nbd-serve")), "{}", server.log.display());
     let addr = SocketAddr::from(([127, 0, 0, 1], server.port));
@@ -54,7 +54,7 @@ fn background_server_serves_once_and_exits() {
     assert!(log.contains("disconnected"), "{log}");
 
     // Read-only, and a client that only connects and leaves.
-    let server = spawn_background_server_with(exe, &image, true, "").unwrap();
+    let server = spawn_background_server_with(exe, &image, true, "", None).unwrap();
     let addr = SocketAddr::from(([127, 0, 0, 1], server.port));
     let mut c = Client::connect(addr, "").unwrap();
     assert!(c.export().read_only());
@@ -63,7 +63,7 @@ fn background_server_serves_once_and_exits() {
     assert!(wait_exit(server.pid));
 
     // A missing image is reported, not hung on.
-    let e = spawn_background_server_with(exe, &dir.join("missing.img"), false, "").unwrap_err();
+    let e = spawn_background_server_with(exe, &dir.join("missing.img"), false, "", None).unwrap_err();
     assert!(format!("{e:#}").contains("missing.img"), "{e:#}");
     std::fs::remove_dir_all(&dir).ok();
 }

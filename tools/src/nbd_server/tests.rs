@@ -263,9 +263,22 @@ fn arguments_and_the_ready_line() {
             listen: DEFAULT_LISTEN.into(),
             export: String::new(),
             read_only: false,
-            once: false
+            once: false,
+            vsock: false
         }
     );
+    let s = a(&["x.img", "--vsock", "--once"]).unwrap();
+    assert!(s.vsock && s.once);
+    assert!(a(&["x.img", "--vsock", "--listen", "0.0.0.0:1"]).is_err(), "--vsock listens nowhere");
+    let token = [0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0, 1, 2, 3, 4, 5, 6, 0xff];
+    assert_eq!(token_hex(&token), "0123456789abcdef00010203040506ff");
+    assert_eq!(parse_token(&format!(" {}\n", token_hex(&token))).unwrap(), token);
+    assert!(parse_token("0123").is_err());
+    assert!(parse_token(&"g".repeat(32)).is_err());
+    assert!(parse_token(&"+1".repeat(16)).is_err());
+    assert!(ready_over_vsock("nbd-serve: serving /d.img as export 'xvda' over vsock 2:7071\n"));
+    assert!(!ready_over_vsock("nbd-serve: serving /d.img as export 'xvda' over vsock 2:7071"), "half a line");
+    assert!(!ready_over_vsock("nbd-serve: cannot reach the hypervisor\n"));
     let s = a(&["--listen=0.0.0.0:0", "x.img", "--export", "xvda", "--read-only", "--once"]).unwrap();
     assert_eq!((s.listen.as_str(), s.export.as_str(), s.read_only, s.once), ("0.0.0.0:0", "xvda", true, true));
     assert!(a(&[]).is_err());
@@ -280,6 +293,38 @@ fn arguments_and_the_ready_line() {
     assert_eq!(ready_port(&format!("noise\n{line}\n")), Some(40123));
     assert_eq!(ready_port(&line[..line.len() - 2]), None, "half a line is not read");
     assert_eq!(ready_port("nbd-serve: cannot open x\n"), None);
+}
+
+/// `--vsock`'s way, over loopback TCP: the server connects, sends the
+/// attach hello, then serves NBD on the same stream as the client side
+/// (the hypervisor) negotiates after reading the hello.
+#[test]
+fn an_attached_server_says_its_token_then_serves() {
+    let dir = scratch("attached");
+    let path = image(&dir, MIB);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let token = [0x42; ferrite_nbd::ATTACH_TOKEN_BYTES];
+    let image = Image::open(&path, false).unwrap();
+    let server = std::thread::spawn(move || {
+        let stream = TcpStream::connect(addr).unwrap();
+        let mut writer = stream.try_clone().unwrap();
+        writer.write_all(&ferrite_nbd::encode_attach_hello(&token)).unwrap();
+        serve_stream(stream, writer, &image, "xvda")
+    });
+    let (mut stream, _) = listener.accept().unwrap();
+    let mut hello = [0u8; ferrite_nbd::ATTACH_HELLO_BYTES];
+    stream.read_exact(&mut hello).unwrap();
+    assert_eq!(ferrite_nbd::decode_attach_hello(&hello), Ok(Some(token)));
+    let mut c = Client::over(stream, "xvda").unwrap();
+    assert_eq!(c.export().size, MIB);
+    assert_eq!(c.call(Command::Write, 0, 512, 3, b"abc").unwrap().0, 0);
+    let (err, data) = c.call(Command::Read, 0, 0, 1024, &[]).unwrap();
+    assert_eq!(err, 0);
+    assert_eq!(&data[512..515], b"abc");
+    c.disconnect().unwrap();
+    server.join().unwrap().unwrap();
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 // ---- interoperability with QEMU's NBD tools ---------------------------------

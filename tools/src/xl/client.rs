@@ -73,6 +73,11 @@ pub struct Client {
 }
 
 impl Client {
+    /// Whether this connection is dom0's vsock channel.
+    pub fn over_vsock(&self) -> bool {
+        matches!(self.stream, Stream::Vsock(_))
+    }
+
     /// Connects and logs in.
     pub fn connect(target: &Target) -> Result<Client> {
         if target.host == super::target::VSOCK_HOST {

@@ -3,7 +3,8 @@
 //! hypervisor with the files it names, which the hypervisor cannot read
 //! from the host itself. Its `file:` disks are served from here over NBD
 //! by a background `ferrite nbd-serve` per disk, which the hypervisor
-//! connects to and which ends when the domain lets go of the disk.
+//! connects to (in dom0, over vsock, it connects to the hypervisor) and
+//! which ends when the domain lets go of the disk.
 
 use super::client::Client;
 use anyhow::{anyhow, bail, Context, Result};
@@ -165,8 +166,16 @@ pub fn upload(client: &mut Client, config: &PreparedConfig, err: &mut dyn Write,
     let files = config.files.iter().map(|f| f.meta.clone()).collect();
     let mut served = Vec::new();
     for d in &config.disks {
-        let port = crate::nbd_server::spawn_background_server(&d.path, d.read_only, &d.vdev)
-            .with_context(|| format!("cannot serve {} for disk {}", d.path.display(), d.vdev))?;
+        let cannot = || format!("cannot serve {} for disk {}", d.path.display(), d.vdev);
+        if client.over_vsock() {
+            // In dom0: the server connects to the hypervisor over vsock and
+            // names the disk with a token only this request carries.
+            let token = crate::nbd_server::spawn_background_vsock_server(&d.path, d.read_only, &d.vdev).with_context(cannot)?;
+            let _ = writeln!(err, "serving {} as disk {} over NBD (vsock; it stops when the domain lets go of it)", d.path.display(), d.vdev);
+            served.push(ServedDisk { target: d.target.clone(), port: 0, export: d.vdev.clone(), vsock_token: Some(token) });
+            continue;
+        }
+        let port = crate::nbd_server::spawn_background_server(&d.path, d.read_only, &d.vdev).with_context(cannot)?;
         let _ = writeln!(err, "serving {} as disk {} over NBD (port {}; it stops when the domain lets go of it)", d.path.display(), d.vdev, port);
         served.push(ServedDisk { target: d.target.clone(), port, export: d.vdev.clone(), vsock_token: None });
     }
