@@ -565,6 +565,114 @@ fn xl_in_dom0_reaches_the_hypervisor_over_vsock() {
     }
 }
 
+/// `/init` of the dom0 in `xl_create_in_dom0_serves_file_disks_over_vsock`:
+/// creates `dfile` from `/etc/ferrite/dfile.cfg`, waits until it is gone,
+/// prints the SHA-256 of the image's second 2 MiB (where the domain
+/// copied its first 2 MiB) and whether the disks' servers have ended.
+const DOM0_FILE_DISK_INIT: &str = r#"#!/bin/sh
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+for m in $(cat /modules.order); do
+    insmod "/modules/$m" || echo "FERRITE-MODULE-FAIL $m"
+done
+i=0
+while [ ! -e /dev/vsock ] && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+ferrite xl create /etc/ferrite/dfile.cfg 2>&1
+echo "FERRITE-XL-CREATE $?"
+i=0
+while ferrite xl list 2>/dev/null | grep -q '^dfile ' && [ "$i" -lt 900 ]; do sleep 1; i=$((i + 1)); done
+sum=$(dd if=/etc/ferrite/data.img bs=1M skip=2 count=2 2>/dev/null | sha256sum)
+echo "FERRITE-DOM0-WRITTEN ${sum%% *}"
+i=0
+while ps | grep -q '[n]bd-serve' && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+if ps | grep -q '[n]bd-serve'; then echo "FERRITE-DOM0-SERVERS running"; else echo "FERRITE-DOM0-SERVERS gone"; fi
+poweroff -f
+"#;
+
+/// `xl create` in a dom0 with no network of a config whose `file:` disks
+/// are image files in dom0's initramfs: each is served by a background
+/// `ferrite nbd-serve --vsock`, which connects to the hypervisor over
+/// dom0's vsock and names its disk with the create's token; Debian's
+/// Linux in the new domain finds them as virtio-blk disks, hashes both,
+/// copies 2 MiB within the writable one (fsync) and sees the read-only
+/// one refuse. dom0 then finds the copy in its file, and the servers
+/// gone with the domain.
+#[test]
+fn xl_create_in_dom0_serves_file_disks_over_vsock() {
+    let name = "xl_create_in_dom0_serves_file_disks_over_vsock";
+    let dir = test_dir(name);
+    let Some((kernel, initrd)) = ferrite_qemu_tests::pvh_disk_guest(name, &dir) else { return };
+    let root = ferrite_tools::guest_images::fetch_debian_package("linux-image-cloud-amd64").unwrap();
+    let vmlinuz = ferrite_tools::guest_images::find_vmlinuz(&root).unwrap();
+    let modules = ferrite_qemu_tests::debian_modules(name, &root, &ferrite_tools::initramfs::DOM0_XL_MODULES);
+    let exe = std::fs::read(ferrite_qemu_tests::ferrite_static_exe()).expect("the static ferrite command");
+    let link = link::prepare(&dir, None).expect("management key");
+    let session = xl::read_session_file(&link.session_file).expect("session file");
+    let key = format!("{}\n", session.secret.to_hex());
+    let data = ferrite_qemu_tests::pseudo_random_bytes(0xd0f1, 4 << 20);
+    let ro = ferrite_qemu_tests::pseudo_random_bytes(0xd0f2, 1 << 20);
+    let cfg = "name = \"dfile\"\ntype = \"pvh\"\nmemory = 128\nvcpus = 1\nkernel = \"vmlinux\"\nramdisk = \"initramfs-vdisk.cpio\"\n\
+               cmdline = \"console=ttyS0 loglevel=4 ferrite.check_mib=2 ferrite.copy_mib=2 ferrite.copy_to_mib=2\"\n\
+               disk = [ 'file:data.img,xvda,w', 'file:ro.img,xvdb,r' ]\n";
+    let guest_kernel = std::fs::read(&kernel).unwrap();
+    let guest_initrd = std::fs::read(&initrd).unwrap();
+    let files: Vec<(&str, u32, &[u8])> = vec![
+        ("etc/", 0o755, &[]),
+        ("etc/ferrite/", 0o755, &[]),
+        ("etc/ferrite/xl.key", 0o600, key.as_bytes()),
+        ("etc/ferrite/dfile.cfg", 0o644, cfg.as_bytes()),
+        ("etc/ferrite/vmlinux", 0o644, &guest_kernel),
+        ("etc/ferrite/initramfs-vdisk.cpio", 0o644, &guest_initrd),
+        ("etc/ferrite/data.img", 0o644, &data),
+        ("etc/ferrite/ro.img", 0o444, &ro),
+        ("bin/ferrite", 0o755, &exe),
+    ];
+    let image = ferrite_tools::initramfs::busybox_initramfs_with(DOM0_FILE_DISK_INIT, &modules, &files)
+        .unwrap_or_else(|e| panic!("[{name}] {e}"));
+    let dom0_initrd = dir.join("dom0-files.cpio");
+    std::fs::write(&dom0_initrd, image).unwrap();
+    // No NIC: the hypervisor has no network, so only vsock can carry the
+    // disks.
+    let q = base_qemu()
+        .memory_mib(1024)
+        .smp(2)
+        .kernel(&images().multiboot)
+        .append(&format!("{BASE_CMDLINE} dom0_mem=320M dom0_max_vcpus=1"))
+        .module(ferrite_tools::modules::ModuleSpec::new(&vmlinuz, "console=ttyS0 loglevel=4"))
+        .module(ferrite_tools::modules::ModuleSpec::new(&dom0_initrd, ""))
+        .module(link.key_module.clone());
+    let mut vm = Vm::start_with_timeout(name, &dir, q, ferrite_qemu_tests::linux_vm_timeout());
+    let sum = |bytes: &[u8]| -> String {
+        use sha2::Digest;
+        sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    };
+    vm.expect_lines(&[
+        r"^\(dom0\) serving /etc/ferrite/data\.img as disk xvda over NBD \(vsock;",
+        r"^\(dom0\) serving /etc/ferrite/ro\.img as disk xvdb over NBD \(vsock;",
+        r"nbd vsock:dom0/xvd[ab]: dom0's server attached",
+        r"nbd vsock:dom0/xvd[ab]: connected in \d+ ms",
+        r"domain \d+ \(dfile\): disk xvda is NBD export vsock:dom0/xvda \(w\), virtio-blk",
+        r"domain \d+ \(dfile\): disk xvdb is NBD export vsock:dom0/xvdb \(r\), virtio-blk",
+        r"^\(dom0\) FERRITE-XL-CREATE 0$",
+        &format!(r"^\(dfile\) FERRITE-VDISK-SHA256 vda {}$", sum(&data[..2 << 20])),
+        &format!(r"^\(dfile\) FERRITE-VDISK-SHA256 vdb {}$", sum(&ro)),
+        r"^\(dfile\) FERRITE-VDISK copied 2 MiB$",
+        r"^\(dfile\) FERRITE-VDISK vdb refused a write$",
+        r"domain \d+ \(dfile\) powered off",
+        &format!(r"^\(dom0\) FERRITE-DOM0-WRITTEN {}$", sum(&data[..2 << 20])),
+        r"^\(dom0\) FERRITE-DOM0-SERVERS gone$",
+        r"domain 0 \(dom0\) powered off",
+    ]);
+    let text = vm.console_text();
+    for bad in ["panic", "FERRITE-MODULE-FAIL", "crashed"] {
+        if text.contains(bad) {
+            vm.fail(&format!("the console says {bad:?}"));
+        }
+    }
+}
+
 /// The `ferrite up` demo's dom0 (`initramfs::demo_dom0_initramfs`: the
 /// test init's busybox shell, the static `ferrite` command, the vsock and
 /// power-button modules, the key in `/etc/ferrite/xl.key`), with the NIC
