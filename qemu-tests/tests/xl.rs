@@ -568,7 +568,10 @@ fn xl_in_dom0_reaches_the_hypervisor_over_vsock() {
 /// `/init` of the dom0 in `xl_create_in_dom0_serves_file_disks_over_vsock`:
 /// creates `dfile` from `/etc/ferrite/dfile.cfg`, waits until it is gone,
 /// prints the SHA-256 of the image's second 2 MiB (where the domain
-/// copied its first 2 MiB) and whether the disks' servers have ended.
+/// copied its first 2 MiB) and whether the disks' servers have ended;
+/// runs a server whose hello has the all-zero token; creates `dkill`
+/// (the same disks, reading until an error) and kills its `xvda` server
+/// at once; waits until `dkill` is gone and its other server with it.
 const DOM0_FILE_DISK_INIT: &str = r#"#!/bin/sh
 export PATH=/bin
 mount -t proc proc /proc
@@ -588,6 +591,19 @@ echo "FERRITE-DOM0-WRITTEN ${sum%% *}"
 i=0
 while ps | grep -q '[n]bd-serve' && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
 if ps | grep -q '[n]bd-serve'; then echo "FERRITE-DOM0-SERVERS running"; else echo "FERRITE-DOM0-SERVERS gone"; fi
+FERRITE_NBD_TOKEN=00000000000000000000000000000000 ferrite nbd-serve --vsock --once /etc/ferrite/ro.img >/dev/null 2>&1
+echo "FERRITE-DOM0-ZERO-TOKEN ended"
+ferrite xl create /etc/ferrite/dfile.cfg 'name="dkill"' \
+    'cmdline="console=ttyS0 loglevel=4 ferrite.vdisk_mode=until_error"' 2>&1
+echo "FERRITE-XL-CREATE $?"
+for p in $(pidof ferrite); do
+    if grep -q data.img "/proc/$p/cmdline"; then echo "FERRITE-DOM0-KILLING xvda's server"; kill -9 "$p"; fi
+done
+i=0
+while ferrite xl list 2>/dev/null | grep -q '^dkill ' && [ "$i" -lt 900 ]; do sleep 1; i=$((i + 1)); done
+i=0
+while ps | grep -q '[n]bd-serve' && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+if ps | grep -q '[n]bd-serve'; then echo "FERRITE-DOM0-SERVERS running"; else echo "FERRITE-DOM0-SERVERS gone"; fi
 poweroff -f
 "#;
 
@@ -598,7 +614,8 @@ poweroff -f
 /// Linux in the new domain finds them as virtio-blk disks, hashes both,
 /// copies 2 MiB within the writable one (fsync) and sees the read-only
 /// one refuse. dom0 then finds the copy in its file, and the servers
-/// gone with the domain.
+/// gone with the domain. A server that names no disk is closed; a second
+/// domain whose disk's server is killed gets I/O errors, not a hang.
 #[test]
 fn xl_create_in_dom0_serves_file_disks_over_vsock() {
     let name = "xl_create_in_dom0_serves_file_disks_over_vsock";
@@ -662,6 +679,15 @@ fn xl_create_in_dom0_serves_file_disks_over_vsock() {
         r"^\(dfile\) FERRITE-VDISK vdb refused a write$",
         r"domain \d+ \(dfile\) powered off",
         &format!(r"^\(dom0\) FERRITE-DOM0-WRITTEN {}$", sum(&data[..2 << 20])),
+        r"^\(dom0\) FERRITE-DOM0-SERVERS gone$",
+        r"nbd: dom0's vsock NBD connection: an attach hello with the all-zero token; closed",
+        r"^\(dom0\) FERRITE-DOM0-ZERO-TOKEN ended$",
+        r"domain \d+ \(dkill\): disk xvda is NBD export vsock:dom0/xvda \(w\), virtio-blk",
+        r"^\(dom0\) FERRITE-XL-CREATE 0$",
+        r"^\(dom0\) FERRITE-DOM0-KILLING xvda's server$",
+        r"nbd vsock:dom0/xvda: the server closed the connection; its requests fail from now on",
+        r"^\(dkill\) FERRITE-VDISK read failed after \d+ good reads$",
+        r"domain \d+ \(dkill\) powered off",
         r"^\(dom0\) FERRITE-DOM0-SERVERS gone$",
         r"domain 0 \(dom0\) powered off",
     ]);
