@@ -104,8 +104,9 @@ struct Inner {
     queue: VecDeque<Pending>,
 }
 
-/// Requests not yet told, over every NBD disk: while non-zero, idle CPUs
-/// poll the network without pause (`Service::transferring`).
+/// Requests not yet told, over every NBD disk on TCP: while non-zero,
+/// idle CPUs poll the network without pause (`Service::transferring`).
+/// dom0's vsock disks are not counted (the vsock poll moves them).
 static OUTSTANDING: AtomicUsize = AtomicUsize::new(0);
 /// Disks waiting for their connection to be set up by the poll.
 static NEW_DISKS: Mutex<Vec<Weak<NbdDisk>>> = Mutex::new(Vec::new());
@@ -149,11 +150,16 @@ impl NbdDisk {
                 return;
             }
         };
+        let tcp = matches!(self.endpoint, Endpoint::Tcp(..));
         if len <= max || op == NbdOp::Flush {
-            OUTSTANDING.fetch_add(1, Ordering::SeqCst);
+            if tcp {
+                OUTSTANDING.fetch_add(1, Ordering::SeqCst);
+            }
             inner.queue.push_back(Pending { op, offset, len, buffer });
             drop(inner);
-            net::transfer_queued();
+            if tcp {
+                net::transfer_queued();
+            }
             return;
         }
         let pieces = len.div_ceil(max);
@@ -161,11 +167,15 @@ impl NbdDisk {
         for i in 0..pieces {
             let start = i * max;
             let piece = Arc::new(Piece { whole: whole.clone(), base: start as usize });
-            OUTSTANDING.fetch_add(1, Ordering::SeqCst);
+            if tcp {
+                OUTSTANDING.fetch_add(1, Ordering::SeqCst);
+            }
             inner.queue.push_back(Pending { op, offset: offset + u64::from(start), len: max.min(len - start), buffer: piece });
         }
         drop(inner);
-        net::transfer_queued();
+        if tcp {
+            net::transfer_queued();
+        }
     }
 
     /// Marks the disk failed and takes every queued request off it.
@@ -358,14 +368,19 @@ impl Transport for VsockTransport<'_> {
 }
 
 /// Requests that ended, to be told to their guests once no NBD or vsock
-/// lock is held.
-pub struct Completions(Vec<(Arc<dyn NbdBuffer>, bool)>);
+/// lock is held; `tcp`: they are TCP disks' (counted in [`OUTSTANDING`]).
+pub struct Completions {
+    done: Vec<(Arc<dyn NbdBuffer>, bool)>,
+    tcp: bool,
+}
 
 impl Completions {
     /// Tells each request's guest.
     pub fn run(self) {
-        for (buffer, ok) in self.0 {
-            OUTSTANDING.fetch_sub(1, Ordering::SeqCst);
+        for (buffer, ok) in self.done {
+            if self.tcp {
+                OUTSTANDING.fetch_sub(1, Ordering::SeqCst);
+            }
             buffer.done(ok);
         }
     }
@@ -422,7 +437,7 @@ impl Service for NbdClients {
             }
             !gone
         });
-        Completions(finished).run();
+        Completions { done: finished, tcp: true }.run();
     }
 
     fn busy(&self) -> bool {
@@ -446,7 +461,7 @@ impl NbdClients {
         let local_port = 49152 + (self.next_port % 16384);
         if let Err(e) = socket.connect(iface.context(), (IpAddress::Ipv4(addr), port), local_port) {
             let failed = disk.fail(format!("cannot connect: {}", e));
-            Completions(failed.into_iter().map(|p| (p.buffer, false)).collect()).run();
+            Completions { done: failed.into_iter().map(|p| (p.buffer, false)).collect(), tcp: true }.run();
             return;
         }
         info!("nbd {}: connecting", disk.name);
@@ -836,7 +851,7 @@ pub fn poll_vsock(model: &mut VirtioVsock, now_us: u64) -> Completions {
         }
     }
     conns.retain(|c| !c.over);
-    Completions(finished)
+    Completions { done: finished, tcp: false }
 }
 
 /// dom0's vsock device is gone: its NBD connections with it (their
@@ -848,5 +863,5 @@ pub fn vsock_gone() -> Completions {
         let queued = conn.disk.upgrade().map(|d| d.fail(String::from("dom0's vsock device is gone")));
         conn.fail_all(queued, &mut finished);
     }
-    Completions(finished)
+    Completions { done: finished, tcp: false }
 }
