@@ -572,6 +572,8 @@ fn xl_in_dom0_reaches_the_hypervisor_over_vsock() {
 /// runs a server whose hello has the all-zero token; creates `dkill`
 /// (the same disks, reading until an error) and kills its `xvda` server
 /// at once; waits until `dkill` is gone and its other server with it.
+/// Meanwhile a stray server, started first, whose token no create
+/// carries, waits to be closed.
 const DOM0_FILE_DISK_INIT: &str = r#"#!/bin/sh
 export PATH=/bin
 mount -t proc proc /proc
@@ -582,6 +584,9 @@ for m in $(cat /modules.order); do
 done
 i=0
 while [ ! -e /dev/vsock ] && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+cp /etc/ferrite/ro.img /tmp/stray.img
+FERRITE_NBD_TOKEN=0123456789abcdef0123456789abcdef ferrite nbd-serve --vsock /tmp/stray.img >/dev/null 2>&1 &
+stray=$!
 ferrite xl create /etc/ferrite/dfile.cfg 2>&1
 echo "FERRITE-XL-CREATE $?"
 i=0
@@ -589,8 +594,8 @@ while ferrite xl list 2>/dev/null | grep -q '^dfile ' && [ "$i" -lt 900 ]; do sl
 sum=$(dd if=/etc/ferrite/data.img bs=1M skip=2 count=2 2>/dev/null | sha256sum)
 echo "FERRITE-DOM0-WRITTEN ${sum%% *}"
 i=0
-while ps | grep -q '[n]bd-serve' && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
-if ps | grep -q '[n]bd-serve'; then echo "FERRITE-DOM0-SERVERS running"; else echo "FERRITE-DOM0-SERVERS gone"; fi
+while ps | grep -q '[n]bd-serve /etc' && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+if ps | grep -q '[n]bd-serve /etc'; then echo "FERRITE-DOM0-SERVERS running"; else echo "FERRITE-DOM0-SERVERS gone"; fi
 FERRITE_NBD_TOKEN=00000000000000000000000000000000 ferrite nbd-serve --vsock --once /etc/ferrite/ro.img >/dev/null 2>&1
 echo "FERRITE-DOM0-ZERO-TOKEN ended"
 ferrite xl create /etc/ferrite/dfile.cfg 'name="dkill"' \
@@ -602,8 +607,10 @@ done
 i=0
 while ferrite xl list 2>/dev/null | grep -q '^dkill ' && [ "$i" -lt 900 ]; do sleep 1; i=$((i + 1)); done
 i=0
-while ps | grep -q '[n]bd-serve' && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
-if ps | grep -q '[n]bd-serve'; then echo "FERRITE-DOM0-SERVERS running"; else echo "FERRITE-DOM0-SERVERS gone"; fi
+while ps | grep -q '[n]bd-serve /etc' && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+if ps | grep -q '[n]bd-serve /etc'; then echo "FERRITE-DOM0-SERVERS running"; else echo "FERRITE-DOM0-SERVERS gone"; fi
+wait "$stray"
+echo "FERRITE-DOM0-STRAY ended"
 poweroff -f
 "#;
 
@@ -614,8 +621,10 @@ poweroff -f
 /// Linux in the new domain finds them as virtio-blk disks, hashes both,
 /// copies 2 MiB within the writable one (fsync) and sees the read-only
 /// one refuse. dom0 then finds the copy in its file, and the servers
-/// gone with the domain. A server that names no disk is closed; a second
-/// domain whose disk's server is killed gets I/O errors, not a hang.
+/// gone with the domain. A server that names no disk is closed (the
+/// all-zero token at once, a token no create carries after 30 s, while
+/// the others attach past it); a second domain whose disk's server is
+/// killed gets I/O errors, not a hang.
 #[test]
 fn xl_create_in_dom0_serves_file_disks_over_vsock() {
     let name = "xl_create_in_dom0_serves_file_disks_over_vsock";
@@ -689,9 +698,13 @@ fn xl_create_in_dom0_serves_file_disks_over_vsock() {
         r"^\(dkill\) FERRITE-VDISK read failed after \d+ good reads$",
         r"domain \d+ \(dkill\) powered off",
         r"^\(dom0\) FERRITE-DOM0-SERVERS gone$",
+        r"^\(dom0\) FERRITE-DOM0-STRAY ended$",
         r"domain 0 \(dom0\) powered off",
     ]);
     let text = vm.console_text();
+    if !text.contains("nbd: a dom0 server named no disk waiting for it within 30 s; closed") {
+        vm.fail("the stray server was not closed by its timeout");
+    }
     for bad in ["panic", "FERRITE-MODULE-FAIL", "crashed"] {
         if text.contains(bad) {
             vm.fail(&format!("the console says {bad:?}"));
