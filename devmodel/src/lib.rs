@@ -45,6 +45,7 @@ pub mod ide;
 pub mod ioapic;
 pub mod i8042;
 pub mod lapic;
+pub mod net_offload;
 pub mod pci;
 pub mod pic;
 pub mod pit;
