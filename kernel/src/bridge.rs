@@ -11,24 +11,46 @@
 //! receive buffer (one copy). No lock of this module is held while an
 //! endpoint runs, so two guests sending to each other at once cannot
 //! deadlock.
+//!
+//! A frame from a PVH guest's virtio-net may still need work its sender
+//! offloaded ([`Offload`]: its checksum, or cutting a TCP segment of up
+//! to 64 KiB into frames). A receiver that takes that as it is
+//! ([`Endpoint::offloads`]: a PVH virtio-net that negotiated the GUEST_*
+//! features) gets the frame whole, still one copy; for every other one
+//! (the uplink, HVM NICs through their stub's ring, PVH NICs without the
+//! features) the bridge gathers the frame once and does the work in
+//! software (`ferrite_devmodel::net_offload::resolve`: every checksum
+//! filled, frames of at most `MAX_FRAME` bytes). A frame whose headers do
+//! not match what its sender asked for is dropped for those receivers.
 
 use crate::mm::guest::GuestMemory;
 use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
+use ferrite_devmodel::net_offload::{resolve, Offload, RxOffloads};
+use ferrite_devmodel::virtio::net::MAX_FRAME;
 use ferrite_devmodel::virtio::queue::Buffer;
 use ferrite_switch::{Decision, PortCounters, PortId, PortKind, Switch, ETH_HLEN};
 use spin::Mutex;
 
-/// A frame on its way: still in the sender's guest memory, or in a host
-/// buffer (from the uplink).
+/// A frame on its way: still in the sender's guest memory (with what its
+/// sender offloaded, checked), or in a host buffer (from the uplink, or
+/// resolved by the bridge).
 pub enum Frame<'a> {
-    Guest { mem: &'a GuestMemory, pieces: &'a [Buffer], len: u32 },
+    Guest { mem: &'a GuestMemory, pieces: &'a [Buffer], len: u32, offload: Offload },
     Host(&'a [u8]),
 }
 
 impl Frame<'_> {
+    /// What the frame still needs before it is on the wire.
+    pub fn offload(&self) -> Offload {
+        match self {
+            Frame::Guest { offload, .. } => *offload,
+            Frame::Host(_) => Offload::NONE,
+        }
+    }
+
     pub fn bytes(&self) -> usize {
         match self {
             Frame::Guest { len, .. } => *len as usize,
@@ -70,7 +92,7 @@ impl Frame<'_> {
                 buf.copy_from_slice(b);
                 true
             }
-            Frame::Guest { mem, pieces, len } => {
+            Frame::Guest { mem, pieces, len, .. } => {
                 if *len as usize != buf.len() {
                     return false;
                 }
@@ -93,7 +115,7 @@ impl Frame<'_> {
     pub fn copy_to(&self, dst: &GuestMemory, to: &[Buffer]) -> bool {
         let mut cur = Cursor { pieces: to, index: 0, offset: 0 };
         match self {
-            Frame::Guest { mem, pieces, len } => {
+            Frame::Guest { mem, pieces, len, .. } => {
                 let mut left = u64::from(*len);
                 for p in pieces.iter() {
                     let n = u64::from(p.len).min(left);
@@ -153,6 +175,12 @@ impl Cursor<'_> {
 
 /// Something a bridge delivers frames to.
 pub trait Endpoint: Send + Sync {
+    /// The offloads the port takes in frames as they are; frames needing
+    /// others are resolved by the bridge first.
+    fn offloads(&self) -> RxOffloads {
+        RxOffloads::NONE
+    }
+
     /// Puts `frame` into the port's receive side; false when it was
     /// dropped there (no free buffer, device not ready).
     fn deliver(&self, frame: &Frame) -> bool;
@@ -238,7 +266,18 @@ impl Port {
         if targets.is_empty() {
             return;
         }
-        let results: Vec<(PortId, bool)> = targets.iter().map(|(id, ep)| (*id, ep.deliver(frame))).collect();
+        let offload = frame.offload();
+        let mut resolved: Option<Option<Resolved>> = None;
+        let results: Vec<(PortId, bool)> = targets
+            .iter()
+            .map(|(id, ep)| {
+                if offload.is_none() || ep.offloads().accepts(&offload) {
+                    return (*id, ep.deliver(frame));
+                }
+                let r = resolved.get_or_insert_with(|| Resolved::of(frame, &offload));
+                (*id, r.as_ref().is_some_and(|r| r.deliver(&**ep)))
+            })
+            .collect();
         let mut st = self.bridge.state.lock();
         for (id, ok) in results {
             if ok {
@@ -247,6 +286,43 @@ impl Port {
                 st.switch.undelivered(id);
             }
         }
+    }
+}
+
+/// A frame's offloads done in software: the frames that result, one
+/// after the other in `bytes`, each ending at its `ends`.
+struct Resolved {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Resolved {
+    /// Gathers `frame` and does what `offload` asks; `None` when the frame
+    /// cannot be read or its headers do not allow it.
+    fn of(frame: &Frame, offload: &Offload) -> Option<Resolved> {
+        let mut whole = alloc::vec![0u8; frame.bytes()];
+        if !frame.copy_into(&mut whole) {
+            return None;
+        }
+        let mut out = Resolved { bytes: Vec::with_capacity(whole.len() + 2048), ends: Vec::new() };
+        let mut seg = Vec::with_capacity(MAX_FRAME);
+        resolve(&mut whole, offload, MAX_FRAME, &mut seg, &mut |s| {
+            out.bytes.extend_from_slice(s);
+            out.ends.push(out.bytes.len());
+        })
+        .ok()?;
+        Some(out)
+    }
+
+    /// Delivers every frame to `ep`; true if they all went in.
+    fn deliver(&self, ep: &dyn Endpoint) -> bool {
+        let mut start = 0;
+        let mut all = true;
+        for &end in &self.ends {
+            all &= ep.deliver(&Frame::Host(&self.bytes[start..end]));
+            start = end;
+        }
+        all
     }
 }
 

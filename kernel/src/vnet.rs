@@ -20,7 +20,7 @@ use alloc::string::String;
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
 use ferrite_config::MacAddr;
-use ferrite_devmodel::virtio::net::{RxOutcome, TxFrame, VirtioNetMmio, QUEUE_TX};
+use ferrite_devmodel::virtio::net::{RxOffloads, RxOutcome, TxFrame, VirtioNetMmio, QUEUE_TX};
 use ferrite_devmodel::virtio::Effect;
 use ferrite_loader::acpi::{virtio_mmio_base, virtio_mmio_gsi};
 use spin::{Mutex, Once};
@@ -152,7 +152,7 @@ impl NetDevice {
                 return;
             }
             for f in &frames {
-                self.plug.send(&Frame::Guest { mem, pieces: &f.pieces, len: f.len });
+                self.plug.send(&Frame::Guest { mem, pieces: &f.pieces, len: f.len, offload: f.offload });
             }
             let mut st = self.state.lock();
             if let Err(e) = st.model.complete_tx(&mut GuestRam(mem), &frames) {
@@ -179,11 +179,15 @@ impl NetDevice {
 }
 
 impl Endpoint for NetDevice {
+    fn offloads(&self) -> RxOffloads {
+        self.state.lock().model.rx_offloads()
+    }
+
     fn deliver(&self, frame: &Frame) -> bool {
         let Some(host) = self.host.get().and_then(Weak::upgrade) else { return false };
         let mem = host.memory();
         let mut st = self.state.lock();
-        let result = st.model.receive(&mut GuestRam(mem), frame.bytes() as u32, |to| frame.copy_to(mem, to));
+        let result = st.model.receive(&mut GuestRam(mem), frame.bytes() as u32, &frame.offload(), |to| frame.copy_to(mem, to));
         let delivered = match result {
             Ok(outcome) => outcome == RxOutcome::Delivered,
             Err(e) => {
