@@ -47,14 +47,21 @@ pub const MIN_TSO_MSS: usize = 16;
 pub const MAX_GSO_FRAME: usize = 64 * 1024 + ETH_HLEN + 4;
 
 /// The ones'-complement sum of `data` as big-endian 16-bit words (an odd
-/// last byte padded with zero), not folded.
+/// last byte padded with zero), not folded: at most 2^16 - 1 per word, so
+/// a frame of any size fits.
+///
+/// Summed four bytes at a time in the machine's order and swapped at the
+/// end (RFC 1071 §2(B): the sum does not depend on byte order), about
+/// one addition per four bytes.
 pub fn ones_sum(data: &[u8]) -> u64 {
-    let mut chunks = data.chunks_exact(2);
-    let mut sum: u64 = chunks.by_ref().map(|w| u64::from(u16::from_be_bytes([w[0], w[1]]))).sum();
-    if let [b] = chunks.remainder() {
-        sum += u64::from(*b) << 8;
-    }
-    sum
+    let mut chunks = data.chunks_exact(4);
+    let mut sum: u64 = chunks.by_ref().map(|w| u64::from(u32::from_le_bytes([w[0], w[1], w[2], w[3]]))).sum();
+    let mut tail = [0u8; 4];
+    let rest = chunks.remainder();
+    tail[..rest.len()].copy_from_slice(rest);
+    sum += u64::from(u32::from_le_bytes(tail));
+    // Little-endian words: fold to 16 bits, then swap into network order.
+    u64::from(fold(sum).swap_bytes())
 }
 
 /// Folds a ones'-complement sum into 16 bits.

@@ -324,3 +324,15 @@ fn random_frames_and_offloads_never_panic_and_stay_bounded() {
         }
     }
 }
+
+#[test]
+fn the_fast_sum_is_the_plain_one() {
+    let mut rng = Rng::new(0x73756d);
+    for _ in 0..2000 {
+        let n = rng.below(3000) as usize;
+        let data: Vec<u8> = (0..n).map(|_| if rng.chance(20) { 0xff } else { rng.u8() }).collect();
+        let want = inet_checksum(&data);
+        assert_eq!(!fold(ones_sum(&data)), want, "{} bytes", n);
+    }
+    assert_eq!(!fold(ones_sum(&[0xff; 65536])), inet_checksum(&[0xff; 65536]));
+}

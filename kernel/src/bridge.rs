@@ -267,17 +267,23 @@ impl Port {
             return;
         }
         let offload = frame.offload();
-        let mut resolved: Option<Option<Resolved>> = None;
-        let results: Vec<(PortId, bool)> = targets
-            .iter()
-            .map(|(id, ep)| {
-                if offload.is_none() || ep.offloads().accepts(&offload) {
-                    return (*id, ep.deliver(frame));
+        let mut results: Vec<(PortId, bool)> = Vec::with_capacity(targets.len());
+        let mut soft: Vec<(PortId, &Arc<dyn Endpoint>, bool)> = Vec::new();
+        for (id, ep) in &targets {
+            if offload.is_none() || ep.offloads().accepts(&offload) {
+                results.push((*id, ep.deliver(frame)));
+            } else {
+                soft.push((*id, ep, true));
+            }
+        }
+        if !soft.is_empty() {
+            let done = resolve_frame(frame, &offload, &mut |seg| {
+                for (_, ep, ok) in soft.iter_mut() {
+                    *ok &= ep.deliver(&Frame::Host(seg));
                 }
-                let r = resolved.get_or_insert_with(|| Resolved::of(frame, &offload));
-                (*id, r.as_ref().is_some_and(|r| r.deliver(&**ep)))
-            })
-            .collect();
+            });
+            results.extend(soft.iter().map(|(id, _, ok)| (*id, done && *ok)));
+        }
         let mut st = self.bridge.state.lock();
         for (id, ok) in results {
             if ok {
@@ -289,41 +295,16 @@ impl Port {
     }
 }
 
-/// A frame's offloads done in software: the frames that result, one
-/// after the other in `bytes`, each ending at its `ends`.
-struct Resolved {
-    bytes: Vec<u8>,
-    ends: Vec<usize>,
-}
-
-impl Resolved {
-    /// Gathers `frame` and does what `offload` asks; `None` when the frame
-    /// cannot be read or its headers do not allow it.
-    fn of(frame: &Frame, offload: &Offload) -> Option<Resolved> {
-        let mut whole = alloc::vec![0u8; frame.bytes()];
-        if !frame.copy_into(&mut whole) {
-            return None;
-        }
-        let mut out = Resolved { bytes: Vec::with_capacity(whole.len() + 2048), ends: Vec::new() };
-        let mut seg = Vec::with_capacity(MAX_FRAME);
-        resolve(&mut whole, offload, MAX_FRAME, &mut seg, &mut |s| {
-            out.bytes.extend_from_slice(s);
-            out.ends.push(out.bytes.len());
-        })
-        .ok()?;
-        Some(out)
+/// Gathers `frame` and does what `offload` asks in software, handing
+/// each resulting frame (at most `MAX_FRAME` bytes) to `out`; false when
+/// the frame cannot be read or its headers do not allow it.
+fn resolve_frame(frame: &Frame, offload: &Offload, out: &mut dyn FnMut(&[u8])) -> bool {
+    let mut whole = alloc::vec![0u8; frame.bytes()];
+    if !frame.copy_into(&mut whole) {
+        return false;
     }
-
-    /// Delivers every frame to `ep`; true if they all went in.
-    fn deliver(&self, ep: &dyn Endpoint) -> bool {
-        let mut start = 0;
-        let mut all = true;
-        for &end in &self.ends {
-            all &= ep.deliver(&Frame::Host(&self.bytes[start..end]));
-            start = end;
-        }
-        all
-    }
+    let mut seg = Vec::with_capacity(MAX_FRAME);
+    resolve(&mut whole, offload, MAX_FRAME, &mut seg, out).is_ok()
 }
 
 /// A NIC's place on its bridge: empty until it joins, empty again once

@@ -89,7 +89,7 @@ impl NetDevice {
         let Some((bridge, c)) = self.plug.leave() else { return };
         let nic = *self.state.lock().model.stats();
         log::info!(
-            "{}: vif {} left bridge {}: sent {} frames ({} bytes), received {} ({} bytes); dropped: {} sent ({} spoofed), {} malformed ({} offload headers), {} for lack of receive buffers; offloads: {} TCP segments sent whole, {} received whole, {} frames in {} receive buffers",
+            "{}: vif {} left bridge {}: sent {} frames ({} bytes), received {} ({} bytes); dropped: {} sent ({} spoofed), {} malformed ({} offload headers), {} for lack of receive buffers; offloads: {} TCP segments sent whole ({} bytes), {} received whole, {} frames in {} receive buffers",
             domain,
             self.config.mac,
             bridge,
@@ -103,6 +103,7 @@ impl NetDevice {
             nic.tx_bad_offload,
             c.rx_dropped,
             nic.tx_gso,
+            nic.tx_gso_bytes,
             nic.rx_gso,
             nic.rx_packets,
             nic.rx_buffers

@@ -110,8 +110,9 @@ pub struct NetStats {
     /// Well-formed frames the guest sent.
     pub tx_packets: u64,
     pub tx_bytes: u64,
-    /// Of those, TCP segmentation offload frames.
+    /// Of those, TCP segmentation offload frames, and their bytes.
     pub tx_gso: u64,
+    pub tx_gso_bytes: u64,
     /// Transmit chains dropped as malformed.
     pub tx_malformed: u64,
     /// Of those, for a nonsense offload header.
@@ -291,7 +292,10 @@ impl VirtioNet {
                 Ok((len, pieces, offload)) => {
                     self.stats.tx_packets += 1;
                     self.stats.tx_bytes += u64::from(len);
-                    self.stats.tx_gso += u64::from(offload.gso.is_some());
+                    if offload.gso.is_some() {
+                        self.stats.tx_gso += 1;
+                        self.stats.tx_gso_bytes += u64::from(len);
+                    }
                     out.push(TxFrame { head, generation, len, pieces, offload });
                 }
                 Err(why) => {
