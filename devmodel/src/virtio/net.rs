@@ -163,6 +163,9 @@ pub struct VirtioNet {
     /// A merged frame's receive buffers, and their (head, capacity).
     rx_pieces: Vec<Buffer>,
     rx_heads: Vec<(u16, u32)>,
+    /// The embedder never waits for receive buffers (it drops a frame when
+    /// there is none), so the driver is asked not to notify new ones.
+    quiet_rx: bool,
     stats: NetStats,
 }
 
@@ -185,6 +188,7 @@ impl VirtioNet {
             chain: Vec::with_capacity(MAX_CHAIN as usize),
             rx_pieces: Vec::new(),
             rx_heads: Vec::new(),
+            quiet_rx: false,
             stats: NetStats::default(),
         }
     }
@@ -440,6 +444,9 @@ impl VirtioNet {
             *cap = n as u32;
         }
         let Some(q) = self.transport.queue_mut(QUEUE_RX) else { return Ok(RxOutcome::NotReady) };
+        if self.quiet_rx {
+            q.set_used_flags(mem, super::queue::USED_F_NO_NOTIFY)?;
+        }
         if q.push_used_batch(mem, heads)? {
             self.transport.interrupt_status |= interrupt::USED_BUFFER;
         }
@@ -544,6 +551,14 @@ impl VirtioNetMmio {
     /// A card with address `mac` and no offloads.
     pub fn without_offloads(mac: [u8; 6]) -> Self {
         VirtioNetMmio { net: VirtioNet::with_transport(mac, 0, 0) }
+    }
+
+    /// Asks the driver not to notify new receive buffers (used.flags
+    /// NO_NOTIFY, from the first frame received on): for an embedder that
+    /// drops a frame when no buffer is posted rather than holding it until
+    /// one is, a receive notify is an exit for nothing.
+    pub fn quiet_receive_notifies(&mut self) {
+        self.net.quiet_rx = true;
     }
 
     /// Guest MMIO read at `offset` in the window, `size` 1/2/4/8 bytes.

@@ -534,3 +534,16 @@ fn random_offload_traffic_never_panics_and_stays_bounded() {
         }
     }
 }
+
+#[test]
+fn a_quiet_receive_queue_asks_for_no_notifies() {
+    let mut g = Guest::with(net_feature::MRG_RXBUF);
+    let used_flags = RINGS + 0x2000;
+    g.post(0, &[(RXBUF, LINUX_RX, true)]);
+    assert_eq!(deliver(&mut g, &frame(60, 1), &Offload::NONE), RxOutcome::Delivered);
+    assert_eq!(g.mem.u16(used_flags), 0);
+    g.dev.quiet_receive_notifies();
+    g.post(0, &[(RXBUF, LINUX_RX, true)]);
+    assert_eq!(deliver(&mut g, &frame(60, 1), &Offload::NONE), RxOutcome::Delivered);
+    assert_eq!(g.mem.u16(used_flags), super::queue::USED_F_NO_NOTIFY);
+}

@@ -16,6 +16,8 @@ pub const DESC_F_WRITE: u16 = 2;
 pub const DESC_F_INDIRECT: u16 = 4;
 /// avail.flags: the driver does not want used-buffer interrupts now.
 pub const AVAIL_F_NO_INTERRUPT: u16 = 1;
+/// used.flags: the driver need not notify the device of new buffers.
+pub const USED_F_NO_NOTIFY: u16 = 1;
 
 /// Size of one descriptor.
 pub const DESC_SIZE: u64 = 16;
@@ -215,6 +217,12 @@ impl SplitQueue {
         self.used_idx = next;
         let flags = read_u16(mem, "available ring", self.avail_gpa)?;
         Ok(flags & AVAIL_F_NO_INTERRUPT == 0)
+    }
+
+    /// Sets used.flags: `USED_F_NO_NOTIFY` asks the driver not to notify
+    /// the device of new buffers (it still may).
+    pub fn set_used_flags(&mut self, mem: &mut dyn GuestMemoryAccess, flags: u16) -> Result<(), VirtioError> {
+        mem.write(self.used_gpa, &flags.to_le_bytes()).map_err(|_| not_ram("used ring", self.used_gpa, 2))
     }
 
     /// Puts the last `n` heads taken back in the available ring (none of
