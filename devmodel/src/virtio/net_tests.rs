@@ -447,7 +447,7 @@ fn a_big_frame_fills_several_merged_buffers() {
     assert_eq!(h, crate::net_offload::rx_header(&o, 4));
     let mut got = g.mem.get(RXBUF + HDR_LEN as u64, LINUX_RX as usize - HDR_LEN).to_vec();
     for i in 1..4u64 {
-        got.extend_from_slice(&g.mem.get(RXBUF + 0x1000 * i, LINUX_RX as usize));
+        got.extend_from_slice(g.mem.get(RXBUF + 0x1000 * i, LINUX_RX as usize));
     }
     got.truncate(6000);
     assert_eq!(got, f);
