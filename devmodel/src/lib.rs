@@ -28,6 +28,7 @@
 //! | [`fw_cfg`] | QEMU firmware configuration (I/O ports + DMA), Linux direct boot, ACPI linker/loader |
 //! | [`e1000`] | Intel 82540EM Gigabit Ethernet (e1000): registers, EEPROM, PHY, descriptor rings with checksum offload and TSO |
 //! | [`ide`] | PIIX4 IDE: two ATA channels, PIO and bus-master DMA |
+//! | [`net_offload`] | checksums, TCP segmentation and virtio-net's offload header, shared by the NICs and the hypervisor's bridge |
 //! | [`virtio`] | virtio-mmio v2 and virtio-pci transports (N queues), split virtqueue, virtio-blk (disks), virtio-vsock (dom0 ↔ management service) |
 
 #![cfg_attr(not(test), no_std)]
@@ -45,6 +46,7 @@ pub mod ide;
 pub mod ioapic;
 pub mod i8042;
 pub mod lapic;
+pub mod net_offload;
 pub mod pci;
 pub mod pic;
 pub mod pit;

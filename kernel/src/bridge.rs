@@ -11,24 +11,46 @@
 //! receive buffer (one copy). No lock of this module is held while an
 //! endpoint runs, so two guests sending to each other at once cannot
 //! deadlock.
+//!
+//! A frame from a PVH guest's virtio-net may still need work its sender
+//! offloaded ([`Offload`]: its checksum, or cutting a TCP segment of up
+//! to 64 KiB into frames). A receiver that takes that as it is
+//! ([`Endpoint::offloads`]: a PVH virtio-net that negotiated the GUEST_*
+//! features) gets the frame whole, still one copy; for every other one
+//! (the uplink, HVM NICs through their stub's ring, PVH NICs without the
+//! features) the bridge gathers the frame once and does the work in
+//! software (`ferrite_devmodel::net_offload::resolve`: every checksum
+//! filled, frames of at most `MAX_FRAME` bytes). A frame whose headers do
+//! not match what its sender asked for is dropped for those receivers.
 
 use crate::mm::guest::GuestMemory;
 use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
+use ferrite_devmodel::net_offload::{resolve, Offload, RxOffloads};
+use ferrite_devmodel::virtio::net::MAX_FRAME;
 use ferrite_devmodel::virtio::queue::Buffer;
 use ferrite_switch::{Decision, PortCounters, PortId, PortKind, Switch, ETH_HLEN};
 use spin::Mutex;
 
-/// A frame on its way: still in the sender's guest memory, or in a host
-/// buffer (from the uplink).
+/// A frame on its way: still in the sender's guest memory (with what its
+/// sender offloaded, checked), or in a host buffer (from the uplink, or
+/// resolved by the bridge).
 pub enum Frame<'a> {
-    Guest { mem: &'a GuestMemory, pieces: &'a [Buffer], len: u32 },
+    Guest { mem: &'a GuestMemory, pieces: &'a [Buffer], len: u32, offload: Offload },
     Host(&'a [u8]),
 }
 
 impl Frame<'_> {
+    /// What the frame still needs before it is on the wire.
+    pub fn offload(&self) -> Offload {
+        match self {
+            Frame::Guest { offload, .. } => *offload,
+            Frame::Host(_) => Offload::NONE,
+        }
+    }
+
     pub fn bytes(&self) -> usize {
         match self {
             Frame::Guest { len, .. } => *len as usize,
@@ -70,7 +92,7 @@ impl Frame<'_> {
                 buf.copy_from_slice(b);
                 true
             }
-            Frame::Guest { mem, pieces, len } => {
+            Frame::Guest { mem, pieces, len, .. } => {
                 if *len as usize != buf.len() {
                     return false;
                 }
@@ -93,7 +115,7 @@ impl Frame<'_> {
     pub fn copy_to(&self, dst: &GuestMemory, to: &[Buffer]) -> bool {
         let mut cur = Cursor { pieces: to, index: 0, offset: 0 };
         match self {
-            Frame::Guest { mem, pieces, len } => {
+            Frame::Guest { mem, pieces, len, .. } => {
                 let mut left = u64::from(*len);
                 for p in pieces.iter() {
                     let n = u64::from(p.len).min(left);
@@ -165,6 +187,12 @@ pub struct VifStats {
 
 /// Something a bridge delivers frames to.
 pub trait Endpoint: Send + Sync {
+    /// The offloads the port takes in frames as they are; frames needing
+    /// others are resolved by the bridge first.
+    fn offloads(&self) -> RxOffloads {
+        RxOffloads::NONE
+    }
+
     /// Puts `frame` into the port's receive side; false when it was
     /// dropped there (no free buffer, device not ready).
     fn deliver(&self, frame: &Frame) -> bool;
@@ -250,7 +278,24 @@ impl Port {
         if targets.is_empty() {
             return;
         }
-        let results: Vec<(PortId, bool)> = targets.iter().map(|(id, ep)| (*id, ep.deliver(frame))).collect();
+        let offload = frame.offload();
+        let mut results: Vec<(PortId, bool)> = Vec::with_capacity(targets.len());
+        let mut soft: Vec<(PortId, &Arc<dyn Endpoint>, bool)> = Vec::new();
+        for (id, ep) in &targets {
+            if offload.is_none() || ep.offloads().accepts(&offload) {
+                results.push((*id, ep.deliver(frame)));
+            } else {
+                soft.push((*id, ep, true));
+            }
+        }
+        if !soft.is_empty() {
+            let done = resolve_frame(frame, &offload, &mut |seg| {
+                for (_, ep, ok) in soft.iter_mut() {
+                    *ok &= ep.deliver(&Frame::Host(seg));
+                }
+            });
+            results.extend(soft.iter().map(|(id, _, ok)| (*id, done && *ok)));
+        }
         let mut st = self.bridge.state.lock();
         for (id, ok) in results {
             if ok {
@@ -260,6 +305,18 @@ impl Port {
             }
         }
     }
+}
+
+/// Gathers `frame` and does what `offload` asks in software, handing
+/// each resulting frame (at most `MAX_FRAME` bytes) to `out`; false when
+/// the frame cannot be read or its headers do not allow it.
+fn resolve_frame(frame: &Frame, offload: &Offload, out: &mut dyn FnMut(&[u8])) -> bool {
+    let mut whole = alloc::vec![0u8; frame.bytes()];
+    if !frame.copy_into(&mut whole) {
+        return false;
+    }
+    let mut seg = Vec::with_capacity(MAX_FRAME);
+    resolve(&mut whole, offload, MAX_FRAME, &mut seg, out).is_ok()
 }
 
 /// A NIC's place on its bridge: empty until it joins, empty again once

@@ -10,6 +10,11 @@
 //!   model puts it into the guest's buffers: two copies, the price of a
 //!   device model outside the hypervisor. A full ring drops the frame.
 //!
+//! - Offloads: none either way. NET_SEND carries plain frames, and the
+//!   ring's slots hold one frame of at most 2 KiB, so the bridge resolves
+//!   a PVH sender's checksum requests and TCP segments before they reach
+//!   this endpoint (its [`Endpoint::offloads`] is the default, none).
+//!
 //! The stub is hostile: the ring's CONSUMED count is the only thing read
 //! back from it, and a value that makes the ring look over-full only
 //! drops its own guest's frames.

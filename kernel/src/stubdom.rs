@@ -244,6 +244,11 @@ fn net_send(stub: &Domain, b: &StubBackends, args: [u64; 5]) -> Result<u64, Errn
     if !(14..=ferrite_devmodel::virtio::net::MAX_FRAME as u64).contains(&len) {
         return Err(Errno::Inval);
     }
-    nic.send(&crate::bridge::Frame::Guest { mem, pieces: &pieces, len: len as u32 });
+    nic.send(&crate::bridge::Frame::Guest {
+        mem,
+        pieces: &pieces,
+        len: len as u32,
+        offload: ferrite_devmodel::net_offload::Offload::NONE,
+    });
     Ok(0)
 }

@@ -20,7 +20,7 @@ use alloc::string::String;
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
 use ferrite_config::MacAddr;
-use ferrite_devmodel::virtio::net::{RxOutcome, TxFrame, VirtioNetMmio, QUEUE_TX};
+use ferrite_devmodel::virtio::net::{RxOffloads, RxOutcome, TxFrame, VirtioNetMmio, QUEUE_TX};
 use ferrite_devmodel::virtio::Effect;
 use ferrite_loader::acpi::{virtio_mmio_base, virtio_mmio_gsi};
 use spin::{Mutex, Once};
@@ -57,7 +57,10 @@ struct State {
 impl NetDevice {
     /// A NIC at virtio-mmio slot `slot`.
     pub fn new(slot: usize, config: VifConfig) -> Arc<NetDevice> {
-        let model = VirtioNetMmio::new(config.mac.0);
+        let mut model = VirtioNetMmio::new(config.mac.0);
+        // A frame finding no buffer is dropped, never held: receive
+        // notifies would only cost exits.
+        model.quiet_receive_notifies();
         Arc::new(NetDevice {
             slot,
             config,
@@ -89,7 +92,7 @@ impl NetDevice {
         let Some((bridge, c)) = self.plug.leave() else { return };
         let nic = *self.state.lock().model.stats();
         log::info!(
-            "{}: vif {} left bridge {}: sent {} frames ({} bytes), received {} ({} bytes); dropped: {} sent ({} spoofed), {} malformed, {} for lack of receive buffers",
+            "{}: vif {} left bridge {}: sent {} frames ({} bytes), received {} ({} bytes); dropped: {} sent ({} spoofed), {} malformed ({} offload headers), {} for lack of receive buffers; offloads: {} TCP segments sent whole ({} bytes), {} received whole, {} frames in {} receive buffers",
             domain,
             self.config.mac,
             bridge,
@@ -100,7 +103,13 @@ impl NetDevice {
             c.tx_dropped,
             c.tx_spoofed,
             nic.tx_malformed,
-            c.rx_dropped
+            nic.tx_bad_offload,
+            c.rx_dropped,
+            nic.tx_gso,
+            nic.tx_gso_bytes,
+            nic.rx_gso,
+            nic.rx_packets,
+            nic.rx_buffers
         );
     }
 
@@ -164,7 +173,7 @@ impl NetDevice {
                 return;
             }
             for f in &frames {
-                self.plug.send(&Frame::Guest { mem, pieces: &f.pieces, len: f.len });
+                self.plug.send(&Frame::Guest { mem, pieces: &f.pieces, len: f.len, offload: f.offload });
             }
             let mut st = self.state.lock();
             if let Err(e) = st.model.complete_tx(&mut GuestRam(mem), &frames) {
@@ -191,11 +200,15 @@ impl NetDevice {
 }
 
 impl Endpoint for NetDevice {
+    fn offloads(&self) -> RxOffloads {
+        self.state.lock().model.rx_offloads()
+    }
+
     fn deliver(&self, frame: &Frame) -> bool {
         let Some(host) = self.host.get().and_then(Weak::upgrade) else { return false };
         let mem = host.memory();
         let mut st = self.state.lock();
-        let result = st.model.receive(&mut GuestRam(mem), frame.bytes() as u32, |to| frame.copy_to(mem, to));
+        let result = st.model.receive(&mut GuestRam(mem), frame.bytes() as u32, &frame.offload(), |to| frame.copy_to(mem, to));
         let delivered = match result {
             Ok(outcome) => outcome == RxOutcome::Delivered,
             Err(e) => {

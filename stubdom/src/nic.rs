@@ -182,7 +182,7 @@ impl Nic {
                 _ if len == 0 => false,
                 Model::Virtio(d) => {
                     let mut into = mem;
-                    match d.receive(&mut mem, len as u32, |pieces| scatter(&mut into, pieces, 0, frame).is_ok()) {
+                    match d.receive(&mut mem, len as u32, &virtio::net::Offload::NONE, |pieces| scatter(&mut into, pieces, 0, frame).is_ok()) {
                         Ok(RxOutcome::NoBuffer) => d.live(),
                         Ok(_) => false,
                         Err(e) => {

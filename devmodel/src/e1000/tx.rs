@@ -17,15 +17,12 @@ use super::{
     MAX_FRAME, TCTL_EN, TCTL_PSP,
 };
 use crate::dma::GuestMemoryAccess;
+pub use crate::net_offload::MIN_TSO_MSS;
+use crate::net_offload::{fold, get_be16, put_be16, put_checksum, segment, Tso};
 
 /// Largest TSO packet (headers and payload) the device gathers; Linux's
 /// GSO packets for the e1000 stay below 64 KiB.
 pub const TX_BUF_MAX: usize = 64 * 1024;
-
-/// Smallest MSS segmented. No real TCP uses less, and it bounds what one
-/// packet can turn into: at most 4096 segments, each at most 255 header
-/// bytes over 16 of payload (Linux sends at least 48).
-pub const MIN_TSO_MSS: usize = 16;
 
 /// DCMD bits (the top byte of a descriptor's second dword).
 pub const CMD_EOP: u8 = 1 << 0;
@@ -277,13 +274,12 @@ impl E1000 {
         }
     }
 
-    /// TCP segmentation: the header (hdr_len bytes) copied in front of
-    /// each MSS-sized piece of payload, with the IP total length (or IPv6
-    /// payload length) and ID, the TCP sequence number (or UDP length)
-    /// fixed up per segment, PSH and FIN kept for the last segment only,
-    /// and the checksums computed per segment. The driver leaves the
-    /// pseudo-header sum without the length in the TCP checksum field;
-    /// each segment's length is added to it here.
+    /// TCP segmentation ([`net_offload::segment`]): the header (hdr_len
+    /// bytes) copied in front of each MSS-sized piece of payload, the
+    /// length, ID and sequence fields fixed up per segment, and the
+    /// checksums computed per segment as the hardware does: the driver
+    /// leaves the pseudo-header sum without the length in the TCP
+    /// checksum field; each segment's length is added to it here.
     fn tx_segment(&mut self, buf: &[u8], vlan: Option<u16>, out: &mut dyn FnMut(&[u8])) {
         let c = self.tx.tso_ctx;
         let popts = self.tx.popts;
@@ -294,49 +290,27 @@ impl E1000 {
             return;
         }
         self.stat_inc(reg::TSCTC);
-        let payload = &buf[hdr..];
-        let count = payload.len().div_ceil(mss).max(1);
-        let ipcss = usize::from(c.ipcss);
-        let tucss = usize::from(c.tucss);
+        let t = Tso {
+            hdr_len: hdr,
+            mss,
+            l3: usize::from(c.ipcss),
+            ipv4: c.ipv4,
+            l4: usize::from(c.tucss),
+            tcp: c.tcp,
+            cwr_first_only: false,
+        };
         let tucso = usize::from(c.tucso);
         let mut seg = core::mem::take(&mut self.tx.seg);
-        for i in 0..count {
-            let start = (i * mss).min(payload.len());
-            let end = (start + mss).min(payload.len());
-            seg.clear();
-            seg.extend_from_slice(&buf[..hdr]);
-            seg.extend_from_slice(&payload[start..end]);
-            let len = seg.len();
-            if c.ipv4 {
-                put_be16(&mut seg, ipcss + 2, len.saturating_sub(ipcss) as u16);
-                if let Some(id) = get_be16(&seg, ipcss + 4) {
-                    put_be16(&mut seg, ipcss + 4, id.wrapping_add(i as u16));
-                }
-            } else {
-                put_be16(&mut seg, ipcss + 4, len.saturating_sub(ipcss + 40) as u16);
-            }
-            let l4len = len.saturating_sub(tucss);
-            if c.tcp {
-                if let Some(seq) = get_be32(&seg, tucss + 4) {
-                    put_be32(&mut seg, tucss + 4, seq.wrapping_add((i * mss) as u32));
-                }
-                if i + 1 < count {
-                    if let Some(flags) = seg.get_mut(tucss + 13) {
-                        *flags &= !0x09; // PSH, FIN
-                    }
-                }
-            } else {
-                put_be16(&mut seg, tucss + 4, l4len as u16);
-            }
+        segment(buf, &t, &mut seg, &mut |seg, _, l4len| {
             if popts & POPTS_TXSM != 0 {
-                if let Some(partial) = get_be16(&seg, tucso) {
+                if let Some(partial) = get_be16(seg, tucso) {
                     let s = u32::from(partial) + l4len as u32;
-                    put_be16(&mut seg, tucso, fold(u64::from(s)));
+                    put_be16(seg, tucso, fold(u64::from(s)));
                 }
             }
-            self.insert_checksums(&mut seg, &c, popts);
-            self.emit(&mut seg, vlan, out);
-        }
+            self.insert_checksums(seg, &c, popts);
+            self.emit(seg, vlan, out);
+        });
         self.tx.seg = seg;
     }
 
@@ -374,60 +348,5 @@ impl E1000 {
         } else if frame[0] & 1 != 0 {
             self.stat_inc(reg::MPTC);
         }
-    }
-}
-
-/// The ones'-complement sum of `data` as big-endian 16-bit words (an odd
-/// last byte padded with zero).
-pub(super) fn ones_sum(data: &[u8]) -> u64 {
-    let mut chunks = data.chunks_exact(2);
-    let mut sum: u64 = chunks.by_ref().map(|w| u64::from(u16::from_be_bytes([w[0], w[1]]))).sum();
-    if let [b] = chunks.remainder() {
-        sum += u64::from(*b) << 8;
-    }
-    sum
-}
-
-pub(super) fn fold(mut sum: u64) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
-}
-
-/// The Internet checksum of `frame[css..=cse]` (to the end when `cse` is
-/// 0 or past it), including what the checksum field holds (the driver's
-/// pseudo-header sum, or 0), stored at `cso`. Offsets outside the frame
-/// leave it as it is: the guest gets the wrong checksum it asked for.
-fn put_checksum(frame: &mut [u8], cso: usize, css: usize, cse: usize) {
-    let n = frame.len();
-    let end = if cse != 0 && cse < n { cse + 1 } else { n };
-    if css >= end || cso.saturating_add(2) > n {
-        return;
-    }
-    let c = !fold(ones_sum(&frame[css..end]));
-    // 0 means "no checksum" to UDP; 0xFFFF is the same sum.
-    let c = if c == 0 { 0xffff } else { c };
-    put_be16(frame, cso, c);
-}
-
-fn get_be16(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_be_bytes([*b.get(at)?, *b.get(at.checked_add(1)?)?]))
-}
-
-fn get_be32(b: &[u8], at: usize) -> Option<u32> {
-    let s = b.get(at..at.checked_add(4)?)?;
-    Some(u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
-}
-
-fn put_be16(b: &mut [u8], at: usize, v: u16) {
-    if let Some(s) = at.checked_add(2).and_then(|e| b.get_mut(at..e)) {
-        s.copy_from_slice(&v.to_be_bytes());
-    }
-}
-
-fn put_be32(b: &mut [u8], at: usize, v: u32) {
-    if let Some(s) = at.checked_add(4).and_then(|e| b.get_mut(at..e)) {
-        s.copy_from_slice(&v.to_be_bytes());
     }
 }

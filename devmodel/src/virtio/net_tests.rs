@@ -25,11 +25,19 @@ struct Guest {
     mem: Ram,
     next: [u16; 2],
     avail_idx: [u16; 2],
+    offloads: u64,
 }
 
 impl Guest {
+    /// A driver that takes none of the offloads.
     fn new() -> Self {
-        let mut g = Guest { dev: VirtioNetMmio::new(MAC), mem: Ram::new(), next: [0; 2], avail_idx: [0; 2] };
+        Guest::with(0)
+    }
+
+    /// A driver that takes the offloads in `offloads` (of those offered).
+    fn with(offloads: u64) -> Self {
+        let mut g =
+            Guest { dev: VirtioNetMmio::new(MAC), mem: Ram::new(), next: [0; 2], avail_idx: [0; 2], offloads };
         g.init();
         g
     }
@@ -51,7 +59,8 @@ impl Guest {
         self.wr(DEVICE_FEATURES_SEL, 1);
         let hi = self.rd(DEVICE_FEATURES);
         let offered = u64::from(hi) << 32 | u64::from(lo);
-        assert_eq!(offered, feature::VERSION_1 | feature::INDIRECT_DESC | net_feature::MAC);
+        assert_eq!(offered, feature::VERSION_1 | feature::INDIRECT_DESC | net_feature::MAC | net_feature::OFFLOADS);
+        let offered = (offered & !net_feature::OFFLOADS) | (offered & self.offloads);
         self.wr(DRIVER_FEATURES_SEL, 1);
         self.wr(DRIVER_FEATURES, (offered >> 32) as u32);
         self.wr(DRIVER_FEATURES_SEL, 0);
@@ -202,7 +211,7 @@ fn malformed_frames_are_dropped_counted_and_given_back() {
 fn a_frame_is_received_into_the_next_buffer_with_its_header() {
     let mut g = Guest::new();
     let f = frame(98, 3);
-    assert_eq!(g.dev.receive(&mut g.mem, 98, |_| unreachable!()).unwrap(), RxOutcome::NoBuffer);
+    assert_eq!(g.dev.receive(&mut g.mem, 98, &Offload::NONE, |_| unreachable!()).unwrap(), RxOutcome::NoBuffer);
     assert_eq!(g.dev.stats().rx_no_buffer, 1);
     // Linux: one buffer holding the header and the frame.
     let head = g.post(0, &[(RXBUF, LINUX_RX, true)]);
@@ -210,7 +219,7 @@ fn a_frame_is_received_into_the_next_buffer_with_its_header() {
     let mut pieces_seen = Vec::new();
     let outcome = g
         .dev
-        .receive(&mut mem, 98, |pieces| {
+        .receive(&mut mem, 98, &Offload::NONE, |pieces| {
             pieces_seen = pieces.to_vec();
             true
         })
@@ -233,14 +242,14 @@ fn unusable_receive_buffers_are_given_back_empty() {
     g.post(0, &[(RXBUF, HDR_LEN as u32 + 50, true)]); // too small for 60
     g.post(0, &[(RXBUF + 0x1000, LINUX_RX, false)]); // read-only
     for _ in 0..2 {
-        let r = g.dev.receive(&mut g.mem, 60, |_| panic!("no copy into a bad buffer"));
+        let r = g.dev.receive(&mut g.mem, 60, &Offload::NONE, |_| panic!("no copy into a bad buffer"));
         assert_eq!(r.unwrap(), RxOutcome::NoBuffer);
     }
     assert_eq!(g.used(0).iter().map(|u| u.1).collect::<Vec<_>>(), vec![0, 0]);
     assert_eq!(g.dev.stats().rx_bad_buffers, 2);
     // A copy that fails gives the buffer back empty too.
     g.post(0, &[(RXBUF, LINUX_RX, true)]);
-    assert_eq!(g.dev.receive(&mut g.mem, 60, |_| false).unwrap(), RxOutcome::NoBuffer);
+    assert_eq!(g.dev.receive(&mut g.mem, 60, &Offload::NONE, |_| false).unwrap(), RxOutcome::NoBuffer);
     assert_eq!(g.used(0)[2].1, 0);
 }
 
@@ -262,7 +271,7 @@ fn nothing_moves_before_driver_ok() {
     let mut out = Vec::new();
     dev.take_tx(&mut mem, 8, &mut out).unwrap();
     assert!(out.is_empty());
-    assert_eq!(dev.receive(&mut mem, 60, |_| true).unwrap(), RxOutcome::NotReady);
+    assert_eq!(dev.receive(&mut mem, 60, &Offload::NONE, |_| true).unwrap(), RxOutcome::NotReady);
 }
 
 #[test]
@@ -306,10 +315,235 @@ fn random_rings_never_panic_and_stay_bounded() {
                 assert_eq!(f.pieces.iter().map(|p| u64::from(p.len)).sum::<u64>(), u64::from(f.len));
             }
             let _ = g.dev.complete_tx(&mut g.mem, &out);
-            let _ = g.dev.receive(&mut g.mem, 60, |_| true);
+            let _ = g.dev.receive(&mut g.mem, 60, &Offload::NONE, |_| true);
             if g.dev.broken().is_some() {
                 g.init();
             }
         }
     }
+}
+
+// ---- offloads and merged receive buffers ----
+
+/// A header asking for `flags`/`gso_type` with the given fields.
+fn offload_hdr(flags: u8, gso_type: u8, gso_size: u16, start: u16, offset: u16) -> [u8; HDR_LEN] {
+    let mut h = [0u8; HDR_LEN];
+    h[0] = flags;
+    h[1] = gso_type;
+    h[2..4].copy_from_slice(&66u16.to_le_bytes());
+    h[4..6].copy_from_slice(&gso_size.to_le_bytes());
+    h[6..8].copy_from_slice(&start.to_le_bytes());
+    h[8..10].copy_from_slice(&offset.to_le_bytes());
+    h
+}
+
+impl Guest {
+    /// Sends `len` bytes of frame after header `h`, in one descriptor.
+    fn send_with(&mut self, h: [u8; HDR_LEN], len: usize) -> u16 {
+        let at = TXBUF + 0x2_0000 * u64::from(self.next[1] % 8);
+        self.mem.put(at, &h);
+        self.mem.put(at + HDR_LEN as u64, &frame(len, 1));
+        self.post(1, &[(at, (HDR_LEN + len) as u32, false)])
+    }
+}
+
+#[test]
+fn a_tso_frame_is_taken_with_its_offload_when_negotiated() {
+    use crate::net_offload::{Csum, Gso, GsoKind};
+    let mut g = Guest::with(net_feature::OFFLOADS);
+    g.send_with(offload_hdr(1, 1, 1448, 34, 16), 65_000);
+    g.send_with(offload_hdr(1, 0, 0, 34, 6), 300);
+    let frames = g.take();
+    assert_eq!(frames.len(), 2);
+    assert_eq!(frames[0].len, 65_000);
+    assert_eq!(
+        frames[0].offload,
+        Offload {
+            csum: Some(Csum { start: 34, offset: 16 }),
+            gso: Some(Gso { kind: GsoKind::Tcp4, ecn: false, size: 1448, hdr_len: 66 })
+        }
+    );
+    assert_eq!(frames[1].offload.gso, None);
+    assert_eq!(g.dev.stats().tx_gso, 1);
+    // Not negotiated: dropped.
+    let mut g = Guest::with(net_feature::CSUM);
+    g.send_with(offload_hdr(1, 1, 1448, 34, 16), 65_000);
+    g.send_with(offload_hdr(1, 0, 0, 34, 16), 300);
+    let frames = g.take();
+    assert_eq!(frames.len(), 1);
+    assert_eq!(g.dev.stats().tx_bad_offload, 1);
+}
+
+#[test]
+fn hostile_offload_headers_are_dropped_counted_and_given_back() {
+    let mut g = Guest::with(net_feature::OFFLOADS);
+    let bad = [
+        (offload_hdr(2, 0, 0, 0, 0), 60),        // DATA_VALID from a driver
+        (offload_hdr(1, 0, 0, 50, 10), 60),      // checksum past the end
+        (offload_hdr(1, 3, 1472, 34, 6), 9000),  // UFO
+        (offload_hdr(1, 5, 1472, 34, 6), 9000),  // USO
+        (offload_hdr(0, 1, 1448, 34, 16), 9000), // GSO without NEEDS_CSUM
+        (offload_hdr(1, 1, 0, 34, 16), 9000),    // gso_size 0
+        (offload_hdr(1, 1, 9000, 34, 16), 9000), // segments bigger than a frame
+        (offload_hdr(1, 0x80, 0, 34, 16), 9000), // ECN without GSO
+    ];
+    for (h, len) in bad {
+        g.send_with(h, len);
+    }
+    // Too long even for GSO.
+    g.send_with(offload_hdr(1, 1, 1448, 34, 16), MAX_GSO_FRAME + 1);
+    assert!(g.take().is_empty());
+    assert_eq!(g.used(1).len(), 9);
+    assert!(g.used(1).iter().all(|&(_, len)| len == 0));
+    assert_eq!(g.dev.stats().tx_malformed, 9);
+    assert_eq!(g.dev.stats().tx_bad_offload, 8);
+    assert!(g.dev.broken().is_none());
+}
+
+#[test]
+fn offloads_offered_to_the_receiver_follow_what_it_negotiated() {
+    use net_feature::*;
+    assert_eq!(Guest::new().dev.rx_offloads(), RxOffloads::NONE);
+    let all = Guest::with(OFFLOADS).dev.rx_offloads();
+    assert!(all.csum && all.tso4 && all.tso6 && all.ecn);
+    // TSO without GUEST_CSUM is not taken.
+    let r = Guest::with(GUEST_TSO4 | GUEST_TSO6).dev.rx_offloads();
+    assert_eq!(r, RxOffloads::NONE);
+}
+
+/// Receives `f` with offload `o` into `g`, copying it as the bridge does.
+fn deliver(g: &mut Guest, f: &[u8], o: &Offload) -> RxOutcome {
+    let mut pieces = Vec::new();
+    let r = g
+        .dev
+        .receive(&mut g.mem, f.len() as u32, o, |p| {
+            pieces = p.to_vec();
+            true
+        })
+        .unwrap();
+    if r == RxOutcome::Delivered {
+        scatter(&mut g.mem, &pieces, 0, f).unwrap();
+    }
+    r
+}
+
+#[test]
+fn a_big_frame_fills_several_merged_buffers() {
+    use crate::net_offload::{Csum, Gso, GsoKind};
+    let mut g = Guest::with(net_feature::OFFLOADS);
+    let heads: Vec<u16> = (0..6).map(|i| g.post(0, &[(RXBUF + 0x1000 * i, LINUX_RX, true)])).collect();
+    let f = frame(6000, 9);
+    let o = Offload {
+        csum: Some(Csum { start: 34, offset: 16 }),
+        gso: Some(Gso { kind: GsoKind::Tcp4, ecn: false, size: 1448, hdr_len: 66 }),
+    };
+    assert_eq!(deliver(&mut g, &f, &o), RxOutcome::Delivered);
+    // 12 + 6000 bytes over buffers of 1530: four of them.
+    let used = g.used(0);
+    assert_eq!(used.len(), 4);
+    assert_eq!(used.iter().map(|u| u.0 as u16).collect::<Vec<_>>(), heads[..4]);
+    assert_eq!(used.iter().map(|u| u.1).collect::<Vec<_>>(), vec![LINUX_RX, LINUX_RX, LINUX_RX, 6012 - 3 * LINUX_RX]);
+    let h = g.mem.get(RXBUF, HDR_LEN);
+    assert_eq!(h, crate::net_offload::rx_header(&o, 4));
+    let mut got = g.mem.get(RXBUF + HDR_LEN as u64, LINUX_RX as usize - HDR_LEN).to_vec();
+    for i in 1..4u64 {
+        got.extend_from_slice(g.mem.get(RXBUF + 0x1000 * i, LINUX_RX as usize));
+    }
+    got.truncate(6000);
+    assert_eq!(got, f);
+    assert_eq!(g.dev.stats().rx_gso, 1);
+    assert_eq!(g.dev.stats().rx_buffers, 4);
+    // The next frame takes the next buffer.
+    assert_eq!(deliver(&mut g, &frame(60, 1), &Offload::NONE), RxOutcome::Delivered);
+    assert_eq!(g.used(0)[4], (u32::from(heads[4]), HDR_LEN as u32 + 60));
+    assert_eq!(g.mem.get(RXBUF + 0x4000, HDR_LEN), crate::net_offload::rx_header(&Offload::NONE, 1));
+}
+
+#[test]
+fn too_few_merged_buffers_stay_posted_for_the_next_frame() {
+    let mut g = Guest::with(net_feature::MRG_RXBUF);
+    let first = g.post(0, &[(RXBUF, 1000, true)]);
+    g.post(0, &[(RXBUF + 0x1000, 100, true)]);
+    // A frame needing more than is posted: dropped, nothing used.
+    let f = frame(1518, 2);
+    assert_eq!(deliver(&mut g, &f, &Offload::NONE), RxOutcome::NoBuffer);
+    assert!(g.used(0).is_empty());
+    assert_eq!(g.dev.stats().rx_no_buffer, 1);
+    // A small one takes the first buffer, as if nothing had happened.
+    assert_eq!(deliver(&mut g, &frame(60, 2), &Offload::NONE), RxOutcome::Delivered);
+    assert_eq!(g.used(0), vec![(u32::from(first), HDR_LEN as u32 + 60)]);
+    // Offloads the driver did not take are refused (the caller's bug).
+    let csum = Offload { csum: Some(crate::net_offload::Csum { start: 34, offset: 16 }), gso: None };
+    assert_eq!(deliver(&mut g, &frame(60, 2), &csum), RxOutcome::NoBuffer);
+}
+
+#[test]
+fn a_bad_buffer_in_a_merge_gives_them_all_back_empty() {
+    let mut g = Guest::with(net_feature::MRG_RXBUF);
+    g.post(0, &[(RXBUF, 600, true)]);
+    g.post(0, &[(RXBUF + 0x1000, 600, false)]); // read-only
+    g.post(0, &[(RXBUF + 0x2000, 600, true)]);
+    assert_eq!(deliver(&mut g, &frame(1500, 3), &Offload::NONE), RxOutcome::NoBuffer);
+    assert_eq!(g.used(0).iter().map(|u| u.1).collect::<Vec<_>>(), vec![0, 0]);
+    assert_eq!(g.dev.stats().rx_bad_buffers, 1);
+    // A first buffer without room for the header.
+    let mut g = Guest::with(net_feature::MRG_RXBUF);
+    g.post(0, &[(RXBUF + 0x3000, 8, true)]);
+    g.post(0, &[(RXBUF + 0x4000, 600, true)]);
+    assert_eq!(deliver(&mut g, &frame(60, 3), &Offload::NONE), RxOutcome::NoBuffer);
+    assert_eq!(g.used(0), vec![(0, 0)]);
+    assert_eq!(g.dev.stats().rx_bad_buffers, 1);
+}
+
+#[test]
+fn random_offload_traffic_never_panics_and_stays_bounded() {
+    let mut rng = Rng::new(0x6d72_6700);
+    for _ in 0..200 {
+        let mut g = Guest::with(net_feature::OFFLOADS & !(rng.next() & net_feature::OFFLOADS));
+        for _ in 0..30 {
+            if rng.chance(40) {
+                let mut h = [0u8; HDR_LEN];
+                for b in h.iter_mut() {
+                    *b = if rng.chance(50) { 0 } else { rng.u8() };
+                }
+                g.send_with(h, 14 + rng.below(70_000) as usize);
+            } else if rng.chance(50) {
+                g.post(0, &[(RXBUF + rng.below(0x8000), rng.below(3000) as u32, rng.chance(90))]);
+            } else {
+                let len = 14 + rng.below(MAX_GSO_FRAME as u64) as usize;
+                let o = if g.dev.rx_offloads().tso4 && rng.chance(50) {
+                    use crate::net_offload::{Csum, Gso, GsoKind};
+                    Offload {
+                        csum: Some(Csum { start: 34, offset: 16 }),
+                        gso: Some(Gso { kind: GsoKind::Tcp4, ecn: false, size: 1448, hdr_len: 66 }),
+                    }
+                } else {
+                    Offload::NONE
+                };
+                let f = frame(len, 0);
+                let _ = deliver(&mut g, &f, &o);
+            }
+            let mut out = Vec::new();
+            let _ = g.dev.take_tx(&mut g.mem, 256, &mut out);
+            for f in &out {
+                let max = if f.offload.gso.is_some() { MAX_GSO_FRAME } else { MAX_FRAME };
+                assert!((ETH_HLEN..=max).contains(&(f.len as usize)));
+            }
+            let _ = g.dev.complete_tx(&mut g.mem, &out);
+            assert!(g.used(0).len() <= 256 * 30);
+        }
+    }
+}
+
+#[test]
+fn a_quiet_receive_queue_asks_for_no_notifies() {
+    let mut g = Guest::with(net_feature::MRG_RXBUF);
+    let used_flags = RINGS + 0x2000;
+    g.post(0, &[(RXBUF, LINUX_RX, true)]);
+    assert_eq!(deliver(&mut g, &frame(60, 1), &Offload::NONE), RxOutcome::Delivered);
+    assert_eq!(g.mem.u16(used_flags), 0);
+    g.dev.quiet_receive_notifies();
+    g.post(0, &[(RXBUF, LINUX_RX, true)]);
+    assert_eq!(deliver(&mut g, &frame(60, 1), &Offload::NONE), RxOutcome::Delivered);
+    assert_eq!(g.mem.u16(used_flags), super::queue::USED_F_NO_NOTIFY);
 }

@@ -16,6 +16,8 @@ pub const DESC_F_WRITE: u16 = 2;
 pub const DESC_F_INDIRECT: u16 = 4;
 /// avail.flags: the driver does not want used-buffer interrupts now.
 pub const AVAIL_F_NO_INTERRUPT: u16 = 1;
+/// used.flags: the driver need not notify the device of new buffers.
+pub const USED_F_NO_NOTIFY: u16 = 1;
 
 /// Size of one descriptor.
 pub const DESC_SIZE: u64 = 16;
@@ -187,19 +189,46 @@ impl SplitQueue {
         head: u16,
         len: u32,
     ) -> Result<bool, VirtioError> {
-        let slot = u64::from(self.used_idx % self.size());
-        let elem_gpa = self.used_gpa + 4 + 8 * slot;
-        let mut elem = [0u8; 8];
-        elem[..4].copy_from_slice(&u32::from(head).to_le_bytes());
-        elem[4..].copy_from_slice(&len.to_le_bytes());
-        mem.write(elem_gpa, &elem)
-            .map_err(|_| not_ram("used ring", elem_gpa, 8))?;
-        let next = self.used_idx.wrapping_add(1);
+        self.push_used_batch(mem, &[(head, len)])
+    }
+
+    /// Puts several `(head, len)` in the used ring, every element before
+    /// used.idx moves once over all of them (a driver reading the ring
+    /// meanwhile sees all or none: virtio-net's merged receive buffers),
+    /// and says whether the driver wants an interrupt.
+    pub fn push_used_batch(
+        &mut self,
+        mem: &mut dyn GuestMemoryAccess,
+        elems: &[(u16, u32)],
+    ) -> Result<bool, VirtioError> {
+        let mut next = self.used_idx;
+        for &(head, len) in elems {
+            let slot = u64::from(next % self.size());
+            let elem_gpa = self.used_gpa + 4 + 8 * slot;
+            let mut elem = [0u8; 8];
+            elem[..4].copy_from_slice(&u32::from(head).to_le_bytes());
+            elem[4..].copy_from_slice(&len.to_le_bytes());
+            mem.write(elem_gpa, &elem)
+                .map_err(|_| not_ram("used ring", elem_gpa, 8))?;
+            next = next.wrapping_add(1);
+        }
         mem.write(self.used_gpa + 2, &next.to_le_bytes())
             .map_err(|_| not_ram("used ring", self.used_gpa + 2, 2))?;
         self.used_idx = next;
         let flags = read_u16(mem, "available ring", self.avail_gpa)?;
         Ok(flags & AVAIL_F_NO_INTERRUPT == 0)
+    }
+
+    /// Sets used.flags: `USED_F_NO_NOTIFY` asks the driver not to notify
+    /// the device of new buffers (it still may).
+    pub fn set_used_flags(&mut self, mem: &mut dyn GuestMemoryAccess, flags: u16) -> Result<(), VirtioError> {
+        mem.write(self.used_gpa, &flags.to_le_bytes()).map_err(|_| not_ram("used ring", self.used_gpa, 2))
+    }
+
+    /// Puts the last `n` heads taken back in the available ring (none of
+    /// them used yet): the device reads them again next time.
+    pub fn unpop(&mut self, n: u16) {
+        self.last_avail = self.last_avail.wrapping_sub(n);
     }
 }
 

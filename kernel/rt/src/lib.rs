@@ -19,8 +19,14 @@ core::arch::global_asm!(
     .section .text.intrinsics, "ax"
     .global memcpy
 memcpy:
+    /* Eight bytes a step, then the tail: `rep movsb` without ERMS (and
+       under QEMU's icount, one instruction a byte) costs eight times more. */
     movq %rdi, %rax
     movq %rdx, %rcx
+    shrq $3, %rcx
+    rep movsq
+    movq %rdx, %rcx
+    andq $7, %rcx
     rep movsb
     ret
 
@@ -41,14 +47,25 @@ memmove:
     cld
     ret
 1:
+    /* Forwards, eight bytes a step (as memcpy). */
+    shrq $3, %rcx
+    rep movsq
+    movq %rdx, %rcx
+    andq $7, %rcx
     rep movsb
     ret
 
     .global memset
 memset:
     movq %rdi, %r9
-    movl %esi, %eax
+    movzbl %sil, %eax
+    movabsq $0x0101010101010101, %r8
+    imulq %r8, %rax
     movq %rdx, %rcx
+    shrq $3, %rcx
+    rep stosq
+    movq %rdx, %rcx
+    andq $7, %rcx
     rep stosb
     movq %r9, %rax
     ret
