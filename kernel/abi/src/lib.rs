@@ -40,9 +40,9 @@ pub const BUFIO_GPA: u64 = IOREQ_GPA + 0x1000;
 /// ring is [`NET_RX_RING_BYTES`] at `NET_RX_GPA + handle * NET_RX_RING_BYTES`
 /// (see [`net_rx`]). The stub image must end below it.
 pub const NET_RX_GPA: u64 = 0x30_0000;
-pub const NET_RX_RING_BYTES: u64 = 0x1_0000;
+pub const NET_RX_RING_BYTES: u64 = 0x2_0000;
 /// NICs a guest may have (the rings fill the stub's last MiB).
-pub const MAX_NICS: usize = 16;
+pub const MAX_NICS: usize = 8;
 
 // A ring holds a useful number of frames, each up to 1518 bytes.
 const _: () = assert!(net_rx::SLOTS >= 16 && net_rx::MAX_FRAME >= 1518);
