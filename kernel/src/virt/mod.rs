@@ -1,15 +1,35 @@
 //! The hardware-virtualization abstraction. The vCPU run loop (`vcpu`)
-//! talks to a `Backend` and sees generic `VmExit`s; it does not know whether
-//! SVM or VMX is underneath. SVM is implemented; VMX is detected and
-//! reported as not implemented yet.
+//! talks to a vCPU through `VcpuOps` and sees generic `VmExit`s; it does
+//! not know whether SVM or VMX is underneath. The backend is chosen once,
+//! at boot, from the CPU's vendor and features (`init`); domains and the
+//! self-test make their vCPUs with `ArchVcpu::new`, which holds the
+//! chosen backend's vCPU. Nothing outside this module names a backend.
 
 pub mod svm;
 
+use crate::arch::cpu;
 use core::fmt;
+
+/// Which hardware-virtualization extension runs the guests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    /// AMD SVM with nested paging (NPT).
+    Svm,
+}
+
+impl BackendKind {
+    /// The name the boot log uses.
+    pub fn label(self) -> &'static str {
+        match self {
+            BackendKind::Svm => "SVM",
+        }
+    }
+}
 
 /// What the backend found on this CPU.
 #[derive(Clone, Copy, Debug)]
 pub struct Capabilities {
+    pub backend: BackendKind,
     pub name: &'static str,
     pub nested_paging: bool,
     /// The CPU reports the next RIP on exits (SVM NRIPS).
@@ -72,6 +92,137 @@ impl fmt::Display for DetectError {
             DetectError::OutOfMemory => "out of memory for the per-CPU virtualization pages",
         })
     }
+}
+
+/// The capabilities `init` found (None before it ran, or when it failed).
+static CHOSEN: spin::Once<Capabilities> = spin::Once::new();
+
+/// Picks the backend this CPU offers and checks it can run guests. Called
+/// once, on the boot CPU; every other CPU uses the same backend.
+pub fn init() -> Result<Capabilities, DetectError> {
+    let caps = match &cpu::vendor() {
+        b"AuthenticAMD" | b"HygonGenuine" => svm::detect()?,
+        b"GenuineIntel" => {
+            return Err(if cpu::cpuid(1, 0).ecx & (1 << 5) != 0 {
+                DetectError::VmxNotImplemented
+            } else {
+                DetectError::VmxAbsent
+            })
+        }
+        _ => return Err(DetectError::UnknownVendor),
+    };
+    Ok(*CHOSEN.call_once(|| caps))
+}
+
+/// The capabilities of the backend `init` chose.
+pub fn chosen() -> Option<Capabilities> {
+    CHOSEN.get().copied()
+}
+
+/// Turns the chosen backend on for the calling CPU.
+pub fn enable_cpu() -> Result<(), DetectError> {
+    match CHOSEN.get().map(|c| c.backend) {
+        Some(BackendKind::Svm) => svm::enable_cpu(),
+        None => Err(DetectError::UnknownVendor),
+    }
+}
+
+/// Whether `enable_cpu` succeeded on the calling CPU.
+pub fn enabled_on_this_cpu() -> bool {
+    match CHOSEN.get().map(|c| c.backend) {
+        Some(BackendKind::Svm) => svm::enabled_on_this_cpu(),
+        None => false,
+    }
+}
+
+/// What a new vCPU runs on: its guest's memory (the root of the nested
+/// page table the memory module built, in the backend's format), its
+/// address-space tag and its intercept maps (`mm::alloc_intercept_maps`:
+/// the I/O map, one bit per port, and the MSR map in SVM's layout, which
+/// the VMX backend translates).
+#[derive(Clone, Copy, Debug)]
+pub struct VcpuConfig {
+    pub nested_root: u64,
+    /// The ASID (SVM) or VPID (VMX), never 0.
+    pub tag: u32,
+    pub iopm_pa: u64,
+    pub msrpm_pa: u64,
+}
+
+/// A vCPU of whichever backend `init` chose.
+pub enum ArchVcpu {
+    Svm(svm::SvmVcpu),
+}
+
+impl ArchVcpu {
+    /// None when there is no free memory for its control structures.
+    pub fn new(caps: Capabilities, cfg: &VcpuConfig) -> Option<Self> {
+        match caps.backend {
+            BackendKind::Svm => svm::SvmVcpu::new(caps, cfg.nested_root, cfg.tag, cfg.iopm_pa, cfg.msrpm_pa).map(ArchVcpu::Svm),
+        }
+    }
+}
+
+/// Forwards each `VcpuOps` method to the backend's vCPU.
+macro_rules! delegate {
+    ($(fn $name:ident(&self $(, $arg:ident: $ty:ty)*) $(-> $ret:ty)?;)* ; $(fn $mname:ident(&mut self $(, $marg:ident: $mty:ty)*) $(-> $mret:ty)?;)*) => {
+        impl VcpuOps for ArchVcpu {
+            $(fn $name(&self $(, $arg: $ty)*) $(-> $ret)? {
+                match self {
+                    ArchVcpu::Svm(v) => v.$name($($arg),*),
+                }
+            })*
+            $(fn $mname(&mut self $(, $marg: $mty)*) $(-> $mret)? {
+                match self {
+                    ArchVcpu::Svm(v) => v.$mname($($marg),*),
+                }
+            })*
+        }
+    };
+}
+
+delegate! {
+    fn regs(&self) -> &GuestRegs;
+    fn efer(&self) -> u64;
+    fn has_tsc_aux(&self) -> bool;
+    fn tsc_aux(&self) -> u64;
+    fn xmm(&self, index: u8) -> [u8; 16];
+    fn guest_pat(&self) -> u64;
+    fn xcr0(&self) -> u64;
+    fn interruptible(&self) -> bool;
+    fn in_interrupt_shadow(&self) -> bool;
+    fn event_pending(&self) -> bool;
+    fn cr8(&self) -> u8;
+    fn paging_state(&self) -> PagingState;
+    fn code_segment(&self) -> Segment;
+    fn describe_state(&self) -> alloc::string::String;
+    fn segment(&self, index: u8) -> Segment;
+    fn exit_instruction_bytes(&self) -> Option<([u8; 15], usize)>;
+    ;
+    fn run(&mut self) -> VmExit;
+    fn regs_mut(&mut self) -> &mut GuestRegs;
+    fn reset_real_mode(&mut self, cs_selector: u16, ip: u16);
+    fn set_entry_state(&mut self, state: &EntryState);
+    fn set_efer(&mut self, efer: u64);
+    fn set_cr0(&mut self, value: u64);
+    fn set_cr4(&mut self, value: u64);
+    fn inject_exception(&mut self, vector: u8, error_code: Option<u32>);
+    fn inject_single_step(&mut self);
+    fn clear_interrupt_shadow(&mut self);
+    fn inject_nmi(&mut self) -> bool;
+    fn iret_intercepted(&mut self);
+    fn inject_page_fault(&mut self, address: u64, error_code: u32);
+    fn set_xcr0(&mut self, xcr0: u64);
+    fn release_fpu(&mut self);
+    fn switch_debug_regs(&mut self);
+    fn set_tsc_aux(&mut self, value: u64);
+    fn set_xmm(&mut self, index: u8, value: [u8; 16]);
+    fn set_guest_pat(&mut self, value: u64);
+    fn inject_interrupt(&mut self, vector: u8);
+    fn request_interrupt_window(&mut self, on: bool);
+    fn set_cr8(&mut self, cr8: u8);
+    fn intercept_cr8_writes(&mut self, on: bool);
+    fn set_tsc_offset(&mut self, offset: u64);
 }
 
 /// Guest general-purpose registers, plus the ones the hardware keeps in its
