@@ -6,6 +6,7 @@
 //! chosen backend's vCPU. Nothing outside this module names a backend.
 
 pub mod svm;
+pub mod vmx;
 
 use crate::arch::cpu;
 use core::fmt;
@@ -15,6 +16,8 @@ use core::fmt;
 pub enum BackendKind {
     /// AMD SVM with nested paging (NPT).
     Svm,
+    /// Intel VMX with EPT, unrestricted guest and (when present) VPID.
+    Vmx,
 }
 
 impl BackendKind {
@@ -22,6 +25,7 @@ impl BackendKind {
     pub fn label(self) -> &'static str {
         match self {
             BackendKind::Svm => "SVM",
+            BackendKind::Vmx => "VMX",
         }
     }
 }
@@ -53,6 +57,13 @@ pub struct Capabilities {
 impl fmt::Display for Capabilities {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         let yn = |b: bool| if b { "yes" } else { "no" };
+        if self.backend == BackendKind::Vmx {
+            return write!(
+                f,
+                "vmx: ept=yes unrestricted_guest=yes vpid={} interrupts=event injection",
+                yn(self.flush_by_asid)
+            );
+        }
         write!(
             f,
             "{}: npt={} nrips={} decode_assists={} flush_by_asid={} vmcb_clean={} pause_filter={} asids={} interrupts={}",
@@ -75,20 +86,30 @@ pub enum DetectError {
     SvmAbsent,
     SvmDisabledByFirmware,
     NoNestedPaging,
-    VmxNotImplemented,
     VmxAbsent,
+    VmxDisabledByFirmware,
+    NoEpt,
+    NoUnrestrictedGuest,
+    /// A VMX feature Ferrite needs is missing (named).
+    VmxMissing(&'static str),
     OutOfMemory,
 }
 
 impl fmt::Display for DetectError {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        if let DetectError::VmxMissing(what) = self {
+            return write!(f, "this Intel CPU's VMX lacks {}, which Ferrite's VMX backend requires", what);
+        }
         f.write_str(match self {
             DetectError::UnknownVendor => "this CPU is neither AMD nor Intel; no virtualization backend for it",
             DetectError::SvmAbsent => "this AMD CPU has no SVM (AMD-V); under QEMU use -cpu qemu64,+svm,+npt or -cpu host with nested virtualization",
             DetectError::SvmDisabledByFirmware => "SVM is disabled by the firmware (VM_CR.SVMDIS); enable AMD-V/SVM in the BIOS setup",
             DetectError::NoNestedPaging => "this CPU has SVM but no nested paging (NPT), which Ferrite requires; under QEMU add +npt",
-            DetectError::VmxNotImplemented => "this is an Intel CPU with VMX; Ferrite's VMX backend is not implemented yet (SVM only for now)",
-            DetectError::VmxAbsent => "this Intel CPU has no VMX; Ferrite needs hardware virtualization",
+            DetectError::VmxAbsent => "this Intel CPU has no VMX; Ferrite needs hardware virtualization (nested under KVM: load kvm_intel with nested=1 and use -cpu host)",
+            DetectError::VmxDisabledByFirmware => "VMX is disabled by the firmware (IA32_FEATURE_CONTROL locked without VMX); enable Intel VT-x in the BIOS setup",
+            DetectError::NoEpt => "this Intel CPU has VMX but no EPT, which Ferrite requires (no VMX backend without it)",
+            DetectError::NoUnrestrictedGuest => "this Intel CPU has VMX with EPT but no unrestricted guest, which Ferrite needs for guests that start in real mode or without paging",
+            DetectError::VmxMissing(_) => "",
             DetectError::OutOfMemory => "out of memory for the per-CPU virtualization pages",
         })
     }
@@ -102,13 +123,7 @@ static CHOSEN: spin::Once<Capabilities> = spin::Once::new();
 pub fn init() -> Result<Capabilities, DetectError> {
     let caps = match &cpu::vendor() {
         b"AuthenticAMD" | b"HygonGenuine" => svm::detect()?,
-        b"GenuineIntel" => {
-            return Err(if cpu::cpuid(1, 0).ecx & (1 << 5) != 0 {
-                DetectError::VmxNotImplemented
-            } else {
-                DetectError::VmxAbsent
-            })
-        }
+        b"GenuineIntel" => vmx::detect()?,
         _ => return Err(DetectError::UnknownVendor),
     };
     Ok(*CHOSEN.call_once(|| caps))
@@ -123,6 +138,7 @@ pub fn chosen() -> Option<Capabilities> {
 pub fn enable_cpu() -> Result<(), DetectError> {
     match CHOSEN.get().map(|c| c.backend) {
         Some(BackendKind::Svm) => svm::enable_cpu(),
+        Some(BackendKind::Vmx) => vmx::enable_cpu(),
         None => Err(DetectError::UnknownVendor),
     }
 }
@@ -131,6 +147,7 @@ pub fn enable_cpu() -> Result<(), DetectError> {
 pub fn enabled_on_this_cpu() -> bool {
     match CHOSEN.get().map(|c| c.backend) {
         Some(BackendKind::Svm) => svm::enabled_on_this_cpu(),
+        Some(BackendKind::Vmx) => vmx::enabled_on_this_cpu(),
         None => false,
     }
 }
@@ -149,9 +166,12 @@ pub struct VcpuConfig {
     pub msrpm_pa: u64,
 }
 
-/// A vCPU of whichever backend `init` chose.
+/// A vCPU of whichever backend `init` chose. (The variants differ in size;
+/// each lives once per vCPU, inside its `Arc`, so boxing would buy nothing.)
+#[allow(clippy::large_enum_variant)]
 pub enum ArchVcpu {
     Svm(svm::SvmVcpu),
+    Vmx(vmx::VmxVcpu),
 }
 
 impl ArchVcpu {
@@ -159,6 +179,7 @@ impl ArchVcpu {
     pub fn new(caps: Capabilities, cfg: &VcpuConfig) -> Option<Self> {
         match caps.backend {
             BackendKind::Svm => svm::SvmVcpu::new(caps, cfg.nested_root, cfg.tag, cfg.iopm_pa, cfg.msrpm_pa).map(ArchVcpu::Svm),
+            BackendKind::Vmx => vmx::VmxVcpu::new(caps, cfg.nested_root, cfg.tag, cfg.iopm_pa, cfg.msrpm_pa).map(ArchVcpu::Vmx),
         }
     }
 }
@@ -170,11 +191,13 @@ macro_rules! delegate {
             $(fn $name(&self $(, $arg: $ty)*) $(-> $ret)? {
                 match self {
                     ArchVcpu::Svm(v) => v.$name($($arg),*),
+                    ArchVcpu::Vmx(v) => v.$name($($arg),*),
                 }
             })*
             $(fn $mname(&mut self $(, $marg: $mty)*) $(-> $mret)? {
                 match self {
                     ArchVcpu::Svm(v) => v.$mname($($marg),*),
+                    ArchVcpu::Vmx(v) => v.$mname($($marg),*),
                 }
             })*
         }

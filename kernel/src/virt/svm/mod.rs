@@ -39,6 +39,7 @@ pub fn detect() -> Result<Capabilities, DetectError> {
     if !caps.nested_paging {
         return Err(DetectError::NoNestedPaging);
     }
+    mm::paging::set_nested_format(mm::paging::NestedFormat::Npt);
     Ok(caps)
 }
 
