@@ -41,22 +41,19 @@ pub const BOCHS_LIMIT: Duration = Duration::from_secs(300);
 /// tty), stopped by its process ids when dropped.
 pub struct Bochs {
     script: Child,
+    /// How long `wait_for_all` waits (`BOCHS_LIMIT` unless changed).
+    pub limit: Duration,
     serial: std::path::PathBuf,
     log: std::path::PathBuf,
-    started: Instant,
+    pub started: Instant,
 }
 
 impl Bochs {
     /// Builds a GRUB ISO of Ferrite (`cmdline`) and `modules` and boots it
-    /// on `machine`.
+    /// on `machine`. Each module's string becomes its file name: GRUB's
+    /// module2 hands over only the arguments, while Ferrite names a module
+    /// by its string's first word.
     pub fn start(dir: &Path, cmdline: &str, modules: Vec<ModuleSpec>, machine: Machine) -> Bochs {
-        for prog in ["bochs-bin", "script"] {
-            if crate::ferrite_tools::deps::find_program(prog).is_none() {
-                panic!("{prog} not found: apt-get install bochs bochsbios vgabios bochs-term bsdutils");
-            }
-        }
-        // GRUB's module2 hands over only the arguments, while Ferrite
-        // names a module by its string's first word: the file name.
         let modules = modules
             .into_iter()
             .map(|m| {
@@ -64,6 +61,17 @@ impl Bochs {
                 ModuleSpec::new(m.path, name)
             })
             .collect();
+        Bochs::start_with_module_strings(dir, cmdline, modules, machine)
+    }
+
+    /// As `start`, with each module's string passed as it is (module 0,
+    /// dom0's kernel, takes its command line there).
+    pub fn start_with_module_strings(dir: &Path, cmdline: &str, modules: Vec<ModuleSpec>, machine: Machine) -> Bochs {
+        for prog in ["bochs-bin", "script"] {
+            if crate::ferrite_tools::deps::find_program(prog).is_none() {
+                panic!("{prog} not found: apt-get install bochs bochsbios vgabios bochs-term bsdutils");
+            }
+        }
         let iso_path = dir.join("ferrite.iso");
         let spec = iso::IsoSpec { hypervisor: crate::images().multiboot.clone(), cmdline: cmdline.to_string(), modules };
         if let Err(e) = iso::build_iso(&spec, &iso_path, &dir.join("iso-staging")) {
@@ -104,7 +112,7 @@ impl Bochs {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start Bochs: {e}"));
-        Bochs { script, serial, log, started: Instant::now() }
+        Bochs { script, limit: BOCHS_LIMIT, serial, log, started: Instant::now() }
     }
 
     pub fn console(&self) -> String {
@@ -121,7 +129,7 @@ impl Bochs {
                 return text;
             }
             let exited = matches!(self.script.try_wait(), Ok(Some(_)));
-            if exited || self.started.elapsed() > BOCHS_LIMIT {
+            if exited || self.started.elapsed() > self.limit {
                 let missing: Vec<&str> = patterns.iter().zip(&res).filter(|(_, re)| !text.lines().any(|l| re.is_match(l))).map(|(p, _)| *p).collect();
                 let tail: Vec<&str> = text.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
                 let bochs_log = std::fs::read_to_string(&self.log).unwrap_or_default();

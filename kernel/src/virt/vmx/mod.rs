@@ -399,6 +399,8 @@ extern "C" {
 #[derive(Clone, Copy, Debug, Default)]
 struct GuestState {
     cr0: u64,
+    /// Not in the VMCS: the CPU's own CR2 holds it while the guest runs.
+    cr2: u64,
     cr3: u64,
     cr4: u64,
     efer: u64,
@@ -952,6 +954,22 @@ fn write_dr6(value: u64) {
     unsafe { core::arch::asm!("mov dr6, {}", in(reg) value, options(nostack, nomem)) };
 }
 
+/// CR2 is not switched by VM entry or exit: each vCPU's is loaded before
+/// its entries and read back after its exits (the hypervisor takes no
+/// page faults, so the register is otherwise unused).
+fn write_cr2(value: u64) {
+    // SAFETY: CR2 only reports page-fault addresses; writing it changes
+    // nothing else.
+    unsafe { core::arch::asm!("mov cr2, {}", in(reg) value, options(nostack, nomem)) };
+}
+
+fn read_cr2() -> u64 {
+    let v: u64;
+    // SAFETY: reading CR2 has no side effects.
+    unsafe { core::arch::asm!("mov {}, cr2", out(reg) v, options(nostack, nomem)) };
+    v
+}
+
 fn read_dr6() -> u64 {
     let v: u64;
     // SAFETY: reading DR6 has no side effects.
@@ -1062,6 +1080,7 @@ impl VcpuOps for VmxVcpu {
             }
         }
         write_dr6(self.st.dr6);
+        write_cr2(self.st.cr2);
         let use_xsave = fpu::uses_xsave();
         if use_xsave {
             xsetbv(self.guest_xcr0);
@@ -1081,6 +1100,7 @@ impl VcpuOps for VmxVcpu {
         }
         self.launched = true;
         self.st.dr6 = read_dr6();
+        self.st.cr2 = read_cr2();
         if let Some(dr) = self.debug_regs.as_mut() {
             *dr = read_debug_regs();
         }
@@ -1155,6 +1175,7 @@ impl VcpuOps for VmxVcpu {
         self.inject = 0;
         self.proc &= !(PROC_INTERRUPT_WINDOW | PROC_NMI_WINDOW);
         self.st.cr0 = 0x10;
+        self.st.cr2 = 0;
         self.st.cr3 = 0;
         self.st.cr4 = 0;
         self.st.efer = 0;
@@ -1248,10 +1269,7 @@ impl VcpuOps for VmxVcpu {
         if !self.can_inject() {
             return;
         }
-        // CR2 is not in the VMCS: the CPU's own, which the hypervisor
-        // never changes (it takes no page faults).
-        // SAFETY: writing CR2 has no effect but on what the guest reads.
-        unsafe { core::arch::asm!("mov cr2, {}", in(reg) address, options(nostack, nomem)) };
+        self.st.cr2 = address;
         self.inject_exception(PF_VECTOR, Some(error_code));
     }
 
@@ -1353,11 +1371,12 @@ impl VcpuOps for VmxVcpu {
 
     fn describe_state(&self) -> alloc::string::String {
         alloc::format!(
-            "rsp {:#x} rflags {:#x} cs {:#x} cr0 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x} idt {:#x}/{:#x} tr {:#x} base {:#x} exit {} qual {:#x} inject {:#x} interruptibility {:#x} proc {:#x}",
+            "rsp {:#x} rflags {:#x} cs {:#x} cr0 {:#x} cr2 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x} idt {:#x}/{:#x} tr {:#x} base {:#x} exit {} qual {:#x} inject {:#x} interruptibility {:#x} proc {:#x}",
             self.regs.rsp,
             self.regs.rflags,
             self.st.segs[1].selector,
             self.st.cr0,
+            self.st.cr2,
             self.st.cr3,
             self.st.cr4,
             self.st.efer,
