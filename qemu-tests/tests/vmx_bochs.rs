@@ -8,7 +8,7 @@
 
 use ferrite_qemu_tests::bochs::{Bochs, Machine};
 use ferrite_qemu_tests::ferrite_tools::modules::ModuleSpec;
-use ferrite_qemu_tests::{linux_cmdline, linux_guest, test_dir};
+use ferrite_qemu_tests::{guest_module, linux_cmdline, linux_guest, pvh_config_module, test_dir};
 use std::time::Duration;
 
 #[test]
@@ -47,4 +47,40 @@ fn a_linux_pvh_dom0_with_two_vcpus_powers_off_under_vmx() {
     if let Some(l) = text.lines().find(|l| l.contains("crashed") || l.contains("panic") || l.contains("(ferrite) vmx:")) {
         panic!("[{name}] {l}");
     }
+}
+
+/// The architectural-conformance guests of `conformance.rs`, all at once
+/// beside each other on Bochs' two VMX CPUs: each checks one rule of the
+/// machine it sees (interrupt windows, CR0/CR3/CR4/EFER writes, NMIs and
+/// NMI task gates, single steps after emulated instructions, CR8 and the
+/// TPR) and must report all its checks done, none failed, and power off.
+/// Left out: `nmi_task_gate`. VMX exits on every task switch (exit reason
+/// 9) and the VMX backend does not emulate task switches yet, so that
+/// guest's domain crashes with "unhandled exit 0x9"; under SVM the CPU
+/// switches tasks itself.
+#[test]
+fn the_conformance_guests_pass_under_vmx() {
+    let name = "the_conformance_guests_pass_under_vmx";
+    let dir = test_dir(name);
+    let guests = [
+        ("window", "irq_window", r"^\(window\) irq-window: delivered after TPR lowered$"),
+        ("cr4", "cr4_checks", r"^\(cr4\) cr4: done 14 checks$"),
+        ("nmi", "nmi", r"^\(nmi\) nmi: 2 delivered, none nested$"),
+        ("cr", "cr_efer_checks", r"^\(cr\) cr: done 43 checks$"),
+        ("step", "single_step", r"^\(step\) step: done 11 checks$"),
+        ("tpr", "tpr_cr8", r"^\(tpr\) tpr: done 10 checks$"),
+    ];
+    let mut modules = Vec::new();
+    for (domain, guest, _) in guests {
+        modules.push(pvh_config_module(&dir, domain, guest, 16));
+        modules.push(guest_module(guest, &dir));
+    }
+    let mut bochs = Bochs::start(&dir, "console=com1", modules, Machine::vmx(2));
+    let mut patterns: Vec<String> = guests.iter().map(|(_, _, done)| done.to_string()).collect();
+    patterns.extend(guests.iter().map(|(domain, _, _)| format!(r"domain \d+ \({domain}\) powered off")));
+    let refs: Vec<&str> = patterns.iter().map(String::as_str).collect();
+    let text = bochs.wait_for_all(&refs);
+    drop(bochs);
+    let failures: Vec<&str> = text.lines().filter(|l| l.contains("FAIL") || l.contains("crashed") || l.contains("(ferrite) vmx:")).collect();
+    assert!(failures.is_empty(), "[{name}] {failures:#?}");
 }

@@ -221,6 +221,7 @@ delegate! {
     fn describe_state(&self) -> alloc::string::String;
     fn segment(&self, index: u8) -> Segment;
     fn exit_instruction_bytes(&self) -> Option<([u8; 15], usize)>;
+    fn keeps_pae_pdptes(&self) -> bool;
     ;
     fn run(&mut self) -> VmExit;
     fn regs_mut(&mut self) -> &mut GuestRegs;
@@ -246,6 +247,7 @@ delegate! {
     fn set_cr8(&mut self, cr8: u8);
     fn intercept_cr8_writes(&mut self, on: bool);
     fn set_tsc_offset(&mut self, offset: u64);
+    fn set_pae_pdptes(&mut self, pdptes: [u64; 4]);
 }
 
 /// Guest general-purpose registers, plus the ones the hardware keeps in its
@@ -419,6 +421,15 @@ pub trait VcpuOps {
     /// Segment register `index` in the instruction encoding's order (0 = ES,
     /// 1 = CS, 2 = SS, 3 = DS, 4 = FS, 5 = GS).
     fn segment(&self, index: u8) -> Segment;
+    /// Whether the backend keeps the four PAE page-directory-pointer
+    /// entries itself and needs them when an emulated CR0/CR4 write enters
+    /// PAE paging (VMX with EPT: VM entry loads them from the VMCS, not
+    /// from memory, where a CPU's MOV CR0/CR4 would read them).
+    fn keeps_pae_pdptes(&self) -> bool {
+        false
+    }
+    /// Sets those entries (read from the guest's CR3).
+    fn set_pae_pdptes(&mut self, _pdptes: [u64; 4]) {}
     /// The bytes of the instruction that caused the last exit, when the CPU
     /// supplies them (SVM decode assists); None means fetch them yourself.
     fn exit_instruction_bytes(&self) -> Option<([u8; 15], usize)> {

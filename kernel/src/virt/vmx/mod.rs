@@ -1399,4 +1399,13 @@ impl VcpuOps for VmxVcpu {
     fn segment(&self, index: u8) -> Segment {
         self.st.segs[usize::from(index.min(5))]
     }
+
+    fn keeps_pae_pdptes(&self) -> bool {
+        true
+    }
+
+    fn set_pae_pdptes(&mut self, pdptes: [u64; 4]) {
+        self.st.pdpte = pdptes;
+        self.dirty = true;
+    }
 }
