@@ -84,3 +84,24 @@ fn the_conformance_guests_pass_under_vmx() {
     let failures: Vec<&str> = text.lines().filter(|l| l.contains("FAIL") || l.contains("crashed") || l.contains("(ferrite) vmx:")).collect();
     assert!(failures.is_empty(), "[{name}] {failures:#?}");
 }
+
+/// An HVM guest under VMX: SeaBIOS from its reset vector in real mode
+/// (unrestricted guest), its devices served by a stub domain (64-bit, its
+/// own EPT) through I/O requests, with no disk to boot from.
+#[test]
+fn seabios_runs_in_an_hvm_guest_under_vmx() {
+    let name = "seabios_runs_in_an_hvm_guest_under_vmx";
+    let dir = test_dir(name);
+    let cfg = dir.join("hvm1.cfg");
+    std::fs::write(&cfg, "name = \"hvm1\"\ntype = \"hvm\"\nmemory = 32\nvcpus = 1\non_crash = \"destroy\"\n").expect("write the config");
+    let modules = vec![
+        ModuleSpec::new(cfg, ""),
+        ModuleSpec::new(std::path::PathBuf::from(&ferrite_qemu_tests::images().stubdom), ""),
+        ModuleSpec::new(ferrite_qemu_tests::seabios_image(), ""),
+    ];
+    let mut bochs = Bochs::start(&dir, "console=com1", modules, Machine::vmx(2));
+    let text = bochs.wait_for_all(&[r"domain \d+ \(hvm1\): HVM, 32 MiB", r"^\(hvm1\) .*SeaBIOS", r"^\(hvm1\) .*[Nn]o bootable device"]);
+    drop(bochs);
+    let failures: Vec<&str> = text.lines().filter(|l| l.contains("crashed") || l.contains("(ferrite) vmx:")).collect();
+    assert!(failures.is_empty(), "[{name}] {failures:#?}");
+}
