@@ -105,3 +105,69 @@ fn seabios_runs_in_an_hvm_guest_under_vmx() {
     let failures: Vec<&str> = text.lines().filter(|l| l.contains("crashed") || l.contains("(ferrite) vmx:")).collect();
     assert!(failures.is_empty(), "[{name}] {failures:#?}");
 }
+
+/// The address of guest `guest`'s `fault_insn` label, where its crash must
+/// be reported.
+fn fault_rip(dir: &std::path::Path, guest: &str) -> String {
+    let elf = dir.join(format!("{guest}.elf"));
+    let bytes = std::fs::read(&elf).unwrap_or_else(|e| panic!("cannot read {}: {e}", elf.display()));
+    match ferrite_qemu_tests::ferrite_tools::guestasm::symbol_address(&bytes, "fault_insn") {
+        Ok(a) => format!("{a:#x}"),
+        Err(e) => panic!("{}: {e:#}", elf.display()),
+    }
+}
+
+/// The hostile guests of `hostile.rs` side by side under VMX: an unknown
+/// MSR, a write to unmapped guest-physical memory and UD2 each crash only
+/// their own domain, at the faulting instruction; a guest spinning with
+/// interrupts off does not starve the ticker; two domains keep their
+/// debug registers private and get their single-step traps; the
+/// start-up probes of `cpu_policy` get their answers.
+#[test]
+fn hostile_guests_are_contained_under_vmx() {
+    let name = "hostile_guests_are_contained_under_vmx";
+    let dir = test_dir(name);
+    let domains = [
+        ("msr", "hostile_msr"),
+        ("mmio", "hostile_mmio"),
+        ("ud", "hostile_ud"),
+        ("spinner", "hostile_spin"),
+        ("ticker", "ticker"),
+        ("dbg1", "debug_regs"),
+        ("dbg2", "debug_regs"),
+    ];
+    let mut modules = Vec::new();
+    for (domain, guest) in domains {
+        modules.push(pvh_config_module(&dir, domain, guest, 16));
+    }
+    for guest in ["hostile_msr", "hostile_mmio", "hostile_ud", "hostile_spin", "ticker", "debug_regs"] {
+        modules.push(guest_module(guest, &dir));
+    }
+    let mut bochs = Bochs::start(&dir, "console=com1", modules, Machine::vmx(2));
+    let crash = |domain: &str, guest: &str, reason: &str| {
+        format!(r"ERROR: domain \d+ \({domain}\) crashed: vcpu 0: {reason} at rip {} \(rsp .*\)$", fault_rip(&dir, guest))
+    };
+    let patterns = [
+        crash("msr", "hostile_msr", r"triple fault \(shutdown\)"),
+        crash("mmio", "hostile_mmio", "write of unmapped guest-physical address 0xe0000000"),
+        crash("ud", "hostile_ud", r"triple fault \(shutdown\)"),
+        r"^\(spinner\) spinning$".to_string(),
+        r"^\(ticker\) tick 20$".to_string(),
+        r"^\(ticker\) ticker done$".to_string(),
+        r"^\(dbg1\) debug: done$".to_string(),
+        r"^\(dbg2\) debug: done$".to_string(),
+    ];
+    let refs: Vec<&str> = patterns.iter().map(String::as_str).collect();
+    let text = bochs.wait_for_all(&refs);
+    drop(bochs);
+    for d in ["dbg1", "dbg2"] {
+        for want in ["debug: 5 single-step traps", "debug: dr0 0 at start", "debug: dr0 kept"] {
+            assert!(text.contains(&format!("({d}) {want}")), "[{name}] ({d}) did not print {want:?}");
+        }
+    }
+    let bad: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("FAIL") || l.contains("(ferrite) vmx:") || l.contains("panic") || (l.contains("crashed") && (l.contains("(ticker)") || l.contains("(spinner)") || l.contains("(dbg"))))
+        .collect();
+    assert!(bad.is_empty(), "[{name}] {bad:#?}");
+}
