@@ -171,3 +171,38 @@ fn hostile_guests_are_contained_under_vmx() {
         .collect();
     assert!(bad.is_empty(), "[{name}] {bad:#?}");
 }
+
+/// Two domains on one VMX CPU (`guests/state_leak.S`): the state VMX does
+/// not switch itself (TSC_AUX, DR0-3, DR7, XMM, MXCSR, the x87 control
+/// word) never passes from the writer to the reader; beside them an STI;HLT
+/// guest is always woken by its interrupt and the start-up probes of
+/// `cpu_policy` get their answers.
+#[test]
+fn cpu_state_stays_private_on_one_vmx_cpu() {
+    let name = "cpu_state_stays_private_on_one_vmx_cpu";
+    let dir = test_dir(name);
+    let modules = vec![
+        pvh_config_module(&dir, "writer", "state_leak_writer", 16),
+        pvh_config_module(&dir, "reader", "state_leak", 16),
+        pvh_config_module(&dir, "sti_hlt", "sti_hlt", 16),
+        pvh_config_module(&dir, "policy", "cpu_policy", 16),
+        guest_module("state_leak_writer", &dir),
+        guest_module("state_leak", &dir),
+        guest_module("sti_hlt", &dir),
+        guest_module("cpu_policy", &dir),
+    ];
+    let mut bochs = Bochs::start(&dir, "console=com1", modules, Machine::vmx(1));
+    let text = bochs.wait_for_all(&[
+        r"^\(writer\) leak: done$",
+        r"^\(reader\) leak: done$",
+        r"^\(reader\) leak: reader start values are the reset values$",
+        r"^\(reader\) leak: reader saw \d+ checks, 0 changed, 0 writer values$",
+        r"^\(writer\) leak: writer kept its values over \d+ checks$",
+        r"^\(sti_hlt\) sti_hlt rounds=400 early=0$",
+        r"^\(policy\) cpu-policy: done$",
+        r"no domains left running",
+    ]);
+    drop(bochs);
+    let bad: Vec<&str> = text.lines().filter(|l| l.contains("FAIL") || l.contains("crashed") || l.contains("(ferrite) vmx:")).collect();
+    assert!(bad.is_empty(), "[{name}] {bad:#?}");
+}
