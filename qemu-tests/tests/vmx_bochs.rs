@@ -87,23 +87,42 @@ fn the_conformance_guests_pass_under_vmx() {
 
 /// An HVM guest under VMX: SeaBIOS from its reset vector in real mode
 /// (unrestricted guest), its devices served by a stub domain (64-bit, its
-/// own EPT) through I/O requests, with no disk to boot from.
+/// own EPT) through I/O requests, boots `mbr_disk_check.S` from an IDE
+/// disk that is a boot module served from RAM (`module:disk0.img`; Bochs
+/// has no virtio disks): the boot sector reads 256 sectors through int 13h
+/// and checks their sum, and writes one (to the domain's private copy).
 #[test]
-fn seabios_runs_in_an_hvm_guest_under_vmx() {
-    let name = "seabios_runs_in_an_hvm_guest_under_vmx";
+fn seabios_boots_an_mbr_from_a_module_disk_under_vmx() {
+    const SECTOR: usize = 512;
+    const CHECK_SECTORS: usize = 256;
+    let name = "seabios_boots_an_mbr_from_a_module_disk_under_vmx";
     let dir = test_dir(name);
+    use ferrite_qemu_tests::ferrite_tools::guestasm;
+    let mbr = guestasm::assemble_boot_sector(&guestasm::guests_dir().join("bootsector/mbr_disk_check.S"), &dir.join("mbr.bin"))
+        .unwrap_or_else(|e| panic!("cannot assemble the boot sector: {e:#}"));
+    let disk = guestasm::mbr_test_disk(&mbr, 2048);
+    let sum = disk[SECTOR..(CHECK_SECTORS + 1) * SECTOR].iter().fold(0u32, |a, &b| a.wrapping_add(u32::from(b)));
+    let disk_path = dir.join("disk0.img");
+    std::fs::write(&disk_path, &disk).expect("write the disk image");
     let cfg = dir.join("hvm1.cfg");
-    std::fs::write(&cfg, "name = \"hvm1\"\ntype = \"hvm\"\nmemory = 32\nvcpus = 1\non_crash = \"destroy\"\n").expect("write the config");
+    std::fs::write(
+        &cfg,
+        "name = \"hvm1\"\ntype = \"hvm\"\nmemory = 32\nvcpus = 1\ndisk = [ 'module:disk0.img,hda,w' ]\non_crash = \"destroy\"\n",
+    )
+    .expect("write the config");
     let modules = vec![
         ModuleSpec::new(cfg, ""),
+        ModuleSpec::new(disk_path.clone(), ""),
         ModuleSpec::new(std::path::PathBuf::from(&ferrite_qemu_tests::images().stubdom), ""),
         ModuleSpec::new(ferrite_qemu_tests::seabios_image(), ""),
     ];
     let mut bochs = Bochs::start(&dir, "console=com1", modules, Machine::vmx(2));
-    let text = bochs.wait_for_all(&[r"domain \d+ \(hvm1\): HVM, 32 MiB", r"^\(hvm1\) .*SeaBIOS", r"^\(hvm1\) .*[Nn]o bootable device"]);
+    let ok = format!(r"^\(hvm1\) mbr: ok sectors={CHECK_SECTORS:08x} sum={sum:08x}$");
+    let text = bochs.wait_for_all(&[r"domain \d+ \(hvm1\): HVM, 32 MiB", &ok, r"domain \d+ \(hvm1\) powered off"]);
     drop(bochs);
     let failures: Vec<&str> = text.lines().filter(|l| l.contains("crashed") || l.contains("(ferrite) vmx:")).collect();
     assert!(failures.is_empty(), "[{name}] {failures:#?}");
+    assert_eq!(std::fs::read(&disk_path).expect("read the disk image"), disk, "the module's file changed");
 }
 
 /// The address of guest `guest`'s `fault_insn` label, where its crash must
