@@ -225,3 +225,36 @@ fn cpu_state_stays_private_on_one_vmx_cpu() {
     let bad: Vec<&str> = text.lines().filter(|l| l.contains("FAIL") || l.contains("crashed") || l.contains("(ferrite) vmx:")).collect();
     assert!(bad.is_empty(), "[{name}] {bad:#?}");
 }
+
+/// What the exits of `guests/bench.S` cost under Bochs with each backend,
+/// in Bochs instructions (its TSC runs at `ips`, one tick per emulated
+/// instruction): the same guest and hypervisor on one CPU of Bochs' SVM
+/// model and of its VMX model. Prints the table (run with --nocapture);
+/// checks every round trip completed under both.
+#[test]
+fn exit_costs_under_bochs_svm_and_vmx() {
+    use ferrite_qemu_tests::ferrite_tools::bench;
+    let name = "exit_costs_under_bochs_svm_and_vmx";
+    let mut reports = Vec::new();
+    for (label, machine) in [("svm", Machine::svm(1)), ("vmx", Machine::vmx(1))] {
+        let dir = test_dir(&format!("{name}_{label}"));
+        let modules = vec![pvh_config_module(&dir, "bench", "bench", 64), guest_module("bench", &dir)];
+        let mut bochs = Bochs::start(&dir, "console=com1 pm_timer=emulated", modules, machine);
+        let text = bochs.wait_for_all(&[r"bench done", r"domain \d+ \(bench\) powered off"]);
+        drop(bochs);
+        let report = bench::parse_guest_output(&text);
+        assert!(report.done && !report.lines.is_empty(), "[{name}] {label}: no results");
+        reports.push((label, report));
+    }
+    eprintln!("[{name}] instructions per iteration under Bochs (loop included):");
+    eprintln!("{:<22} {:>10} {:>10}", "benchmark", "svm", "vmx");
+    let (svm, vmx) = (&reports[0].1, &reports[1].1);
+    for l in &svm.lines {
+        let per = |r: &bench::GuestReport| {
+            r.lines.iter().find(|m| m.name == l.name).map(|m| m.ticks as f64 / m.iterations.max(1) as f64)
+        };
+        let v = per(vmx);
+        eprintln!("{:<22} {:>10.1} {:>10}", l.name, per(svm).unwrap_or(0.0), v.map_or("-".into(), |v| format!("{v:.1}")));
+        assert!(v.is_some(), "[{name}] vmx printed no {}", l.name);
+    }
+}
