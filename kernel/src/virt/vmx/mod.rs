@@ -407,6 +407,16 @@ struct GuestState {
     dr6: u64,
     dr7: u64,
     pat: u64,
+    interruptibility: u32,
+    pdpte: [u64; 4],
+}
+
+/// The segment registers, descriptor tables and SYSENTER MSRs: state the
+/// guest changes without exits but the run loop rarely needs, so after an
+/// exit it is read from the VMCS only when asked for (`VmxVcpu::tables`),
+/// or when the slice ends.
+#[derive(Clone, Copy, Debug, Default)]
+struct Tables {
     /// ES, CS, SS, DS, FS, GS.
     segs: [Segment; 6],
     ldtr: Segment,
@@ -414,8 +424,35 @@ struct GuestState {
     gdtr: Segment,
     idtr: Segment,
     sysenter: [u64; 3],
-    interruptibility: u32,
-    pdpte: [u64; 4],
+}
+
+fn read_tables() -> Tables {
+    let mut t = Tables::default();
+    for (i, seg) in t.segs.iter_mut().enumerate() {
+        let off = 2 * i as u32;
+        *seg = Segment {
+            selector: read(GUEST_ES_SEL + off) as u16,
+            base: read(GUEST_ES_BASE + off),
+            limit: read(GUEST_ES_LIMIT + off) as u32,
+            attrib: from_access_rights(read(GUEST_ES_AR + off)),
+        };
+    }
+    t.ldtr = Segment {
+        selector: read(GUEST_LDTR_SEL) as u16,
+        base: read(GUEST_LDTR_BASE),
+        limit: read(GUEST_LDTR_LIMIT) as u32,
+        attrib: from_access_rights(read(GUEST_LDTR_AR)),
+    };
+    t.tr = Segment {
+        selector: read(GUEST_TR_SEL) as u16,
+        base: read(GUEST_TR_BASE),
+        limit: read(GUEST_TR_LIMIT) as u32,
+        attrib: from_access_rights(read(GUEST_TR_AR)),
+    };
+    t.gdtr = Segment { base: read(GUEST_GDTR_BASE), limit: read(GUEST_GDTR_LIMIT) as u32, ..Default::default() };
+    t.idtr = Segment { base: read(GUEST_IDTR_BASE), limit: read(GUEST_IDTR_LIMIT) as u32, ..Default::default() };
+    t.sysenter = [read(GUEST_SYSENTER_CS), read(GUEST_SYSENTER_ESP), read(GUEST_SYSENTER_EIP)];
+    t
 }
 
 /// What the last exit reported.
@@ -441,6 +478,10 @@ pub struct VmxVcpu {
     config: VmxConfig,
     regs: GuestRegs,
     st: GuestState,
+    /// See `Tables`; valid while `tables_fresh`, else in the VMCS (which
+    /// is then current on the CPU running this vCPU).
+    tables: core::cell::RefCell<Tables>,
+    tables_fresh: core::cell::Cell<bool>,
     /// `st` changed since it was last written into the VMCS.
     dirty: bool,
     exit: ExitInfo,
@@ -573,6 +614,8 @@ impl VmxVcpu {
             config,
             regs: GuestRegs::default(),
             st: GuestState { pat: 0x0007_0406_0007_0406, dr6: 0xFFFF_0FF0, dr7: 0x400, ..Default::default() },
+            tables: core::cell::RefCell::new(Tables::default()),
+            tables_fresh: core::cell::Cell::new(true),
             dirty: true,
             exit: ExitInfo::default(),
             proc: config.proc,
@@ -675,6 +718,7 @@ impl VmxVcpu {
     fn write_guest_state(&self) {
         let c = &self.config;
         let st = &self.st;
+        let t = self.tables();
         // VMX requires CR0.NE (and PE/PG unless the guest is unrestricted)
         // and CR4.VMXE; the guest sees its own values in the shadows.
         let cr0_fixed0 = c.cr0_fixed0 & !(CR0_PE | CR0_PG);
@@ -688,29 +732,29 @@ impl VmxVcpu {
         write(ENTRY_CONTROLS, u64::from(if ia32e { c.entry | ENTRY_IA32E } else { c.entry }));
         write(GUEST_DR7, st.dr7);
         write(GUEST_PAT, st.pat);
-        for (i, seg) in st.segs.iter().enumerate() {
+        for (i, seg) in t.segs.iter().enumerate() {
             let off = 2 * i as u32;
             write(GUEST_ES_SEL + off, u64::from(seg.selector));
             write(GUEST_ES_BASE + off, seg.base);
             write(GUEST_ES_LIMIT + off, u64::from(seg.limit));
             write(GUEST_ES_AR + off, to_access_rights(seg, i == 1));
         }
-        write(GUEST_LDTR_SEL, u64::from(st.ldtr.selector));
-        write(GUEST_LDTR_BASE, st.ldtr.base);
-        write(GUEST_LDTR_LIMIT, u64::from(st.ldtr.limit));
-        write(GUEST_LDTR_AR, to_access_rights(&st.ldtr, false) & !1);
-        write(GUEST_TR_SEL, u64::from(st.tr.selector));
-        write(GUEST_TR_BASE, st.tr.base);
-        write(GUEST_TR_LIMIT, u64::from(st.tr.limit));
+        write(GUEST_LDTR_SEL, u64::from(t.ldtr.selector));
+        write(GUEST_LDTR_BASE, t.ldtr.base);
+        write(GUEST_LDTR_LIMIT, u64::from(t.ldtr.limit));
+        write(GUEST_LDTR_AR, to_access_rights(&t.ldtr, false) & !1);
+        write(GUEST_TR_SEL, u64::from(t.tr.selector));
+        write(GUEST_TR_BASE, t.tr.base);
+        write(GUEST_TR_LIMIT, u64::from(t.tr.limit));
         // A task register is always busy (type 11, or 3 for a 16-bit TSS).
-        write(GUEST_TR_AR, to_access_rights(&st.tr, true) | 2);
-        write(GUEST_GDTR_BASE, st.gdtr.base);
-        write(GUEST_GDTR_LIMIT, u64::from(st.gdtr.limit));
-        write(GUEST_IDTR_BASE, st.idtr.base);
-        write(GUEST_IDTR_LIMIT, u64::from(st.idtr.limit));
-        write(GUEST_SYSENTER_CS, st.sysenter[0]);
-        write(GUEST_SYSENTER_ESP, st.sysenter[1]);
-        write(GUEST_SYSENTER_EIP, st.sysenter[2]);
+        write(GUEST_TR_AR, to_access_rights(&t.tr, true) | 2);
+        write(GUEST_GDTR_BASE, t.gdtr.base);
+        write(GUEST_GDTR_LIMIT, u64::from(t.gdtr.limit));
+        write(GUEST_IDTR_BASE, t.idtr.base);
+        write(GUEST_IDTR_LIMIT, u64::from(t.idtr.limit));
+        write(GUEST_SYSENTER_CS, t.sysenter[0]);
+        write(GUEST_SYSENTER_ESP, t.sysenter[1]);
+        write(GUEST_SYSENTER_EIP, t.sysenter[2]);
         for (i, p) in st.pdpte.iter().enumerate() {
             write(GUEST_PDPTE0 + 2 * i as u32, *p);
         }
@@ -721,30 +765,8 @@ impl VmxVcpu {
         let st = &mut self.st;
         st.cr3 = read(GUEST_CR3);
         st.dr7 = read(GUEST_DR7);
-        for (i, seg) in st.segs.iter_mut().enumerate() {
-            let off = 2 * i as u32;
-            *seg = Segment {
-                selector: read(GUEST_ES_SEL + off) as u16,
-                base: read(GUEST_ES_BASE + off),
-                limit: read(GUEST_ES_LIMIT + off) as u32,
-                attrib: from_access_rights(read(GUEST_ES_AR + off)),
-            };
-        }
-        st.ldtr = Segment {
-            selector: read(GUEST_LDTR_SEL) as u16,
-            base: read(GUEST_LDTR_BASE),
-            limit: read(GUEST_LDTR_LIMIT) as u32,
-            attrib: from_access_rights(read(GUEST_LDTR_AR)),
-        };
-        st.tr = Segment {
-            selector: read(GUEST_TR_SEL) as u16,
-            base: read(GUEST_TR_BASE),
-            limit: read(GUEST_TR_LIMIT) as u32,
-            attrib: from_access_rights(read(GUEST_TR_AR)),
-        };
-        st.gdtr = Segment { base: read(GUEST_GDTR_BASE), limit: read(GUEST_GDTR_LIMIT) as u32, ..Default::default() };
-        st.idtr = Segment { base: read(GUEST_IDTR_BASE), limit: read(GUEST_IDTR_LIMIT) as u32, ..Default::default() };
-        st.sysenter = [read(GUEST_SYSENTER_CS), read(GUEST_SYSENTER_ESP), read(GUEST_SYSENTER_EIP)];
+        // Segments and tables: when asked for (`tables`).
+        self.tables_fresh.set(false);
         st.interruptibility = read(GUEST_INTERRUPTIBILITY) as u32;
         if st.cr0 & CR0_PG != 0 && st.cr4 & (1 << 5) != 0 && st.efer & EFER_LMA == 0 {
             for (i, p) in st.pdpte.iter_mut().enumerate() {
@@ -753,13 +775,30 @@ impl VmxVcpu {
         }
     }
 
+    /// The segments and tables, read from the VMCS first if an exit made
+    /// them stale (the VMCS is then current here: a stale vCPU is between
+    /// an exit and the end of its slice, on its CPU, under its lock).
+    fn tables(&self) -> core::cell::Ref<'_, Tables> {
+        if !self.tables_fresh.get() {
+            *self.tables.borrow_mut() = read_tables();
+            self.tables_fresh.set(true);
+        }
+        self.tables.borrow()
+    }
+
+    fn set_tables(&mut self, t: Tables) {
+        *self.tables.get_mut() = t;
+        self.tables_fresh.set(true);
+        self.dirty = true;
+    }
+
     fn next_rip(&self) -> u64 {
         self.regs.rip.wrapping_add(self.exit.instruction_len)
     }
 
     /// The CPU's mode for address sizes: 8 in 64-bit code, else CS.D.
     fn default_address_size(&self) -> u8 {
-        let cs = self.st.segs[1];
+        let cs = self.tables().segs[1];
         if self.st.efer & EFER_LMA != 0 && cs.attrib & (1 << 9) != 0 {
             8
         } else if cs.attrib & (1 << 10) != 0 {
@@ -837,8 +876,11 @@ impl VmxVcpu {
                         },
                         (q & (1 << 3) == 0).then_some(((info >> 15) & 7) as u8),
                     )
-                } else {
+                } else if string {
                     (self.default_address_size(), None)
+                } else {
+                    // Unused for IN/OUT without a string.
+                    (8, None)
                 };
                 VmExit::Io {
                     port: (q >> 16) as u16,
@@ -883,6 +925,8 @@ impl VmxVcpu {
             log::error!("vmx: VMCS of a vCPU active on cpu {} released on cpu {}", self.active_cpu, cpu);
             return;
         }
+        // What is still only in the VMCS comes out before it is cleared.
+        self.tables();
         // SAFETY: VMX is on here and the VMCS is this vCPU's, active here.
         if let Err(e) = unsafe { vmclear(self.vmcs_pa) } {
             log::error!("vmx: VMCLEAR failed: {:?}", e);
@@ -1165,12 +1209,16 @@ impl VcpuOps for VmxVcpu {
 
     fn reset_real_mode(&mut self, cs_selector: u16, ip: u16) {
         let data = Segment { selector: 0, base: 0, limit: 0xFFFF, attrib: 0x93 };
-        self.st.segs = [data; 6];
-        self.st.segs[1] = Segment { selector: cs_selector, base: u64::from(cs_selector) << 4, limit: 0xFFFF, attrib: 0x9B };
-        self.st.gdtr = Segment { limit: 0xFFFF, ..Default::default() };
-        self.st.idtr = Segment { limit: 0xFFFF, ..Default::default() };
-        self.st.ldtr = Segment { limit: 0xFFFF, attrib: 0x82, ..Default::default() };
-        self.st.tr = Segment { limit: 0xFFFF, attrib: 0x8B, ..Default::default() };
+        let mut segs = [data; 6];
+        segs[1] = Segment { selector: cs_selector, base: u64::from(cs_selector) << 4, limit: 0xFFFF, attrib: 0x9B };
+        self.set_tables(Tables {
+            segs,
+            gdtr: Segment { limit: 0xFFFF, ..Default::default() },
+            idtr: Segment { limit: 0xFFFF, ..Default::default() },
+            ldtr: Segment { limit: 0xFFFF, attrib: 0x82, ..Default::default() },
+            tr: Segment { limit: 0xFFFF, attrib: 0x8B, ..Default::default() },
+            sysenter: [0; 3],
+        });
         self.st.interruptibility = 0;
         self.inject = 0;
         self.proc &= !(PROC_INTERRUPT_WINDOW | PROC_NMI_WINDOW);
@@ -1187,11 +1235,13 @@ impl VcpuOps for VmxVcpu {
 
     fn set_entry_state(&mut self, st: &EntryState) {
         self.reset_real_mode(0, 0);
-        self.st.segs = [st.ds; 6];
-        self.st.segs[1] = st.cs;
-        self.st.tr = st.tr;
-        self.st.gdtr = Segment { base: st.gdtr_base, limit: u32::from(st.gdtr_limit), ..Default::default() };
-        self.st.idtr = Segment::default();
+        let mut t = *self.tables();
+        t.segs = [st.ds; 6];
+        t.segs[1] = st.cs;
+        t.tr = st.tr;
+        t.gdtr = Segment { base: st.gdtr_base, limit: u32::from(st.gdtr_limit), ..Default::default() };
+        t.idtr = Segment::default();
+        self.set_tables(t);
         self.st.cr0 = st.cr0;
         self.st.cr3 = st.cr3;
         self.st.cr4 = st.cr4;
@@ -1366,24 +1416,25 @@ impl VcpuOps for VmxVcpu {
     }
 
     fn code_segment(&self) -> Segment {
-        self.st.segs[1]
+        self.tables().segs[1]
     }
 
     fn describe_state(&self) -> alloc::string::String {
+        let t = self.tables();
         alloc::format!(
             "rsp {:#x} rflags {:#x} cs {:#x} cr0 {:#x} cr2 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x} idt {:#x}/{:#x} tr {:#x} base {:#x} exit {} qual {:#x} inject {:#x} interruptibility {:#x} proc {:#x}",
             self.regs.rsp,
             self.regs.rflags,
-            self.st.segs[1].selector,
+            t.segs[1].selector,
             self.st.cr0,
             self.st.cr2,
             self.st.cr3,
             self.st.cr4,
             self.st.efer,
-            self.st.idtr.base,
-            self.st.idtr.limit,
-            self.st.tr.selector,
-            self.st.tr.base,
+            t.idtr.base,
+            t.idtr.limit,
+            t.tr.selector,
+            t.tr.base,
             self.exit.reason,
             self.exit.qualification,
             self.inject,
@@ -1397,7 +1448,7 @@ impl VcpuOps for VmxVcpu {
     }
 
     fn segment(&self, index: u8) -> Segment {
-        self.st.segs[usize::from(index.min(5))]
+        self.tables().segs[usize::from(index.min(5))]
     }
 
     fn keeps_pae_pdptes(&self) -> bool {
