@@ -707,6 +707,7 @@ fn handle_exit<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, exit: VmEx
                 vcpu.describe_state()
             ));
         }
+        VmExit::Unsupported(what) => return crashed(format!("{} at rip {:#x}", what, vcpu.regs().rip)),
         VmExit::Other { code, info1, info2 } => {
             return crashed(format!(
                 "unhandled exit {:#x} (info {:#x}, {:#x}) at rip {:#x}",

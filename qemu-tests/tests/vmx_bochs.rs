@@ -54,10 +54,10 @@ fn a_linux_pvh_dom0_with_two_vcpus_powers_off_under_vmx() {
 /// machine it sees (interrupt windows, CR0/CR3/CR4/EFER writes, NMIs and
 /// NMI task gates, single steps after emulated instructions, CR8 and the
 /// TPR) and must report all its checks done, none failed, and power off.
-/// Left out: `nmi_task_gate`. VMX exits on every task switch (exit reason
-/// 9) and the VMX backend does not emulate task switches yet, so that
-/// guest's domain crashes with "unhandled exit 0x9"; under SVM the CPU
-/// switches tasks itself.
+/// Except `nmi_task_gate`: VMX exits on every task switch (exit reason 9)
+/// and the VMX backend does not emulate task switches yet, so that guest's
+/// domain crashes, with that reason, and only that domain; under SVM the
+/// CPU switches tasks itself.
 #[test]
 fn the_conformance_guests_pass_under_vmx() {
     let name = "the_conformance_guests_pass_under_vmx";
@@ -75,13 +75,19 @@ fn the_conformance_guests_pass_under_vmx() {
         modules.push(pvh_config_module(&dir, domain, guest, 16));
         modules.push(guest_module(guest, &dir));
     }
+    modules.push(pvh_config_module(&dir, "nmitask", "nmi_task_gate", 16));
+    modules.push(guest_module("nmi_task_gate", &dir));
     let mut bochs = Bochs::start(&dir, "console=com1", modules, Machine::vmx(2));
     let mut patterns: Vec<String> = guests.iter().map(|(_, _, done)| done.to_string()).collect();
+    patterns.push(r"ERROR: domain \d+ \(nmitask\) crashed: vcpu 0: task switch \(a TSS or task gate; not emulated under VMX yet\) at rip".into());
     patterns.extend(guests.iter().map(|(domain, _, _)| format!(r"domain \d+ \({domain}\) powered off")));
     let refs: Vec<&str> = patterns.iter().map(String::as_str).collect();
     let text = bochs.wait_for_all(&refs);
     drop(bochs);
-    let failures: Vec<&str> = text.lines().filter(|l| l.contains("FAIL") || l.contains("crashed") || l.contains("(ferrite) vmx:")).collect();
+    let failures: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("FAIL") || (l.contains("crashed") && !l.contains("(nmitask) crashed: vcpu 0: task switch")) || l.contains("(ferrite) vmx:"))
+        .collect();
     assert!(failures.is_empty(), "[{name}] {failures:#?}");
 }
 

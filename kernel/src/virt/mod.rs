@@ -316,6 +316,9 @@ pub enum VmExit {
     /// the consistency check the state fails, as the backend redid them
     /// (`None`: none it knows of).
     InvalidState { check: Option<ferrite_x86::vmrun::VmrunCheck> },
+    /// Something the guest did that the backend does not emulate (named):
+    /// the domain crashes with that reason.
+    Unsupported(&'static str),
     Other { code: u64, info1: u64, info2: u64 },
 }
 

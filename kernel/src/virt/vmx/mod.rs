@@ -907,6 +907,10 @@ impl VmxVcpu {
             // no VMX; they raise #UD as on a CPU without it.
             EXIT_GETSEC | EXIT_VMCLEAR..=EXIT_VMXON | EXIT_INVEPT | EXIT_INVVPID | EXIT_VMFUNC => VmExit::Exception { vector: UD_VECTOR, error_code: None },
             EXIT_INVALID_GUEST_STATE | EXIT_MSR_LOADING => VmExit::InvalidState { check: None },
+            // VMX exits on every hardware task switch (a CALL, JMP or IRET
+            // to a TSS, an event through a task gate); SVM lets the CPU do
+            // it. Not emulated yet.
+            EXIT_TASK_SWITCH => VmExit::Unsupported("task switch (a TSS or task gate; not emulated under VMX yet)"),
             _ => VmExit::Other { code: u64::from(e.reason), info1: e.qualification, info2: e.gpa },
         }
     }

@@ -173,6 +173,7 @@ pub const EXIT_SMI: u32 = 5;
 pub const EXIT_OTHER_SMI: u32 = 6;
 pub const EXIT_INTERRUPT_WINDOW: u32 = 7;
 pub const EXIT_NMI_WINDOW: u32 = 8;
+pub const EXIT_TASK_SWITCH: u32 = 9;
 pub const EXIT_CPUID: u32 = 10;
 pub const EXIT_GETSEC: u32 = 11;
 pub const EXIT_HLT: u32 = 12;
