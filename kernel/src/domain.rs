@@ -17,8 +17,7 @@ use crate::vcpu::{self, Platform, RunOutcome};
 use crate::mm::blob::Blob;
 use ferrite_devmodel::console_limit::{LineBudget, Verdict};
 use ferrite_x86::mmio_replay::{MmioAccess, MmioReplay, Step as MmioStep};
-use crate::virt::svm::SvmVcpu;
-use crate::virt::{Capabilities, EntryState, GuestRegs, Segment, VcpuOps};
+use crate::virt::{ArchVcpu, Capabilities, EntryState, GuestRegs, Segment, VcpuConfig, VcpuOps};
 use alloc::format;
 use alloc::string::String;
 use alloc::sync::{Arc, Weak};
@@ -140,7 +139,7 @@ static DOMAINS: Mutex<Vec<Arc<Domain>>> = Mutex::new(Vec::new());
 pub struct Vcpu {
     pub id: u32,
     domain: Weak<Domain>,
-    arch: Mutex<SvmVcpu>,
+    arch: Mutex<ArchVcpu>,
     /// Separate from `arch` (held while the vCPU runs) so other vCPUs and
     /// devices can post interrupts to it at any time.
     lapic: Mutex<Lapic>,
@@ -438,7 +437,8 @@ impl Domain {
         });
         let mut vcpus = Vec::new();
         for i in 0..domain.spec.vcpus {
-            let Some(mut arch) = SvmVcpu::new(caps, npt_root, asid, (intercepts.0).0, (intercepts.1).0) else {
+            let cfg = VcpuConfig { nested_root: npt_root, tag: asid, iopm_pa: (intercepts.0).0, msrpm_pa: (intercepts.1).0 };
+            let Some(mut arch) = ArchVcpu::new(caps, &cfg) else {
                 return Err(format!("{}: out of memory for vCPU {}", domain.name, i));
             };
             if i == 0 {

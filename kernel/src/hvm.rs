@@ -13,7 +13,7 @@ use crate::drivers::virtio_blk;
 use crate::ioreq::IoreqServer;
 use crate::mm::guest::{GuestMemory, PCI_HOLE_START};
 use crate::platform::Devices;
-use crate::stubdom::{StubBackends, StubDisk};
+use crate::stubdom::{DiskBackend, StubBackends, StubDisk};
 use crate::virt::{Capabilities, EntryState, Segment};
 use alloc::format;
 use alloc::string::String;
@@ -35,6 +35,8 @@ pub struct HvmDisk {
     pub read_only: bool,
     /// IDE or virtio-blk on the PCI bus (xl `specification=`).
     pub model: ferrite_abi::StubDiskModel,
+    /// `module:NAME`: the boot module served from RAM instead of a host disk.
+    pub image: Option<Blob>,
 }
 
 /// Direct Linux boot through fw_cfg (xl's `kernel=`/`ramdisk=`/`cmdline=`
@@ -88,13 +90,26 @@ pub fn create(spec: DomainSpec, caps: Capabilities) -> Result<Arc<Domain>, Strin
     // Every disk must exist before anything is built.
     let mut disks = Vec::new();
     for d in &h.disks {
-        let device = virtio_blk::find(&d.target).ok_or_else(|| {
-            format!("{}: disk '{}' is not a host disk (give Ferrite a virtio-blk device with serial={})", name, d.target, d.target)
-        })?;
+        let device = match &d.image {
+            Some(image) => {
+                let ram = crate::mm::ramdisk::RamDisk::new(&d.target, image.clone(), !d.read_only).map_err(|e| format!("{}: {}", name, e))?;
+                DiskBackend::Ram(Arc::new(ram))
+            }
+            None => DiskBackend::Host(virtio_blk::find(&d.target).ok_or_else(|| {
+                format!("{}: disk '{}' is not a host disk (give Ferrite a virtio-blk device with serial={})", name, d.target, d.target)
+            })?),
+        };
         disks.push(StubDisk { device, read_only: d.read_only });
     }
-    let wanted: Vec<(String, bool)> =
-        h.disks.iter().zip(&disks).map(|(d, s)| (d.target.clone(), !s.read_only && !s.device.read_only())).collect();
+    // A RAM disk is the domain's own copy (or read-only): only host disks
+    // can be shared.
+    let wanted: Vec<(String, bool)> = h
+        .disks
+        .iter()
+        .zip(&disks)
+        .filter(|(_, s)| matches!(s.device, DiskBackend::Host(_)))
+        .map(|(d, s)| (d.target.clone(), !s.read_only && !s.device.read_only()))
+        .collect();
     check_disk_sharing(&name, &wanted, None)?;
 
     crate::domain::check_memory(&name, spec.memory_bytes + ferrite_abi::STUB_RAM_BYTES)?;

@@ -312,6 +312,7 @@ fn pvh_disks(specs: &[ferrite_config::DiskSpec], files: &dyn Files) -> Result<Ve
         let source = match d.kind {
             DiskKind::File | DiskKind::Nbd => DiskSource::Nbd(files.nbd_disk(d)?),
             DiskKind::Phy | DiskKind::Unspecified => DiskSource::Host(target),
+            DiskKind::Module => return Err(format!("disk {}: module: disks are for HVM guests only, for now", d.vdev.name)),
         };
         disks.push(DiskConfig { source, vdev: d.vdev.name.clone(), read_only: d.access == Access::ReadOnly });
     }
@@ -344,7 +345,7 @@ fn hvm_boot(cfg: &ferrite_config::DomainConfig, files: &dyn Files) -> Result<Boo
             return Err(format!("disk {}: CD-ROMs are not emulated yet", d.vdev.name));
         }
         if matches!(d.kind, ferrite_config::DiskKind::File | ferrite_config::DiskKind::Nbd) {
-            return Err(format!("disk {}: HVM guests get host disks (phy:NAME) only, for now", d.vdev.name));
+            return Err(format!("disk {}: HVM guests get host disks (phy:NAME) or boot modules (module:NAME) only, for now", d.vdev.name));
         }
         let model = match (d.specification, d.transport) {
             (DiskSpecification::Xen, _) => {
@@ -371,7 +372,11 @@ fn hvm_boot(cfg: &ferrite_config::DomainConfig, files: &dyn Files) -> Result<Boo
             }
         };
         let target = d.target.clone().ok_or_else(|| format!("disk {}: no target", d.vdev.name))?;
-        disks.push(hvm::HvmDisk { target, vdev: d.vdev.name.clone(), read_only: d.access == Access::ReadOnly, model });
+        let image = match d.kind {
+            ferrite_config::DiskKind::Module => Some(files.get(&target, "disk image")?),
+            _ => None,
+        };
+        disks.push(hvm::HvmDisk { target, vdev: d.vdev.name.clone(), read_only: d.access == Access::ReadOnly, model, image });
     }
     let linux = match cfg.kernel.as_deref() {
         Some(k) => Some(hvm::HvmLinux {

@@ -50,7 +50,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// I/O port of QEMU's isa-debug-exit device (`debug_exit=`), 0 when unset.
 static DEBUG_EXIT_PORT: AtomicU32 = AtomicU32::new(0);
-static SVM_ENABLED_CPUS: AtomicUsize = AtomicUsize::new(0);
+static VIRT_ENABLED_CPUS: AtomicUsize = AtomicUsize::new(0);
 static VIRT_CAPS: spin::Once<virt::Capabilities> = spin::Once::new();
 /// Set when a domain crashed: the run is then reported as failed.
 static DOMAIN_FAILED: AtomicBool = AtomicBool::new(false);
@@ -245,7 +245,7 @@ pub extern "C" fn kmain(magic: u32, info_paddr: u32, entry: u32) -> ! {
         }
     }
 
-    let caps = match virt::svm::detect() {
+    let caps = match virt::init() {
         Ok(caps) => {
             info!("virtualization: {}", caps);
             Some(caps)
@@ -261,9 +261,10 @@ pub extern "C" fn kmain(magic: u32, info_paddr: u32, entry: u32) -> ! {
 
     start_secondary_cpus(&platform.cpu_apic_ids, bsp_apic);
     info!(
-        "smp: {} CPUs online, SVM enabled on {}",
+        "smp: {} CPUs online, {} enabled on {}",
         percpu::online_count(),
-        SVM_ENABLED_CPUS.load(Ordering::SeqCst)
+        virt_name(),
+        VIRT_ENABLED_CPUS.load(Ordering::SeqCst)
     );
     let pci_config = drivers::pci::ConfigAccess::new(&platform.ecam);
     let pci_functions = drivers::host_pci_functions(&pci_config);
@@ -401,14 +402,19 @@ fn key_module(boot: &bootinfo::BootInfo) -> Option<[u8; 32]> {
     key
 }
 
+/// "SVM" or "VMX", for the boot log.
+fn virt_name() -> &'static str {
+    virt::chosen().map_or("virtualization", |c| c.backend.label())
+}
+
 fn enable_virtualization_on_this_cpu() {
     let pc = percpu::current();
-    match virt::svm::enable_cpu() {
+    match virt::enable_cpu() {
         Ok(()) => {
-            SVM_ENABLED_CPUS.fetch_add(1, Ordering::SeqCst);
-            info!("cpu {}: SVM enabled", pc.index);
+            VIRT_ENABLED_CPUS.fetch_add(1, Ordering::SeqCst);
+            info!("cpu {}: {} enabled", pc.index, virt_name());
         }
-        Err(e) => error!("cpu {}: SVM not enabled: {}", pc.index, e),
+        Err(e) => error!("cpu {}: {} not enabled: {}", pc.index, virt_name(), e),
     }
 }
 
@@ -454,7 +460,7 @@ extern "C" fn ap_main(index: u64) -> ! {
     while !BOOT_DONE.load(Ordering::SeqCst) {
         cpu::pause();
     }
-    if virt::svm::enabled_on_this_cpu() {
+    if virt::enabled_on_this_cpu() {
         sched::run_forever()
     }
     loop {

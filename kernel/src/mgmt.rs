@@ -694,7 +694,7 @@ fn connect_disks(pending: &mut PendingCreate, peer: Option<[u8; 4]>, dom0_vsock:
                 (addr, served.port, served.export.clone())
             }
             DiskKind::Nbd => crate::nbd::parse_target(&target).map_err(|e| format!("disk {}: {}", d.vdev.name, e))?,
-            DiskKind::Phy | DiskKind::Unspecified => continue,
+            DiskKind::Phy | DiskKind::Unspecified | DiskKind::Module => continue,
         };
         let nbd = crate::nbd::connect(addr, port, &export)?;
         pending.nbd.push((target, nbd));

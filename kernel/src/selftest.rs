@@ -5,8 +5,7 @@
 //! against the expected sequence, proving the run loop end to end.
 
 use crate::mm::guest::GuestMemory;
-use crate::virt::svm::SvmVcpu;
-use crate::virt::{GuestRegs, VcpuOps};
+use crate::virt::{ArchVcpu, GuestRegs, VcpuConfig, VcpuOps};
 use crate::vcpu::{self, Platform, RunOutcome, HV_SIGNATURE};
 use alloc::format;
 use alloc::string::String;
@@ -191,7 +190,8 @@ pub fn run(caps: crate::virt::Capabilities) -> Result<String, String> {
     let mem = GuestMemory::new(2 << 20).map_err(|e| format!("{}", e))?;
     mem.write(LOAD_GPA, guest_program()).map_err(|e| format!("{}", e))?;
     let (iopm, msrpm) = crate::mm::alloc_intercept_maps().ok_or("out of memory for permission maps")?;
-    let mut vcpu = SvmVcpu::new(caps, mem.npt_root(), 1, iopm.0, msrpm.0).ok_or("out of memory for a VMCB")?;
+    let cfg = VcpuConfig { nested_root: mem.npt_root(), tag: 1, iopm_pa: iopm.0, msrpm_pa: msrpm.0 };
+    let mut vcpu = ArchVcpu::new(caps, &cfg).ok_or("out of memory for a VMCB")?;
     vcpu.reset_real_mode((LOAD_GPA >> 4) as u16, 0);
     let mut platform = SelftestPlatform { events: Vec::new(), mem: &mem };
     let (outcome, exits) = vcpu::run_loop(&mut vcpu, &mut platform, 1000);

@@ -18,8 +18,45 @@ use alloc::vec::Vec;
 use ferrite_abi::{hypercall as hc, BlockRequest, Errno, PowerAction, BLOCK_FLAG_GUEST, BLOCK_FLUSH, BLOCK_READ, BLOCK_WRITE, DEST_GUEST, DEST_STUB};
 
 /// A host disk as one guest may use it.
+/// What serves a stub's disk: a host virtio-blk disk, or a boot module in
+/// RAM (`module:NAME`).
+pub enum DiskBackend {
+    Host(&'static BlockDevice),
+    Ram(Arc<crate::mm::ramdisk::RamDisk>),
+}
+
+impl DiskBackend {
+    pub fn name(&self) -> &str {
+        match self {
+            DiskBackend::Host(d) => d.name(),
+            DiskBackend::Ram(d) => d.name(),
+        }
+    }
+
+    pub fn sectors(&self) -> u64 {
+        match self {
+            DiskBackend::Host(d) => d.sectors(),
+            DiskBackend::Ram(d) => d.sectors(),
+        }
+    }
+
+    pub fn read_only(&self) -> bool {
+        match self {
+            DiskBackend::Host(d) => d.read_only(),
+            DiskBackend::Ram(d) => d.read_only(),
+        }
+    }
+
+    fn flush(&self) -> Result<(), crate::drivers::virtio_blk::BlockIoError> {
+        match self {
+            DiskBackend::Host(d) => d.flush(),
+            DiskBackend::Ram(_) => Ok(()),
+        }
+    }
+}
+
 pub struct StubDisk {
-    pub device: &'static BlockDevice,
+    pub device: DiskBackend,
     /// `r` in the guest's config: writes are refused whatever the stub says.
     pub read_only: bool,
 }
@@ -185,10 +222,11 @@ fn block_io(stub: &Domain, b: &StubBackends, addr: u64, len: u64) -> Result<u64,
     // the hypervisor never holds references into; the domains stay alive
     // (we run on the stub's vCPU, which holds its guest) for the call.
     let r = unsafe {
-        if write {
-            disk.device.write(req.lba, &host)
-        } else {
-            disk.device.read(req.lba, &host)
+        match (&disk.device, write) {
+            (DiskBackend::Host(d), true) => d.write(req.lba, &host),
+            (DiskBackend::Host(d), false) => d.read(req.lba, &host),
+            (DiskBackend::Ram(d), true) => d.write(req.lba, &host),
+            (DiskBackend::Ram(d), false) => d.read(req.lba, &host),
         }
     };
     r.map(|_| 0).map_err(|e| {

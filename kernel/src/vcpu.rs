@@ -661,6 +661,13 @@ fn handle_exit<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, exit: VmEx
         }
         VmExit::ExternalInterrupt | VmExit::InterruptWindow => {}
         VmExit::Iret => vcpu.iret_intercepted(),
+        // A backend whose CPU lacks the guest's hypercall instruction
+        // (VMMCALL on Intel, VMCALL on AMD) intercepts #UD: either one is a
+        // hypercall on both backends.
+        VmExit::Exception { vector: UD_VECTOR, error_code: None } if at_hypercall_instruction(vcpu, platform) => {
+            let next_rip = vcpu.regs().rip.wrapping_add(3);
+            return handle_exit(vcpu, platform, VmExit::Hypercall { next_rip });
+        }
         // Given back to the guest: each delivery is its own exit, so a
         // guest whose #DB or #AC handling loops still gives the CPU back.
         VmExit::Exception { vector, error_code } => vcpu.inject_exception(vector, error_code),
@@ -700,6 +707,7 @@ fn handle_exit<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, exit: VmEx
                 vcpu.describe_state()
             ));
         }
+        VmExit::Unsupported(what) => return crashed(format!("{} at rip {:#x}", what, vcpu.regs().rip)),
         VmExit::Other { code, info1, info2 } => {
             return crashed(format!(
                 "unhandled exit {:#x} (info {:#x}, {:#x}) at rip {:#x}",
@@ -785,6 +793,19 @@ fn cpu_mode<V: VcpuOps>(vcpu: &V) -> CpuMode {
         cs_l: cs.attrib & (1 << 9) != 0,
         cs_db: cs.attrib & (1 << 10) != 0,
         cpl: ((cs.attrib >> 5) & 3) as u8,
+    }
+}
+
+const UD_VECTOR: u8 = 6;
+
+/// Whether the instruction at RIP is VMMCALL or VMCALL (without prefixes).
+fn at_hypercall_instruction<V: VcpuOps>(vcpu: &V, platform: &dyn Platform) -> bool {
+    const VMMCALL: [u8; 3] = [0x0F, 0x01, 0xD9];
+    const VMCALL: [u8; 3] = [0x0F, 0x01, 0xC1];
+    let mode = cpu_mode(vcpu);
+    match current_instruction(vcpu, platform, &mode) {
+        Ok((bytes, len)) if len >= 3 => bytes[..3] == VMMCALL || bytes[..3] == VMCALL,
+        _ => false,
     }
 }
 

@@ -29,6 +29,8 @@ use std::time::{Duration, Instant};
 pub use ferrite_tools;
 pub use regex;
 
+pub mod bochs;
+
 /// Per-VM wall-clock limit: TCG on a busy 2-core machine is slow.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 

@@ -32,7 +32,7 @@ USAGE:
         --selftest-only, only the built-in self-test guest runs.
     ferrite iso --out FILE [--debug] [--module PATH[=ARGS]]... [--append \"CMDLINE\"]
         Build, then make a BIOS GRUB rescue ISO booting Ferrite via multiboot2.
-    ferrite test [-- ARGS FOR THE TEST BINARIES]
+    ferrite test [--bochs] [-- ARGS FOR THE TEST BINARIES]
         Check host dependencies, then run
         `cargo test --workspace --no-fail-fast -- --test-threads=2 [ARGS]`: every
         test binary runs, even after one fails, and no test is ever rerun.
@@ -46,6 +46,9 @@ USAGE:
         passes the filter to every test binary; to run one QEMU test directly:
         `cargo test -p ferrite-qemu-tests --test <file> -- --exact <name>`
         (<file>: a qemu-tests/tests/ file name without .rs, e.g. boot).
+        --bochs runs only the binaries that boot Ferrite under Bochs
+        (`hostile_bochs`, `vmx_bochs`: Intel VMX and AMD SVM models; needs
+        bochs, bochsbios, vgabios, bochs-term; about 7 minutes on 2 cores).
     ferrite xl [--host H] [--port P] [--key-file F] SUBCOMMAND [ARGS]
         Manage the domains of a running Ferrite like Xen's xl (list, info,
         create, console, shutdown, destroy, vcpu-pin, ...) through its
@@ -114,7 +117,8 @@ pub enum Cmd {
     Build { profile: Profile },
     Up(UpArgs),
     Iso(IsoArgs),
-    Test { test_args: Vec<String> },
+    /// `bochs`: only the test binaries that boot Ferrite under Bochs.
+    Test { test_args: Vec<String>, bochs: bool },
     Bench(crate::bench::BenchArgs),
     /// `ferrite bench sched ...`.
     BenchSched(crate::bench_sched::Args),
@@ -187,6 +191,7 @@ pub fn parse<I: IntoIterator<Item = S>, S: Into<String>>(argv: I) -> Result<Cmd>
     let mut up = UpArgs::default();
     let mut iso_out: Option<PathBuf> = None;
     let mut test_args = Vec::new();
+    let mut bochs = false;
     match sub.as_str() {
         "help" | "-h" | "--help" => return Ok(Cmd::Help),
         "bench" => {
@@ -238,6 +243,7 @@ pub fn parse<I: IntoIterator<Item = S>, S: Into<String>>(argv: I) -> Result<Cmd>
             }
             ("up" | "iso", "--append") => up.append.push(args.value("--append", inline)?),
             ("up" | "iso", "--module") => up.modules.push(ModuleSpec::parse(&args.value("--module", inline)?)?),
+            ("test", "--bochs") => bochs = true,
             ("iso", "--out" | "-o") => iso_out = Some(PathBuf::from(args.value("--out", inline)?)),
             _ => bail!("unknown option {arg:?} for `ferrite {sub}` (see `ferrite help`)"),
         }
@@ -257,7 +263,7 @@ pub fn parse<I: IntoIterator<Item = S>, S: Into<String>>(argv: I) -> Result<Cmd>
             append: up.append,
             modules: up.modules,
         }),
-        _ => Cmd::Test { test_args },
+        _ => Cmd::Test { test_args, bochs },
     })
 }
 
@@ -331,8 +337,9 @@ mod tests {
 
     #[test]
     fn test_passes_args_through() {
-        assert_eq!(parse(["test"]).unwrap(), Cmd::Test { test_args: vec![] });
-        assert_eq!(parse(["test", "--", "boots"]).unwrap(), Cmd::Test { test_args: vec!["boots".into()] });
+        assert_eq!(parse(["test"]).unwrap(), Cmd::Test { test_args: vec![], bochs: false });
+        assert_eq!(parse(["test", "--", "boots"]).unwrap(), Cmd::Test { test_args: vec!["boots".into()], bochs: false });
+        assert_eq!(parse(["test", "--bochs"]).unwrap(), Cmd::Test { test_args: vec![], bochs: true });
         assert!(parse(["build", "--", "x"]).is_err());
     }
 

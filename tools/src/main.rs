@@ -43,7 +43,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
         }
         Cmd::Up(args) => up(args),
         Cmd::Iso(args) => make_iso(args),
-        Cmd::Test { test_args } => test(&test_args),
+        Cmd::Test { test_args, bochs } => test(&test_args, bochs),
         Cmd::Bench(args) => {
             ferrite_tools::bench::main(&args)?;
             Ok(ExitCode::SUCCESS)
@@ -282,11 +282,14 @@ fn make_iso(args: IsoArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The test binaries that boot Ferrite under Bochs (`ferrite test --bochs`).
+const BOCHS_TEST_BINARIES: [&str; 2] = ["hostile_bochs", "vmx_bochs"];
+
 /// `ferrite test`: every test binary of the workspace runs once (no
 /// reruns, `--no-fail-fast`), then a summary per binary, the failed tests
 /// and, as the very last line, the totals CI reads (`N passed, M failed,
 /// K skipped`).
-fn test(test_args: &[String]) -> Result<ExitCode> {
+fn test(test_args: &[String], bochs: bool) -> Result<ExitCode> {
     let start = Instant::now();
     let missing = deps::check(&deps::TEST_TOOLS);
     if !missing.is_empty() {
@@ -296,8 +299,16 @@ fn test(test_args: &[String]) -> Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     println!("host dependencies present (qemu-system-x86_64, grub-mkrescue, xorriso, mformat)");
-    let mut args: Vec<String> =
-        ["test", "--workspace", "--no-fail-fast", "--", "--test-threads=2"].map(String::from).to_vec();
+    let mut args: Vec<String> = if bochs {
+        ["test", "--release", "-p", "ferrite-qemu-tests"]
+            .into_iter()
+            .chain(BOCHS_TEST_BINARIES.iter().flat_map(|b| ["--test", b]))
+            .chain(["--no-fail-fast", "--", "--test-threads=2"])
+            .map(String::from)
+            .collect()
+    } else {
+        ["test", "--workspace", "--no-fail-fast", "--", "--test-threads=2"].map(String::from).to_vec()
+    };
     args.extend_from_slice(test_args);
     println!("running: cargo {}", args.join(" "));
     let mut summary = Summary::default();

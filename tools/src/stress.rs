@@ -24,7 +24,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub const USAGE: &str = "\
-    ferrite stress [--boots N] [--jobs J] [--vcpus V] [--mttcg] [--timeout SECS] [--bochs]
+    ferrite stress [--boots N] [--jobs J] [--vcpus V] [--mttcg] [--timeout SECS] [--bochs [--vmx]]
         Build, then boot Debian's Linux as a PVH dom0 with V vCPUs (default 4)
         plus two HVM guests (SeaBIOS + stub domain + IDE disk) on a two-CPU
         QEMU, N times (default 20), J at a time (default 1; more boots at once
@@ -32,7 +32,8 @@ pub const USAGE: &str = "\
         for a host reset, every CPU's state; ends with the pass count. QEMU
         runs its CPUs on one thread unless --mttcg is given (see
         ARCHITECTURE.md, \"Two host CPUs under QEMU TCG\"). --bochs boots dom0
-        alone from a GRUB ISO in Bochs' SVM model (2 CPUs; about 100 s a boot).
+        alone from a GRUB ISO in Bochs' SVM model (2 CPUs; about 100 s a boot),
+        or with --vmx in its Intel VMX model.
 ";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,11 +44,13 @@ pub struct StressArgs {
     pub threads: TcgThreads,
     pub timeout: Duration,
     pub bochs: bool,
+    /// With `bochs`: Bochs' Intel VMX model instead of its AMD SVM one.
+    pub vmx: bool,
 }
 
 impl Default for StressArgs {
     fn default() -> Self {
-        StressArgs { boots: 20, jobs: 1, vcpus: 4, threads: TcgThreads::Single, timeout: Duration::from_secs(300), bochs: false }
+        StressArgs { boots: 20, jobs: 1, vcpus: 4, threads: TcgThreads::Single, timeout: Duration::from_secs(300), bochs: false, vmx: false }
     }
 }
 
@@ -66,8 +69,12 @@ pub fn parse_args(args: &[String]) -> Result<StressArgs> {
             "--timeout" => s.timeout = Duration::from_secs(number("--timeout", it.next())?.into()),
             "--mttcg" => s.threads = TcgThreads::Multi,
             "--bochs" => s.bochs = true,
+            "--vmx" => s.vmx = true,
             other => bail!("unknown option {other:?} for `ferrite stress` (see `ferrite help`)"),
         }
+    }
+    if s.vmx && !s.bochs {
+        bail!("--vmx needs --bochs (QEMU's TCG emulates only SVM)");
     }
     if s.vcpus > 64 {
         bail!("--vcpus {}: at most 64", s.vcpus);
@@ -314,20 +321,22 @@ pub fn main(args: &StressArgs) -> Result<bool> {
     Ok(failures.is_empty())
 }
 
-/// The Bochs machine: Bochs' AMD SVM model with two CPUs, GRUB ISO on the
-/// CD, COM1 to a file, a triple fault stops Bochs with a register dump.
-fn bochs_config(iso: &Path, serial: &Path) -> String {
+/// The Bochs machine: Bochs' AMD SVM model (or, with `vmx`, its Intel VMX
+/// one) with two CPUs, GRUB ISO on the CD, COM1 to a file, a triple fault
+/// stops Bochs with a register dump.
+fn bochs_config(iso: &Path, serial: &Path, vmx: bool) -> String {
     format!(
         "megs: 1024\n\
          romimage: file=/usr/share/bochs/BIOS-bochs-latest\n\
          vgaromimage: file=/usr/share/vgabios/vgabios.bin\n\
-         cpu: model=ryzen, count=2, ips=100000000, reset_on_triple_fault=0\n\
+         cpu: model={}, count=2, ips=100000000, reset_on_triple_fault=0\n\
          display_library: term\n\
          boot: cdrom\n\
          ata0-slave: type=cdrom, path={}, status=inserted\n\
          com1: enabled=1, mode=file, dev={}\n\
          panic: action=fatal\nerror: action=report\ninfo: action=report\ndebug: action=ignore\n\
          clock: sync=none, time0=local\n",
+        if vmx { "corei7_skylake_x" } else { "ryzen" },
         iso.display(),
         serial.display()
     )
@@ -353,7 +362,7 @@ fn bochs(args: &StressArgs) -> Result<bool> {
         let serial = dir.join(format!("serial-{n}.log"));
         let _ = std::fs::remove_file(&serial);
         let bxrc = dir.join("ferrite.bxrc");
-        std::fs::write(&bxrc, bochs_config(&iso_path, &serial))?;
+        std::fs::write(&bxrc, bochs_config(&iso_path, &serial, args.vmx))?;
         let rc = dir.join("continue.rc");
         std::fs::write(&rc, "c\nquit\n")?;
         let log = dir.join(format!("bochs-{n}.log"));
@@ -391,7 +400,7 @@ fn bochs(args: &StressArgs) -> Result<bool> {
             println!("bochs boot {n:>3}: FAILED ({secs} s): {verdict:?}\n  console tail:\n{}", tail(&serial, 12));
         }
     }
-    println!("stress (bochs svm, 2 CPUs): {passed}/{} boots passed", args.boots);
+    println!("stress (bochs {}, 2 CPUs): {passed}/{} boots passed", if args.vmx { "vmx" } else { "svm" }, args.boots);
     Ok(passed == args.boots)
 }
 

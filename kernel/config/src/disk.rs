@@ -76,6 +76,8 @@ pub enum DiskKind {
     /// An export on an NBD server (`nbd:HOST:PORT/EXPORT`; Ferrite is the
     /// client, not a block script).
     Nbd,
+    /// A boot module served from RAM (`module:NAME`, Ferrite's own).
+    Module,
 }
 
 /// `specification=`: the kind of device the guest sees (xl 4.18+).
@@ -333,6 +335,7 @@ impl DiskSpec {
                                             set_once(&mut format, "format", p)?
                                         }
                                         "nbd" => kind = DiskKind::Nbd,
+                                        "module" => kind = DiskKind::Module,
                                         "iscsi" | "enbd" | "drbd" => {
                                             set_once(&mut script, "script", &format!("block-{p}"))?
                                         }

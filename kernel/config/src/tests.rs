@@ -929,6 +929,14 @@ fn nbd_targets_are_kept_whole() {
 }
 
 #[test]
+fn module_disks_name_a_boot_module() {
+    let (d, warnings) = DiskSpec::parse("module:disk0.img,hda,w").unwrap();
+    assert_eq!(d.kind, DiskKind::Module);
+    assert_eq!(d.target.as_deref(), Some("disk0.img"));
+    assert!(warnings.is_empty(), "{warnings:?}");
+}
+
+#[test]
 fn virtio_specification_and_transport() {
     use crate::disk::{DiskSpecification, DiskTransport};
     let (d, w) = DiskSpec::parse("phy:disk0,xvda,w,specification=virtio").unwrap();

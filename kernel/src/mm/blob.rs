@@ -12,6 +12,12 @@ pub enum Blob {
     Uploaded(Arc<FrameBuffer>),
 }
 
+impl core::fmt::Debug for Blob {
+    fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+        write!(f, "Blob({} bytes)", self.len())
+    }
+}
+
 impl Deref for Blob {
     type Target = [u8];
     fn deref(&self) -> &[u8] {

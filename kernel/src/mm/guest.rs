@@ -58,7 +58,7 @@ impl GuestMemory {
     /// nested page table.
     pub fn new(size: u64) -> Result<Self, GuestMemError> {
         let size = size.div_ceil(SIZE_2M) * SIZE_2M;
-        let npt = PageTables::new().map_err(|_| GuestMemError::OutOfMemory { requested: size })?;
+        let npt = PageTables::new_nested().map_err(|_| GuestMemError::OutOfMemory { requested: size })?;
         let mut mem = GuestMemory { chunks: Vec::new(), rom: Vec::new(), npt, size: 0, ram_bytes: 0 };
         let mut gpa = 0;
         while mem.ram_bytes < size {

@@ -1,8 +1,38 @@
 //! Four-level x86_64 page tables, used both for the hypervisor's own address
-//! space and as nested page tables for guests (same format; nested tables
-//! need the U/S bit at every level).
+//! space and as nested page tables for guests: NPT (same format; nested
+//! tables need the U/S bit at every level) or EPT (the same walk and
+//! non-leaf entries, leaves with EPT permissions and memory type).
 
 use super::{alloc_zeroed_page, free_page};
+use core::sync::atomic::{AtomicBool, Ordering};
+
+/// The format of the nested page tables guests' memory is mapped with.
+/// Non-leaf entries are the same bits in both (7: present/writable/user,
+/// or read/write/execute); leaves differ in the memory type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NestedFormat {
+    /// AMD NPT: ordinary x86_64 page-table entries.
+    Npt,
+    /// Intel EPT: read (bit 0), write (1), execute (2), memory type in
+    /// bits 5:3 (write-back here); bit 63 is not NX but "suppress #VE".
+    Ept,
+}
+
+static NESTED_EPT: AtomicBool = AtomicBool::new(false);
+
+/// Chosen by the virtualization backend at boot, before any guest memory
+/// exists.
+pub fn set_nested_format(format: NestedFormat) {
+    NESTED_EPT.store(format == NestedFormat::Ept, Ordering::SeqCst);
+}
+
+/// An EPT leaf for NPT-style `flags`: readable (present), writable as
+/// WRITABLE says, executable unless NO_EXECUTE, write-back.
+fn ept_leaf(flags: u64) -> u64 {
+    const EPT_WRITE_BACK: u64 = 6 << 3;
+    let exec = if flags & NO_EXECUTE == 0 { 4 } else { 0 };
+    PRESENT | (flags & WRITABLE) | exec | EPT_WRITE_BACK
+}
 
 pub const PRESENT: u64 = 1 << 0;
 pub const WRITABLE: u64 = 1 << 1;
@@ -38,11 +68,27 @@ fn table(pa: u64) -> &'static mut [u64; 512] {
 
 pub struct PageTables {
     root: u64,
+    /// Leaves are EPT entries (`ept_leaf`).
+    ept: bool,
 }
 
 impl PageTables {
+    /// The hypervisor's own tables.
     pub fn new() -> Result<Self, MapError> {
-        Ok(PageTables { root: alloc_zeroed_page().ok_or(MapError::OutOfMemory)? })
+        Ok(PageTables { root: alloc_zeroed_page().ok_or(MapError::OutOfMemory)?, ept: false })
+    }
+
+    /// Nested tables for a guest, in the format the backend chose.
+    pub fn new_nested() -> Result<Self, MapError> {
+        Ok(PageTables { root: alloc_zeroed_page().ok_or(MapError::OutOfMemory)?, ept: NESTED_EPT.load(Ordering::SeqCst) })
+    }
+
+    fn leaf(&self, pa: u64, flags: u64) -> u64 {
+        if self.ept {
+            pa | ept_leaf(flags)
+        } else {
+            pa | flags | PRESENT
+        }
     }
 
     /// The physical address to load into CR3 / the nested CR3.
@@ -77,7 +123,7 @@ impl PageTables {
             return Err(MapError::Misaligned);
         }
         let pt = self.table_for(va, 0)?;
-        table(pt)[Self::index(va, 0)] = pa | flags | PRESENT;
+        table(pt)[Self::index(va, 0)] = self.leaf(pa, flags);
         Ok(())
     }
 
@@ -90,7 +136,7 @@ impl PageTables {
         if *e & PRESENT != 0 && *e & HUGE == 0 {
             return Err(MapError::Conflict);
         }
-        *e = pa | flags | PRESENT | HUGE;
+        *e = self.leaf(pa, flags) | HUGE;
         Ok(())
     }
 

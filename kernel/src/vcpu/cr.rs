@@ -69,11 +69,38 @@ pub(super) fn write_cr<V: VcpuOps>(
         _ => return Err(format!("CR{} writes are not intercepted", cr)),
     };
     if taken {
+        if cr == 0 || cr == 4 {
+            load_pae_pdptes(vcpu, platform);
+        }
         vcpu.regs_mut().rip = next_rip;
     } else {
         vcpu.inject_exception(GP_VECTOR, Some(0));
     }
     Ok(())
+}
+
+/// After a CR0 or CR4 write that leaves the guest in PAE paging (not long
+/// mode), hands the four PDPTEs at CR3 to a backend that keeps them (a
+/// CPU reads them at that write). Entries the guest's memory cannot
+/// supply stay zero (not present): the guest then takes page faults.
+fn load_pae_pdptes<V: VcpuOps>(vcpu: &mut V, platform: &dyn Platform) {
+    let ps = vcpu.paging_state();
+    if !vcpu.keeps_pae_pdptes() || ps.cr0 & cr::cr0::PG == 0 || ps.cr4 & cr4_bits::PAE == 0 || ps.efer & efer_bits::LMA != 0 {
+        return;
+    }
+    let mut raw = [0u8; 32];
+    if let Some(mem) = platform.guest_memory() {
+        if mem.read(ps.cr3 & 0xFFFF_FFE0, &mut raw).is_err() {
+            raw = [0; 32];
+        }
+    }
+    let mut pdptes = [0u64; 4];
+    for (i, p) in pdptes.iter_mut().enumerate() {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&raw[i * 8..i * 8 + 8]);
+        *p = u64::from_le_bytes(b);
+    }
+    vcpu.set_pae_pdptes(pdptes);
 }
 
 /// A MOV's source: 64 bits in 64-bit mode, else the low 32 (the operand

@@ -1,15 +1,39 @@
 //! The hardware-virtualization abstraction. The vCPU run loop (`vcpu`)
-//! talks to a `Backend` and sees generic `VmExit`s; it does not know whether
-//! SVM or VMX is underneath. SVM is implemented; VMX is detected and
-//! reported as not implemented yet.
+//! talks to a vCPU through `VcpuOps` and sees generic `VmExit`s; it does
+//! not know whether SVM or VMX is underneath. The backend is chosen once,
+//! at boot, from the CPU's vendor and features (`init`); domains and the
+//! self-test make their vCPUs with `ArchVcpu::new`, which holds the
+//! chosen backend's vCPU. Nothing outside this module names a backend.
 
 pub mod svm;
+pub mod vmx;
 
+use crate::arch::cpu;
 use core::fmt;
+
+/// Which hardware-virtualization extension runs the guests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    /// AMD SVM with nested paging (NPT).
+    Svm,
+    /// Intel VMX with EPT, unrestricted guest and (when present) VPID.
+    Vmx,
+}
+
+impl BackendKind {
+    /// The name the boot log uses.
+    pub fn label(self) -> &'static str {
+        match self {
+            BackendKind::Svm => "SVM",
+            BackendKind::Vmx => "VMX",
+        }
+    }
+}
 
 /// What the backend found on this CPU.
 #[derive(Clone, Copy, Debug)]
 pub struct Capabilities {
+    pub backend: BackendKind,
     pub name: &'static str,
     pub nested_paging: bool,
     /// The CPU reports the next RIP on exits (SVM NRIPS).
@@ -33,6 +57,13 @@ pub struct Capabilities {
 impl fmt::Display for Capabilities {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         let yn = |b: bool| if b { "yes" } else { "no" };
+        if self.backend == BackendKind::Vmx {
+            return write!(
+                f,
+                "vmx: ept=yes unrestricted_guest=yes vpid={} interrupts=event injection",
+                yn(self.flush_by_asid)
+            );
+        }
         write!(
             f,
             "{}: npt={} nrips={} decode_assists={} flush_by_asid={} vmcb_clean={} pause_filter={} asids={} interrupts={}",
@@ -55,23 +86,168 @@ pub enum DetectError {
     SvmAbsent,
     SvmDisabledByFirmware,
     NoNestedPaging,
-    VmxNotImplemented,
     VmxAbsent,
+    VmxDisabledByFirmware,
+    NoEpt,
+    NoUnrestrictedGuest,
+    /// A VMX feature Ferrite needs is missing (named).
+    VmxMissing(&'static str),
     OutOfMemory,
 }
 
 impl fmt::Display for DetectError {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        if let DetectError::VmxMissing(what) = self {
+            return write!(f, "this Intel CPU's VMX lacks {}, which Ferrite's VMX backend requires", what);
+        }
         f.write_str(match self {
             DetectError::UnknownVendor => "this CPU is neither AMD nor Intel; no virtualization backend for it",
             DetectError::SvmAbsent => "this AMD CPU has no SVM (AMD-V); under QEMU use -cpu qemu64,+svm,+npt or -cpu host with nested virtualization",
             DetectError::SvmDisabledByFirmware => "SVM is disabled by the firmware (VM_CR.SVMDIS); enable AMD-V/SVM in the BIOS setup",
             DetectError::NoNestedPaging => "this CPU has SVM but no nested paging (NPT), which Ferrite requires; under QEMU add +npt",
-            DetectError::VmxNotImplemented => "this is an Intel CPU with VMX; Ferrite's VMX backend is not implemented yet (SVM only for now)",
-            DetectError::VmxAbsent => "this Intel CPU has no VMX; Ferrite needs hardware virtualization",
+            DetectError::VmxAbsent => "this Intel CPU has no VMX; Ferrite needs hardware virtualization (nested under KVM: load kvm_intel with nested=1 and use -cpu host)",
+            DetectError::VmxDisabledByFirmware => "VMX is disabled by the firmware (IA32_FEATURE_CONTROL locked without VMX); enable Intel VT-x in the BIOS setup",
+            DetectError::NoEpt => "this Intel CPU has VMX but no EPT, which Ferrite requires (no VMX backend without it)",
+            DetectError::NoUnrestrictedGuest => "this Intel CPU has VMX with EPT but no unrestricted guest, which Ferrite needs for guests that start in real mode or without paging",
+            DetectError::VmxMissing(_) => "",
             DetectError::OutOfMemory => "out of memory for the per-CPU virtualization pages",
         })
     }
+}
+
+/// The capabilities `init` found (None before it ran, or when it failed).
+static CHOSEN: spin::Once<Capabilities> = spin::Once::new();
+
+/// Picks the backend this CPU offers and checks it can run guests. Called
+/// once, on the boot CPU; every other CPU uses the same backend.
+pub fn init() -> Result<Capabilities, DetectError> {
+    let caps = match &cpu::vendor() {
+        b"AuthenticAMD" | b"HygonGenuine" => svm::detect()?,
+        b"GenuineIntel" => vmx::detect()?,
+        _ => return Err(DetectError::UnknownVendor),
+    };
+    Ok(*CHOSEN.call_once(|| caps))
+}
+
+/// The capabilities of the backend `init` chose.
+pub fn chosen() -> Option<Capabilities> {
+    CHOSEN.get().copied()
+}
+
+/// Turns the chosen backend on for the calling CPU.
+pub fn enable_cpu() -> Result<(), DetectError> {
+    match CHOSEN.get().map(|c| c.backend) {
+        Some(BackendKind::Svm) => svm::enable_cpu(),
+        Some(BackendKind::Vmx) => vmx::enable_cpu(),
+        None => Err(DetectError::UnknownVendor),
+    }
+}
+
+/// Whether `enable_cpu` succeeded on the calling CPU.
+pub fn enabled_on_this_cpu() -> bool {
+    match CHOSEN.get().map(|c| c.backend) {
+        Some(BackendKind::Svm) => svm::enabled_on_this_cpu(),
+        Some(BackendKind::Vmx) => vmx::enabled_on_this_cpu(),
+        None => false,
+    }
+}
+
+/// What a new vCPU runs on: its guest's memory (the root of the nested
+/// page table the memory module built, in the backend's format), its
+/// address-space tag and its intercept maps (`mm::alloc_intercept_maps`:
+/// the I/O map, one bit per port, and the MSR map in SVM's layout, which
+/// the VMX backend translates).
+#[derive(Clone, Copy, Debug)]
+pub struct VcpuConfig {
+    pub nested_root: u64,
+    /// The ASID (SVM) or VPID (VMX), never 0.
+    pub tag: u32,
+    pub iopm_pa: u64,
+    pub msrpm_pa: u64,
+}
+
+/// A vCPU of whichever backend `init` chose. (The variants differ in size;
+/// each lives once per vCPU, inside its `Arc`, so boxing would buy nothing.)
+#[allow(clippy::large_enum_variant)]
+pub enum ArchVcpu {
+    Svm(svm::SvmVcpu),
+    Vmx(vmx::VmxVcpu),
+}
+
+impl ArchVcpu {
+    /// None when there is no free memory for its control structures.
+    pub fn new(caps: Capabilities, cfg: &VcpuConfig) -> Option<Self> {
+        match caps.backend {
+            BackendKind::Svm => svm::SvmVcpu::new(caps, cfg.nested_root, cfg.tag, cfg.iopm_pa, cfg.msrpm_pa).map(ArchVcpu::Svm),
+            BackendKind::Vmx => vmx::VmxVcpu::new(caps, cfg.nested_root, cfg.tag, cfg.iopm_pa, cfg.msrpm_pa).map(ArchVcpu::Vmx),
+        }
+    }
+}
+
+/// Forwards each `VcpuOps` method to the backend's vCPU.
+macro_rules! delegate {
+    ($(fn $name:ident(&self $(, $arg:ident: $ty:ty)*) $(-> $ret:ty)?;)* ; $(fn $mname:ident(&mut self $(, $marg:ident: $mty:ty)*) $(-> $mret:ty)?;)*) => {
+        impl VcpuOps for ArchVcpu {
+            $(fn $name(&self $(, $arg: $ty)*) $(-> $ret)? {
+                match self {
+                    ArchVcpu::Svm(v) => v.$name($($arg),*),
+                    ArchVcpu::Vmx(v) => v.$name($($arg),*),
+                }
+            })*
+            $(fn $mname(&mut self $(, $marg: $mty)*) $(-> $mret)? {
+                match self {
+                    ArchVcpu::Svm(v) => v.$mname($($marg),*),
+                    ArchVcpu::Vmx(v) => v.$mname($($marg),*),
+                }
+            })*
+        }
+    };
+}
+
+delegate! {
+    fn regs(&self) -> &GuestRegs;
+    fn efer(&self) -> u64;
+    fn has_tsc_aux(&self) -> bool;
+    fn tsc_aux(&self) -> u64;
+    fn xmm(&self, index: u8) -> [u8; 16];
+    fn guest_pat(&self) -> u64;
+    fn xcr0(&self) -> u64;
+    fn interruptible(&self) -> bool;
+    fn in_interrupt_shadow(&self) -> bool;
+    fn event_pending(&self) -> bool;
+    fn cr8(&self) -> u8;
+    fn paging_state(&self) -> PagingState;
+    fn code_segment(&self) -> Segment;
+    fn describe_state(&self) -> alloc::string::String;
+    fn segment(&self, index: u8) -> Segment;
+    fn exit_instruction_bytes(&self) -> Option<([u8; 15], usize)>;
+    fn keeps_pae_pdptes(&self) -> bool;
+    ;
+    fn run(&mut self) -> VmExit;
+    fn regs_mut(&mut self) -> &mut GuestRegs;
+    fn reset_real_mode(&mut self, cs_selector: u16, ip: u16);
+    fn set_entry_state(&mut self, state: &EntryState);
+    fn set_efer(&mut self, efer: u64);
+    fn set_cr0(&mut self, value: u64);
+    fn set_cr4(&mut self, value: u64);
+    fn inject_exception(&mut self, vector: u8, error_code: Option<u32>);
+    fn inject_single_step(&mut self);
+    fn clear_interrupt_shadow(&mut self);
+    fn inject_nmi(&mut self) -> bool;
+    fn iret_intercepted(&mut self);
+    fn inject_page_fault(&mut self, address: u64, error_code: u32);
+    fn set_xcr0(&mut self, xcr0: u64);
+    fn release_fpu(&mut self);
+    fn switch_debug_regs(&mut self);
+    fn set_tsc_aux(&mut self, value: u64);
+    fn set_xmm(&mut self, index: u8, value: [u8; 16]);
+    fn set_guest_pat(&mut self, value: u64);
+    fn inject_interrupt(&mut self, vector: u8);
+    fn request_interrupt_window(&mut self, on: bool);
+    fn set_cr8(&mut self, cr8: u8);
+    fn intercept_cr8_writes(&mut self, on: bool);
+    fn set_tsc_offset(&mut self, offset: u64);
+    fn set_pae_pdptes(&mut self, pdptes: [u64; 4]);
 }
 
 /// Guest general-purpose registers, plus the ones the hardware keeps in its
@@ -140,6 +316,9 @@ pub enum VmExit {
     /// the consistency check the state fails, as the backend redid them
     /// (`None`: none it knows of).
     InvalidState { check: Option<ferrite_x86::vmrun::VmrunCheck> },
+    /// Something the guest did that the backend does not emulate (named):
+    /// the domain crashes with that reason.
+    Unsupported(&'static str),
     Other { code: u64, info1: u64, info2: u64 },
 }
 
@@ -245,6 +424,15 @@ pub trait VcpuOps {
     /// Segment register `index` in the instruction encoding's order (0 = ES,
     /// 1 = CS, 2 = SS, 3 = DS, 4 = FS, 5 = GS).
     fn segment(&self, index: u8) -> Segment;
+    /// Whether the backend keeps the four PAE page-directory-pointer
+    /// entries itself and needs them when an emulated CR0/CR4 write enters
+    /// PAE paging (VMX with EPT: VM entry loads them from the VMCS, not
+    /// from memory, where a CPU's MOV CR0/CR4 would read them).
+    fn keeps_pae_pdptes(&self) -> bool {
+        false
+    }
+    /// Sets those entries (read from the guest's CR3).
+    fn set_pae_pdptes(&mut self, _pdptes: [u64; 4]) {}
     /// The bytes of the instruction that caused the last exit, when the CPU
     /// supplies them (SVM decode assists); None means fetch them yourself.
     fn exit_instruction_bytes(&self) -> Option<([u8; 15], usize)> {

@@ -16,17 +16,6 @@ const CPUID_SVM_FEATURES: u32 = 0x8000_000A;
 /// Checks that this CPU can run SVM guests with nested paging and reports
 /// which optional features it has.
 pub fn detect() -> Result<Capabilities, DetectError> {
-    match &cpu::vendor() {
-        b"AuthenticAMD" | b"HygonGenuine" => {}
-        b"GenuineIntel" => {
-            return Err(if cpu::cpuid(1, 0).ecx & (1 << 5) != 0 {
-                DetectError::VmxNotImplemented
-            } else {
-                DetectError::VmxAbsent
-            })
-        }
-        _ => return Err(DetectError::UnknownVendor),
-    }
     if cpu::max_extended_leaf() < CPUID_SVM_FEATURES || cpu::cpuid(0x8000_0001, 0).ecx & (1 << 2) == 0 {
         return Err(DetectError::SvmAbsent);
     }
@@ -36,6 +25,7 @@ pub fn detect() -> Result<Capabilities, DetectError> {
     }
     let leaf = cpu::cpuid(CPUID_SVM_FEATURES, 0);
     let caps = Capabilities {
+        backend: super::BackendKind::Svm,
         name: "svm",
         nested_paging: leaf.edx & (1 << 0) != 0,
         next_rip: leaf.edx & (1 << 3) != 0,
@@ -49,6 +39,7 @@ pub fn detect() -> Result<Capabilities, DetectError> {
     if !caps.nested_paging {
         return Err(DetectError::NoNestedPaging);
     }
+    mm::paging::set_nested_format(mm::paging::NestedFormat::Npt);
     Ok(caps)
 }
 
@@ -100,7 +91,7 @@ fn cpu_has_tsc_aux() -> bool {
 }
 
 /// Turns SVM on for the calling CPU.
-pub fn enable_cpu() -> Result<(), DetectError> {
+pub(super) fn enable_cpu() -> Result<(), DetectError> {
     detect()?;
     let hsave = mm::alloc_zeroed_page().ok_or(DetectError::OutOfMemory)?;
     let host_vmcb = mm::alloc_zeroed_page().ok_or(DetectError::OutOfMemory)?;
@@ -119,7 +110,7 @@ pub fn enable_cpu() -> Result<(), DetectError> {
 }
 
 /// Whether `enable_cpu` succeeded on the calling CPU.
-pub fn enabled_on_this_cpu() -> bool {
+pub(super) fn enabled_on_this_cpu() -> bool {
     SVM_CPUS[percpu::current_index()].host_vmcb_pa.load(Ordering::Acquire) != 0
 }
 
