@@ -22,6 +22,22 @@ const SLP_EN: u16 = 1 << 13;
 
 static POWER: spin::Once<HostPower> = spin::Once::new();
 static STOP: Mutex<Option<Stop>> = Mutex::new(None);
+/// Callers holding the switch-off (`hold`): a stop that has begun waits
+/// while it is not 0, so the run's verdict is out before the machine goes.
+static HOLDS: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
+/// Holds (`true`) or releases (`false`) the machine's switch-off: while
+/// anyone holds it, a stop that has begun waits. A domain's end is
+/// handled under a hold (dom0's may begin the host's stop, and the last
+/// one's is logged and reported to `debug_exit=`), which another CPU's
+/// poll would otherwise race by switching off first.
+pub fn hold(on: bool) {
+    if on {
+        HOLDS.fetch_add(1, core::sync::atomic::Ordering::SeqCst);
+    } else {
+        HOLDS.fetch_sub(1, core::sync::atomic::Ordering::SeqCst);
+    }
+}
 
 #[derive(Clone, Copy)]
 struct Stop {
@@ -84,6 +100,10 @@ fn poll() {
         }
     }
     let Some(mut stop) = *STOP.lock() else { return };
+    // Read after STOP: a hold taken before the stop was requested is seen.
+    if HOLDS.load(core::sync::atomic::Ordering::SeqCst) != 0 {
+        return;
+    }
     let now = time::uptime_us();
     loop {
         match stop.stage {

@@ -70,6 +70,9 @@ pub fn virt_caps() -> Option<virt::Capabilities> {
 /// Called when a domain has stopped for good (after any restart it asked
 /// for was started).
 pub fn domain_stopped(d: &domain::Domain, state: &domain::DomainState) {
+    // dom0's stop below may be the host's, and another CPU may poll it
+    // before this one says that no domain is left and reports the run.
+    host::hold(true);
     if d.spec.privileged {
         match state {
             domain::DomainState::PoweredOff => host::request_stop(false, "dom0 powered off"),
@@ -84,6 +87,7 @@ pub fn domain_stopped(d: &domain::Domain, state: &domain::DomainState) {
         info!("no domains left running");
         report_exit(!DOMAIN_FAILED.load(Ordering::SeqCst));
     }
+    host::hold(false);
 }
 
 /// Tells QEMU's isa-debug-exit device how the run went (0 = success,
