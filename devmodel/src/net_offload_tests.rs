@@ -3,7 +3,12 @@
 //! virtio-net header's checks, and hostile frames and headers.
 
 use super::*;
-use crate::testutil::Rng;
+use crate::testutil::{inet_checksum, Rng};
+
+/// [`inet_checksum`] of one run of bytes.
+fn inet_checksum_of(bytes: &[u8]) -> u16 {
+    inet_checksum(&[bytes])
+}
 use alloc::vec;
 
 const SRC4: [u8; 4] = [10, 0, 0, 2];
@@ -12,21 +17,6 @@ const SRC6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
 const DST6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 const MAX: usize = 1518;
 
-/// RFC 1071, byte pair by byte pair, carries folded as they happen.
-fn inet_checksum(bytes: &[u8]) -> u16 {
-    let mut acc: u32 = 0;
-    let mut i = 0;
-    while i < bytes.len() {
-        let hi = u32::from(bytes[i]);
-        let lo = u32::from(*bytes.get(i + 1).unwrap_or(&0));
-        acc += hi << 8 | lo;
-        if acc > 0xffff {
-            acc = (acc & 0xffff) + 1;
-        }
-        i += 2;
-    }
-    !(acc as u16)
-}
 
 /// Whether the TCP segment at `l4` checksums to zero with its pseudo
 /// header (so the stored checksum is right).
@@ -43,7 +33,7 @@ fn tcp_ok(f: &[u8], l3: usize, ipv4: bool, l4: usize) -> bool {
         p.extend_from_slice(&[0, 0, 0, 6]);
     }
     p.extend_from_slice(&f[l4..]);
-    inet_checksum(&p) == 0
+    inet_checksum_of(&p) == 0
 }
 
 fn payload(n: usize) -> Vec<u8> {
@@ -113,7 +103,7 @@ fn check_segments(ipv4: bool, vlan: bool, flags: u8, n: usize, mss: u16) {
         if ipv4 {
             assert_eq!(usize::from(u16::from_be_bytes([s[l3 + 2], s[l3 + 3]])), s.len() - l3);
             assert_eq!(u16::from_be_bytes([s[l3 + 4], s[l3 + 5]]), 0x1234 + i as u16);
-            assert_eq!(inet_checksum(&s[l3..l3 + 20]), 0, "IPv4 header checksum");
+            assert_eq!(inet_checksum_of(&s[l3..l3 + 20]), 0, "IPv4 header checksum");
         } else {
             assert_eq!(usize::from(u16::from_be_bytes([s[l3 + 4], s[l3 + 5]])), s.len() - l3 - 40);
         }
@@ -158,7 +148,7 @@ fn a_checksum_request_is_filled_in() {
     p.extend_from_slice(&DST4);
     p.extend_from_slice(&[0, 6]);
     p.extend_from_slice(&((f.len() - l4) as u16).to_be_bytes());
-    let partial = !inet_checksum(&p);
+    let partial = !inet_checksum_of(&p);
     f[l4 + 16..l4 + 18].copy_from_slice(&partial.to_be_bytes());
     let o = Offload { csum: Some(Csum { start: l4 as u16, offset: 16 }), gso: None };
     let out = resolve_all(&f, &o, MAX).unwrap();
@@ -331,8 +321,8 @@ fn the_fast_sum_is_the_plain_one() {
     for _ in 0..2000 {
         let n = rng.below(3000) as usize;
         let data: Vec<u8> = (0..n).map(|_| if rng.chance(20) { 0xff } else { rng.u8() }).collect();
-        let want = inet_checksum(&data);
+        let want = inet_checksum_of(&data);
         assert_eq!(!fold(ones_sum(&data)), want, "{} bytes", n);
     }
-    assert_eq!(!fold(ones_sum(&[0xff; 65536])), inet_checksum(&[0xff; 65536]));
+    assert_eq!(!fold(ones_sum(&[0xff; 65536])), inet_checksum_of(&[0xff; 65536]));
 }

@@ -1,4 +1,5 @@
-//! Test helpers: fake clocks and a deterministic PRNG.
+//! Test helpers: fake clocks, a deterministic PRNG, an independent
+//! Internet checksum.
 
 use crate::{Clock, WallClock};
 use core::cell::Cell;
@@ -61,4 +62,23 @@ impl Rng {
     pub fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
     }
+}
+
+/// The Internet checksum (RFC 1071) of `parts` taken as one run of bytes,
+/// byte pair by byte pair, carries folded as they happen: written apart
+/// from the code under test, to check its checksums.
+pub fn inet_checksum(parts: &[&[u8]]) -> u16 {
+    let bytes: alloc::vec::Vec<u8> = parts.iter().flat_map(|p| p.iter().copied()).collect();
+    let mut acc: u32 = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        let hi = u32::from(bytes[i]);
+        let lo = u32::from(*bytes.get(i + 1).unwrap_or(&0));
+        acc += hi << 8 | lo;
+        if acc > 0xffff {
+            acc = (acc & 0xffff) + 1;
+        }
+        i += 2;
+    }
+    !(acc as u16)
 }

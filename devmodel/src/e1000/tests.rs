@@ -9,7 +9,7 @@ use super::rx::*;
 use super::tx::*;
 use super::*;
 use crate::dma::DmaError;
-use crate::testutil::Rng;
+use crate::testutil::{inet_checksum, Rng};
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -357,23 +357,6 @@ fn context(ipcss: u8, ipcso: u8, ipcse: u16, tucss: u8, tucso: u8, tucse: u16, t
 const PEER: [u8; 6] = [0x02, 0, 0, 0, 0, 9];
 const SRC_IP: [u8; 4] = [10, 0, 0, 2];
 const DST_IP: [u8; 4] = [10, 0, 0, 1];
-
-/// RFC 1071, byte pair by byte pair, carries folded as they happen.
-fn inet_checksum(parts: &[&[u8]]) -> u16 {
-    let bytes: Vec<u8> = parts.iter().flat_map(|p| p.iter().copied()).collect();
-    let mut acc: u32 = 0;
-    let mut i = 0;
-    while i < bytes.len() {
-        let hi = u32::from(bytes[i]);
-        let lo = u32::from(*bytes.get(i + 1).unwrap_or(&0));
-        acc += hi << 8 | lo;
-        if acc > 0xffff {
-            acc = (acc & 0xffff) + 1;
-        }
-        i += 2;
-    }
-    !(acc as u16)
-}
 
 fn pseudo(proto: u8, l4len: usize) -> Vec<u8> {
     let mut p = Vec::new();
