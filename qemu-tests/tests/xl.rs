@@ -45,6 +45,23 @@ fn guests(dir: &std::path::Path) -> Vec<ferrite_tools::modules::ModuleSpec> {
     ]
 }
 
+/// Boots Ferrite with no NIC and a Linux dom0 (`vmlinuz`, the initramfs
+/// `image` written to `dir` as `file`, dom0 options `dom0_opts`) that
+/// reaches the management service over vsock with `link`'s key.
+fn boot_xl_dom0(name: &str, dir: &std::path::Path, vmlinuz: &std::path::Path, (file, image): (&str, &[u8]), dom0_opts: &str, link: &link::UpLink) -> Vm {
+    let initrd = dir.join(file);
+    std::fs::write(&initrd, image).unwrap();
+    let q = base_qemu()
+        .memory_mib(1024)
+        .smp(2)
+        .kernel(&images().multiboot)
+        .append(&format!("{BASE_CMDLINE} {dom0_opts}"))
+        .module(ferrite_tools::modules::ModuleSpec::new(vmlinuz, "console=ttyS0 loglevel=4"))
+        .module(ferrite_tools::modules::ModuleSpec::new(&initrd, ""))
+        .module(link.key_module.clone());
+    Vm::start_with_timeout(name, dir, q, ferrite_qemu_tests::linux_vm_timeout())
+}
+
 /// Destroys `keeper`, the last domain: Ferrite then reports to QEMU and
 /// exits, possibly before the reply leaves, so only the log is checked.
 fn finish(mut vm: Vm, target: &Target) {
@@ -539,17 +556,7 @@ fn xl_in_dom0_reaches_the_hypervisor_over_vsock() {
     ];
     let image = ferrite_tools::initramfs::busybox_initramfs_with(ferrite_tools::initramfs::DOM0_XL_INIT_SCRIPT, &modules, &files)
         .unwrap_or_else(|e| panic!("[{name}] {e}"));
-    let initrd = dir.join("dom0-xl.cpio");
-    std::fs::write(&initrd, image).unwrap();
-    let q = base_qemu()
-        .memory_mib(1024)
-        .smp(2)
-        .kernel(&images().multiboot)
-        .append(&format!("{BASE_CMDLINE} dom0_mem=256M"))
-        .module(ferrite_tools::modules::ModuleSpec::new(&vmlinuz, "console=ttyS0 loglevel=4"))
-        .module(ferrite_tools::modules::ModuleSpec::new(&initrd, ""))
-        .module(link.key_module.clone());
-    let mut vm = Vm::start_with_timeout(name, &dir, q, ferrite_qemu_tests::linux_vm_timeout());
+    let mut vm = boot_xl_dom0(name, &dir, &vmlinuz, ("dom0-xl.cpio", &image), "dom0_mem=256M", &link);
     vm.expect_lines(&[
         r"^\(dom0\) FERRITE-XL-BEGIN$",
         r"^\(dom0\) Name\s+ID\s+Mem\s+VCPUs\s+State\s+Time\(s\)",
@@ -657,19 +664,9 @@ fn xl_create_in_dom0_serves_file_disks_over_vsock() {
     ];
     let image = ferrite_tools::initramfs::busybox_initramfs_with(DOM0_FILE_DISK_INIT, &modules, &files)
         .unwrap_or_else(|e| panic!("[{name}] {e}"));
-    let dom0_initrd = dir.join("dom0-files.cpio");
-    std::fs::write(&dom0_initrd, image).unwrap();
     // No NIC: the hypervisor has no network, so only vsock can carry the
     // disks.
-    let q = base_qemu()
-        .memory_mib(1024)
-        .smp(2)
-        .kernel(&images().multiboot)
-        .append(&format!("{BASE_CMDLINE} dom0_mem=320M dom0_max_vcpus=1"))
-        .module(ferrite_tools::modules::ModuleSpec::new(&vmlinuz, "console=ttyS0 loglevel=4"))
-        .module(ferrite_tools::modules::ModuleSpec::new(&dom0_initrd, ""))
-        .module(link.key_module.clone());
-    let mut vm = Vm::start_with_timeout(name, &dir, q, ferrite_qemu_tests::linux_vm_timeout());
+    let mut vm = boot_xl_dom0(name, &dir, &vmlinuz, ("dom0-files.cpio", &image), "dom0_mem=320M dom0_max_vcpus=1", &link);
     let sum = |bytes: &[u8]| -> String {
         use sha2::Digest;
         sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
