@@ -1590,6 +1590,27 @@ fn ferrite_sentence(l: &LinuxResult) -> String {
     }
 }
 
+/// The options of a bench command that only writes its results and may
+/// skip the build (`bench sched`, `bench xl`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WriteArgs {
+    pub write: bool,
+    pub prebuilt: bool,
+}
+
+/// Parses `--write` and `--no-build` for `ferrite bench <command>`.
+pub fn parse_write_args(command: &str, args: &[String]) -> Result<WriteArgs> {
+    let mut a = WriteArgs::default();
+    for arg in args {
+        match arg.as_str() {
+            "--write" => a.write = true,
+            "--no-build" => a.prebuilt = true,
+            other => bail!("unknown option {other:?} for `ferrite bench {command}` (see `ferrite help`)"),
+        }
+    }
+    Ok(a)
+}
+
 /// Replaces the section from `begin` to `end` (markers included) in
 /// `doc` with `section`, or appends `section` after a blank line.
 pub(crate) fn splice_between(doc: &str, begin: &str, end: &str, section: &str) -> String {

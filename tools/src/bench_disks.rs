@@ -733,21 +733,7 @@ pub fn text(runs: &[Run]) -> String {
 }
 
 pub fn splice(doc: &str, section: &str) -> String {
-    splice_between(doc, section, BEGIN_MARKER, END_MARKER)
-}
-
-/// `doc` with the text from `begin` through `end` (and the newline after
-/// it) replaced by `section`, or `section` appended when the markers are
-/// missing.
-pub(crate) fn splice_between(doc: &str, section: &str, begin: &str, end: &str) -> String {
-    match (doc.find(begin), doc.find(end)) {
-        (Some(b), Some(e)) if e > b => {
-            let stop = e + end.len();
-            let stop = if doc[stop..].starts_with('\n') { stop + 1 } else { stop };
-            format!("{}{}{}", &doc[..b], section, &doc[stop..])
-        }
-        _ => format!("{}\n\n{}", doc.trim_end(), section),
-    }
+    bench::splice_between(doc, BEGIN_MARKER, END_MARKER, section)
 }
 
 pub fn main(args: &Args) -> Result<()> {

@@ -25,7 +25,7 @@
 //! (`disktool copy`): the baseline.
 
 use crate::bench;
-use crate::bench_disks::{assemble_disktool, best_worst, ferrite_qemu, n0, ratio, size_name, splice_between};
+use crate::bench_disks::{assemble_disktool, best_worst, ferrite_qemu, n0, ratio, size_name};
 use crate::build::{self, Profile};
 use anyhow::{bail, Context, Result};
 use std::fmt::Write as _;
@@ -715,7 +715,7 @@ pub fn text(runs: &[Run]) -> String {
 }
 
 pub fn splice(doc: &str, section: &str) -> String {
-    splice_between(doc, section, BEGIN_MARKER, END_MARKER)
+    bench::splice_between(doc, BEGIN_MARKER, END_MARKER, section)
 }
 
 pub fn main(args: &Args) -> Result<()> {

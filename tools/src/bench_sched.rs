@@ -42,22 +42,10 @@ pub const END_MARKER: &str = "<!-- ferrite bench sched: end generated results --
 /// Per scenario: a few seconds of icount time at most.
 const LIMIT: Duration = Duration::from_secs(600);
 
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Args {
-    pub write: bool,
-    pub prebuilt: bool,
-}
+pub use crate::bench::WriteArgs as Args;
 
 pub fn parse_args(args: &[String]) -> Result<Args> {
-    let mut a = Args::default();
-    for arg in args {
-        match arg.as_str() {
-            "--write" => a.write = true,
-            "--no-build" => a.prebuilt = true,
-            other => bail!("unknown option {other:?} for `ferrite bench sched` (see `ferrite help`)"),
-        }
-    }
-    Ok(a)
+    crate::bench::parse_write_args("sched", args)
 }
 
 /// One domain of a scenario: its name, the guest it boots, its vCPUs.
@@ -335,14 +323,7 @@ pub fn text(runs: &[Run]) -> String {
 
 /// Replaces this bench's section of `doc` (or appends one).
 pub fn splice(doc: &str, section: &str) -> String {
-    match (doc.find(BEGIN_MARKER), doc.find(END_MARKER)) {
-        (Some(b), Some(e)) if e > b => {
-            let end = e + END_MARKER.len();
-            let end = if doc[end..].starts_with('\n') { end + 1 } else { end };
-            format!("{}{}{}", &doc[..b], section, &doc[end..])
-        }
-        _ => format!("{}\n\n{}", doc.trim_end(), section),
-    }
+    bench::splice_between(doc, BEGIN_MARKER, END_MARKER, section)
 }
 
 pub fn main(args: &Args) -> Result<()> {

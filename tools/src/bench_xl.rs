@@ -72,22 +72,10 @@ pub const GUEST_RAM_BYTES: u64 = 16 << 20;
 /// The whole run, at most.
 const LIMIT: Duration = Duration::from_secs(1800);
 
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Args {
-    pub write: bool,
-    pub prebuilt: bool,
-}
+pub use crate::bench::WriteArgs as Args;
 
 pub fn parse_args(args: &[String]) -> Result<Args> {
-    let mut a = Args::default();
-    for arg in args {
-        match arg.as_str() {
-            "--write" => a.write = true,
-            "--no-build" => a.prebuilt = true,
-            other => bail!("unknown option {other:?} for `ferrite bench xl` (see `ferrite help`)"),
-        }
-    }
-    Ok(a)
+    crate::bench::parse_write_args("xl", args)
 }
 
 /// The numbers after `key` in `line` (`key` followed by digits).
