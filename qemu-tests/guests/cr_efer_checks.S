@@ -244,6 +244,22 @@ _start:
         movl    %eax, %cr4
         movl    $pdpt_pae, %eax
         movl    %eax, %cr3
+        /* A present PDPTE with a reserved bit (bit 1): Intel loads the
+         * four PDPTEs at the MOV CR0 that turns on PAE paging and refuses
+         * it with #GP (SDM vol. 3A 4.4.1); AMD reads them at each walk, so
+         * the write is taken. Paging goes off again either way. */
+        movl    $3, pdpt_pae + 8
+        call    expect_gp_on_intel
+        movl    saved_cr0, %eax
+        orl     $CR0_PG, %eax
+        BEGIN   cr0, "PG with a reserved PDPTE bit (#GP on Intel)"
+        movl    %eax, %cr0
+        END
+        movl    saved_cr0, %eax
+        movl    %eax, %cr0
+        movl    $0, pdpt_pae + 8
+        movl    $pdpt_pae, %eax
+        movl    %eax, %cr3
         movl    saved_cr0, %eax
         orl     $CR0_PG, %eax
         BEGIN   cr0, "PG with PAE, LME clear", TAKEN
@@ -541,6 +557,21 @@ expect_feature:
         btl     %edi, %eax
         jnc     1f
         movl    $TAKEN, cur_expect
+1:      popal
+        ret
+
+/* expect_gp_on_intel: cur_expect = GP if CPUID's vendor is GenuineIntel,
+ * else TAKEN. */
+expect_gp_on_intel:
+        pushal
+        xorl    %eax, %eax
+        cpuid
+        movl    $TAKEN, cur_expect
+        cmpl    $0x756e6547, %ebx       /* "Genu" */
+        jne     1f
+        cmpl    $0x6c65746e, %ecx       /* "ntel" */
+        jne     1f
+        movl    $GP, cur_expect
 1:      popal
         ret
 

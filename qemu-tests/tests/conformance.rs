@@ -201,7 +201,7 @@ fn cr0_cr3_and_efer_writes_follow_the_architecture() {
         .module(pvh_config_module(&dir, "cr", "cr_efer_checks", 16))
         .module(guest_module("cr_efer_checks", &dir));
     let mut vm = Vm::start(name, &dir, q);
-    vm.expect_lines(&[r"^\(cr\) cr: done 43 checks$", r"domain \d+ \(cr\) powered off"]);
+    vm.expect_lines(&[r"^\(cr\) cr: done 44 checks$", r"domain \d+ \(cr\) powered off"]);
     let text = vm.console_text();
     if text.contains(": FAIL") {
         vm.fail("a CR0/CR3/EFER check failed");

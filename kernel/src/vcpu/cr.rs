@@ -51,7 +51,7 @@ pub(super) fn write_cr<V: VcpuOps>(
                 // Reading LMSW's operand faulted; that fault is injected.
                 return Ok(());
             };
-            write_cr0(vcpu, value, &mode)
+            write_cr0(vcpu, platform, value, &mode)
         }
         4 => {
             let CrWriteOp::Mov { gpr, .. } = op else {
@@ -69,9 +69,6 @@ pub(super) fn write_cr<V: VcpuOps>(
         _ => return Err(format!("CR{} writes are not intercepted", cr)),
     };
     if taken {
-        if cr == 0 || cr == 4 {
-            load_pae_pdptes(vcpu, platform);
-        }
         vcpu.regs_mut().rip = next_rip;
     } else {
         vcpu.inject_exception(GP_VECTOR, Some(0));
@@ -79,28 +76,42 @@ pub(super) fn write_cr<V: VcpuOps>(
     Ok(())
 }
 
-/// After a CR0 or CR4 write that leaves the guest in PAE paging (not long
-/// mode), hands the four PDPTEs at CR3 to a backend that keeps them (a
-/// CPU reads them at that write). Entries the guest's memory cannot
-/// supply stay zero (not present): the guest then takes page faults.
-fn load_pae_pdptes<V: VcpuOps>(vcpu: &mut V, platform: &dyn Platform) {
-    let ps = vcpu.paging_state();
-    if !vcpu.keeps_pae_pdptes() || ps.cr0 & cr::cr0::PG == 0 || ps.cr4 & cr4_bits::PAE == 0 || ps.efer & efer_bits::LMA != 0 {
-        return;
+/// Before a CR0 or CR4 write from `old` to `new` (CR0, CR4; EFER after
+/// it): if the backend keeps the PAE PDPTEs and the write makes a CPU
+/// load them (`cr::write_loads_pae_pdptes`), reads the four at CR3 and
+/// hands them over; false when one is present with a reserved bit, or
+/// cannot be read (a CPU would read all ones there): the write gets #GP
+/// and changes nothing.
+fn load_pae_pdptes<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, old: (u64, u64), new: (u64, u64), efer: u64) -> bool {
+    if !vcpu.keeps_pae_pdptes() || !cr::write_loads_pae_pdptes(old.0, new.0, old.1, new.1, efer) {
+        return true;
     }
+    let cr3 = vcpu.paging_state().cr3;
     let mut raw = [0u8; 32];
-    if let Some(mem) = platform.guest_memory() {
-        if mem.read(ps.cr3 & 0xFFFF_FFE0, &mut raw).is_err() {
-            raw = [0; 32];
+    let Some(mem) = platform.guest_memory() else { return false };
+    if mem.read(cr3 & 0xFFFF_FFE0, &mut raw).is_err() {
+        return false;
+    }
+    let max_phys = guest_max_phys(vcpu, platform);
+    let mut pdptes = [0u64; 4];
+    for (p, bytes) in pdptes.iter_mut().zip(raw.chunks_exact(8)) {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(bytes);
+        *p = u64::from_le_bytes(b);
+        if cr::pae_pdpte_reserved(*p, max_phys) {
+            return false;
         }
     }
-    let mut pdptes = [0u64; 4];
-    for (i, p) in pdptes.iter_mut().enumerate() {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&raw[i * 8..i * 8 + 8]);
-        *p = u64::from_le_bytes(b);
-    }
     vcpu.set_pae_pdptes(pdptes);
+    true
+}
+
+/// The guest's MAXPHYADDR (CPUID 0x8000_0008 EAX[7:0]; 36 without it).
+fn guest_max_phys<V: VcpuOps>(vcpu: &V, platform: &mut dyn Platform) -> u8 {
+    match guest_leaf(vcpu, platform, 0x8000_0008)[0] as u8 {
+        0 => 36,
+        n => n,
+    }
 }
 
 /// A MOV's source: 64 bits in 64-bit mode, else the low 32 (the operand
@@ -137,13 +148,16 @@ fn cr0_value<V: VcpuOps>(
 
 /// Checks and does a CR0 write; false: #GP. Long mode becomes active or
 /// inactive with paging (EFER.LMA follows LME and PG).
-fn write_cr0<V: VcpuOps>(vcpu: &mut V, value: u64, mode: &CpuMode) -> bool {
+fn write_cr0<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, value: u64, mode: &CpuMode) -> bool {
     let ps = &mode.paging;
     let ctx = cr::Cr0Context { cr4: ps.cr4, efer: ps.efer, cs_l: mode.cs_l };
     match cr::check_cr0_write(ps.cr0, value, &ctx) {
         Ok(cr0) => {
-            vcpu.set_cr0(cr0);
             let efer = cr::efer_after_cr0_write(ps.efer, cr0);
+            if !load_pae_pdptes(vcpu, platform, (ps.cr0, ps.cr4), (cr0, ps.cr4), efer) {
+                return false;
+            }
+            vcpu.set_cr0(cr0);
             if efer != ps.efer {
                 vcpu.set_efer(efer);
             }
@@ -162,6 +176,9 @@ fn write_cr4<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, value: u64) 
     let long_mode = ps.efer & efer_bits::LMA != 0;
     match cr::check_cr4_write(ps.cr4, value, &features, long_mode, ps.cr3, ps.cr0) {
         Ok(()) => {
+            if !load_pae_pdptes(vcpu, platform, (ps.cr0, ps.cr4), (ps.cr0, value), ps.efer) {
+                return false;
+            }
             vcpu.set_cr4(value);
             true
         }
@@ -197,8 +214,7 @@ pub(super) fn refused_mov_cr3<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platf
     let value = gpr_value(vcpu, gpr, &mode);
     let ps = &mode.paging;
     let long_mode = ps.efer & efer_bits::LMA != 0;
-    let max_phys = guest_leaf(vcpu, platform, 0x8000_0008)[0] as u8;
-    let max_phys = if max_phys == 0 { 36 } else { max_phys };
+    let max_phys = guest_max_phys(vcpu, platform);
     if cr::check_cr3_write(value, long_mode, ps.cr4 & cr4_bits::PCIDE != 0, max_phys).is_ok() {
         return false;
     }

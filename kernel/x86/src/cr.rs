@@ -360,9 +360,55 @@ pub fn check_efer_write(old: u64, new: u64, features: &EferFeatures, cr0: u64) -
     Ok(new)
 }
 
+/// Whether a MOV to CR0 or CR4 makes a CPU that keeps the PAE
+/// page-directory-pointer entries in registers (Intel) load them from CR3
+/// (SDM vol. 3A 4.4.1): PAE paging is in use after the write (CR0.PG,
+/// CR4.PAE, not long mode), and the write changes CR0.CD, NW or PG, or
+/// CR4.PAE, PGE, PSE or SMEP. `efer` is EFER after the write.
+pub fn write_loads_pae_pdptes(old_cr0: u64, new_cr0: u64, old_cr4: u64, new_cr4: u64, efer: u64) -> bool {
+    let pae_paging = new_cr0 & cr0::PG != 0 && new_cr4 & cr4::PAE != 0 && efer & efer::LMA == 0;
+    let cr0_bits = cr0::CD | cr0::NW | cr0::PG;
+    let cr4_bits = cr4::PAE | cr4::PGE | cr4::PSE | cr4::SMEP;
+    pae_paging && ((old_cr0 ^ new_cr0) & cr0_bits != 0 || (old_cr4 ^ new_cr4) & cr4_bits != 0)
+}
+
+/// Whether a PAE PDPTE is present with a reserved bit set (bits 2:1, 8:5
+/// and MAXPHYADDR up to 63, bit 63 included: SDM vol. 3A table 4-8), which
+/// makes the MOV that loads it #GP(0) with nothing loaded.
+pub fn pae_pdpte_reserved(pdpte: u64, max_phys: u8) -> bool {
+    let max_phys = max_phys.clamp(32, 52);
+    let reserved = 0b1_1110_0110 | !((1u64 << max_phys) - 1);
+    pdpte & 1 != 0 && pdpte & reserved != 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pae_pdptes_load_only_when_pae_paging_changes() {
+        let (pg, pae) = (cr0::PG | cr0::PE, cr4::PAE);
+        assert!(write_loads_pae_pdptes(cr0::PE, pg, pae, pae, 0), "PG set with PAE");
+        assert!(!write_loads_pae_pdptes(cr0::PE, pg, 0, 0, 0), "PG set without PAE");
+        assert!(!write_loads_pae_pdptes(cr0::PE, pg, pae, pae, efer::LME | efer::LMA), "long mode");
+        assert!(write_loads_pae_pdptes(pg, pg, 0, pae, 0), "PAE set with PG");
+        assert!(write_loads_pae_pdptes(pg, pg, pae, pae | cr4::PGE, 0), "PGE toggled");
+        assert!(!write_loads_pae_pdptes(pg, pg, pae, pae | cr4::OSFXSR, 0), "OSFXSR is not a paging bit");
+        assert!(write_loads_pae_pdptes(pg, pg | cr0::CD, pae, pae, 0), "CD toggled");
+        assert!(!write_loads_pae_pdptes(pg, pg | cr0::TS, pae, pae, 0), "TS is not a paging bit");
+        assert!(!write_loads_pae_pdptes(pg, cr0::PE, pae, pae, 0), "paging turned off");
+    }
+
+    #[test]
+    fn pae_pdpte_reserved_bits() {
+        assert!(!pae_pdpte_reserved(0x1000 | 1, 36));
+        assert!(!pae_pdpte_reserved(0x1000 | 1 | (1 << 3) | (1 << 4) | (0x7 << 9), 36), "PWT, PCD and the ignored bits");
+        assert!(!pae_pdpte_reserved(0xFFFF_FFFF_FFFF_FFFE, 36), "not present: nothing is checked");
+        for bit in [1, 2, 5, 6, 7, 8, 36, 51, 63] {
+            assert!(pae_pdpte_reserved(1 | (1 << bit), 36), "bit {bit}");
+        }
+        assert!(!pae_pdpte_reserved(1 | (1 << 36), 40), "below a larger MAXPHYADDR");
+    }
 
     const LONG_CR0: u64 = 0x8005_0033;
 
