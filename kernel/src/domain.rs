@@ -292,7 +292,16 @@ impl Domain {
         // Owned: the load plan borrows it, and `spec` moves into the domain.
         let cmdline = String::from(cmdline.as_str());
         check_memory(&spec.name, spec.memory_bytes)?;
-        let mem = GuestMemory::new(spec.memory_bytes).map_err(|e: GuestMemError| format!("{}: {}", spec.name, e))?;
+        let mut mem = GuestMemory::new(spec.memory_bytes).map_err(|e: GuestMemError| format!("{}: {}", spec.name, e))?;
+        if let Some(page) = crate::virt::unpaged_identity_map() {
+            mem.map_rom(crate::virt::UNPAGED_IDENTITY_MAP_GPA, &page[..]).map_err(|e| format!("{}: {}", spec.name, e))?;
+            if spec.vcpus > 1 {
+                log::warn!(
+                    "{}: only vCPU 0 will run: the others start in real mode (INIT/SIPI), and this CPU's VMX has no unrestricted guest",
+                    spec.name
+                );
+            }
+        }
         let mut layout = platform::guest_layout();
         for d in &vdisks {
             layout.virtio_mmio[d.slot()] = true;
@@ -819,6 +828,13 @@ impl Vcpu {
             VcpuEvent::Init => {
                 log::debug!("vcpu {}: INIT", self.id);
                 self.lapic.lock().receive_init()
+            }
+            VcpuEvent::Startup(_) if !crate::virt::chosen().is_some_and(|c| c.real_mode) => {
+                // The vCPU would start in real mode, which the CPU cannot
+                // run (VMX without unrestricted guest): it stays waiting,
+                // and the guest's OS sees a CPU that never came up.
+                log::warn!("vcpu {}: SIPI not taken: real mode needs VMX's unrestricted guest, which this CPU lacks", self.id);
+                return;
             }
             VcpuEvent::Startup(vector) => {
                 // The start page is recorded under the LAPIC lock, so the

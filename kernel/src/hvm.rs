@@ -80,6 +80,12 @@ fn hvm_boot(spec: &DomainSpec) -> Result<&HvmBoot, String> {
 pub fn create(spec: DomainSpec, caps: Capabilities) -> Result<Arc<Domain>, String> {
     let name = spec.name.clone();
     let h = hvm_boot(&spec)?.clone();
+    if !caps.real_mode {
+        return Err(format!(
+            "{}: HVM guests start in real mode (the BIOS), which needs VMX's unrestricted guest, and this CPU lacks it; PVH guests (type = \"pvh\") run here",
+            name
+        ));
+    }
     if spec.vcpus as usize > IOREQ_SLOTS {
         return Err(format!("{}: at most {} vCPUs for an HVM guest", name, IOREQ_SLOTS));
     }

@@ -5,7 +5,7 @@
 //! against the expected sequence, proving the run loop end to end.
 
 use crate::mm::guest::GuestMemory;
-use crate::virt::{ArchVcpu, GuestRegs, VcpuConfig, VcpuOps};
+use crate::virt::{ArchVcpu, EntryState, GuestRegs, Segment, VcpuConfig, VcpuOps};
 use crate::vcpu::{self, Platform, RunOutcome, HV_SIGNATURE};
 use alloc::format;
 use alloc::string::String;
@@ -26,6 +26,8 @@ core::arch::global_asm!(
     .section .rodata.selftest, "a"
     .global selftest_guest_start
     .global selftest_guest_end
+    .global selftest_guest_pm32
+    .global selftest_guest_gdt
     .set BASE, 0x1000
     .code16
 selftest_guest_start:
@@ -54,6 +56,7 @@ selftest_guest_start:
     ljmpl $0x08, $(st_pm32 - selftest_guest_start + BASE)
 
     .code32
+selftest_guest_pm32:
 st_pm32:
     movw $0x10, %ax
     movw %ax, %ds
@@ -100,6 +103,7 @@ st_lm64:
     jmp 1b
 
     .balign 8
+selftest_guest_gdt:
 st_gdt:
     .quad 0
     .quad 0x00CF9A000000FFFF    /* 0x08: 32-bit code */
@@ -118,6 +122,31 @@ selftest_guest_end:
 extern "C" {
     static selftest_guest_start: u8;
     static selftest_guest_end: u8;
+    static selftest_guest_pm32: u8;
+    static selftest_guest_gdt: u8;
+}
+
+/// Where the program's 32-bit part and GDT are loaded.
+fn guest_address(symbol: *const u8) -> u64 {
+    LOAD_GPA + (symbol as u64 - core::ptr::addr_of!(selftest_guest_start) as u64)
+}
+
+/// The state the program's real-mode part leaves the CPU in, for a CPU
+/// that cannot run real mode (VMX without unrestricted guest): 32-bit
+/// protected mode, paging off, its own GDT's flat segments.
+fn protected_mode_entry() -> EntryState {
+    let flat = |selector: u16, attrib: u16| Segment { selector, base: 0, limit: 0xFFFF_FFFF, attrib };
+    EntryState {
+        rip: guest_address(core::ptr::addr_of!(selftest_guest_pm32)),
+        rflags: 2,
+        cr0: 0x11,
+        cs: flat(0x08, 0xC9B),
+        ds: flat(0x10, 0xC93),
+        tr: Segment { selector: 0, base: 0, limit: 0xFFFF, attrib: 0x8B },
+        gdtr_base: guest_address(core::ptr::addr_of!(selftest_guest_gdt)),
+        gdtr_limit: 31,
+        ..Default::default()
+    }
 }
 
 fn guest_program() -> &'static [u8] {
@@ -187,21 +216,30 @@ impl Platform for SelftestPlatform<'_> {
 
 /// Runs the self-test guest on this CPU. Returns a summary or what failed.
 pub fn run(caps: crate::virt::Capabilities) -> Result<String, String> {
-    let mem = GuestMemory::new(2 << 20).map_err(|e| format!("{}", e))?;
+    let mut mem = GuestMemory::new(2 << 20).map_err(|e| format!("{}", e))?;
     mem.write(LOAD_GPA, guest_program()).map_err(|e| format!("{}", e))?;
+    if let Some(page) = crate::virt::unpaged_identity_map() {
+        mem.map_rom(crate::virt::UNPAGED_IDENTITY_MAP_GPA, &page[..]).map_err(|e| format!("{}", e))?;
+    }
     let (iopm, msrpm) = crate::mm::alloc_intercept_maps().ok_or("out of memory for permission maps")?;
     let cfg = VcpuConfig { nested_root: mem.npt_root(), tag: 1, iopm_pa: iopm.0, msrpm_pa: msrpm.0 };
     let mut vcpu = ArchVcpu::new(caps, &cfg).ok_or("out of memory for a VMCB")?;
-    vcpu.reset_real_mode((LOAD_GPA >> 4) as u16, 0);
+    if caps.real_mode {
+        vcpu.reset_real_mode((LOAD_GPA >> 4) as u16, 0);
+    } else {
+        vcpu.set_entry_state(&protected_mode_entry());
+    }
     let mut platform = SelftestPlatform { events: Vec::new(), mem: &mem };
     let (outcome, exits) = vcpu::run_loop(&mut vcpu, &mut platform, 1000);
     vcpu.release_fpu();
     crate::mm::free_intercept_maps(iopm, msrpm);
-    let expected = [
+    let real_mode = [
         Event::Mark(b'R'),
         Event::Value(HV_SIGNATURE[0]),
         Event::EchoIn,
         Event::EchoOut(ECHO_VALUE + 1),
+    ];
+    let expected = [
         Event::Mark(b'P'),
         Event::Mark(b'L'),
         Event::Halt,
@@ -210,7 +248,8 @@ pub fn run(caps: crate::virt::Capabilities) -> Result<String, String> {
     if outcome != RunOutcome::Finished(MEMORY_PATTERN) {
         return Err(format!("guest ended with {:?} after {} exits; events {:?}", outcome, exits, platform.events));
     }
-    if platform.events != expected {
+    let expected: Vec<&Event> = if caps.real_mode { real_mode.iter().chain(&expected).collect() } else { expected.iter().collect() };
+    if platform.events.iter().collect::<Vec<_>>() != expected {
         return Err(format!("unexpected guest behaviour: saw {:?}, expected {:?}", platform.events, expected));
     }
     // The guest wrote its pattern at 0x20000 through its own page tables.
@@ -220,7 +259,8 @@ pub fn run(caps: crate::virt::Capabilities) -> Result<String, String> {
         return Err(format!("guest memory at 0x20000 holds {:#x}", u64::from_le_bytes(word)));
     }
     Ok(format!(
-        "{} exits: real mode I/O and CPUID, protected mode, long mode via emulated EFER write, HLT, hypercall",
-        exits
+        "{} exits: {}, long mode via emulated EFER write, HLT, hypercall",
+        exits,
+        if caps.real_mode { "real mode I/O and CPUID, protected mode" } else { "protected mode (real mode skipped: no unrestricted guest)" }
     ))
 }

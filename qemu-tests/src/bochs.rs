@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 /// The emulated machine.
 #[derive(Clone, Copy, Debug)]
 pub struct Machine {
-    /// Bochs' CPU model: `ryzen` (SVM) or `corei7_skylake_x` (VMX).
+    /// Bochs' CPU model: `ryzen` (SVM), `corei7_skylake_x` (VMX) or
+    /// `corei5_lynnfield_750` (VMX without unrestricted guest).
     pub model: &'static str,
     pub cpus: u32,
     pub megs: u32,
@@ -31,6 +32,12 @@ impl Machine {
     /// Intel VMX with EPT, VPID and unrestricted guest.
     pub fn vmx(cpus: u32) -> Machine {
         Machine { model: "corei7_skylake_x", cpus, megs: 256 }
+    }
+
+    /// Intel VMX with EPT and VPID but no unrestricted guest (Bochs'
+    /// Nehalem, `corei5_lynnfield_750`: like the first CPUs with EPT).
+    pub fn vmx_without_unrestricted_guest(cpus: u32) -> Machine {
+        Machine { model: "corei5_lynnfield_750", cpus, megs: 256 }
     }
 }
 

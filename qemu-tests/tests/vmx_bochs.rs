@@ -49,6 +49,73 @@ fn a_linux_pvh_dom0_with_two_vcpus_powers_off_under_vmx() {
     }
 }
 
+/// A CPU whose VMX has EPT but no unrestricted guest (Bochs' Nehalem):
+/// Ferrite still picks VMX. Guests cannot run in real mode there, so an
+/// HVM guest is refused at create with the reason, while PVH guests run:
+/// with paging off they page through an identity map the CPU is given
+/// (`virt::UNPAGED_IDENTITY_MAP_GPA`), their CR3 kept aside until their
+/// own paging is on. `cr_efer_checks` goes from protected mode without
+/// paging through PAE paging into long mode and back out, and the
+/// self-test starts at its 32-bit part.
+#[test]
+fn without_unrestricted_guest_pvh_runs_and_hvm_is_refused() {
+    let name = "without_unrestricted_guest_pvh_runs_and_hvm_is_refused";
+    let dir = test_dir(name);
+    let cfg = dir.join("hvm1.cfg");
+    std::fs::write(&cfg, "name = \"hvm1\"\ntype = \"hvm\"\nmemory = 32\nvcpus = 1\n").expect("write the config");
+    let modules = vec![
+        pvh_config_module(&dir, "cr", "cr_efer_checks", 16),
+        guest_module("cr_efer_checks", &dir),
+        pvh_config_module(&dir, "ticker", "ticker", 16),
+        guest_module("ticker", &dir),
+        ModuleSpec::new(cfg, ""),
+        ModuleSpec::new(std::path::PathBuf::from(&ferrite_qemu_tests::images().stubdom), ""),
+        ModuleSpec::new(ferrite_qemu_tests::seabios_image(), ""),
+    ];
+    let mut bochs = Bochs::start(&dir, "console=com1", modules, Machine::vmx_without_unrestricted_guest(2));
+    let text = bochs.wait_for_all(&[
+        r"^\(ferrite\) virtualization: vmx: ept=yes unrestricted_guest=no vpid=yes",
+        r"^\(ferrite\) smp: 2 CPUs online, VMX enabled on 2$",
+        r"^\(ferrite\) selftest: PASS \(\d+ exits: protected mode \(real mode skipped: no unrestricted guest\)",
+        r"hvm1: HVM guests start in real mode \(the BIOS\), which needs VMX's unrestricted guest, and this CPU lacks it; PVH guests",
+        r"^\(cr\) cr: done 44 checks$",
+        r"domain \d+ \(cr\) powered off",
+        r"^\(ticker\) ticker done$",
+    ]);
+    drop(bochs);
+    let bad: Vec<&str> = text.lines().filter(|l| l.contains("FAIL") || l.contains("crashed") || l.contains("panic") || l.contains("(ferrite) vmx:")).collect();
+    assert!(bad.is_empty(), "[{name}] {bad:#?}");
+}
+
+/// Debian's Linux as a PVH dom0 with two vCPUs on a VMX CPU without
+/// unrestricted guest: it enters at the PVH entry with paging off (the
+/// identity map), turns on its own paging and reaches init. Its second
+/// vCPU would start in real mode through INIT/SIPI, which this CPU cannot
+/// run: the SIPI is not taken, Linux reports the CPU as not booting and
+/// goes on with one. About 4 minutes of Bochs.
+#[test]
+fn a_linux_pvh_dom0_runs_without_unrestricted_guest() {
+    let name = "a_linux_pvh_dom0_runs_without_unrestricted_guest";
+    let dir = test_dir(name);
+    let Some(guest) = linux_guest(name, "cloud-amd64", &dir) else { return };
+    let modules = vec![ModuleSpec::new(&guest.vmlinux, linux_cmdline("poweroff")), ModuleSpec::new(&guest.initramfs, "")];
+    let machine = Machine { megs: 1024, ..Machine::vmx_without_unrestricted_guest(2) };
+    let mut bochs = Bochs::start_with_module_strings(&dir, "console=com1 dom0_mem=256M dom0_max_vcpus=2", modules, machine);
+    bochs.limit = Duration::from_secs(900);
+    let text = bochs.wait_for_all(&[
+        r"^\(ferrite\) virtualization: vmx: ept=yes unrestricted_guest=no",
+        r"dom0: only vCPU 0 will run: the others start in real mode",
+        r"vcpu 1: SIPI not taken: real mode needs VMX's unrestricted guest",
+        r"^\(dom0\) FERRITE-INIT cpus=1 ",
+        r"^\(ferrite\) domain 0 \(dom0\) powered off$",
+    ]);
+    eprintln!("[{name}] dom0 powered off after {:.0?} of Bochs", bochs.started.elapsed());
+    drop(bochs);
+    if let Some(l) = text.lines().find(|l| l.contains("crashed") || l.contains("panic") || l.contains("(ferrite) vmx:")) {
+        panic!("[{name}] {l}");
+    }
+}
+
 /// The architectural-conformance guests of `conformance.rs`, all at once
 /// beside each other on Bochs' two VMX CPUs: each checks one rule of the
 /// machine it sees (interrupt windows, CR0/CR3/CR4/EFER writes, NMIs and

@@ -52,6 +52,11 @@ pub struct Capabilities {
     /// EVENTINJ, the usual way (Bochs' V_IRQ is only taken after the guest
     /// changes EFLAGS.IF).
     pub inject_via_virq: bool,
+    /// Guests can run in real mode: SVM, and VMX with unrestricted guest.
+    /// Without it HVM guests (their BIOS starts in real mode) are refused,
+    /// and a SIPI (which starts a vCPU in real mode) is not taken: PVH
+    /// guests run on their first vCPU.
+    pub real_mode: bool,
 }
 
 impl fmt::Display for Capabilities {
@@ -60,7 +65,8 @@ impl fmt::Display for Capabilities {
         if self.backend == BackendKind::Vmx {
             return write!(
                 f,
-                "vmx: ept=yes unrestricted_guest=yes vpid={} interrupts=event injection",
+                "vmx: ept=yes unrestricted_guest={} vpid={} interrupts=event injection",
+                yn(self.real_mode),
                 yn(self.flush_by_asid)
             );
         }
@@ -89,7 +95,6 @@ pub enum DetectError {
     VmxAbsent,
     VmxDisabledByFirmware,
     NoEpt,
-    NoUnrestrictedGuest,
     /// A VMX feature Ferrite needs is missing (named).
     VmxMissing(&'static str),
     OutOfMemory,
@@ -108,11 +113,34 @@ impl fmt::Display for DetectError {
             DetectError::VmxAbsent => "this Intel CPU has no VMX; Ferrite needs hardware virtualization (nested under KVM: load kvm_intel with nested=1 and use -cpu host)",
             DetectError::VmxDisabledByFirmware => "VMX is disabled by the firmware (IA32_FEATURE_CONTROL locked without VMX); enable Intel VT-x in the BIOS setup",
             DetectError::NoEpt => "this Intel CPU has VMX but no EPT, which Ferrite requires (no VMX backend without it)",
-            DetectError::NoUnrestrictedGuest => "this Intel CPU has VMX with EPT but no unrestricted guest, which Ferrite needs for guests that start in real mode or without paging",
             DetectError::VmxMissing(_) => "",
             DetectError::OutOfMemory => "out of memory for the per-CPU virtualization pages",
         })
     }
+}
+
+/// Where a guest with paging off finds the identity map the CPU pages
+/// through when VMX lacks unrestricted guest (`unpaged_identity_map`): a
+/// page in the MMIO hole below the IOAPIC and LAPIC that no device uses
+/// (the address KVM uses for the same purpose).
+pub const UNPAGED_IDENTITY_MAP_GPA: u64 = 0xFEFF_C000;
+
+/// The read-only page each guest gets at `UNPAGED_IDENTITY_MAP_GPA` when
+/// the chosen backend needs it (VMX without unrestricted guest), else
+/// None: a 32-bit page directory of 4 MiB pages mapping the low 4 GiB to
+/// themselves, accessed and dirty already so that the CPU never writes it.
+pub fn unpaged_identity_map() -> Option<alloc::boxed::Box<[u8; 4096]>> {
+    let caps = chosen()?;
+    if caps.backend != BackendKind::Vmx || caps.real_mode {
+        return None;
+    }
+    // Present, writable, user, accessed, dirty, 4 MiB page.
+    const PDE_FLAGS: u32 = 0x1 | 0x2 | 0x4 | 0x20 | 0x40 | 0x80;
+    let mut page = alloc::boxed::Box::new([0u8; 4096]);
+    for (i, pde) in page.chunks_exact_mut(4).enumerate() {
+        pde.copy_from_slice(&(((i as u32) << 22) | PDE_FLAGS).to_le_bytes());
+    }
+    Some(page)
 }
 
 /// The capabilities `init` found (None before it ran, or when it failed).

@@ -35,6 +35,7 @@ pub fn detect() -> Result<Capabilities, DetectError> {
         pause_filter: leaf.edx & (1 << 10) != 0,
         asids: leaf.ebx,
         inject_via_virq: under_qemu_tcg(),
+        real_mode: true,
     };
     if !caps.nested_paging {
         return Err(DetectError::NoNestedPaging);

@@ -43,6 +43,10 @@ struct VmxConfig {
     invvpid_single: bool,
     /// VM exits report the address size and segment of INS/OUTS.
     ins_outs_info: bool,
+    /// Unrestricted guest: the guest may run in real mode and in
+    /// protected mode without paging. Without it, a guest with paging off
+    /// runs on an identity map (`unpaged`), and real mode cannot run.
+    unrestricted: bool,
 }
 
 static CONFIG: spin::Once<VmxConfig> = spin::Once::new();
@@ -50,7 +54,10 @@ static CONFIG: spin::Once<VmxConfig> = spin::Once::new();
 const CR0_PE: u64 = 1;
 const CR0_NE: u64 = 1 << 5;
 const CR0_PG: u64 = 1 << 31;
+const CR4_PSE: u64 = 1 << 4;
+const CR4_PAE: u64 = 1 << 5;
 const CR4_VMXE: u64 = 1 << 13;
+const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
 const RFLAGS_TF: u64 = 1 << 8;
 const RFLAGS_IF: u64 = 1 << 9;
@@ -98,8 +105,10 @@ fn adjust(cap: u64, want: u32, need: u32, what: &'static str) -> Result<(u32, u3
     Ok(((want & may) | must, may))
 }
 
-/// Checks that this Intel CPU can run guests under VMX with EPT and
-/// unrestricted guest, and settles the controls every vCPU uses.
+/// Checks that this Intel CPU can run guests under VMX with EPT, and
+/// settles the controls every vCPU uses. Unrestricted guest is used when
+/// present; without it guests cannot run in real mode (`Capabilities::
+/// real_mode`), and protected mode without paging runs on an identity map.
 pub(super) fn detect() -> Result<Capabilities, DetectError> {
     if cpu::cpuid(1, 0).ecx & (1 << 5) == 0 {
         return Err(DetectError::VmxAbsent);
@@ -131,15 +140,11 @@ pub(super) fn detect() -> Result<Capabilities, DetectError> {
     if (proc2_cap >> 32) as u32 & PROC2_EPT == 0 {
         return Err(DetectError::NoEpt);
     }
-    if (proc2_cap >> 32) as u32 & PROC2_UNRESTRICTED == 0 {
-        return Err(DetectError::NoUnrestrictedGuest);
+    let unrestricted = (proc2_cap >> 32) as u32 & PROC2_UNRESTRICTED != 0;
+    let (proc2, _) = adjust(proc2_cap, PROC2_EPT | PROC2_UNRESTRICTED | PROC2_VPID | PROC2_RDTSCP | PROC2_INVPCID, PROC2_EPT, "EPT")?;
+    if !unrestricted && proc_may & (PROC_CR3_LOAD | PROC_CR3_STORE) != PROC_CR3_LOAD | PROC_CR3_STORE {
+        return Err(DetectError::VmxMissing("CR3-load and CR3-store exiting (needed without unrestricted guest)"));
     }
-    let (proc2, _) = adjust(
-        proc2_cap,
-        PROC2_EPT | PROC2_UNRESTRICTED | PROC2_VPID | PROC2_RDTSCP | PROC2_INVPCID,
-        PROC2_EPT | PROC2_UNRESTRICTED,
-        "EPT and unrestricted guest",
-    )?;
     let (exit, _) = adjust(
         pick(MSR_VMX_TRUE_EXIT, MSR_VMX_EXIT),
         EXIT_HOST_64 | EXIT_SAVE_PAT | EXIT_LOAD_PAT | EXIT_SAVE_EFER | EXIT_LOAD_EFER | EXIT_SAVE_DEBUG,
@@ -176,6 +181,7 @@ pub(super) fn detect() -> Result<Capabilities, DetectError> {
         vpid,
         invvpid_single: ept_vpid & (1 << 41) != 0,
         ins_outs_info: basic & (1 << 54) != 0,
+        unrestricted,
     };
     CONFIG.call_once(|| config);
     mm::paging::set_nested_format(mm::paging::NestedFormat::Ept);
@@ -190,6 +196,7 @@ pub(super) fn detect() -> Result<Capabilities, DetectError> {
         pause_filter: false,
         asids: if vpid { 0xFFFF } else { 1 },
         inject_via_virq: false,
+        real_mode: unrestricted,
     })
 }
 
@@ -721,14 +728,23 @@ impl VmxVcpu {
         let t = self.tables();
         // VMX requires CR0.NE (and PE/PG unless the guest is unrestricted)
         // and CR4.VMXE; the guest sees its own values in the shadows.
-        let cr0_fixed0 = c.cr0_fixed0 & !(CR0_PE | CR0_PG);
-        write(GUEST_CR0, (st.cr0 | cr0_fixed0 | CR0_NE) & c.cr0_fixed1);
+        let cr0_fixed0 = if c.unrestricted { c.cr0_fixed0 & !(CR0_PE | CR0_PG) } else { c.cr0_fixed0 };
+        let (cr0, cr3, cr4, efer) = if self.unpaged() {
+            // Paging off without unrestricted guest: the CPU pages through
+            // the identity map (4 MiB pages, so CR4.PSE and not PAE), and
+            // long mode stays off until the guest's own paging is on (VM
+            // entry wants EFER.LME = LMA while CR0.PG is set).
+            (st.cr0 | CR0_PG, super::UNPAGED_IDENTITY_MAP_GPA, (st.cr4 & !CR4_PAE) | CR4_PSE, st.efer & !(EFER_LME | EFER_LMA))
+        } else {
+            (st.cr0, st.cr3, st.cr4, st.efer)
+        };
+        write(GUEST_CR0, (cr0 | cr0_fixed0 | CR0_NE) & c.cr0_fixed1);
         write(CR0_READ_SHADOW, st.cr0);
-        write(GUEST_CR4, (st.cr4 | c.cr4_fixed0) & c.cr4_fixed1);
+        write(GUEST_CR4, (cr4 | c.cr4_fixed0) & c.cr4_fixed1);
         write(CR4_READ_SHADOW, st.cr4);
-        write(GUEST_CR3, st.cr3);
-        write(GUEST_EFER, st.efer);
-        let ia32e = st.efer & EFER_LMA != 0;
+        write(GUEST_CR3, cr3);
+        write(GUEST_EFER, efer);
+        let ia32e = efer & EFER_LMA != 0;
         write(ENTRY_CONTROLS, u64::from(if ia32e { c.entry | ENTRY_IA32E } else { c.entry }));
         write(GUEST_DR7, st.dr7);
         write(GUEST_PAT, st.pat);
@@ -762,8 +778,12 @@ impl VmxVcpu {
 
     /// Reads back what the guest may have changed without an exit.
     fn read_guest_state(&mut self) {
+        let unpaged = self.unpaged();
         let st = &mut self.st;
-        st.cr3 = read(GUEST_CR3);
+        if !unpaged {
+            // Unpaged, the guest's CR3 is `st.cr3` (its MOVs exit).
+            st.cr3 = read(GUEST_CR3);
+        }
         st.dr7 = read(GUEST_DR7);
         // Segments and tables: when asked for (`tables`).
         self.tables_fresh.set(false);
@@ -794,6 +814,35 @@ impl VmxVcpu {
 
     fn next_rip(&self) -> u64 {
         self.regs.rip.wrapping_add(self.exit.instruction_len)
+    }
+
+    /// Protected mode with paging off on a CPU without unrestricted
+    /// guest: the guest runs on the identity map, and its MOVs to and
+    /// from CR3 exit (`emulate_unpaged_cr3`).
+    fn unpaged(&self) -> bool {
+        !self.config.unrestricted && self.st.cr0 & CR0_PG == 0
+    }
+
+    /// Does a MOV to or from CR3 while `unpaged`: the guest's CR3 is kept
+    /// here until it turns paging on. True if this exit was that.
+    fn emulate_unpaged_cr3(&mut self) -> bool {
+        let q = self.exit.qualification;
+        if self.exit.reason & 0xFFFF != EXIT_CR_ACCESS || q & 0xF != 3 || !self.unpaged() {
+            return false;
+        }
+        // Outside long mode (which needs paging) the operand is 32 bits.
+        let reg = gpr_mut(&mut self.regs, ((q >> 8) & 0xF) as u8);
+        match (q >> 4) & 3 {
+            0 => self.st.cr3 = *reg & 0xFFFF_FFFF,
+            1 => *reg = self.st.cr3 & 0xFFFF_FFFF,
+            _ => return false,
+        }
+        self.regs.rip = self.next_rip();
+        self.st.interruptibility &= !(INTERRUPTIBILITY_STI | INTERRUPTIBILITY_MOV_SS);
+        if self.regs.rflags & RFLAGS_TF != 0 {
+            self.inject_single_step();
+        }
+        true
     }
 
     /// The CPU's mode for address sizes: 8 in 64-bit code, else CS.D.
@@ -1025,8 +1074,33 @@ fn read_dr6() -> u64 {
     v
 }
 
-impl VcpuOps for VmxVcpu {
-    fn run(&mut self) -> VmExit {
+/// The general-purpose register numbered `n` as VMX exit qualifications
+/// number them (0 = RAX, 1 = RCX, 2 = RDX, 3 = RBX, 4 = RSP, 5 = RBP,
+/// 6 = RSI, 7 = RDI, 8-15 = R8-R15).
+fn gpr_mut(regs: &mut GuestRegs, n: u8) -> &mut u64 {
+    match n & 0xF {
+        0 => &mut regs.rax,
+        1 => &mut regs.rcx,
+        2 => &mut regs.rdx,
+        3 => &mut regs.rbx,
+        4 => &mut regs.rsp,
+        5 => &mut regs.rbp,
+        6 => &mut regs.rsi,
+        7 => &mut regs.rdi,
+        8 => &mut regs.r8,
+        9 => &mut regs.r9,
+        10 => &mut regs.r10,
+        11 => &mut regs.r11,
+        12 => &mut regs.r12,
+        13 => &mut regs.r13,
+        14 => &mut regs.r14,
+        _ => &mut regs.r15,
+    }
+}
+
+impl VmxVcpu {
+    /// One VM entry and the exit that ends it.
+    fn run_once(&mut self) -> VmExit {
         let cpu = percpu::current_index();
         let slot = &VMX_CPUS[cpu];
         if slot.vmxon_pa.load(Ordering::Acquire) == 0 {
@@ -1092,7 +1166,8 @@ impl VcpuOps for VmxVcpu {
         // A single step pending over an interrupt shadow (VM entry insists).
         let pending_dbg = if self.regs.rflags & RFLAGS_TF != 0 && interruptibility & 3 != 0 { DR6_BS } else { 0 };
         write(GUEST_PENDING_DBG, pending_dbg);
-        write(PROC_CONTROLS, u64::from(self.proc));
+        let cr3_exits = if self.unpaged() { PROC_CR3_LOAD | PROC_CR3_STORE } else { 0 };
+        write(PROC_CONTROLS, u64::from(self.proc | cr3_exits));
         write(TSC_OFFSET, self.tsc_offset);
         write(ENTRY_INTR_INFO, u64::from(self.inject));
         write(ENTRY_EXCEPTION_ERROR, u64::from(self.inject_error));
@@ -1183,6 +1258,20 @@ impl VcpuOps for VmxVcpu {
             self.inject = 0;
         }
         self.decode_exit()
+    }
+}
+
+impl VcpuOps for VmxVcpu {
+    fn run(&mut self) -> VmExit {
+        if !self.config.unrestricted && self.st.cr0 & CR0_PE == 0 {
+            return VmExit::Unsupported("real mode (this CPU's VMX has no unrestricted guest)");
+        }
+        loop {
+            let exit = self.run_once();
+            if !self.emulate_unpaged_cr3() {
+                return exit;
+            }
+        }
     }
 
     fn switch_debug_regs(&mut self) {
