@@ -263,6 +263,26 @@ static CTRL_A: AtomicU32 = AtomicU32::new(0);
 
 const CTRL_A_KEY: u8 = 0x01;
 
+/// Where console input goes: the hypervisor's debug keys, or a domain's
+/// UART. The console sits below both, so they register here at boot
+/// (`register_input`) instead of the console calling up into them.
+pub trait InputTargets: Sync {
+    /// A key for the hypervisor itself.
+    fn hypervisor_key(&self, key: u8);
+    /// Ids of the domains alive, ascending.
+    fn domain_ids(&self) -> Vec<u32>;
+    fn domain_name(&self, id: u32) -> Option<alloc::string::String>;
+    /// One byte for domain `id`'s console; false when it is gone.
+    fn domain_input(&self, id: u32, byte: u8) -> bool;
+}
+
+static INPUT_TARGETS: spin::Once<&'static dyn InputTargets> = spin::Once::new();
+
+/// Sets where input goes; until then it is read and dropped.
+pub fn register_input(targets: &'static dyn InputTargets) {
+    INPUT_TARGETS.call_once(|| targets);
+}
+
 /// Reads what arrived on the serial line and routes it: three Ctrl-a in a
 /// row switch the input between the hypervisor and each domain (as in
 /// Xen); other bytes go to the focused domain's UART, or are hypervisor
@@ -303,7 +323,8 @@ pub fn set_input_focus(id: Option<u32>) {
 }
 
 fn switch_focus() {
-    let ids = crate::domain::ids();
+    let Some(targets) = INPUT_TARGETS.get() else { return };
+    let ids = targets.domain_ids();
     let cur = FOCUS.load(Ordering::SeqCst);
     // Order: hypervisor (0), then domains by id.
     let next = if cur == 0 {
@@ -317,19 +338,20 @@ fn switch_focus() {
         n => log::info!(
             "*** input to domain {} ({}) (Ctrl-a three times to switch)",
             n - 1,
-            crate::domain::name_of(n - 1).unwrap_or_default()
+            targets.domain_name(n - 1).unwrap_or_default()
         ),
     }
 }
 
 fn input_byte(b: u8) {
+    let Some(targets) = INPUT_TARGETS.get() else { return };
     match FOCUS.load(Ordering::SeqCst) {
-        0 => crate::debug_key(b),
+        0 => targets.hypervisor_key(b),
         n => {
-            if !crate::domain::console_input(n - 1, b) {
+            if !targets.domain_input(n - 1, b) {
                 // The domain is gone: input returns to the hypervisor.
                 FOCUS.store(0, Ordering::SeqCst);
-                crate::debug_key(b);
+                targets.hypervisor_key(b);
             }
         }
     }

@@ -8,13 +8,11 @@
 //! `hvm.rs` and `stubdom.rs`), which is a domain of its own.
 
 use crate::console;
-use crate::hvm::HvmBoot;
 use crate::ioreq::IoreqServer;
 use crate::stubdom::StubBackends;
 use crate::mm::guest::{GuestMemError, GuestMemory};
 use crate::sched::{self, Runnable, SchedState, SliceEnd};
 use crate::vcpu::{self, Platform, RunOutcome};
-use crate::mm::blob::Blob;
 use ferrite_devmodel::console_limit::{LineBudget, Verdict};
 use ferrite_x86::mmio_replay::{MmioAccess, MmioReplay, Step as MmioStep};
 use crate::virt::{ArchVcpu, Capabilities, EntryState, GuestRegs, Segment, VcpuConfig, VcpuOps};
@@ -30,15 +28,6 @@ use log::{error, info, warn};
 use spin::Mutex;
 
 
-/// What happens when a domain powers off, reboots or crashes (xl's
-/// `on_poweroff` / `on_reboot` / `on_crash`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
-    Destroy,
-    Restart,
-    Preserve,
-}
-
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DomainState {
     Running,
@@ -47,33 +36,6 @@ pub enum DomainState {
     Crashed(String),
     /// Stopped by the administrator (`xl destroy`): never restarted.
     Destroyed,
-}
-
-/// How a domain boots.
-#[derive(Clone)]
-pub enum Boot {
-    /// A kernel entered directly (PVH note or bzImage 64-bit protocol),
-    /// with virtio-blk disks.
-    Pvh { kernel: Blob, initrd: Option<Blob>, cmdline: String, disks: Vec<crate::vdisk::DiskConfig>, vifs: Vec<crate::vnet::VifConfig> },
-    /// Firmware from the reset vector, devices from a stub domain.
-    Hvm(HvmBoot),
-    /// A stub domain (built together with its guest, never on its own).
-    Stub,
-}
-
-/// Everything needed to (re)build a domain.
-#[derive(Clone)]
-pub struct DomainSpec {
-    pub name: String,
-    pub memory_bytes: u64,
-    pub vcpus: u32,
-    pub boot: Boot,
-    /// pCPUs each vCPU may use (bit i = pCPU i); vCPU i uses `affinity[i % len]`.
-    pub affinity: Vec<u64>,
-    pub privileged: bool,
-    pub on_poweroff: Action,
-    pub on_reboot: Action,
-    pub on_crash: Action,
 }
 
 /// What a domain is to the others.
@@ -131,7 +93,15 @@ pub struct Domain {
 }
 
 mod admin;
+mod exits;
+mod slice;
+mod spec;
 pub use admin::*;
+pub use spec::*;
+
+/// The longest unfinished console line a domain keeps (bytes); a longer
+/// one is cut.
+const MAX_CONSOLE_LINE: usize = 512;
 
 static NEXT_DOMAIN_ID: AtomicU32 = AtomicU32::new(0);
 static DOMAINS: Mutex<Vec<Arc<Domain>>> = Mutex::new(Vec::new());
@@ -269,12 +239,25 @@ pub(crate) fn cancel_restart(name: &str) -> bool {
     found
 }
 
+/// Builds an HVM domain with its stub domain and starts both: `hvm`,
+/// which sits above domains, registers it at boot (`register_hvm_builder`).
+pub type HvmBuilder = fn(DomainSpec, Capabilities) -> Result<Arc<Domain>, String>;
+
+static HVM_BUILDER: spin::Once<HvmBuilder> = spin::Once::new();
+
+pub fn register_hvm_builder(build: HvmBuilder) {
+    HVM_BUILDER.call_once(|| build);
+}
+
 impl Domain {
     /// Builds and starts a domain from `spec`.
     pub fn create(spec: DomainSpec, caps: Capabilities) -> Result<Arc<Domain>, String> {
         match &spec.boot {
             Boot::Pvh { .. } => Self::create_pvh(spec, caps),
-            Boot::Hvm(_) => crate::hvm::create(spec, caps),
+            Boot::Hvm(_) => match HVM_BUILDER.get() {
+                Some(build) => build(spec, caps),
+                None => Err(format!("{}: HVM guests are not available in this build", spec.name)),
+            },
             Boot::Stub => Err(format!("{}: a stub domain is only built with its guest", spec.name)),
         }
     }
@@ -288,7 +271,7 @@ impl Domain {
         let disks = disks.clone();
         let vdisks = crate::vdisk::build(&disks).map_err(|e| format!("{}: {}", spec.name, e))?;
         let wanted: Vec<(String, bool)> = disks.iter().map(|d| (d.target(), !d.read_only)).collect();
-        crate::hvm::check_disk_sharing(&spec.name, &wanted, None)?;
+        crate::disk_claims::check(&spec.name, &wanted, None)?;
         // Owned: the load plan borrows it, and `spec` moves into the domain.
         let cmdline = String::from(cmdline.as_str());
         check_memory(&spec.name, spec.memory_bytes)?;
@@ -352,7 +335,7 @@ impl Domain {
         let devices = Devices::new_pvh(plan.platform);
         let kind = plan.kind;
         let domain = Self::build(spec, mem, devices, Role::Pvh, vdisks, entry, caps)?;
-        if let Err(e) = crate::hvm::check_disk_sharing(&domain.name, &wanted, Some(domain.id)) {
+        if let Err(e) = crate::disk_claims::check(&domain.name, &wanted, Some(domain.id)) {
             domain.shut_down(DomainState::Crashed(e.clone()));
             return Err(e);
         }
@@ -574,7 +557,7 @@ impl Domain {
         }
         DOMAINS.lock().retain(|d| d.id != self.id);
         // Before a restart claims them again.
-        crate::hvm::release_disks(self.id);
+        crate::disk_claims::release(self.id);
         for n in self.vnets.get().into_iter().flatten() {
             n.detach(&self.name);
         }
@@ -891,630 +874,6 @@ impl Drop for Domain {
     fn drop(&mut self) {
         crate::mm::free_intercept_maps(self.intercepts.0, self.intercepts.1);
     }
-}
-
-/// The platform as one vCPU of a domain sees it during a time slice.
-struct VcpuPlatform<'a> {
-    domain: &'a Domain,
-    vcpu: &'a Arc<Vcpu>,
-    /// When to give up the pCPU, and the host timer's next event.
-    sched: crate::sched::SliceClock,
-    /// Set when the guest did something that ends the domain.
-    shutdown: Option<DomainState>,
-    /// The guest executed HLT.
-    halted: bool,
-    /// The earliest LAPIC/device deadline (TSC ns) as of the last check;
-    /// timers are only advanced when it has passed or something changed.
-    deadline_ns: Option<u64>,
-    /// A device or LAPIC was touched since the deadline was computed.
-    deadline_stale: bool,
-    /// An access was sent to the stub domain during this run.
-    waiting: bool,
-    /// TSC nanoseconds taken before the latest entry.
-    now_ns: u64,
-    /// The LAPIC's task priority class (TPR bits 7:4, the guest's CR8),
-    /// kept here so that putting it into the CPU before every entry takes
-    /// no lock: only this vCPU's own accesses change it while it runs.
-    cr8: u8,
-    /// The TPR holds back an interrupt waiting in the IRR (as of the last
-    /// `pending_interrupt`): the guest's CR8 writes must exit.
-    cr8_exits: bool,
-}
-
-/// The longest unfinished console line a domain keeps (bytes); a longer
-/// one is cut.
-const MAX_CONSOLE_LINE: usize = 512;
-
-/// IA32_APIC_BASE.EN.
-const APIC_BASE_ENABLE: u64 = 1 << 11;
-
-/// MSRs with nothing behind them that guests commonly touch: reads give
-/// the value here, writes are accepted and dropped.
-fn benign_msr(msr: u32) -> Option<u64> {
-    Some(match msr {
-        0x8B => 0,                              // microcode patch level
-        0x1A0 => 1,                             // MISC_ENABLE: fast strings
-        0xC001_0015 => 0,                       // AMD HWCR
-        0xC001_0010 => 0,                       // AMD SYSCFG
-        0xC001_1029 => 0,                       // AMD DE_CFG
-        0xC001_0140 | 0xC001_0141 => 0,         // AMD OSVW
-        // AMD's legacy performance counters (PERF_CTL0-3, PERF_CTR0-3):
-        // they have no CPUID bit and always exist; with no virtual PMU
-        // they count nothing, as under KVM and Xen without a vPMU.
-        0xC001_0000..=0xC001_0007 => 0,
-        0xC001_001F => 0,                       // AMD NB_CFG
-        _ => return None,
-    })
-}
-
-impl VcpuPlatform<'_> {
-    fn effects(&mut self, fx: Effects, devices: &mut Devices) {
-        if let Some(state) = self.domain.apply(fx, devices) {
-            self.shutdown = Some(state);
-        }
-    }
-
-    fn lapic_effect(&mut self, effect: LapicEffect) {
-        // Called after every guest write to the LAPIC (MSR or MMIO): such a
-        // write may set an IRR bit (self-IPI) or unblock one (EOI, TPR).
-        self.vcpu.irr_hint.store(true, Ordering::Release);
-        match effect {
-            LapicEffect::None => {}
-            LapicEffect::Ipi(req) => self.domain.send_ipi(&req, self.vcpu.id as usize),
-            LapicEffect::EoiBroadcast(vector) => {
-                let mut fx = Effects::default();
-                let mut d = self.domain.devices.lock();
-                d.eoi(vector, &mut fx);
-                self.effects(fx, &mut d);
-            }
-        }
-    }
-
-    fn ioreq(&self) -> Option<&IoreqServer> {
-        match &self.domain.role {
-            Role::Hvm { ioreq, .. } => Some(ioreq),
-            _ => None,
-        }
-    }
-
-    /// Whether the PIC may interrupt this vCPU now (HVM vCPU 0 in
-    /// virtual-wire mode) and has something.
-    fn pic_interrupt(&self) -> bool {
-        if self.vcpu.id != 0 || !matches!(self.domain.role, Role::Hvm { .. }) {
-            return false;
-        }
-        self.domain.pic_output.load(Ordering::SeqCst) && self.vcpu.lapic.lock().accepts_pic_interrupts()
-    }
-
-    /// Sends an access to the stub domain; this vCPU then waits.
-    fn forward(&mut self, mut req: ferrite_abi::IoRequest, pending: vcpu::PendingIo) {
-        let Some(ioreq) = self.ioreq() else { return };
-        req.vcpu = self.vcpu.id;
-        *self.vcpu.io_wait.lock() = Some(pending);
-        ioreq.send(&req);
-        self.waiting = true;
-    }
-
-    /// An MMIO access outside the hypervisor's devices (HVM): ROM reads
-    /// come from the image, ROM writes are dropped, the rest goes to the
-    /// stub domain. Returns the value for reads.
-    fn remote_mmio(&mut self, gpa: u64, size: u8, write: bool, value: u64) -> u64 {
-        if self.domain.mem.is_rom(gpa) {
-            let mut buf = [0u8; 8];
-            let n = usize::from(size.min(8));
-            if !write && self.domain.mem.read(gpa, &mut buf[..n]).is_ok() {
-                return u64::from_le_bytes(buf);
-            }
-            return u64::MAX;
-        }
-        let access = MmioAccess { gpa, size, write, value: if write { value } else { 0 } };
-        let step = self.vcpu.mmio_replay.lock().access(access);
-        match step {
-            MmioStep::Replay(answer) => answer,
-            MmioStep::Send => {
-                self.forward(vcpu::mmio_request(gpa, size, write, value), vcpu::PendingIo::Mmio);
-                0
-            }
-            // An earlier access of this instruction waits: it runs again.
-            MmioStep::Skip => 0,
-            MmioStep::TooMany => {
-                self.shutdown = Some(DomainState::Crashed(format!("an instruction made more than {} MMIO accesses at {:#x}", ferrite_x86::mmio_replay::MAX_ACCESSES, gpa)));
-                0
-            }
-        }
-    }
-
-    /// The offset of `gpa` in the LAPIC's page at its base. Also while
-    /// the LAPIC is disabled or in x2APIC mode (SDM 10.12.2: its MMIO then
-    /// behaves as a disabled xAPIC's): the page reads as all ones and
-    /// ignores writes (`Lapic::read_mmio`), where it used to be a hole
-    /// that crashed the domain.
-    fn lapic_page(&self, gpa: u64) -> Option<u64> {
-        let base = self.vcpu.lapic.lock().mmio_base();
-        (gpa >= base && gpa < base + 0x1000).then(|| gpa - base)
-    }
-
-    /// The NIC whose window `gpa` is in, and the offset there.
-    fn vnet_at(&self, gpa: u64) -> Option<(&Arc<crate::vnet::NetDevice>, u64)> {
-        self.domain.vnets.get()?.iter().find_map(|n| Some((n, n.offset(gpa)?)))
-    }
-
-    /// A guest access wrote the LAPIC (`write`): done under its lock, with
-    /// the task priority read back for the CPU's copy (CR8).
-    fn write_lapic<T>(&mut self, write: impl FnOnce(&mut Lapic) -> T) -> T {
-        let mut lapic = self.vcpu.lapic.lock();
-        let r = write(&mut lapic);
-        self.cr8 = lapic.cr8();
-        r
-    }
-}
-
-impl Platform for VcpuPlatform<'_> {
-    fn cpuid(&mut self, leaf: u32, subleaf: u32, guest: vcpu::GuestCpuidState) -> [u32; 4] {
-        let apic_enabled = self.vcpu.lapic.lock().apic_base() & APIC_BASE_ENABLE != 0;
-        vcpu::guest_cpuid(leaf, subleaf, &guest.view(self.vcpu.id, self.domain.spec.vcpus, apic_enabled))
-    }
-
-    fn io_in(&mut self, port: u16, size: u8) -> u32 {
-        // Reads do not move device deadlines (line changes they cause are
-        // delivered right here), so the cached deadline stays valid.
-        let mut fx = Effects::default();
-        let mut d = self.domain.devices.lock();
-        let v = d.port_read(port, size, &mut fx);
-        self.effects(fx, &mut d);
-        // No device: the bus floats high.
-        v.unwrap_or(u32::MAX >> (32 - 8 * u32::from(size)))
-    }
-
-    fn io_out(&mut self, port: u16, size: u8, value: u32) {
-        self.deadline_stale = true;
-        let mut fx = Effects::default();
-        let mut d = self.domain.devices.lock();
-        let timers = d.is_timer_port(port, size);
-        d.port_write(port, size, value, &mut fx);
-        self.effects(fx, &mut d);
-        drop(d);
-        if timers && self.vcpu.id != 0 {
-            // vCPU 0 runs the shared timers: if it is blocked, its cached
-            // wake-up time may be stale now.
-            if let Some(v0) = self.domain.vcpus.lock().first() {
-                v0.timers_changed.store(true, Ordering::SeqCst);
-                v0.wake_at_ns.store(0, Ordering::SeqCst);
-                crate::sched::deadline_lowered(0);
-            }
-        }
-    }
-
-    fn halt(&mut self) -> bool {
-        // Keep running when an interrupt is already waiting; else block.
-        let lapic_pending = self.vcpu.lapic.lock().highest_pending().is_some();
-        if lapic_pending || self.pic_interrupt() || self.vcpu.nmi_pending.load(Ordering::SeqCst) {
-            return true;
-        }
-        self.halted = true;
-        false
-    }
-
-    fn hypercall(&mut self, regs: &mut GuestRegs) -> Option<u64> {
-        if let Role::Stub(backends) = &self.domain.role {
-            if crate::stubdom::hypercall(self.domain, backends, regs) == crate::stubdom::After::Wait {
-                self.halted = true;
-                self.vcpu.in_wait.store(true, Ordering::SeqCst);
-            }
-            return None;
-        }
-        // No hypercalls are defined for guests yet: -ENOSYS, as Xen says.
-        regs.rax = (-38i64) as u64;
-        None
-    }
-
-    fn port_is_remote(&mut self, port: u16, size: u8) -> bool {
-        matches!(self.domain.role, Role::Hvm { .. }) && !self.domain.ports.is_local(port, size)
-    }
-
-    fn send_ioreq(&mut self, req: ferrite_abi::IoRequest, pending: vcpu::PendingIo) {
-        self.forward(req, pending);
-    }
-
-    fn buffer_write(&mut self, port: u16, size: u8, value: u32) -> bool {
-        self.ioreq().is_some_and(|io| io.try_buffer_write(port, size, value))
-    }
-
-    fn take_io_response(&mut self) -> Option<(vcpu::PendingIo, u64)> {
-        let ioreq = self.ioreq()?;
-        let mut wait = self.vcpu.io_wait.lock();
-        let pending = (*wait)?;
-        let data = ioreq.take_answer(self.vcpu.id)?;
-        *wait = None;
-        if pending == vcpu::PendingIo::Mmio {
-            self.vcpu.mmio_replay.lock().answered(data);
-        }
-        Some((pending, data))
-    }
-
-    fn waiting_for_io(&self) -> bool {
-        self.waiting
-    }
-
-    fn replay_pending(&self) -> bool {
-        matches!(self.domain.role, Role::Hvm { .. }) && self.vcpu.mmio_replay.lock().replay_pending()
-    }
-
-    fn mmio_instruction_begin(&mut self) {
-        self.vcpu.mmio_replay.lock().begin();
-    }
-
-    fn mmio_instruction_done(&mut self) {
-        self.vcpu.mmio_replay.lock().clear();
-    }
-
-    fn msr_read(&mut self, msr: u32) -> Option<u64> {
-        match msr {
-            0x1B => Some(self.vcpu.lapic.lock().apic_base()),
-            0x10 => Some(crate::arch::cpu::rdtsc().wrapping_add(self.domain.tsc_offset())),
-            // The LAPIC model keeps the deadline in host TSC (its timers run
-            // on host time); the guest sees it in its own.
-            MSR_TSC_DEADLINE => self.vcpu.lapic.lock().read_msr(MSR_TSC_DEADLINE, &HostClock).ok().map(|d| {
-                if d == 0 {
-                    0
-                } else {
-                    d.wrapping_add(self.domain.tsc_offset())
-                }
-            }),
-            m if Lapic::handles_msr(m) => self.vcpu.lapic.lock().read_msr(m, &HostClock).ok(),
-            m => benign_msr(m),
-        }
-    }
-
-    fn msr_write(&mut self, msr: u32, value: u64) -> bool {
-        self.deadline_stale = true;
-        match msr {
-            0x1B => {
-                self.vcpu.irr_hint.store(true, Ordering::Release);
-                self.write_lapic(|l| l.set_apic_base(value)).is_ok()
-            }
-            // Writing the TSC moves the domain's offset (all its vCPUs keep
-            // one TSC, as on one machine).
-            0x10 => {
-                let offset = value.wrapping_sub(crate::arch::cpu::rdtsc());
-                self.domain.tsc_offset.store(offset, Ordering::SeqCst);
-                true
-            }
-            MSR_TSC_DEADLINE => {
-                let host = if value == 0 { 0 } else { value.wrapping_sub(self.domain.tsc_offset()) };
-                let r = self.write_lapic(|l| l.write_msr(MSR_TSC_DEADLINE, host, &HostClock));
-                match r {
-                    Ok(effect) => {
-                        self.lapic_effect(effect);
-                        true
-                    }
-                    Err(_) => false,
-                }
-            }
-            m if Lapic::handles_msr(m) => {
-                let r = self.write_lapic(|l| l.write_msr(m, value, &HostClock));
-                match r {
-                    Ok(effect) => {
-                        self.lapic_effect(effect);
-                        true
-                    }
-                    Err(_) => false,
-                }
-            }
-            m => benign_msr(m).is_some(),
-        }
-    }
-
-    fn guest_memory(&self) -> Option<&GuestMemory> {
-        Some(&self.domain.mem)
-    }
-
-    fn is_mmio(&mut self, gpa: u64) -> bool {
-        self.lapic_page(gpa).is_some()
-            || (platform::IOAPIC_BASE..platform::IOAPIC_BASE + 0x1000).contains(&gpa)
-            || crate::vdisk::at(&self.domain.vdisks, gpa).is_some()
-            || self.domain.vsock.get().is_some_and(|v| v.offset(gpa).is_some())
-            || self.vnet_at(gpa).is_some()
-            // HVM: everything that is not RAM is some device's (or ROM).
-            || (matches!(self.domain.role, Role::Hvm { .. }) && !self.domain.mem.contains(gpa, 1))
-    }
-
-    fn mmio_read(&mut self, gpa: u64, size: u8) -> u64 {
-        if let Some(off) = self.lapic_page(gpa) {
-            return self.vcpu.lapic.lock().read_mmio(off, size, &HostClock);
-        }
-        if let Some((disk, off)) = crate::vdisk::at(&self.domain.vdisks, gpa) {
-            return disk.mmio_read(off, size);
-        }
-        if let Some((v, off)) = self.domain.vsock.get().and_then(|v| Some((v, v.offset(gpa)?))) {
-            return v.mmio_read(off, size);
-        }
-        if let Some((n, off)) = self.vnet_at(gpa) {
-            return n.mmio_read(off, size);
-        }
-        if !(platform::IOAPIC_BASE..platform::IOAPIC_BASE + 0x1000).contains(&gpa) {
-            return self.remote_mmio(gpa, size, false, 0);
-        }
-        self.domain.devices.lock().ioapic_read(gpa - platform::IOAPIC_BASE, size)
-    }
-
-    fn mmio_write(&mut self, gpa: u64, size: u8, value: u64) {
-        self.deadline_stale = true;
-        if let Some(off) = self.lapic_page(gpa) {
-            let effect = self.write_lapic(|l| l.write_mmio(off, size, value, &HostClock));
-            self.lapic_effect(effect);
-            return;
-        }
-        if let Some((disk, off)) = crate::vdisk::at(&self.domain.vdisks, gpa) {
-            if let Some(domain) = self.vcpu.domain.upgrade() {
-                let host: Arc<dyn crate::vdisk::DiskHost> = domain;
-                disk.mmio_write(&host, off, size, value);
-            }
-            return;
-        }
-        if let Some((v, off)) = self.domain.vsock.get().and_then(|v| Some((v, v.offset(gpa)?))) {
-            v.mmio_write(self.domain, off, size, value);
-            return;
-        }
-        if let Some((n, off)) = self.vnet_at(gpa) {
-            n.mmio_write(self.domain, off, size, value);
-            return;
-        }
-        if !(platform::IOAPIC_BASE..platform::IOAPIC_BASE + 0x1000).contains(&gpa) {
-            self.remote_mmio(gpa, size, true, value);
-            return;
-        }
-        let mut fx = Effects::default();
-        let mut d = self.domain.devices.lock();
-        d.ioapic_write(gpa - platform::IOAPIC_BASE, size, value, &mut fx);
-        self.effects(fx, &mut d);
-    }
-
-    fn pending_interrupt(&mut self) -> Option<u8> {
-        // Checked before every entry: skip the LAPIC lock while its IRR
-        // is known to be empty (see `Vcpu::irr_hint`).
-        self.cr8_exits = false;
-        if self.vcpu.irr_hint.load(Ordering::Acquire) {
-            let lapic = self.vcpu.lapic.lock();
-            let vector = lapic.highest_pending();
-            self.cr8_exits = vector.is_none() && lapic.tpr_holds_back();
-            if !lapic.irr_nonempty() {
-                self.vcpu.irr_hint.store(false, Ordering::Release);
-            }
-            drop(lapic);
-            if vector.is_some() {
-                return vector;
-            }
-        }
-        // The PIC's vector is only known at the acknowledge cycle.
-        self.pic_interrupt().then_some(0)
-    }
-
-    fn cr8(&self) -> u8 {
-        self.cr8
-    }
-
-    fn write_cr8(&mut self, value: u64) -> bool {
-        // Lowering it may let a held-back interrupt in.
-        self.vcpu.irr_hint.store(true, Ordering::Release);
-        self.write_lapic(|l| l.write_cr8(value)).is_ok()
-    }
-
-    fn cr8_writes_exit(&self) -> bool {
-        self.cr8_exits
-    }
-
-    fn nmi_pending(&self) -> bool {
-        self.vcpu.nmi_pending.load(Ordering::SeqCst)
-    }
-
-    fn nmi_injected(&mut self) {
-        self.vcpu.nmi_pending.store(false, Ordering::SeqCst);
-    }
-
-    fn interrupt_injected(&mut self, vector: u8) {
-        self.vcpu.lapic.lock().ack(vector);
-    }
-
-    fn acknowledge_interrupt(&mut self) -> Option<u8> {
-        {
-            let mut lapic = self.vcpu.lapic.lock();
-            if let Some(vector) = lapic.highest_pending() {
-                lapic.ack(vector);
-                return Some(vector);
-            }
-        }
-        if self.pic_interrupt() {
-            let mut d = self.domain.devices.lock();
-            let vector = d.pic_acknowledge();
-            self.domain.pic_output.store(d.pic_pending(), Ordering::SeqCst);
-            return vector;
-        }
-        None
-    }
-
-    fn before_entry(&mut self) {
-        if self.vcpu.timers_changed.load(Ordering::Relaxed) {
-            self.vcpu.timers_changed.store(false, Ordering::SeqCst);
-            self.deadline_stale = true;
-        }
-        let now = crate::arch::time::now_ns();
-        self.now_ns = now;
-        let due = self.deadline_ns.is_some_and(|d| d <= now);
-        if due || self.deadline_stale {
-            if self.vcpu.lapic.lock().tick(now) {
-                self.vcpu.irr_hint.store(true, Ordering::Release);
-            }
-            // A stub domain has no timed devices (it takes no interrupts).
-            if self.vcpu.id == 0 && !matches!(self.domain.role, Role::Stub(_)) {
-                let mut fx = Effects::default();
-                let mut d = self.domain.devices.lock();
-                d.tick(&mut fx);
-                self.effects(fx, &mut d);
-            }
-            self.deadline_ns = self.vcpu.next_deadline_ns(self.domain);
-            self.deadline_stale = false;
-        }
-        // The scheduler's next event: the slice's end, an earlier yield
-        // for a woken vCPU, or a blocked vCPU's deadline.
-        let sched = self.sched.next_event_ns();
-        crate::arch::apic::arm_timer_at_ns(self.deadline_ns.map_or(sched, |d| d.min(sched)));
-    }
-
-    fn after_exit(&mut self) {
-        crate::sched::take_pending_interrupts();
-    }
-
-    fn should_stop(&mut self) -> bool {
-        self.shutdown.is_some()
-            || self.halted
-            || !self.domain.is_running()
-            || self.domain.is_paused()
-            || self.sched.should_yield(self.now_ns)
-    }
-}
-
-impl Runnable for Vcpu {
-    fn run_slice(self: Arc<Self>) -> SliceEnd {
-        let start = crate::arch::time::now_ns();
-        let me = self.clone();
-        let end = self.run_slice_inner();
-        me.run_ns.fetch_add(crate::arch::time::now_ns().saturating_sub(start), Ordering::Relaxed);
-        end
-    }
-
-    fn affinity(&self) -> u64 {
-        self.affinity.load(Ordering::Relaxed)
-    }
-
-    fn wake_deadline_us(&self) -> Option<u64> {
-        if self.event_only.load(Ordering::SeqCst) {
-            return None;
-        }
-        let ns = self.wake_at_ns.load(Ordering::SeqCst);
-        (ns != u64::MAX).then_some(ns / 1000)
-    }
-
-    fn sched(&self) -> &SchedState {
-        &self.sched
-    }
-}
-
-impl Vcpu {
-    fn run_slice_inner(self: Arc<Self>) -> SliceEnd {
-        let Some(domain) = self.domain.upgrade() else {
-            return SliceEnd::Stopped;
-        };
-        if domain.state() != DomainState::Running {
-            return SliceEnd::Stopped;
-        }
-        if domain.is_paused() {
-            // Unpausing wakes it; its timers keep their deadline meanwhile.
-            return self.block_for_event(self.next_deadline_ns(&domain));
-        }
-        let mut arch = self.arch.lock();
-        {
-            // Both under the LAPIC lock (see `post`): an INIT or SIPI that
-            // arrives meanwhile is seen whole at the next slice.
-            let lapic = self.lapic.lock();
-            if lapic.is_waiting_for_sipi() {
-                drop(lapic);
-                return self.block_for_event(self.next_deadline_ns(&domain));
-            }
-            if let Some(page) = self.start_page.lock().take() {
-                arch.reset_real_mode(u16::from(page) << 8, 0);
-            }
-        }
-        // Waiting on the stub domain and not answered yet: keep waiting.
-        if self.io_wait.lock().is_some() {
-            if let Role::Hvm { ioreq, .. } = &domain.role {
-                if !ioreq.is_done(self.id) {
-                    return self.block_for_event(self.next_deadline_ns(&domain));
-                }
-            }
-        }
-        // A stub domain woken in WAIT: tell it why right away (rax), or
-        // keep it waiting if nothing is there (a spurious wake-up).
-        if self.in_wait.load(Ordering::SeqCst) {
-            if let Role::Stub(b) = &domain.role {
-                let work = b.ioreq.pending_work(b.guest.spec.vcpus);
-                if work == 0 {
-                    return self.block(None);
-                }
-                arch.regs_mut().rax = work;
-                self.in_wait.store(false, Ordering::SeqCst);
-            }
-        }
-        // The deadline kept when the last slice ended is still right
-        // unless another vCPU reprogrammed a shared timer since (0).
-        let cached = self.wake_at_ns.load(Ordering::SeqCst);
-        let mut platform = VcpuPlatform {
-            domain: &domain,
-            vcpu: &self,
-            sched: crate::sched::SliceClock::current(),
-            shutdown: None,
-            halted: false,
-            deadline_ns: (cached != u64::MAX).then_some(cached),
-            deadline_stale: cached == 0 || self.first_slice.swap(false, Ordering::SeqCst),
-            waiting: false,
-            now_ns: 0,
-            cr8: self.lapic.lock().cr8(),
-            cr8_exits: false,
-        };
-        arch.set_tsc_offset(domain.tsc_offset());
-        let (outcome, _exits) = vcpu::run_loop(&mut *arch, &mut platform, 0);
-        arch.release_fpu();
-        drop(arch);
-        if let Some(state) = platform.shutdown.take() {
-            domain.shut_down(state);
-            return SliceEnd::Stopped;
-        }
-        match outcome {
-            RunOutcome::Crashed(why) => {
-                domain.shut_down(DomainState::Crashed(format!("vcpu {}: {}", self.id, why)));
-                SliceEnd::Stopped
-            }
-            RunOutcome::Finished(_) => {
-                self.wake_at_ns.store(0, Ordering::SeqCst);
-                SliceEnd::Preempted
-            }
-            RunOutcome::Halted if domain.state() != DomainState::Running => SliceEnd::Stopped,
-            RunOutcome::WaitingForIo | RunOutcome::Halted if platform.halted || platform.waiting => {
-                // The deadline the run loop kept is still right unless a
-                // device changed since.
-                let deadline = if platform.deadline_stale { self.next_deadline_ns(&domain) } else { platform.deadline_ns };
-                if platform.waiting {
-                    self.block_for_event(deadline)
-                } else {
-                    self.block(deadline)
-                }
-            }
-            RunOutcome::WaitingForIo | RunOutcome::Halted => {
-                let deadline = if platform.deadline_stale { self.next_deadline_ns(&domain) } else { platform.deadline_ns };
-                self.wake_at_ns.store(deadline.unwrap_or(u64::MAX), Ordering::SeqCst);
-                SliceEnd::Preempted
-            }
-        }
-    }
-
-    /// Ends a slice blocked, remembering when the vCPU's timers need it.
-    fn block(&self, deadline_ns: Option<u64>) -> SliceEnd {
-        self.event_only.store(false, Ordering::SeqCst);
-        self.wake_at_ns.store(deadline_ns.unwrap_or(u64::MAX), Ordering::SeqCst);
-        SliceEnd::Blocked
-    }
-
-    /// Ends a slice blocked until an I/O answer, a SIPI or the end of a
-    /// pause: its timers
-    /// cannot act before then (the instruction waiting for the answer has
-    /// not completed), and a deadline already past would have the
-    /// scheduler wake it again and again for nothing.
-    fn block_for_event(&self, deadline_ns: Option<u64>) -> SliceEnd {
-        self.event_only.store(true, Ordering::SeqCst);
-        self.wake_at_ns.store(deadline_ns.unwrap_or(u64::MAX), Ordering::SeqCst);
-        SliceEnd::Blocked
-    }
-
 }
 
 /// Ids of the domains alive, ascending.

@@ -8,7 +8,7 @@
 //! copies itself there anyway, as it does on QEMU with PAM).
 
 use crate::mm::blob::Blob;
-use crate::domain::{Action, Boot, Domain, DomainSpec, LoaderMemory, Role};
+use crate::domain::{Action, Boot, Domain, DomainSpec, HvmBoot, LoaderMemory, Role};
 use crate::drivers::virtio_blk;
 use crate::ioreq::IoreqServer;
 use crate::mm::guest::{GuestMemory, PCI_HOLE_START};
@@ -19,51 +19,9 @@ use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use ferrite_config::disk::{disk_sharing_conflict, DiskClaim};
 use ferrite_abi::{DataSource, DirectLinuxBoot, StubConfig, GUEST_WINDOW, IOREQ_GPA, IOREQ_SLOTS, STUB_RAM_BYTES};
 use log::info;
 use spin::Mutex;
-
-/// A disk of an HVM guest, from its config.
-#[derive(Clone, Debug)]
-pub struct HvmDisk {
-    /// The host disk (virtio-blk serial) backing it.
-    pub target: String,
-    /// Where the guest sees it: `hda`..`hdd` for IDE; any vdev for
-    /// virtio-blk (the guest names those itself).
-    pub vdev: String,
-    pub read_only: bool,
-    /// IDE or virtio-blk on the PCI bus (xl `specification=`).
-    pub model: ferrite_abi::StubDiskModel,
-    /// `module:NAME`: the boot module served from RAM instead of a host disk.
-    pub image: Option<Blob>,
-}
-
-/// Direct Linux boot through fw_cfg (xl's `kernel=`/`ramdisk=`/`cmdline=`
-/// for HVM), done by QEMU's `linuxboot_dma.bin` option ROM under SeaBIOS.
-#[derive(Clone)]
-pub struct HvmLinux {
-    pub kernel: Blob,
-    pub initrd: Option<Blob>,
-    pub cmdline: String,
-    pub option_rom: Blob,
-}
-
-/// What an HVM domain boots with.
-#[derive(Clone)]
-pub struct HvmBoot {
-    pub bios: Blob,
-    pub stub_image: Blob,
-    pub disks: Vec<HvmDisk>,
-    /// NICs: each a port on its bridge, emulated by the stub domain.
-    pub nics: Vec<(crate::vnet::VifConfig, ferrite_abi::StubNicModel)>,
-    pub linux: Option<HvmLinux>,
-    pub boot_order: String,
-    /// Test builds of the stub: make its IDE model crash on this command.
-    pub fault_inject_ata_command: Option<u8>,
-    /// ... and make that command a write outside the stub's memory instead.
-    pub fault_inject_wild_access: bool,
-}
 
 /// The BIOS's low alias ends at 1 MiB.
 const LOW_BIOS_END: u64 = 0x10_0000;
@@ -116,7 +74,7 @@ pub fn create(spec: DomainSpec, caps: Capabilities) -> Result<Arc<Domain>, Strin
         .filter(|(_, s)| matches!(s.device, DiskBackend::Host(_)))
         .map(|(d, s)| (d.target.clone(), !s.read_only && !s.device.read_only()))
         .collect();
-    check_disk_sharing(&name, &wanted, None)?;
+    crate::disk_claims::check(&name, &wanted, None)?;
 
     crate::domain::check_memory(&name, spec.memory_bytes + ferrite_abi::STUB_RAM_BYTES)?;
     let mut mem = GuestMemory::new(spec.memory_bytes).map_err(|e| format!("{}: {}", name, e))?;
@@ -132,7 +90,7 @@ pub fn create(spec: DomainSpec, caps: Capabilities) -> Result<Arc<Domain>, Strin
     let ioreq = Arc::new(IoreqServer::new().ok_or_else(|| format!("{}: out of memory", name))?);
     let role = Role::Hvm { ioreq: ioreq.clone(), stub: Mutex::new(alloc::sync::Weak::new()) };
     let guest = Domain::build(spec, mem, devices, role, Vec::new(), reset_vector(), caps)?;
-    if let Err(e) = check_disk_sharing(&name, &wanted, Some(guest.id)) {
+    if let Err(e) = crate::disk_claims::check(&name, &wanted, Some(guest.id)) {
         guest.shut_down(crate::domain::DomainState::Crashed(e.clone()));
         return Err(e);
     }
@@ -162,41 +120,6 @@ pub fn create(spec: DomainSpec, caps: Capabilities) -> Result<Arc<Domain>, Strin
     stub.start();
     guest.start();
     Ok(guest)
-}
-
-/// The host disks running HVM guests use (`phy:` targets).
-static DISK_CLAIMS: Mutex<Vec<DiskClaim>> = Mutex::new(Vec::new());
-
-/// Refuses disks another running domain writes, or that this one would
-/// write while another uses them (`ferrite_config::disk::disk_sharing_conflict`:
-/// as Xen's hotplug scripts, so two guests never see each other's data
-/// change under them). With `owner`, the disks are then claimed for it,
-/// under the same lock as the check.
-pub(crate) fn check_disk_sharing(name: &str, wanted: &[(String, bool)], owner: Option<u32>) -> Result<(), String> {
-    let mut claims = DISK_CLAIMS.lock();
-    for (target, writable) in wanted {
-        if let Some(c) = disk_sharing_conflict(&claims, target, *writable) {
-            let who = crate::domain::name_of(c.domain).unwrap_or_default();
-            return Err(format!(
-                "{}: disk '{}' is {} by domain {} ({}); a disk written by one domain cannot be used by another \
-                 (give both 'r' access, or stop that domain first)",
-                name,
-                target,
-                if c.writable { "written" } else { "used read-only" },
-                c.domain,
-                who
-            ));
-        }
-    }
-    if let Some(domain) = owner {
-        claims.extend(wanted.iter().map(|(target, writable)| DiskClaim { target: target.clone(), domain, writable: *writable }));
-    }
-    Ok(())
-}
-
-/// Domain `id` stopped: its disks are free for others.
-pub fn release_disks(id: u32) {
-    DISK_CLAIMS.lock().retain(|c| c.domain != id);
 }
 
 /// A PC's vCPU after reset: real mode, CS base 0xFFFF0000, IP 0xFFF0.

@@ -4,7 +4,6 @@
 //! `xl create` uploaded. Both go through [`spec_from_config`].
 
 use crate::domain::{self, Action, Boot, DomainSpec};
-use crate::hvm;
 use crate::mm;
 use crate::mm::blob::Blob;
 use crate::nbd::NbdDisk;
@@ -376,10 +375,10 @@ fn hvm_boot(cfg: &ferrite_config::DomainConfig, files: &dyn Files) -> Result<Boo
             ferrite_config::DiskKind::Module => Some(files.get(&target, "disk image")?),
             _ => None,
         };
-        disks.push(hvm::HvmDisk { target, vdev: d.vdev.name.clone(), read_only: d.access == Access::ReadOnly, model, image });
+        disks.push(crate::domain::HvmDisk { target, vdev: d.vdev.name.clone(), read_only: d.access == Access::ReadOnly, model, image });
     }
     let linux = match cfg.kernel.as_deref() {
-        Some(k) => Some(hvm::HvmLinux {
+        Some(k) => Some(crate::domain::HvmLinux {
             kernel: files.get(k, "kernel")?,
             initrd: cfg.ramdisk.as_deref().map(|f| files.get(f, "ramdisk")).transpose()?,
             cmdline: cfg.cmdline.clone().unwrap_or_default(),
@@ -397,7 +396,7 @@ fn hvm_boot(cfg: &ferrite_config::DomainConfig, files: &dyn Files) -> Result<Boo
             ferrite_config::BootDevice::Network => 'n',
         })
         .collect();
-    Ok(Boot::Hvm(hvm::HvmBoot {
+    Ok(Boot::Hvm(crate::domain::HvmBoot {
         bios,
         stub_image,
         disks,

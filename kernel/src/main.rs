@@ -16,6 +16,7 @@ mod acpi;
 mod bridge;
 mod arch;
 mod console;
+mod disk_claims;
 mod domain;
 mod drivers;
 mod host;
@@ -135,6 +136,27 @@ fn fnv1a32(mem: &dyn PhysMemory, start: u64, len: u64) -> Option<u32> {
     Some(hash)
 }
 
+/// Console input: the debug keys (`debug_key`) and the domains' UARTs.
+struct ConsoleInput;
+
+impl console::InputTargets for ConsoleInput {
+    fn hypervisor_key(&self, key: u8) {
+        debug_key(key);
+    }
+
+    fn domain_ids(&self) -> alloc::vec::Vec<u32> {
+        domain::ids()
+    }
+
+    fn domain_name(&self, id: u32) -> Option<alloc::string::String> {
+        domain::name_of(id)
+    }
+
+    fn domain_input(&self, id: u32, byte: u8) -> bool {
+        domain::console_input(id, byte)
+    }
+}
+
 fn apply_console_options(opts: &Options) {
     let enabled = opts.console_serial();
     console::init(opts.com1_line(), enabled);
@@ -147,6 +169,8 @@ pub extern "C" fn kmain(magic: u32, info_paddr: u32, entry: u32) -> ! {
     mm::heap::init_boot();
     console::init(Default::default(), true);
     console::init_logger(log::LevelFilter::Info);
+    console::register_input(&ConsoleInput);
+    domain::register_hvm_builder(hvm::create);
     arch::pic::disable();
     idt::init();
     let tables = gdt::init_cpu();

@@ -52,7 +52,7 @@ pub struct DiskConfig {
 
 impl DiskConfig {
     /// What the disk is, for messages and for the sharing check
-    /// (`hvm::check_disk_sharing`): the host disk's name, or `nbd:` and
+    /// (`disk_claims::check`): the host disk's name, or `nbd:` and
     /// the export.
     pub fn target(&self) -> String {
         match &self.source {
