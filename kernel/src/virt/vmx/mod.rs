@@ -21,6 +21,7 @@ use crate::arch::fpu::{self, FpuState, SseRegs};
 use crate::arch::percpu::{self, MAX_CPUS};
 use crate::mm;
 use core::sync::atomic::{AtomicU64, Ordering};
+use x86_64::instructions::tables::sidt;
 
 /// What detection settled on, for every CPU.
 #[derive(Clone, Copy, Debug)]
@@ -679,19 +680,9 @@ impl VmxVcpu {
 
     /// The host state a VM exit loads, for the CPU running the vCPU now.
     fn write_host_state(&self) {
-        let (mut gdt, mut idt) = ([0u8; 10], [0u8; 10]);
-        // SAFETY: SGDT/SIDT store 10 bytes into the buffers.
-        unsafe {
-            core::arch::asm!("sgdt [{}]", in(reg) gdt.as_mut_ptr(), options(nostack));
-            core::arch::asm!("sidt [{}]", in(reg) idt.as_mut_ptr(), options(nostack));
-        }
-        let base = |b: &[u8; 10]| u64::from_le_bytes([b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9]]);
-        let gdt_base = base(&gdt);
+        // This CPU's GDT and TSS (`gdt::init_cpu`), and the shared IDT.
+        let tables = percpu::current().tables;
         let tss_sel = u64::from(crate::arch::gdt::TSS_SEL);
-        // SAFETY: the GDT is this CPU's (`gdt::init_cpu`), identity mapped,
-        // with the 16-byte TSS descriptor at TSS_SEL.
-        let (lo, hi) = unsafe { (((gdt_base + tss_sel) as *const u64).read(), ((gdt_base + tss_sel + 8) as *const u64).read()) };
-        let tr_base = ((lo >> 16) & 0xFF_FFFF) | (((lo >> 56) & 0xFF) << 24) | ((hi & 0xFFFF_FFFF) << 32);
         write(HOST_CR0, cpu::read_cr0());
         write(HOST_CR3, cpu::read_cr3());
         write(HOST_CR4, cpu::read_cr4());
@@ -704,9 +695,9 @@ impl VmxVcpu {
         write(HOST_TR_SEL, tss_sel);
         write(HOST_FS_BASE, rdmsr(0xC000_0100));
         write(HOST_GS_BASE, rdmsr(msr::GS_BASE));
-        write(HOST_TR_BASE, tr_base);
-        write(HOST_GDTR_BASE, gdt_base);
-        write(HOST_IDTR_BASE, base(&idt));
+        write(HOST_TR_BASE, tables.tss_base());
+        write(HOST_GDTR_BASE, tables.gdt_base());
+        write(HOST_IDTR_BASE, sidt().base.as_u64());
         write(HOST_SYSENTER_CS, 0);
         write(HOST_SYSENTER_ESP, 0);
         write(HOST_SYSENTER_EIP, 0);
