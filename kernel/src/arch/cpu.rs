@@ -28,9 +28,9 @@ pub fn vendor() -> [u8; 12] {
     v
 }
 
+/// MSRs the crate has no type for (it has `Efer`, `FsBase`, `GsBase`,
+/// `ApicBase`, ...).
 pub mod msr {
-    pub const EFER: u32 = 0xC000_0080;
-    pub const GS_BASE: u32 = 0xC000_0101;
     pub const TSC_AUX: u32 = 0xC000_0103;
     pub const VM_CR: u32 = 0xC001_0114;
     pub const VM_HSAVE_PA: u32 = 0xC001_0117;
