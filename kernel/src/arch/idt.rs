@@ -118,7 +118,7 @@ static IDT: spin::Once<InterruptDescriptorTable> = spin::Once::new();
 /// reserves (9, 15, 22-27, 31), which the crate's table keeps not present:
 /// no CPU raises them, and a stray one would show up as a #NP naming it.
 fn entry(idt: &mut InterruptDescriptorTable, vector: u8, handler: VirtAddr) -> Option<&mut EntryOptions> {
-    // SAFETY (each arm): `handler` is this vector's stub in `isr_stubs`,
+    // SAFETY: (every arm) `handler` is this vector's stub in `isr_stubs`,
     // which pushes the error code the CPU does not (so every stub leaves
     // the same frame) and never returns to the CPU but through IRETQ.
     let options = unsafe {
