@@ -1,8 +1,9 @@
 //! The host's local APIC (xAPIC, memory mapped): this CPU's id, end of
 //! interrupt, and inter-processor interrupts (INIT/SIPI, wake-up, NMI).
 
-use super::cpu::{self, msr};
+use super::cpu;
 use core::sync::atomic::{AtomicU64, Ordering};
+use x86_64::registers::model_specific::ApicBase;
 
 static BASE: AtomicU64 = AtomicU64::new(0xFEE0_0000);
 
@@ -41,9 +42,8 @@ fn write(reg: u64, value: u32) {
 
 /// Enables this CPU's local APIC in xAPIC mode.
 pub fn init_cpu() {
-    // SAFETY: IA32_APIC_BASE exists on every x86_64 CPU.
-    let base = unsafe { cpu::rdmsr(msr::APIC_BASE) };
-    BASE.store(base & 0xF_FFFF_F000, Ordering::Relaxed);
+    let (page, _) = ApicBase::read();
+    BASE.store(page.start_address().as_u64(), Ordering::Relaxed);
     // Software-enable with the spurious vector.
     write(REG_SVR, 0x100 | u32::from(super::idt::VECTOR_SPURIOUS));
 }

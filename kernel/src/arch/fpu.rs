@@ -19,6 +19,8 @@
 use super::cpu;
 use alloc::alloc::{alloc_zeroed, dealloc, Layout};
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use x86_64::registers::control::{Cr4, Cr4Flags};
+use x86_64::registers::xcontrol::XCr0;
 
 static USE_XSAVE: AtomicBool = AtomicBool::new(false);
 static XCR0: AtomicU64 = AtomicU64::new(0);
@@ -35,14 +37,15 @@ pub fn init_cpu() {
     if !has_xsave {
         return;
     }
-    // SAFETY: setting CR4.OSXSAVE (bit 18) is valid when CPUID reports XSAVE.
-    unsafe { cpu::write_cr4(cpu::read_cr4() | (1 << 18)) };
+    // SAFETY: setting CR4.OSXSAVE is valid when CPUID reports XSAVE, and it
+    // leaves paging and SSE as they were.
+    unsafe { Cr4::update(|f| f.insert(Cr4Flags::OSXSAVE)) };
     let leaf_d = cpu::cpuid(0xD, 0);
     let supported = (u64::from(leaf_d.edx) << 32) | u64::from(leaf_d.eax);
     let xcr0 = supported & (XCR0_X87 | XCR0_SSE | XCR0_AVX);
     // SAFETY: the value only contains components CPUID reports supported and
     // always includes x87 (bit 0), as XSETBV requires.
-    unsafe { core::arch::asm!("xsetbv", in("ecx") 0u32, in("eax") xcr0 as u32, in("edx") (xcr0 >> 32) as u32, options(nomem, nostack)) };
+    unsafe { XCr0::write_raw(xcr0) };
     let size = cpu::cpuid(0xD, 0).ebx as usize;
     XCR0.store(xcr0, Ordering::Relaxed);
     AREA_SIZE.store(size.max(576), Ordering::Relaxed);

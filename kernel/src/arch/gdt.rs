@@ -1,9 +1,24 @@
-//! Per-CPU GDT and TSS. Every interrupt vector runs on an IST stack (the
-//! prebuilt `core` uses the red zone, so an interrupt must never push onto
-//! the interrupted stack).
+//! Per-CPU GDT and TSS, built with the `x86_64` crate's
+//! `GlobalDescriptorTable` and `TaskStateSegment`. Every interrupt vector
+//! runs on an IST stack (the prebuilt `core` uses the red zone, so an
+//! interrupt must never push onto the interrupted stack).
+//!
+//! The layout is fixed, because other code names the selectors: the VMX
+//! host state (HOST_CS/SS/DS/ES/TR selectors) and the IDT's gates. Null,
+//! 64-bit code at `KERNEL_CS`, data at `KERNEL_DS`, the 16-byte TSS
+//! descriptor at `TSS_SEL`. The crate's code and data descriptors have the
+//! accessed bit preset (0x9B/0x93), so loading a segment never makes the CPU
+//! write the table (see the Bochs notes on the AP trampoline); the table is
+//! heap memory and writable anyway, as it must be for LTR, which marks the
+//! TSS descriptor busy. Each CPU loads its TSS exactly once.
 
 use alloc::boxed::Box;
 use alloc::vec;
+use x86_64::instructions::segmentation::{Segment, CS, DS, ES, SS};
+use x86_64::instructions::tables::load_tss;
+use x86_64::structures::gdt::{Descriptor, GlobalDescriptorTable, SegmentSelector};
+use x86_64::structures::tss::TaskStateSegment;
+use x86_64::{PrivilegeLevel, VirtAddr};
 
 pub const KERNEL_CS: u16 = 0x08;
 pub const KERNEL_DS: u16 = 0x10;
@@ -17,72 +32,58 @@ pub const IST_MACHINE_CHECK: u8 = 4;
 
 const IST_STACK_SIZE: usize = 32 * 1024;
 
-#[repr(C, packed(4))]
-#[derive(Default)]
-struct Tss {
-    reserved0: u32,
-    rsp: [u64; 3],
-    reserved1: u64,
-    ist: [u64; 7],
-    reserved2: u64,
-    reserved3: u16,
-    iomap_base: u16,
+/// The selector of a ring-0 GDT entry (`KERNEL_CS`, ...).
+pub const fn kernel_selector(sel: u16) -> SegmentSelector {
+    SegmentSelector::new(sel >> 3, PrivilegeLevel::Ring0)
 }
 
-#[repr(C, align(16))]
+/// One CPU's descriptor tables: null, code, data and a TSS (two entries).
 pub struct CpuTables {
-    gdt: [u64; 5],
-    tss: Tss,
+    gdt: GlobalDescriptorTable<5>,
+    tss: &'static TaskStateSegment,
 }
 
-#[repr(C, packed)]
-struct Pointer {
-    limit: u16,
-    base: u64,
+impl CpuTables {
+    /// The GDT's linear (= physical) address, as GDTR holds it.
+    pub fn gdt_base(&self) -> u64 {
+        self.gdt.entries().as_ptr() as u64
+    }
+
+    /// The TSS's linear (= physical) address, as TR's base holds it.
+    pub fn tss_base(&self) -> u64 {
+        core::ptr::from_ref(self.tss) as u64
+    }
 }
 
 /// Builds and loads this CPU's GDT and TSS (with fresh IST stacks).
 pub fn init_cpu() -> &'static CpuTables {
-    let mut tss = Tss { iomap_base: core::mem::size_of::<Tss>() as u16, ..Default::default() };
+    let mut tss = TaskStateSegment::new();
     for slot in [IST_DEFAULT, IST_DOUBLE_FAULT, IST_NMI, IST_MACHINE_CHECK] {
         let stack = vec![0u8; IST_STACK_SIZE].leak();
         let top = (stack.as_ptr() as u64 + IST_STACK_SIZE as u64) & !0xF;
-        tss.ist[usize::from(slot) - 1] = top;
+        tss.interrupt_stack_table[usize::from(slot) - 1] = VirtAddr::new(top);
     }
-    let tables = Box::leak(Box::new(CpuTables { gdt: [0; 5], tss }));
-    let tss_addr = core::ptr::addr_of!(tables.tss) as u64;
-    let tss_limit = (core::mem::size_of::<Tss>() - 1) as u64;
-    tables.gdt[1] = 0x00AF_9A00_0000_FFFF; // 64-bit code, DPL 0
-    tables.gdt[2] = 0x00CF_9200_0000_FFFF; // data
-    tables.gdt[3] = (tss_limit & 0xFFFF)
-        | ((tss_addr & 0xFF_FFFF) << 16)
-        | (0x89 << 40) // present, 64-bit available TSS
-        | (((tss_limit >> 16) & 0xF) << 48)
-        | (((tss_addr >> 24) & 0xFF) << 56);
-    tables.gdt[4] = tss_addr >> 32;
-    let ptr = Pointer { limit: (core::mem::size_of_val(&tables.gdt) - 1) as u16, base: tables.gdt.as_ptr() as u64 };
-    // SAFETY: the GDT is leaked ('static) and holds valid code/data/TSS
-    // descriptors at the selectors loaded here; the far return reloads CS.
+    let tss: &'static TaskStateSegment = Box::leak(Box::new(tss));
+    let mut gdt = GlobalDescriptorTable::<5>::empty();
+    let cs = gdt.append(Descriptor::kernel_code_segment());
+    let ds = gdt.append(Descriptor::kernel_data_segment());
+    let tr = gdt.append(Descriptor::tss_segment(tss));
+    assert!(
+        cs == kernel_selector(KERNEL_CS) && ds == kernel_selector(KERNEL_DS) && tr == kernel_selector(TSS_SEL),
+        "GDT layout differs from the selector constants"
+    );
+    let tables: &'static CpuTables = Box::leak(Box::new(CpuTables { gdt, tss }));
+    tables.gdt.load();
+    // SAFETY: the GDT just loaded is leaked ('static, never modified again
+    // but by the CPU's own accessed/busy bits) and holds a 64-bit code
+    // segment at `cs`, a data segment at `ds` and an available TSS (with
+    // valid IST stacks) at `tr`, loaded once on this CPU.
     unsafe {
-        core::arch::asm!(
-            "lgdt [{ptr}]",
-            "mov ax, {ds}",
-            "mov ds, ax",
-            "mov es, ax",
-            "mov ss, ax",
-            "push {cs}",
-            "lea {tmp}, [rip + 2f]",
-            "push {tmp}",
-            "retfq",
-            "2:",
-            "ltr {tss:x}",
-            ptr = in(reg) &ptr,
-            ds = const KERNEL_DS,
-            cs = const KERNEL_CS as u64,
-            tss = in(reg) TSS_SEL,
-            tmp = out(reg) _,
-            out("ax") _,
-        );
+        CS::set_reg(cs);
+        DS::set_reg(ds);
+        ES::set_reg(ds);
+        SS::set_reg(ds);
+        load_tss(tr);
     }
     tables
 }

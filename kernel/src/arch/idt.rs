@@ -5,8 +5,11 @@
 //! faulting state and stop the machine. Interrupts are only used to wake
 //! idle CPUs (an IPI) and to stop them on panic (an NMI).
 
-use super::gdt::{IST_DEFAULT, IST_DOUBLE_FAULT, IST_MACHINE_CHECK, IST_NMI, KERNEL_CS};
+use super::gdt::{kernel_selector, IST_DEFAULT, IST_DOUBLE_FAULT, IST_MACHINE_CHECK, IST_NMI, KERNEL_CS};
 use core::sync::atomic::{AtomicBool, Ordering};
+use x86_64::registers::control::Cr2;
+use x86_64::structures::idt::{EntryOptions, InterruptDescriptorTable};
+use x86_64::VirtAddr;
 
 /// An IPI that makes another CPU leave the guest or its idle halt.
 pub const VECTOR_WAKEUP: u8 = 0xF0;
@@ -108,47 +111,80 @@ extern "C" {
     static isr_stubs: u8;
 }
 
-#[repr(C, align(16))]
-struct Idt([u128; 256]);
+/// The IDT, built once by `init` and then only read (by every CPU's IDTR).
+static IDT: spin::Once<InterruptDescriptorTable> = spin::Once::new();
 
-static mut IDT: Idt = Idt([0; 256]);
-
-fn gate(handler: u64, ist: u8) -> u128 {
-    let low = (handler & 0xFFFF)
-        | (u64::from(KERNEL_CS) << 16)
-        | (u64::from(ist) << 32)
-        | (0x8E << 40) // present, DPL 0, 64-bit interrupt gate
-        | (((handler >> 16) & 0xFFFF) << 48);
-    u128::from(low) | (u128::from(handler >> 32) << 64)
+/// The gate for `vector`, or None for the vectors the architecture
+/// reserves (9, 15, 22-27, 31), which the crate's table keeps not present:
+/// no CPU raises them, and a stray one would show up as a #NP naming it.
+fn entry(idt: &mut InterruptDescriptorTable, vector: u8, handler: VirtAddr) -> Option<&mut EntryOptions> {
+    // SAFETY: (every arm) `handler` is this vector's stub in `isr_stubs`,
+    // which pushes the error code the CPU does not (so every stub leaves
+    // the same frame) and never returns to the CPU but through IRETQ.
+    let options = unsafe {
+        match vector {
+            0 => idt.divide_error.set_handler_addr(handler),
+            1 => idt.debug.set_handler_addr(handler),
+            2 => idt.non_maskable_interrupt.set_handler_addr(handler),
+            3 => idt.breakpoint.set_handler_addr(handler),
+            4 => idt.overflow.set_handler_addr(handler),
+            5 => idt.bound_range_exceeded.set_handler_addr(handler),
+            6 => idt.invalid_opcode.set_handler_addr(handler),
+            7 => idt.device_not_available.set_handler_addr(handler),
+            8 => idt.double_fault.set_handler_addr(handler),
+            10 => idt.invalid_tss.set_handler_addr(handler),
+            11 => idt.segment_not_present.set_handler_addr(handler),
+            12 => idt.stack_segment_fault.set_handler_addr(handler),
+            13 => idt.general_protection_fault.set_handler_addr(handler),
+            14 => idt.page_fault.set_handler_addr(handler),
+            16 => idt.x87_floating_point.set_handler_addr(handler),
+            17 => idt.alignment_check.set_handler_addr(handler),
+            18 => idt.machine_check.set_handler_addr(handler),
+            19 => idt.simd_floating_point.set_handler_addr(handler),
+            20 => idt.virtualization.set_handler_addr(handler),
+            21 => idt.cp_protection_exception.set_handler_addr(handler),
+            28 => idt.hv_injection_exception.set_handler_addr(handler),
+            29 => idt.vmm_communication_exception.set_handler_addr(handler),
+            30 => idt.security_exception.set_handler_addr(handler),
+            32..=255 => idt[vector].set_handler_addr(handler),
+            _ => return None,
+        }
+    };
+    Some(options)
 }
 
-/// Fills the IDT (once, on the boot CPU).
+/// Fills the IDT (once, on the boot CPU): every vector's gate points at
+/// its stub, in `KERNEL_CS`, as a DPL 0 interrupt gate on an IST stack.
 pub fn init() {
     // `isr_stubs` is the start of 256 16-byte aligned stubs defined above.
     let base = core::ptr::addr_of!(isr_stubs) as u64;
-    for vector in 0..256u64 {
-        let ist = match vector {
-            2 => IST_NMI,
-            8 => IST_DOUBLE_FAULT,
-            18 => IST_MACHINE_CHECK,
-            _ => IST_DEFAULT,
-        };
-        // SAFETY: called once on the boot CPU before any other CPU runs or
-        // loads the IDT, so there is no concurrent access.
-        unsafe { (*core::ptr::addr_of_mut!(IDT)).0[vector as usize] = gate(base + vector * 16, ist) };
-    }
+    IDT.call_once(|| {
+        let mut idt = InterruptDescriptorTable::new();
+        for vector in 0..=255u8 {
+            let ist = match vector {
+                2 => IST_NMI,
+                8 => IST_DOUBLE_FAULT,
+                18 => IST_MACHINE_CHECK,
+                _ => IST_DEFAULT,
+            };
+            let Some(options) = entry(&mut idt, vector, VirtAddr::new(base + u64::from(vector) * 16)) else { continue };
+            // SAFETY: KERNEL_CS is the 64-bit code segment of every CPU's
+            // GDT (`gdt::init_cpu`), and the IST slot has a stack in every
+            // CPU's TSS. Interrupt gates keep IF clear, so the vectors
+            // sharing IST_DEFAULT nest only through an exception inside a
+            // handler, which is fatal anyway; NMI, #DF and #MC, which can
+            // arrive inside a handler, have stacks of their own.
+            unsafe {
+                options.set_code_selector(kernel_selector(KERNEL_CS)).set_stack_index(u16::from(ist) - 1);
+            }
+        }
+        idt
+    });
 }
 
 /// Loads the IDT on this CPU.
 pub fn load() {
-    #[repr(C, packed)]
-    struct Pointer {
-        limit: u16,
-        base: u64,
-    }
-    let ptr = Pointer { limit: (256 * 16 - 1) as u16, base: core::ptr::addr_of!(IDT) as u64 };
-    // SAFETY: the IDT is static and fully initialised by `init`.
-    unsafe { core::arch::asm!("lidt [{}]", in(reg) &ptr, options(readonly, nostack)) };
+    IDT.get().expect("idt::init runs before any CPU loads the IDT").load();
 }
 
 const EXCEPTION_NAMES: [&str; 32] = [
@@ -173,9 +209,7 @@ extern "C" fn isr_dispatch(frame: &mut InterruptFrame) {
         }
         32..=0xFE => super::apic::eoi(),
         0..=31 => {
-            let cr2: u64;
-            // SAFETY: reading CR2 has no side effects.
-            unsafe { core::arch::asm!("mov {}, cr2", out(reg) cr2, options(nomem, nostack)) };
+            let cr2 = Cr2::read_raw();
             panic!(
                 "hypervisor exception {} ({}) error {:#x} at rip {:#x} cr2 {:#x} rsp {:#x}\n{:#x?}",
                 vector, EXCEPTION_NAMES[vector as usize], frame.error_code, frame.rip, cr2, frame.rsp, frame

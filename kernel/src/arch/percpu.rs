@@ -8,10 +8,11 @@
 //! per-CPU state in their own tables indexed by `current_index()` (the SVM
 //! backend does), so this module depends on nothing above `arch`.
 
-use super::cpu::{self, msr};
 use super::gdt::CpuTables;
 use alloc::boxed::Box;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use x86_64::registers::model_specific::GsBase;
+use x86_64::VirtAddr;
 
 pub const MAX_CPUS: usize = 64;
 
@@ -37,9 +38,9 @@ pub fn init(index: usize, apic_id: u32, tables: &'static CpuTables) -> &'static 
     let pc = Box::leak(Box::new(PerCpu { self_ptr: core::ptr::null(), index, apic_id, tables, timer_deadline_ns: AtomicU64::new(0) }));
     pc.self_ptr = pc as *const PerCpu;
     CPUS[index].store(pc as *mut PerCpu, Ordering::SeqCst);
-    // SAFETY: GS_BASE exists on every x86_64 CPU; the block is leaked, so
-    // the pointer stays valid for the life of the hypervisor.
-    unsafe { cpu::wrmsr(msr::GS_BASE, pc as *const PerCpu as u64) };
+    // The block is leaked, so `gs:[0]` stays valid for the life of the
+    // hypervisor.
+    GsBase::write(VirtAddr::from_ptr(pc as *const PerCpu));
     ONLINE.fetch_add(1, Ordering::SeqCst);
     READY.store(true, Ordering::SeqCst);
     pc

@@ -1,42 +1,55 @@
-//! Port I/O.
+//! Port I/O, over the `x86_64` crate's `Port` types.
+//!
+//! The hypervisor owns the platform's I/O ports, and callers name ports of
+//! devices they drive (UART, PIT, CMOS, PCI configuration, ACPI PM, reset,
+//! QEMU's debug exit). A port access has no memory-safety effect, so these
+//! helpers are safe; they exist so call sites stay `outb(port, value)`.
+
+use x86_64::instructions::port::{PortRead, PortReadOnly, PortWrite, PortWriteOnly};
+
+fn write<T: PortWrite>(port: u16, value: T) {
+    // SAFETY: see the module comment: a port write the hypervisor makes to
+    // a device it drives cannot break memory safety.
+    unsafe { PortWriteOnly::new(port).write(value) }
+}
+
+fn read<T: PortRead>(port: u16) -> T {
+    // SAFETY: as for `write`; a port read has no memory-safety effect.
+    unsafe { PortReadOnly::new(port).read() }
+}
 
 /// Writes a byte to an I/O port.
 #[inline]
 pub fn outb(port: u16, value: u8) {
-    // SAFETY: the hypervisor owns the platform's I/O ports; callers pick
-    // ports of devices they drive (UART, PIT, debug-exit), which has no
-    // memory-safety effect.
-    unsafe { core::arch::asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags)) }
+    write(port, value)
 }
 
 /// Reads a byte from an I/O port.
 #[inline]
 pub fn inb(port: u16) -> u8 {
-    let value: u8;
-    // SAFETY: as for `outb`; a port read has no memory-safety effect.
-    unsafe { core::arch::asm!("in al, dx", in("dx") port, out("al") value, options(nomem, nostack, preserves_flags)) }
-    value
-}
-
-/// Writes a doubleword to an I/O port.
-#[inline]
-pub fn outl(port: u16, value: u32) {
-    // SAFETY: as for `outb`.
-    unsafe { core::arch::asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags)) }
+    read(port)
 }
 
 /// Writes a word to an I/O port.
 #[inline]
 pub fn outw(port: u16, value: u16) {
-    // SAFETY: as for `outb`.
-    unsafe { core::arch::asm!("out dx, ax", in("dx") port, in("ax") value, options(nomem, nostack, preserves_flags)) }
+    write(port, value)
 }
 
 /// Reads a word from an I/O port.
 #[inline]
 pub fn inw(port: u16) -> u16 {
-    let value: u16;
-    // SAFETY: as for `inb`.
-    unsafe { core::arch::asm!("in ax, dx", in("dx") port, out("ax") value, options(nomem, nostack, preserves_flags)) }
-    value
+    read(port)
+}
+
+/// Writes a doubleword to an I/O port.
+#[inline]
+pub fn outl(port: u16, value: u32) {
+    write(port, value)
+}
+
+/// Reads a doubleword from an I/O port.
+#[inline]
+pub fn inl(port: u16) -> u32 {
+    read(port)
 }

@@ -7,6 +7,7 @@
 
 use super::{apic, cpu, time};
 use core::sync::atomic::{AtomicBool, Ordering};
+use x86_64::registers::model_specific::Efer;
 
 pub const TRAMPOLINE_CODE: u64 = 0x8000;
 pub const TRAMPOLINE_DATA: u64 = 0x9000;
@@ -118,8 +119,7 @@ pub fn signal_alive() {
 /// Starts one AP and waits (up to a second) until it reports alive.
 /// Returns whether it came up.
 pub fn start_one(apic_id: u32, stack_top: u64, entry: extern "C" fn(u64) -> !, arg: u64) -> bool {
-    // SAFETY: reading EFER is always valid in long mode.
-    let efer = unsafe { cpu::rdmsr(cpu::msr::EFER) };
+    let efer = Efer::read_raw();
     let data = ApBootData {
         cr3: cpu::read_cr3() as u32,
         efer: (efer & ((1 << 8) | (1 << 11))) as u32,

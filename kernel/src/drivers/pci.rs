@@ -13,6 +13,7 @@
 
 use alloc::vec::Vec;
 use core::fmt;
+use crate::arch::pio::{inl, outl};
 
 /// Bus, device and function of a PCI function.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -154,17 +155,6 @@ fn mechanism1_address(at: PciAddress, offset: u16) -> u32 {
     (1 << 31) | (u32::from(at.bus) << 16) | (u32::from(at.device & 31) << 11) | (u32::from(at.function & 7) << 8) | u32::from(offset & 0xFC)
 }
 
-fn outl(port: u16, value: u32) {
-    crate::arch::pio::outl(port, value);
-}
-
-fn inl(port: u16) -> u32 {
-    let value: u32;
-    // SAFETY: a read of the PCI configuration data port, which the
-    // hypervisor owns; it has no memory-safety effect.
-    unsafe { core::arch::asm!("in eax, dx", in("dx") port, out("eax") value, options(nomem, nostack, preserves_flags)) };
-    value
-}
 
 /// A PCI function found by `enumerate`.
 #[derive(Clone, Copy, Debug)]

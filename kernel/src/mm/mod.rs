@@ -13,6 +13,9 @@ use ferrite_boot::bootinfo::{BootInfo, MemoryKind};
 use ferrite_mm::FrameAllocator;
 use paging::{PageTables, CACHE_DISABLE, NO_EXECUTE, SIZE_2M, SIZE_4K, WRITABLE, WRITE_THROUGH};
 use spin::Mutex;
+use x86_64::registers::control::{Cr0, Cr0Flags, Cr3, Cr3Flags};
+use x86_64::structures::paging::PhysFrame;
+use x86_64::PhysAddr;
 
 static FRAMES: Mutex<Option<FrameAllocator>> = Mutex::new(None);
 
@@ -128,8 +131,8 @@ fn install_host_tables(usable: &[(u64, u64)], top_of_ram: u64) {
     // memory) identically to the boot tables, so execution continues at the
     // same addresses. CR0.WP makes read-only pages read-only for us too.
     unsafe {
-        core::arch::asm!("mov cr3, {}", in(reg) pt.root(), options(nostack));
-        crate::arch::cpu::write_cr0(crate::arch::cpu::read_cr0() | (1 << 16));
+        Cr3::write(PhysFrame::containing_address(PhysAddr::new(pt.root())), Cr3Flags::empty());
+        Cr0::update(|f| f.insert(Cr0Flags::WRITE_PROTECT));
     }
     *HOST_TABLES.lock() = Some(pt);
 }

@@ -10,6 +10,9 @@ use crate::arch::fpu::{self, FpuState, SseRegs};
 use crate::arch::percpu::{self, MAX_CPUS};
 use crate::mm;
 use core::sync::atomic::{AtomicU64, Ordering};
+use x86_64::registers::debug::{DebugAddressRegister, Dr0, Dr1, Dr2, Dr3};
+use x86_64::registers::model_specific::{Efer, EferFlags};
+use x86_64::registers::xcontrol::XCr0;
 
 const CPUID_SVM_FEATURES: u32 = 0x8000_000A;
 
@@ -100,7 +103,7 @@ pub(super) fn enable_cpu() -> Result<(), DetectError> {
     // EFER.SVME and VM_HSAVE_PA (to a page owned by this CPU for its
     // lifetime) is valid.
     unsafe {
-        cpu::wrmsr(msr::EFER, cpu::rdmsr(msr::EFER) | cpu::EFER_SVME);
+        Efer::update(|f| f.insert(EferFlags::SECURE_VIRTUAL_MACHINE_ENABLE));
         cpu::wrmsr(msr::VM_HSAVE_PA, hsave);
     }
     let slot = &SVM_CPUS[percpu::current_index()];
@@ -952,28 +955,18 @@ impl VcpuOps for SvmVcpu {
     }
 }
 
+/// Loads a vCPU's DR0-3. They only hold breakpoint addresses, which take
+/// effect only where DR7 enables them, and the host's DR7 (restored by
+/// #VMEXIT) enables none.
 fn load_debug_regs(dr: &[u64; 4]) {
-    // SAFETY: writing DR0-3 only sets breakpoint addresses; they take effect
-    // only where DR7 enables them, and the host's DR7 (restored by #VMEXIT)
-    // enables none.
-    unsafe {
-        core::arch::asm!("mov dr0, {}", in(reg) dr[0], options(nostack));
-        core::arch::asm!("mov dr1, {}", in(reg) dr[1], options(nostack));
-        core::arch::asm!("mov dr2, {}", in(reg) dr[2], options(nostack));
-        core::arch::asm!("mov dr3, {}", in(reg) dr[3], options(nostack));
-    }
+    Dr0::write(dr[0]);
+    Dr1::write(dr[1]);
+    Dr2::write(dr[2]);
+    Dr3::write(dr[3]);
 }
 
 fn read_debug_regs() -> [u64; 4] {
-    let mut dr = [0u64; 4];
-    // SAFETY: reading DR0-3 has no side effects at CPL 0.
-    unsafe {
-        core::arch::asm!("mov {}, dr0", out(reg) dr[0], options(nostack, nomem));
-        core::arch::asm!("mov {}, dr1", out(reg) dr[1], options(nostack, nomem));
-        core::arch::asm!("mov {}, dr2", out(reg) dr[2], options(nostack, nomem));
-        core::arch::asm!("mov {}, dr3", out(reg) dr[3], options(nostack, nomem));
-    }
-    dr
+    [Dr0::read(), Dr1::read(), Dr2::read(), Dr3::read()]
 }
 
 /// Whether an EXITINTINFO value names an event that must be injected again.
@@ -996,5 +989,5 @@ fn xsetbv(value: u64) {
     // SAFETY: callers pass either the host XCR0 (set up by `fpu::init_cpu`) or
     // a guest value validated by the XSETBV exit handler against the host's
     // supported set, with x87 set.
-    unsafe { core::arch::asm!("xsetbv", in("ecx") 0u32, in("eax") value as u32, in("edx") (value >> 32) as u32, options(nomem, nostack)) };
+    unsafe { XCr0::write_raw(value) };
 }

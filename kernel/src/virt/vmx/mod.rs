@@ -21,6 +21,12 @@ use crate::arch::fpu::{self, FpuState, SseRegs};
 use crate::arch::percpu::{self, MAX_CPUS};
 use crate::mm;
 use core::sync::atomic::{AtomicU64, Ordering};
+use x86_64::instructions::interrupts;
+use x86_64::instructions::tables::sidt;
+use x86_64::registers::control::Cr2;
+use x86_64::registers::debug::{DebugAddressRegister, Dr0, Dr1, Dr2, Dr3, Dr6};
+use x86_64::registers::model_specific::{Efer, FsBase, GsBase};
+use x86_64::registers::xcontrol::XCr0;
 
 /// What detection settled on, for every CPU.
 #[derive(Clone, Copy, Debug)]
@@ -686,19 +692,9 @@ impl VmxVcpu {
 
     /// The host state a VM exit loads, for the CPU running the vCPU now.
     fn write_host_state(&self) {
-        let (mut gdt, mut idt) = ([0u8; 10], [0u8; 10]);
-        // SAFETY: SGDT/SIDT store 10 bytes into the buffers.
-        unsafe {
-            core::arch::asm!("sgdt [{}]", in(reg) gdt.as_mut_ptr(), options(nostack));
-            core::arch::asm!("sidt [{}]", in(reg) idt.as_mut_ptr(), options(nostack));
-        }
-        let base = |b: &[u8; 10]| u64::from_le_bytes([b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9]]);
-        let gdt_base = base(&gdt);
+        // This CPU's GDT and TSS (`gdt::init_cpu`), and the shared IDT.
+        let tables = percpu::current().tables;
         let tss_sel = u64::from(crate::arch::gdt::TSS_SEL);
-        // SAFETY: the GDT is this CPU's (`gdt::init_cpu`), identity mapped,
-        // with the 16-byte TSS descriptor at TSS_SEL.
-        let (lo, hi) = unsafe { (((gdt_base + tss_sel) as *const u64).read(), ((gdt_base + tss_sel + 8) as *const u64).read()) };
-        let tr_base = ((lo >> 16) & 0xFF_FFFF) | (((lo >> 56) & 0xFF) << 24) | ((hi & 0xFFFF_FFFF) << 32);
         write(HOST_CR0, cpu::read_cr0());
         write(HOST_CR3, cpu::read_cr3());
         write(HOST_CR4, cpu::read_cr4());
@@ -709,15 +705,15 @@ impl VmxVcpu {
         write(HOST_FS_SEL, 0);
         write(HOST_GS_SEL, 0);
         write(HOST_TR_SEL, tss_sel);
-        write(HOST_FS_BASE, rdmsr(0xC000_0100));
-        write(HOST_GS_BASE, rdmsr(msr::GS_BASE));
-        write(HOST_TR_BASE, tr_base);
-        write(HOST_GDTR_BASE, gdt_base);
-        write(HOST_IDTR_BASE, base(&idt));
+        write(HOST_FS_BASE, FsBase::read().as_u64());
+        write(HOST_GS_BASE, GsBase::read().as_u64());
+        write(HOST_TR_BASE, tables.tss_base());
+        write(HOST_GDTR_BASE, tables.gdt_base());
+        write(HOST_IDTR_BASE, sidt().base.as_u64());
         write(HOST_SYSENTER_CS, 0);
         write(HOST_SYSENTER_ESP, 0);
         write(HOST_SYSENTER_EIP, 0);
-        write(HOST_EFER, rdmsr(msr::EFER));
+        write(HOST_EFER, Efer::read_raw());
         write(HOST_PAT, rdmsr(MSR_PAT));
     }
 
@@ -873,7 +869,7 @@ impl VmxVcpu {
                     2 => {
                         // SAFETY: vector 2 has a handler on its own IST
                         // stack (`idt`); INT 2 runs it as the NMI would have.
-                        unsafe { core::arch::asm!("int 2", options(nostack)) };
+                        unsafe { interrupts::software_interrupt::<2>() };
                         VmExit::ExternalInterrupt
                     }
                     _ if vector == DB_VECTOR => {
@@ -1020,30 +1016,20 @@ fn xsetbv(value: u64) {
     // SAFETY: callers pass either the host XCR0 (set up by `fpu::init_cpu`) or
     // a guest value validated by the XSETBV exit handler against the host's
     // supported set, with x87 set.
-    unsafe { core::arch::asm!("xsetbv", in("ecx") 0u32, in("eax") value as u32, in("edx") (value >> 32) as u32, options(nomem, nostack)) };
+    unsafe { XCr0::write_raw(value) };
 }
 
+/// Loads a vCPU's DR0-3. They only hold breakpoint addresses; the host's
+/// DR7 (loaded at every VM exit as 0x400) enables none.
 fn load_debug_regs(dr: &[u64; 4]) {
-    // SAFETY: DR0-3 only hold breakpoint addresses; the host's DR7 (loaded
-    // at every VM exit as 0x400) enables none.
-    unsafe {
-        core::arch::asm!("mov dr0, {}", in(reg) dr[0], options(nostack));
-        core::arch::asm!("mov dr1, {}", in(reg) dr[1], options(nostack));
-        core::arch::asm!("mov dr2, {}", in(reg) dr[2], options(nostack));
-        core::arch::asm!("mov dr3, {}", in(reg) dr[3], options(nostack));
-    }
+    Dr0::write(dr[0]);
+    Dr1::write(dr[1]);
+    Dr2::write(dr[2]);
+    Dr3::write(dr[3]);
 }
 
 fn read_debug_regs() -> [u64; 4] {
-    let mut dr = [0u64; 4];
-    // SAFETY: reading DR0-3 has no side effects at CPL 0.
-    unsafe {
-        core::arch::asm!("mov {}, dr0", out(reg) dr[0], options(nostack, nomem));
-        core::arch::asm!("mov {}, dr1", out(reg) dr[1], options(nostack, nomem));
-        core::arch::asm!("mov {}, dr2", out(reg) dr[2], options(nostack, nomem));
-        core::arch::asm!("mov {}, dr3", out(reg) dr[3], options(nostack, nomem));
-    }
-    dr
+    [Dr0::read(), Dr1::read(), Dr2::read(), Dr3::read()]
 }
 
 fn write_dr6(value: u64) {
@@ -1061,17 +1047,11 @@ fn write_cr2(value: u64) {
 }
 
 fn read_cr2() -> u64 {
-    let v: u64;
-    // SAFETY: reading CR2 has no side effects.
-    unsafe { core::arch::asm!("mov {}, cr2", out(reg) v, options(nostack, nomem)) };
-    v
+    Cr2::read_raw()
 }
 
 fn read_dr6() -> u64 {
-    let v: u64;
-    // SAFETY: reading DR6 has no side effects.
-    unsafe { core::arch::asm!("mov {}, dr6", out(reg) v, options(nostack, nomem)) };
-    v
+    Dr6::read_raw()
 }
 
 /// The general-purpose register numbered `n` as VMX exit qualifications
