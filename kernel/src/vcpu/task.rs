@@ -71,7 +71,7 @@ pub(super) fn task_switch<V: VcpuOps>(
     // The old task resumes after the instruction that switched (CALL, JMP,
     // IRET, INT n/INT3/INTO/INT1), or at the instruction an interrupt,
     // NMI or exception stopped.
-    let after_instruction = source != Source::Gate || event.is_some_and(|e| e.kind.from_instruction());
+    let after_instruction = source != Source::Gate || event.is_some_and(|e| e.kind.raised_by_instruction());
     let return_eip = if after_instruction { regs.rip.wrapping_add(instruction_len) } else { regs.rip } as u32;
     let hardware_exception = event.filter(|e| e.kind == EventKind::HardwareException);
     let req = Request {

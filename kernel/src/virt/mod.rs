@@ -354,7 +354,7 @@ pub enum EventKind {
 impl EventKind {
     /// Raised by an instruction, which is then done: the old task resumes
     /// after it.
-    pub fn from_instruction(self) -> bool {
+    pub fn raised_by_instruction(self) -> bool {
         matches!(self, EventKind::SoftwareInterrupt | EventKind::PrivilegedSoftwareException | EventKind::SoftwareException)
     }
 }
