@@ -16,6 +16,7 @@ const CR4_OSXSAVE: u64 = 1 << 18;
 const RFLAGS_TF: u64 = 1 << 8;
 
 mod cr;
+mod task;
 
 pub use ferrite_x86::cpuid::HV_SIGNATURE;
 
@@ -495,7 +496,12 @@ pub fn run_loop<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, max_exits
             platform.write_cr8(u64::from(written));
         }
 
-        let step = Step::at(vcpu);
+        let mut step = Step::at(vcpu);
+        if matches!(exit, VmExit::TaskSwitch { source: ferrite_x86::task::Source::Gate, .. }) {
+            // An event delivered through a task gate, not an instruction
+            // completed: no single step follows it.
+            step.trap_flag = false;
+        }
         let next = handle_exit(vcpu, platform, exit);
         // RIP moved: the instruction the guest stopped at was emulated to
         // its end, here and only here (one that faulted left RIP on itself).
@@ -706,6 +712,11 @@ fn handle_exit<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, exit: VmEx
                 vcpu.regs().rip,
                 vcpu.describe_state()
             ));
+        }
+        VmExit::TaskSwitch { selector, source, event, instruction_len } => {
+            if let Err(why) = task::task_switch(vcpu, platform, selector, source, event, instruction_len) {
+                return crashed(why);
+            }
         }
         VmExit::Unsupported(what) => return crashed(format!("{} at rip {:#x}", what, vcpu.regs().rip)),
         VmExit::Other { code, info1, info2 } => {

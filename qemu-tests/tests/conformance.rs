@@ -117,6 +117,38 @@ fn nmi_task_gate_checks_hold_on_bare_qemu() {
     vm.kill();
 }
 
+/// Task switches every way a program or the CPU starts one (CALL and JMP
+/// to a TSS, IRET with NT back through the link, INT n and a #GP with its
+/// error code through task gates; `guests/task_switch.S`). Under SVM the
+/// CPU switches tasks itself; `vmx_bochs.rs` runs the same guest where
+/// Ferrite emulates them.
+#[test]
+fn task_switches_through_tss_descriptors_and_task_gates() {
+    let name = "task_switches_through_tss_descriptors_and_task_gates";
+    let dir = test_dir(name);
+    let q = base_qemu()
+        .kernel(&images().multiboot)
+        .append(BASE_CMDLINE)
+        .module(pvh_config_module(&dir, "task", "task_switch", 16))
+        .module(guest_module("task_switch", &dir));
+    let mut vm = Vm::start(name, &dir, q);
+    // A failed check prints FAIL and powers off without the done line.
+    vm.expect_lines(&[r"^\(task\) task: done 30 checks$", r"domain \d+ \(task\) powered off"]);
+    vm.expect_success();
+}
+
+/// The same guest on bare QEMU passes too, so the checks describe the CPU.
+#[test]
+fn task_switch_checks_hold_on_bare_qemu() {
+    let name = "task_switch_checks_hold_on_bare_qemu";
+    let dir = test_dir(name);
+    let guest = guest_module("task_switch", &dir);
+    let q = base_qemu().cpu("qemu64").kernel(&guest.path);
+    let mut vm = Vm::start(name, &dir, q);
+    vm.expect_lines(&[r"^task: done 30 checks$"]);
+    vm.kill();
+}
+
 /// A halted vCPU's timer interrupt arrives promptly while another
 /// domain's vCPU keeps the only host CPU busy (`guests/timer_latency.S`
 /// beside `guests/spin.S`): the woken vCPU preempts the spinner instead of

@@ -87,11 +87,21 @@ fn load_pae_pdptes<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, old: (
         return true;
     }
     let cr3 = vcpu.paging_state().cr3;
-    let mut raw = [0u8; 32];
-    let Some(mem) = platform.guest_memory() else { return false };
-    if mem.read(cr3 & 0xFFFF_FFE0, &mut raw).is_err() {
-        return false;
+    match pae_pdptes_at(vcpu, platform, cr3) {
+        Some(pdptes) => {
+            vcpu.set_pae_pdptes(pdptes);
+            true
+        }
+        None => false,
     }
+}
+
+/// The four PAE PDPTEs at `cr3` as a CPU loads them, or None when one is
+/// present with a reserved bit or they cannot be read (a CPU would read
+/// all ones there).
+pub(super) fn pae_pdptes_at<V: VcpuOps>(vcpu: &V, platform: &mut dyn Platform, cr3: u64) -> Option<[u64; 4]> {
+    let mut raw = [0u8; 32];
+    platform.guest_memory()?.read(cr3 & 0xFFFF_FFE0, &mut raw).ok()?;
     let max_phys = guest_max_phys(vcpu, platform);
     let mut pdptes = [0u64; 4];
     for (p, bytes) in pdptes.iter_mut().zip(raw.chunks_exact(8)) {
@@ -99,11 +109,10 @@ fn load_pae_pdptes<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, old: (
         b.copy_from_slice(bytes);
         *p = u64::from_le_bytes(b);
         if cr::pae_pdpte_reserved(*p, max_phys) {
-            return false;
+            return None;
         }
     }
-    vcpu.set_pae_pdptes(pdptes);
-    true
+    Some(pdptes)
 }
 
 /// The guest's MAXPHYADDR (CPUID 0x8000_0008 EAX[7:0]; 36 without it).

@@ -250,6 +250,7 @@ delegate! {
     fn segment(&self, index: u8) -> Segment;
     fn exit_instruction_bytes(&self) -> Option<([u8; 15], usize)>;
     fn keeps_pae_pdptes(&self) -> bool;
+    fn system_segments(&self) -> SystemSegments;
     ;
     fn run(&mut self) -> VmExit;
     fn regs_mut(&mut self) -> &mut GuestRegs;
@@ -276,6 +277,10 @@ delegate! {
     fn intercept_cr8_writes(&mut self, on: bool);
     fn set_tsc_offset(&mut self, offset: u64);
     fn set_pae_pdptes(&mut self, pdptes: [u64; 4]);
+    fn set_segment(&mut self, index: u8, seg: Segment);
+    fn set_ldtr(&mut self, seg: Segment);
+    fn set_tr(&mut self, seg: Segment);
+    fn set_cr3(&mut self, cr3: u64);
 }
 
 /// Guest general-purpose registers, plus the ones the hardware keeps in its
@@ -344,10 +349,59 @@ pub enum VmExit {
     /// the consistency check the state fails, as the backend redid them
     /// (`None`: none it knows of).
     InvalidState { check: Option<ferrite_x86::vmrun::VmrunCheck> },
-    /// Something the guest did that the backend does not emulate (named):
-    /// the domain crashes with that reason.
+    /// A hardware task switch the CPU left to the hypervisor (VMX exits on
+    /// every one; SVM switches tasks itself and never reports this): to the
+    /// TSS `selector` (for IRET, the back link), started by `source`.
+    /// `event` is the interrupt, NMI or exception whose delivery went
+    /// through a task gate: the backend no longer delivers it, the task
+    /// switch does. `instruction_len` is that of the CALL, JMP, IRET or
+    /// software interrupt.
+    TaskSwitch { selector: u16, source: ferrite_x86::task::Source, event: Option<TaskGateEvent>, instruction_len: u64 },
+    /// Something the guest did that the backend cannot run (named): the
+    /// domain crashes with that reason (VMX: real mode without
+    /// unrestricted guest).
     Unsupported(&'static str),
     Other { code: u64, info1: u64, info2: u64 },
+}
+
+/// What kind of event went through a task gate (VMX's interruption types).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    External,
+    Nmi,
+    HardwareException,
+    /// INT n.
+    SoftwareInterrupt,
+    /// INT1 (ICEBP).
+    PrivilegedSoftwareException,
+    /// INT3, INTO.
+    SoftwareException,
+}
+
+impl EventKind {
+    /// Raised by an instruction, which is then done: the old task resumes
+    /// after it.
+    pub fn raised_by_instruction(self) -> bool {
+        matches!(self, EventKind::SoftwareInterrupt | EventKind::PrivilegedSoftwareException | EventKind::SoftwareException)
+    }
+}
+
+/// An event whose delivery went through a task gate in the IDT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskGateEvent {
+    pub vector: u8,
+    pub kind: EventKind,
+    /// The error code an exception pushes (on the new task's stack).
+    pub error_code: Option<u32>,
+}
+
+/// The system segment registers and the GDT (GDTR uses only `base` and
+/// `limit`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemSegments {
+    pub ldtr: Segment,
+    pub tr: Segment,
+    pub gdtr: Segment,
 }
 
 /// A segment register as the backends store it.
@@ -452,6 +506,16 @@ pub trait VcpuOps {
     /// Segment register `index` in the instruction encoding's order (0 = ES,
     /// 1 = CS, 2 = SS, 3 = DS, 4 = FS, 5 = GS).
     fn segment(&self, index: u8) -> Segment;
+    /// Sets segment register `index` (0 = ES … 5 = GS, as `segment`); SS's
+    /// DPL is the CPL from then on.
+    fn set_segment(&mut self, index: u8, seg: Segment);
+    /// LDTR, TR and GDTR.
+    fn system_segments(&self) -> SystemSegments;
+    fn set_ldtr(&mut self, seg: Segment);
+    fn set_tr(&mut self, seg: Segment);
+    /// Writes the guest's CR3 (a task switch loads it), flushing the
+    /// guest's TLB as a MOV to CR3 would.
+    fn set_cr3(&mut self, cr3: u64);
     /// Whether the backend keeps the four PAE page-directory-pointer
     /// entries itself and needs them when an emulated CR0/CR4 write enters
     /// PAE paging (VMX with EPT: VM entry loads them from the VMCS, not

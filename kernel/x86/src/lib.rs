@@ -14,6 +14,8 @@
 //!   pass, against the CPUID it sees.
 //! * [`vmrun`]: VMRUN's consistency checks on a VMCB, to name the one that
 //!   failed when the CPU refuses the guest state.
+//! * [`task`]: hardware task switches through a 32-bit TSS (CALL, JMP,
+//!   IRET, task gates), for a CPU that exits instead of switching (VMX).
 //! * [`regs`]: the general-purpose register file with x86 partial-register
 //!   rules.
 //!
@@ -29,6 +31,7 @@ pub mod cr;
 pub mod decode;
 pub mod mmio_replay;
 pub mod regs;
+pub mod task;
 pub mod vmrun;
 pub mod walk;
 

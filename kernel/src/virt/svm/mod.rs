@@ -936,6 +936,40 @@ impl VcpuOps for SvmVcpu {
         self.vmcb.segment(ES + 0x10 * usize::from(index.min(5)))
     }
 
+    fn set_segment(&mut self, index: u8, seg: Segment) {
+        let index = index.min(5);
+        self.vmcb.set_segment(ES + 0x10 * usize::from(index), seg);
+        if index == 2 {
+            // The VMCB's CPL is SS's DPL (APM vol. 2, 15.5.1).
+            self.vmcb.write_u8(CPL, ((seg.attrib >> 5) & 3) as u8);
+        }
+        self.dirty |= CLEAN_SEG_DT_CR2;
+    }
+
+    fn system_segments(&self) -> crate::virt::SystemSegments {
+        crate::virt::SystemSegments {
+            ldtr: self.vmcb.segment(LDTR),
+            tr: self.vmcb.segment(TR),
+            gdtr: self.vmcb.segment(GDTR),
+        }
+    }
+
+    fn set_ldtr(&mut self, seg: Segment) {
+        self.vmcb.set_segment(LDTR, seg);
+        self.dirty |= CLEAN_SEG_DT_CR2;
+    }
+
+    fn set_tr(&mut self, seg: Segment) {
+        self.vmcb.set_segment(TR, seg);
+        self.dirty |= CLEAN_SEG_DT_CR2;
+    }
+
+    fn set_cr3(&mut self, cr3: u64) {
+        self.vmcb.write_u64(CR3, cr3);
+        self.dirty |= CLEAN_CRX;
+        self.flush_tlb = true;
+    }
+
     fn exit_instruction_bytes(&self) -> Option<([u8; 15], usize)> {
         // The CPU fills the bytes in for nested page faults (and #PF
         // intercepts, which Ferrite does not use) only; after any other

@@ -478,6 +478,10 @@ struct ExitInfo {
     intr_info: u32,
     intr_error: u32,
     gpa: u64,
+    /// IDT-vectoring information and error code: the event whose
+    /// delivery the exit cut short.
+    vectoring: u32,
+    vectoring_error: u32,
 }
 
 /// One virtual CPU under VMX.
@@ -954,10 +958,49 @@ impl VmxVcpu {
             EXIT_INVALID_GUEST_STATE | EXIT_MSR_LOADING => VmExit::InvalidState { check: None },
             // VMX exits on every hardware task switch (a CALL, JMP or IRET
             // to a TSS, an event through a task gate); SVM lets the CPU do
-            // it. Not emulated yet.
-            EXIT_TASK_SWITCH => VmExit::Unsupported("task switch (a TSS or task gate; not emulated under VMX yet)"),
+            // it. The run loop emulates it (`vcpu::task`).
+            EXIT_TASK_SWITCH => self.task_switch_exit(),
             _ => VmExit::Other { code: u64::from(e.reason), info1: e.qualification, info2: e.gpa },
         }
+    }
+
+    /// A task switch (SDM vol. 3C 28.2.1: qualification bits 15:0 the TSS
+    /// selector, 31:30 the source). An event whose delivery went through a
+    /// task gate is delivered by the emulated switch, so it is not injected
+    /// again (`run` re-armed it), and an NMI blocks NMIs from then until an
+    /// IRET, as any NMI delivery does. An IRET ends that blocking, whether
+    /// it returns to another task or not.
+    fn task_switch_exit(&mut self) -> VmExit {
+        use crate::virt::{EventKind, TaskGateEvent};
+        use ferrite_x86::task::Source;
+        let e = self.exit;
+        let source = match (e.qualification >> 30) & 3 {
+            0 => Source::Call,
+            1 => Source::Iret,
+            2 => Source::Jmp,
+            _ => Source::Gate,
+        };
+        let mut event = None;
+        if source == Source::Gate && e.vectoring & EVENT_VALID != 0 {
+            let kind = match (e.vectoring >> 8) & 7 {
+                0 => EventKind::External,
+                2 => EventKind::Nmi,
+                3 => EventKind::HardwareException,
+                4 => EventKind::SoftwareInterrupt,
+                5 => EventKind::PrivilegedSoftwareException,
+                _ => EventKind::SoftwareException,
+            };
+            let error_code = (e.vectoring & EVENT_ERROR_CODE != 0).then_some(e.vectoring_error);
+            event = Some(TaskGateEvent { vector: e.vectoring as u8, kind, error_code });
+            self.inject = 0;
+            if kind == EventKind::Nmi {
+                self.st.interruptibility |= INTERRUPTIBILITY_NMI;
+            }
+        }
+        if source == Source::Iret {
+            self.st.interruptibility &= !INTERRUPTIBILITY_NMI;
+        }
+        VmExit::TaskSwitch { selector: e.qualification as u16, source, event, instruction_len: e.instruction_len }
     }
 
     fn exit_idt_vectoring_valid(&self) -> bool {
@@ -1219,16 +1262,22 @@ impl VmxVcpu {
             intr_info: read(EXIT_INTR_INFO) as u32,
             intr_error: read(EXIT_INTR_ERROR) as u32,
             gpa: read(GUEST_PHYSICAL_ADDRESS),
+            vectoring: 0,
+            vectoring_error: 0,
         };
         // An event whose delivery the exit cut short (IDT-vectoring
         // information) is delivered again at the next entry, except
         // software interrupts and INT3/INTO, which their instruction raises
         // again when it runs again.
         let vectoring = read(IDT_VECTORING_INFO) as u32;
+        self.exit.vectoring = vectoring;
         let kind = (vectoring >> 8) & 7;
+        if vectoring & EVENT_VALID != 0 {
+            self.exit.vectoring_error = read(IDT_VECTORING_ERROR) as u32;
+        }
         if vectoring & EVENT_VALID != 0 && kind != 4 && kind != 6 {
             self.inject = vectoring & !(1 << 12);
-            self.inject_error = read(IDT_VECTORING_ERROR) as u32;
+            self.inject_error = self.exit.vectoring_error;
             self.inject_len = self.exit.instruction_len as u32;
             if kind == 2 {
                 // An NMI being delivered again: not blocked meanwhile.
@@ -1530,6 +1579,37 @@ impl VcpuOps for VmxVcpu {
 
     fn set_pae_pdptes(&mut self, pdptes: [u64; 4]) {
         self.st.pdpte = pdptes;
+        self.dirty = true;
+    }
+
+    fn set_segment(&mut self, index: u8, seg: Segment) {
+        let mut t = *self.tables();
+        t.segs[usize::from(index.min(5))] = seg;
+        self.set_tables(t);
+    }
+
+    fn system_segments(&self) -> crate::virt::SystemSegments {
+        let t = self.tables();
+        crate::virt::SystemSegments { ldtr: t.ldtr, tr: t.tr, gdtr: t.gdtr }
+    }
+
+    fn set_ldtr(&mut self, seg: Segment) {
+        let mut t = *self.tables();
+        t.ldtr = seg;
+        self.set_tables(t);
+    }
+
+    fn set_tr(&mut self, seg: Segment) {
+        let mut t = *self.tables();
+        t.tr = seg;
+        self.set_tables(t);
+    }
+
+    fn set_cr3(&mut self, cr3: u64) {
+        // A CR3 written into the VMCS flushes nothing: the guest's MOV to
+        // CR3 would have flushed its VPID's non-global entries.
+        self.st.cr3 = cr3;
+        self.flush_tlb = true;
         self.dirty = true;
     }
 }
