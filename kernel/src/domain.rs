@@ -9,7 +9,6 @@
 
 use crate::console;
 use crate::ioreq::IoreqServer;
-use crate::stubdom::StubBackends;
 use crate::mm::guest::{GuestMemError, GuestMemory};
 use crate::sched::{self, Runnable, SchedState, SliceEnd};
 use crate::vcpu::{self, Platform, RunOutcome};
@@ -44,7 +43,25 @@ pub(crate) enum Role {
     /// An HVM guest: its requests go through `ioreq` to the stub domain.
     Hvm { ioreq: Arc<IoreqServer>, stub: Mutex<Weak<Domain>> },
     /// A stub domain serving one HVM guest.
-    Stub(StubBackends),
+    Stub(alloc::boxed::Box<dyn StubService>),
+}
+
+/// What the domain layer needs of a stub domain's device-model backends.
+/// `stubdom` implements it (`StubBackends`): it sits above domains, so
+/// domains reach it only through this.
+pub(crate) trait StubService: Send + Sync {
+    /// The HVM guest the stub domain serves.
+    fn guest(&self) -> &Arc<Domain>;
+    /// Serves a hypercall of the stub's vCPU; true when it waits (WAIT
+    /// with nothing to do) and the vCPU blocks until notified.
+    fn hypercall(&self, stub: &Domain, regs: &mut GuestRegs) -> bool;
+    /// What a WAIT would answer now (the guest's pending requests); 0:
+    /// nothing, keep waiting.
+    fn pending_work(&self) -> u64;
+    /// The guest's NICs (the stub emulates them) leave their bridges.
+    fn detach_nics(&self);
+    /// Their counters, for `xl network-list`.
+    fn nic_stats(&self) -> Vec<crate::bridge::VifStats>;
 }
 
 pub struct Domain {
@@ -562,9 +579,7 @@ impl Domain {
             n.detach(&self.name);
         }
         if let Role::Stub(b) = &self.role {
-            for n in &b.nics {
-                n.detach(&b.guest.name);
-            }
+            b.detach_nics();
         }
         let restart = match &state {
             DomainState::PoweredOff => self.spec.on_poweroff,
@@ -609,7 +624,7 @@ impl Domain {
                     DomainState::Crashed(why) => DomainState::Crashed(format!("its device model ({}) crashed: {}", self.name, why)),
                     _ => DomainState::Crashed(format!("its device model ({}) stopped", self.name)),
                 };
-                b.guest.shut_down(guest_state);
+                b.guest().shut_down(guest_state);
             }
             Role::Pvh => {}
         }

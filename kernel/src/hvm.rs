@@ -56,7 +56,7 @@ pub fn create(spec: DomainSpec, caps: Capabilities) -> Result<Arc<Domain>, Strin
     for d in &h.disks {
         let device = match &d.image {
             Some(image) => {
-                let ram = crate::mm::ramdisk::RamDisk::new(&d.target, image.clone(), !d.read_only).map_err(|e| format!("{}: {}", name, e))?;
+                let ram = crate::drivers::ramdisk::RamDisk::new(&d.target, image.clone(), !d.read_only).map_err(|e| format!("{}: {}", name, e))?;
                 DiskBackend::Ram(Arc::new(ram))
             }
             None => DiskBackend::Host(virtio_blk::find(&d.target).ok_or_else(|| {
@@ -235,7 +235,7 @@ fn create_stub(
     };
     let backends = StubBackends { guest: guest.clone(), ioreq, disks, data, nics: nics.clone() };
     let devices = Devices::new_pvh(layout);
-    let stub = Domain::build(spec, mem, devices, Role::Stub(backends), Vec::new(), stub_entry(entry.rip, entry.cr3, entry.rdi), caps)?;
+    let stub = Domain::build(spec, mem, devices, Role::Stub(alloc::boxed::Box::new(backends)), Vec::new(), stub_entry(entry.rip, entry.cr3, entry.rdi), caps)?;
     let host: Arc<dyn crate::vdisk::DiskHost> = stub.clone();
     for n in &nics {
         if let Err(e) = n.attach(Arc::downgrade(&host)) {

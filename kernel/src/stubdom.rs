@@ -22,7 +22,7 @@ use ferrite_abi::{hypercall as hc, BlockRequest, Errno, PowerAction, BLOCK_FLAG_
 /// RAM (`module:NAME`).
 pub enum DiskBackend {
     Host(&'static BlockDevice),
-    Ram(Arc<crate::mm::ramdisk::RamDisk>),
+    Ram(Arc<crate::drivers::ramdisk::RamDisk>),
 }
 
 impl DiskBackend {
@@ -73,6 +73,30 @@ pub struct StubBackends {
     pub data: Vec<crate::mm::blob::Blob>,
     /// The guest's NICs by handle.
     pub nics: Vec<Arc<crate::hvmnet::StubNic>>,
+}
+
+impl crate::domain::StubService for StubBackends {
+    fn guest(&self) -> &Arc<Domain> {
+        &self.guest
+    }
+
+    fn hypercall(&self, stub: &Domain, regs: &mut GuestRegs) -> bool {
+        hypercall(stub, self, regs) == After::Wait
+    }
+
+    fn pending_work(&self) -> u64 {
+        self.ioreq.pending_work(self.guest.spec.vcpus)
+    }
+
+    fn detach_nics(&self) {
+        for n in &self.nics {
+            n.detach(&self.guest.name);
+        }
+    }
+
+    fn nic_stats(&self) -> Vec<crate::bridge::VifStats> {
+        self.nics.iter().map(|n| n.stats()).collect()
+    }
 }
 
 /// What the stub's vCPU does after a hypercall.

@@ -109,7 +109,7 @@ pub fn network_list(id: u32) -> Option<Vec<crate::bridge::VifStats>> {
     if let Role::Hvm { stub, .. } = &d.role {
         if let Some(stub) = stub.lock().upgrade() {
             if let Role::Stub(b) = &stub.role {
-                out.extend(b.nics.iter().map(|n| n.stats()));
+                out.extend(b.nic_stats());
             }
         }
     }

@@ -206,7 +206,7 @@ impl Platform for VcpuPlatform<'_> {
 
     fn hypercall(&mut self, regs: &mut GuestRegs) -> Option<u64> {
         if let Role::Stub(backends) = &self.domain.role {
-            if crate::stubdom::hypercall(self.domain, backends, regs) == crate::stubdom::After::Wait {
+            if backends.hypercall(self.domain, regs) {
                 self.halted = true;
                 self.vcpu.in_wait.store(true, Ordering::SeqCst);
             }

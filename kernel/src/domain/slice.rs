@@ -68,7 +68,7 @@ impl Vcpu {
         // keep it waiting if nothing is there (a spurious wake-up).
         if self.in_wait.load(Ordering::SeqCst) {
             if let Role::Stub(b) = &domain.role {
-                let work = b.ioreq.pending_work(b.guest.spec.vcpus);
+                let work = b.pending_work();
                 if work == 0 {
                     return self.block(None);
                 }

@@ -2,6 +2,7 @@
 
 pub mod uart;
 pub mod pci;
+pub mod ramdisk;
 pub mod virtio;
 pub mod virtio_blk;
 pub mod virtio_net;

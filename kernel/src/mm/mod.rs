@@ -6,7 +6,6 @@ pub mod heap;
 pub mod paging;
 pub mod shared;
 pub mod blob;
-pub mod ramdisk;
 
 use alloc::vec::Vec;
 use ferrite_boot::bootinfo::{BootInfo, MemoryKind};

@@ -5,7 +5,7 @@
 //! (copy-on-write at the whole image: the module itself is never
 //! written, and the copy goes with the domain).
 
-use super::blob::{Blob, FrameBuffer};
+use crate::mm::blob::{Blob, FrameBuffer};
 use crate::drivers::virtio_blk::BlockIoError;
 use alloc::string::String;
 
