@@ -357,11 +357,11 @@ impl Domain {
             return Err(e);
         }
         if let Some(v) = vsock {
-            let host: Arc<dyn crate::vdisk::DiskHost> = domain.clone();
+            let host: Arc<dyn crate::virtio_host::DeviceHost> = domain.clone();
             v.register(Arc::downgrade(&host));
             domain.vsock.call_once(|| v);
         }
-        let host: Arc<dyn crate::vdisk::DiskHost> = domain.clone();
+        let host: Arc<dyn crate::virtio_host::DeviceHost> = domain.clone();
         for n in &vnets {
             if let Err(e) = n.attach(Arc::downgrade(&host)) {
                 let e = format!("{}: vif {}: {}", domain.name, n.config().mac, e);
@@ -789,7 +789,7 @@ impl Domain {
     }
 }
 
-impl crate::vdisk::DiskHost for Domain {
+impl crate::virtio_host::DeviceHost for Domain {
     fn memory(&self) -> &GuestMemory {
         &self.mem
     }

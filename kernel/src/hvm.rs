@@ -236,7 +236,7 @@ fn create_stub(
     let backends = StubBackends { guest: guest.clone(), ioreq, disks, data, nics: nics.clone() };
     let devices = Devices::new_pvh(layout);
     let stub = Domain::build(spec, mem, devices, Role::Stub(alloc::boxed::Box::new(backends)), Vec::new(), stub_entry(entry.rip, entry.cr3, entry.rdi), caps)?;
-    let host: Arc<dyn crate::vdisk::DiskHost> = stub.clone();
+    let host: Arc<dyn crate::virtio_host::DeviceHost> = stub.clone();
     for n in &nics {
         if let Err(e) = n.attach(Arc::downgrade(&host)) {
             let e = format!("{}: vif {}: {}", guest.name, n.config().mac, e);

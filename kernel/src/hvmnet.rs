@@ -21,7 +21,7 @@
 
 use crate::bridge::{Endpoint, Frame, Plug};
 use crate::ioreq::IoreqServer;
-use crate::vdisk::DiskHost;
+use crate::virtio_host::DeviceHost;
 use crate::vnet::VifConfig;
 use alloc::string::String;
 use alloc::sync::{Arc, Weak};
@@ -35,7 +35,7 @@ pub struct StubNic {
     config: VifConfig,
     model: StubNicModel,
     /// The stub domain, whose RAM holds the receive ring.
-    stub: Once<Weak<dyn DiskHost>>,
+    stub: Once<Weak<dyn DeviceHost>>,
     ioreq: Arc<IoreqServer>,
     /// Frames written into the ring, ever (the ring's PRODUCED).
     produced: Mutex<u32>,
@@ -74,7 +74,7 @@ impl StubNic {
     }
 
     /// Joins the bridge once the stub (whose RAM holds the ring) exists.
-    pub fn attach(self: &Arc<Self>, stub: Weak<dyn DiskHost>) -> Result<(), String> {
+    pub fn attach(self: &Arc<Self>, stub: Weak<dyn DeviceHost>) -> Result<(), String> {
         self.stub.call_once(|| stub);
         let me: Arc<dyn Endpoint> = self.clone();
         self.plug.join(&self.config.bridge, self.config.mac.0, Arc::downgrade(&me))

@@ -38,6 +38,7 @@ mod uplink;
 mod vdisk;
 mod vnet;
 mod virt;
+mod virtio_host;
 mod vsock;
 
 use alloc::vec::Vec;

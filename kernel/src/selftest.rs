@@ -230,7 +230,7 @@ pub fn run(caps: crate::virt::Capabilities) -> Result<String, String> {
         vcpu.set_entry_state(&protected_mode_entry());
     }
     let mut platform = SelftestPlatform { events: Vec::new(), mem: &mem };
-    let (outcome, exits) = vcpu::run_loop(&mut vcpu, &mut platform, 1000);
+    let (outcome, exits) = vcpu::run(&mut vcpu, &mut platform, 1000);
     vcpu.release_fpu();
     crate::mm::free_intercept_maps(iopm, msrpm);
     let real_mode = [

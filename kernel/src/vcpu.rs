@@ -2,7 +2,7 @@
 //! Backend-independent: it works on any `VcpuOps`.
 
 use crate::mm::guest::GuestMemory;
-use crate::virt::{GuestRegs, VcpuOps, VmExit};
+use crate::virt::{ArchVcpu, GuestRegs, OnBackend, VcpuOps, VmExit};
 use ferrite_x86::{CpuMode, MmioBus, MmioKind, PagingRegs, Regs};
 use alloc::format;
 use alloc::string::String;
@@ -416,8 +416,23 @@ fn size_mask(size: u8) -> u64 {
 
 /// Runs `vcpu` until it finishes, crashes, or `max_exits` exits have been
 /// handled (a guard for tests; 0 means no limit). Returns the outcome and
-/// the number of exits.
-pub fn run_loop<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, max_exits: u64) -> (RunOutcome, u64) {
+/// the number of exits. The loop itself (`run_loop`) runs on the chosen
+/// backend's own vCPU type (`OnBackend`).
+pub fn run(vcpu: &mut ArchVcpu, platform: &mut dyn Platform, max_exits: u64) -> (RunOutcome, u64) {
+    struct Loop<'a> {
+        platform: &'a mut dyn Platform,
+        max_exits: u64,
+    }
+    impl OnBackend for Loop<'_> {
+        type Output = (RunOutcome, u64);
+        fn run<V: VcpuOps>(self, vcpu: &mut V) -> Self::Output {
+            run_loop(vcpu, self.platform, self.max_exits)
+        }
+    }
+    vcpu.with_backend(Loop { platform, max_exits })
+}
+
+fn run_loop<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, max_exits: u64) -> (RunOutcome, u64) {
     let mut exits = 0u64;
     // A vCPU only waits for a remote answer across runs (the loop returns
     // when it sends a request), so the answer is taken once, here.

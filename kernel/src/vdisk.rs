@@ -12,12 +12,13 @@
 //! guest's ring and the disk's interrupt line rises. Several requests are
 //! in flight at once, from one guest or many.
 //!
-//! What this module needs of its domain is the [`DiskHost`] trait (its
+//! What this module needs of its domain is the [`DeviceHost`] trait (its
 //! memory and interrupt lines), so it does not depend on `domain`.
 
 use crate::drivers::virtio_blk::{BlockDevice, BlockIoError, IoClient};
-use crate::mm::guest::{GuestMemory, GuestRam};
+use crate::mm::guest::GuestRam;
 use crate::nbd::{NbdBuffer, NbdDisk, NbdOp};
+use crate::virtio_host::{DeviceHost, GuestErrorLog};
 use ferrite_devmodel::dma::DmaSegment;
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -67,15 +68,6 @@ enum Backend {
     Nbd(Arc<NbdDisk>),
 }
 
-/// The domain, as its disks see it.
-pub trait DiskHost: Send + Sync {
-    fn memory(&self) -> &GuestMemory;
-    /// Drives the I/O APIC pin `gsi` to `level`.
-    fn set_gsi(&self, gsi: u8, level: bool);
-    /// For messages.
-    fn name(&self) -> &str;
-}
-
 /// One virtio-blk disk of a PVH domain.
 pub struct VirtioDisk {
     slot: usize,
@@ -93,26 +85,6 @@ struct DiskState {
     /// The interrupt line's level as last driven.
     line: bool,
     errors: GuestErrorLog,
-}
-
-/// A guest's virtio protocol errors on one device, logged the first
-/// [`GuestErrorLog::MAX`] times: a guest that breaks and resets its device
-/// in a loop must not flood the log.
-#[derive(Default)]
-pub(crate) struct GuestErrorLog(u32);
-
-impl GuestErrorLog {
-    const MAX: u32 = 8;
-
-    /// Logs `e` on `device` (e.g. "disk xvda") of domain `domain`, unless
-    /// the budget is spent.
-    pub(crate) fn log(&mut self, domain: &str, device: &dyn core::fmt::Display, e: &dyn core::fmt::Display) {
-        if self.0 < Self::MAX {
-            self.0 += 1;
-            let more = if self.0 == Self::MAX { " (further errors on this device are not logged)" } else { "" };
-            warn!("{}: {}: {}; the device needs a reset{}", domain, device, e, more);
-        }
-    }
 }
 
 /// Builds a domain's disks from its configuration: each host disk must
@@ -179,7 +151,7 @@ impl VirtioDisk {
 
     /// A guest write into the window; a queue notify starts the requests
     /// waiting on the ring.
-    pub fn mmio_write(self: &Arc<Self>, host: &Arc<dyn DiskHost>, offset: u64, size: u8, value: u64) {
+    pub fn mmio_write(self: &Arc<Self>, host: &Arc<dyn DeviceHost>, offset: u64, size: u8, value: u64) {
         if offset >= VirtioBlkMmio::WINDOW_LEN {
             return;
         }
@@ -198,7 +170,7 @@ impl VirtioDisk {
     }
 
     /// Takes the waiting requests off the ring and gives each a tag.
-    fn take(&self, st: &mut DiskState, host: &Arc<dyn DiskHost>) -> Vec<(u64, BlkRequest)> {
+    fn take(&self, st: &mut DiskState, host: &Arc<dyn DeviceHost>) -> Vec<(u64, BlkRequest)> {
         let mut taken = Vec::new();
         // A ring holds at most MAX_TAKE, so this runs once or twice.
         loop {
@@ -223,7 +195,7 @@ impl VirtioDisk {
     }
 
     /// Hands one request to the backend; its end comes through `finish`.
-    fn start(self: &Arc<Self>, host: &Arc<dyn DiskHost>, tag: u64, req: BlkRequest) {
+    fn start(self: &Arc<Self>, host: &Arc<dyn DeviceHost>, tag: u64, req: BlkRequest) {
         if req.op == BlkOp::Write && self.read_only {
             return self.finish(&**host, tag, BlkStatus::IoErr);
         }
@@ -241,7 +213,7 @@ impl VirtioDisk {
         }
     }
 
-    fn start_on_host(self: &Arc<Self>, device: &'static BlockDevice, host: &Arc<dyn DiskHost>, tag: u64, req: BlkRequest) {
+    fn start_on_host(self: &Arc<Self>, device: &'static BlockDevice, host: &Arc<dyn DeviceHost>, tag: u64, req: BlkRequest) {
         let write = match req.op {
             BlkOp::Read => false,
             BlkOp::Write => true,
@@ -287,7 +259,7 @@ impl VirtioDisk {
     }
 
     /// Request `tag` is over: its status to the guest, the line raised.
-    fn finish(&self, host: &dyn DiskHost, tag: u64, status: BlkStatus) {
+    fn finish(&self, host: &dyn DeviceHost, tag: u64, status: BlkStatus) {
         let mut st = self.state.lock();
         let Some(i) = st.in_flight.iter().position(|(t, _)| *t == tag) else { return };
         let (_, id) = st.in_flight.swap_remove(i);
@@ -297,7 +269,7 @@ impl VirtioDisk {
         self.update_line(&mut st, host);
     }
 
-    fn update_line(&self, st: &mut DiskState, host: &dyn DiskHost) {
+    fn update_line(&self, st: &mut DiskState, host: &dyn DeviceHost) {
         let level = st.model.irq_level();
         if level != st.line {
             st.line = level;
@@ -310,7 +282,7 @@ impl VirtioDisk {
 /// the memory the device writes) until then.
 struct Completion {
     disk: Arc<VirtioDisk>,
-    host: Arc<dyn DiskHost>,
+    host: Arc<dyn DeviceHost>,
 }
 
 impl IoClient for Completion {
@@ -323,7 +295,7 @@ impl IoClient for Completion {
 /// it holds the domain until the request is over.
 struct GuestBuffer {
     disk: Arc<VirtioDisk>,
-    host: Arc<dyn DiskHost>,
+    host: Arc<dyn DeviceHost>,
     segments: Vec<DmaSegment>,
     tag: u64,
 }

@@ -10,12 +10,12 @@
 //! receive buffer by whoever sends it; with no free buffer it is dropped
 //! and counted, as a real NIC does with a full ring.
 //!
-//! What the device needs of its domain is `vdisk::DiskHost` (memory and
+//! What the device needs of its domain is `virtio_host::DeviceHost` (memory and
 //! interrupt lines).
 
 use crate::bridge::{Endpoint, Frame, Plug};
 use crate::mm::guest::GuestRam;
-use crate::vdisk::{DiskHost, GuestErrorLog};
+use crate::virtio_host::{DeviceHost, GuestErrorLog};
 use alloc::string::String;
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
@@ -43,7 +43,7 @@ pub struct NetDevice {
     config: VifConfig,
     state: Mutex<State>,
     /// The domain, once built.
-    host: Once<Weak<dyn DiskHost>>,
+    host: Once<Weak<dyn DeviceHost>>,
     /// The bridge port, from `attach` to `detach`.
     plug: Plug,
 }
@@ -80,7 +80,7 @@ impl NetDevice {
 
     /// Joins the NIC's bridge on behalf of `host` (its domain). Refused
     /// when its MAC is already on that bridge.
-    pub fn attach(self: &Arc<Self>, host: Weak<dyn DiskHost>) -> Result<(), String> {
+    pub fn attach(self: &Arc<Self>, host: Weak<dyn DeviceHost>) -> Result<(), String> {
         self.host.call_once(|| host);
         let me: Arc<dyn Endpoint> = self.clone();
         self.plug.join(&self.config.bridge, self.config.mac.0, Arc::downgrade(&me))
@@ -139,7 +139,7 @@ impl NetDevice {
     }
 
     /// A guest write into the window; a transmit notify sends the frames.
-    pub fn mmio_write(&self, host: &dyn DiskHost, offset: u64, size: u8, value: u64) {
+    pub fn mmio_write(&self, host: &dyn DeviceHost, offset: u64, size: u8, value: u64) {
         if offset >= VirtioNetMmio::WINDOW_LEN {
             return;
         }
@@ -157,7 +157,7 @@ impl NetDevice {
     /// Sends what the guest queued: a batch at a time, with the device's
     /// lock dropped while the bridge delivers (the receivers lock their
     /// own devices).
-    fn transmit(&self, host: &dyn DiskHost) {
+    fn transmit(&self, host: &dyn DeviceHost) {
         let mem = host.memory();
         let mut frames: Vec<TxFrame> = Vec::with_capacity(TX_BATCH);
         for _ in 0..TX_ROUNDS {
@@ -190,7 +190,7 @@ impl NetDevice {
         alloc::format!("vif {}", self.config.mac)
     }
 
-    fn update_line(&self, st: &mut State, host: &dyn DiskHost) {
+    fn update_line(&self, st: &mut State, host: &dyn DeviceHost) {
         let level = st.model.irq_level();
         if level != st.line {
             st.line = level;

@@ -8,10 +8,10 @@
 //! The guest's notifies take its packets in (on its vCPU); the service,
 //! polled on CPU 0, reads and writes the connections and moves the replies
 //! into the guest's receive buffers. What the device needs of its domain
-//! is `vdisk::DiskHost` (memory and interrupt lines).
+//! is `virtio_host::DeviceHost` (memory and interrupt lines).
 
 use crate::mm::guest::GuestRam;
-use crate::vdisk::{DiskHost, GuestErrorLog};
+use crate::virtio_host::{DeviceHost, GuestErrorLog};
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
 use ferrite_devmodel::virtio::vsock::{VirtioVsock, VirtioVsockMmio, VsockEvent};
@@ -41,7 +41,7 @@ struct State {
 }
 
 /// dom0's device and dom0 itself, weakly (they go when dom0 does).
-type Dom0Device = (Weak<VsockDevice>, Weak<dyn DiskHost>);
+type Dom0Device = (Weak<VsockDevice>, Weak<dyn DeviceHost>);
 
 /// The domain that has the device (dom0), for the service.
 static DOM0: Mutex<Option<Dom0Device>> = Mutex::new(None);
@@ -58,7 +58,7 @@ impl VsockDevice {
     }
 
     /// Makes this dom0's device, the one the service serves.
-    pub fn register(self: &Arc<Self>, host: Weak<dyn DiskHost>) {
+    pub fn register(self: &Arc<Self>, host: Weak<dyn DeviceHost>) {
         *DOM0.lock() = Some((Arc::downgrade(self), host));
     }
 
@@ -77,7 +77,7 @@ impl VsockDevice {
 
     /// A guest write into the window; a notify takes the guest's packets
     /// in (and refills its receive side).
-    pub fn mmio_write(&self, host: &dyn DiskHost, offset: u64, size: u8, value: u64) {
+    pub fn mmio_write(&self, host: &dyn DeviceHost, offset: u64, size: u8, value: u64) {
         if offset >= VirtioVsockMmio::WINDOW_LEN {
             return;
         }
@@ -92,7 +92,7 @@ impl VsockDevice {
         self.update_line(&mut st, host);
     }
 
-    fn update_line(&self, st: &mut State, host: &dyn DiskHost) {
+    fn update_line(&self, st: &mut State, host: &dyn DeviceHost) {
         let level = st.model.irq_level();
         if level != st.line {
             st.line = level;

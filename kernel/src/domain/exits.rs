@@ -356,7 +356,7 @@ impl Platform for VcpuPlatform<'_> {
         }
         if let Some((disk, off)) = crate::vdisk::at(&self.domain.vdisks, gpa) {
             if let Some(domain) = self.vcpu.domain.upgrade() {
-                let host: Arc<dyn crate::vdisk::DiskHost> = domain;
+                let host: Arc<dyn crate::virtio_host::DeviceHost> = domain;
                 disk.mmio_write(&host, off, size, value);
             }
             return;

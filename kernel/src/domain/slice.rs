@@ -93,7 +93,7 @@ impl Vcpu {
             cr8_exits: false,
         };
         arch.set_tsc_offset(domain.tsc_offset());
-        let (outcome, _exits) = vcpu::run_loop(&mut *arch, &mut platform, 0);
+        let (outcome, _exits) = vcpu::run(&mut arch, &mut platform, 0);
         arch.release_fpu();
         drop(arch);
         if let Some(state) = platform.shutdown.take() {
