@@ -5,7 +5,7 @@
 //! against the expected sequence, proving the run loop end to end.
 
 use crate::mm::guest::GuestMemory;
-use crate::virt::{ArchVcpu, EntryState, GuestRegs, Segment, VcpuConfig, VcpuOps};
+use crate::virt::{ArchVcpu, BackendKind, EntryState, GuestRegs, Segment, VcpuConfig, VcpuOps, VmExit};
 use crate::vcpu::{self, Platform, RunOutcome, HV_SIGNATURE};
 use alloc::format;
 use alloc::string::String;
@@ -232,6 +232,7 @@ pub fn run(caps: crate::virt::Capabilities) -> Result<String, String> {
     let mut platform = SelftestPlatform { events: Vec::new(), mem: &mem };
     let (outcome, exits) = vcpu::run(&mut vcpu, &mut platform, 1000);
     vcpu.release_fpu();
+    let refused = if caps.backend == BackendKind::Vmx { Some(refused_entry_is_named(caps, &cfg)) } else { None };
     crate::mm::free_intercept_maps(iopm, msrpm);
     let real_mode = [
         Event::Mark(b'R'),
@@ -258,9 +259,31 @@ pub fn run(caps: crate::virt::Capabilities) -> Result<String, String> {
     if u64::from_le_bytes(word) != MEMORY_PATTERN {
         return Err(format!("guest memory at 0x20000 holds {:#x}", u64::from_le_bytes(word)));
     }
+    if let Some(refused) = refused {
+        log::info!("selftest: a refused VM entry is named: {}", refused?);
+    }
     Ok(format!(
         "{} exits: {}, long mode via emulated EFER write, HLT, hypercall",
         exits,
         if caps.real_mode { "real mode I/O and CPUID, protected mode" } else { "protected mode (real mode skipped: no unrestricted guest)" }
     ))
+}
+
+/// VMX: enters a throwaway vCPU with a guest state VM entry must refuse
+/// (RFLAGS bit 15, reserved), so that the CPU's refusal comes back named by
+/// the software checks (`ferrite_x86::vmentry`), which must find nothing
+/// else wrong with the state the backend wrote. Returns the name.
+fn refused_entry_is_named(caps: crate::virt::Capabilities, cfg: &VcpuConfig) -> Result<String, String> {
+    use ferrite_x86::vmentry::VmentryCheck;
+    use ferrite_x86::StateCheck;
+    let mut vcpu = ArchVcpu::new(caps, cfg).ok_or("out of memory for a VMCS")?;
+    vcpu.set_entry_state(&protected_mode_entry());
+    vcpu.regs_mut().rflags |= 1 << 15;
+    let exit = vcpu.run();
+    vcpu.release_fpu();
+    let want = StateCheck::Vmentry(VmentryCheck::RflagsReserved(1 << 15));
+    match exit {
+        VmExit::InvalidState { check: Some(check) } if check == want => Ok(format!("{}", check)),
+        other => Err(format!("a VM entry with RFLAGS bit 15 set ended with {:?}, expected {:?}", other, want)),
+    }
 }

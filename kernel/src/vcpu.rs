@@ -722,7 +722,7 @@ fn handle_exit<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, exit: VmEx
                 None => String::from("no consistency check Ferrite knows of fails"),
             };
             return crashed(format!(
-                "the CPU rejected the guest state (VMEXIT_INVALID): {} at rip {:#x} ({})",
+                "the CPU rejected the guest state: {} at rip {:#x} ({})",
                 why,
                 vcpu.regs().rip,
                 vcpu.describe_state()

@@ -364,10 +364,11 @@ pub enum VmExit {
     DebugRegisterAccess,
     /// Triple fault / shutdown: the guest is dead.
     Shutdown,
-    /// The hardware refused the guest state (VMEXIT_INVALID); `check` is
-    /// the consistency check the state fails, as the backend redid them
-    /// (`None`: none it knows of).
-    InvalidState { check: Option<ferrite_x86::vmrun::VmrunCheck> },
+    /// The hardware refused the guest state (SVM: VMEXIT_INVALID; VMX: a
+    /// failed VM entry); `check` names why: the consistency check the
+    /// state fails as the backend redid them, or the CPU's own verdict
+    /// (`None`: nothing known).
+    InvalidState { check: Option<ferrite_x86::StateCheck> },
     /// A hardware task switch the CPU left to the hypervisor (VMX exits on
     /// every one; SVM switches tasks itself and never reports this): to the
     /// TSS `selector` (for IRET, the back link), started by `source`.

@@ -16,6 +16,9 @@
 //!   failed when the CPU refuses the guest state.
 //! * [`task`]: hardware task switches through a 32-bit TSS (CALL, JMP,
 //!   IRET, task gates), for a CPU that exits instead of switching (VMX).
+//! * [`vmentry`]: VM entry's guest-state checks on a VMCS, the same for
+//!   VMX, with the texts of VM-instruction errors and entry-failure exits.
+//! * [`StateCheck`]: either of those, as the crash report names it.
 //! * [`regs`]: the general-purpose register file with x86 partial-register
 //!   rules.
 //!
@@ -32,6 +35,8 @@ pub mod decode;
 pub mod mmio_replay;
 pub mod regs;
 pub mod task;
+pub mod state_check;
+pub mod vmentry;
 pub mod vmrun;
 pub mod walk;
 
@@ -40,6 +45,7 @@ pub use decode::{
     CrWrite, CrWriteOp, MmioBus, MmioKind, MmioOp, Operand, Rep, Seg, StringOp, UnaryOp,
 };
 pub use regs::{Reg, Regs};
+pub use state_check::StateCheck;
 pub use walk::{
     fetch_instruction, fetch_instruction_ex, translate, Access, AccessKind, CpuMode, Fetched,
     FetchError, GuestPhysRead, PageFault, PagingMode, PagingRegs, WalkError,

@@ -3,11 +3,11 @@
 
 use super::vmcb::*;
 use crate::arch::cpu;
-use ferrite_x86::vmrun::VmrunCheck;
+use ferrite_x86::StateCheck;
 
 /// The first consistency check `vmcb` fails on this CPU, if any.
-pub fn failed_check(vmcb: &Vmcb) -> Option<VmrunCheck> {
-    ferrite_x86::vmrun::first_failing_check(&vmrun_state(vmcb), &host_limits())
+pub fn failed_check(vmcb: &Vmcb) -> Option<StateCheck> {
+    ferrite_x86::vmrun::first_failing_check(&vmrun_state(vmcb), &host_limits()).map(StateCheck::Vmrun)
 }
 
 /// The fields VMRUN's consistency checks read

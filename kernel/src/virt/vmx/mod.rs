@@ -12,6 +12,7 @@
 //! entry and cleared (VMCLEAR) when the slice ends (`release_fpu`), so a
 //! vCPU can run on any CPU next.
 
+mod invalid;
 mod vmcs;
 
 use self::vmcs::*;
@@ -861,9 +862,9 @@ impl VmxVcpu {
         let e = self.exit;
         let basic = e.reason & 0xFFFF;
         if e.reason & (1 << 31) != 0 {
-            // The entry itself failed after the checks of the controls.
-            log::error!("vmx: VM entry failed, reason {} qualification {:#x}", basic, e.qualification);
-            return VmExit::InvalidState { check: None };
+            // The entry itself failed after the checks of the controls;
+            // the crash report names why (no log line: it says it all).
+            return VmExit::InvalidState { check: Some(invalid::entry_failure(&self.config, basic, e.qualification)) };
         }
         match basic {
             EXIT_EXCEPTION_NMI => {
@@ -1242,7 +1243,7 @@ impl VmxVcpu {
         if failed != 0 {
             let error = read(VM_INSTRUCTION_ERROR);
             log::error!("vmx: {} failed, VM-instruction error {}", if self.launched { "VMRESUME" } else { "VMLAUNCH" }, error);
-            return VmExit::InvalidState { check: None };
+            return VmExit::InvalidState { check: Some(ferrite_x86::StateCheck::VmInstructionError(error as u32)) };
         }
         self.launched = true;
         self.st.dr6 = read_dr6();
