@@ -1245,7 +1245,12 @@ impl VmxVcpu {
             log::error!("vmx: {} failed, VM-instruction error {}", if self.launched { "VMRESUME" } else { "VMLAUNCH" }, error);
             return VmExit::InvalidState { check: Some(ferrite_x86::StateCheck::VmInstructionError(error as u32)) };
         }
-        self.launched = true;
+        let reason = read(EXIT_REASON) as u32;
+        // An entry that failed on the guest state (bit 31) leaves the VMCS
+        // as it was: not launched if this was VMLAUNCH.
+        if reason & (1 << 31) == 0 {
+            self.launched = true;
+        }
         self.st.dr6 = read_dr6();
         self.st.cr2 = read_cr2();
         if let Some(dr) = self.debug_regs.as_mut() {
@@ -1256,7 +1261,7 @@ impl VmxVcpu {
         self.regs.rflags = read(GUEST_RFLAGS);
         self.read_guest_state();
         self.exit = ExitInfo {
-            reason: read(EXIT_REASON) as u32,
+            reason,
             qualification: read(EXIT_QUALIFICATION),
             instruction_len: read(EXIT_INSTRUCTION_LEN),
             instruction_info: read(EXIT_INSTRUCTION_INFO) as u32,
