@@ -103,17 +103,7 @@ fail:   pushl   %esi
         call    puts
         jmp     poweroff
 
-/* set_tss_descriptor: a present 32-bit available TSS (type 9, DPL 0) with
- * base %eax and limit TSS_LIMIT, at %edi. */
-set_tss_descriptor:
-        movw    $TSS_LIMIT, (%edi)
-        movw    %ax, 2(%edi)
-        shrl    $16, %eax
-        movb    %al, 4(%edi)
-        movb    $0x89, 5(%edi)
-        movb    $0, 6(%edi)
-        movb    %ah, 7(%edi)
-        ret
+        .include "tss.inc"
 
 /* send_nmi: NMI, physical destination = this vCPU's own APIC ID. */
 send_nmi:

@@ -191,17 +191,7 @@ check:
         call    puts
         jmp     poweroff
 
-/* set_tss_descriptor: a present 32-bit available TSS (type 9, DPL 0) with
- * base %eax and limit TSS_LIMIT, at %edi. */
-set_tss_descriptor:
-        movw    $TSS_LIMIT, (%edi)
-        movw    %ax, 2(%edi)
-        shrl    $16, %eax
-        movb    %al, 4(%edi)
-        movb    $0x89, 5(%edi)
-        movb    $0, 6(%edi)
-        movb    %ah, 7(%edi)
-        ret
+        .include "tss.inc"
 
 /* The called task: each CALL enters it where its last IRET left it. */
 callee:

@@ -37,7 +37,7 @@ SECTIONS
 }
 ";
 
-/// `qemu-tests/guests`: the guest sources (and their shared `pvh.inc`).
+/// `qemu-tests/guests`: the guest sources (and their shared `pvh.inc`, `tss.inc`).
 pub fn guests_dir() -> PathBuf {
     build::workspace_root().join("qemu-tests").join("guests")
 }
