@@ -880,6 +880,47 @@ pub fn guest_module(name: &str, dir: &Path) -> ModuleSpec {
     }
 }
 
+/// What `guests/odd_apic.S` must report as `odd: ok ...`: its odd-size,
+/// misaligned and page-straddling LAPIC and I/O APIC accesses, each with
+/// the answer the architecture (or KVM, where it is silent) gives.
+pub const ODD_APIC_CHECKS: &[&str] = &[
+    "lapic version readable",
+    "lapic 1-byte read",
+    "lapic 2-byte read",
+    "lapic 1-byte read at +2",
+    "lapic misaligned 4-byte read",
+    "lapic 8-byte read low half",
+    "lapic 8-byte read high half",
+    "lapic read straddling the page end",
+    "lapic read between registers",
+    "lapic 4-byte TPR write",
+    "lapic 1-byte TPR write ignored",
+    "lapic 2-byte TPR write ignored",
+    "lapic misaligned TPR write ignored",
+    "lapic 1-byte write at TPR+3 ignored",
+    "lapic 8-byte TPR write takes the low half",
+    "lapic version write ignored",
+    "lapic narrow ICR writes ignored",
+    "lapic self-IPI offset reads 0",
+    "lapic 8-byte write at the page end",
+    "ioapic 1-byte IOREGSEL write",
+    "ioapic version (4-byte read)",
+    "ioapic 1-byte IOWIN read",
+    "ioapic 2-byte IOWIN read",
+    "ioapic 8-byte IOWIN read low half",
+    "ioapic 8-byte IOWIN read high half",
+    "ioapic misaligned IOWIN read",
+    "ioapic read beyond IOWIN",
+    "ioapic read straddling the page end",
+    "ioapic write at IOREGSEL+1 ignored",
+    "ioapic 8-byte IOREGSEL write takes the low byte",
+    "ioapic 2-byte IOWIN write ignored",
+    "ioapic 1-byte IOWIN write ignored",
+    "ioapic misaligned IOWIN write ignored",
+    "ioapic 8-byte IOWIN write takes the low half",
+    "ioapic redirection entry restored",
+];
+
 /// Writes `dir/<domain>.cfg`, a PVH domU booting `<kernel>.elf` with
 /// `memory_mib` and 1 vCPU (destroyed if it crashes), as a boot module.
 pub fn pvh_config_module(dir: &Path, domain: &str, kernel: &str, memory_mib: u32) -> ModuleSpec {
