@@ -626,6 +626,98 @@ fn a_dead_nbd_server_gives_an_hvm_guest_io_errors() {
     finish(vm, &target);
 }
 
+/// Debian's Linux as an HVM guest whose IDE disk is a `file:` image that
+/// `ferrite xl create` serves from the host: `ata_piix` reads 64 MiB by
+/// bus-master DMA (each request an NBD request of the stub's BLOCK_IO)
+/// whose hash matches the host's, writes a marker, reboots (Ferrite
+/// rebuilds the guest and its stub on the same NBD connection) and finds
+/// it again; the marker is in the host file afterwards, and the server
+/// ends once the domain is gone.
+#[test]
+fn hvm_linux_hashes_and_writes_a_file_disk_served_by_xl_create() {
+    use ferrite_tools::{guest_images, initramfs};
+    const CHECK_MIB: usize = 64;
+    const DISK_MIB: usize = 72;
+    const MARKER_LBA: usize = (CHECK_MIB + 4) * 2048;
+    let name = "hvm_linux_hashes_and_writes_a_file_disk_served_by_xl_create";
+    let dir = test_dir(name);
+    if !ferrite_qemu_tests::debian_packages(name, &["linux-image-cloud-amd64", "busybox-static"]) {
+        return;
+    }
+    ferrite_qemu_tests::ferrite_exe();
+    let root = guest_images::fetch_debian_package("linux-image-cloud-amd64").unwrap();
+    let vmlinuz = guest_images::find_vmlinuz(&root).unwrap_or_else(|e| panic!("[{name}] {e}"));
+    std::fs::copy(&vmlinuz, dir.join("vmlinuz")).unwrap();
+    let modules = initramfs::kernel_modules(&root, &["ata_piix", "sd_mod"]).unwrap_or_else(|e| panic!("[{name}] {e}"));
+    let image = initramfs::busybox_initramfs_with_modules(initramfs::HVM_DISK_INIT_SCRIPT, &modules)
+        .unwrap_or_else(|e| panic!("[{name}] cannot build the initramfs: {e}"));
+    std::fs::write(dir.join("initramfs-hvm.cpio"), &image).unwrap();
+    let mut disk = ferrite_qemu_tests::pseudo_random_bytes(0x5eed, DISK_MIB << 20);
+    disk[MARKER_LBA * 512..(MARKER_LBA + 1) * 512].fill(0);
+    let host_sum: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&disk[..CHECK_MIB << 20]).iter().map(|b| format!("{b:02x}")).collect()
+    };
+    let disk_path = dir.join("disk.img");
+    std::fs::write(&disk_path, &disk).unwrap();
+    drop(disk);
+    let marker = format!("{:08x}", std::process::id());
+    let cfg = dir.join("hvmlinux.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "name = \"hvmlinux\"\ntype = \"hvm\"\nmemory = 128\nvcpus = 1\nkernel = \"vmlinuz\"\nramdisk = \"initramfs-hvm.cpio\"\n\
+             cmdline = \"console=ttyS0 loglevel=4 ferrite.check_mib={CHECK_MIB} ferrite.marker={marker} ferrite.marker_lba={MARKER_LBA} ferrite.disk=sda\"\n\
+             disk = [ 'file:disk.img,hda,w' ]\non_reboot = \"restart\"\non_crash = \"destroy\"\n"
+        ),
+    )
+    .unwrap();
+    let modules = vec![
+        pvh_config_module(&dir, "keeper", "idle", 16),
+        guest_module("idle", &dir),
+        ferrite_tools::modules::ModuleSpec::new(std::path::PathBuf::from(&images().stubdom), ""),
+        ferrite_tools::modules::ModuleSpec::new(ferrite_qemu_tests::seabios_image(), ""),
+        ferrite_tools::modules::ModuleSpec::new(ferrite_qemu_tests::linuxboot_rom(), ""),
+    ];
+    // 128 MiB: the machine's 512 MiB must hold the guest twice while it
+    // restarts (the new one is built before the old one's memory goes).
+    let (mut vm, target) = boot_with_link_for(name, &dir, modules, ferrite_qemu_tests::linux_vm_timeout() * 2);
+    vm.wait_for(r"^\(keeper\) idle ready$", Duration::from_secs(120));
+    let (out, err, ok) = xl(&target, &["create", &cfg.display().to_string()]);
+    assert!(ok, "xl create: {err}\n{out}");
+    let port: u16 = err
+        .lines()
+        .find_map(|l| l.split("over NBD (port ").nth(1)?.split(';').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("xl create should say which port serves the disk:\n{err}"));
+    let sha = format!(r"^\(hvmlinux\) FERRITE-DISK-SHA256 {host_sum}$");
+    vm.expect_lines(&[
+        r"domain \d+ \(hvmlinux\): disk hda is NBD export 10\.0\.2\.2:\d+/hda \(w\), IDE$",
+        r"domain \d+ \(hvmlinux\): HVM, 128 MiB",
+        r"^\(hvmlinux\) .*FERRITE-INIT cpus=1 ",
+        r"^\(hvmlinux\) FERRITE-ATA configured for XFER_UDMA_\d+$",
+        &sha,
+        r"^\(hvmlinux\) FERRITE-MARKER written$",
+        r"domain \d+ \(hvmlinux\) rebooting",
+        r"domain \d+ \(hvmlinux\) restarted as domain \d+",
+        r"^\(hvmlinux\) .*FERRITE-INIT cpus=1 ",
+        &sha,
+        r"^\(hvmlinux\) FERRITE-MARKER found$",
+        r"domain \d+ \(hvmlinux\) powered off",
+    ]);
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        if start.elapsed() > Duration::from_secs(120) {
+            vm.fail(&format!("the NBD server on port {port} is still running after its domain is gone"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let after = std::fs::read(&disk_path).unwrap();
+    if !after[MARKER_LBA * 512..].starts_with(format!("FERRITE-MARKER-{marker}").as_bytes()) {
+        vm.fail("the marker the guest wrote is not in the host file");
+    }
+    finish(vm, &target);
+}
+
 /// Destroys `name` (if it is being rebuilt just then, once rebuilt) and
 /// waits until it is no longer listed.
 fn destroy_and_wait(vm: &mut Vm, target: &Target, name: &str) {
