@@ -52,16 +52,37 @@ pub(crate) enum Role {
 pub(crate) trait StubService: Send + Sync {
     /// The HVM guest the stub domain serves.
     fn guest(&self) -> &Arc<Domain>;
-    /// Serves a hypercall of the stub's vCPU; true when it waits (WAIT
-    /// with nothing to do) and the vCPU blocks until notified.
-    fn hypercall(&self, stub: &Domain, regs: &mut GuestRegs) -> bool;
+    /// Serves a hypercall of the stub's vCPU (`stub`, whose RAM a request
+    /// may hold on to until it is over); says whether the vCPU goes on or
+    /// blocks.
+    fn hypercall(&self, stub: &Arc<Domain>, regs: &mut GuestRegs) -> StubCall;
     /// What a WAIT would answer now (the guest's pending requests); 0:
     /// nothing, keep waiting.
     fn pending_work(&self) -> u64;
+    /// The BLOCK_IO the stub's vCPU blocks in (`StubCall::BlockIo`):
+    /// `Ok(rax)` once it is over (the result is then taken), else
+    /// `Err(deadline)`, the TSC ns by which it is given up on: the vCPU
+    /// sleeps until its completion wakes it, or then.
+    fn block_io_result(&self) -> Result<u64, u64>;
+    /// That BLOCK_IO's deadline (TSC ns), without taking a result.
+    fn block_io_deadline(&self) -> u64;
     /// The guest's NICs (the stub emulates them) leave their bridges.
     fn detach_nics(&self);
     /// Their counters, for `xl network-list`.
     fn nic_stats(&self) -> Vec<crate::bridge::VifStats>;
+}
+
+/// What a stub's vCPU does after a hypercall.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum StubCall {
+    /// Goes on; the result is in RAX.
+    Continue,
+    /// WAIT with nothing to do: blocks until notified.
+    Wait,
+    /// BLOCK_IO on a disk whose backend answers later (NBD): blocks until
+    /// the request is over ([`StubService::block_io_result`]), which puts
+    /// the result in RAX.
+    BlockIo,
 }
 
 pub struct Domain {
@@ -146,6 +167,8 @@ pub struct Vcpu {
     event_only: core::sync::atomic::AtomicBool,
     /// A stub domain's vCPU blocked in the WAIT hypercall.
     in_wait: core::sync::atomic::AtomicBool,
+    /// A stub domain's vCPU blocked in a BLOCK_IO hypercall (NBD).
+    in_block_io: core::sync::atomic::AtomicBool,
     /// An NMI arrived and has not been injected yet (NMIs do not queue:
     /// one more while one waits is the same one).
     nmi_pending: core::sync::atomic::AtomicBool,
@@ -477,6 +500,7 @@ impl Domain {
                 mmio_replay: Mutex::new(MmioReplay::default()),
                 wake_at_ns: core::sync::atomic::AtomicU64::new(u64::MAX),
                 in_wait: core::sync::atomic::AtomicBool::new(false),
+                in_block_io: core::sync::atomic::AtomicBool::new(false),
                 nmi_pending: core::sync::atomic::AtomicBool::new(false),
                 irr_hint: core::sync::atomic::AtomicBool::new(true),
                 first_slice: core::sync::atomic::AtomicBool::new(true),

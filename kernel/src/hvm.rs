@@ -54,25 +54,31 @@ pub fn create(spec: DomainSpec, caps: Capabilities) -> Result<Arc<Domain>, Strin
     // Every disk must exist before anything is built.
     let mut disks = Vec::new();
     for d in &h.disks {
-        let device = match &d.image {
-            Some(image) => {
+        let device = match (&d.image, &d.nbd) {
+            (Some(image), _) => {
                 let ram = crate::drivers::ramdisk::RamDisk::new(&d.target, image.clone(), !d.read_only).map_err(|e| format!("{}: {}", name, e))?;
                 DiskBackend::Ram(Arc::new(ram))
             }
-            None => DiskBackend::Host(virtio_blk::find(&d.target).ok_or_else(|| {
+            (None, Some(nbd)) => {
+                // Connected before the domain is built (as for PVH disks):
+                // its size and flags are what the stub is told.
+                nbd.export()
+                    .map_err(|why| format!("{}: disk {}: NBD {}: {}", name, d.vdev, nbd.name(), why))?
+                    .ok_or_else(|| format!("{}: disk {}: NBD {} is not connected yet", name, d.vdev, nbd.name()))?;
+                DiskBackend::Nbd(nbd.clone())
+            }
+            (None, None) => DiskBackend::Host(virtio_blk::find(&d.target).ok_or_else(|| {
                 format!("{}: disk '{}' is not a host disk (give Ferrite a virtio-blk device with serial={})", name, d.target, d.target)
             })?),
         };
         disks.push(StubDisk { device, read_only: d.read_only });
     }
     // A RAM disk is the domain's own copy (or read-only): only host disks
-    // can be shared.
-    let wanted: Vec<(String, bool)> = h
-        .disks
+    // and NBD exports can be shared, and are claimed as PVH disks are.
+    let wanted: Vec<(String, bool)> = disks
         .iter()
-        .zip(&disks)
-        .filter(|(_, s)| matches!(s.device, DiskBackend::Host(_)))
-        .map(|(d, s)| (d.target.clone(), !s.read_only && !s.device.read_only()))
+        .filter(|s| !matches!(s.device, DiskBackend::Ram(_)))
+        .map(|s| (s.device.claim_target(), !s.read_only && !s.device.read_only()))
         .collect();
     crate::disk_claims::check(&name, &wanted, None)?;
 
@@ -106,6 +112,15 @@ pub fn create(spec: DomainSpec, caps: Capabilities) -> Result<Arc<Domain>, Strin
         *link.lock() = Arc::downgrade(&stub);
     }
     ioreq.set_stub_vcpu(stub.runnable(0));
+    for d in &h.disks {
+        if let Some(nbd) = &d.nbd {
+            let model = match d.model {
+                ferrite_abi::StubDiskModel::Ide => "IDE",
+                ferrite_abi::StubDiskModel::VirtioPci => "virtio-blk on PCI",
+            };
+            info!("domain {} ({}): disk {} is NBD export {} ({}), {}", guest.id, guest.name, d.vdev, nbd.name(), if d.read_only { "r" } else { "w" }, model);
+        }
+    }
     info!(
         "domain {} ({}): HVM, {} MiB, {} vCPUs, BIOS {} KiB, {} disk(s); device model in domain {} ({})",
         guest.id,
@@ -233,7 +248,7 @@ fn create_stub(
         on_reboot: Action::Destroy,
         on_crash: Action::Destroy,
     };
-    let backends = StubBackends { guest: guest.clone(), ioreq, disks, data, nics: nics.clone() };
+    let backends = StubBackends { guest: guest.clone(), ioreq, disks, data, nics: nics.clone(), block_wait: Mutex::new(None) };
     let devices = Devices::new_pvh(layout);
     let stub = Domain::build(spec, mem, devices, Role::Stub(alloc::boxed::Box::new(backends)), Vec::new(), stub_entry(entry.rip, entry.cr3, entry.rdi), caps)?;
     let host: Arc<dyn crate::virtio_host::DeviceHost> = stub.clone();

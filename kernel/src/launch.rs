@@ -343,9 +343,6 @@ fn hvm_boot(cfg: &ferrite_config::DomainConfig, files: &dyn Files) -> Result<Boo
         if d.devtype == DevType::Cdrom {
             return Err(format!("disk {}: CD-ROMs are not emulated yet", d.vdev.name));
         }
-        if matches!(d.kind, ferrite_config::DiskKind::File | ferrite_config::DiskKind::Nbd) {
-            return Err(format!("disk {}: HVM guests get host disks (phy:NAME) or boot modules (module:NAME) only, for now", d.vdev.name));
-        }
         let model = match (d.specification, d.transport) {
             (DiskSpecification::Xen, _) => {
                 if d.vdev.bus != VdevBus::Ide || d.vdev.disk > 3 || d.vdev.partition != 0 {
@@ -371,11 +368,14 @@ fn hvm_boot(cfg: &ferrite_config::DomainConfig, files: &dyn Files) -> Result<Boo
             }
         };
         let target = d.target.clone().ok_or_else(|| format!("disk {}: no target", d.vdev.name))?;
-        let image = match d.kind {
-            ferrite_config::DiskKind::Module => Some(files.get(&target, "disk image")?),
-            _ => None,
+        let (image, nbd) = match d.kind {
+            ferrite_config::DiskKind::Module => (Some(files.get(&target, "disk image")?), None),
+            // Served over NBD, as for PVH: `xl create` serves `file:`
+            // images; `nbd:` names a server.
+            ferrite_config::DiskKind::File | ferrite_config::DiskKind::Nbd => (None, Some(files.nbd_disk(d)?)),
+            ferrite_config::DiskKind::Phy | ferrite_config::DiskKind::Unspecified => (None, None),
         };
-        disks.push(crate::domain::HvmDisk { target, vdev: d.vdev.name.clone(), read_only: d.access == Access::ReadOnly, model, image });
+        disks.push(crate::domain::HvmDisk { target, vdev: d.vdev.name.clone(), read_only: d.access == Access::ReadOnly, model, image, nbd });
     }
     let linux = match cfg.kernel.as_deref() {
         Some(k) => Some(crate::domain::HvmLinux {

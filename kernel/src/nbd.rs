@@ -29,6 +29,7 @@ use alloc::sync::{Arc, Weak};
 use alloc::vec;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicUsize, Ordering};
+use ferrite_devmodel::dma::DmaSegment;
 use ferrite_devmodel::virtio::vsock::{ConnId, ConnState, VirtioVsock};
 use ferrite_nbd::{decode_attach_hello, decode_simple_reply, encode_request, ClientHandshake, Command, Export, ATTACH_HELLO_BYTES, ATTACH_TOKEN_BYTES};
 use log::{info, warn};
@@ -43,7 +44,7 @@ const SOCKET_BUFFER: usize = 256 << 10;
 const MAX_IN_FLIGHT: usize = 32;
 /// A server that answers nothing for this long while requests wait is
 /// given up on.
-const REPLY_TIMEOUT_US: u64 = 30_000_000;
+pub const REPLY_TIMEOUT_US: u64 = 30_000_000;
 /// Connecting and the handshake together.
 const CONNECT_TIMEOUT_US: u64 = 30_000_000;
 
@@ -57,6 +58,31 @@ pub trait NbdBuffer: Send + Sync {
     /// The request is over: `ok`, or an error for the guest. Called once,
     /// from the network poll, with no NBD lock held.
     fn done(&self, ok: bool);
+}
+
+/// Runs `f(gpa, range in the piece)` over the pieces of `segments` (a
+/// request's data, in order, in some guest's memory) that hold bytes
+/// `[offset, offset + len)`; false when `f` fails or the data is shorter.
+/// For [`NbdBuffer`]s over guest memory.
+pub fn for_pieces(segments: &[DmaSegment], offset: usize, len: usize, mut f: impl FnMut(u64, core::ops::Range<usize>) -> bool) -> bool {
+    let (mut skip, mut done) = (offset, 0usize);
+    for s in segments {
+        if done == len {
+            break;
+        }
+        let seg_len = s.len as usize;
+        if skip >= seg_len {
+            skip -= seg_len;
+            continue;
+        }
+        let n = (seg_len - skip).min(len - done);
+        if !f(s.gpa + skip as u64, done..done + n) {
+            return false;
+        }
+        done += n;
+        skip = 0;
+    }
+    done == len
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,6 +122,9 @@ pub struct NbdDisk {
     endpoint: Endpoint,
     export: String,
     inner: Mutex<Inner>,
+    /// The export as the handshake gave it, kept after a failure too: a
+    /// disk's size and flags do not change when its server goes away.
+    negotiated: spin::Once<Export>,
 }
 
 struct Inner {
@@ -135,6 +164,12 @@ impl NbdDisk {
             Status::Ready(e, _) => Ok(Some(*e)),
             Status::Failed(why) => Err(why.clone()),
         }
+    }
+
+    /// The export once the handshake has given it, also after the server
+    /// went away (its requests fail then).
+    pub fn negotiated(&self) -> Option<Export> {
+        self.negotiated.get().copied()
     }
 
     /// Queues a request; its end comes through `buffer.done`. One longer
@@ -243,6 +278,7 @@ pub fn connect(addr: [u8; 4], port: u16, export: &str) -> Result<Arc<NbdDisk>, S
         endpoint: Endpoint::Tcp(addr, port),
         export: String::from(export),
         inner: Mutex::new(Inner { status: Status::Connecting, queue: VecDeque::new() }),
+        negotiated: spin::Once::new(),
     });
     NEW_DISKS.lock().push(Arc::downgrade(&disk));
     Ok(disk)
@@ -539,6 +575,7 @@ impl Conn {
                         export.size >> 20,
                         if export.read_only() { ", read-only" } else { "" }
                     );
+                    disk.negotiated.call_once(|| export);
                     disk.inner.lock().status = Status::Ready(export, sizes.max_request());
                     self.phase = Phase::Transmit;
                     self.last_reply_us = now_us;
@@ -756,6 +793,7 @@ pub fn connect_vsock(token: [u8; ATTACH_TOKEN_BYTES], export: &str, label: &str)
         endpoint: Endpoint::Vsock,
         export: String::from(export),
         inner: Mutex::new(Inner { status: Status::Connecting, queue: VecDeque::new() }),
+        negotiated: spin::Once::new(),
     });
     waiting.push((token, Arc::downgrade(&disk)));
     Ok(disk)

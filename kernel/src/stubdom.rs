@@ -6,23 +6,31 @@
 //! it passes is checked here, and a stub can only ever reach its own RAM,
 //! its guest's RAM and its guest's disks.
 
-use crate::domain::{Domain, DomainState};
+use crate::domain::{Domain, DomainState, StubCall};
 use crate::drivers::virtio_blk::BlockDevice;
 use crate::ioreq::IoreqServer;
 use crate::mm::guest::GuestMemory;
 use crate::platform::Effects;
 use crate::sched;
 use crate::virt::GuestRegs;
+use crate::nbd::{NbdBuffer, NbdDisk, NbdOp};
+use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use ferrite_devmodel::dma::DmaSegment;
+use spin::Mutex;
 use ferrite_abi::{hypercall as hc, BlockRequest, Errno, PowerAction, BLOCK_FLAG_GUEST, BLOCK_FLUSH, BLOCK_READ, BLOCK_WRITE, DEST_GUEST, DEST_STUB};
 
-/// A host disk as one guest may use it.
-/// What serves a stub's disk: a host virtio-blk disk, or a boot module in
-/// RAM (`module:NAME`).
+/// What serves a stub's disk: a host virtio-blk disk, a boot module in
+/// RAM (`module:NAME`), or an export on an NBD server (`file:` and `nbd:`
+/// disks, connected before the domain is built). Host and RAM disks
+/// complete inside the BLOCK_IO call; NBD requests complete later, from
+/// the network (or dom0's vsock) poll, and the stub's vCPU blocks until
+/// then.
 pub enum DiskBackend {
     Host(&'static BlockDevice),
     Ram(Arc<crate::drivers::ramdisk::RamDisk>),
+    Nbd(Arc<NbdDisk>),
 }
 
 impl DiskBackend {
@@ -30,13 +38,17 @@ impl DiskBackend {
         match self {
             DiskBackend::Host(d) => d.name(),
             DiskBackend::Ram(d) => d.name(),
+            DiskBackend::Nbd(d) => d.name(),
         }
     }
 
+    /// An NBD export's size is the one its handshake gave, also once its
+    /// server is gone (its requests then fail with EIO, not EINVAL).
     pub fn sectors(&self) -> u64 {
         match self {
             DiskBackend::Host(d) => d.sectors(),
             DiskBackend::Ram(d) => d.sectors(),
+            DiskBackend::Nbd(d) => d.negotiated().map_or(0, |e| e.size / 512),
         }
     }
 
@@ -44,13 +56,17 @@ impl DiskBackend {
         match self {
             DiskBackend::Host(d) => d.read_only(),
             DiskBackend::Ram(d) => d.read_only(),
+            // Not negotiated: nothing may be written.
+            DiskBackend::Nbd(d) => d.negotiated().is_none_or(|e| e.read_only()),
         }
     }
 
-    fn flush(&self) -> Result<(), crate::drivers::virtio_blk::BlockIoError> {
+    /// What the disk sharing check (`disk_claims`) calls it: the host
+    /// disk's name, or `nbd:` and the export as PVH disks name it.
+    pub fn claim_target(&self) -> String {
         match self {
-            DiskBackend::Host(d) => d.flush(),
-            DiskBackend::Ram(_) => Ok(()),
+            DiskBackend::Nbd(d) => alloc::format!("nbd:{}", d.name()),
+            _ => String::from(self.name()),
         }
     }
 }
@@ -73,6 +89,76 @@ pub struct StubBackends {
     pub data: Vec<crate::mm::blob::Blob>,
     /// The guest's NICs by handle.
     pub nics: Vec<Arc<crate::hvmnet::StubNic>>,
+    /// The NBD request the stub's vCPU blocks in (one at most: BLOCK_IO
+    /// is synchronous for the stub).
+    pub block_wait: Mutex<Option<Arc<NbdWait>>>,
+}
+
+/// How long a stub's vCPU waits for one NBD request at most. The NBD
+/// client fails a connection whose server is silent for
+/// `nbd::REPLY_TIMEOUT_US` while requests wait, and every request on it
+/// with an error, so the wait normally ends by then; this bounds it even
+/// if a server keeps answering others' requests but never this one.
+const NBD_WAIT_MAX_NS: u64 = 2 * crate::nbd::REPLY_TIMEOUT_US * 1000;
+
+/// One BLOCK_IO on an NBD disk, between the stub's vCPU (blocked) and the
+/// request's completion in the network poll.
+pub struct NbdWait {
+    /// `None` while the request goes on; its result (RAX) once it is over
+    /// or given up on.
+    result: Mutex<Option<u64>>,
+    /// Given up on (`deadline_ns` passed): the request's data must no
+    /// longer reach or leave memory the stub may be reusing. Changed and
+    /// read under `result`'s lock, so no copy runs once it is set.
+    cancelled: core::sync::atomic::AtomicBool,
+    deadline_ns: u64,
+}
+
+/// The data of an NBD request from a stub: its checked segments in the
+/// guest's or the stub's RAM, moved straight between the NBD stream and
+/// those frames (the one copy TCP needs, as for PVH disks). It holds the
+/// domain whose RAM that is until the request is over, so the frames
+/// cannot be freed under the copy even if the domains stop meanwhile; it
+/// holds no reference back to the stub's backends (no cycle).
+struct StubNbdBuffer {
+    owner: Arc<Domain>,
+    segments: Vec<DmaSegment>,
+    wait: Arc<NbdWait>,
+    /// Woken when the request is over.
+    ioreq: Arc<IoreqServer>,
+}
+
+impl NbdBuffer for StubNbdBuffer {
+    fn read(&self, offset: usize, buf: &mut [u8]) -> bool {
+        let _held = self.wait.result.lock();
+        if self.wait.cancelled.load(core::sync::atomic::Ordering::SeqCst) {
+            return false;
+        }
+        let mem = &self.owner.mem;
+        let len = buf.len();
+        crate::nbd::for_pieces(&self.segments, offset, len, |gpa, r| mem.read(gpa, &mut buf[r]).is_ok())
+    }
+
+    fn write(&self, offset: usize, data: &[u8]) -> bool {
+        let _held = self.wait.result.lock();
+        if self.wait.cancelled.load(core::sync::atomic::Ordering::SeqCst) {
+            return false;
+        }
+        let mem = &self.owner.mem;
+        crate::nbd::for_pieces(&self.segments, offset, data.len(), |gpa, r| mem.write(gpa, &data[r]).is_ok())
+    }
+
+    fn done(&self, ok: bool) {
+        {
+            let mut result = self.wait.result.lock();
+            if result.is_some() {
+                // Given up on already; the stub has had its EIO.
+                return;
+            }
+            *result = Some(if ok { 0 } else { Errno::Io.as_result() });
+        }
+        self.ioreq.notify();
+    }
 }
 
 impl crate::domain::StubService for StubBackends {
@@ -80,8 +166,39 @@ impl crate::domain::StubService for StubBackends {
         &self.guest
     }
 
-    fn hypercall(&self, stub: &Domain, regs: &mut GuestRegs) -> bool {
-        hypercall(stub, self, regs) == After::Wait
+    fn hypercall(&self, stub: &Arc<Domain>, regs: &mut GuestRegs) -> StubCall {
+        match hypercall(stub, self, regs) {
+            After::Continue => StubCall::Continue,
+            After::Wait => StubCall::Wait,
+            After::BlockIo => StubCall::BlockIo,
+        }
+    }
+
+    fn block_io_result(&self) -> Result<u64, u64> {
+        let mut slot = self.block_wait.lock();
+        let Some(wait) = slot.clone() else {
+            // Nothing in flight (cannot happen): the call failed.
+            return Ok(Errno::Io.as_result());
+        };
+        let mut result = wait.result.lock();
+        if result.is_none() {
+            if crate::arch::time::now_ns() < wait.deadline_ns {
+                return Err(wait.deadline_ns);
+            }
+            // Given up on: no more of its data moves from now on (the
+            // lock is held), and its late completion is ignored.
+            wait.cancelled.store(true, core::sync::atomic::Ordering::SeqCst);
+            log::warn!("{}-dm: an NBD request took more than {} s; the stub gets an I/O error", self.guest.name, NBD_WAIT_MAX_NS / 1_000_000_000);
+            *result = Some(Errno::Io.as_result());
+        }
+        let rax = result.unwrap_or(Errno::Io.as_result());
+        drop(result);
+        *slot = None;
+        Ok(rax)
+    }
+
+    fn block_io_deadline(&self) -> u64 {
+        self.block_wait.lock().as_ref().map_or(0, |w| w.deadline_ns)
     }
 
     fn pending_work(&self) -> u64 {
@@ -105,6 +222,9 @@ pub enum After {
     Continue,
     /// WAIT with nothing to do: block until notified.
     Wait,
+    /// BLOCK_IO handed to an NBD disk: block until it is over
+    /// (`StubBackends::block_wait`); the result goes in rax then.
+    BlockIo,
 }
 
 /// Largest console write or input read per call.
@@ -112,8 +232,9 @@ const CONSOLE_MAX: u64 = 4096;
 /// Largest DATA_READ per call.
 const DATA_READ_MAX: u64 = 64 << 20;
 
-/// Handles one hypercall of `stub`. Results go in rax.
-pub fn hypercall(stub: &Domain, b: &StubBackends, regs: &mut GuestRegs) -> After {
+/// Handles one hypercall of `stub`. Results go in rax (for
+/// [`After::BlockIo`], when the request is over).
+pub fn hypercall(stub: &Arc<Domain>, b: &StubBackends, regs: &mut GuestRegs) -> After {
     let args = [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8];
     let result = match regs.rax {
         hc::CONSOLE_WRITE => read_stub(stub, args[0], args[1], CONSOLE_MAX).map(|mut bytes| {
@@ -147,7 +268,11 @@ pub fn hypercall(stub: &Domain, b: &StubBackends, regs: &mut GuestRegs) -> After
             Ok(0)
         }
         hc::SET_IRQ => set_irq(b, args[0], args[1]),
-        hc::BLOCK_IO => block_io(stub, b, args[0], args[1]),
+        hc::BLOCK_IO => match block_io(stub, b, args[0], args[1]) {
+            Ok(BlockStarted::Done(v)) => Ok(v),
+            Ok(BlockStarted::Waiting) => return After::BlockIo,
+            Err(e) => Err(e),
+        },
         hc::DATA_READ => data_read(stub, b, args),
         hc::NET_SEND => net_send(stub, b, args),
         hc::GUEST_POWER => match PowerAction::from_code(args[0]) {
@@ -218,13 +343,27 @@ fn host_segments(mem: &GuestMemory, addr: u64, len: u64, out: &mut Vec<(u64, u64
     mem.host_segments(addr, len, out).map_err(|_| Errno::Fault)
 }
 
-fn block_io(stub: &Domain, b: &StubBackends, addr: u64, len: u64) -> Result<u64, Errno> {
+/// How a BLOCK_IO went: over (rax), or handed to an NBD disk with the
+/// stub's vCPU to block until it is over.
+enum BlockStarted {
+    Done(u64),
+    Waiting,
+}
+
+fn block_io(stub: &Arc<Domain>, b: &StubBackends, addr: u64, len: u64) -> Result<BlockStarted, Errno> {
     let max = (ferrite_abi::block::HEADER + ferrite_abi::BLOCK_MAX_SEGMENTS * ferrite_abi::block::SEGMENT) as u64;
     let bytes = read_stub(stub, addr, len, max)?;
     let req = BlockRequest::decode(&bytes).ok_or(Errno::Inval)?;
     let disk = b.disks.get(req.disk as usize).ok_or(Errno::Inval)?;
     if req.op == BLOCK_FLUSH {
-        return disk.device.flush().map(|_| 0).map_err(|_| Errno::Io);
+        return match &disk.device {
+            DiskBackend::Host(d) => d.flush().map(|_| BlockStarted::Done(0)).map_err(|_| Errno::Io),
+            DiskBackend::Ram(_) => Ok(BlockStarted::Done(0)),
+            // A server that does not say it takes NBD_CMD_FLUSH must not
+            // be sent one (the protocol): nothing to flush then.
+            DiskBackend::Nbd(d) if !d.negotiated().is_some_and(|e| e.can_flush()) => Ok(BlockStarted::Done(0)),
+            DiskBackend::Nbd(d) => start_nbd(stub, b, d, NbdOp::Flush, 0, 0, Vec::new(), false),
+        };
     }
     if req.op != BLOCK_READ && req.op != BLOCK_WRITE {
         return Err(Errno::Inval);
@@ -235,10 +374,19 @@ fn block_io(stub: &Domain, b: &StubBackends, addr: u64, len: u64) -> Result<u64,
     }
     // Refused without a log line: a stub must not be able to flood the log.
     req.check_transfer(disk.device.sectors()).map_err(|_| Errno::Inval)?;
-    let mem = if req.flags & BLOCK_FLAG_GUEST != 0 { &b.guest.mem } else { &stub.mem };
+    let guest_mem = req.flags & BLOCK_FLAG_GUEST != 0;
+    let mem = if guest_mem { &b.guest.mem } else { &stub.mem };
     let mut host = Vec::new();
     for &(gpa, l) in &req.segments {
         host_segments(mem, gpa, u64::from(l), &mut host)?;
+    }
+    if let DiskBackend::Nbd(d) = &disk.device {
+        // Checked as above (every segment RAM of the guest or the stub);
+        // the NBD stream then reads or writes them by guest-physical
+        // address, which `GuestMemory` checks again on every copy.
+        let segments = req.segments.iter().map(|&(gpa, len)| DmaSegment { gpa, len }).collect();
+        let op = if write { NbdOp::Write } else { NbdOp::Read };
+        return start_nbd(stub, b, d, op, req.lba * 512, req.count * 512, segments, guest_mem);
     }
     let host: Vec<(u64, usize)> = host.into_iter().map(|(pa, l)| (pa, l as usize)).collect();
     // SAFETY: every segment was just checked to lie in the RAM of the
@@ -251,12 +399,57 @@ fn block_io(stub: &Domain, b: &StubBackends, addr: u64, len: u64) -> Result<u64,
             (DiskBackend::Host(d), false) => d.read(req.lba, &host),
             (DiskBackend::Ram(d), true) => d.write(req.lba, &host),
             (DiskBackend::Ram(d), false) => d.read(req.lba, &host),
+            (DiskBackend::Nbd(_), _) => return Err(Errno::Inval),
         }
     };
-    r.map(|_| 0).map_err(|e| {
+    r.map(|_| BlockStarted::Done(0)).map_err(|e| {
         log::warn!("{}: disk {}: {}", stub.name, disk.device.name(), e);
         Errno::Io
     })
+}
+
+/// Hands a checked request to an NBD disk. Its data moves between the NBD
+/// stream and `segments` of the guest's RAM (`guest_mem`) or the stub's.
+/// A request that ends at once (the server is gone) answers at once;
+/// otherwise the stub's vCPU blocks until its completion wakes it
+/// (failures, including a dead or silent server, end it with EIO: the NBD
+/// client's timeouts, and `NBD_WAIT_MAX_NS` at most). Not logged per
+/// request: the NBD client says once why its server failed.
+#[allow(clippy::too_many_arguments)]
+fn start_nbd(
+    stub: &Arc<Domain>,
+    b: &StubBackends,
+    nbd: &Arc<NbdDisk>,
+    op: NbdOp,
+    offset: u64,
+    len: u32,
+    segments: Vec<DmaSegment>,
+    guest_mem: bool,
+) -> Result<BlockStarted, Errno> {
+    let mut slot = b.block_wait.lock();
+    if slot.is_some() {
+        // The stub's one vCPU is blocked in the other: cannot happen.
+        return Err(Errno::Inval);
+    }
+    let wait = Arc::new(NbdWait {
+        result: Mutex::new(None),
+        cancelled: core::sync::atomic::AtomicBool::new(false),
+        deadline_ns: crate::arch::time::now_ns() + NBD_WAIT_MAX_NS,
+    });
+    let owner = if guest_mem { b.guest.clone() } else { stub.clone() };
+    let buffer = Arc::new(StubNbdBuffer { owner, segments, wait: wait.clone(), ioreq: b.ioreq.clone() });
+    *slot = Some(wait.clone());
+    drop(slot);
+    nbd.submit(op, offset, len, buffer);
+    // Over already (a failed disk fails at once)?
+    let done = *wait.result.lock();
+    match done {
+        Some(rax) => {
+            *b.block_wait.lock() = None;
+            Ok(BlockStarted::Done(rax))
+        }
+        None => Ok(BlockStarted::Waiting),
+    }
 }
 
 fn data_read(stub: &Domain, b: &StubBackends, args: [u64; 5]) -> Result<u64, Errno> {

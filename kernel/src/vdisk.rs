@@ -300,41 +300,16 @@ struct GuestBuffer {
     tag: u64,
 }
 
-impl GuestBuffer {
-    /// Runs `f(gpa, range in the piece)` over the guest pieces that hold
-    /// bytes `[offset, offset + len)` of the request's data.
-    fn pieces(&self, offset: usize, len: usize, mut f: impl FnMut(u64, core::ops::Range<usize>) -> bool) -> bool {
-        let (mut skip, mut done) = (offset, 0usize);
-        for s in &self.segments {
-            let seg_len = s.len as usize;
-            if skip >= seg_len {
-                skip -= seg_len;
-                continue;
-            }
-            let n = (seg_len - skip).min(len - done);
-            if !f(s.gpa + skip as u64, done..done + n) {
-                return false;
-            }
-            done += n;
-            skip = 0;
-            if done == len {
-                return true;
-            }
-        }
-        done == len
-    }
-}
-
 impl NbdBuffer for GuestBuffer {
     fn read(&self, offset: usize, buf: &mut [u8]) -> bool {
         let mem = self.host.memory();
         let len = buf.len();
-        self.pieces(offset, len, |gpa, r| mem.read(gpa, &mut buf[r]).is_ok())
+        crate::nbd::for_pieces(&self.segments, offset, len, |gpa, r| mem.read(gpa, &mut buf[r]).is_ok())
     }
 
     fn write(&self, offset: usize, data: &[u8]) -> bool {
         let mem = self.host.memory();
-        self.pieces(offset, data.len(), |gpa, r| mem.write(gpa, &data[r]).is_ok())
+        crate::nbd::for_pieces(&self.segments, offset, data.len(), |gpa, r| mem.write(gpa, &data[r]).is_ok())
     }
 
     fn done(&self, ok: bool) {

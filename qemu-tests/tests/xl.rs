@@ -461,6 +461,263 @@ fn xl_create_serves_file_disks_over_nbd() {
     finish(vm, &target);
 }
 
+/// `ferrite xl create` of HVM guests whose disks are `file:` images on the
+/// host: the command serves each over NBD as for PVH, the hypervisor
+/// connects back, and the guest's stub domain does its block I/O on the
+/// export (its vCPU blocked in BLOCK_IO until each NBD request is over).
+/// SeaBIOS boots `mbr_disk_check.S` from the IDE `hda`, which reads 256
+/// sectors through int 13h (their sum printed), and writes one, found in
+/// the host file afterwards. A second guest gets a read-only ('r') image
+/// as a virtio-blk disk: it boots from it, its write fails and the file is
+/// unchanged. Each server ends once its domain is gone.
+#[test]
+fn xl_create_serves_file_disks_to_hvm_guests() {
+    use ferrite_tools::guestasm;
+    const SECTOR: usize = 512;
+    const CHECK_SECTORS: usize = 256;
+    const WRITE_LBA: usize = 300;
+    let name = "xl_create_serves_file_disks_to_hvm_guests";
+    let dir = test_dir(name);
+    ferrite_qemu_tests::ferrite_exe();
+    let mbr = guestasm::assemble_boot_sector(&guestasm::guests_dir().join("bootsector/mbr_disk_check.S"), &dir.join("mbr.bin"))
+        .unwrap_or_else(|e| panic!("cannot assemble the boot sector: {e:#}"));
+    let disk = guestasm::mbr_test_disk(&mbr, 2048);
+    std::fs::write(dir.join("hvm.img"), &disk).unwrap();
+    std::fs::write(dir.join("ro.img"), &disk).unwrap();
+    let sum = disk[SECTOR..(CHECK_SECTORS + 1) * SECTOR].iter().fold(0u32, |a, &b| a.wrapping_add(u32::from(b)));
+    let config = |domain: &str, disk: &str| {
+        let path = dir.join(format!("{domain}.cfg"));
+        std::fs::write(&path, format!("name = \"{domain}\"\ntype = \"hvm\"\nmemory = 64\nvcpus = 1\ndisk = [ '{disk}' ]\n")).unwrap();
+        path.display().to_string()
+    };
+    let served_port = |err: &str| -> u16 {
+        let ports: Vec<u16> = err.lines().filter_map(|l| l.split("over NBD (port ").nth(1)?.split(';').next()?.parse().ok()).collect();
+        assert_eq!(ports.len(), 1, "xl create should say which port serves the disk:\n{err}");
+        ports[0]
+    };
+    // The HVM guests' platform files (SeaBIOS, the stub domain) are boot
+    // modules; the keeper holds Ferrite up between the guests.
+    let modules = vec![
+        pvh_config_module(&dir, "keeper", "idle", 16),
+        guest_module("idle", &dir),
+        ferrite_tools::modules::ModuleSpec::new(std::path::PathBuf::from(&images().stubdom), ""),
+        ferrite_tools::modules::ModuleSpec::new(ferrite_qemu_tests::seabios_image(), ""),
+    ];
+    let (mut vm, target) = boot_with_link(name, &dir, modules);
+    vm.wait_for(r"^\(keeper\) idle ready$", Duration::from_secs(120));
+    let wait_gone = |vm: &mut Vm, port: u16| {
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            if start.elapsed() > Duration::from_secs(120) {
+                vm.fail(&format!("the NBD server on port {port} is still running after its domain is gone"));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+
+    // Read-write, IDE: boots, reads, writes.
+    let (out, err, ok) = xl(&target, &["create", &config("hvmfile", "file:hvm.img,hda,w")]);
+    assert!(ok, "xl create: {err}\n{out}");
+    let port = served_port(&err);
+    vm.expect_lines(&[
+        r"domain \d+ \(hvmfile\): disk hda is NBD export 10\.0\.2\.2:\d+/hda \(w\), IDE$",
+        r"domain \d+ \(hvmfile\): HVM, 64 MiB, 1 vCPUs, .*1 disk\(s\); device model in domain \d+ \(hvmfile-dm\)$",
+        r"^\(hvmfile-dm\) disk 0 \(hvm\.img\): IDE hda, 2048 sectors$",
+        &format!(r"^\(hvmfile\) mbr: ok sectors={CHECK_SECTORS:08x} sum={sum:08x}$"),
+        r"domain \d+ \(hvmfile\) powered off",
+    ]);
+    wait_gone(&mut vm, port);
+    let after = std::fs::read(dir.join("hvm.img")).unwrap();
+    let expected: Vec<u8> = (0..SECTOR).map(|i| (0x5a + i) as u8).collect();
+    if after[WRITE_LBA * SECTOR..(WRITE_LBA + 1) * SECTOR] != expected[..] {
+        vm.fail(&format!("sector {WRITE_LBA} of the host file is not what the guest wrote: {:02x?}...", &after[WRITE_LBA * SECTOR..WRITE_LBA * SECTOR + 16]));
+    }
+    let mut unchanged = disk.clone();
+    unchanged[WRITE_LBA * SECTOR..(WRITE_LBA + 1) * SECTOR].copy_from_slice(&expected);
+    if after != unchanged {
+        vm.fail("the guest's image changed beyond the sector it wrote");
+    }
+
+    // Read-only, virtio-blk: boots and reads, its write is refused.
+    let (out, err, ok) = xl(&target, &["create", &config("hvmro", "file:ro.img,xvda,r,specification=virtio")]);
+    assert!(ok, "xl create: {err}\n{out}");
+    let port = served_port(&err);
+    vm.expect_lines(&[
+        r"domain \d+ \(hvmro\): disk xvda is NBD export 10\.0\.2\.2:\d+/xvda \(r\), virtio-blk on PCI$",
+        r"^\(hvmro-dm\) disk 0 \(ro\.img\): virtio-blk xvda at PCI 00:03\.0, 2048 sectors, read-only$",
+        // Its reads passed (the FAIL is no r or d), its write failed.
+        &format!(r"^\(hvmro\) mbr: FAIL w {:08x}$", CHECK_SECTORS + 1),
+        r"domain \d+ \(hvmro\) powered off",
+    ]);
+    wait_gone(&mut vm, port);
+    if std::fs::read(dir.join("ro.img")).unwrap() != disk {
+        vm.fail("the read-only image changed");
+    }
+    if vm.console_text().contains("(hvmro) mbr: ok") {
+        vm.fail("the MBR reported success on the read-only disk");
+    }
+    finish(vm, &target);
+}
+
+/// An HVM guest's `nbd:` disk whose server dies at the first request (it
+/// closes the connection when the request's magic arrives, unanswered):
+/// the hypervisor fails the request and every later one, the stub's
+/// BLOCK_IO returns EIO instead of hanging, and SeaBIOS reports that it
+/// could not read the boot disk; the guest is then destroyed as usual.
+#[test]
+fn a_dead_nbd_server_gives_an_hvm_guest_io_errors() {
+    use ferrite_tools::nbd_server::{serve_stream, Image};
+    /// The server's side of the stream, until an NBD request begins.
+    struct UntilFirstRequest(std::net::TcpStream, [u8; 4]);
+    impl Read for UntilFirstRequest {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            // A byte at a time: the handshake is short, and the request's
+            // magic must be seen before the server reads past it.
+            // NBD_REQUEST_MAGIC, as every request starts.
+            if self.1 == [0x25, 0x60, 0x95, 0x13] || buf.is_empty() {
+                return Ok(0);
+            }
+            let n = self.0.read(&mut buf[..1])?;
+            if n == 1 {
+                self.1 = [self.1[1], self.1[2], self.1[3], buf[0]];
+            }
+            Ok(n)
+        }
+    }
+    let name = "a_dead_nbd_server_gives_an_hvm_guest_io_errors";
+    let dir = test_dir(name);
+    let image_path = dir.join("dead.img");
+    std::fs::write(&image_path, vec![0u8; 1 << 20]).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let image = Image::open(&image_path, false).unwrap();
+        let writer = stream.try_clone().unwrap();
+        // Ends with an error or at the "end" of the stream; the socket
+        // closes when this returns.
+        let _ = serve_stream(UntilFirstRequest(stream, [0; 4]), writer, &image, "hda");
+    });
+    let modules = vec![
+        pvh_config_module(&dir, "keeper", "idle", 16),
+        guest_module("idle", &dir),
+        ferrite_tools::modules::ModuleSpec::new(std::path::PathBuf::from(&images().stubdom), ""),
+        ferrite_tools::modules::ModuleSpec::new(ferrite_qemu_tests::seabios_image(), ""),
+    ];
+    let (mut vm, target) = boot_with_link(name, &dir, modules);
+    vm.wait_for(r"^\(keeper\) idle ready$", Duration::from_secs(120));
+    let cfg = dir.join("hvmdead.cfg");
+    std::fs::write(&cfg, format!("name = \"hvmdead\"\ntype = \"hvm\"\nmemory = 64\nvcpus = 1\ndisk = [ 'nbd:10.0.2.2:{port}/hda,hda,w' ]\n")).unwrap();
+    let (out, err, ok) = xl(&target, &["create", &cfg.display().to_string()]);
+    assert!(ok, "xl create: {err}\n{out}");
+    vm.expect_lines(&[
+        r"domain \d+ \(hvmdead\): disk hda is NBD export 10\.0\.2\.2:\d+/hda \(w\), IDE$",
+        r"nbd 10\.0\.2\.2:\d+/hda: the server closed the connection; its requests fail from now on",
+        r"^\(hvmdead\) Boot failed: could not read the boot disk",
+    ]);
+    server.join().unwrap();
+    destroy_and_wait(&mut vm, &target, "hvmdead");
+    let text = vm.console_text();
+    for bad in ["panic", "crashed"] {
+        if text.contains(bad) {
+            vm.fail(&format!("the console says {bad:?}"));
+        }
+    }
+    finish(vm, &target);
+}
+
+/// Debian's Linux as an HVM guest whose IDE disk is a `file:` image that
+/// `ferrite xl create` serves from the host: `ata_piix` reads 64 MiB by
+/// bus-master DMA (each request an NBD request of the stub's BLOCK_IO)
+/// whose hash matches the host's, writes a marker, reboots (Ferrite
+/// rebuilds the guest and its stub on the same NBD connection) and finds
+/// it again; the marker is in the host file afterwards, and the server
+/// ends once the domain is gone.
+#[test]
+fn hvm_linux_hashes_and_writes_a_file_disk_served_by_xl_create() {
+    use ferrite_tools::{guest_images, initramfs};
+    const CHECK_MIB: usize = 64;
+    const DISK_MIB: usize = 72;
+    const MARKER_LBA: usize = (CHECK_MIB + 4) * 2048;
+    let name = "hvm_linux_hashes_and_writes_a_file_disk_served_by_xl_create";
+    let dir = test_dir(name);
+    if !ferrite_qemu_tests::debian_packages(name, &["linux-image-cloud-amd64", "busybox-static"]) {
+        return;
+    }
+    ferrite_qemu_tests::ferrite_exe();
+    let root = guest_images::fetch_debian_package("linux-image-cloud-amd64").unwrap();
+    let vmlinuz = guest_images::find_vmlinuz(&root).unwrap_or_else(|e| panic!("[{name}] {e}"));
+    std::fs::copy(&vmlinuz, dir.join("vmlinuz")).unwrap();
+    let modules = initramfs::kernel_modules(&root, &["ata_piix", "sd_mod"]).unwrap_or_else(|e| panic!("[{name}] {e}"));
+    let image = initramfs::busybox_initramfs_with_modules(initramfs::HVM_DISK_INIT_SCRIPT, &modules)
+        .unwrap_or_else(|e| panic!("[{name}] cannot build the initramfs: {e}"));
+    std::fs::write(dir.join("initramfs-hvm.cpio"), &image).unwrap();
+    let mut disk = ferrite_qemu_tests::pseudo_random_bytes(0x5eed, DISK_MIB << 20);
+    disk[MARKER_LBA * 512..(MARKER_LBA + 1) * 512].fill(0);
+    let host_sum: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&disk[..CHECK_MIB << 20]).iter().map(|b| format!("{b:02x}")).collect()
+    };
+    let disk_path = dir.join("disk.img");
+    std::fs::write(&disk_path, &disk).unwrap();
+    drop(disk);
+    let marker = format!("{:08x}", std::process::id());
+    let cfg = dir.join("hvmlinux.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "name = \"hvmlinux\"\ntype = \"hvm\"\nmemory = 128\nvcpus = 1\nkernel = \"vmlinuz\"\nramdisk = \"initramfs-hvm.cpio\"\n\
+             cmdline = \"console=ttyS0 loglevel=4 ferrite.check_mib={CHECK_MIB} ferrite.marker={marker} ferrite.marker_lba={MARKER_LBA} ferrite.disk=sda\"\n\
+             disk = [ 'file:disk.img,hda,w' ]\non_reboot = \"restart\"\non_crash = \"destroy\"\n"
+        ),
+    )
+    .unwrap();
+    let modules = vec![
+        pvh_config_module(&dir, "keeper", "idle", 16),
+        guest_module("idle", &dir),
+        ferrite_tools::modules::ModuleSpec::new(std::path::PathBuf::from(&images().stubdom), ""),
+        ferrite_tools::modules::ModuleSpec::new(ferrite_qemu_tests::seabios_image(), ""),
+        ferrite_tools::modules::ModuleSpec::new(ferrite_qemu_tests::linuxboot_rom(), ""),
+    ];
+    // 128 MiB: the machine's 512 MiB must hold the guest twice while it
+    // restarts (the new one is built before the old one's memory goes).
+    let (mut vm, target) = boot_with_link_for(name, &dir, modules, ferrite_qemu_tests::linux_vm_timeout() * 2);
+    vm.wait_for(r"^\(keeper\) idle ready$", Duration::from_secs(120));
+    let (out, err, ok) = xl(&target, &["create", &cfg.display().to_string()]);
+    assert!(ok, "xl create: {err}\n{out}");
+    let port: u16 = err
+        .lines()
+        .find_map(|l| l.split("over NBD (port ").nth(1)?.split(';').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("xl create should say which port serves the disk:\n{err}"));
+    let sha = format!(r"^\(hvmlinux\) FERRITE-DISK-SHA256 {host_sum}$");
+    vm.expect_lines(&[
+        r"domain \d+ \(hvmlinux\): disk hda is NBD export 10\.0\.2\.2:\d+/hda \(w\), IDE$",
+        r"domain \d+ \(hvmlinux\): HVM, 128 MiB",
+        r"^\(hvmlinux\) .*FERRITE-INIT cpus=1 ",
+        r"^\(hvmlinux\) FERRITE-ATA configured for XFER_UDMA_\d+$",
+        &sha,
+        r"^\(hvmlinux\) FERRITE-MARKER written$",
+        r"domain \d+ \(hvmlinux\) rebooting",
+        r"domain \d+ \(hvmlinux\) restarted as domain \d+",
+        r"^\(hvmlinux\) .*FERRITE-INIT cpus=1 ",
+        &sha,
+        r"^\(hvmlinux\) FERRITE-MARKER found$",
+        r"domain \d+ \(hvmlinux\) powered off",
+    ]);
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        if start.elapsed() > Duration::from_secs(120) {
+            vm.fail(&format!("the NBD server on port {port} is still running after its domain is gone"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let after = std::fs::read(&disk_path).unwrap();
+    if !after[MARKER_LBA * 512..].starts_with(format!("FERRITE-MARKER-{marker}").as_bytes()) {
+        vm.fail("the marker the guest wrote is not in the host file");
+    }
+    finish(vm, &target);
+}
+
 /// Destroys `name` (if it is being rebuilt just then, once rebuilt) and
 /// waits until it is no longer listed.
 fn destroy_and_wait(vm: &mut Vm, target: &Target, name: &str) {

@@ -8,7 +8,7 @@ use super::*;
 
 /// The platform as one vCPU of a domain sees it during a time slice.
 pub(super) struct VcpuPlatform<'a> {
-    pub(super) domain: &'a Domain,
+    pub(super) domain: &'a Arc<Domain>,
     pub(super) vcpu: &'a Arc<Vcpu>,
     /// When to give up the pCPU, and the host timer's next event.
     pub(super) sched: crate::sched::SliceClock,
@@ -206,9 +206,16 @@ impl Platform for VcpuPlatform<'_> {
 
     fn hypercall(&mut self, regs: &mut GuestRegs) -> Option<u64> {
         if let Role::Stub(backends) = &self.domain.role {
-            if backends.hypercall(self.domain, regs) {
-                self.halted = true;
-                self.vcpu.in_wait.store(true, Ordering::SeqCst);
+            match backends.hypercall(self.domain, regs) {
+                StubCall::Continue => {}
+                StubCall::Wait => {
+                    self.halted = true;
+                    self.vcpu.in_wait.store(true, Ordering::SeqCst);
+                }
+                StubCall::BlockIo => {
+                    self.halted = true;
+                    self.vcpu.in_block_io.store(true, Ordering::SeqCst);
+                }
             }
             return None;
         }
@@ -362,11 +369,11 @@ impl Platform for VcpuPlatform<'_> {
             return;
         }
         if let Some((v, off)) = self.domain.vsock.get().and_then(|v| Some((v, v.offset(gpa)?))) {
-            v.mmio_write(self.domain, off, size, value);
+            v.mmio_write(&**self.domain, off, size, value);
             return;
         }
         if let Some((n, off)) = self.vnet_at(gpa) {
-            n.mmio_write(self.domain, off, size, value);
+            n.mmio_write(&**self.domain, off, size, value);
             return;
         }
         if !(platform::IOAPIC_BASE..platform::IOAPIC_BASE + 0x1000).contains(&gpa) {

@@ -64,6 +64,20 @@ impl Vcpu {
                 }
             }
         }
+        // A stub domain blocked in BLOCK_IO: finish the hypercall with the
+        // request's result (rax) once it is over, else keep waiting (woken
+        // for something else meanwhile: that waits for its next WAIT).
+        if self.in_block_io.load(Ordering::SeqCst) {
+            if let Role::Stub(b) = &domain.role {
+                match b.block_io_result() {
+                    Ok(rax) => {
+                        arch.regs_mut().rax = rax;
+                        self.in_block_io.store(false, Ordering::SeqCst);
+                    }
+                    Err(deadline) => return self.block(Some(deadline)),
+                }
+            }
+        }
         // A stub domain woken in WAIT: tell it why right away (rax), or
         // keep it waiting if nothing is there (a spurious wake-up).
         if self.in_wait.load(Ordering::SeqCst) {
@@ -113,7 +127,15 @@ impl Vcpu {
             RunOutcome::WaitingForIo | RunOutcome::Halted if platform.halted || platform.waiting => {
                 // The deadline the run loop kept is still right unless a
                 // device changed since.
-                let deadline = if platform.deadline_stale { self.next_deadline_ns(&domain) } else { platform.deadline_ns };
+                let mut deadline = if platform.deadline_stale { self.next_deadline_ns(&domain) } else { platform.deadline_ns };
+                if self.in_block_io.load(Ordering::SeqCst) {
+                    // Its request's completion wakes it (also one that came
+                    // before it blocks: the scheduler then requeues it);
+                    // the deadline bounds how long that may take.
+                    if let Role::Stub(b) = &domain.role {
+                        deadline = Some(b.block_io_deadline());
+                    }
+                }
                 if platform.waiting {
                     self.block_for_event(deadline)
                 } else {

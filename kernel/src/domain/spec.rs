@@ -43,9 +43,10 @@ pub struct DomainSpec {
 }
 
 /// A disk of an HVM guest, from its config.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct HvmDisk {
-    /// The host disk (virtio-blk serial) backing it.
+    /// The host disk (virtio-blk serial) backing it, or the config's
+    /// `file:`/`nbd:` target (for messages).
     pub target: String,
     /// Where the guest sees it: `hda`..`hdd` for IDE; any vdev for
     /// virtio-blk (the guest names those itself).
@@ -55,6 +56,9 @@ pub struct HvmDisk {
     pub model: ferrite_abi::StubDiskModel,
     /// `module:NAME`: the boot module served from RAM instead of a host disk.
     pub image: Option<Blob>,
+    /// `file:` and `nbd:`: the NBD export serving it, connected before
+    /// the domain is built (and kept for its restarts, as PVH disks are).
+    pub nbd: Option<alloc::sync::Arc<crate::nbd::NbdDisk>>,
 }
 
 /// Direct Linux boot through fw_cfg (xl's `kernel=`/`ramdisk=`/`cmdline=`
