@@ -64,6 +64,16 @@ fn boot_xl_dom0(name: &str, dir: &std::path::Path, vmlinuz: &std::path::Path, (f
 
 /// Destroys `keeper`, the last domain: Ferrite then reports to QEMU and
 /// exits, possibly before the reply leaves, so only the log is checked.
+/// Fails if anything on the console panicked or crashed.
+fn refuse_panics_and_crashes(vm: &mut Vm) {
+    let text = vm.console_text();
+    for bad in ["panic", "crashed"] {
+        if text.contains(bad) {
+            vm.fail(&format!("the console says {bad:?}"));
+        }
+    }
+}
+
 fn finish(mut vm: Vm, target: &Target) {
     let _ = xl(target, &["destroy", "keeper"]);
     vm.expect_lines(&[r"domain \d+ \(keeper\) destroyed"]);
@@ -617,12 +627,7 @@ fn a_dead_nbd_server_gives_an_hvm_guest_io_errors() {
     ]);
     server.join().unwrap();
     destroy_and_wait(&mut vm, &target, "hvmdead");
-    let text = vm.console_text();
-    for bad in ["panic", "crashed"] {
-        if text.contains(bad) {
-            vm.fail(&format!("the console says {bad:?}"));
-        }
-    }
+    refuse_panics_and_crashes(&mut vm);
     finish(vm, &target);
 }
 
@@ -771,12 +776,7 @@ fn a_reboot_loop_leaks_nothing_and_stalls_no_one() {
         vm.fail(&format!("host memory changed over {RESTARTS} restarts: free {} -> {} bytes, heap used {} -> {} bytes", before.0, after.0, before.1, after.1));
     }
     vm.expect_lines(&[r"^\(ticker\) ticker done$", r"domain \d+ \(ticker\) powered off"]);
-    let text = vm.console_text();
-    for bad in ["panic", "crashed"] {
-        if text.contains(bad) {
-            vm.fail(&format!("the console says {bad:?}"));
-        }
-    }
+    refuse_panics_and_crashes(&mut vm);
     finish(vm, &target);
 }
 

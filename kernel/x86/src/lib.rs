@@ -39,6 +39,8 @@ pub mod state_check;
 pub mod vmentry;
 pub mod vmrun;
 pub mod walk;
+#[cfg(test)]
+mod test_ram;
 
 pub use decode::{
     decode_cr_write, decode_mmio, instruction_length, segment_override, AluOp, BitOp, CodeMode, DecodeError, Extend, MemOperand,

@@ -1,29 +1,10 @@
 use super::*;
 
-/// Guest memory: 1 MiB of RAM at 0; everything else unbacked.
-struct Mem(Vec<u8>);
+/// Guest memory: RAM from 0; everything else unbacked.
+use crate::test_ram::TestRam as Mem;
 
-impl Mem {
-    fn new() -> Mem {
-        Mem(vec![0; 1 << 20])
-    }
-    fn w32(&mut self, gpa: u64, v: u32) {
-        self.0[gpa as usize..gpa as usize + 4].copy_from_slice(&v.to_le_bytes());
-    }
-    fn w64(&mut self, gpa: u64, v: u64) {
-        self.0[gpa as usize..gpa as usize + 8].copy_from_slice(&v.to_le_bytes());
-    }
-}
-
-impl GuestPhysRead for Mem {
-    fn read_phys(&self, gpa: u64, buf: &mut [u8]) -> Result<(), ()> {
-        let end = gpa.checked_add(buf.len() as u64).ok_or(())?;
-        if end > self.0.len() as u64 {
-            return Err(());
-        }
-        buf.copy_from_slice(&self.0[gpa as usize..end as usize]);
-        Ok(())
-    }
+fn new_mem() -> Mem {
+    Mem(vec![0; 1 << 20])
 }
 
 const P: u64 = 1;
@@ -47,7 +28,7 @@ const UX: Access = Access::execute(true);
 
 #[test]
 fn paging_off_is_identity() {
-    let m = Mem::new();
+    let m = new_mem();
     let r = regs(0, 0, 0, 0);
     assert_eq!(r.mode(), PagingMode::Off);
     assert_eq!(translate(&m, &r, 0xfee0_00b0, W), Ok(0xfee0_00b0));
@@ -58,7 +39,7 @@ fn paging_off_is_identity() {
 /// 32-bit paging: PD at 0x1000, PT at 0x2000.
 /// 0x0040_3000 → 0x7000 (PDE 1, PTE 3), 0x0080_0000.. → 4 MiB page at 0x0c00_0000.
 fn legacy() -> Mem {
-    let mut m = Mem::new();
+    let mut m = new_mem();
     m.w32(0x1000 + 4, 0x2000 | (P | RW | US) as u32);
     m.w32(0x2000 + 3 * 4, 0x7000 | (P | US) as u32); // read-only user
     m.w32(0x2000 + 4 * 4, 0x8000 | (P | RW) as u32); // supervisor
@@ -105,7 +86,7 @@ fn legacy_32bit() {
 
 /// PAE: PDPT at 0x1020 (32-byte aligned), PD at 0x2000, PT at 0x3000.
 fn pae() -> Mem {
-    let mut m = Mem::new();
+    let mut m = new_mem();
     m.w64(0x1020, 0x2000 | P); // 0..1 GiB
     m.w64(0x1020 + 8, 0x2000 | P | RW); // reserved bit 1 in a PDPTE
     m.w64(0x2000, 0x3000 | P | RW | US);
@@ -145,7 +126,7 @@ fn pae_paging() {
 
 /// 4-level: PML4 0x1000, PDPT 0x2000, PD 0x3000, PT 0x4000.
 fn long4() -> Mem {
-    let mut m = Mem::new();
+    let mut m = new_mem();
     m.w64(0x1000, 0x2000 | P | RW | US); // PML4[0]
     m.w64(0x1000 + 511 * 8, 0x2000 | P | RW); // PML4[511]: kernel half, supervisor
     m.w64(0x1000 + 8, 0x2000 | P | RW | US | PS); // PS in a PML4E: reserved
@@ -288,7 +269,7 @@ fn fetch_across_pages() {
 
 #[test]
 fn fetch_modes() {
-    let mut m = Mem::new();
+    let mut m = new_mem();
     m.0[0xf_fff0..0xf_fff5].copy_from_slice(&[0xea, 0x5b, 0xe0, 0x00, 0xf0]);
     // Real mode: CS base 0xf0000, IP 0xfff0.
     let real = CpuMode { paging: PagingRegs { cr0: 0, ..PagingRegs::flat() }, cs_base: 0xf_0000, cs_l: false, cs_db: false, cpl: 0 };
