@@ -368,6 +368,11 @@ impl QemuCommand {
     pub fn command(&self) -> Result<Command> {
         let mut c = Command::new(&self.program);
         c.args(self.args()?);
+        // For profiling and debugging any QEMU the tools start, e.g.
+        // `-plugin hvprof.so` (tools/profile) or `-gdb tcp::1234`.
+        if let Ok(extra) = std::env::var("FERRITE_QEMU_EXTRA") {
+            c.args(extra.split_whitespace());
+        }
         Ok(c)
     }
 

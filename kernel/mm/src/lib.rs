@@ -10,6 +10,7 @@
 extern crate alloc;
 
 pub mod frame;
+pub mod guest_ram;
 pub mod region;
 
 pub use frame::{FrameAllocator, FrameError, MAX_PHYS_ADDR};

@@ -150,10 +150,18 @@ impl VcpuPlatform<'_> {
 
     /// A guest access wrote the LAPIC (`write`): done under its lock, with
     /// the task priority read back for the CPU's copy (CR8).
+    /// A guest write to the LAPIC. The cached deadline goes stale only if
+    /// the write moved the timer's: an EOI or an IPI does not, and
+    /// recomputing every device's deadline after each was a measurable
+    /// share of the hypervisor's work under interrupt load.
     fn write_lapic<T>(&mut self, write: impl FnOnce(&mut Lapic) -> T) -> T {
         let mut lapic = self.vcpu.lapic.lock();
+        let before = lapic.next_timer_deadline_ns();
         let r = write(&mut lapic);
         self.cr8 = lapic.cr8();
+        if lapic.next_timer_deadline_ns() != before {
+            self.deadline_stale = true;
+        }
         r
     }
 }
@@ -176,10 +184,14 @@ impl Platform for VcpuPlatform<'_> {
     }
 
     fn io_out(&mut self, port: u16, size: u8, value: u32) {
-        self.deadline_stale = true;
         let mut fx = Effects::default();
         let mut d = self.domain.devices.lock();
+        // Only the PIT, RTC and ACPI PM have deadlines (`Devices::
+        // next_deadline_ns`): a UART byte leaves the cached one valid.
         let timers = d.is_timer_port(port, size);
+        if timers {
+            self.deadline_stale = true;
+        }
         d.port_write(port, size, value, &mut fx);
         self.effects(fx, &mut d);
         drop(d);
@@ -283,7 +295,7 @@ impl Platform for VcpuPlatform<'_> {
     }
 
     fn msr_write(&mut self, msr: u32, value: u64) -> bool {
-        self.deadline_stale = true;
+        // Only LAPIC writes move a deadline (`write_lapic` says when).
         match msr {
             0x1B => {
                 self.vcpu.irr_hint.store(true, Ordering::Release);
@@ -355,7 +367,7 @@ impl Platform for VcpuPlatform<'_> {
     }
 
     fn mmio_write(&mut self, gpa: u64, size: u8, value: u64) {
-        self.deadline_stale = true;
+        // Of the MMIO devices only the LAPIC has a timer (`write_lapic`).
         if let Some(off) = self.lapic_page(gpa) {
             let effect = self.write_lapic(|l| l.write_mmio(off, size, value, &HostClock));
             self.lapic_effect(effect);
