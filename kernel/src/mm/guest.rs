@@ -129,6 +129,18 @@ impl GuestMemory {
     }
 
     pub fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), GuestMemError> {
+        // Most reads (page-table entries, instructions, descriptors) lie in
+        // one chunk of RAM: served at once. ROM is never in RAM, so RAM
+        // first changes nothing.
+        if let Some((hpa, n)) = self.host_range(gpa, buf.len() as u64) {
+            if n == buf.len() as u64 {
+                // SAFETY: `host_range` found the whole range inside one
+                // chunk owned by this guest; the destination is a distinct
+                // buffer.
+                unsafe { core::ptr::copy_nonoverlapping(hpa as *const u8, buf.as_mut_ptr(), buf.len()) };
+                return Ok(());
+            }
+        }
         if let Some(rom) = self.rom.iter().find(|c| gpa >= c.gpa && gpa.checked_add(buf.len() as u64).is_some_and(|e| e <= c.gpa + c.len)) {
             // SAFETY: the range lies inside a ROM chunk owned by this guest.
             unsafe { core::ptr::copy_nonoverlapping((rom.hpa + (gpa - rom.gpa)) as *const u8, buf.as_mut_ptr(), buf.len()) };
