@@ -282,8 +282,8 @@ fn refused_entry_is_named(caps: crate::virt::Capabilities, cfg: &VcpuConfig) -> 
     let exit = vcpu.run();
     vcpu.release_fpu();
     let want = StateCheck::Vmentry(VmentryCheck::RflagsReserved(1 << 15));
-    match exit {
-        VmExit::InvalidState { check: Some(check) } if check == want => Ok(format!("{}", check)),
-        other => Err(format!("a VM entry with RFLAGS bit 15 set ended with {:?}, expected {:?}", other, want)),
+    match (exit, vcpu.state_check()) {
+        (VmExit::InvalidState, Some(check)) if check == want => Ok(format!("{}", check)),
+        (other, check) => Err(format!("a VM entry with RFLAGS bit 15 set ended with {:?} ({:?}), expected {:?}", other, check, want)),
     }
 }

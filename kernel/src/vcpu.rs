@@ -715,9 +715,9 @@ fn handle_exit<V: VcpuOps>(vcpu: &mut V, platform: &mut dyn Platform, exit: VmEx
             return crashed(format!("triple fault (shutdown) at rip {:#x} ({})", vcpu.regs().rip, vcpu.describe_state()))
         }
         // QEMU's TCG refuses a guest MOV to CR3 this way (see `cr`).
-        VmExit::InvalidState { check: None } if cr::refused_mov_cr3(vcpu, platform) => {}
-        VmExit::InvalidState { check } => {
-            let why = match check {
+        VmExit::InvalidState if vcpu.state_check().is_none() && cr::refused_mov_cr3(vcpu, platform) => {}
+        VmExit::InvalidState => {
+            let why = match vcpu.state_check() {
                 Some(check) => format!("{}", check),
                 None => String::from("no consistency check Ferrite knows of fails"),
             };

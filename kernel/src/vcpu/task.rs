@@ -48,7 +48,7 @@ pub(super) fn task_switch<V: VcpuOps>(
     selector: u16,
     source: Source,
     event: Option<TaskGateEvent>,
-    instruction_len: u64,
+    instruction_len: u8,
 ) -> Result<(), String> {
     let mem = platform.guest_memory().ok_or("a task switch without guest memory")?;
     let regs = *vcpu.regs();
@@ -72,7 +72,7 @@ pub(super) fn task_switch<V: VcpuOps>(
     // IRET, INT n/INT3/INTO/INT1), or at the instruction an interrupt,
     // NMI or exception stopped.
     let after_instruction = source != Source::Gate || event.is_some_and(|e| e.kind.raised_by_instruction());
-    let return_eip = if after_instruction { regs.rip.wrapping_add(instruction_len) } else { regs.rip } as u32;
+    let return_eip = if after_instruction { regs.rip.wrapping_add(u64::from(instruction_len)) } else { regs.rip } as u32;
     let hardware_exception = event.filter(|e| e.kind == EventKind::HardwareException);
     let req = Request {
         selector,

@@ -270,6 +270,7 @@ delegate! {
     fn exit_instruction_bytes(&self) -> Option<([u8; 15], usize)>;
     fn keeps_pae_pdptes(&self) -> bool;
     fn system_segments(&self) -> SystemSegments;
+    fn state_check(&self) -> Option<ferrite_x86::StateCheck>;
     ;
     fn run(&mut self) -> VmExit;
     fn regs_mut(&mut self) -> &mut GuestRegs;
@@ -365,10 +366,10 @@ pub enum VmExit {
     /// Triple fault / shutdown: the guest is dead.
     Shutdown,
     /// The hardware refused the guest state (SVM: VMEXIT_INVALID; VMX: a
-    /// failed VM entry); `check` names why: the consistency check the
-    /// state fails as the backend redid them, or the CPU's own verdict
-    /// (`None`: nothing known).
-    InvalidState { check: Option<ferrite_x86::StateCheck> },
+    /// failed VM entry); `VcpuOps::state_check` says why. (Kept out of the
+    /// exit itself: the explanation is large, and every exit is copied on
+    /// the hot path.)
+    InvalidState,
     /// A hardware task switch the CPU left to the hypervisor (VMX exits on
     /// every one; SVM switches tasks itself and never reports this): to the
     /// TSS `selector` (for IRET, the back link), started by `source`.
@@ -376,7 +377,7 @@ pub enum VmExit {
     /// through a task gate: the backend no longer delivers it, the task
     /// switch does. `instruction_len` is that of the CALL, JMP, IRET or
     /// software interrupt.
-    TaskSwitch { selector: u16, source: ferrite_x86::task::Source, event: Option<TaskGateEvent>, instruction_len: u64 },
+    TaskSwitch { selector: u16, source: ferrite_x86::task::Source, event: Option<TaskGateEvent>, instruction_len: u8 },
     /// Something the guest did that the backend cannot run (named): the
     /// domain crashes with that reason (VMX: real mode without
     /// unrestricted guest).
@@ -548,6 +549,12 @@ pub trait VcpuOps {
     /// The bytes of the instruction that caused the last exit, when the CPU
     /// supplies them (SVM decode assists); None means fetch them yourself.
     fn exit_instruction_bytes(&self) -> Option<([u8; 15], usize)> {
+        None
+    }
+    /// Why the last `InvalidState` exit happened: the consistency check the
+    /// state fails as the backend redid them, or the CPU's own verdict
+    /// (None: nothing known).
+    fn state_check(&self) -> Option<ferrite_x86::StateCheck> {
         None
     }
 }

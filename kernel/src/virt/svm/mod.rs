@@ -245,6 +245,8 @@ extern "C" {
 /// One virtual CPU under SVM.
 pub struct SvmVcpu {
     vmcb: Vmcb,
+    /// Why the last `InvalidState` exit happened (`VcpuOps::state_check`).
+    state_check: Option<ferrite_x86::StateCheck>,
     regs: GuestRegs,
     caps: Capabilities,
     /// The guest's full FPU/SSE/AVX image between slices.
@@ -391,6 +393,7 @@ impl SvmVcpu {
             last_cpu: usize::MAX,
             tsc_aux: cpu_has_tsc_aux().then_some(0),
             flush_tlb: false,
+            state_check: None,
             nmi_blocked: false,
             iret_rip: None,
             guest_efer: 0,
@@ -427,7 +430,7 @@ impl SvmVcpu {
         self.dirty |= CLEAN_CRX;
     }
 
-    fn decode_exit(&self) -> VmExit {
+    fn decode_exit(&mut self) -> VmExit {
         let code = self.vmcb.read_u64(EXIT_CODE);
         let info1 = self.vmcb.read_u64(EXIT_INFO1);
         let info2 = self.vmcb.read_u64(EXIT_INFO2);
@@ -493,9 +496,10 @@ impl SvmVcpu {
                 VmExit::Exception { vector: AC_VECTOR, error_code: Some(info1 as u32) }
             }
             EXIT_DR_READ_BASE..=EXIT_DR_WRITE_LAST => VmExit::DebugRegisterAccess,
-            EXIT_INVALID | EXIT_INVALID_QEMU => VmExit::InvalidState {
-                check: invalid::failed_check(&self.vmcb),
-            },
+            EXIT_INVALID | EXIT_INVALID_QEMU => {
+                self.state_check = invalid::failed_check(&self.vmcb);
+                VmExit::InvalidState
+            }
             _ => VmExit::Other { code, info1, info2 },
         }
     }
@@ -503,6 +507,10 @@ impl SvmVcpu {
 }
 
 impl VcpuOps for SvmVcpu {
+    fn state_check(&self) -> Option<ferrite_x86::StateCheck> {
+        self.state_check
+    }
+
     fn run(&mut self) -> VmExit {
         self.vmcb.write_u64(RAX, self.regs.rax);
         self.vmcb.write_u64(RSP, self.regs.rsp);
@@ -517,7 +525,7 @@ impl VcpuOps for SvmVcpu {
         let svm_cpu = &SVM_CPUS[cpu];
         let host_vmcb_pa = svm_cpu.host_vmcb_pa.load(Ordering::Acquire);
         if host_vmcb_pa == 0 {
-            return VmExit::InvalidState { check: None };
+            return VmExit::InvalidState;
         }
         if let Some(aux) = self.tsc_aux {
             if svm_cpu.loaded_tsc_aux.load(Ordering::Relaxed) != aux {

@@ -10,7 +10,8 @@ impl VmxVcpu {
         if e.reason & (1 << 31) != 0 {
             // The entry itself failed after the checks of the controls;
             // the crash report names why (no log line: it says it all).
-            return VmExit::InvalidState { check: Some(invalid::entry_failure(&self.config, basic, e.qualification)) };
+            self.state_check = Some(invalid::entry_failure(&self.config, basic, e.qualification));
+            return VmExit::InvalidState;
         }
         match basic {
             EXIT_EXCEPTION_NMI => {
@@ -102,7 +103,10 @@ impl VmxVcpu {
             // VMX instructions, GETSEC, INVEPT/INVVPID, VMFUNC: the guest has
             // no VMX; they raise #UD as on a CPU without it.
             EXIT_GETSEC | EXIT_VMCLEAR..=EXIT_VMXON | EXIT_INVEPT | EXIT_INVVPID | EXIT_VMFUNC => VmExit::Exception { vector: UD_VECTOR, error_code: None },
-            EXIT_INVALID_GUEST_STATE | EXIT_MSR_LOADING => VmExit::InvalidState { check: None },
+            EXIT_INVALID_GUEST_STATE | EXIT_MSR_LOADING => {
+                self.state_check = None;
+                VmExit::InvalidState
+            }
             // VMX exits on every hardware task switch (a CALL, JMP or IRET
             // to a TSS, an event through a task gate); SVM lets the CPU do
             // it. The run loop emulates it (`vcpu::task`).
@@ -147,6 +151,6 @@ impl VmxVcpu {
         if source == Source::Iret {
             self.st.interruptibility &= !INTERRUPTIBILITY_NMI;
         }
-        VmExit::TaskSwitch { selector: e.qualification as u16, source, event, instruction_len: e.instruction_len }
+        VmExit::TaskSwitch { selector: e.qualification as u16, source, event, instruction_len: e.instruction_len.min(15) as u8 }
     }
 }

@@ -164,6 +164,8 @@ struct ExitInfo {
 
 /// One virtual CPU under VMX.
 pub struct VmxVcpu {
+    /// Why the last `InvalidState` exit happened (`VcpuOps::state_check`).
+    state_check: Option<ferrite_x86::StateCheck>,
     vmcs_pa: u64,
     msr_bitmap_pa: u64,
     vapic_pa: u64,
@@ -332,6 +334,7 @@ impl VmxVcpu {
             launched: false,
             last_cpu: usize::MAX,
             flush_tlb: false,
+            state_check: None,
         };
         vcpu.reset_real_mode(0xF000, 0xFFF0);
         Some(vcpu)
@@ -659,18 +662,18 @@ impl VmxVcpu {
         let cpu = percpu::current_index();
         let slot = &VMX_CPUS[cpu];
         if slot.vmxon_pa.load(Ordering::Acquire) == 0 {
-            return VmExit::InvalidState { check: None };
+            return VmExit::InvalidState;
         }
         if self.active_cpu != usize::MAX && self.active_cpu != cpu {
             log::error!("vmx: vCPU active on cpu {} run on cpu {}", self.active_cpu, cpu);
-            return VmExit::InvalidState { check: None };
+            return VmExit::InvalidState;
         }
         if !self.initialized {
             // SAFETY: VMX is on; VMCLEAR puts the fresh VMCS (revision
             // written by `new`) into the clear launch state.
             if let Err(e) = unsafe { vmclear(self.vmcs_pa) } {
                 log::error!("vmx: VMCLEAR of a new VMCS failed: {:?}", e);
-                return VmExit::InvalidState { check: None };
+                return VmExit::InvalidState;
             }
         }
         if slot.current_vmcs.load(Ordering::Relaxed) != self.vmcs_pa {
@@ -678,7 +681,7 @@ impl VmxVcpu {
             // CPU (checked above: it was cleared when its last slice ended).
             if let Err(e) = unsafe { vmptrld(self.vmcs_pa) } {
                 log::error!("vmx: VMPTRLD failed: {:?}", e);
-                return VmExit::InvalidState { check: None };
+                return VmExit::InvalidState;
             }
             slot.current_vmcs.store(self.vmcs_pa, Ordering::Relaxed);
         }
@@ -774,7 +777,8 @@ impl VmxVcpu {
         if failed != 0 {
             let error = read(VM_INSTRUCTION_ERROR);
             log::error!("vmx: {} failed, VM-instruction error {}", if self.launched { "VMRESUME" } else { "VMLAUNCH" }, error);
-            return VmExit::InvalidState { check: Some(ferrite_x86::StateCheck::VmInstructionError(error as u32)) };
+            self.state_check = Some(ferrite_x86::StateCheck::VmInstructionError(error as u32));
+            return VmExit::InvalidState;
         }
         let reason = read(EXIT_REASON) as u32;
         // An entry that failed on the guest state (bit 31) leaves the VMCS

@@ -4,6 +4,10 @@
 use super::*;
 
 impl VcpuOps for VmxVcpu {
+    fn state_check(&self) -> Option<ferrite_x86::StateCheck> {
+        self.state_check
+    }
+
     fn run(&mut self) -> VmExit {
         if !self.config.unrestricted && self.st.cr0 & CR0_PE == 0 {
             return VmExit::Unsupported("real mode (this CPU's VMX has no unrestricted guest)");
