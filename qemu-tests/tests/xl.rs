@@ -62,8 +62,21 @@ fn boot_xl_dom0(name: &str, dir: &std::path::Path, vmlinuz: &std::path::Path, (f
     Vm::start_with_timeout(name, dir, q, ferrite_qemu_tests::linux_vm_timeout())
 }
 
-/// Destroys `keeper`, the last domain: Ferrite then reports to QEMU and
-/// exits, possibly before the reply leaves, so only the log is checked.
+/// Boots Ferrite with the management link, the files HVM guests need
+/// (the stub domain, SeaBIOS) as boot modules and a PVH keeper that holds
+/// it up between guests; waits for the keeper.
+fn boot_for_hvm_guests(name: &str, dir: &std::path::Path) -> (Vm, Target) {
+    let modules = vec![
+        pvh_config_module(dir, "keeper", "idle", 16),
+        guest_module("idle", dir),
+        ferrite_tools::modules::ModuleSpec::new(std::path::PathBuf::from(&images().stubdom), ""),
+        ferrite_tools::modules::ModuleSpec::new(ferrite_qemu_tests::seabios_image(), ""),
+    ];
+    let (mut vm, target) = boot_with_link(name, dir, modules);
+    vm.wait_for(r"^\(keeper\) idle ready$", Duration::from_secs(120));
+    (vm, target)
+}
+
 /// Fails if anything on the console panicked or crashed.
 fn refuse_panics_and_crashes(vm: &mut Vm) {
     let text = vm.console_text();
@@ -74,6 +87,8 @@ fn refuse_panics_and_crashes(vm: &mut Vm) {
     }
 }
 
+/// Destroys `keeper`, the last domain: Ferrite then reports to QEMU and
+/// exits, possibly before the reply leaves, so only the log is checked.
 fn finish(mut vm: Vm, target: &Target) {
     let _ = xl(target, &["destroy", "keeper"]);
     vm.expect_lines(&[r"domain \d+ \(keeper\) destroyed"]);
@@ -505,16 +520,7 @@ fn xl_create_serves_file_disks_to_hvm_guests() {
         assert_eq!(ports.len(), 1, "xl create should say which port serves the disk:\n{err}");
         ports[0]
     };
-    // The HVM guests' platform files (SeaBIOS, the stub domain) are boot
-    // modules; the keeper holds Ferrite up between the guests.
-    let modules = vec![
-        pvh_config_module(&dir, "keeper", "idle", 16),
-        guest_module("idle", &dir),
-        ferrite_tools::modules::ModuleSpec::new(std::path::PathBuf::from(&images().stubdom), ""),
-        ferrite_tools::modules::ModuleSpec::new(ferrite_qemu_tests::seabios_image(), ""),
-    ];
-    let (mut vm, target) = boot_with_link(name, &dir, modules);
-    vm.wait_for(r"^\(keeper\) idle ready$", Duration::from_secs(120));
+    let (mut vm, target) = boot_for_hvm_guests(name, &dir);
     let wait_gone = |vm: &mut Vm, port: u16| {
         let start = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -608,14 +614,7 @@ fn a_dead_nbd_server_gives_an_hvm_guest_io_errors() {
         // closes when this returns.
         let _ = serve_stream(UntilFirstRequest(stream, [0; 4]), writer, &image, "hda");
     });
-    let modules = vec![
-        pvh_config_module(&dir, "keeper", "idle", 16),
-        guest_module("idle", &dir),
-        ferrite_tools::modules::ModuleSpec::new(std::path::PathBuf::from(&images().stubdom), ""),
-        ferrite_tools::modules::ModuleSpec::new(ferrite_qemu_tests::seabios_image(), ""),
-    ];
-    let (mut vm, target) = boot_with_link(name, &dir, modules);
-    vm.wait_for(r"^\(keeper\) idle ready$", Duration::from_secs(120));
+    let (mut vm, target) = boot_for_hvm_guests(name, &dir);
     let cfg = dir.join("hvmdead.cfg");
     std::fs::write(&cfg, format!("name = \"hvmdead\"\ntype = \"hvm\"\nmemory = 64\nvcpus = 1\ndisk = [ 'nbd:10.0.2.2:{port}/hda,hda,w' ]\n")).unwrap();
     let (out, err, ok) = xl(&target, &["create", &cfg.display().to_string()]);
