@@ -45,18 +45,33 @@ fn guests(dir: &std::path::Path) -> Vec<ferrite_tools::modules::ModuleSpec> {
     ]
 }
 
-/// Boots Ferrite with no NIC and a Linux dom0 (`vmlinuz`, the initramfs
-/// `image` written to `dir` as `file`, dom0 options `dom0_opts`) that
-/// reaches the management service over vsock with `link`'s key.
-fn boot_xl_dom0(name: &str, dir: &std::path::Path, vmlinuz: &std::path::Path, (file, image): (&str, &[u8]), dom0_opts: &str, link: &link::UpLink) -> Vm {
-    let initrd = dir.join(file);
+/// Boots Ferrite with no NIC and Debian's cloud kernel as dom0 (options
+/// `dom0_opts`) running the busybox `init` script, with the vsock modules,
+/// the static `ferrite` command, a fresh management key in
+/// `/etc/ferrite/xl.key` and `files` (name, mode, bytes) in
+/// `/etc/ferrite/`: a dom0 that reaches the management service over vsock.
+fn boot_xl_dom0(name: &str, dir: &std::path::Path, init: &str, files: &[(&str, u32, &[u8])], dom0_opts: &str) -> Vm {
+    let root = ferrite_tools::guest_images::fetch_debian_package("linux-image-cloud-amd64").unwrap();
+    let vmlinuz = ferrite_tools::guest_images::find_vmlinuz(&root).unwrap();
+    let modules = ferrite_qemu_tests::debian_modules(name, &root, &ferrite_tools::initramfs::DOM0_XL_MODULES);
+    let exe = std::fs::read(ferrite_qemu_tests::ferrite_static_exe()).expect("the static ferrite command");
+    let link = link::prepare(dir, None).expect("management key");
+    let session = xl::read_session_file(&link.session_file).expect("session file");
+    let key = format!("{}\n", session.secret.to_hex());
+    let paths: Vec<String> = files.iter().map(|(file, _, _)| format!("etc/ferrite/{file}")).collect();
+    // `bin` is in the busybox tree already.
+    let mut tree: Vec<(&str, u32, &[u8])> =
+        vec![("etc/", 0o755, &[]), ("etc/ferrite/", 0o755, &[]), ("etc/ferrite/xl.key", 0o600, key.as_bytes()), ("bin/ferrite", 0o755, &exe)];
+    tree.extend(paths.iter().zip(files).map(|(path, &(_, mode, bytes))| (path.as_str(), mode, bytes)));
+    let image = ferrite_tools::initramfs::busybox_initramfs_with(init, &modules, &tree).unwrap_or_else(|e| panic!("[{name}] {e}"));
+    let initrd = dir.join("dom0-xl.cpio");
     std::fs::write(&initrd, image).unwrap();
     let q = base_qemu()
         .memory_mib(1024)
         .smp(2)
         .kernel(&images().multiboot)
         .append(&format!("{BASE_CMDLINE} {dom0_opts}"))
-        .module(ferrite_tools::modules::ModuleSpec::new(vmlinuz, "console=ttyS0 loglevel=4"))
+        .module(ferrite_tools::modules::ModuleSpec::new(&vmlinuz, "console=ttyS0 loglevel=4"))
         .module(ferrite_tools::modules::ModuleSpec::new(&initrd, ""))
         .module(link.key_module.clone());
     Vm::start_with_timeout(name, dir, q, ferrite_qemu_tests::linux_vm_timeout())
@@ -792,27 +807,10 @@ fn xl_in_dom0_reaches_the_hypervisor_over_vsock() {
     if !ferrite_qemu_tests::debian_packages(name, &["linux-image-cloud-amd64", "busybox-static"]) {
         return;
     }
-    let root = ferrite_tools::guest_images::fetch_debian_package("linux-image-cloud-amd64").unwrap();
-    let vmlinuz = ferrite_tools::guest_images::find_vmlinuz(&root).unwrap();
-    let modules = ferrite_qemu_tests::debian_modules(name, &root, &ferrite_tools::initramfs::DOM0_XL_MODULES);
-    let exe = std::fs::read(ferrite_qemu_tests::ferrite_static_exe()).expect("the static ferrite command");
-    let link = link::prepare(&dir, None).expect("management key");
-    let session = xl::read_session_file(&link.session_file).expect("session file");
-    let key = format!("{}\n", session.secret.to_hex());
     let guest = std::fs::read(guest_module("console_button", &dir).path).unwrap();
     let cfg = "name = \"made\"\ntype = \"pvh\"\nkernel = \"console_button.elf\"\nmemory = 16\n";
-    // `bin` is in the busybox tree already.
-    let files: Vec<(&str, u32, &[u8])> = vec![
-        ("etc/", 0o755, &[]),
-        ("etc/ferrite/", 0o755, &[]),
-        ("etc/ferrite/xl.key", 0o600, key.as_bytes()),
-        ("etc/ferrite/made.cfg", 0o644, cfg.as_bytes()),
-        ("etc/ferrite/console_button.elf", 0o644, &guest),
-        ("bin/ferrite", 0o755, &exe),
-    ];
-    let image = ferrite_tools::initramfs::busybox_initramfs_with(ferrite_tools::initramfs::DOM0_XL_INIT_SCRIPT, &modules, &files)
-        .unwrap_or_else(|e| panic!("[{name}] {e}"));
-    let mut vm = boot_xl_dom0(name, &dir, &vmlinuz, ("dom0-xl.cpio", &image), "dom0_mem=256M", &link);
+    let files: [(&str, u32, &[u8]); 2] = [("made.cfg", 0o644, cfg.as_bytes()), ("console_button.elf", 0o644, &guest)];
+    let mut vm = boot_xl_dom0(name, &dir, ferrite_tools::initramfs::DOM0_XL_INIT_SCRIPT, &files, "dom0_mem=256M");
     vm.expect_lines(&[
         r"^\(dom0\) FERRITE-XL-BEGIN$",
         r"^\(dom0\) Name\s+ID\s+Mem\s+VCPUs\s+State\s+Time\(s\)",
@@ -893,13 +891,6 @@ fn xl_create_in_dom0_serves_file_disks_over_vsock() {
     let name = "xl_create_in_dom0_serves_file_disks_over_vsock";
     let dir = test_dir(name);
     let Some((kernel, initrd)) = ferrite_qemu_tests::pvh_disk_guest(name, &dir) else { return };
-    let root = ferrite_tools::guest_images::fetch_debian_package("linux-image-cloud-amd64").unwrap();
-    let vmlinuz = ferrite_tools::guest_images::find_vmlinuz(&root).unwrap();
-    let modules = ferrite_qemu_tests::debian_modules(name, &root, &ferrite_tools::initramfs::DOM0_XL_MODULES);
-    let exe = std::fs::read(ferrite_qemu_tests::ferrite_static_exe()).expect("the static ferrite command");
-    let link = link::prepare(&dir, None).expect("management key");
-    let session = xl::read_session_file(&link.session_file).expect("session file");
-    let key = format!("{}\n", session.secret.to_hex());
     let data = ferrite_qemu_tests::pseudo_random_bytes(0xd0f1, 4 << 20);
     let ro = ferrite_qemu_tests::pseudo_random_bytes(0xd0f2, 1 << 20);
     let cfg = "name = \"dfile\"\ntype = \"pvh\"\nmemory = 128\nvcpus = 1\nkernel = \"vmlinux\"\nramdisk = \"initramfs-vdisk.cpio\"\n\
@@ -907,22 +898,16 @@ fn xl_create_in_dom0_serves_file_disks_over_vsock() {
                disk = [ 'file:data.img,xvda,w', 'file:ro.img,xvdb,r' ]\n";
     let guest_kernel = std::fs::read(&kernel).unwrap();
     let guest_initrd = std::fs::read(&initrd).unwrap();
-    let files: Vec<(&str, u32, &[u8])> = vec![
-        ("etc/", 0o755, &[]),
-        ("etc/ferrite/", 0o755, &[]),
-        ("etc/ferrite/xl.key", 0o600, key.as_bytes()),
-        ("etc/ferrite/dfile.cfg", 0o644, cfg.as_bytes()),
-        ("etc/ferrite/vmlinux", 0o644, &guest_kernel),
-        ("etc/ferrite/initramfs-vdisk.cpio", 0o644, &guest_initrd),
-        ("etc/ferrite/data.img", 0o644, &data),
-        ("etc/ferrite/ro.img", 0o444, &ro),
-        ("bin/ferrite", 0o755, &exe),
+    let files: [(&str, u32, &[u8]); 5] = [
+        ("dfile.cfg", 0o644, cfg.as_bytes()),
+        ("vmlinux", 0o644, &guest_kernel),
+        ("initramfs-vdisk.cpio", 0o644, &guest_initrd),
+        ("data.img", 0o644, &data),
+        ("ro.img", 0o444, &ro),
     ];
-    let image = ferrite_tools::initramfs::busybox_initramfs_with(DOM0_FILE_DISK_INIT, &modules, &files)
-        .unwrap_or_else(|e| panic!("[{name}] {e}"));
     // No NIC: the hypervisor has no network, so only vsock can carry the
     // disks.
-    let mut vm = boot_xl_dom0(name, &dir, &vmlinuz, ("dom0-files.cpio", &image), "dom0_mem=320M dom0_max_vcpus=1", &link);
+    let mut vm = boot_xl_dom0(name, &dir, DOM0_FILE_DISK_INIT, &files, "dom0_mem=320M dom0_max_vcpus=1");
     let sum = |bytes: &[u8]| -> String {
         use sha2::Digest;
         sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
