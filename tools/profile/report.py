@@ -7,8 +7,6 @@ f=open(sys.argv[1]); elf=sys.argv[2]
 total=int(f.readline().split()[1])
 rows=[l.split() for l in f]
 addrs=[r[0] for r in rows]; counts=[int(r[1]) for r in rows]
-out=subprocess.run(['addr2line','-f','-C','-i','-e',elf]+['0x'+a for a in addrs],capture_output=True,text=True).stdout.split('\n')
-# with -i, inlined frames produce multiple pairs; use a separate call without -i for the outermost function
 out=subprocess.run(['addr2line','-f','-C','-e',elf]+['0x'+a for a in addrs],capture_output=True,text=True).stdout.split('\n')
 funcs=out[0::2]
 agg=collections.Counter()
